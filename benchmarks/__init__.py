@@ -1,0 +1,1 @@
+"""Side-by-side measurements of minicomp against numpy, PyTorch and ONNX Runtime."""

@@ -1,0 +1,32 @@
+"""Run every benchmark suite and print their tables.
+
+    python benchmarks/run.py            # all suites
+    python benchmarks/run.py models     # one suite by name
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+SUITES = {
+    "models": "benchmarks.bench_models",
+}
+
+
+def main(argv=None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list(SUITES)
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        print(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    for name in names:
+        importlib.import_module(SUITES[name]).main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

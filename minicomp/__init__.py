@@ -1,0 +1,35 @@
+"""minicomp: a small deep-learning compiler.
+
+Public API:
+
+- :class:`GraphBuilder` / :class:`Tensor`: write a model in Python;
+- :func:`compile`: compile a Graph for a target, returning a callable
+  :class:`CompiledModel`;
+- :func:`run_reference`: run a Graph with the numpy reference interpreter;
+- :func:`parse_graph` / :func:`print_graph`: the IR text format;
+- :class:`MinicompError` and its subclasses.
+"""
+
+from minicomp.backends.reference import run_reference
+from minicomp.compiler import Target, compile
+from minicomp.errors import (
+    CompileError,
+    MinicompError,
+    ParseError,
+    RuntimeInputError,
+    ShapeError,
+    UnsupportedError,
+    VerifyError,
+)
+from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.ir.graph import Graph, Node, TensorType, Value
+from minicomp.ir.text import parse_graph, print_graph
+from minicomp.runtime import CompiledModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompileError", "CompiledModel", "Graph", "GraphBuilder", "MinicompError", "Node", "ParseError",
+    "RuntimeInputError", "ShapeError", "Target", "Tensor", "TensorType", "UnsupportedError", "Value",
+    "VerifyError", "compile", "parse_graph", "print_graph", "run_reference",
+]

@@ -1,0 +1,531 @@
+"""Loop IR -> LLVM IR text.
+
+Each kernel becomes a function taking one pointer per buffer parameter. A
+top-level parallel loop is outlined into its own function that runs a
+contiguous chunk of the iterations, called through libgomp's
+``GOMP_parallel`` (or directly when one thread is asked for). The module's
+entry point ``mc_main(ptr table)`` loads every kernel's buffer pointers from
+one table and calls the kernels in order, so one native call runs a model.
+
+Values are computed in each dtype's ``llvm`` type; memory uses its
+``llvm_storage`` type (bool is an ``i8`` in memory, float16 a ``half``).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+from minicomp.errors import CompileError
+from minicomp.ir import dtypes
+from minicomp.ir import expr as ex
+from minicomp.ir.dtypes import DType
+from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store
+
+# Reassociation lets LLVM vectorize reductions; no-NaN/no-inf flags are left
+# out because -inf is a real value here (max-reduction init, padding).
+FMF = "reassoc nsz arcp contract"
+NUM_THREADS_GLOBAL = "mc_num_threads"
+
+
+def float_literal(value: float, ty: str) -> str:
+    """An LLVM literal for ``value`` in type ``float`` or ``double`` (hex form)."""
+    if ty == "float" and math.isfinite(value):
+        try:
+            value = struct.unpack("f", struct.pack("f", value))[0]
+        except OverflowError:
+            value = math.copysign(math.inf, value)
+    if math.isnan(value):
+        return "0x7FF8000000000000"
+    return f"0x{struct.unpack('>Q', struct.pack('>d', value))[0]:016X}"
+
+
+def _suffix(ty: str) -> str:
+    return {"float": "f32", "double": "f64", "i32": "i32", "i64": "i64", "half": "f16", "i8": "i8",
+            "i1": "i1"}[ty]
+
+
+class Module:
+    """Collects functions, declarations and metadata of one LLVM module."""
+
+    def __init__(self):
+        self.functions: list[str] = []
+        self.declarations: dict[str, str] = {}
+        self.metadata: list[str] = []
+        self.helpers: set[str] = set()
+
+    def use_helper(self, name: str):
+        """Include one of the IR math functions of :mod:`llvm_math` (and what it needs)."""
+        from minicomp.backends.llvm_math import HELPERS
+
+        if name in self.helpers:
+            return
+        self.helpers.add(name)
+        _, needs, decls = HELPERS[name]
+        for d in decls:
+            self.declare(d.split("@")[1].split("(")[0], d)
+        for n in needs:
+            self.use_helper(n)
+
+    def declare(self, name: str, signature: str):
+        self.declarations[name] = signature
+
+    def loop_metadata(self, hint: str) -> str:
+        """A distinct loop ID node with one hint; returns its ``!N`` name."""
+        n = len(self.metadata)
+        hint_text = {"vectorize": '!{!"llvm.loop.vectorize.enable", i1 true}',
+                     "unroll": '!{!"llvm.loop.unroll.full"}'}[hint]
+        self.metadata.append(f"!{n} = distinct !{{!{n}, !{n + 1}}}")
+        self.metadata.append(f"!{n + 1} = {hint_text}")
+        return f"!{n}"
+
+    def text(self) -> str:
+        parts = [f"@{NUM_THREADS_GLOBAL} = global i32 1, align 4", ""]
+        parts += sorted(self.declarations.values())
+        parts.append("")
+        from minicomp.backends.llvm_math import HELPERS
+
+        parts += [HELPERS[h][0] for h in sorted(self.helpers)]
+        parts += self.functions
+        parts += self.metadata
+        return "\n".join(parts) + "\n"
+
+
+class FunctionGen:
+    """Emits one function: SSA names, blocks, entry-block allocas."""
+
+    def __init__(self, module: Module, name: str):
+        self.module = module
+        self.name = name
+        self.lines: list[str] = []
+        self.allocas: list[str] = []
+        self.counter = 0
+        self.block = "start"
+        self.vars: dict[ex.Var, str] = {}
+        self.ptrs: dict[Buffer, str] = {}
+        self.memo: dict[int, tuple[str, str]] = {}
+
+    def tmp(self, hint: str = "t") -> str:
+        self.counter += 1
+        return f"%{hint}{self.counter}"
+
+    def emit(self, line: str):
+        self.lines.append("  " + line)
+
+    def start_block(self, label: str):
+        self.lines.append(f"{label}:")
+        self.block = label
+
+    def label(self, hint: str) -> str:
+        self.counter += 1
+        return f"{hint}{self.counter}"
+
+    def finish(self, signature: str) -> str:
+        body = ["entry:"] + ["  " + a for a in self.allocas] + ["  br label %start", "start:"] + self.lines
+        return f"define {signature} {{\n" + "\n".join(body) + "\n  ret void\n}\n"
+
+    # -- expressions -----------------------------------------------------------
+    def value(self, e: ex.Expr) -> str:
+        """Emit ``e`` and return its SSA value (or literal)."""
+        key = id(e)
+        if key in self.memo:
+            return self.memo[key][0]
+        v = self._value(e)
+        self.memo[key] = (v, e)  # keep e alive so its id is not reused
+        return v
+
+    def _call(self, ret: str, fn: str, args: list[tuple[str, str]], flags: str = "") -> str:
+        sig_args = ", ".join(t for t, _ in args)
+        self.module.declare(fn, f"declare {ret} @{fn}({sig_args})")
+        out = self.tmp()
+        flag = f"{flags} " if flags else ""
+        self.emit(f"{out} = call {flag}{ret} @{fn}({', '.join(f'{t} {v}' for t, v in args)})")
+        return out
+
+    def _value(self, e: ex.Expr) -> str:
+        if isinstance(e, ex.Const):
+            return self._const(e)
+        if isinstance(e, ex.Var):
+            try:
+                return self.vars[e]
+            except KeyError:
+                raise CompileError(f"function {self.name}: index variable {e.name} is not bound") from None
+        if isinstance(e, ex.Load):
+            return self._load(e.tensor, e.indices)
+        if isinstance(e, ex.BinOp):
+            return self._binop(e)
+        if isinstance(e, ex.Call):
+            return self._callop(e)
+        if isinstance(e, ex.Select):
+            c, a, b = self.value(e.cond), self.value(e.a), self.value(e.b)
+            out = self.tmp()
+            self.emit(f"{out} = select i1 {c}, {e.dtype.llvm} {a}, {e.dtype.llvm} {b}")
+            return out
+        if isinstance(e, ex.Cast):
+            return self._cast(self.value(e.x), e.x.dtype, e.dtype)
+        raise CompileError(f"function {self.name}: cannot generate code for {type(e).__name__}")
+
+    def _const(self, c: ex.Const) -> str:
+        if c.dtype.is_bool:
+            return "true" if c.value else "false"
+        if c.dtype.is_float:
+            v = float(c.value)
+            if c.dtype == dtypes.float16:
+                import numpy as np
+
+                v = float(np.float16(v))
+            return float_literal(v, c.dtype.llvm)
+        return str(int(c.value))
+
+    def _flat_index(self, buf, indices) -> str:
+        flat: ex.Expr = ex.const(0, "int64")
+        stride = 1
+        for i, d in reversed(list(zip(indices, buf.shape))):
+            flat = i * stride + flat if stride != 1 else i + flat
+            stride *= d
+        return self.value(ex.simplify(flat))
+
+    def _pointer(self, buf, indices) -> str:
+        if buf not in self.ptrs:
+            raise CompileError(f"function {self.name}: buffer {buf.name} is not a parameter or allocation")
+        idx = self._flat_index(buf, indices)
+        p = self.tmp("p")
+        self.emit(f"{p} = getelementptr inbounds {buf.dtype.llvm_storage}, ptr {self.ptrs[buf]}, i64 {idx}")
+        return p
+
+    def _load(self, buf, indices) -> str:
+        p = self._pointer(buf, indices)
+        st, ty = buf.dtype.llvm_storage, buf.dtype.llvm
+        raw = self.tmp("ld")
+        self.emit(f"{raw} = load {st}, ptr {p}, align {buf.dtype.itemsize}")
+        if st == ty:
+            return raw
+        out = self.tmp()
+        if buf.dtype.is_bool:
+            self.emit(f"{out} = trunc i8 {raw} to i1")
+        else:
+            self.emit(f"{out} = fpext half {raw} to float")
+        return out
+
+    def store(self, s: Store):
+        val = self.value(s.value)
+        if s.value.dtype != s.buffer.dtype:
+            val = self._cast(val, s.value.dtype, s.buffer.dtype)
+        p = self._pointer(s.buffer, s.indices)
+        dt = s.buffer.dtype
+        if dt.llvm_storage != dt.llvm:
+            conv = self.tmp()
+            if dt.is_bool:
+                self.emit(f"{conv} = zext i1 {val} to i8")
+            else:
+                self.emit(f"{conv} = fptrunc float {val} to half")
+            val = conv
+        self.emit(f"store {dt.llvm_storage} {val}, ptr {p}, align {dt.itemsize}")
+
+    def _binop(self, e: ex.BinOp) -> str:
+        a, b = self.value(e.a), self.value(e.b)
+        dt: DType = e.a.dtype
+        ty = dt.llvm
+        out = self.tmp()
+        op = e.op
+        if op in ex.CMP_OPS:
+            if dt.is_float:
+                pred = {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}[op]
+                self.emit(f"{out} = fcmp {pred} {ty} {a}, {b}")
+            else:
+                pred = {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}[op]
+                self.emit(f"{out} = icmp {pred} {ty} {a}, {b}")
+            return out
+        if dt.is_float:
+            if op in ("add", "sub", "mul", "div"):
+                self.emit(f"{out} = f{op} {FMF} {ty} {a}, {b}")
+                return out
+            if op in ("max", "min", "pow"):
+                fn = {"max": "maxnum", "min": "minnum", "pow": "pow"}[op]
+                return self._call(ty, f"llvm.{fn}.{_suffix(ty)}", [(ty, a), (ty, b)])
+            if op == "mod":
+                self.emit(f"{out} = frem {ty} {a}, {b}")
+                return out
+            if op == "floordiv":
+                self.emit(f"{out} = fdiv {ty} {a}, {b}")
+                return self._call(ty, f"llvm.floor.{_suffix(ty)}", [(ty, out)])
+        if op in ("and", "or"):
+            self.emit(f"{out} = {op} {ty} {a}, {b}")
+            return out
+        if op in ("add", "sub", "mul"):
+            self.emit(f"{out} = {op} {ty} {a}, {b}")
+            return out
+        if op in ("max", "min"):
+            return self._call(ty, f"llvm.s{op}.{_suffix(ty)}", [(ty, a), (ty, b)])
+        if op in ("floordiv", "mod"):
+            # Index arithmetic: divisors are positive constants, dividends non-negative.
+            self.emit(f"{out} = {'sdiv' if op == 'floordiv' else 'srem'} {ty} {a}, {b}")
+            return out
+        if op == "div":
+            return self._safe_int_div(ty, a, b)
+        raise CompileError(f"function {self.name}: no code for {op} on {dt.name}")
+
+    def _safe_int_div(self, ty: str, a: str, b: str) -> str:
+        """Truncating division that never traps: x/0 is 0, x/-1 is -x (wrapping)."""
+        zero, mone = self.tmp(), self.tmp()
+        self.emit(f"{zero} = icmp eq {ty} {b}, 0")
+        self.emit(f"{mone} = icmp eq {ty} {b}, -1")
+        bad = self.tmp()
+        self.emit(f"{bad} = or i1 {zero}, {mone}")
+        safe_b, q, neg, r1, r2 = (self.tmp() for _ in range(5))
+        self.emit(f"{safe_b} = select i1 {bad}, {ty} 1, {ty} {b}")
+        self.emit(f"{q} = sdiv {ty} {a}, {safe_b}")
+        self.emit(f"{neg} = sub {ty} 0, {a}")
+        self.emit(f"{r1} = select i1 {mone}, {ty} {neg}, {ty} {q}")
+        self.emit(f"{r2} = select i1 {zero}, {ty} 0, {ty} {r1}")
+        return r2
+
+    def _callop(self, e: ex.Call) -> str:
+        x = self.value(e.args[0])
+        dt = e.args[0].dtype
+        ty = dt.llvm
+        out = self.tmp()
+        if e.fn == "neg":
+            self.emit(f"{out} = fneg {ty} {x}" if dt.is_float else f"{out} = sub {ty} 0, {x}")
+            return out
+        if e.fn == "not":
+            self.emit(f"{out} = xor i1 {x}, true")
+            return out
+        if e.fn == "abs":
+            if dt.is_float:
+                return self._call(ty, f"llvm.fabs.{_suffix(ty)}", [(ty, x)])
+            return self._call(ty, f"llvm.abs.{_suffix(ty)}", [(ty, x), ("i1", "false")])
+        if not dt.is_float:
+            raise CompileError(f"function {self.name}: {e.fn} needs a float operand, got {dt.name}")
+        if ty == "float" and e.fn in ("exp", "tanh", "erf"):
+            helper = f"mc_{e.fn}f"
+            self.module.use_helper(helper)
+            self.emit(f"{out} = call float @{helper}(float {x})")
+            return out
+        if e.fn in ("exp", "log", "sqrt", "floor"):
+            return self._call(ty, f"llvm.{e.fn}.{_suffix(ty)}", [(ty, x)], FMF if e.fn != "floor" else "")
+        if e.fn in ("tanh", "erf"):
+            return self._call(ty, e.fn + ("f" if ty == "float" else ""), [(ty, x)])
+        raise CompileError(f"function {self.name}: unknown intrinsic {e.fn}")
+
+    def _cast(self, v: str, src: DType, dst: DType) -> str:
+        if src == dst:
+            return v
+        out = self.tmp()
+        s, d = src.llvm, dst.llvm
+        if dst.is_bool:
+            if src.is_float:
+                self.emit(f"{out} = fcmp une {s} {v}, 0.0")
+            else:
+                self.emit(f"{out} = icmp ne {s} {v}, 0")
+            return out
+        if src.is_bool:
+            self.emit(f"{out} = {'uitofp' if dst.is_float else 'zext'} i1 {v} to {d}")
+            return self._round_half(out, dst)
+        if src.is_float and dst.is_float:
+            if s == d:
+                return self._round_half(v, dst)
+            self.emit(f"{out} = {'fpext' if d == 'double' else 'fptrunc'} {s} {v} to {d}")
+            return self._round_half(out, dst)
+        if src.is_float and dst.is_int:
+            return self._call(d, f"llvm.fptosi.sat.{_suffix(d)}.{_suffix(s)}", [(s, v)])
+        if src.is_int and dst.is_float:
+            self.emit(f"{out} = sitofp {s} {v} to {d}")
+            return self._round_half(out, dst)
+        if src.is_int and dst.is_int:
+            wider = dst.itemsize > src.itemsize
+            self.emit(f"{out} = {'sext' if wider else 'trunc'} {s} {v} to {d}")
+            return out
+        raise CompileError(f"function {self.name}: no cast from {src.name} to {dst.name}")
+
+    def _round_half(self, v: str, dst: DType) -> str:
+        """float16 values live in float registers: round them as a half store would."""
+        if dst != dtypes.float16:
+            return v
+        h, f = self.tmp(), self.tmp()
+        self.emit(f"{h} = fptrunc float {v} to half")
+        self.emit(f"{f} = fpext half {h} to float")
+        return f
+
+    # -- statements ------------------------------------------------------------
+    def stmt(self, s: Stmt):
+        self.memo = {}
+        if isinstance(s, Seq):
+            for c in s.stmts:
+                self.stmt(c)
+        elif isinstance(s, Store):
+            self.store(s)
+        elif isinstance(s, For):
+            hint = "unroll" if s.kind == "unrolled" else None
+            if s.kind == "vectorized" and vectorizable(s.body):
+                hint = "vectorize"
+            self.loop(s.var, str(s.start), str(s.start + s.extent), s.body, hint)
+        elif isinstance(s, Allocate):
+            b = s.buffer
+            p = f"%{b.name}"
+            self.allocas.append(f"{p} = alloca {b.dtype.llvm_storage}, i64 {max(b.size, 1)}, align 64")
+            self.ptrs[b] = p
+            self.stmt(s.body)
+        elif isinstance(s, If):
+            c = self.value(s.cond)
+            then, other, done = self.label("then"), self.label("else"), self.label("endif")
+            self.emit(f"br i1 {c}, label %{then}, label %{other if s.otherwise else done}")
+            self.start_block(then)
+            self.stmt(s.then)
+            self.emit(f"br label %{done}")
+            if s.otherwise is not None:
+                self.start_block(other)
+                self.stmt(s.otherwise)
+                self.emit(f"br label %{done}")
+            self.start_block(done)
+        elif isinstance(s, Barrier):
+            raise CompileError("barriers exist only on GPU targets")
+        else:
+            raise CompileError(f"cannot generate code for statement {type(s).__name__}")
+        self.memo = {}
+
+    def loop(self, var: ex.Var, start: str, end: str, body: Stmt, hint: str | None):
+        header, bodyl, latch, exit_ = (self.label(x) for x in ("loop", "body", "latch", "exit"))
+        pre = self.block
+        iv = self.tmp(var.name.replace(".", "_") + "_")
+        nxt = self.tmp("next")
+        self.emit(f"br label %{header}")
+        self.start_block(header)
+        self.emit(f"{iv} = phi i64 [{start}, %{pre}], [{nxt}, %{latch}]")
+        cond = self.tmp("cond")
+        self.emit(f"{cond} = icmp slt i64 {iv}, {end}")
+        self.emit(f"br i1 {cond}, label %{bodyl}, label %{exit_}")
+        self.start_block(bodyl)
+        self.vars[var] = iv
+        self.stmt(body)
+        self.emit(f"br label %{latch}")
+        self.start_block(latch)
+        self.emit(f"{nxt} = add nuw nsw i64 {iv}, 1")
+        md = f", !llvm.loop {self.module.loop_metadata(hint)}" if hint else ""
+        self.emit(f"br label %{header}{md}")
+        self.start_block(exit_)
+        del self.vars[var]
+
+
+def vectorizable(s: Stmt) -> bool:
+    """False if the body calls a libm function that no vector form replaces
+    (float64 tanh and erf); forcing vectorization there only makes LLVM warn."""
+    from minicomp.ir.loops import walk_stmts
+
+    for st in walk_stmts(s):
+        exprs = list(st.indices) + [st.value] if isinstance(st, Store) else [st.cond] if isinstance(st, If) else []
+        for e in exprs:
+            for n in ex.walk(e):
+                if isinstance(n, ex.Call) and n.fn in ("tanh", "erf") and n.dtype == dtypes.float64:
+                    return False
+    return True
+
+
+def _has_loop(s: Stmt) -> bool:
+    if isinstance(s, For):
+        return True
+    if isinstance(s, Seq):
+        return any(_has_loop(c) for c in s.stmts)
+    if isinstance(s, Allocate):
+        return _has_loop(s.body)
+    if isinstance(s, If):
+        return _has_loop(s.then) or (s.otherwise is not None and _has_loop(s.otherwise))
+    return False
+
+
+def emit_kernel(module: Module, kernel: Kernel) -> str:
+    """Add ``kernel`` (and its outlined parallel loops) to ``module``; returns its function name."""
+    fname = f"k_{kernel.name}"
+    params = kernel.params
+    fn = FunctionGen(module, fname)
+    for k, b in enumerate(params):
+        fn.ptrs[b] = f"%arg{k}"
+    tops = kernel.body.stmts if isinstance(kernel.body, Seq) else [kernel.body]
+    n_par = 0
+    for top in tops:
+        if isinstance(top, For) and top.kind == "parallel":
+            outlined = f"{fname}_par{n_par}"
+            n_par += 1
+            _emit_parallel_body(module, outlined, params, top)
+            _emit_parallel_call(fn, outlined, len(params))
+        else:
+            fn.stmt(top)
+    sig = ", ".join(f"ptr noalias %arg{k}" for k in range(len(params)))
+    # Not internal: the runtime looks kernels up one by one to profile them.
+    module.functions.append(fn.finish(f"void @{fname}({sig})"))
+    return fname
+
+
+def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int):
+    """Pack the parameters into an array and run ``outlined`` on the threads."""
+    arr = f"%params_{outlined}"
+    fn.allocas.append(f"{arr} = alloca [{max(n_params, 1)} x ptr], align 8")
+    for k in range(n_params):
+        slot = fn.tmp("slot")
+        fn.emit(f"{slot} = getelementptr [{n_params} x ptr], ptr {arr}, i64 0, i64 {k}")
+        fn.emit(f"store ptr %arg{k}, ptr {slot}, align 8")
+    nt = fn.tmp("nt")
+    fn.emit(f"{nt} = load i32, ptr @{NUM_THREADS_GLOBAL}, align 4")
+    one = fn.tmp()
+    fn.emit(f"{one} = icmp sle i32 {nt}, 1")
+    serial, par, done = fn.label("serial"), fn.label("par"), fn.label("pardone")
+    fn.emit(f"br i1 {one}, label %{serial}, label %{par}")
+    fn.start_block(serial)
+    fn.emit(f"call void @{outlined}(ptr {arr})")
+    fn.emit(f"br label %{done}")
+    fn.start_block(par)
+    fn.module.declare("GOMP_parallel", "declare void @GOMP_parallel(ptr, ptr, i32, i32)")
+    fn.emit(f"call void @GOMP_parallel(ptr @{outlined}, ptr {arr}, i32 {nt}, i32 0)")
+    fn.emit(f"br label %{done}")
+    fn.start_block(done)
+
+
+def _emit_parallel_body(module: Module, name: str, params: list[Buffer], loop: For):
+    """``name(data)`` runs this thread's contiguous share of ``loop``."""
+    fn = FunctionGen(module, name)
+    for k, b in enumerate(params):
+        slot, p = fn.tmp("slot"), fn.tmp("arg")
+        fn.emit(f"{slot} = getelementptr ptr, ptr %data, i64 {k}")
+        fn.emit(f"{p} = load ptr, ptr {slot}, align 8")
+        fn.ptrs[b] = p
+    module.declare("omp_get_thread_num", "declare i32 @omp_get_thread_num()")
+    module.declare("omp_get_num_threads", "declare i32 @omp_get_num_threads()")
+    tid32, nt32, tid, nt = fn.tmp(), fn.tmp(), fn.tmp(), fn.tmp()
+    fn.emit(f"{tid32} = call i32 @omp_get_thread_num()")
+    fn.emit(f"{nt32} = call i32 @omp_get_num_threads()")
+    fn.emit(f"{tid} = sext i32 {tid32} to i64")
+    fn.emit(f"{nt} = sext i32 {nt32} to i64")
+    n = loop.extent
+    chunk, num, lo, hi_raw, hi, lo_s, hi_s = (fn.tmp() for _ in range(7))
+    fn.emit(f"{num} = add i64 {n - 1}, {nt}")
+    fn.emit(f"{chunk} = sdiv i64 {num}, {nt}")
+    fn.emit(f"{lo} = mul i64 {tid}, {chunk}")
+    fn.emit(f"{hi_raw} = add i64 {lo}, {chunk}")
+    fn.emit(f"{hi} = call i64 @llvm.smin.i64(i64 {hi_raw}, i64 {n})")
+    module.declare("llvm.smin.i64", "declare i64 @llvm.smin.i64(i64, i64)")
+    fn.emit(f"{lo_s} = add i64 {lo}, {loop.start}")
+    fn.emit(f"{hi_s} = add i64 {hi}, {loop.start}")
+    # An innermost parallel loop is also the one to vectorize.
+    inner = not _has_loop(loop.body) and vectorizable(loop.body)
+    fn.loop(loop.var, lo_s, hi_s, loop.body, "vectorize" if inner else None)
+    module.functions.append(fn.finish(f"internal void @{name}(ptr %data)"))
+
+
+def emit_module(kernels: list[Kernel], calls: list[list[int]]) -> str:
+    """The whole module: kernels plus ``mc_main(ptr table)`` calling each kernel
+    with pointers from the table slots listed in ``calls``."""
+    module = Module()
+    names = [emit_kernel(module, k) for k in kernels]
+    lines = ["define void @mc_main(ptr %table) {", "entry:"]
+    c = 0
+    for name, slots in zip(names, calls):
+        args = []
+        for s in slots:
+            c += 1
+            lines.append(f"  %s{c} = getelementptr ptr, ptr %table, i64 {s}")
+            lines.append(f"  %a{c} = load ptr, ptr %s{c}, align 8")
+            args.append(f"ptr %a{c}")
+        lines.append(f"  call void @{name}({', '.join(args)})")
+    lines += ["  ret void", "}", ""]
+    module.functions.append("\n".join(lines))
+    return module.text()

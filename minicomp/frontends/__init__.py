@@ -1,0 +1,1 @@
+"""Frontends: ways to make a Graph (the Python builder, the ONNX importer)."""

@@ -1,0 +1,260 @@
+"""Build graphs from Python.
+
+    g = GraphBuilder("mlp")
+    x = g.input("x", (64, 784))
+    h = g.relu(x @ g.constant(w1) + g.constant(b1))
+    g.output(h @ g.constant(w2))
+    graph = g.build()
+
+Every registered op is a method of the builder (``g.softmax(x, axis=-1)``)
+and of its tensors (``x.softmax(axis=-1)``). Python operators record nodes
+(``+ - * / @ ** < >``, unary ``-``, indexing with slices). numpy arrays and
+Python scalars mixed into an expression become constants. Shape errors are
+raised as the node is built, naming the op, the node and the shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from minicomp.errors import MinicompError, ShapeError
+from minicomp.ir.dtypes import as_dtype
+from minicomp.ir.graph import Graph, Node, TensorType, Value
+from minicomp.ir.ops import all_ops, get_op
+
+
+class Tensor:
+    """A handle on a value being built; operators record new nodes."""
+
+    __array_priority__ = 1000  # make numpy defer to our reflected operators
+
+    def __init__(self, builder: GraphBuilder, value: Value):
+        self.builder = builder
+        self.value = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    @property
+    def name(self) -> str:
+        return self.value.name
+
+    @property
+    def ndim(self) -> int:
+        return len(self.value.shape)
+
+    def __repr__(self):
+        return f"Tensor(%{self.value.name}: {self.value.type})"
+
+    def _other(self, x) -> Tensor:
+        return self.builder.as_tensor(x, like=self)
+
+    def _bin(self, op, other, reverse=False):
+        o = self._other(other)
+        return self.builder.op(op, o, self) if reverse else self.builder.op(op, self, o)
+
+    def __add__(self, o):
+        return self._bin("add", o)
+
+    def __radd__(self, o):
+        return self._bin("add", o, True)
+
+    def __sub__(self, o):
+        return self._bin("sub", o)
+
+    def __rsub__(self, o):
+        return self._bin("sub", o, True)
+
+    def __mul__(self, o):
+        return self._bin("mul", o)
+
+    def __rmul__(self, o):
+        return self._bin("mul", o, True)
+
+    def __truediv__(self, o):
+        return self._bin("div", o)
+
+    def __rtruediv__(self, o):
+        return self._bin("div", o, True)
+
+    def __pow__(self, o):
+        return self._bin("pow", o)
+
+    def __matmul__(self, o):
+        return self._bin("matmul", o)
+
+    def __rmatmul__(self, o):
+        return self._bin("matmul", o, True)
+
+    def __lt__(self, o):
+        return self._bin("less", o)
+
+    def __gt__(self, o):
+        return self._bin("greater", o)
+
+    def __neg__(self):
+        return self.builder.op("neg", self)
+
+    def __abs__(self):
+        return self.builder.op("abs", self)
+
+    def reshape(self, *shape) -> Tensor:
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return self.builder.op("reshape", self, shape=tuple(shape))
+
+    def transpose(self, *perm) -> Tensor:
+        perm = perm[0] if len(perm) == 1 and isinstance(perm[0], (tuple, list)) else perm
+        return self.builder.op("transpose", self, perm=tuple(perm) if perm else None)
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 - numpy's spelling
+        return self.transpose()
+
+    def astype(self, dtype) -> Tensor:
+        return self.builder.op("cast", self, dtype=as_dtype(dtype).name)
+
+    def __getitem__(self, key) -> Tensor:
+        """numpy basic indexing: ints, slices, ``None`` and one ``...``."""
+        key = key if isinstance(key, tuple) else (key,)
+        if sum(k is Ellipsis for k in key) > 1:
+            raise ShapeError(f"index {key!r} of %{self.name} has more than one '...'")
+        n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+        if n_real > self.ndim:
+            raise ShapeError(f"index {key!r} has {n_real} entries but %{self.name} has rank {self.ndim}")
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - n_real) + key[i + 1:]
+        key = key + (slice(None),) * (self.ndim - sum(1 for k in key if k is not None))
+        starts, ends, steps, drop, new_axes, axis = [], [], [], [], [], 0
+        for pos, k in enumerate(key):
+            if k is None:
+                new_axes.append(pos)
+                continue
+            d = self.shape[axis]
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + d if k < 0 else int(k)
+                if not 0 <= i < d:
+                    raise ShapeError(f"index {int(k)} is out of range for axis {axis} of %{self.name} "
+                                     f"(size {d})")
+                starts.append(i), ends.append(i + 1), steps.append(1), drop.append(axis)
+            elif isinstance(k, slice):
+                r = range(*k.indices(d))
+                starts.append(r.start), ends.append(r.stop if r.stop >= 0 else -(d + 1)), steps.append(r.step)
+            else:
+                raise ShapeError(f"unsupported index {k!r} of %{self.name}; use ints, slices, None, ...")
+            axis += 1
+        out = self
+        if any(s != 0 for s in starts) or any(e != d for e, d in zip(ends, self.shape)) or any(
+                s != 1 for s in steps):
+            out = self.builder.op("slice", self, starts=starts, ends=ends, steps=steps)
+        if drop:
+            out = self.builder.op("squeeze", out, axes=drop)
+        if new_axes:
+            out = self.builder.op("unsqueeze", out, axes=[p - sum(1 for q in drop if q < p) for p in new_axes])
+        return out
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in all_ops():
+            return lambda *others, **attrs: self.builder.op(name, self, *others, **attrs)
+        raise AttributeError(f"Tensor has no attribute or op '{name}'")
+
+    def __bool__(self):
+        raise MinicompError("a graph Tensor has no truth value while the graph is being built")
+
+    def __hash__(self):
+        return id(self)
+
+
+class GraphBuilder:
+    """Records a Graph from Python calls; see the module docstring."""
+
+    def __init__(self, name: str = "main"):
+        self.graph = Graph(name=name)
+        self._counter = itertools.count()
+        self._names: set[str] = set()
+        self._built = False
+
+    def _fresh(self, prefix: str, name: str | None = None) -> str:
+        if name is not None:
+            if name in self._names:
+                raise MinicompError(f"name '{name}' is already used in graph '{self.graph.name}'")
+            self._names.add(name)
+            return name
+        while True:
+            cand = f"{prefix}_{next(self._counter)}"
+            if cand not in self._names:
+                self._names.add(cand)
+                return cand
+
+    def input(self, name: str, shape, dtype="float32") -> Tensor:
+        """Declare a graph input of the given shape and dtype."""
+        v = Value(self._fresh("input", name), TensorType(tuple(shape), as_dtype(dtype)))
+        self.graph.inputs.append(v)
+        return Tensor(self, v)
+
+    def constant(self, array, name: str | None = None, dtype=None) -> Tensor:
+        """Add a constant holding a copy of ``array``."""
+        arr = np.array(array, dtype=as_dtype(dtype).numpy if dtype is not None else None)
+        if arr.dtype == np.float64 and dtype is None and not isinstance(array, np.ndarray):
+            arr = arr.astype(np.float32)  # Python floats default to float32, numpy arrays keep theirs
+        if arr.dtype == np.int64 and dtype is None and not isinstance(array, np.ndarray):
+            arr = arr.astype(np.int64)
+        dt = as_dtype(arr.dtype)
+        v = Value(self._fresh("const", name), TensorType(arr.shape, dt))
+        self.graph.constants[v] = np.array(arr, order="C", copy=True)
+        return Tensor(self, v)
+
+    def as_tensor(self, x, like: Tensor | None = None) -> Tensor:
+        """``x`` as a Tensor of this graph; scalars take ``like``'s dtype."""
+        if isinstance(x, Tensor):
+            if x.builder is not self:
+                raise MinicompError(f"%{x.name} belongs to another graph builder")
+            return x
+        if isinstance(x, (bool, int, float, np.generic)) and like is not None:
+            return self.constant(np.array(x, dtype=like.dtype.numpy))
+        if isinstance(x, np.ndarray):
+            return self.constant(x)
+        return self.constant(np.asarray(x, dtype=like.dtype.numpy if like is not None else None))
+
+    def op(self, op: str, *inputs, name: str | None = None, **attrs):
+        """Record one node of ``op``; returns its output Tensor (a tuple if several)."""
+        opdef = get_op(op)
+        tensors = [self.as_tensor(x, like=next((t for t in inputs if isinstance(t, Tensor)), None))
+                   for x in inputs]
+        node_name = self._fresh(op, name)
+        types = [t.value.type for t in tensors]
+        frozen = opdef.make_attrs(types, attrs, node_name)
+        out_types = opdef.infer_types(types, frozen, node_name)
+        outs = [Value(node_name if len(out_types) == 1 else self._fresh(f"{node_name}_out{k}"), t)
+                for k, t in enumerate(out_types)]
+        node = Node(op, tuple(t.value for t in tensors), frozen, tuple(outs), node_name)
+        self.graph.nodes.append(node)
+        res = tuple(Tensor(self, v) for v in outs)
+        return res[0] if len(res) == 1 else res
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in all_ops():
+            return lambda *inputs, **attrs: self.op(name, *inputs, **attrs)
+        raise AttributeError(f"GraphBuilder has no attribute or op '{name}'")
+
+    def output(self, *tensors: Tensor) -> None:
+        """Mark tensors as graph outputs (in order)."""
+        for t in tensors:
+            self.graph.outputs.append(self.as_tensor(t).value)
+
+    def build(self) -> Graph:
+        """Finish: verify and return the Graph."""
+        if not self.graph.outputs:
+            raise MinicompError(f"graph '{self.graph.name}' has no outputs; call output() first")
+        return self.graph.verify()

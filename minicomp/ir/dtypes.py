@@ -1,0 +1,86 @@
+"""The dtypes minicomp knows, with their numpy, LLVM and C spellings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minicomp.errors import MinicompError
+
+
+@dataclass(frozen=True)
+class DType:
+    """A scalar element type.
+
+    ``short`` is the spelling used in the IR text (``f32``), ``llvm`` the LLVM
+    IR type used for arithmetic, ``llvm_storage`` the type used in memory
+    (``bool`` is ``i1`` in registers but one byte in memory; ``f16`` is
+    computed in ``float`` and stored as ``half``), and ``c`` the C spelling.
+    """
+
+    name: str
+    short: str
+    numpy: np.dtype
+    llvm: str
+    llvm_storage: str
+    c: str
+    itemsize: int
+
+    @property
+    def is_float(self) -> bool:
+        return self.name.startswith("float")
+
+    @property
+    def is_int(self) -> bool:
+        return self.name.startswith("int")
+
+    @property
+    def is_bool(self) -> bool:
+        return self.name == "bool"
+
+    def __str__(self) -> str:
+        return self.short
+
+    def __repr__(self) -> str:
+        return f"dtypes.{self.name}"
+
+
+float32 = DType("float32", "f32", np.dtype(np.float32), "float", "float", "float", 4)
+float64 = DType("float64", "f64", np.dtype(np.float64), "double", "double", "double", 8)
+# float16 is stored as half and computed in float: every x86 core can convert
+# but few can do arithmetic in half, and numpy also rounds per operation.
+float16 = DType("float16", "f16", np.dtype(np.float16), "float", "half", "__half", 2)
+int32 = DType("int32", "i32", np.dtype(np.int32), "i32", "i32", "int", 4)
+int64 = DType("int64", "i64", np.dtype(np.int64), "i64", "i64", "long long", 8)
+bool_ = DType("bool", "bool", np.dtype(np.bool_), "i1", "i8", "bool", 1)
+
+ALL_DTYPES = (float32, float64, float16, int32, int64, bool_)
+FLOAT_DTYPES = (float32, float64, float16)
+INT_DTYPES = (int32, int64)
+NUMERIC_DTYPES = FLOAT_DTYPES + INT_DTYPES
+
+_BY_NAME = {}
+for _d in ALL_DTYPES:
+    _BY_NAME[_d.name] = _d
+    _BY_NAME[_d.short] = _d
+_BY_NAME["bool_"] = bool_
+
+
+def as_dtype(spec) -> DType:
+    """Turn a DType, a name (``"float32"``/``"f32"``), or a numpy dtype into a DType."""
+    if isinstance(spec, DType):
+        return spec
+    if isinstance(spec, str) and spec in _BY_NAME:
+        return _BY_NAME[spec]
+    try:
+        npd = np.dtype(spec)
+    except TypeError as exc:
+        raise MinicompError(f"unknown dtype {spec!r}") from exc
+    for d in ALL_DTYPES:
+        if d.numpy == npd:
+            return d
+    raise MinicompError(
+        f"unsupported dtype {npd}; minicomp supports "
+        + ", ".join(d.name for d in ALL_DTYPES)
+    )

@@ -1,0 +1,607 @@
+"""Scalar and index expressions, shared by compute definitions and loop IR.
+
+Expressions are small immutable trees. Every node knows its dtype. Index
+variables (:class:`Var`) are ``int64``. A :class:`Load` reads one element of a
+tensor-like object (anything with ``name``, ``shape`` and ``dtype``: a compute
+stage, a placeholder, a loop-IR buffer). A :class:`Reduce` combines a body over
+reduction axes; it only appears at the top of a compute stage.
+
+Nodes compare by identity; :func:`simplify` folds constants and cleans up
+index arithmetic (``x*1``, ``x+0``, and ``//``/``%`` of affine terms whose
+ranges are known).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from minicomp.errors import MinicompError
+from minicomp.ir import dtypes
+from minicomp.ir.dtypes import DType
+
+ARITH_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "max", "min", "pow", "and", "or")
+CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
+CALL_FNS = ("exp", "log", "sqrt", "tanh", "erf", "neg", "abs", "not", "floor")
+REDUCE_OPS = ("sum", "max", "min")
+
+_counter = itertools.count()
+
+
+class Expr:
+    """Base class of expression nodes; gives them Python operators."""
+
+    dtype: DType
+
+    def _wrap(self, other) -> Expr:
+        return as_expr(other, self.dtype)
+
+    def __add__(self, o):
+        return binop("add", self, self._wrap(o))
+
+    def __radd__(self, o):
+        return binop("add", self._wrap(o), self)
+
+    def __sub__(self, o):
+        return binop("sub", self, self._wrap(o))
+
+    def __rsub__(self, o):
+        return binop("sub", self._wrap(o), self)
+
+    def __mul__(self, o):
+        return binop("mul", self, self._wrap(o))
+
+    def __rmul__(self, o):
+        return binop("mul", self._wrap(o), self)
+
+    def __truediv__(self, o):
+        return binop("div", self, self._wrap(o))
+
+    def __rtruediv__(self, o):
+        return binop("div", self._wrap(o), self)
+
+    def __floordiv__(self, o):
+        return binop("floordiv", self, self._wrap(o))
+
+    def __mod__(self, o):
+        return binop("mod", self, self._wrap(o))
+
+    def __neg__(self):
+        return call("neg", self)
+
+    def __repr__(self) -> str:
+        return format_expr(self)
+
+
+@dataclass(eq=False, repr=False)
+class Const(Expr):
+    value: int | float | bool
+    dtype: DType
+
+
+@dataclass(eq=False, repr=False)
+class Var(Expr):
+    """An index variable (loop or reduction axis)."""
+
+    name: str
+    dtype: DType = dtypes.int64
+
+
+@dataclass(eq=False, repr=False)
+class BinOp(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self) -> DType:
+        return dtypes.bool_ if self.op in CMP_OPS else self.a.dtype
+
+
+@dataclass(eq=False, repr=False)
+class Call(Expr):
+    fn: str
+    args: tuple[Expr, ...]
+
+    @property
+    def dtype(self) -> DType:
+        return self.args[0].dtype
+
+
+@dataclass(eq=False, repr=False)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self) -> DType:
+        return self.a.dtype
+
+
+@dataclass(eq=False, repr=False)
+class Cast(Expr):
+    dtype: DType
+    x: Expr
+
+
+@dataclass(eq=False, repr=False)
+class Load(Expr):
+    tensor: object
+    indices: tuple[Expr, ...]
+
+    @property
+    def dtype(self) -> DType:
+        return self.tensor.dtype
+
+
+@dataclass(eq=False, repr=False)
+class Reduce(Expr):
+    """``op`` over ``axes`` (pairs of Var and extent) of ``body``."""
+
+    op: str
+    body: Expr
+    axes: tuple[tuple[Var, int], ...]
+
+    @property
+    def dtype(self) -> DType:
+        return self.body.dtype
+
+
+# -- constructors ------------------------------------------------------------
+
+def as_expr(x, dtype: DType | None = None) -> Expr:
+    """Wrap a Python or numpy scalar as a Const (of ``dtype`` when given)."""
+    if isinstance(x, Expr):
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return Const(bool(x), dtype or dtypes.bool_)
+    if isinstance(x, (int, np.integer)):
+        d = dtype or dtypes.int64
+        return Const(float(x) if d.is_float else int(x), d)
+    if isinstance(x, (float, np.floating)):
+        d = dtype or dtypes.float32
+        return Const(float(x) if d.is_float else int(x), d)
+    raise MinicompError(f"cannot use {x!r} in an expression")
+
+
+def const(value, dtype) -> Const:
+    """A constant of the given dtype."""
+    d = dtypes.as_dtype(dtype)
+    if d.is_bool:
+        return Const(bool(value), d)
+    return Const(float(value) if d.is_float else int(value), d)
+
+
+def binop(op: str, a, b) -> Expr:
+    """Build ``a op b``; the operands must have the same dtype."""
+    if not isinstance(a, Expr):
+        a = as_expr(a, b.dtype if isinstance(b, Expr) else None)
+    if not isinstance(b, Expr):
+        b = as_expr(b, a.dtype)
+    if a.dtype != b.dtype:
+        raise MinicompError(f"expression {op} mixes dtypes {a.dtype} and {b.dtype}")
+    return BinOp(op, a, b)
+
+
+def call(fn: str, *args) -> Expr:
+    """Build an intrinsic call such as ``exp(x)``."""
+    assert fn in CALL_FNS, fn
+    return Call(fn, tuple(args))
+
+
+def select(cond, a, b) -> Expr:
+    """``a`` where ``cond`` holds, else ``b``."""
+    if not isinstance(a, Expr):
+        a = as_expr(a, b.dtype if isinstance(b, Expr) else None)
+    if not isinstance(b, Expr):
+        b = as_expr(b, a.dtype)
+    return Select(cond, a, b)
+
+
+def cast(dtype, x: Expr) -> Expr:
+    d = dtypes.as_dtype(dtype)
+    return x if x.dtype == d else Cast(d, x)
+
+
+def maximum(a, b):
+    return binop("max", a, b)
+
+
+def minimum(a, b):
+    return binop("min", a, b)
+
+
+def lt(a, b):
+    return binop("lt", a, b)
+
+
+def le(a, b):
+    return binop("le", a, b)
+
+
+def gt(a, b):
+    return binop("gt", a, b)
+
+
+def ge(a, b):
+    return binop("ge", a, b)
+
+
+def eq(a, b):
+    return binop("eq", a, b)
+
+
+def logical_and(a, b):
+    return binop("and", a, b)
+
+
+def fresh_var(prefix: str = "i") -> Var:
+    """A new index variable with a readable, unique name."""
+    return Var(f"{prefix}{next(_counter)}")
+
+
+# -- traversal -----------------------------------------------------------------
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, BinOp):
+        return (e.a, e.b)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    if isinstance(e, Cast):
+        return (e.x,)
+    if isinstance(e, Load):
+        return e.indices
+    if isinstance(e, Reduce):
+        return (e.body,)
+    return ()
+
+
+def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
+    """A copy of ``e`` with new children (returns ``e`` if they are the same)."""
+    if all(a is b for a, b in zip(kids, children(e))):
+        return e
+    if isinstance(e, BinOp):
+        return BinOp(e.op, *kids)
+    if isinstance(e, Call):
+        return Call(e.fn, tuple(kids))
+    if isinstance(e, Select):
+        return Select(*kids)
+    if isinstance(e, Cast):
+        return Cast(e.dtype, kids[0])
+    if isinstance(e, Load):
+        return Load(e.tensor, tuple(kids))
+    if isinstance(e, Reduce):
+        return Reduce(e.op, kids[0], e.axes)
+    return e
+
+
+def walk(e: Expr):
+    """Yield every node of ``e`` (pre-order)."""
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(children(n)))
+
+
+def substitute(e: Expr, mapping: dict) -> Expr:
+    """Replace Vars (keys of ``mapping``) by expressions, bottom-up."""
+    memo: dict[int, Expr] = {}
+
+    def go(n):
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        if isinstance(n, Var):
+            out = mapping.get(n, n)
+        else:
+            out = rebuild(n, tuple(go(c) for c in children(n)))
+        memo[key] = out
+        return out
+
+    return go(e)
+
+
+def transform_loads(e: Expr, fn) -> Expr:
+    """Rebuild ``e`` with each Load replaced by ``fn(load)`` (or kept if None)."""
+    memo: dict[int, Expr] = {}
+
+    def go(n):
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        new = rebuild(n, tuple(go(c) for c in children(n)))
+        if isinstance(new, Load):
+            replaced = fn(new)
+            if replaced is not None:
+                new = replaced
+        memo[key] = new
+        return new
+
+    return go(e)
+
+
+def loaded_tensors(e: Expr) -> list:
+    """Tensors read by ``e``, in first-use order, without repeats."""
+    out = []
+    for n in walk(e):
+        if isinstance(n, Load) and not any(n.tensor is t for t in out):
+            out.append(n.tensor)
+    return out
+
+
+def free_vars(e: Expr) -> list[Var]:
+    out: list[Var] = []
+    for n in walk(e):
+        if isinstance(n, Var) and not any(n is v for v in out):
+            out.append(n)
+    return out
+
+
+# -- printing ------------------------------------------------------------------
+
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%",
+          "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
+          "and": "&&", "or": "||"}
+
+
+def format_const(c: Const) -> str:
+    if c.dtype.is_bool:
+        return "true" if c.value else "false"
+    if c.dtype.is_float:
+        v = float(c.value)
+        text = repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+        return text if c.dtype == dtypes.float32 else f"{text}:{c.dtype.short}"
+    return str(c.value) if c.dtype == dtypes.int64 else f"{c.value}:{c.dtype.short}"
+
+
+def format_expr(e: Expr) -> str:
+    """C-like text of an expression, for loop-IR dumps and error messages."""
+    if isinstance(e, Const):
+        return format_const(e)
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, BinOp):
+        if e.op in _INFIX:
+            return f"({format_expr(e.a)} {_INFIX[e.op]} {format_expr(e.b)})"
+        return f"{e.op}({format_expr(e.a)}, {format_expr(e.b)})"
+    if isinstance(e, Call):
+        return f"{e.fn}({', '.join(format_expr(a) for a in e.args)})"
+    if isinstance(e, Select):
+        return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
+    if isinstance(e, Cast):
+        return f"{e.dtype.short}({format_expr(e.x)})"
+    if isinstance(e, Load):
+        return f"{e.tensor.name}[{', '.join(format_expr(i) for i in e.indices)}]"
+    if isinstance(e, Reduce):
+        axes = ", ".join(f"{v.name}<{n}" for v, n in e.axes)
+        return f"{e.op}({format_expr(e.body)}; {axes})"
+    return f"<{type(e).__name__}>"
+
+
+# -- simplification ------------------------------------------------------------
+
+def _fold_scalar(op: str, a, b, dtype: DType):
+    """Evaluate ``a op b`` with the semantics of generated code."""
+    if op in CMP_OPS:
+        return {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b,
+                "eq": a == b, "ne": a != b}[op]
+    if dtype.is_float:
+        npa, npb = dtype.numpy.type(a), dtype.numpy.type(b)
+        with np.errstate(all="ignore"):
+            r = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+                 "max": np.maximum, "min": np.minimum, "pow": np.power,
+                 "floordiv": np.floor_divide, "mod": np.fmod}[op](npa, npb)
+        return float(r)
+    if op == "and":
+        return a and b
+    if op == "or":
+        return a or b
+    if op in ("div", "floordiv", "mod") and b == 0:
+        return None  # leave it to the code generator's zero guard
+    if op == "div":
+        q = abs(a) // abs(b)
+        return q if (a >= 0) == (b >= 0) else -q
+    fns = {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "floordiv": lambda: a // b,
+           "mod": lambda: a % b, "max": lambda: max(a, b), "min": lambda: min(a, b)}
+    return fns[op]() if op in fns else None
+
+
+def bounds(e: Expr, ranges: dict) -> tuple[int, int] | None:
+    """Inclusive integer bounds of an index expression, or None if unknown."""
+    if isinstance(e, Const) and e.dtype.is_int:
+        return (e.value, e.value)
+    if isinstance(e, Var):
+        ext = ranges.get(e)
+        return (0, ext - 1) if ext is not None else None
+    if isinstance(e, BinOp) and e.dtype.is_int:
+        ba, bb = bounds(e.a, ranges), bounds(e.b, ranges)
+        if ba is None or bb is None:
+            return None
+        if e.op == "add":
+            return (ba[0] + bb[0], ba[1] + bb[1])
+        if e.op == "sub":
+            return (ba[0] - bb[1], ba[1] - bb[0])
+        if e.op == "mul":
+            prods = [x * y for x in ba for y in bb]
+            return (min(prods), max(prods))
+        if e.op == "max":
+            return (max(ba[0], bb[0]), max(ba[1], bb[1]))
+        if e.op == "min":
+            return (min(ba[0], bb[0]), min(ba[1], bb[1]))
+        if e.op in ("floordiv", "mod") and bb[0] == bb[1] and bb[0] > 0 and ba[0] >= 0:
+            d = bb[0]
+            if e.op == "floordiv":
+                return (ba[0] // d, ba[1] // d)
+            return (0, d - 1) if ba[1] >= d else ba
+    return None
+
+
+def _affine(e: Expr):
+    """``e`` as ({atom: coeff}, const) if it is affine in its atoms, else None."""
+    if isinstance(e, Const) and e.dtype.is_int:
+        return {}, e.value
+    if isinstance(e, BinOp) and e.dtype.is_int and e.op in ("add", "sub", "mul"):
+        la, lb = _affine(e.a), _affine(e.b)
+        if la is None or lb is None:
+            return None
+        if e.op in ("add", "sub"):
+            sign = 1 if e.op == "add" else -1
+            terms = dict(la[0])
+            for t, c in lb[0].items():
+                terms[t] = terms.get(t, 0) + sign * c
+            return {t: c for t, c in terms.items() if c}, la[1] + sign * lb[1]
+        if not la[0]:
+            la, lb = lb, la
+        if lb[0]:
+            return None  # product of two non-constants is not affine
+        k = lb[1]
+        return {t: c * k for t, c in la[0].items() if c * k}, la[1] * k
+    if e.dtype.is_int:
+        return {e: 1}, 0
+    return None
+
+
+def _from_affine(terms: dict, c: int, dtype: DType) -> Expr:
+    out: Expr | None = None
+    for t, k in terms.items():
+        term = t if k == 1 else BinOp("mul", t, Const(k, dtype))
+        out = term if out is None else BinOp("add", out, term)
+    if out is None:
+        return Const(c, dtype)
+    return BinOp("add", out, Const(c, dtype)) if c else out
+
+
+def _simplify_divmod(e: BinOp, ranges: dict) -> Expr | None:
+    """``(d*q + r) // d -> q`` and ``% d -> r`` when ``0 <= r < d``."""
+    if not (isinstance(e.b, Const) and e.b.value > 0):
+        return None
+    d = e.b.value
+    aff = _affine(e.a)
+    if aff is None:
+        return None
+    terms, c = aff
+    whole = {t: k // d for t, k in terms.items() if k % d == 0}
+    rest = {t: k for t, k in terms.items() if k % d != 0}
+    rest_expr = _from_affine(rest, c % d, e.dtype)
+    b = bounds(rest_expr, ranges)
+    if b is None or b[0] < 0 or b[1] >= d:
+        return None
+    if e.op == "floordiv":
+        return _from_affine(whole, c // d, e.dtype)
+    return rest_expr
+
+
+def simplify(e: Expr, ranges: dict | None = None) -> Expr:
+    """Fold constants and simplify index arithmetic.
+
+    ``ranges`` maps Vars to their extents; with it, ``//`` and ``%`` of affine
+    expressions and redundant ``min``/``max`` clamps are removed.
+    """
+    ranges = ranges or {}
+    memo: dict[int, Expr] = {}
+
+    def go(n: Expr) -> Expr:
+        key = id(n)
+        if key not in memo:
+            memo[key] = _simplify_node(rebuild(n, tuple(go(c) for c in children(n))), ranges)
+        return memo[key]
+
+    return go(e)
+
+
+def _is_const(e, value=None) -> bool:
+    return isinstance(e, Const) and (value is None or e.value == value)
+
+
+def _simplify_node(e: Expr, ranges: dict) -> Expr:
+    if isinstance(e, BinOp):
+        a, b = e.a, e.b
+        if _is_const(a) and _is_const(b):
+            r = _fold_scalar(e.op, a.value, b.value, a.dtype)
+            if r is not None:
+                return const(r, e.dtype)
+        op = e.op
+        if op == "add":
+            if _is_const(b, 0):
+                return a
+            if _is_const(a, 0):
+                return b
+        if op == "sub" and _is_const(b, 0):
+            return a
+        if op == "mul":
+            if _is_const(b, 1):
+                return a
+            if _is_const(a, 1):
+                return b
+            if e.dtype.is_int and (_is_const(a, 0) or _is_const(b, 0)):
+                return Const(0, e.dtype)
+        if op in ("div", "floordiv") and _is_const(b, 1):
+            return a
+        if op == "mod" and _is_const(b, 1) and e.dtype.is_int:
+            return Const(0, e.dtype)
+        if e.dtype.is_int and op in ("floordiv", "mod"):
+            r = _simplify_divmod(e, ranges)
+            if r is not None:
+                return simplify(r, ranges) if r is not e else r
+        if e.dtype.is_int and op in ("add", "sub", "mul"):
+            aff = _affine(e)
+            if aff is not None:
+                terms, c = aff
+                # Merge like terms only when it actually shrinks the expression.
+                flat = _from_affine(terms, c, e.dtype)
+                if _size(flat) < _size(e):
+                    return flat
+        if e.dtype.is_int and op in ("max", "min"):
+            ba, bb = bounds(a, ranges), bounds(b, ranges)
+            if ba and bb:
+                if op == "max":
+                    if ba[0] >= bb[1]:
+                        return a
+                    if bb[0] >= ba[1]:
+                        return b
+                else:
+                    if ba[1] <= bb[0]:
+                        return a
+                    if bb[1] <= ba[0]:
+                        return b
+        if op in CMP_OPS and e.a.dtype.is_int:
+            ba, bb = bounds(a, ranges), bounds(b, ranges)
+            if ba and bb:
+                lo, hi = ba[0] - bb[1], ba[1] - bb[0]  # range of a - b
+                decided = {"lt": (hi < 0, lo >= 0), "le": (hi <= 0, lo > 0),
+                           "gt": (lo > 0, hi <= 0), "ge": (lo >= 0, hi < 0)}.get(op)
+                if decided and decided[0]:
+                    return Const(True, dtypes.bool_)
+                if decided and decided[1]:
+                    return Const(False, dtypes.bool_)
+        if op == "and":
+            if _is_const(a):
+                return b if a.value else a
+            if _is_const(b):
+                return a if b.value else b
+        return e
+    if isinstance(e, Select) and _is_const(e.cond):
+        return e.a if e.cond.value else e.b
+    if isinstance(e, Cast) and _is_const(e.x):
+        v = e.x.value
+        if e.dtype.is_bool:
+            return Const(bool(v), e.dtype)
+        if e.dtype.is_int and isinstance(v, float):
+            if not math.isfinite(v):
+                return e
+            v = int(v)
+        return const(v, e.dtype)
+    if isinstance(e, Cast) and e.dtype == e.x.dtype:
+        return e.x
+    return e
+
+
+def _size(e: Expr) -> int:
+    return sum(1 for _ in walk(e))

@@ -1,0 +1,282 @@
+"""The graph IR: typed SSA values, nodes, and the graph that holds them.
+
+A :class:`Graph` owns its inputs, its constants (numpy arrays), its nodes in a
+valid topological order, and its outputs. Values are compared by identity;
+names are for people and for the text format, and are unique in a graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minicomp.errors import VerifyError, describe_types
+from minicomp.ir.dtypes import DType, as_dtype
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """The static type of a value: a shape (tuple of ints) and a dtype."""
+
+    shape: tuple[int, ...]
+    dtype: DType
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", as_dtype(self.dtype))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __str__(self) -> str:
+        return f"{self.dtype.short}[{', '.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(eq=False)
+class Value:
+    """A typed SSA value: a graph input, a constant, or one output of a node."""
+
+    name: str
+    type: TensorType
+    producer: Node | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+def freeze_attr(value):
+    """Make an attribute value immutable: lists become tuples, arrays are refused."""
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze_attr(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise VerifyError(f"attribute value {value!r} is not a plain Python value")
+
+
+class FrozenAttrs(Mapping):
+    """An immutable, hashable mapping of attribute names to plain values."""
+
+    def __init__(self, items: Mapping | Iterable = ()):
+        data = dict(items)
+        self._data = {k: freeze_attr(v) for k, v in sorted(data.items())}
+        self._hash = None
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def __hash__(self):
+        if self._hash is None:
+            self._hash = hash(tuple(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other):
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def __repr__(self):
+        return f"FrozenAttrs({self._data!r})"
+
+
+@dataclass(eq=False)
+class Node:
+    """One operation: ``outputs = op(inputs, attrs)``, with a stable name."""
+
+    op: str
+    inputs: tuple[Value, ...]
+    attrs: FrozenAttrs
+    outputs: tuple[Value, ...]
+    name: str
+
+    def __post_init__(self):
+        self.inputs = tuple(self.inputs)
+        self.outputs = tuple(self.outputs)
+        if not isinstance(self.attrs, FrozenAttrs):
+            self.attrs = FrozenAttrs(self.attrs)
+        for out in self.outputs:
+            out.producer = self
+
+    @property
+    def output(self) -> Value:
+        """The single output of a one-output node."""
+        if len(self.outputs) != 1:
+            raise VerifyError(f"node {self.name} ({self.op}) has {len(self.outputs)} outputs")
+        return self.outputs[0]
+
+    def describe(self) -> str:
+        """Short text for error messages: name, op and input/output shapes."""
+        ins = describe_types([v.type for v in self.inputs])
+        outs = describe_types([v.type for v in self.outputs])
+        return f"node '{self.name}' (op {self.op}, inputs {ins} -> {outs})"
+
+    def __repr__(self) -> str:
+        return f"Node({self.name}: {self.op})"
+
+
+@dataclass(eq=False)
+class Graph:
+    """A tensor program: inputs, constants, nodes in topological order, outputs."""
+
+    name: str = "main"
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    constants: dict[Value, np.ndarray | None] = field(default_factory=dict)
+
+    # -- lookups -------------------------------------------------------------
+    def values(self) -> list[Value]:
+        """Every value in definition order: inputs, constants, node outputs."""
+        vals = list(self.inputs) + list(self.constants)
+        for node in self.nodes:
+            vals.extend(node.outputs)
+        return vals
+
+    def value(self, name: str) -> Value:
+        """The value called ``name`` (without the ``%``)."""
+        for v in self.values():
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def node(self, name: str) -> Node:
+        """The node called ``name``."""
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def consumers(self) -> dict[Value, list[Node]]:
+        """Map each value to the nodes that read it, in order."""
+        users: dict[Value, list[Node]] = {v: [] for v in self.values()}
+        for node in self.nodes:
+            for v in node.inputs:
+                users.setdefault(v, [])
+                if node not in users[v]:
+                    users[v].append(node)
+        return users
+
+    def is_constant(self, value: Value) -> bool:
+        return value in self.constants
+
+    def unique_name(self, prefix: str) -> str:
+        """A value/node name starting with ``prefix`` that is not used yet."""
+        taken = {v.name for v in self.values()} | {n.name for n in self.nodes}
+        if prefix not in taken:
+            return prefix
+        i = 1
+        while f"{prefix}_{i}" in taken:
+            i += 1
+        return f"{prefix}_{i}"
+
+    def to_networkx(self):
+        """A networkx DiGraph view: one vertex per node, edges follow values.
+
+        Graph inputs and constants are not vertices. Edge attribute ``value``
+        holds the Value. The IR is never stored in networkx; this is a view for
+        graph algorithms (orders, dominators, cycles).
+        """
+        import networkx as nx
+
+        dg = nx.DiGraph()
+        for node in self.nodes:
+            dg.add_node(node)
+        for node in self.nodes:
+            for v in node.inputs:
+                if v.producer is not None and v.producer in dg:
+                    dg.add_edge(v.producer, node, value=v)
+        return dg
+
+    # -- checking ------------------------------------------------------------
+    def verify(self) -> Graph:
+        """Check the graph's invariants; raise VerifyError naming the culprit.
+
+        Checks: unique value and node names; every value defined before use and
+        produced once; registered ops with the right arity and attributes;
+        output types equal to what the op infers; constants whose arrays match
+        their types; graph outputs defined. Returns the graph.
+        """
+        from minicomp.ir import ops as op_registry
+
+        seen_names: set[str] = set()
+        defined: set[Value] = set()
+
+        def define(v: Value, where: str):
+            if not isinstance(v, Value):
+                raise VerifyError(f"{where}: {v!r} is not a Value")
+            if v.name in seen_names:
+                raise VerifyError(f"{where}: value name %{v.name} is defined twice")
+            if v in defined:
+                raise VerifyError(f"{where}: value %{v.name} is produced twice")
+            seen_names.add(v.name)
+            defined.add(v)
+
+        for v in self.inputs:
+            define(v, f"graph input %{v.name}")
+            if v.producer is not None:
+                raise VerifyError(f"graph input %{v.name} also has producer {v.producer.name}")
+        for v, arr in self.constants.items():
+            define(v, f"constant %{v.name}")
+            if arr is not None:
+                if tuple(arr.shape) != v.shape or arr.dtype != v.dtype.numpy:
+                    raise VerifyError(
+                        f"constant %{v.name} is declared {v.type} but holds "
+                        f"{arr.dtype}{list(arr.shape)}"
+                    )
+        node_names: set[str] = set()
+        for node in self.nodes:
+            if node.name in node_names:
+                raise VerifyError(f"node name '{node.name}' is used twice")
+            node_names.add(node.name)
+            for i, v in enumerate(node.inputs):
+                if v not in defined:
+                    where = "later in the graph" if v.producer in self.nodes else "nowhere in the graph"
+                    raise VerifyError(
+                        f"{node.describe()}: input {i} %{v.name} is used before it is defined "
+                        f"(it is defined {where})"
+                    )
+            opdef = op_registry.get_op(node.op, node=node.name)
+            expected = opdef.infer_types([v.type for v in node.inputs], node.attrs, node.name)
+            actual = [v.type for v in node.outputs]
+            if expected != actual:
+                raise VerifyError(
+                    f"{node.describe()}: declared output types {describe_types(actual)} "
+                    f"but op {node.op} infers {describe_types(expected)}"
+                )
+            for out in node.outputs:
+                if out.producer is not node:
+                    raise VerifyError(f"{node.describe()}: output %{out.name} names another producer")
+                define(out, node.describe())
+        for i, v in enumerate(self.outputs):
+            if v not in defined:
+                raise VerifyError(f"graph output {i} %{v.name} is not defined in the graph")
+        return self
+
+    def __str__(self) -> str:
+        from minicomp.ir.text import print_graph
+
+        return print_graph(self)

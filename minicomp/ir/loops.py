@@ -1,0 +1,199 @@
+"""Loop IR: kernels made of loops, stores, allocations and conditionals.
+
+A :class:`Kernel` has buffer parameters and a body statement. Statements:
+:class:`For` (kind serial, parallel, vectorized, unrolled, or a GPU axis),
+:class:`Seq`, :class:`Store`, :class:`Allocate` (scope local or shared),
+:class:`If` and :class:`Barrier`. Expressions are those of
+:mod:`minicomp.ir.expr`; a Load of a :class:`Buffer` reads memory.
+Buffers are indexed with one index per dimension (row-major); code
+generators flatten the indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minicomp.ir import expr as ex
+from minicomp.ir.compute import TensorLike
+from minicomp.ir.dtypes import DType
+
+LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled",
+              "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
+
+
+class Buffer(TensorLike):
+    """A region of memory: a kernel parameter or an allocation."""
+
+    def __init__(self, name: str, shape, dtype: DType, scope: str = "global"):
+        self.name = name
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        self.scope = scope
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __repr__(self):
+        return f"Buffer({self.name}: {self.dtype.short}{list(self.shape)}, {self.scope})"
+
+
+class Stmt:
+    """Base class of loop-IR statements."""
+
+    def __str__(self) -> str:
+        return "\n".join(format_stmt(self, 0))
+
+
+@dataclass(eq=False)
+class For(Stmt):
+    var: ex.Var
+    extent: int
+    body: Stmt
+    kind: str = "serial"
+    start: int = 0
+    is_reduction: bool = False  # iterations depend on each other: never parallel
+
+
+@dataclass(eq=False)
+class Seq(Stmt):
+    stmts: list[Stmt] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Store(Stmt):
+    buffer: Buffer
+    indices: tuple[ex.Expr, ...]
+    value: ex.Expr
+
+
+@dataclass(eq=False)
+class Allocate(Stmt):
+    buffer: Buffer
+    body: Stmt
+
+
+@dataclass(eq=False)
+class If(Stmt):
+    cond: ex.Expr
+    then: Stmt
+    otherwise: Stmt | None = None
+
+
+@dataclass(eq=False)
+class Barrier(Stmt):
+    """``__syncthreads()`` on GPU targets."""
+
+
+@dataclass(eq=False)
+class Kernel:
+    """A function over buffers: ``name(params...) { body }``.
+
+    ``inputs``/``outputs``/``workspace`` split ``params`` by role;
+    ``schedule`` lists the schedule steps applied (for dumps) and ``group``
+    names the graph nodes the kernel computes.
+    """
+
+    name: str
+    inputs: list[Buffer]
+    outputs: list[Buffer]
+    body: Stmt
+    workspace: list[Buffer] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)
+    schedule: list = field(default_factory=list)
+
+    @property
+    def params(self) -> list[Buffer]:
+        return list(self.inputs) + list(self.outputs) + list(self.workspace)
+
+    def __str__(self) -> str:
+        return format_kernel(self)
+
+
+# -- traversal -----------------------------------------------------------------
+
+def stmt_children(s: Stmt) -> list[Stmt]:
+    if isinstance(s, (For, Allocate)):
+        return [s.body]
+    if isinstance(s, Seq):
+        return list(s.stmts)
+    if isinstance(s, If):
+        return [s.then] + ([s.otherwise] if s.otherwise is not None else [])
+    return []
+
+
+def walk_stmts(s: Stmt):
+    """Every statement under ``s`` (pre-order)."""
+    yield s
+    for c in stmt_children(s):
+        yield from walk_stmts(c)
+
+
+def loops(s: Stmt) -> list[For]:
+    return [n for n in walk_stmts(s) if isinstance(n, For)]
+
+
+def seq(*stmts) -> Stmt:
+    """A sequence, flattened; a single statement is returned as is."""
+    flat: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Seq):
+            flat.extend(s.stmts)
+        elif s is not None:
+            flat.append(s)
+    return flat[0] if len(flat) == 1 else Seq(flat)
+
+
+# -- printing ------------------------------------------------------------------
+
+def format_stmt(s: Stmt, depth: int) -> list[str]:
+    pad = "  " * depth
+    if isinstance(s, For):
+        kind = "" if s.kind == "serial" else f"{s.kind} "
+        head = f"{pad}{kind}for ({s.var.name} = {s.start}; {s.var.name} < {s.start + s.extent}; {s.var.name}++) {{"
+        return [head] + format_stmt(s.body, depth + 1) + [f"{pad}}}"]
+    if isinstance(s, Seq):
+        out: list[str] = []
+        for c in s.stmts:
+            out.extend(format_stmt(c, depth))
+        return out
+    if isinstance(s, Store):
+        idx = ", ".join(ex.format_expr(i) for i in s.indices)
+        return [f"{pad}{s.buffer.name}[{idx}] = {ex.format_expr(s.value)};"]
+    if isinstance(s, Allocate):
+        b = s.buffer
+        return [f"{pad}{b.scope} {b.dtype.short} {b.name}[{', '.join(map(str, b.shape))}];"] + format_stmt(
+            s.body, depth)
+    if isinstance(s, If):
+        out = [f"{pad}if ({ex.format_expr(s.cond)}) {{"] + format_stmt(s.then, depth + 1)
+        if s.otherwise is not None:
+            out += [f"{pad}}} else {{"] + format_stmt(s.otherwise, depth + 1)
+        return out + [f"{pad}}}"]
+    if isinstance(s, Barrier):
+        return [f"{pad}barrier();"]
+    return [f"{pad}<{type(s).__name__}>"]
+
+
+def format_kernel(k: Kernel) -> str:
+    """C-like text of a kernel, with its schedule and source nodes as comments."""
+    def param(b: Buffer, role: str) -> str:
+        return f"{role} {b.dtype.short}* {b.name}[{', '.join(map(str, b.shape))}]"
+
+    params = [param(b, "in") for b in k.inputs] + [param(b, "out") for b in k.outputs] + [
+        param(b, "tmp") for b in k.workspace]
+    lines = []
+    if k.group:
+        lines.append(f"// nodes: {', '.join(k.group)}")
+    if k.schedule:
+        lines.append(f"// schedule: {'; '.join(str(step) for step in k.schedule)}")
+    lines.append(f"kernel {k.name}({', '.join(params)}) {{")
+    lines += format_stmt(k.body, 1)
+    lines.append("}")
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""Elementwise ops: unary math, casts, broadcasting binary ops, ``where``.
+
+Integer division truncates toward zero (like C and ONNX Runtime) and a zero
+divisor gives 0 instead of trapping: generated code must never fault on data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minicomp.errors import ShapeError
+from minicomp.ir import dtypes
+from minicomp.ir import expr as ex
+from minicomp.ir.compute import compute
+from minicomp.ir.graph import TensorType
+from minicomp.ir.ops import OpDef, broadcast_index, broadcast_shapes, register_op
+
+SQRT_HALF = 1.0 / math.sqrt(2.0)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _check_kind(t: TensorType, kind: str, what: str = "input"):
+    ok = {
+        "float": t.dtype.is_float,
+        "numeric": t.dtype.is_float or t.dtype.is_int,
+        "any": True,
+    }[kind]
+    if not ok:
+        want = {"float": "a float dtype", "numeric": "a numeric (float or int) dtype"}[kind]
+        raise ShapeError(f"{what} has dtype {t.dtype.name}, but this op needs {want}")
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def np_erf(x: np.ndarray) -> np.ndarray:
+    """erf in numpy (numpy has none), computed in float64."""
+    return _erf(np.asarray(x, dtype=np.float64)) if np.size(x) else np.asarray(x, np.float64)
+
+
+def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division toward zero; division by zero gives 0."""
+    safe = np.where(b == 0, 1, b)
+    q = np.abs(a) // np.abs(safe)
+    q = np.where((a < 0) != (safe < 0), -q, q)
+    return np.where(b == 0, 0, q).astype(np.result_type(a, b))
+
+
+def _unary(name: str, np_fn, expr_fn, kind: str = "float", attrs=None, doc: str = ""):
+    attrs = attrs or {}
+
+    def infer(types, a):
+        _check_kind(types[0], kind)
+        return [types[0]]
+
+    def reference(x, **a):
+        with np.errstate(all="ignore"):
+            return np.asarray(np_fn(x, **a)).astype(x.dtype)
+
+    def comp(x, **a):
+        return compute(x.shape, lambda *i: expr_fn(x[i], **a), name)
+
+    register_op(OpDef(name, infer, reference, comp, attrs=attrs, doc=doc))
+
+
+def _gelu_np(x, approximate):
+    xd = x.astype(np.float64)
+    if approximate == "tanh":
+        return 0.5 * xd * (1.0 + np.tanh(SQRT_2_OVER_PI * (xd + 0.044715 * xd**3)))
+    return 0.5 * xd * (1.0 + np_erf(xd * SQRT_HALF))
+
+
+def _gelu_expr(x, approximate):
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * SQRT_2_OVER_PI
+        return x * 0.5 * (ex.call("tanh", inner) + 1.0)
+    return x * 0.5 * (ex.call("erf", x * SQRT_HALF) + 1.0)
+
+
+def _check_gelu(types, a):
+    if a["approximate"] not in ("none", "tanh"):
+        raise ShapeError(f"approximate must be 'none' or 'tanh', got {a['approximate']!r}")
+    return a
+
+
+def _clip_expr(x, min, max):
+    if min is not None:
+        x = ex.maximum(x, ex.const(min, x.dtype))
+    if max is not None:
+        x = ex.minimum(x, ex.const(max, x.dtype))
+    return x
+
+
+def _clip_np(x, min, max):
+    if min is not None:
+        x = np.maximum(x, np.asarray(min).astype(x.dtype))
+    if max is not None:
+        x = np.minimum(x, np.asarray(max).astype(x.dtype))
+    return x
+
+
+def _register_unary():
+    _unary("neg", np.negative, lambda x: -x, "numeric")
+    _unary("abs", np.abs, lambda x: ex.call("abs", x), "numeric")
+    _unary("exp", np.exp, lambda x: ex.call("exp", x))
+    _unary("log", np.log, lambda x: ex.call("log", x))
+    _unary("sqrt", np.sqrt, lambda x: ex.call("sqrt", x))
+    _unary("rsqrt", lambda x: 1.0 / np.sqrt(x), lambda x: 1.0 / ex.call("sqrt", x))
+    _unary("reciprocal", lambda x: 1.0 / x, lambda x: 1.0 / x)
+    _unary("tanh", np.tanh, lambda x: ex.call("tanh", x))
+    _unary("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)), lambda x: 1.0 / (ex.call("exp", -x) + 1.0))
+    _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype), lambda x: ex.maximum(x, 0), "numeric")
+    _unary("leaky_relu", lambda x, alpha: np.where(x >= 0, x, x * x.dtype.type(alpha)),
+           lambda x, alpha: ex.select(ex.ge(x, 0), x, x * alpha), attrs={"alpha": 0.01})
+    _unary("clip", _clip_np, _clip_expr, "numeric", attrs={"min": None, "max": None})
+    _unary("erf", np_erf, lambda x: ex.call("erf", x))
+    register_op(OpDef(
+        "gelu",
+        infer=lambda types, a: (_check_kind(types[0], "float"), [types[0]])[1],
+        reference=lambda x, approximate: _gelu_np(x, approximate).astype(x.dtype),
+        compute=lambda x, approximate: compute(x.shape, lambda *i: _gelu_expr(x[i], approximate), "gelu"),
+        attrs={"approximate": "none"},
+        normalize=_check_gelu,
+        doc="GELU, exact (erf) or with the tanh approximation.",
+    ))
+
+
+def _cast_normalize(types, a):
+    a["dtype"] = dtypes.as_dtype(a["dtype"]).name
+    return a
+
+
+register_op(OpDef(
+    "cast",
+    infer=lambda types, a: [TensorType(types[0].shape, dtypes.as_dtype(a["dtype"]))],
+    reference=lambda x, dtype: x.astype(dtypes.as_dtype(dtype).numpy),
+    compute=lambda x, dtype: compute(x.shape, lambda *i: _cast_expr(x[i], dtypes.as_dtype(dtype)), "cast"),
+    attrs={"dtype": None},
+    normalize=_cast_normalize,
+    doc="Convert to another dtype (float to int truncates; nonzero to bool is true).",
+))
+
+
+def _cast_expr(v, dtype):
+    if dtype.is_bool and not v.dtype.is_bool:
+        return ex.binop("ne", v, ex.const(0, v.dtype))
+    return ex.cast(dtype, v)
+
+
+# -- binary ---------------------------------------------------------------------
+
+def _binary_infer(kind: str, result_bool: bool = False):
+    def infer(types, a):
+        x, y = types
+        if x.dtype != y.dtype:
+            raise ShapeError(f"input dtypes {x.dtype.name} and {y.dtype.name} differ; cast one first")
+        _check_kind(x, kind)
+        shape = broadcast_shapes(x.shape, y.shape)
+        return [TensorType(shape, dtypes.bool_ if result_bool else x.dtype)]
+
+    return infer
+
+
+def _binary(name, np_fn, expr_fn, kind="numeric", result_bool=False):
+    def comp(x, y):
+        shape = broadcast_shapes(x.shape, y.shape)
+        return compute(
+            shape,
+            lambda *i: expr_fn(x[broadcast_index(i, x.shape, shape)], y[broadcast_index(i, y.shape, shape)]),
+            name,
+        )
+
+    def reference(x, y):
+        with np.errstate(all="ignore"):
+            out = np_fn(x, y)
+        return np.asarray(out).astype(np.bool_ if result_bool else x.dtype)
+
+    register_op(OpDef(name, _binary_infer(kind, result_bool), reference, comp, num_inputs=2))
+
+
+def _div_np(x, y):
+    if np.issubdtype(x.dtype, np.integer):
+        return int_div(x, y)
+    return np.divide(x, y)
+
+
+def _register_binary():
+    _binary("add", np.add, lambda a, b: a + b)
+    _binary("sub", np.subtract, lambda a, b: a - b)
+    _binary("mul", np.multiply, lambda a, b: a * b)
+    _binary("div", _div_np, lambda a, b: a / b)
+    _binary("pow", np.power, lambda a, b: ex.binop("pow", a, b), kind="float")
+    _binary("maximum", np.maximum, ex.maximum)
+    _binary("minimum", np.minimum, ex.minimum)
+    _binary("less", np.less, ex.lt, result_bool=True)
+    _binary("greater", np.greater, ex.gt, result_bool=True)
+    _binary("equal", np.equal, ex.eq, kind="any", result_bool=True)
+
+
+def _where_infer(types, a):
+    c, x, y = types
+    if not c.dtype.is_bool:
+        raise ShapeError(f"condition has dtype {c.dtype.name}, but where needs bool")
+    if x.dtype != y.dtype:
+        raise ShapeError(f"branch dtypes {x.dtype.name} and {y.dtype.name} differ; cast one first")
+    return [TensorType(broadcast_shapes(c.shape, x.shape, y.shape), x.dtype)]
+
+
+def _where_compute(c, x, y):
+    shape = broadcast_shapes(c.shape, x.shape, y.shape)
+    return compute(shape, lambda *i: ex.select(
+        c[broadcast_index(i, c.shape, shape)],
+        x[broadcast_index(i, x.shape, shape)],
+        y[broadcast_index(i, y.shape, shape)]), "where")
+
+
+register_op(OpDef("where", _where_infer, lambda c, x, y: np.where(c, x, y), _where_compute, num_inputs=3,
+                  doc="Pick from x where cond is true, else from y, with broadcasting."))
+_register_unary()
+_register_binary()

@@ -1,0 +1,1 @@
+"""Passes: graph-level rewrites, fusion, lowering to loops, scheduling, memory."""

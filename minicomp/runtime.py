@@ -1,0 +1,167 @@
+"""CompiledModel: the callable result of :func:`minicomp.compile`.
+
+A compiled model owns its native code, one arena for every intermediate
+buffer (allocated once), the bound weights, and one table of buffer pointers.
+A call checks each input at the boundary (shape, dtype, contiguity), writes
+the input and output pointers into the table, and runs every kernel with one
+native call.
+
+Threads: a model is safe to call from several Python threads; calls are
+serialized by a lock because they share the arena. Use one model per thread
+to run calls at the same time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from minicomp.backends.reference import bind_inputs, run_reference
+from minicomp.errors import MinicompError, RuntimeInputError
+from minicomp.ir.graph import Graph, Value
+from minicomp.passes.memory import ALIGNMENT, MemoryPlan
+
+
+@dataclass
+class KernelCall:
+    """One kernel in the sequence and the table slots of its parameters."""
+
+    name: str
+    function: str
+    slots: list[int]
+
+
+class CompiledModel:
+    """Run a compiled graph: ``model(x)``, ``model(x=...)``; see module docs."""
+
+    def __init__(self, graph: Graph, target, stages: dict[str, str], memory_plan: MemoryPlan | None = None,
+                 jit=None, calls: list[KernelCall] | None = None, slots: dict | None = None,
+                 n_slots: int = 0, constants: dict | None = None, kernels=None):
+        self.graph = graph
+        self.target = target
+        self.stages = stages
+        self.memory_plan = memory_plan
+        self.kernels = kernels or []
+        self._jit = jit
+        self._calls = calls or []
+        self._slots = slots or {}
+        self._lock = threading.Lock()
+        self._output_values = list(dict.fromkeys(graph.outputs))
+        if jit is None:
+            return
+        self._table = (ctypes.c_void_p * max(n_slots, 1))()
+        self._keep_alive = []
+        for v, arr in (constants or {}).items():
+            arr = np.ascontiguousarray(arr)
+            self._keep_alive.append(arr)
+            self._table[self._slots[v]] = arr.ctypes.data
+        self._arena = np.empty(memory_plan.arena_bytes + ALIGNMENT, dtype=np.uint8)
+        base = self._arena.ctypes.data
+        base += (-base) % ALIGNMENT
+        for key, off in memory_plan.offsets.items():
+            self._table[self._slots[key]] = base + off
+        self._main = jit.function("mc_main", ctypes.c_void_p)
+        self._threads_addr = jit.global_address("mc_num_threads")
+        self.set_num_threads(target.num_threads)
+
+    # -- threads ------------------------------------------------------------------
+    def set_num_threads(self, n: int) -> None:
+        """Use ``n`` threads for parallel loops from the next call on."""
+        if n < 1:
+            raise MinicompError(f"number of threads must be >= 1, got {n}")
+        self.num_threads = n
+        if self._jit is not None:
+            ctypes.c_int32.from_address(self._threads_addr).value = n
+
+    # -- calling -----------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.graph.inputs]
+
+    def _check_inputs(self, args, kwargs) -> dict[Value, np.ndarray]:
+        env = bind_inputs(self.graph, args, kwargs)
+        for v, a in env.items():
+            if not a.flags.c_contiguous or not a.flags.aligned:
+                raise RuntimeInputError(
+                    f"input '{v.name}' ({v.type}) must be a C-contiguous, aligned array; "
+                    f"pass np.ascontiguousarray(x)")
+        return env
+
+    def __call__(self, *args, **kwargs) -> list[np.ndarray]:
+        """Run on numpy arrays (by position or input name); returns the outputs."""
+        env = self._check_inputs(args, kwargs)
+        with self._lock:
+            outs = self._prepare(env)
+            self._main(ctypes.addressof(self._table))
+        return self._collect(env, outs)
+
+    def _prepare(self, env) -> dict[Value, np.ndarray]:
+        for v, a in env.items():
+            self._table[self._slots[v]] = a.ctypes.data
+        outs = {}
+        for v in self._output_values:
+            if v in self._slots and v not in env and v not in self.graph.constants:
+                arr = np.empty(v.shape, dtype=v.dtype.numpy)
+                outs[v] = arr
+                self._table[self._slots[v]] = arr.ctypes.data
+        return outs
+
+    def _collect(self, env, outs) -> list[np.ndarray]:
+        result, seen = [], set()
+        for v in self.graph.outputs:
+            if v in outs and v not in seen:
+                result.append(outs[v])
+            elif v in outs:
+                result.append(outs[v].copy())
+            elif v in env:
+                result.append(np.array(env[v]))
+            else:
+                result.append(np.array(self.graph.constants[v]))
+            seen.add(v)
+        return result
+
+    # -- inspection --------------------------------------------------------------
+    def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
+        """Time each kernel alone on these inputs: ``[(kernel, seconds per call)]``.
+
+        Kernels run in order, each ``repeat`` times, so every one sees the
+        buffers its predecessors wrote.
+        """
+        env = self._check_inputs(args, kwargs)
+        timings = []
+        with self._lock:
+            outs = self._prepare(env)
+            for call in self._calls:
+                fn = self._jit.function(call.function, *([ctypes.c_void_p] * len(call.slots)))
+                ptrs = [self._table[s] for s in call.slots]
+                fn(*ptrs)
+                t0 = time.perf_counter()
+                for _ in range(repeat):
+                    fn(*ptrs)
+                timings.append((call.name, (time.perf_counter() - t0) / repeat))
+        del outs
+        return timings
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
+        return f"<CompiledModel {self.graph.name}({ins}) target={self.target.name}, {len(self._calls)} kernels>"
+
+
+class ReferenceModel(CompiledModel):
+    """The same interface over the numpy reference interpreter (target "reference")."""
+
+    def __call__(self, *args, **kwargs) -> list[np.ndarray]:
+        return run_reference(self.graph, *args, **kwargs)
+
+    def set_num_threads(self, n: int) -> None:
+        self.num_threads = n
+
+    def profile(self, *args, repeat: int = 10, **kwargs):
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            self(*args, **kwargs)
+        return [("reference", (time.perf_counter() - t0) / repeat)]

@@ -1,0 +1,115 @@
+"""CompiledModel: the call boundary, stages, memory plan, profiling, threads."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import minicomp as mc
+from minicomp.passes.memory import check_plan
+
+
+@pytest.fixture(scope="module")
+def model():
+    g = mc.GraphBuilder("net")
+    x = g.input("x", (8, 16))
+    b = g.input("b", (16,))
+    h = g.relu(x + b)
+    h = g.softmax(h * 2.0, axis=-1)
+    g.output(h.sum(axes=[1]))
+    return mc.compile(g.build(), num_threads=2)
+
+
+def inputs():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((8, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+
+
+def test_call_by_position_and_name(model):
+    x, b = inputs()
+    (a,) = model(x, b)
+    (c,) = model(b=b, x=x)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_allclose(a, mc.run_reference(model.graph, x, b)[0], rtol=1e-5)
+
+
+def test_repeated_calls_reuse_code_and_return_fresh_arrays(model):
+    x, b = inputs()
+    (a,) = model(x, b)
+    (c,) = model(x * 0, b)
+    assert not np.shares_memory(a, c)
+    np.testing.assert_allclose(model(x, b)[0], a)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x, b: m(x), "input 'b' .* is missing"),
+    (lambda m, x, b: m(x, b, x), "takes 2 inputs, got 3"),
+    (lambda m, x, b: m(x.astype(np.float64), b), "input 'x' expects f32\\[8, 16\\].*got float64\\[8, 16\\]"),
+    (lambda m, x, b: m(x[:4], b), "input 'x' expects f32\\[8, 16\\].*got float32\\[4, 16\\]"),
+    (lambda m, x, b: m(np.asfortranarray(x), b), "input 'x' .* must be a C-contiguous"),
+    (lambda m, x, b: m(x, b, y=b), "has no input named 'y'"),
+    (lambda m, x, b: m(x, x=x, b=b), "input 'x' given twice"),
+])
+def test_bad_inputs_raise_clear_errors(model, call, message):
+    x, b = inputs()
+    with pytest.raises(mc.RuntimeInputError, match=message):
+        call(model, x, b)
+
+
+def test_stages_hold_every_stage(model):
+    for key in ("graph", "loops", "memory", "llvm", "llvm_opt"):
+        assert model.stages[key]
+    assert "kernel softmax" in model.stages["loops"]
+    assert "define void @mc_main" in model.stages["llvm"]
+
+
+def test_memory_plan_is_valid(model):
+    plan = model.memory_plan
+    check_plan(plan)
+    assert plan.lower_bound_bytes <= plan.arena_bytes <= plan.naive_bytes
+    assert "lower bound" in plan.summary()
+
+
+def test_profile_lists_every_kernel(model):
+    x, b = inputs()
+    prof = model.profile(x, b, repeat=2)
+    assert [name for name, _ in prof] == [k.name for k in model.kernels]
+    assert all(t >= 0 for _, t in prof)
+
+
+def test_calls_from_several_threads(model):
+    x, b = inputs()
+    (want,) = model(x, b)
+    errors = []
+
+    def worker():
+        for _ in range(20):
+            (got,) = model(x, b)
+            if not np.allclose(got, want):
+                errors.append(got)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_reference_target_has_the_same_interface():
+    g = mc.GraphBuilder()
+    x = g.input("x", (3,))
+    g.output(g.exp(x))
+    m = mc.compile(g.build(), target="reference")
+    np.testing.assert_allclose(m(np.zeros(3, np.float32))[0], 1.0)
+
+
+def test_unknown_target_and_digest_constants():
+    g = mc.GraphBuilder()
+    x = g.input("x", (20,))
+    g.output(x + g.constant(np.arange(20, dtype=np.float32)))
+    graph = g.build()
+    with pytest.raises(mc.UnsupportedError, match="unknown target 'tpu'"):
+        mc.compile(graph, target="tpu")
+    with pytest.raises(mc.MinicompError, match="has no data"):
+        mc.compile(mc.parse_graph(mc.print_graph(graph)))

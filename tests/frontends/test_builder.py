@@ -1,0 +1,91 @@
+"""The Python builder: operators, constants, indexing, and errors at build time."""
+
+import numpy as np
+import pytest
+
+import minicomp as mc
+
+
+def test_operators_record_nodes():
+    g = mc.GraphBuilder()
+    x = g.input("x", (4, 3))
+    w = np.ones((3, 2), np.float32)
+    y = -(x @ w + 1.0) * 2.0 / 3.0 - 0.5
+    z = (x > 0.0).astype("float32") ** 2.0
+    g.output(y, z, 1.0 - x, 2.0 * x)
+    graph = g.build()
+    ops = [n.op for n in graph.nodes]
+    assert ops[:6] == ["matmul", "add", "neg", "mul", "div", "sub"]
+    assert "greater" in ops and "cast" in ops and "pow" in ops
+    xv = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    out = mc.run_reference(graph, xv)
+    np.testing.assert_allclose(out[0], -(xv @ w + 1) * 2 / 3 - 0.5, rtol=1e-6)
+    np.testing.assert_allclose(out[2], 1 - xv)
+
+
+def test_methods_and_ops_by_name():
+    g = mc.GraphBuilder()
+    x = g.input("x", (2, 3, 4))
+    y = x.softmax(axis=-1).sum(axes=[1], keepdims=True).reshape(2, 4).T
+    g.output(y, x.transpose(2, 0, 1))
+    graph = g.build()
+    assert graph.outputs[0].shape == (4, 2)
+    assert graph.outputs[1].shape == (4, 2, 3)
+
+
+def test_numpy_style_indexing():
+    g = mc.GraphBuilder()
+    x = g.input("x", (4, 5, 6))
+    g.output(x[1], x[:, ::2, -1], x[..., None, 1:3], x[::-1])
+    graph = g.build()
+    xv = np.arange(120, dtype=np.float32).reshape(4, 5, 6)
+    for got, want in zip(mc.run_reference(graph, xv), [xv[1], xv[:, ::2, -1], xv[..., None, 1:3], xv[::-1]]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_shape_error_names_node_op_and_shapes():
+    g = mc.GraphBuilder()
+    a = g.input("a", (2, 3))
+    b = g.input("b", (4, 5))
+    with pytest.raises(mc.ShapeError, match=r"node 'mm' \(op matmul, inputs f32\[2, 3\], f32\[4, 5\]\)"):
+        g.matmul(a, b, name="mm")
+    with pytest.raises(mc.ShapeError, match=r"node 'add_\d+' \(op add.*do not broadcast"):
+        a + b
+    with pytest.raises(mc.ShapeError, match="dtypes float32 and int64 differ"):
+        a + g.input("i", (2, 3), "int64")
+
+
+def test_attribute_errors():
+    g = mc.GraphBuilder()
+    x = g.input("x", (2, 3))
+    with pytest.raises(mc.ShapeError, match="unknown attribute.*axis"):
+        g.relu(x, axis=1)
+    with pytest.raises(mc.ShapeError, match="axis 5 is out of range for rank 2"):
+        g.softmax(x, axis=5)
+    with pytest.raises(mc.ShapeError, match="cannot reshape 6 elements"):
+        x.reshape(4, 2)
+    with pytest.raises(mc.ShapeError, match="out of range for axis 0"):
+        x[7]
+    with pytest.raises(mc.ShapeError, match="takes 1 inputs, got 2"):
+        g.relu(x, x)
+
+
+def test_unknown_op_and_duplicate_names():
+    g = mc.GraphBuilder()
+    x = g.input("x", (2,))
+    with pytest.raises(AttributeError, match="no attribute or op 'frobnicate'"):
+        g.frobnicate(x)
+    with pytest.raises(mc.MinicompError, match="already used"):
+        g.input("x", (3,))
+    with pytest.raises(mc.MinicompError, match="no outputs"):
+        mc.GraphBuilder("empty").build()
+
+
+def test_constants_keep_numpy_dtype_and_scalars_follow_tensor():
+    g = mc.GraphBuilder()
+    x = g.input("x", (2,), "float64")
+    y = x * 3
+    g.output(y, g.constant(np.arange(3)))
+    graph = g.build()
+    assert graph.outputs[0].dtype.name == "float64"
+    assert graph.outputs[1].dtype.name == "int64"

@@ -1,0 +1,368 @@
+"""hypothesis strategies shared by the test suite.
+
+- ``shapes`` and ``broadcast_pair``: random shapes and broadcast-compatible
+  pairs;
+- ``arrays``: numpy arrays of a dtype with bounded values;
+- ``op_case(op)``: inputs and attributes for one op (every registered op has
+  one: see OP_CASES);
+- ``op_chains`` and ``random_dags``: whole random graphs built with the
+  builder, chains of ops and DAGs with branches and joins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from minicomp.frontends.builder import GraphBuilder
+
+FLOAT = np.float32
+
+
+def shapes(min_rank=0, max_rank=4, min_side=1, max_side=6):
+    return st.lists(st.integers(min_side, max_side), min_size=min_rank, max_size=max_rank).map(tuple)
+
+
+@st.composite
+def broadcast_pair(draw, max_rank=4, max_side=5):
+    """Two shapes that broadcast together (size-1 and missing axes included)."""
+    out = draw(shapes(0, max_rank, 1, max_side))
+    def derive():
+        k = draw(st.integers(0, len(out)))
+        return tuple(1 if draw(st.booleans()) else d for d in out[len(out) - k:])
+    a, b = derive(), derive()
+    if draw(st.booleans()):
+        a = out
+    return a, b
+
+
+def _rng(draw):
+    return np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+
+@st.composite
+def arrays(draw, shape, dtype=FLOAT, low=-3.0, high=3.0):
+    rng = _rng(draw)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return rng.uniform(low, high, size=shape).astype(dt)
+    if dt.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    return rng.integers(int(low) * 3, int(high) * 3 + 1, size=shape).astype(dt)
+
+
+float_dtypes = st.sampled_from([np.float32, np.float64])
+numeric_dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.int64])
+
+UNARY_FLOAT = {"exp": (-3, 3), "log": (0.1, 5), "sqrt": (0, 5), "rsqrt": (0.1, 5), "reciprocal": (0.2, 5),
+               "tanh": (-4, 4), "sigmoid": (-6, 6), "erf": (-3, 3), "leaky_relu": (-3, 3), "gelu": (-4, 4)}
+UNARY_NUMERIC = ("neg", "abs", "relu", "clip")
+BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "less", "greater", "equal", "pow")
+
+
+@st.composite
+def _unary_case(draw, op):
+    if op in UNARY_FLOAT:
+        lo, hi = UNARY_FLOAT[op]
+        dt = draw(float_dtypes)
+        x = draw(arrays(draw(shapes()), dt, lo, hi))
+    else:
+        dt = draw(numeric_dtypes)
+        x = draw(arrays(draw(shapes()), dt))
+    attrs = {}
+    if op == "leaky_relu":
+        attrs["alpha"] = draw(st.sampled_from([0.01, 0.2]))
+    if op == "gelu":
+        attrs["approximate"] = draw(st.sampled_from(["none", "tanh"]))
+    if op == "clip":
+        attrs = {"min": draw(st.sampled_from([None, -1, 0])), "max": draw(st.sampled_from([None, 1, 2]))}
+    return [x], attrs
+
+
+@st.composite
+def _binary_case(draw, op):
+    sa, sb = draw(broadcast_pair())
+    dt = draw(float_dtypes) if op == "pow" else draw(numeric_dtypes)
+    lo = 0.5 if op == "pow" else -3
+    a = draw(arrays(sa, dt, lo, 3))
+    b = draw(arrays(sb, dt, -2 if op == "pow" else -3, 3))
+    if op == "div" and np.dtype(dt).kind == "f":
+        b = np.where(np.abs(b) < 0.1, 1, b).astype(dt)
+    return [a, b], {}
+
+
+@st.composite
+def _where_case(draw):
+    sa, sb = draw(broadcast_pair())
+    dt = draw(numeric_dtypes)
+    cond = draw(arrays(draw(st.sampled_from([sa, sb, ()])), bool))
+    return [cond, draw(arrays(sa, dt)), draw(arrays(sb, dt))], {}
+
+
+@st.composite
+def _cast_case(draw):
+    src = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.bool_]))
+    dst = draw(st.sampled_from(["float32", "float64", "int32", "int64", "bool"]))
+    return [draw(arrays(draw(shapes()), src))], {"dtype": dst}
+
+
+@st.composite
+def _reduce_case(draw, op):
+    shape = draw(shapes(1, 4))
+    dt = draw(float_dtypes) if op == "mean" else draw(numeric_dtypes)
+    axes = draw(st.one_of(st.none(), st.lists(st.integers(-len(shape), len(shape) - 1),
+                                              min_size=1, max_size=len(shape), unique_by=lambda a: a % len(shape))))
+    return [draw(arrays(shape, dt))], {"axes": axes, "keepdims": draw(st.booleans())}
+
+
+@st.composite
+def _matmul_case(draw):
+    m, k, n = draw(st.integers(1, 7)), draw(st.integers(1, 9)), draw(st.integers(1, 7))
+    batch_a, batch_b = draw(broadcast_pair(max_rank=2, max_side=3))
+    kind = draw(st.sampled_from(["2d", "batched", "vec_left", "vec_right"]))
+    sa, sb = (m, k), (k, n)
+    if kind == "batched":
+        sa, sb = batch_a + sa, batch_b + sb
+    elif kind == "vec_left":
+        sa = (k,)
+    elif kind == "vec_right":
+        sb = (k,)
+    dt = draw(numeric_dtypes)
+    return [draw(arrays(sa, dt)), draw(arrays(sb, dt))], {}
+
+
+@st.composite
+def _conv_case(draw):
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg = draw(st.integers(1, 3))
+    co = groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    strides = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    h = draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - pad[0] - pad[2]), 8))
+    w = draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - pad[1] - pad[3]), 8))
+    n = draw(st.integers(1, 2))
+    inputs = [draw(arrays((n, cg * groups, h, w))), draw(arrays((co, cg, kh, kw)))]
+    if draw(st.booleans()):
+        inputs.append(draw(arrays((co,))))
+    return inputs, {"strides": strides, "padding": pad, "dilations": dil, "groups": groups}
+
+
+@st.composite
+def _pool_case(draw, op):
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dil = (1, 1) if op == "avg_pool2d" and draw(st.booleans()) else (draw(st.integers(1, 2)), 1)
+    pad = (draw(st.integers(0, (kernel[0] - 1) * dil[0])), draw(st.integers(0, (kernel[1] - 1) * dil[1])))
+    pad = pad + (draw(st.integers(0, (kernel[0] - 1) * dil[0])), draw(st.integers(0, (kernel[1] - 1) * dil[1])))
+    h = draw(st.integers(dil[0] * (kernel[0] - 1) + 1, 9))
+    w = draw(st.integers(dil[1] * (kernel[1] - 1) + 1, 9))
+    dt = np.float32 if op == "avg_pool2d" else draw(numeric_dtypes)
+    attrs = {"kernel": kernel, "strides": strides, "padding": pad, "dilations": dil,
+             "ceil_mode": draw(st.booleans())}
+    if op == "avg_pool2d":
+        attrs["count_include_pad"] = draw(st.booleans())
+    return [draw(arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), dt))], attrs
+
+
+@st.composite
+def _layout_case(draw, op):
+    dt = draw(numeric_dtypes)
+    if op == "reshape":
+        shape = draw(shapes(0, 4))
+        size = int(np.prod(shape))
+        target = list(np.random.default_rng(draw(st.integers(0, 99))).permutation(shape)) if shape else []
+        if target and draw(st.booleans()):
+            target[draw(st.integers(0, len(target) - 1))] = -1
+        if draw(st.booleans()):
+            target = [size]
+        return [draw(arrays(shape, dt))], {"shape": [int(d) for d in target]}
+    if op == "transpose":
+        shape = draw(shapes(0, 4))
+        perm = draw(st.permutations(range(len(shape))))
+        return [draw(arrays(shape, dt))], {"perm": list(perm) if draw(st.booleans()) else None}
+    if op == "concat":
+        shape = draw(shapes(1, 3))
+        axis = draw(st.integers(0, len(shape) - 1))
+        parts = []
+        for _ in range(draw(st.integers(1, 4))):
+            s = list(shape)
+            s[axis] = draw(st.integers(0, 3))
+            parts.append(draw(arrays(tuple(s), dt)))
+        return parts, {"axis": axis - len(shape) if draw(st.booleans()) else axis}
+    if op == "slice":
+        shape = draw(shapes(1, 3))
+        axes = draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape), unique=True))
+        starts = [draw(st.integers(-8, 8)) for _ in axes]
+        ends = [draw(st.integers(-8, 8)) for _ in axes]
+        steps = [draw(st.sampled_from([1, 2, -1, -2])) for _ in axes]
+        return [draw(arrays(shape, dt))], {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
+    if op == "pad":
+        shape = draw(shapes(1, 3))
+        pads = [draw(st.integers(-1 if d > 1 else 0, 2)) for d in shape]
+        pads += [draw(st.integers(-1 if d > 2 else 0, 2)) for d in shape]
+        return [draw(arrays(shape, dt))], {"pads": pads, "value": draw(st.sampled_from([0.0, 1.5, -2.0]))}
+    if op == "broadcast_to":
+        sa, _ = draw(broadcast_pair())
+        target = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2)))) + tuple(
+            draw(st.integers(2, 3)) if d == 1 else d for d in sa)
+        return [draw(arrays(sa, dt))], {"shape": list(target)}
+    if op == "squeeze":
+        shape = tuple(draw(st.sampled_from([1, 1, 2, 3])) for _ in range(draw(st.integers(0, 4))))
+        ones = [k for k, d in enumerate(shape) if d == 1]
+        axes = None if not ones or draw(st.booleans()) else draw(st.lists(st.sampled_from(ones), min_size=1,
+                                                                          unique=True))
+        return [draw(arrays(shape, dt))], {"axes": axes}
+    if op == "unsqueeze":
+        shape = draw(shapes(0, 3))
+        n_new = draw(st.integers(1, 2))
+        axes = draw(st.lists(st.integers(0, len(shape) + n_new - 1), min_size=n_new, max_size=n_new, unique=True))
+        return [draw(arrays(shape, dt))], {"axes": axes}
+    raise KeyError(op)
+
+
+@st.composite
+def _composite_case(draw, op):
+    if op in ("softmax", "log_softmax"):
+        shape = draw(shapes(1, 4))
+        return [draw(arrays(shape, draw(float_dtypes), -5, 5))], {"axis": draw(st.integers(-len(shape),
+                                                                                           len(shape) - 1))}
+    if op == "layer_norm":
+        shape = draw(shapes(1, 4, 1, 6))
+        axis = draw(st.integers(0, len(shape) - 1))
+        dt = draw(float_dtypes)
+        ins = [draw(arrays(shape, dt))]
+        for _ in range(draw(st.integers(0, 2))):
+            ins.append(draw(arrays(shape[axis:], dt)))
+        return ins, {"axis": axis, "epsilon": 1e-5}
+    if op == "batch_norm":
+        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 4))) + draw(shapes(0, 2))
+        dt = draw(float_dtypes)
+        c = (shape[1],)
+        return [draw(arrays(shape, dt)), draw(arrays(c, dt)), draw(arrays(c, dt)), draw(arrays(c, dt)),
+                draw(arrays(c, dt, 0.1, 2))], {"epsilon": 1e-3}
+    if op == "lrn":
+        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 6))) + draw(shapes(1, 2))
+        return [draw(arrays(shape, draw(float_dtypes)))], {"size": draw(st.integers(1, 5)), "alpha": 1e-2,
+                                                           "beta": 0.75, "bias": 1.0}
+    raise KeyError(op)
+
+
+@st.composite
+def _gap_case(draw):
+    return [draw(arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3))) + draw(shapes(1, 2)),
+                        draw(float_dtypes)))], {}
+
+
+OP_CASES = {}
+for _op in list(UNARY_FLOAT) + list(UNARY_NUMERIC):
+    OP_CASES[_op] = _unary_case(_op)
+for _op in BINARY:
+    OP_CASES[_op] = _binary_case(_op)
+for _op in ("sum", "mean", "max", "min"):
+    OP_CASES[_op] = _reduce_case(_op)
+for _op in ("reshape", "transpose", "concat", "slice", "pad", "broadcast_to", "squeeze", "unsqueeze"):
+    OP_CASES[_op] = _layout_case(_op)
+for _op in ("softmax", "log_softmax", "layer_norm", "batch_norm", "lrn"):
+    OP_CASES[_op] = _composite_case(_op)
+for _op in ("max_pool2d", "avg_pool2d"):
+    OP_CASES[_op] = _pool_case(_op)
+OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), conv2d=_conv_case(),
+                global_avg_pool=_gap_case())
+
+
+def op_case(op: str):
+    """Strategy of (input arrays, attrs) for ``op``."""
+    return OP_CASES[op]
+
+
+def single_op_graph(op: str, inputs, attrs):
+    """A graph with one node of ``op`` over fresh inputs shaped like ``inputs``."""
+    g = GraphBuilder(f"single_{op}")
+    ins = [g.input(f"x{k}", a.shape, a.dtype) for k, a in enumerate(inputs)]
+    g.output(g.op(op, *ins, **attrs))
+    return g.build()
+
+
+# -- random graphs ------------------------------------------------------------
+
+_CHAIN_UNARY = ("relu", "neg", "abs", "exp_safe", "tanh", "sigmoid", "gelu", "sqrt_abs")
+_CHAIN_BINARY = ("add", "sub", "mul", "maximum", "minimum")
+
+
+def _apply_unary(g, x, name):
+    if name == "exp_safe":
+        return g.exp(g.tanh(x))
+    if name == "sqrt_abs":
+        return g.sqrt(g.abs(x))
+    return g.op(name, x)
+
+
+@st.composite
+def random_dags(draw, max_nodes=8, with_layout=True, with_reductions=True):
+    """A random DAG of float32 ops with branches, joins, broadcasts, reductions
+    and layout changes. Returns (graph, input arrays)."""
+    g = GraphBuilder("random")
+    shape = draw(shapes(1, 3, 1, 5))
+    rng = _rng(draw)
+    n_inputs = draw(st.integers(1, 3))
+    pool = []
+    arrays_in = []
+    for k in range(n_inputs):
+        s = shape if k == 0 or draw(st.booleans()) else tuple(1 if draw(st.booleans()) else d for d in shape)
+        pool.append(g.input(f"in{k}", s, "float32"))
+        arrays_in.append(rng.uniform(-2, 2, size=s).astype(np.float32))
+    if draw(st.booleans()):
+        pool.append(g.constant(rng.uniform(-1, 1, size=shape[-1:]).astype(np.float32)))
+    for _ in range(draw(st.integers(1, max_nodes))):
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "layout", "softmax"]))
+        x = draw(st.sampled_from(pool))
+        if kind == "unary":
+            y = _apply_unary(g, x, draw(st.sampled_from(_CHAIN_UNARY)))
+        elif kind == "binary":
+            other = draw(st.sampled_from(pool))
+            try:
+                y = g.op(draw(st.sampled_from(_CHAIN_BINARY)), x, other)
+            except Exception:
+                continue
+        elif kind == "reduce" and with_reductions and x.ndim > 0:
+            axis = draw(st.integers(0, x.ndim - 1))
+            y = g.op(draw(st.sampled_from(["sum", "max", "mean"])), x, axes=[axis], keepdims=True)
+        elif kind == "softmax" and with_reductions and x.ndim > 0:
+            y = g.softmax(x, axis=draw(st.integers(0, x.ndim - 1)))
+        elif kind == "layout" and with_layout and x.ndim > 0:
+            choice = draw(st.sampled_from(["transpose", "reshape", "slice"]))
+            if choice == "transpose":
+                y = x.transpose(list(reversed(range(x.ndim))))
+            elif choice == "reshape":
+                y = x.reshape(-1)
+            else:
+                y = x[..., ::-1] if x.shape[-1] > 1 else x.reshape(x.shape + (1,))
+        else:
+            continue
+        pool.append(y)
+    # Outputs: the last value and, sometimes, another one.
+    outs = [pool[-1]]
+    if len(pool) > n_inputs + 1 and draw(st.booleans()):
+        extra = draw(st.sampled_from(pool[n_inputs:-1]))
+        if extra is not outs[0]:
+            outs.append(extra)
+    g.output(*outs)
+    return g.build(), arrays_in
+
+
+@st.composite
+def op_chains(draw, max_len=6):
+    """A straight chain of elementwise ops over one input."""
+    shape = draw(shapes(1, 3, 1, 6))
+    g = GraphBuilder("chain")
+    x = g.input("x", shape)
+    y = x
+    for _ in range(draw(st.integers(1, max_len))):
+        if draw(st.booleans()):
+            y = _apply_unary(g, y, draw(st.sampled_from(_CHAIN_UNARY)))
+        else:
+            y = g.op(draw(st.sampled_from(_CHAIN_BINARY)), y, draw(st.floats(-2, 2, width=32)))
+    g.output(y)
+    return g.build(), [_rng(draw).uniform(-2, 2, size=shape).astype(np.float32)]

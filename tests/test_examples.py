@@ -1,0 +1,67 @@
+"""The examples run, and the transformer block equals an independent numpy
+formulation written here."""
+
+import math
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+
+import minicomp as mc
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+sys.path.insert(0, EXAMPLES)
+
+from transformer_block import DIMS, build_transformer_block, make_params  # noqa: E402
+
+
+def numpy_encoder_block(x, p, heads):
+    """Pre-norm encoder block: x + MHA(LN(x)); then + MLP(LN(.)) with exact GELU."""
+    b, s, d = x.shape
+    dh = d // heads
+
+    def layer_norm(t, g, beta):
+        t = t.astype(np.float64)
+        mu = t.mean(-1, keepdims=True)
+        return (t - mu) / np.sqrt(t.var(-1, keepdims=True) + 1e-5) * g + beta
+
+    h = layer_norm(x, p["ln1_g"], p["ln1_b"])
+    out = np.zeros((b, s, d))
+    for bi in range(b):
+        heads_out = []
+        for hi in range(heads):
+            cols = slice(hi * dh, (hi + 1) * dh)
+            q = h[bi] @ p["wq"][:, cols] + p["bq"][cols]
+            k = h[bi] @ p["wk"][:, cols] + p["bk"][cols]
+            v = h[bi] @ p["wv"][:, cols] + p["bv"][cols]
+            scores = q @ k.T / math.sqrt(dh)
+            w = np.exp(scores - scores.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            heads_out.append(w @ v)
+        out[bi] = np.concatenate(heads_out, axis=1) @ p["wo"] + p["bo"]
+    x1 = x + out
+    h2 = layer_norm(x1, p["ln2_g"], p["ln2_b"])
+    a = h2 @ p["w1"] + p["b1"]
+    gelu = 0.5 * a * (1 + np.vectorize(math.erf)(a / math.sqrt(2)))
+    return x1 + gelu @ p["w2"] + p["b2"]
+
+
+@pytest.mark.parametrize("target", ["reference", "llvm"])
+def test_transformer_block_matches_independent_numpy(target):
+    graph = build_transformer_block(**DIMS)
+    x = np.random.default_rng(5).standard_normal((DIMS["batch"], DIMS["seq"], DIMS["d_model"])).astype(np.float32)
+    (got,) = mc.compile(graph, target=target)(x)
+    want = numpy_encoder_block(x, make_params(DIMS["d_model"], DIMS["d_ff"]), DIMS["heads"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py"])
+def test_example_scripts_run(script, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [script])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(os.path.join(EXAMPLES, script), run_name="__main__")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "graph " in out and "max |diff| vs reference" in out
