@@ -1,8 +1,8 @@
 """``minicomp.compile``: Graph -> CompiledModel.
 
-The flow for the llvm target: verify the graph, group nodes into kernels,
-lower each group to loop IR, schedule it for the target, plan the arena, emit
-LLVM IR, JIT-compile it, and bind everything into a CompiledModel. Every
+The flow for the llvm target: verify the graph, run the pass pipeline
+(simplify, fuse, lower, schedule, plan by default), emit LLVM IR for the
+kernels, JIT-compile it, and bind everything into a CompiledModel. Every
 stage's text is kept in ``model.stages``.
 """
 
@@ -12,11 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 from minicomp.errors import MinicompError, UnsupportedError
-from minicomp.ir.graph import Graph, Value
+from minicomp.ir.graph import Graph
 from minicomp.ir.text import print_graph
-from minicomp.passes.lower import Group, kernel_name, lower_group
-from minicomp.passes.memory import Lifetime, plan_arena
-from minicomp.passes.schedule import apply_schedule, default_schedule
 
 TARGETS = ("llvm", "reference")
 
@@ -88,32 +85,40 @@ def as_target(target, num_threads: int | None = None) -> Target:
     return Target.host(target, num_threads)
 
 
-def single_node_groups(graph: Graph) -> list[Group]:
-    """One group per node (what compiling without fusion uses)."""
-    out_set = set(graph.outputs)
-    users = graph.consumers()
-    groups = []
-    for node in graph.nodes:
-        groups.append(Group([node], list(dict.fromkeys(node.inputs)),
-                            [v for v in node.outputs if v in out_set or users.get(v) or True]))
-    return groups
-
-
-def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3):
+def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
+            pipeline=None, fusion: dict | None = None, schedules: dict | None = None,
+            print_before=(), print_after=(), dump_dir: str | None = None, verify: bool = True):
     """Compile ``graph`` for ``target`` ("llvm" or "reference"); returns a CompiledModel.
 
-    ``num_threads`` defaults to the cores this process may use; it can be
-    changed later with ``model.set_num_threads(n)``.
+    - ``num_threads``: threads for parallel loops (default: the cores this
+      process may use; change later with ``model.set_num_threads(n)``);
+    - ``pipeline``: pass names as a list or "a,b,c" (default:
+      ``default_pipeline(target)``); ``fusion``: FusionOptions fields;
+      ``schedules``: ``{kernel_name: [steps]}`` to replace the default schedule;
+    - instruments: ``print_before``/``print_after`` (pass names or "all"),
+      ``dump_dir`` (numbered files per pass), ``verify`` (after every pass).
+
+    ``model.stages`` keeps the text of every stage; ``model.pass_timings`` the
+    time of every pass.
     """
+    from minicomp.passes.manager import PassManager, Program, default_pipeline
     from minicomp.runtime import CompiledModel, ReferenceModel
 
     if not isinstance(graph, Graph):
         raise MinicompError(f"compile() needs a Graph, got {type(graph).__name__}")
     graph.verify()
     tgt = as_target(target, num_threads)
-    stages = {"graph": print_graph(graph)}
+    stages = {"input": print_graph(graph)}
+    options = {"fusion": fusion, "schedules": schedules}
+    pm = PassManager(pipeline if pipeline is not None else default_pipeline(tgt.name),
+                     print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify,
+                     options=options)
     if tgt.name == "reference":
-        return ReferenceModel(graph, tgt, stages)
+        program = pm.run(Program(graph, tgt, options=options))
+        stages["graph"] = print_graph(program.graph)
+        model = ReferenceModel(program.graph, tgt, stages)
+        model.pass_timings = pm.timings
+        return model
     for v, arr in graph.constants.items():
         if arr is None:
             raise MinicompError(f"constant %{v.name} has no data (read from text that showed only its "
@@ -121,42 +126,32 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
 
     from minicomp.backends.llvm import JitModule, openmp_available
     from minicomp.backends.llvm_codegen import emit_module
+    from minicomp.passes.fusion import print_fused_graph
+    from minicomp.passes.pipeline_passes import lower_pass, plan_pass
     from minicomp.runtime import KernelCall
 
-    threads_for_schedule = tgt.num_threads if openmp_available() else 1
-    groups = single_node_groups(graph)
-    kernels = []
-    for i, g in enumerate(groups):
-        k = lower_group(g, kernel_name(g, i))
-        kernels.append(apply_schedule(k, default_schedule(k, max(threads_for_schedule, 2))))
     if not openmp_available():
+        tgt.num_threads = 1
         stages["note"] = "libgomp was not found: parallel loops run on one thread"
+    # Schedules plan for at least 2 threads so that a model can later be told to use more.
+    pm.options["schedule_threads"] = max(tgt.num_threads, 2) if openmp_available() else 1
+    program = pm.run(Program(graph, tgt, options=options))
+    if program.kernels is None:
+        program = lower_pass(program, pm)
+    if program.memory_plan is None:
+        program = plan_pass(program, pm)
+    graph, groups, kernels, plan = program.graph, program.groups, program.kernels, program.memory_plan
+    stages["graph"] = print_fused_graph(graph, groups)
+    stages["fusion"] = program.options["fusion_result"].explain()
     stages["loops"] = "\n\n".join(str(k) for k in kernels) + "\n"
+    stages["memory"] = str(plan)
 
     # Slots: graph inputs, constants, graph outputs, then planned buffers.
     slots: dict = {}
     for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
         slots.setdefault(v, len(slots))
-    lifetimes: list[Lifetime] = []
-    first_write: dict[Value, int] = {}
-    last_read: dict[Value, int] = {}
-    for step, g in enumerate(groups):
-        for v in g.outputs:
-            first_write.setdefault(v, step)
-            last_read.setdefault(v, step)
-        for v in g.inputs:
-            last_read[v] = step
-    for v, start in first_write.items():
-        if v not in slots:
-            lifetimes.append(Lifetime(v, v.name, v.type.nbytes, start, last_read[v]))
-    for step, k in enumerate(kernels):
-        for b in k.workspace:
-            lifetimes.append(Lifetime(b, f"{k.name}/{b.name}", b.nbytes, step, step))
-    plan = plan_arena(lifetimes)
-    for lt in lifetimes:
+    for lt in plan.lifetimes:
         slots[lt.key] = len(slots)
-    stages["memory"] = str(plan)
-
     calls = []
     for g, k in zip(groups, kernels):
         call_slots = [slots[v] for v in g.inputs] + [slots[v] for v in g.outputs] + [slots[b] for b in k.workspace]
@@ -165,6 +160,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     stages["llvm"] = ir_text
     jit = JitModule(ir_text, opt_level)
     stages["llvm_opt"] = jit.optimized_ir
-    if not openmp_available():
-        tgt.num_threads = 1
-    return CompiledModel(graph, tgt, stages, plan, jit, calls, slots, len(slots), graph.constants, kernels)
+    model = CompiledModel(graph, tgt, stages, plan, jit, calls, slots, len(slots), graph.constants, kernels)
+    model.pass_timings = pm.timings
+    model.fusion = program.options["fusion_result"]
+    return model

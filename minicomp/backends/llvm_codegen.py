@@ -240,9 +240,13 @@ class FunctionGen:
             if op in ("add", "sub", "mul", "div"):
                 self.emit(f"{out} = f{op} {FMF} {ty} {a}, {b}")
                 return out
-            if op in ("max", "min", "pow"):
-                fn = {"max": "maxnum", "min": "minnum", "pow": "pow"}[op]
+            if op in ("max", "min"):
+                # llvm.maximum propagates NaN like numpy; (llvm.maxnum also trips an
+                # assertion in LLVM 20's vectorizer on nested reductions).
+                fn = "maximum" if op == "max" else "minimum"
                 return self._call(ty, f"llvm.{fn}.{_suffix(ty)}", [(ty, a), (ty, b)])
+            if op == "pow":
+                return self._call(ty, f"llvm.pow.{_suffix(ty)}", [(ty, a), (ty, b)])
             if op == "mod":
                 self.emit(f"{out} = frem {ty} {a}, {b}")
                 return out

@@ -211,6 +211,35 @@ class Graph:
                     dg.add_edge(v.producer, node, value=v)
         return dg
 
+    # -- copying and rewriting -------------------------------------------------
+    def clone(self) -> Graph:
+        """A copy with new Values and Nodes (constant arrays are shared, never mutated)."""
+        vmap: dict[Value, Value] = {}
+
+        def cp(v: Value) -> Value:
+            if v not in vmap:
+                vmap[v] = Value(v.name, v.type)
+            return vmap[v]
+
+        g = Graph(self.name)
+        g.inputs = [cp(v) for v in self.inputs]
+        g.constants = {cp(v): arr for v, arr in self.constants.items()}
+        for node in self.nodes:
+            g.nodes.append(Node(node.op, tuple(cp(v) for v in node.inputs), node.attrs,
+                                tuple(cp(v) for v in node.outputs), node.name))
+        g.outputs = [cp(v) for v in self.outputs]
+        digests = getattr(self, "constant_digests", None)
+        if digests:
+            g.constant_digests = {vmap[v]: d for v, d in digests.items() if v in vmap}
+        return g
+
+    def replace_uses(self, old: Value, new: Value) -> None:
+        """Make every reader of ``old`` (nodes and graph outputs) read ``new``."""
+        for node in self.nodes:
+            if old in node.inputs:
+                node.inputs = tuple(new if v is old else v for v in node.inputs)
+        self.outputs = [new if v is old else v for v in self.outputs]
+
     # -- checking ------------------------------------------------------------
     def verify(self) -> Graph:
         """Check the graph's invariants; raise VerifyError naming the culprit.

@@ -118,9 +118,18 @@ class _Lowerer:
             for t in ex.loaded_tensors(body):
                 if t in readers:
                     readers[t].add(s)
+        order = {s: self._loop_order(s, bodies[s]) for s in materialized}
+        prefix = self._shared_prefix(materialized, bodies, order)
+        shared = [ex.Var(f"s{d}") for d in range(prefix)]
+        for v, n in zip(shared, materialized[0].shape[:prefix]):
+            self.ranges[v] = n
 
+        # Buffers: outputs; reductions hosted in the output they feed; per-row
+        # locals when rows are shared and small; else a workspace in the arena.
         buffers: dict[Stage, Buffer] = {s: self.out_bufs[v] for s, v in out_stage.items()}
+        local: set[Stage] = set()
         workspace: list[Buffer] = []
+        allocations: list[Buffer] = []
         for s in materialized:
             if s in buffers:
                 continue
@@ -128,16 +137,34 @@ class _Lowerer:
             if host is not None:
                 buffers[s] = buffers[host]
                 continue
-            b = Buffer(self._fresh(f"{self.name}_ws"), s.shape, accumulator_dtype(s.dtype))
-            workspace.append(b)
+            row_shape = s.shape[prefix:]
+            row_bytes = _prod(row_shape) * accumulator_dtype(s.dtype).itemsize
+            if prefix and row_bytes <= LOCAL_ROW_BYTES:
+                b = Buffer(self._fresh(f"{self.name}_row"), row_shape, accumulator_dtype(s.dtype), scope="local")
+                allocations.append(b)
+                local.add(s)
+            else:
+                b = Buffer(self._fresh(f"{self.name}_ws"), s.shape, accumulator_dtype(s.dtype))
+                workspace.append(b)
             buffers[s] = b
+
+        def to_buffer(ld: ex.Load):
+            t = ld.tensor
+            if t not in buffers:
+                return None
+            return ex.Load(buffers[t], ld.indices[prefix:] if t in local else ld.indices)
 
         nests = []
         for s in materialized:
-            body = ex.transform_loads(bodies[s], lambda ld: ex.Load(buffers[ld.tensor], ld.indices)
-                                      if ld.tensor in buffers else None)
-            nests.append(self._nest(s, body, buffers[s]))
+            sub = dict(zip(s.axes[:prefix], shared))
+            body = ex.transform_loads(ex.substitute(bodies[s], sub), to_buffer)
+            lead = [] if s in local else list(shared)
+            nests.append(self._nest(s, body, buffers[s], lead, prefix, order[s]))
         body = seq(*nests)
+        if prefix:
+            for b in reversed(allocations):
+                body = Allocate(b, body)
+            body = _wrap_loops(body, shared, list(materialized[0].shape[:prefix]))
         _rename_loop_vars(body)
         return Kernel(self.name, list(self.in_bufs.values()), list(self.out_bufs.values()), body,
                       workspace=workspace, group=[n.name for n in self.group.nodes])
@@ -174,6 +201,25 @@ class _Lowerer:
                     return None
         return host
 
+    def _shared_prefix(self, materialized, bodies, order) -> int:
+        """How many leading axes every materialized stage can share as one loop
+        nest (compute_at): same extents, and every read of another stage in the
+        group uses the reader's own index on those axes."""
+        if len(materialized) < 2:
+            return 0
+        k = min(len(s.shape) for s in materialized)
+        for s in materialized:
+            if order[s] is not None:  # keep the axis a reduction vectorizes over out of the prefix
+                k = min(k, list(s.axes).index(order[s]))
+        for d in range(k):
+            if len({s.shape[d] for s in materialized}) != 1:
+                return d
+            for s in materialized:
+                for n in ex.walk(bodies[s]):
+                    if isinstance(n, ex.Load) and n.tensor in bodies and n.indices[d] is not s.axes[d]:
+                        return d
+        return k
+
     # -- loop nests --------------------------------------------------------------
     def _simplify(self, e):
         return ex.simplify(e, self.ranges)
@@ -181,27 +227,49 @@ class _Lowerer:
     def _store(self, buf, idx, value):
         return Store(buf, tuple(self._simplify(i) for i in idx), self._simplify(value))
 
-    def _nest(self, s: Stage, body: ex.Expr, buf: Buffer):
-        axes, shape = list(s.axes), list(s.shape)
+    def _loop_order(self, s: Stage, body: ex.Expr):
+        """For a reduction, the spatial axis to put innermost (accumulating into
+        the buffer), or None to keep the reduction innermost."""
         if not isinstance(body, ex.Reduce):
-            stmt = self._store(buf, axes, body if body.dtype == buf.dtype else ex.cast(buf.dtype, body))
-            return _wrap_loops(stmt, axes, shape)
+            return None
+        inner = next((a for a, n in reversed(list(zip(s.axes, s.shape))) if n > 1), None)
+        last_r = next((v for v, n in reversed(body.axes) if n > 1), None)
+        if inner is None or accumulator_dtype(s.dtype) != s.dtype:
+            return None
+        if last_r is None:
+            return inner
+        bad_spatial = _strided_loads(body.body, inner)
+        bad_reduce = _strided_loads(body.body, last_r)
+        if bad_spatial != bad_reduce:
+            return inner if bad_spatial < bad_reduce else None
+        return inner if self.ranges[inner] > self.ranges[last_r] else None
+
+    def _nest(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int, inner):
+        """The loops computing stage ``s`` over its axes after the shared prefix."""
+        axes, shape = list(s.axes[prefix:]), list(s.shape[prefix:])
+        # Axes of extent 1 get no loop: their index is 0.
+        unit = {a: ex.const(0, "int64") for a, n in zip(axes, shape) if n == 1}
+        body = ex.substitute(body, unit) if unit else body
+        idx = lead + [unit.get(a, a) for a in axes]
+        loop_axes = [a for a in axes if a not in unit]
+        loop_ext = [n for a, n in zip(axes, shape) if a not in unit]
+        if not isinstance(body, ex.Reduce):
+            stmt = self._store(buf, idx, body if body.dtype == buf.dtype else ex.cast(buf.dtype, body))
+            return _wrap_loops(stmt, loop_axes, loop_ext)
         red = body
         init = reduce_identity(red.op, buf.dtype)
-        raxes = [v for v, _ in red.axes]
-        rext = [n for _, n in red.axes]
-        inner = self._innermost_spatial(axes, shape)
-        if inner is not None and buf.dtype == accumulator_dtype(s.dtype) and self._prefer_spatial_inner(
-                red, inner, raxes, shape[axes.index(inner)], rext):
+        raxes = [v for v, n in red.axes if n != 1]
+        rext = [n for _, n in red.axes if n != 1]
+        rbody = ex.substitute(red.body, {v: ex.const(0, "int64") for v, n in red.axes if n == 1})
+        if inner is not None and inner in loop_axes:
             # Accumulate in the buffer with the spatial axis innermost: out[.., j] op= body.
-            outer = [a for a in axes if a is not inner]
-            outer_ext = [n for a, n in zip(axes, shape) if a is not inner]
-            j_ext = shape[axes.index(inner)]
+            outer = [a for a in loop_axes if a is not inner]
+            outer_ext = [n for a, n in zip(loop_axes, loop_ext) if a is not inner]
+            j_ext = self.ranges[inner]
             init_var = ex.fresh_var("j")
             self.ranges[init_var] = j_ext
-            init_idx = [init_var if a is inner else a for a in axes]
-            init_loop = For(init_var, j_ext, self._store(buf, init_idx, init))
-            update = self._store(buf, axes, _combine(red.op, ex.Load(buf, tuple(axes)), red.body))
+            init_loop = For(init_var, j_ext, self._store(buf, [init_var if a is inner else a for a in idx], init))
+            update = self._store(buf, idx, _combine(red.op, ex.Load(buf, tuple(idx)), rbody))
             update_loop = _wrap_loops(For(inner, j_ext, update), raxes, rext, reduction=True)
             return _wrap_loops(seq(init_loop, update_loop), outer, outer_ext)
         acc_t = accumulator_dtype(buf.dtype)
@@ -209,28 +277,23 @@ class _Lowerer:
         acc_ld = ex.Load(acc, ())
         stmt = Allocate(acc, seq(
             Store(acc, (), reduce_identity(red.op, acc_t)),
-            _wrap_loops(self._store(acc, (), _combine(red.op, acc_ld, ex.cast(acc_t, red.body))), raxes, rext,
+            _wrap_loops(self._store(acc, (), _combine(red.op, acc_ld, ex.cast(acc_t, rbody))), raxes, rext,
                         reduction=True),
-            self._store(buf, axes, ex.cast(buf.dtype, acc_ld)),
+            self._store(buf, idx, ex.cast(buf.dtype, acc_ld)),
         ))
-        return _wrap_loops(stmt, axes, shape)
+        return _wrap_loops(stmt, loop_axes, loop_ext)
 
-    @staticmethod
-    def _innermost_spatial(axes, shape):
-        for a, n in reversed(list(zip(axes, shape))):
-            if n > 1:
-                return a
-        return None
 
-    def _prefer_spatial_inner(self, red, inner, raxes, inner_ext, rext) -> bool:
-        last_r = next((v for v, n in reversed(list(zip(raxes, rext))) if n > 1), None)
-        if last_r is None:
-            return True
-        spatial_score = _unit_stride_loads(red.body, inner) + 1  # + the accumulator in the buffer
-        reduce_score = _unit_stride_loads(red.body, last_r)
-        if spatial_score != reduce_score:
-            return spatial_score > reduce_score
-        return inner_ext > rext[raxes.index(last_r)]
+# Per-row intermediates up to this size live on the stack of the row loop
+# (one copy per thread); larger ones get a workspace in the arena.
+LOCAL_ROW_BYTES = 64 * 1024
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _combine(op: str, acc: ex.Expr, value: ex.Expr) -> ex.Expr:
@@ -238,16 +301,35 @@ def _combine(op: str, acc: ex.Expr, value: ex.Expr) -> ex.Expr:
             "min": lambda: ex.minimum(acc, value)}[op]()
 
 
-def _unit_stride_loads(e: ex.Expr, v: ex.Var) -> int:
-    """How many loads step by one element when ``v`` steps by one."""
+def _strided_loads(e: ex.Expr, v: ex.Var) -> int:
+    """How many loads jump by more than one element when ``v`` steps by one
+    (loads that do not move, or move by one element, are cheap)."""
     count = 0
     for n in ex.walk(e):
-        if isinstance(n, ex.Load) and n.indices:
-            aff = ex._affine(n.indices[-1])
-            if aff is not None and aff[0].get(v) == 1 and not any(
-                    v in ex.free_vars(i) for i in n.indices[:-1]):
+        if isinstance(n, ex.Load):
+            stride = _flat_stride(n, v)
+            if stride is None or abs(stride) > 1:
                 count += 1
     return count
+
+
+def _flat_stride(load: ex.Load, v: ex.Var) -> int | None:
+    """Elements moved in memory per step of ``v``, or None if not affine."""
+    total, step = 0, 1
+    for idx, dim in reversed(list(zip(load.indices, load.tensor.shape))):
+        aff = ex._affine(idx)
+        if aff is None:
+            if v in ex.free_vars(idx):
+                return None
+        else:
+            terms, _ = aff
+            for t, c in terms.items():
+                if t is v:
+                    total += c * step
+                elif v in ex.free_vars(t):
+                    return None
+        step *= dim
+    return total
 
 
 def _wrap_loops(stmt, axes, extents, reduction=False):

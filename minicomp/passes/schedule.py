@@ -182,21 +182,23 @@ def default_schedule(kernel: Kernel, num_threads: int) -> list:
     for nest in _top_nests(kernel.body):
         if not isinstance(nest, For):
             continue
-        outer = nest
-        name = outer.var.name
-        extent = outer.extent
-        inner = outer.body
+        name, extent, inner = nest.var.name, nest.extent, nest.body
+        fused = {name}
         while (num_threads > 1 and extent < 4 * num_threads and isinstance(inner, For)
-               and not inner.is_reduction and not outer.is_reduction and isinstance(inner.body, (For, Seq,
-                                                                                              Allocate))):
+               and not inner.is_reduction and not nest.is_reduction):
             steps.append(Fuse(name, inner.var.name))
+            fused.add(inner.var.name)
             name = f"{name}_{inner.var.name}"
             extent *= inner.extent
             inner = inner.body
-        if num_threads > 1 and extent > 1 and not outer.is_reduction and _iterations(nest) >= MIN_PARALLEL_WORK:
+        parallel = num_threads > 1 and extent > 1 and not nest.is_reduction and _iterations(nest) >= MIN_PARALLEL_WORK
+        if parallel:
             steps.append(Parallel(name))
-        for loop in _innermost_loops(nest):
-            if loop.extent >= 4 and loop is not nest and loop.var.name != name:
+        innermost = [lp for lp in _innermost_loops(nest) if lp.var.name not in fused]
+        if not innermost and not parallel and extent >= 4:
+            steps.append(Vectorize(name))  # the fused loop itself is innermost
+        for loop in innermost:
+            if loop.extent >= 4:
                 steps.append(Vectorize(loop.var.name))
     return steps
 

@@ -59,7 +59,7 @@ def test_bad_inputs_raise_clear_errors(model, call, message):
 def test_stages_hold_every_stage(model):
     for key in ("graph", "loops", "memory", "llvm", "llvm_opt"):
         assert model.stages[key]
-    assert "kernel softmax" in model.stages["loops"]
+    assert "kernel fused_add_relu_mul_softmax" in model.stages["loops"]
     assert "define void @mc_main" in model.stages["llvm"]
 
 

@@ -1,0 +1,298 @@
+"""Operator fusion: group graph nodes into kernels.
+
+Each node has a pattern kind, derived from its compute definition
+(:func:`minicomp.ir.ops.derive_pattern`). Walking the nodes in topological
+order, the pass tries to merge each producer's group into its consumer's
+group, under these rules:
+
+- a group of layout ops only (reshape, transpose, slice...) merges into
+  anything: lowering turns it into index arithmetic on the reader's loads;
+- other elementwise/broadcast/injective producers merge into any consumer
+  group, except into a matmul/conv's own inputs (they would be recomputed for
+  every multiply-add);
+- reductions take elementwise prologues and epilogues and other reductions
+  (so softmax and layer norm arrive decomposed and leave as one kernel), up
+  to ``max_reductions`` per group;
+- a matmul/conv takes elementwise/broadcast epilogues (bias, activation,
+  residual add) and, with ``reduction_epilogue``, reductions of its result
+  (attention scores followed by softmax);
+- at most one matmul/conv per group, except sibling matmuls/convs reading the
+  same input, which merge side by side (``horizontal``);
+- limits: ``max_group_nodes`` nodes and ``max_params`` buffers per group.
+
+Every merge keeps each group convex: no path may leave a group and come back
+into it. That is the property TVM's post-dominator analysis guarantees; here
+it is checked directly on the group graph, so that groups never form a cycle.
+
+Every edge that stays a group boundary records why, for
+``minicomp compile --explain-fusion``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minicomp.ir.graph import Graph, Node
+from minicomp.ir.ops import BROADCAST, ELEMENTWISE, OPAQUE, OUT_ELEMENTWISE_FUSABLE, REDUCTION, get_op
+from minicomp.passes.lower import Group, kernel_name
+from minicomp.passes.manager import register_pass
+
+LAYOUT_OPS = frozenset({"reshape", "transpose", "squeeze", "unsqueeze", "slice", "broadcast_to", "concat"})
+
+
+@dataclass
+class FusionOptions:
+    """Knobs of the fusion pass (``compile(..., fusion={...})``)."""
+
+    max_group_nodes: int = 64
+    max_params: int = 32
+    max_reductions: int = 4
+    horizontal: bool = True
+    reduction_epilogue: bool = True
+
+
+@dataclass
+class Boundary:
+    """An edge between two groups and the reason it was not fused."""
+
+    producer: str
+    consumer: str
+    value: str
+    reason: str
+
+
+@dataclass
+class FusionResult:
+    groups: list[Group]
+    boundaries: list[Boundary] = field(default_factory=list)
+
+    def explain(self) -> str:
+        """Readable account: each group, then each boundary with its reason."""
+        lines = [f"{len(self.groups)} kernels"]
+        for g in self.groups:
+            lines.append(f"  {g.name}: {', '.join(n.name for n in g.nodes)}" + (f"  ({g.reason})" if g.reason else ""))
+        if self.boundaries:
+            lines.append("boundaries:")
+            for b in self.boundaries:
+                lines.append(f"  {b.producer} -> {b.consumer} (%{b.value}): {b.reason}")
+        return "\n".join(lines) + "\n"
+
+
+class _UnionFind:
+    def __init__(self, items):
+        self.parent = {x: x for x in items}
+
+    def find(self, x):
+        while self.parent[x] is not x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra is not rb:
+            self.parent[rb] = ra
+        return ra
+
+
+class _Fuser:
+    def __init__(self, graph: Graph, options: FusionOptions):
+        self.graph = graph
+        self.opt = options
+        self.index = {n: i for i, n in enumerate(graph.nodes)}
+        self.pattern = {n: get_op(n.op).pattern_kind([v.type for v in n.inputs], n.attrs) for n in graph.nodes}
+        self.users = graph.consumers()
+        self.uf = _UnionFind(graph.nodes)
+        self.members = {n: [n] for n in graph.nodes}
+        self.reasons: dict[tuple[Node, Node], str] = {}
+        self.group_reason: dict[Node, str] = {}
+
+    # -- group facts ----------------------------------------------------------
+    def group(self, n: Node) -> Node:
+        return self.uf.find(n)
+
+    def nodes_of(self, root: Node) -> list[Node]:
+        return self.members[root]
+
+    def anchors(self, root) -> list[Node]:
+        return [n for n in self.nodes_of(root) if self.pattern[n] == OUT_ELEMENTWISE_FUSABLE]
+
+    def reductions(self, root) -> list[Node]:
+        return [n for n in self.nodes_of(root) if self.pattern[n] == REDUCTION]
+
+    def layout_only(self, root) -> bool:
+        return all(n.op in LAYOUT_OPS for n in self.nodes_of(root))
+
+    def successors(self, root) -> set:
+        out = set()
+        for n in self.nodes_of(root):
+            for v in n.outputs:
+                for c in self.users.get(v, []):
+                    g = self.group(c)
+                    if g is not root:
+                        out.add(g)
+        return out
+
+    def params(self, nodes) -> int:
+        inside = set(nodes)
+        produced = {v for n in nodes for v in n.outputs}
+        ins = {v for n in nodes for v in n.inputs if v not in produced}
+        graph_outs = set(self.graph.outputs)
+        outs = {v for v in produced if v in graph_outs or any(c not in inside for c in self.users.get(v, []))}
+        return len(ins) + len(outs)
+
+    def reaches(self, start_groups, target, exclude) -> bool:
+        """Is ``target`` reachable from any of ``start_groups`` without passing ``exclude``?"""
+        seen, stack = set(), list(start_groups)
+        while stack:
+            g = stack.pop()
+            if g is target:
+                return True
+            if g in seen or g in exclude:
+                continue
+            seen.add(g)
+            stack.extend(self.successors(g))
+        return False
+
+    # -- rules -------------------------------------------------------------------
+    def why_not(self, gp, gc, producer: Node, consumer: Node) -> str | None:
+        """None if the producer's group may merge into the consumer's, else the reason."""
+        if OPAQUE in (self.pattern[producer], self.pattern[consumer]):
+            return "opaque op"
+        nodes = self.nodes_of(gp) + self.nodes_of(gc)
+        if len(nodes) > self.opt.max_group_nodes:
+            return f"limit: more than {self.opt.max_group_nodes} nodes per group"
+        ap, ac = self.anchors(gp), self.anchors(gc)
+        rp, rc = self.reductions(gp), self.reductions(gc)
+        if not self.layout_only(gp):
+            feeds_anchor = any(v in a.inputs for a in ac for n in self.nodes_of(gp) for v in n.outputs)
+            if feeds_anchor:
+                return f"the inputs of {ac[0].op} '{ac[0].name}' must be in memory (only layout ops fuse into them)"
+            if ap and ac:
+                return "a group holds at most one matmul/conv in a chain"
+            if rp and ac:
+                return f"reductions do not fuse into the group of {ac[0].op} '{ac[0].name}'"
+            if ap and (rc or self.pattern[consumer] == REDUCTION):
+                if not self.opt.reduction_epilogue:
+                    return "reduction epilogues of matmul/conv are disabled"
+            elif ap and self.pattern[consumer] not in (ELEMENTWISE, BROADCAST):
+                return (f"the epilogue of {ap[0].op} '{ap[0].name}' must be elementwise "
+                        f"({consumer.op} is {self.pattern[consumer]})")
+            if len(rp) + len(rc) > self.opt.max_reductions:
+                return f"limit: more than {self.opt.max_reductions} reductions per group"
+        if self.params(nodes) > self.opt.max_params:
+            return f"limit: more than {self.opt.max_params} buffers per kernel"
+        others = self.successors(gp) - {gc}
+        if self.reaches(others, gc, exclude={gp}):
+            return "fusing would create a cycle (a path leaves the group and comes back)"
+        return None
+
+    def merge(self, ga, gb):
+        root = self.uf.union(ga, gb)
+        other = gb if root is ga else ga
+        self.members[root] = sorted(self.members[root] + self.members.pop(other), key=self.index.get)
+        return root
+
+    # -- driver ------------------------------------------------------------------
+    def run(self) -> FusionResult:
+        for consumer in self.graph.nodes:
+            for v in consumer.inputs:
+                producer = v.producer
+                if producer is None or producer not in self.index:
+                    continue
+                gp, gc = self.group(producer), self.group(consumer)
+                if gp is gc:
+                    continue
+                reason = self.why_not(gp, gc, producer, consumer)
+                if reason is None:
+                    self.merge(gp, gc)
+                else:
+                    self.reasons[(producer, consumer)] = reason
+        if self.opt.horizontal:
+            self.fuse_siblings()
+        return self.result()
+
+    def fuse_siblings(self):
+        """Merge groups whose matmul/conv read the same value (e.g. Q, K, V projections)."""
+        for v, readers in self.users.items():
+            roots = []
+            for r in readers:
+                g = self.group(r)
+                if self.pattern[r] == OUT_ELEMENTWISE_FUSABLE and len(self.anchors(g)) >= 1 and g not in roots:
+                    roots.append(g)
+            while len(roots) > 1:
+                a, b = roots[0], roots[1]
+                nodes = self.nodes_of(a) + self.nodes_of(b)
+                ok = (len(nodes) <= self.opt.max_group_nodes and self.params(nodes) <= self.opt.max_params
+                      and not self.reaches(self.successors(a), b, exclude=set())
+                      and not self.reaches(self.successors(b), a, exclude=set()))
+                if ok:
+                    root = self.merge(a, b)
+                    self.group_reason[root] = f"siblings reading %{v.name} fused side by side"
+                    roots = [root] + roots[2:]
+                else:
+                    roots = [a] + roots[2:]
+
+    def result(self) -> FusionResult:
+        import networkx as nx
+
+        roots = list(dict.fromkeys(self.group(n) for n in self.graph.nodes))
+        dag = nx.DiGraph()
+        dag.add_nodes_from(roots)
+        for r in roots:
+            for s in self.successors(r):
+                dag.add_edge(r, s)
+        order = list(nx.lexicographical_topological_sort(dag, key=lambda r: self.index[self.nodes_of(r)[0]]))
+        graph_outs = set(self.graph.outputs)
+        groups = []
+        for i, root in enumerate(order):
+            nodes = self.nodes_of(root)
+            inside = set(nodes)
+            produced = [v for n in nodes for v in n.outputs]
+            inputs = list(dict.fromkeys(v for n in nodes for v in n.inputs if v not in set(produced)))
+            outputs = [v for v in produced
+                       if v in graph_outs or any(c not in inside for c in self.users.get(v, []))]
+            g = Group(nodes, inputs, outputs, reason=self.group_reason.get(root, ""))
+            g.name = kernel_name(g, i)
+            groups.append(g)
+        boundaries = []
+        group_of = {n: g for g in groups for n in g.nodes}
+        for (p, c), reason in self.reasons.items():
+            if group_of[p] is not group_of[c]:
+                v = next(v for v in p.outputs if v in c.inputs)
+                boundaries.append(Boundary(p.name, c.name, v.name, reason))
+        return FusionResult(groups, boundaries)
+
+
+def fuse_graph(graph: Graph, options: FusionOptions | dict | None = None) -> FusionResult:
+    """Group ``graph``'s nodes into kernels; see the module docstring."""
+    if isinstance(options, dict):
+        options = FusionOptions(**options)
+    return _Fuser(graph, options or FusionOptions()).run()
+
+
+def single_node_groups(graph: Graph) -> FusionResult:
+    """One group per node: what a pipeline without 'fuse' lowers."""
+    groups = []
+    for i, node in enumerate(graph.nodes):
+        g = Group([node], list(dict.fromkeys(node.inputs)), list(node.outputs), reason="fusion disabled")
+        g.name = kernel_name(g, i)
+        groups.append(g)
+    return FusionResult(groups)
+
+
+def print_fused_graph(graph: Graph, groups) -> str:
+    """The graph text with each node's group as a trailing comment."""
+    from minicomp.ir.text import print_graph
+
+    where = {n: g.name for g in groups for n in g.nodes}
+    return print_graph(graph, annotate=lambda n: f"group {where.get(n, '?')}")
+
+
+@register_pass("fuse", kind="program")
+def fuse_pass(program, ctx):
+    """Group nodes into kernels (options: ctx.options['fusion'])."""
+    result = fuse_graph(program.graph, ctx.options.get("fusion"))
+    program.groups = result.groups
+    program.options["fusion_result"] = result
+    return program

@@ -1,0 +1,207 @@
+"""The pass manager: named passes, pipelines, and instruments.
+
+A pass takes a :class:`Program` and returns one. Most passes only rewrite the
+graph; register those with ``@register_pass("name")`` on a function
+``Graph -> Graph`` that returns a new graph (start from ``graph.clone()``).
+Passes that need the whole program (groups, kernels, the target) register
+with ``kind="program"`` and take ``(program, context)``.
+
+Pipelines are lists of names, or strings like ``"simplify,fuse,lower,schedule,plan"``.
+The default pipeline of each target is written once, in DEFAULT_PIPELINES.
+
+Instruments: ``print_before``/``print_after`` (pass names, or "all"),
+``dump_dir`` (numbered files such as ``03-fuse.mcir``), timing of every pass
+(``PassManager.timings``) and ``verify`` (check the graph after every pass).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from minicomp.errors import MinicompError
+from minicomp.ir.graph import Graph
+
+DEFAULT_PIPELINES = {
+    "llvm": ["simplify", "fuse", "lower", "schedule", "plan"],
+    "reference": ["simplify"],
+}
+
+
+@dataclass
+class Program:
+    """Everything the passes produce: the graph, then groups, kernels, a plan."""
+
+    graph: Graph
+    target: object = None
+    groups: list | None = None
+    kernels: list | None = None
+    memory_plan: object = None
+    options: dict = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The program at its current stage, as text (for dumps)."""
+        if self.memory_plan is not None:
+            return str(self.memory_plan) + "\n"
+        if self.kernels is not None:
+            return "\n\n".join(str(k) for k in self.kernels) + "\n"
+        if self.groups is not None:
+            from minicomp.passes.fusion import print_fused_graph
+
+            return print_fused_graph(self.graph, self.groups)
+        from minicomp.ir.text import print_graph
+
+        return print_graph(self.graph)
+
+    def stage_extension(self) -> str:
+        if self.memory_plan is not None:
+            return "memory.txt"
+        if self.kernels is not None:
+            return "loops"
+        return "mcir"
+
+
+@dataclass
+class PassInfo:
+    """A registered pass."""
+
+    name: str
+    run: Callable
+    kind: str  # "graph" or "program"
+    doc: str = ""
+
+
+_PASSES: dict[str, PassInfo] = {}
+
+
+def register_pass(name: str, kind: str = "graph", replace: bool = False):
+    """Decorator: register ``fn`` as pass ``name``.
+
+    ``kind="graph"``: ``fn(graph) -> graph``. ``kind="program"``:
+    ``fn(program, context) -> program``.
+    """
+    if kind not in ("graph", "program"):
+        raise MinicompError(f"pass kind must be 'graph' or 'program', got {kind!r}")
+
+    def wrap(fn):
+        if name in _PASSES and not replace:
+            raise MinicompError(f"a pass named '{name}' is already registered")
+        _PASSES[name] = PassInfo(name, fn, kind, (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return wrap
+
+
+def get_pass(name: str) -> PassInfo:
+    _load_builtin_passes()
+    try:
+        return _PASSES[name]
+    except KeyError:
+        raise MinicompError(f"unknown pass '{name}'; registered passes: {', '.join(sorted(_PASSES))}") from None
+
+
+def all_passes() -> dict[str, PassInfo]:
+    _load_builtin_passes()
+    return dict(_PASSES)
+
+
+_loaded = False
+
+
+def _load_builtin_passes():
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from minicomp.passes import fusion, pipeline_passes, simplify  # noqa: F401
+
+
+def parse_pipeline(pipeline) -> list[str]:
+    """A pipeline as a list of pass names (from a list or a comma-separated string)."""
+    if isinstance(pipeline, str):
+        names = [p.strip() for p in pipeline.split(",") if p.strip()]
+    else:
+        names = list(pipeline)
+    for n in names:
+        get_pass(n)
+    return names
+
+
+def default_pipeline(target: str = "llvm") -> list[str]:
+    """The default pipeline for a target name, as a list you may edit."""
+    if target not in DEFAULT_PIPELINES:
+        raise MinicompError(f"no default pipeline for target '{target}'")
+    return list(DEFAULT_PIPELINES[target])
+
+
+@dataclass
+class PassContext:
+    """What a program pass may read: the manager's options."""
+
+    options: dict = field(default_factory=dict)
+
+
+class PassManager:
+    """Runs a pipeline with instruments; see the module docstring."""
+
+    def __init__(self, pipeline, *, print_before=(), print_after=(), dump_dir: str | None = None,
+                 verify: bool = True, stream=None, options: dict | None = None):
+        self.pipeline = parse_pipeline(pipeline)
+        self.print_before = set(print_before) if not isinstance(print_before, str) else {print_before}
+        self.print_after = set(print_after) if not isinstance(print_after, str) else {print_after}
+        for n in (self.print_before | self.print_after) - {"all"}:
+            get_pass(n)
+        self.dump_dir = dump_dir
+        self.verify = verify
+        self.stream = stream or sys.stdout
+        self.options = dict(options or {})
+        self.timings: list[tuple[str, float]] = []
+
+    def _wants(self, which: set, name: str) -> bool:
+        return "all" in which or name in which
+
+    def _dump(self, index: int, name: str, program: Program):
+        if self.dump_dir is None:
+            return
+        os.makedirs(self.dump_dir, exist_ok=True)
+        path = os.path.join(self.dump_dir, f"{index:02d}-{name}.{program.stage_extension()}")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(program.text())
+
+    def run(self, program: Program) -> Program:
+        """Run every pass in order; returns the final program."""
+        ctx = PassContext(self.options)
+        self._dump(0, "input", program)
+        for i, name in enumerate(self.pipeline, start=1):
+            info = get_pass(name)
+            if self._wants(self.print_before, name):
+                print(f"// ----- before {name} -----\n{program.text()}", file=self.stream)
+            t0 = time.perf_counter()
+            if info.kind == "graph":
+                if program.groups is not None:
+                    raise MinicompError(f"graph pass '{name}' cannot run after fusion; "
+                                        f"place it before 'fuse' in the pipeline")
+                new_graph = info.run(program.graph)
+                if not isinstance(new_graph, Graph):
+                    raise MinicompError(f"pass '{name}' returned {type(new_graph).__name__}, not a Graph")
+                program = Program(new_graph, program.target, None, None, None, program.options)
+            else:
+                program = info.run(program, ctx)
+            self.timings.append((name, time.perf_counter() - t0))
+            if self.verify:
+                try:
+                    program.graph.verify()
+                except MinicompError as exc:
+                    raise MinicompError(f"after pass '{name}': {exc}") from exc
+            if self._wants(self.print_after, name):
+                print(f"// ----- after {name} -----\n{program.text()}", file=self.stream)
+            self._dump(i, name, program)
+        return program
+
+    def timing_report(self) -> str:
+        """One line per pass: name and milliseconds."""
+        total = sum(t for _, t in self.timings)
+        lines = [f"{name:<24} {t * 1e3:9.3f} ms" for name, t in self.timings]
+        return "\n".join(lines + [f"{'total':<24} {total * 1e3:9.3f} ms"])
