@@ -1,8 +1,11 @@
 """The ``minicomp`` command.
 
     minicomp run MODEL.mcir [--input NAME=FILE.npy ...] [--threads N] [--save DIR]
-    minicomp compile MODEL.mcir [--emit graph|loops|memory|llvm|llvm-opt|asm]
+    minicomp compile MODEL.mcir [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm]
+                                [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
+                                [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
     minicomp ops
+    minicomp passes
 
 MODEL.mcir is a graph in the IR text format (docs/ir.md). ``run`` uses random
 inputs for any input not given. Errors are reported in one line and exit 2.
@@ -20,7 +23,7 @@ import numpy as np
 import minicomp as mc
 from minicomp.errors import MinicompError
 
-EMITS = ("graph", "loops", "memory", "llvm", "llvm-opt", "asm")
+EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm")
 
 
 def load_model(path: str) -> mc.Graph:
@@ -89,10 +92,25 @@ def cmd_run(args) -> int:
 
 def cmd_compile(args) -> int:
     graph = load_model(args.model)
-    model = mc.compile(graph, target="llvm", num_threads=args.threads)
-    key = args.emit.replace("-", "_")
-    text = model._jit.assembly() if key == "asm" else model.stages[key]
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    model = mc.compile(graph, target="llvm", num_threads=args.threads, pipeline=args.pipeline,
+                       print_after=args.print_after or (), print_before=args.print_before or (),
+                       dump_dir=args.dump_dir)
+    if args.explain_fusion:
+        sys.stdout.write(model.stages["fusion"])
+    if args.time_passes:
+        from minicomp.passes.manager import format_timings
+
+        sys.stdout.write(format_timings(model.pass_timings) + "\n")
+    if args.graph_png:
+        from minicomp.viz import render_graph
+
+        render_graph(model.graph, args.graph_png, model.fusion.groups)
+        print(f"wrote {args.graph_png}")
+    if args.emit or not (args.explain_fusion or args.time_passes or args.graph_png or args.print_after
+                         or args.print_before or args.dump_dir):
+        key = (args.emit or "loops").replace("-", "_")
+        text = model._jit.assembly() if key == "asm" else model.stages[key]
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
@@ -102,6 +120,16 @@ def cmd_ops(args) -> int:
     for name, op in sorted(all_ops().items()):
         attrs = ", ".join(f"{k}={v!r}" for k, v in op.attrs.items())
         print(f"{name}({attrs})" + (f"  -- {op.doc}" if op.doc else ""))
+    return 0
+
+
+def cmd_passes(args) -> int:
+    from minicomp.passes.manager import DEFAULT_PIPELINES, all_passes
+
+    for name, info in sorted(all_passes().items()):
+        print(f"{name:<18} {info.kind:<8} {info.doc}")
+    for target, pipe in DEFAULT_PIPELINES.items():
+        print(f"default pipeline for {target}: {','.join(pipe)}")
     return 0
 
 
@@ -125,12 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model and print one stage")
     c.add_argument("model", help="model file (.mcir)")
-    c.add_argument("--emit", default="loops", choices=EMITS, help="stage to print (default loops)")
+    c.add_argument("--emit", default=None, choices=EMITS,
+                   help="stage to print (default: loops, unless another output is asked for)")
     c.add_argument("--threads", type=int, default=None, help="threads the schedule plans for")
+    c.add_argument("--pipeline", default=None, help="passes to run, e.g. 'simplify,fuse,lower,schedule,plan'")
+    c.add_argument("--print-after", action="append", metavar="PASS",
+                   help="print the IR after this pass (repeatable; 'all' for every pass)")
+    c.add_argument("--print-before", action="append", metavar="PASS", help="print the IR before this pass")
+    c.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass to numbered files in DIR")
+    c.add_argument("--explain-fusion", action="store_true", help="list the kernels and why each boundary is there")
+    c.add_argument("--time-passes", action="store_true", help="print the time each pass took")
+    c.add_argument("--graph-png", metavar="FILE", help="draw the graph with fused groups (.png/.svg/.dot; "
+                                                       "needs Graphviz for pictures)")
     c.set_defaults(func=cmd_compile)
 
     o = sub.add_parser("ops", help="list the registered ops and their attributes")
     o.set_defaults(func=cmd_ops)
+    ps = sub.add_parser("passes", help="list the registered passes and the default pipelines")
+    ps.set_defaults(func=cmd_passes)
     return p
 
 

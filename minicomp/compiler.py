@@ -153,8 +153,9 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     for lt in plan.lifetimes:
         slots[lt.key] = len(slots)
     calls = []
-    for g, k in zip(groups, kernels):
-        call_slots = [slots[v] for v in g.inputs] + [slots[v] for v in g.outputs] + [slots[b] for b in k.workspace]
+    for k in kernels:
+        ws = iter(k.workspace)
+        call_slots = [slots[v] if v is not None else slots[next(ws)] for v in k.param_values]
         calls.append(KernelCall(k.name, f"k_{k.name}", call_slots))
     ir_text = emit_module(kernels, [c.slots for c in calls])
     stages["llvm"] = ir_text

@@ -72,3 +72,46 @@ def test_help(capsys):
         main(["--help"])
     assert exc.value.code == 0
     assert "run" in capsys.readouterr().out
+
+
+def test_compile_instruments(model_file, tmp_path, capsys):
+    dump = tmp_path / "dumps"
+    assert main(["compile", str(model_file), "--print-after", "fuse", "--dump-dir", str(dump),
+                 "--explain-fusion", "--time-passes"]) == 0
+    out = capsys.readouterr().out
+    assert "// ----- after fuse -----" in out and "# group fused_matmul_softmax_0" in out
+    assert "1 kernel\n" in out and "total" in out
+    assert (dump / "02-fuse.mcir").exists() and (dump / "05-plan.memory.txt").exists()
+
+
+def test_compile_without_fusion(model_file, capsys):
+    assert main(["compile", str(model_file), "--pipeline", "simplify,lower,schedule,plan", "--emit", "fusion"]) == 0
+    assert "2 kernels" in capsys.readouterr().out
+
+
+def test_passes_lists_pipelines(capsys):
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    assert "fold_batch_norm" in out and "default pipeline for llvm: simplify,fuse,lower,schedule,plan" in out
+
+
+def test_graph_picture_with_graphviz(model_file, tmp_path, capsys):
+    import shutil
+
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz is not installed here (the next test covers that case)")
+    png = tmp_path / "g.png"
+    assert main(["compile", str(model_file), "--graph-png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_graph_picture_without_graphviz_says_so(model_file, tmp_path, capsys, monkeypatch):
+    import minicomp.viz
+
+    monkeypatch.setattr(minicomp.viz.shutil, "which", lambda name: None)
+    png = tmp_path / "g.png"
+    assert main(["compile", str(model_file), "--graph-png", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert "Graphviz's 'dot' program is not installed" in err
+    dot_text = (tmp_path / "g.dot").read_text()
+    assert "subgraph \"cluster_0\"" in dot_text and "softmax" in dot_text

@@ -57,7 +57,7 @@ def test_transformer_block_matches_independent_numpy(target):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py"])
+@pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py", "custom_pass.py"])
 def test_example_scripts_run(script, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script])
     with pytest.raises(SystemExit) as exc:
@@ -65,3 +65,13 @@ def test_example_scripts_run(script, capsys, monkeypatch):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "graph " in out and "max |diff| vs reference" in out
+    diff = float(out.rsplit("max |diff| vs reference:", 1)[1].split(";")[0].split()[0])
+    assert diff < 1e-4
+
+
+def test_custom_pass_rewrites_pow():
+    mod = runpy.run_path(os.path.join(EXAMPLES, "custom_pass.py"))
+    graph = mod["build"]()
+    assert "pow" in [n.op for n in graph.nodes]
+    out = mod["square_to_mul"](graph)
+    assert "pow" not in [n.op for n in out.nodes] and "mul" in [n.op for n in out.nodes]

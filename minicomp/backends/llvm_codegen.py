@@ -485,15 +485,31 @@ def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int):
 
 
 def _emit_parallel_body(module: Module, name: str, params: list[Buffer], loop: For):
-    """``name(data)`` runs this thread's contiguous share of ``loop``."""
-    fn = FunctionGen(module, name)
+    """``name(data)`` runs this thread's contiguous share of ``loop``.
+
+    The loop itself lives in ``name_range(ptr noalias..., lo, hi)``: passing
+    the buffers as ``noalias`` arguments (rather than loading them from
+    ``data`` in the loop's function) tells LLVM that stores cannot change the
+    inputs, so it can hoist loads and vectorize without runtime checks.
+    """
+    rng = FunctionGen(module, f"{name}_range")
     for k, b in enumerate(params):
+        rng.ptrs[b] = f"%arg{k}"
+    inner = not _has_loop(loop.body) and vectorizable(loop.body)
+    rng.loop(loop.var, "%lo", "%hi", loop.body, "vectorize" if inner else None)
+    sig = ", ".join([f"ptr noalias %arg{k}" for k in range(len(params))] + ["i64 %lo", "i64 %hi"])
+    module.functions.append(rng.finish(f"internal void @{name}_range({sig})"))
+
+    fn = FunctionGen(module, name)
+    args = []
+    for k in range(len(params)):
         slot, p = fn.tmp("slot"), fn.tmp("arg")
         fn.emit(f"{slot} = getelementptr ptr, ptr %data, i64 {k}")
         fn.emit(f"{p} = load ptr, ptr {slot}, align 8")
-        fn.ptrs[b] = p
+        args.append(f"ptr {p}")
     module.declare("omp_get_thread_num", "declare i32 @omp_get_thread_num()")
     module.declare("omp_get_num_threads", "declare i32 @omp_get_num_threads()")
+    module.declare("llvm.smin.i64", "declare i64 @llvm.smin.i64(i64, i64)")
     tid32, nt32, tid, nt = fn.tmp(), fn.tmp(), fn.tmp(), fn.tmp()
     fn.emit(f"{tid32} = call i32 @omp_get_thread_num()")
     fn.emit(f"{nt32} = call i32 @omp_get_num_threads()")
@@ -506,12 +522,9 @@ def _emit_parallel_body(module: Module, name: str, params: list[Buffer], loop: F
     fn.emit(f"{lo} = mul i64 {tid}, {chunk}")
     fn.emit(f"{hi_raw} = add i64 {lo}, {chunk}")
     fn.emit(f"{hi} = call i64 @llvm.smin.i64(i64 {hi_raw}, i64 {n})")
-    module.declare("llvm.smin.i64", "declare i64 @llvm.smin.i64(i64, i64)")
     fn.emit(f"{lo_s} = add i64 {lo}, {loop.start}")
     fn.emit(f"{hi_s} = add i64 {hi}, {loop.start}")
-    # An innermost parallel loop is also the one to vectorize.
-    inner = not _has_loop(loop.body) and vectorizable(loop.body)
-    fn.loop(loop.var, lo_s, hi_s, loop.body, "vectorize" if inner else None)
+    fn.emit(f"call void @{name}_range({', '.join(args + [f'i64 {lo_s}', f'i64 {hi_s}'])})")
     module.functions.append(fn.finish(f"internal void @{name}(ptr %data)"))
 
 

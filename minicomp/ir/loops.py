@@ -108,6 +108,7 @@ class Kernel:
     workspace: list[Buffer] = field(default_factory=list)
     group: list[str] = field(default_factory=list)
     schedule: list = field(default_factory=list)
+    param_values: list = field(default_factory=list)  # graph Value per parameter (None: workspace)
 
     @property
     def params(self) -> list[Buffer]:

@@ -68,7 +68,8 @@ class FusionResult:
 
     def explain(self) -> str:
         """Readable account: each group, then each boundary with its reason."""
-        lines = [f"{len(self.groups)} kernels"]
+        n = len(self.groups)
+        lines = [f"{n} kernel{'s' if n != 1 else ''}"]
         for g in self.groups:
             lines.append(f"  {g.name}: {', '.join(n.name for n in g.nodes)}" + (f"  ({g.reason})" if g.reason else ""))
         if self.boundaries:

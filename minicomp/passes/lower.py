@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
-from minicomp.ir.compute import Stage, reduce_identity, stage_dag
+from minicomp.ir.compute import Stage, compute, reduce_identity, stage_dag
 from minicomp.ir.graph import Node, Value
 from minicomp.ir.loops import Allocate, Buffer, For, Kernel, Store, seq
 from minicomp.ir.ops import get_op
@@ -66,7 +66,7 @@ def accumulator_dtype(dt):
 
 
 class _Lowerer:
-    def __init__(self, group: Group, name: str):
+    def __init__(self, group: Group, name: str, constants: dict | None = None):
         self.group = group
         self.name = name
         self.ranges: dict[ex.Var, int] = {}
@@ -80,12 +80,19 @@ class _Lowerer:
             used.add(nm)
             return Buffer(nm, v.shape, v.dtype)
 
-        self.in_bufs = {v: buf(v) for v in group.inputs}
+        # One-element constants become immediates in the code, not buffers.
+        constants = constants or {}
+        self.immediates = {v: constants[v] for v in group.inputs
+                           if constants.get(v) is not None and constants[v].size == 1}
+        self.in_bufs = {v: buf(v) for v in group.inputs if v not in self.immediates}
         self.out_bufs = {v: buf(v) for v in group.outputs}
         self.used_names = used
 
     def build_stages(self) -> dict[Value, object]:
         tensors: dict[Value, object] = dict(self.in_bufs)
+        for v, arr in self.immediates.items():
+            value = arr.reshape(-1)[0].item()
+            tensors[v] = compute(v.shape, lambda *i, value=value, dt=v.dtype: ex.const(value, dt), sanitize(v.name))
         for node in self.group.nodes:
             opdef = get_op(node.op, node.name)
             outs = opdef.build_compute([tensors[v] for v in node.inputs], node.attrs)
@@ -104,22 +111,18 @@ class _Lowerer:
                 t = Stage(f"copy_{v.name}", v.shape, axes, t[axes] if axes else t[()])
             out_stage[t] = v
         stages = stage_dag(list(out_stage))
-        materialized = [s for s in stages if s in out_stage or s.reduce is not None]
-        mat_set = set(materialized)
         for s in stages:
             for v, n in s.reduce.axes if s.reduce else ():
                 self.ranges[v] = n
             for v, n in zip(s.axes, s.shape):
                 self.ranges[v] = n
-
-        bodies = {s: self._inline(s.body, mat_set) for s in materialized}
+        materialized = [s for s in stages if s in out_stage or s.reduce is not None]
+        materialized, bodies, order, prefix = self._plan_stages(stages, materialized)
         readers: dict[Stage, set] = {s: set() for s in materialized}
         for s, body in bodies.items():
             for t in ex.loaded_tensors(body):
                 if t in readers:
                     readers[t].add(s)
-        order = {s: self._loop_order(s, bodies[s]) for s in materialized}
-        prefix = self._shared_prefix(materialized, bodies, order)
         shared = [ex.Var(f"s{d}") for d in range(prefix)]
         for v, n in zip(shared, materialized[0].shape[:prefix]):
             self.ranges[v] = n
@@ -166,8 +169,37 @@ class _Lowerer:
                 body = Allocate(b, body)
             body = _wrap_loops(body, shared, list(materialized[0].shape[:prefix]))
         _rename_loop_vars(body)
-        return Kernel(self.name, list(self.in_bufs.values()), list(self.out_bufs.values()), body,
-                      workspace=workspace, group=[n.name for n in self.group.nodes])
+        kernel = Kernel(self.name, list(self.in_bufs.values()), list(self.out_bufs.values()), body,
+                        workspace=workspace, group=[n.name for n in self.group.nodes])
+        kernel.param_values = list(self.in_bufs) + list(self.out_bufs) + [None] * len(workspace)
+        return kernel
+
+    def _plan_stages(self, stages, materialized):
+        """Bodies, loop orders and the shared prefix for the materialized
+        stages, after also materializing expensive stages (exp, tanh...) that
+        several materialized stages would otherwise each recompute, when they
+        fit in a per-row buffer."""
+
+        def analyse(mat):
+            mat_set = set(mat)
+            bodies = {s: self._inline(s.body, mat_set) for s in mat}
+            order = {s: self._loop_order(s, bodies[s]) for s in mat}
+            return bodies, order, self._shared_prefix(mat, bodies, order)
+
+        bodies, order, prefix = analyse(materialized)
+        if not prefix:
+            return materialized, bodies, order, prefix
+        for cand in stages:
+            if cand in bodies or not _is_expensive(cand.body):
+                continue
+            if sum(1 for s in materialized if _reads_through(s.body, cand, set(bodies))) < 2:
+                continue
+            trial = [s for s in stages if s in bodies or s is cand]
+            t_bodies, t_order, t_prefix = analyse(trial)
+            row_bytes = _prod(cand.shape[t_prefix:]) * accumulator_dtype(cand.dtype).itemsize
+            if t_prefix >= prefix and row_bytes <= LOCAL_ROW_BYTES:
+                materialized, bodies, order, prefix = trial, t_bodies, t_order, t_prefix
+        return materialized, bodies, order, prefix
 
     def _fresh(self, base: str) -> str:
         nm, k = base, 0
@@ -289,6 +321,27 @@ class _Lowerer:
 LOCAL_ROW_BYTES = 64 * 1024
 
 
+def _is_expensive(e: ex.Expr) -> bool:
+    """Does ``e`` call a transcendental function (worth computing only once)?"""
+    return any((isinstance(n, ex.Call) and n.fn in ("exp", "log", "tanh", "erf"))
+               or (isinstance(n, ex.BinOp) and n.op == "pow") for n in ex.walk(e))
+
+
+def _reads_through(body: ex.Expr, stage: Stage, materialized: set) -> bool:
+    """Would inlining put ``stage``'s body into ``body``? (It reads ``stage``
+    directly or through stages that are inlined.)"""
+    seen = set()
+    stack = list(ex.loaded_tensors(body))
+    while stack:
+        t = stack.pop()
+        if t is stage:
+            return True
+        if isinstance(t, Stage) and t not in materialized and t not in seen:
+            seen.add(t)
+            stack.extend(ex.loaded_tensors(t.body))
+    return False
+
+
 def _prod(shape) -> int:
     n = 1
     for d in shape:
@@ -350,6 +403,11 @@ def _rename_loop_vars(body) -> None:
         counts[prefix] += 1
 
 
-def lower_group(group: Group, name: str) -> Kernel:
-    """Lower ``group`` to a kernel called ``name``."""
-    return _Lowerer(group, name).lower()
+def lower_group(group: Group, name: str, constants: dict | None = None) -> Kernel:
+    """Lower ``group`` to a kernel called ``name``.
+
+    ``constants`` (the graph's) lets one-element constants become immediates.
+    ``kernel.param_values`` gives the graph Value behind each parameter
+    (None for workspaces).
+    """
+    return _Lowerer(group, name, constants).lower()

@@ -202,6 +202,11 @@ class PassManager:
 
     def timing_report(self) -> str:
         """One line per pass: name and milliseconds."""
-        total = sum(t for _, t in self.timings)
-        lines = [f"{name:<24} {t * 1e3:9.3f} ms" for name, t in self.timings]
-        return "\n".join(lines + [f"{'total':<24} {total * 1e3:9.3f} ms"])
+        return format_timings(self.timings)
+
+
+def format_timings(timings) -> str:
+    """One line per pass with its milliseconds, then the total."""
+    total = sum(t for _, t in timings)
+    lines = [f"{name:<24} {t * 1e3:9.3f} ms" for name, t in timings]
+    return "\n".join(lines + [f"{'total':<24} {total * 1e3:9.3f} ms"])

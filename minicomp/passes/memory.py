@@ -71,8 +71,8 @@ def plan_arena(lifetimes: list[Lifetime]) -> MemoryPlan:
     placed: list[tuple[int, Lifetime]] = []
     offsets: dict = {}
     for lt in sorted(lifetimes, key=lambda x: (-x.nbytes, x.start, x.name)):
-        size = align(max(lt.nbytes, 1))
-        busy = sorted((off, align(max(o.nbytes, 1))) for off, o in placed if o.overlaps(lt))
+        size = align(lt.nbytes)  # empty buffers take no bytes (they are never read)
+        busy = sorted((off, align(o.nbytes)) for off, o in placed if o.overlaps(lt) and o.nbytes)
         offset = 0
         for off, sz in busy:
             if offset + size <= off:
@@ -80,7 +80,7 @@ def plan_arena(lifetimes: list[Lifetime]) -> MemoryPlan:
             offset = max(offset, off + sz)
         offsets[lt.key] = offset
         placed.append((offset, lt))
-    arena = max((off + align(max(lt.nbytes, 1)) for off, lt in placed), default=0)
+    arena = max((off + align(lt.nbytes) for off, lt in placed), default=0)
     return MemoryPlan(offsets, list(lifetimes), arena, sum(align(lt.nbytes) for lt in lifetimes),
                       lower_bound(lifetimes))
 

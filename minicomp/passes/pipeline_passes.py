@@ -22,7 +22,7 @@ def lower_pass(program, ctx):
         result = single_node_groups(program.graph)
         program.groups = result.groups
         program.options["fusion_result"] = result
-    program.kernels = [lower_group(g, g.name) for g in program.groups]
+    program.kernels = [lower_group(g, g.name, program.graph.constants) for g in program.groups]
     return program
 
 

@@ -49,6 +49,12 @@ class Rewriter:
         if old is not new:
             self._map[old] = new
 
+    def release(self, node: Node) -> None:
+        """Free a dropped node's names so that its replacement can take them."""
+        self._names.discard(node.name)
+        for v in node.outputs:
+            self._names.discard(v.name)
+
     def fresh(self, base: str) -> str:
         name, k = base, 1
         while name in self._names:

@@ -142,7 +142,7 @@ def apply_step(kernel: Kernel, step) -> Kernel:
     if not hit:
         raise MinicompError(f"kernel {kernel.name}: no loop named {getattr(step, 'loop', step)} for {step}")
     return Kernel(kernel.name, kernel.inputs, kernel.outputs, new, kernel.workspace, kernel.group,
-                  kernel.schedule + [step])
+                  kernel.schedule + [step], kernel.param_values)
 
 
 def apply_schedule(kernel: Kernel, steps) -> Kernel:

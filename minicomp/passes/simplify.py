@@ -212,14 +212,18 @@ def _fold_bn_into(rw: Rewriter, g: Graph, src, bn):
 @register_pass("decompose")
 def decompose(graph: Graph) -> Graph:
     """Rewrite composite ops into primitive ops (fusion regroups them)."""
-    rw = Rewriter(graph)
-    for node in rw.nodes():
-        fn = _DECOMPOSITIONS.get(node.op)
-        if fn is None:
-            rw.keep(node)
-            continue
-        rw.replace(node.output, fn(rw, node, *node.inputs, **dict(node.attrs)))
-    return rw.finish()
+    # Some decompositions use other composites (layer_norm uses mean): repeat.
+    while any(n.op in _DECOMPOSITIONS for n in graph.nodes):
+        rw = Rewriter(graph)
+        for node in rw.nodes():
+            fn = _DECOMPOSITIONS.get(node.op)
+            if fn is None:
+                rw.keep(node)
+                continue
+            rw.release(node)
+            rw.replace(node.output, fn(rw, node, *node.inputs, **dict(node.attrs)))
+        graph = rw.finish()
+    return graph
 
 
 def _scalar(rw, value, like, name):
@@ -249,7 +253,7 @@ def _layer_norm(rw, node, x, scale=None, bias=None, axis=-1, epsilon=1e-5):
         y = rw.add("mul", [y, scale], f"{n}_scale")
     if bias is not None:
         y = rw.add("add", [y, bias], f"{n}_shift")
-    return rw.add("reshape", [y], n, shape=x.shape) if y is x else y
+    return y
 
 
 def _batch_norm(rw, node, x, scale, bias, mean, var, epsilon):

@@ -38,10 +38,13 @@ def _keep(idx, axes):
 def _softmax_stages(x, axis, log):
     m = reduce_stage("max", x, (axis,), True, "softmax_max")
     shifted = compute(x.shape, lambda *i: x[i] - m[_keep(i, (axis,))], "softmax_shift")
-    s = reduce_stage("sum", shifted, (axis,), True, "softmax_sum", body=lambda v: ex.call("exp", v))
+    # exp is its own stage so that lowering can keep it in a row buffer
+    # instead of computing it twice (once for the sum, once for the output).
+    e = compute(x.shape, lambda *i: ex.call("exp", shifted[i]), "softmax_exp")
+    s = reduce_stage("sum", e, (axis,), True, "softmax_sum")
     if log:
         return compute(x.shape, lambda *i: shifted[i] - ex.call("log", s[_keep(i, (axis,))]), "log_softmax")
-    return compute(x.shape, lambda *i: ex.call("exp", shifted[i]) / s[_keep(i, (axis,))], "softmax")
+    return compute(x.shape, lambda *i: e[i] / s[_keep(i, (axis,))], "softmax")
 
 
 def _softmax_np(x, axis, log=False):

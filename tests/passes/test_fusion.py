@@ -1,0 +1,132 @@
+"""Fusion decisions: golden tests on known models, limits, cycles, reasons."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+
+import minicomp as mc
+from minicomp.passes.fusion import fuse_graph
+from minicomp.passes.manager import get_pass
+from tests.strategies import random_dags
+from tests.tolerances import assert_close
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+from mlp import build_mlp  # noqa: E402
+from transformer_block import DIMS, build_transformer_block  # noqa: E402
+
+
+def groups_of(graph, **options):
+    graph = get_pass("simplify").run(graph)
+    return fuse_graph(graph, options or None).groups
+
+
+def test_transformer_block_is_at_most_eight_kernels():
+    groups = groups_of(build_transformer_block(**DIMS))
+    names = [g.name for g in groups]
+    assert len(groups) <= 8, names
+    assert [g.ops.count("matmul") for g in groups] == [0, 3, 1, 1, 1, 1, 1]
+    assert "softmax" in groups[2].ops and "layer_norm" in groups[4].ops
+
+
+def test_mlp_is_one_kernel_per_layer():
+    groups = groups_of(build_mlp())
+    assert [g.ops for g in groups] == [["matmul", "add", "relu"], ["matmul", "add", "relu"], ["matmul", "add"]]
+    assert groups[0].name == "fused_matmul_add_relu_0"
+
+
+def test_conv_bn_relu_is_one_kernel():
+    rng = np.random.default_rng(0)
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 3, 16, 16))
+    c = g.conv2d(x, g.constant(rng.standard_normal((8, 3, 3, 3)).astype(np.float32)), padding=1)
+    bn = g.batch_norm(c, *[g.constant(rng.uniform(0.5, 1.5, 8).astype(np.float32)) for _ in range(4)])
+    g.output(g.relu(bn))
+    graph = g.build()
+    groups = groups_of(graph)
+    assert len(groups) == 1 and groups[0].ops == ["conv2d", "relu"]
+    model = mc.compile(graph)
+    xs = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    assert_close(model(xs)[0], mc.run_reference(graph, xs)[0], scale=10)
+    assert len(model.kernels) == 1
+
+
+@pytest.mark.parametrize("build", [
+    lambda g, x: g.softmax(x, axis=-1),
+    lambda g, x: g.log_softmax(x, axis=-1),
+    lambda g, x: g.layer_norm(x, g.constant(np.full(128, 0.5, np.float32)), g.constant(np.ones(128, np.float32))),
+], ids=["softmax", "log_softmax", "layer_norm"])
+def test_decomposed_composites_become_one_row_parallel_kernel(build):
+    g = mc.GraphBuilder()
+    x = g.input("x", (256, 128))
+    g.output(build(g, x))
+    graph = g.build()
+    decomposed = get_pass("decompose").run(graph)
+    assert len(decomposed.nodes) >= 5
+    model = mc.compile(decomposed, pipeline="decompose,simplify,fuse,lower,schedule,plan")
+    assert len(model.kernels) == 1
+    loops = model.stages["loops"]
+    # One parallel loop over rows holds every reduction.
+    assert loops.count("parallel for") == 1 and loops.count("for (r") >= 2
+    xs = np.random.default_rng(1).standard_normal((256, 128)).astype(np.float32)
+    assert_close(model(xs)[0], mc.run_reference(graph, xs)[0], scale=10)
+
+
+def test_limits_are_respected():
+    g = mc.GraphBuilder()
+    x = g.input("x", (8,))
+    y = x
+    for _ in range(6):
+        y = g.relu(y) * 2.0
+    g.output(y)
+    graph = g.build()
+    groups = groups_of(graph, max_group_nodes=3)
+    assert all(len(gr.nodes) <= 3 for gr in groups) and len(groups) == 4
+    result = fuse_graph(get_pass("simplify").run(graph), {"max_group_nodes": 3})
+    assert any("more than 3 nodes" in b.reason for b in result.boundaries)
+    g = mc.GraphBuilder()
+    y = g.input("x", (8,))
+    for k in range(6):
+        y = y + g.constant(np.full(8, k + 1, np.float32))
+    g.output(y)
+    params = fuse_graph(get_pass("simplify").run(g.build()), {"max_params": 4})
+    assert len(params.groups) > 1
+    assert all(len(gr.inputs) + len(gr.outputs) <= 4 for gr in params.groups)
+
+
+def test_no_group_creates_a_cycle():
+    # a -> matmul -> c and a -> c: fusing a with c would need the matmul inside too.
+    g = mc.GraphBuilder()
+    x = g.input("x", (4, 4))
+    a = g.exp(x)
+    m = a @ g.constant(np.eye(4, dtype=np.float32))
+    g.output(g.softmax(m) + a)
+    graph = get_pass("simplify").run(g.build())
+    result = fuse_graph(graph)
+    index = {n: i for i, gr in enumerate(result.groups) for n in gr.nodes}
+    for gi, gr in enumerate(result.groups):
+        for v in gr.inputs:
+            if v.producer is not None:
+                assert index[v.producer] < gi, "a group reads a value produced by a later group"
+    model = mc.compile(g.build())
+    xs = np.random.default_rng(3).standard_normal((4, 4)).astype(np.float32)
+    assert_close(model(xs)[0], mc.run_reference(g.build(), xs)[0], scale=10)
+
+
+def test_every_boundary_has_a_reason():
+    result = fuse_graph(get_pass("simplify").run(build_transformer_block(**DIMS)))
+    text = result.explain()
+    assert "boundaries:" in text and all(b.reason for b in result.boundaries)
+    assert "must be in memory" in text
+
+
+@given(random_dags(max_nodes=10))
+def test_fused_and_unfused_agree_with_reference(case):
+    graph, inputs = case
+    want = mc.run_reference(graph, *inputs)
+    for pipeline in ("simplify,fuse,lower,schedule,plan", "simplify,lower,schedule,plan", "lower,plan"):
+        got = mc.compile(graph, pipeline=pipeline, num_threads=2)(*inputs)
+        for a, b in zip(got, want):
+            assert_close(a, b, scale=10, what=pipeline)
