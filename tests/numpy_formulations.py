@@ -47,31 +47,7 @@ def _reduce(fn):
     return run
 
 
-def _conv(x, w, bias=None, strides=(1, 1), padding=(0, 0, 0, 0), dilations=(1, 1), groups=1):
-    n, c, h, wd = x.shape
-    co, cg, kh, kw = w.shape
-    pt, pl, pb, pr = padding
-    oh = (h + pt + pb - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    ow = (wd + pl + pr - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    out = np.zeros((n, co, oh, ow))
-    for b in range(n):
-        for o in range(co):
-            g = o // (co // groups)
-            for i in range(oh):
-                for j in range(ow):
-                    acc = 0.0
-                    for ci in range(cg):
-                        for p in range(kh):
-                            for q in range(kw):
-                                hh = i * strides[0] + p * dilations[0] - pt
-                                ww = j * strides[1] + q * dilations[1] - pl
-                                if 0 <= hh < h and 0 <= ww < wd:
-                                    acc += float(x[b, g * cg + ci, hh, ww]) * float(w[o, ci, p, q])
-                    out[b, o, i, j] = acc + (float(bias[o]) if bias is not None else 0.0)
-    return out
-
-
-def _out_len(size, k, s, pb, pe, d, ceil):
+def _out_len(size, k, s, pb, pe, d, ceil=False):
     span = size + pb + pe - d * (k - 1) - 1
     out = (math.ceil(span / s) if ceil else span // s) + 1
     if ceil and (out - 1) * s >= size + pb:
@@ -79,31 +55,74 @@ def _out_len(size, k, s, pb, pe, d, ceil):
     return out
 
 
+def _conv(x, w, bias=None, strides=1, padding=0, dilations=1, groups=1):
+    """Direct convolution: for each output position, sum over the window."""
+    R = x.ndim - 2
+    strides = (strides,) * R if isinstance(strides, int) else strides
+    dilations = (dilations,) * R if isinstance(dilations, int) else dilations
+    padding = (padding,) * 2 * R if isinstance(padding, int) else padding
+    co, cg = w.shape[:2]
+    K = w.shape[2:]
+    out_sp = [_out_len(x.shape[2 + d], K[d], strides[d], padding[d], padding[R + d], dilations[d]) for d in range(R)]
+    out = np.zeros((x.shape[0], co) + tuple(out_sp))
+    for b in range(x.shape[0]):
+        for o in range(co):
+            g = o // (co // groups)
+            for pos in np.ndindex(*out_sp):
+                acc = 0.0
+                for ci in range(cg):
+                    for taps in np.ndindex(*K):
+                        src = [pos[d] * strides[d] + taps[d] * dilations[d] - padding[d] for d in range(R)]
+                        if all(0 <= src[d] < x.shape[2 + d] for d in range(R)):
+                            acc += float(x[(b, g * cg + ci) + tuple(src)]) * float(w[(o, ci) + taps])
+                out[(b, o) + pos] = acc + (float(bias[o]) if bias is not None else 0.0)
+    return out
+
+
+def _conv_transpose(x, w, bias=None, strides=1, padding=0, dilations=1, groups=1, output_padding=0):
+    """Transposed convolution by its definition: each input scatters into the output."""
+    R = x.ndim - 2
+    c, cog = w.shape[:2]
+    K = w.shape[2:]
+    cg = c // groups
+    out_sp = [(x.shape[2 + d] - 1) * strides[d] - padding[d] - padding[R + d] + dilations[d] * (K[d] - 1)
+              + output_padding[d] + 1 for d in range(R)]
+    out = np.zeros((x.shape[0], cog * groups) + tuple(out_sp))
+    for b in range(x.shape[0]):
+        for ci in range(c):
+            g = ci // cg
+            for pos in np.ndindex(*x.shape[2:]):
+                for o in range(cog):
+                    for taps in np.ndindex(*K):
+                        dst = [pos[d] * strides[d] + taps[d] * dilations[d] - padding[d] for d in range(R)]
+                        if all(0 <= dst[d] < out_sp[d] for d in range(R)):
+                            out[(b, g * cog + o) + tuple(dst)] += float(x[(b, ci) + pos]) * float(w[(ci, o) + taps])
+    if bias is not None:
+        out += bias.reshape((1, -1) + (1,) * R)
+    return out
+
+
 def _pool(mode):
-    def run(x, kernel, strides=None, padding=(0, 0, 0, 0), dilations=(1, 1), ceil_mode=False,
-            count_include_pad=False):
+    def run(x, kernel, strides=None, padding=0, dilations=1, ceil_mode=False, count_include_pad=False):
+        R = x.ndim - 2
         strides = strides or kernel
-        n, c, h, w = x.shape
-        pt, pl, pb, pr = padding
-        oh = _out_len(h, kernel[0], strides[0], pt, pb, dilations[0], ceil_mode)
-        ow = _out_len(w, kernel[1], strides[1], pl, pr, dilations[1], ceil_mode)
-        out = np.zeros((n, c, oh, ow))
-        for i in range(oh):
-            for j in range(ow):
-                vals, count = [], 0
-                for p in range(kernel[0]):
-                    for q in range(kernel[1]):
-                        hh = i * strides[0] + p * dilations[0] - pt
-                        ww = j * strides[1] + q * dilations[1] - pl
-                        if 0 <= hh < h and 0 <= ww < w:
-                            vals.append(x[:, :, hh, ww].astype(np.float64))
-                            count += 1
-                        elif -pt <= hh < h + pb and -pl <= ww < w + pr and count_include_pad:
-                            count += 1
-                if mode == "max":
-                    out[:, :, i, j] = np.max(vals, axis=0)
-                else:
-                    out[:, :, i, j] = np.sum(vals, axis=0) / count
+        out_sp = [_out_len(x.shape[2 + d], kernel[d], strides[d], padding[d], padding[R + d], dilations[d], ceil_mode)
+                  for d in range(R)]
+        out = np.zeros(x.shape[:2] + tuple(out_sp))
+        for pos in np.ndindex(*out_sp):
+            vals, count = [], 0
+            for taps in np.ndindex(*kernel):
+                src = [pos[d] * strides[d] + taps[d] * dilations[d] - padding[d] for d in range(R)]
+                if all(0 <= src[d] < x.shape[2 + d] for d in range(R)):
+                    vals.append(x[(slice(None), slice(None)) + tuple(src)].astype(np.float64))
+                    count += 1
+                elif count_include_pad and all(-padding[d] <= src[d] < x.shape[2 + d] + padding[R + d]
+                                               for d in range(R)):
+                    count += 1
+            if mode == "max":
+                out[(slice(None), slice(None)) + pos] = np.max(vals, axis=0)
+            else:
+                out[(slice(None), slice(None)) + pos] = np.sum(vals, axis=0) / count
         return out
     return run
 
@@ -158,14 +177,37 @@ def _slice(x, starts, ends, axes=None, steps=None):
     return x[np.ix_(*idx)] if x.ndim else x
 
 
-def _pad(x, pads, value=0.0):
+def _pad(x, pads, value=0.0, mode="constant"):
     rank = x.ndim
     shape = tuple(x.shape[k] + pads[k] + pads[rank + k] for k in range(rank))
     out = np.full(shape, value, dtype=np.float64)
     for idx in np.ndindex(*shape):
-        src = tuple(i - pads[k] for k, i in enumerate(idx))
+        src = [i - pads[k] for k, i in enumerate(idx)]
+        if mode == "edge":
+            src = [min(max(s, 0), x.shape[k] - 1) for k, s in enumerate(src)]
+        elif mode == "reflect":
+            for k, s in enumerate(src):
+                n = x.shape[k] - 1
+                while s < 0 or s > n:
+                    s = -s if s < 0 else 2 * n - s
+                src[k] = s
         if all(0 <= s < x.shape[k] for k, s in enumerate(src)):
-            out[idx] = x[src]
+            out[idx] = x[tuple(src)]
+    return out
+
+
+def _take(x, indices, axis=0):
+    d = x.shape[axis]
+    moved = np.moveaxis(x, axis, 0)
+    picked = np.array([moved[min(max(int(i) + (d if i < 0 else 0), 0), d - 1)] for i in indices.reshape(-1)])
+    picked = picked.reshape(indices.shape + moved.shape[1:])
+    return np.moveaxis(picked, list(range(indices.ndim)), list(range(axis, axis + indices.ndim)))
+
+
+def _tile(x, repeats):
+    out = x
+    for axis, r in enumerate(repeats):
+        out = np.concatenate([out] * r, axis=axis) if r else np.take(out, [], axis=axis)
     return out
 
 
@@ -205,6 +247,10 @@ def _clip(x, min=None, max=None):
 
 
 FORMULATIONS = {
+    **{f"conv{r}d": _conv for r in (1, 2, 3)},
+    **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
+    **{f"max_pool{r}d": _pool("max") for r in (1, 2, 3)},
+    **{f"avg_pool{r}d": _pool("avg") for r in (1, 2, 3)},
     "neg": lambda x: -x.astype(np.float64),
     "abs": lambda x: np.array([abs(v) for v in x.reshape(-1).tolist()]).reshape(x.shape),
     "exp": _per_element(math.exp), "log": _per_element(math.log), "sqrt": _per_element(math.sqrt),
@@ -224,7 +270,7 @@ FORMULATIONS = {
     "sum": _reduce(lambda r: np.add.reduce(r.astype(np.float64))),
     "mean": _reduce(lambda r: math.fsum(r.tolist()) / len(r)),
     "max": _reduce(lambda r: max(r.tolist())), "min": _reduce(lambda r: min(r.tolist())),
-    "matmul": _matmul, "conv2d": _conv, "max_pool2d": _pool("max"), "avg_pool2d": _pool("avg"),
+    "matmul": _matmul, "take": _take, "tile": _tile,
     "global_avg_pool": lambda x: x.reshape(x.shape[:2] + (-1,)).astype(np.float64).mean(-1).reshape(
         x.shape[:2] + (1,) * (x.ndim - 2)),
     "reshape": lambda x, shape: np.array(x.reshape(-1).tolist(), dtype=x.dtype).reshape(shape),

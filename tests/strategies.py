@@ -132,38 +132,51 @@ def _matmul_case(draw):
 
 
 @st.composite
-def _conv_case(draw):
+def _conv_case(draw, R, transpose=False):
     groups = draw(st.sampled_from([1, 1, 2]))
     cg = draw(st.integers(1, 3))
     co = groups * draw(st.integers(1, 3))
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    strides = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
-    h = draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - pad[0] - pad[2]), 8))
-    w = draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - pad[1] - pad[3]), 8))
-    n = draw(st.integers(1, 2))
-    inputs = [draw(arrays((n, cg * groups, h, w))), draw(arrays((co, cg, kh, kw)))]
+    K = tuple(draw(st.integers(1, 3)) for _ in range(R))
+    strides = tuple(draw(st.integers(1, 2)) for _ in range(R))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(R))
+    max_side = {1: 9, 2: 7, 3: 4}[R]
+    if transpose:
+        out_pad = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(strides, dil))
+        spatial = tuple(draw(st.integers(2, max_side - 2)) for _ in range(R))
+        full = [(spatial[d] - 1) * strides[d] + dil[d] * (K[d] - 1) + out_pad[d] + 1 for d in range(R)]
+        begins = [draw(st.integers(0, min(1, full[d] - 1))) for d in range(R)]
+        ends = [draw(st.integers(0, min(1, full[d] - 1 - begins[d]))) for d in range(R)]
+        pad = tuple(begins + ends)
+        x = draw(arrays((draw(st.integers(1, 2)), cg * groups) + spatial))
+        inputs = [x, draw(arrays((cg * groups, co // groups) + K))]
+        attrs = {"strides": strides, "padding": pad, "dilations": dil, "groups": groups, "output_padding": out_pad}
+    else:
+        pad = tuple(draw(st.integers(0, 2)) for _ in range(2 * R))
+        spatial = tuple(draw(st.integers(max(1, dil[d] * (K[d] - 1) + 1 - pad[d] - pad[R + d]),
+                                         max(max_side, dil[d] * (K[d] - 1) + 1))) for d in range(R))
+        inputs = [draw(arrays((draw(st.integers(1, 2)), cg * groups) + spatial)), draw(arrays((co, cg) + K))]
+        attrs = {"strides": strides, "padding": pad, "dilations": dil, "groups": groups}
     if draw(st.booleans()):
         inputs.append(draw(arrays((co,))))
-    return inputs, {"strides": strides, "padding": pad, "dilations": dil, "groups": groups}
+    return inputs, attrs
 
 
 @st.composite
 def _pool_case(draw, op):
-    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dil = (1, 1) if op == "avg_pool2d" and draw(st.booleans()) else (draw(st.integers(1, 2)), 1)
-    pad = (draw(st.integers(0, (kernel[0] - 1) * dil[0])), draw(st.integers(0, (kernel[1] - 1) * dil[1])))
-    pad = pad + (draw(st.integers(0, (kernel[0] - 1) * dil[0])), draw(st.integers(0, (kernel[1] - 1) * dil[1])))
-    h = draw(st.integers(dil[0] * (kernel[0] - 1) + 1, 9))
-    w = draw(st.integers(dil[1] * (kernel[1] - 1) + 1, 9))
-    dt = np.float32 if op == "avg_pool2d" else draw(numeric_dtypes)
+    R = int(op[-2])
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(R))
+    strides = tuple(draw(st.integers(1, 3)) for _ in range(R))
+    dil = tuple(1 if op.startswith("avg") and draw(st.booleans()) else draw(st.integers(1, 2)) for _ in range(R))
+    pad = tuple(draw(st.integers(0, (kernel[d % R] - 1) * dil[d % R])) for d in range(2 * R))
+    max_side = {1: 10, 2: 9, 3: 5}[R]
+    spatial = tuple(draw(st.integers(dil[d] * (kernel[d] - 1) + 1, max(max_side, dil[d] * (kernel[d] - 1) + 1)))
+                    for d in range(R))
+    dt = np.float32 if op.startswith("avg") else draw(numeric_dtypes)
     attrs = {"kernel": kernel, "strides": strides, "padding": pad, "dilations": dil,
              "ceil_mode": draw(st.booleans())}
-    if op == "avg_pool2d":
+    if op.startswith("avg"):
         attrs["count_include_pad"] = draw(st.booleans())
-    return [draw(arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), dt))], attrs
+    return [draw(arrays((draw(st.integers(1, 2)), draw(st.integers(1, 3))) + spatial, dt))], attrs
 
 
 @st.composite
@@ -200,9 +213,24 @@ def _layout_case(draw, op):
         return [draw(arrays(shape, dt))], {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
     if op == "pad":
         shape = draw(shapes(1, 3))
-        pads = [draw(st.integers(-1 if d > 1 else 0, 2)) for d in shape]
-        pads += [draw(st.integers(-1 if d > 2 else 0, 2)) for d in shape]
-        return [draw(arrays(shape, dt))], {"pads": pads, "value": draw(st.sampled_from([0.0, 1.5, -2.0]))}
+        mode = draw(st.sampled_from(["constant", "constant", "reflect", "edge"]))
+        limit = (lambda d: d - 1) if mode == "reflect" else (lambda d: 2)
+        crop = mode == "constant"
+        pads = [draw(st.integers(-1 if d > 1 and crop else 0, max(0, min(2, limit(d))))) for d in shape]
+        pads += [draw(st.integers(-1 if d > 2 and crop else 0, max(0, min(2, limit(d))))) for d in shape]
+        return [draw(arrays(shape, dt))], {"pads": pads, "value": draw(st.sampled_from([0.0, 1.5, -2.0])),
+                                          "mode": mode}
+    if op == "tile":
+        shape = draw(shapes(0, 3, 1, 4))
+        return [draw(arrays(shape, dt))], {"repeats": [draw(st.integers(0, 3)) for _ in shape]}
+    if op == "take":
+        shape = draw(shapes(1, 3))
+        axis = draw(st.integers(0, len(shape) - 1))
+        d = shape[axis]
+        idx_shape = draw(shapes(0, 2, 1, 4))
+        rng = _rng(draw)
+        indices = rng.integers(-d, d, size=idx_shape).astype(draw(st.sampled_from([np.int32, np.int64])))
+        return [draw(arrays(shape, dt)), indices], {"axis": axis}
     if op == "broadcast_to":
         sa, _ = draw(broadcast_pair())
         target = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 2)))) + tuple(
@@ -262,14 +290,16 @@ for _op in BINARY:
     OP_CASES[_op] = _binary_case(_op)
 for _op in ("sum", "mean", "max", "min"):
     OP_CASES[_op] = _reduce_case(_op)
-for _op in ("reshape", "transpose", "concat", "slice", "pad", "broadcast_to", "squeeze", "unsqueeze"):
+for _op in ("reshape", "transpose", "concat", "slice", "pad", "broadcast_to", "squeeze", "unsqueeze", "tile", "take"):
     OP_CASES[_op] = _layout_case(_op)
 for _op in ("softmax", "log_softmax", "layer_norm", "batch_norm", "lrn"):
     OP_CASES[_op] = _composite_case(_op)
-for _op in ("max_pool2d", "avg_pool2d"):
-    OP_CASES[_op] = _pool_case(_op)
-OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), conv2d=_conv_case(),
-                global_avg_pool=_gap_case())
+for _r in (1, 2, 3):
+    OP_CASES[f"max_pool{_r}d"] = _pool_case(f"max_pool{_r}d")
+    OP_CASES[f"avg_pool{_r}d"] = _pool_case(f"avg_pool{_r}d")
+    OP_CASES[f"conv{_r}d"] = _conv_case(_r)
+    OP_CASES[f"conv_transpose{_r}d"] = _conv_case(_r, transpose=True)
+OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case())
 
 
 def op_case(op: str):

@@ -116,7 +116,9 @@ class _Lowerer:
                 self.ranges[v] = n
             for v, n in zip(s.axes, s.shape):
                 self.ranges[v] = n
-        materialized = [s for s in stages if s in out_stage or s.reduce is not None]
+        # Reductions need a buffer; some stages ask for one (padded windows).
+        materialized = [s for s in stages if s in out_stage or s.reduce is not None
+                        or getattr(s, "materialize", False)]
         materialized, bodies, order, prefix = self._plan_stages(stages, materialized)
         readers: dict[Stage, set] = {s: set() for s in materialized}
         for s, body in bodies.items():

@@ -192,11 +192,25 @@ register_op(OpDef(
 # -- pad ------------------------------------------------------------------------
 
 
+PAD_MODES = ("constant", "reflect", "edge")
+
+
 def _pad_normalize(types, a):
-    rank = types[0].rank
+    shape = types[0].shape
+    rank = len(shape)
     pads = tuple(int(p) for p in a["pads"])
     if len(pads) != 2 * rank:
         raise ShapeError(f"pads needs {2 * rank} values (all begins, then all ends), got {len(pads)}")
+    if a["mode"] not in PAD_MODES:
+        raise ShapeError(f"mode must be one of {', '.join(PAD_MODES)}, got {a['mode']!r}")
+    if a["mode"] != "constant":
+        if min(pads) < 0:
+            raise ShapeError(f"{a['mode']} padding cannot crop (negative pads {list(pads)})")
+        for k, d in enumerate(shape):
+            limit = d - 1 if a["mode"] == "reflect" else (1 << 62 if d > 0 else 0)
+            if max(pads[k], pads[rank + k]) > limit:
+                raise ShapeError(f"{a['mode']} padding of axis {k} (size {d}) by {pads[k]}, {pads[rank + k]} "
+                                 f"needs pads of at most {limit}")
     a["pads"] = pads
     a["value"] = float(a["value"])
     return a
@@ -216,8 +230,10 @@ def _pad_infer(types, a):
     return [TensorType(shape, types[0].dtype)]
 
 
-def _pad_reference(x, pads, value):
+def _pad_reference(x, pads, value, mode="constant"):
     rank = x.ndim
+    if mode != "constant":
+        return np.pad(x, [(pads[k], pads[rank + k]) for k in range(rank)], mode=mode)
     out = np.full(_pad_shape(x.shape, pads), x.dtype.type(value), dtype=x.dtype)
     src, dst = [], []
     for k in range(rank):
@@ -229,12 +245,22 @@ def _pad_reference(x, pads, value):
     return out
 
 
-def _pad_compute(x, pads, value):
+def _pad_compute(x, pads, value, mode="constant"):
     shape = _pad_shape(x.shape, pads)
 
     def fn(*idx):
         if 0 in x.shape:
             return ex.const(value, x.dtype)
+        if mode != "constant":
+            src = []
+            for k, i in enumerate(idx):
+                j, last = i - pads[k], x.shape[k] - 1
+                if mode == "edge":
+                    src.append(ex.minimum(ex.maximum(j, 0), last))
+                else:  # reflect about the first and last element, without repeating them
+                    j = ex.call("abs", j)
+                    src.append(last - ex.call("abs", last - j))
+            return x[tuple(src)]
         inside, src = ex.const(True, "bool"), []
         for k, i in enumerate(idx):
             j = i - pads[k]
@@ -247,8 +273,8 @@ def _pad_compute(x, pads, value):
 
 register_op(OpDef(
     "pad", _pad_infer, _pad_reference, _pad_compute,
-    attrs={"pads": None, "value": 0.0}, normalize=_pad_normalize,
-    doc="Constant padding; pads = (begin of each axis..., end of each axis...); negative crops.",
+    attrs={"pads": None, "value": 0.0, "mode": "constant"}, normalize=_pad_normalize,
+    doc="Padding (mode constant, reflect or edge); pads = (begins..., ends...); negative pads crop.",
 ))
 
 # -- broadcast_to, squeeze, unsqueeze ---------------------------------------------------
@@ -326,4 +352,69 @@ register_op(OpDef(
                             lambda *idx: x[tuple(i for k, i in enumerate(idx) if k not in axes)], "unsqueeze"),
     attrs={"axes": None}, normalize=_unsqueeze_normalize,
     doc="Insert size-1 axes at the given output positions.",
+))
+
+
+# -- tile and take ---------------------------------------------------------------
+
+
+def _tile_normalize(types, a):
+    reps = tuple(int(r) for r in a["repeats"])
+    if len(reps) != types[0].rank or min(reps, default=1) < 0:
+        raise ShapeError(f"repeats needs {types[0].rank} non-negative values, got {list(reps)}")
+    a["repeats"] = reps
+    return a
+
+
+register_op(OpDef(
+    "tile",
+    lambda types, a: [TensorType(tuple(d * r for d, r in zip(types[0].shape, a["repeats"])), types[0].dtype)],
+    lambda x, repeats: np.tile(x, repeats) if x.ndim else x.copy(),
+    lambda x, repeats: compute(tuple(d * r for d, r in zip(x.shape, repeats)),
+                               lambda *i: x[tuple(j % d for j, d in zip(i, x.shape))], "tile"),
+    attrs={"repeats": None}, normalize=_tile_normalize,
+    doc="Repeat the whole tensor ``repeats[k]`` times along each axis k.",
+))
+
+
+def _take_normalize(types, a):
+    a["axis"] = normalize_axis(int(a["axis"]), types[0].rank)
+    return a
+
+
+def _take_infer(types, a):
+    x, idx = types
+    if not idx.dtype.is_int:
+        raise ShapeError(f"indices must be int32 or int64, got {idx.dtype.name}")
+    if x.shape[a["axis"]] == 0:
+        raise ShapeError(f"cannot take from axis {a['axis']} of size 0")
+    axis = a["axis"]
+    return [TensorType(x.shape[:axis] + idx.shape + x.shape[axis + 1:], x.dtype)]
+
+
+def _take_compute(x, indices, axis):
+    d = x.shape[axis]
+    shape = x.shape[:axis] + indices.shape + x.shape[axis + 1:]
+    k = len(indices.shape)
+
+    def fn(*i):
+        raw = ex.cast("int64", indices[i[axis:axis + k]])
+        j = ex.select(ex.lt(raw, 0), raw + d, raw)
+        j = ex.minimum(ex.maximum(j, 0), d - 1)  # out-of-range indices clamp: never read outside x
+        return x[i[:axis] + (j,) + i[axis + k:]]
+
+    return compute(shape, fn, "take")
+
+
+def _take_reference(x, indices, axis):
+    d = x.shape[axis]
+    idx = np.where(indices < 0, indices + d, indices)
+    return np.take(x, idx, axis=axis, mode="clip")
+
+
+register_op(OpDef(
+    "take", _take_infer, _take_reference, _take_compute, attrs={"axis": 0}, normalize=_take_normalize,
+    num_inputs=2,
+    doc="Gather slices of x along ``axis`` at integer ``indices`` (negative counts from the end; "
+        "out-of-range indices clamp).",
 ))
