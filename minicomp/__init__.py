@@ -7,6 +7,7 @@ Public API:
   :class:`CompiledModel`;
 - :func:`run_reference`: run a Graph with the numpy reference interpreter;
 - :func:`parse_graph` / :func:`print_graph`: the IR text format;
+- :func:`from_onnx`: import an ONNX model; :func:`register_onnx_importer` adds ops;
 - :class:`MinicompError` and its subclasses.
 """
 
@@ -22,6 +23,7 @@ from minicomp.errors import (
     VerifyError,
 )
 from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.frontends.onnx import from_onnx, register_onnx_importer
 from minicomp.ir.graph import Graph, Node, TensorType, Value
 from minicomp.ir.text import parse_graph, print_graph
 from minicomp.runtime import CompiledModel
@@ -31,5 +33,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CompileError", "CompiledModel", "Graph", "GraphBuilder", "MinicompError", "Node", "ParseError",
     "RuntimeInputError", "ShapeError", "Target", "Tensor", "TensorType", "UnsupportedError", "Value",
-    "VerifyError", "compile", "parse_graph", "print_graph", "run_reference",
+    "VerifyError", "compile", "from_onnx", "parse_graph", "print_graph", "register_onnx_importer",
+    "run_reference",
 ]

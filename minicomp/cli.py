@@ -1,14 +1,17 @@
 """The ``minicomp`` command.
 
-    minicomp run MODEL.mcir [--input NAME=FILE.npy ...] [--threads N] [--save DIR]
-    minicomp compile MODEL.mcir [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm]
+    minicomp run MODEL.{mcir,onnx} [--input NAME=FILE.npy ...] [--shape NAME=1,3,224,224]
+                                   [--threads N] [--repeat N] [--save DIR]
+    minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
+    minicomp compile MODEL.{mcir,onnx} [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
     minicomp ops
     minicomp passes
 
-MODEL.mcir is a graph in the IR text format (docs/ir.md). ``run`` uses random
-inputs for any input not given. Errors are reported in one line and exit 2.
+MODEL.mcir is a graph in the IR text format (docs/ir.md); MODEL.onnx an ONNX
+model. ``run`` uses random inputs for any input not given. Errors are reported
+in one line and exit 2.
 """
 
 from __future__ import annotations
@@ -26,15 +29,33 @@ from minicomp.errors import MinicompError
 EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm")
 
 
-def load_model(path: str) -> mc.Graph:
-    """Read a model file (``.mcir`` text)."""
+def parse_shapes(specs) -> dict[str, tuple[int, ...]]:
+    """``NAME=1,3,224,224`` pairs for --shape."""
+    shapes = {}
+    for spec in specs or []:
+        name, sep, dims = spec.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            raise MinicompError(f"--shape expects NAME=D1,D2,..., got '{spec}'") from None
+    return shapes
+
+
+def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
+    """Read a model file: ``.mcir`` text or ``.onnx``."""
     if not os.path.exists(path):
         raise MinicompError(f"no such file: {path}")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".mcir", ".txt"):
+        if shapes:
+            raise MinicompError("--shape applies to .onnx models only")
         with open(path, encoding="utf-8") as f:
             return mc.parse_graph(f.read())
-    raise MinicompError(f"{path}: unknown model format '{ext}'; expected .mcir")
+    if ext == ".onnx":
+        return mc.from_onnx(path, shapes=shapes)
+    raise MinicompError(f"{path}: unknown model format '{ext}'; expected .mcir or .onnx")
 
 
 def random_input(v, rng) -> np.ndarray:
@@ -69,7 +90,7 @@ def parse_inputs(graph: mc.Graph, specs: list[str], seed: int) -> dict[str, np.n
 
 
 def cmd_run(args) -> int:
-    graph = load_model(args.model)
+    graph = load_model(args.model, parse_shapes(args.shape))
     inputs = parse_inputs(graph, args.input or [], args.seed)
     t0 = time.perf_counter()
     model = mc.compile(graph, target=args.target, num_threads=args.threads)
@@ -91,7 +112,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    graph = load_model(args.model)
+    graph = load_model(args.model, parse_shapes(args.shape))
     model = mc.compile(graph, target="llvm", num_threads=args.threads, pipeline=args.pipeline,
                        print_after=args.print_after or (), print_before=args.print_before or (),
                        dump_dir=args.dump_dir)
@@ -111,6 +132,46 @@ def cmd_compile(args) -> int:
         key = (args.emit or "loops").replace("-", "_")
         text = model._jit.assembly() if key == "asm" else model.stages[key]
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _median_time(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def cmd_bench(args) -> int:
+    if not args.model.lower().endswith(".onnx"):
+        raise MinicompError("bench compares with ONNX Runtime, so it needs an .onnx model")
+    graph = load_model(args.model, parse_shapes(args.shape))
+    inputs = parse_inputs(graph, [], args.seed)
+    t0 = time.perf_counter()
+    model = mc.compile(graph)
+    compile_s = time.perf_counter() - t0
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+        print("onnxruntime is not installed: showing minicomp alone (pip install onnxruntime)")
+    print(f"{graph.name}: {len(graph.nodes)} nodes, {len(model.kernels)} kernels, compiled in {compile_s:.2f} s")
+    print(f"{'threads':>7}  {'minicomp ms':>12}  {'onnxruntime ms':>14}  {'ratio':>6}")
+    for threads in args.threads:
+        model.set_num_threads(threads)
+        t_mc = _median_time(lambda: model(**inputs), args.repeat)
+        t_ort = float("nan")
+        if ort is not None:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+            feeds = {k: v for k, v in inputs.items()}
+            t_ort = _median_time(lambda: sess.run(None, feeds), args.repeat)
+        print(f"{threads:>7}  {t_mc * 1e3:>12.3f}  {t_ort * 1e3:>14.3f}  {t_mc / t_ort:>6.2f}")
     return 0
 
 
@@ -135,13 +196,17 @@ def cmd_passes(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minicomp", description="minicomp: a small deep-learning compiler.",
-                                epilog="Examples:\n  minicomp run model.mcir --input x=x.npy\n"
-                                       "  minicomp compile model.mcir --emit loops",
+                                epilog="Examples:\n  minicomp run model.onnx\n"
+                                       "  minicomp run model.mcir --input x=x.npy\n"
+                                       "  minicomp compile model.onnx --explain-fusion\n"
+                                       "  minicomp bench model.onnx --threads 1 2",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="compile a model and run it, printing output shapes, checksums and time")
-    r.add_argument("model", help="model file (.mcir)")
+    r.add_argument("model", help="model file (.mcir or .onnx)")
+    r.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
+                   help="fix a dynamic input shape of an ONNX model (repeatable)")
     r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy",
                    help="an input array (repeatable); inputs not given are random")
     r.add_argument("--target", default="llvm", choices=["llvm", "reference"], help="where to run (default llvm)")
@@ -152,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compile", help="compile a model and print one stage")
-    c.add_argument("model", help="model file (.mcir)")
+    c.add_argument("model", help="model file (.mcir or .onnx)")
+    c.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
+                   help="fix a dynamic input shape of an ONNX model (repeatable)")
     c.add_argument("--emit", default=None, choices=EMITS,
                    help="stage to print (default: loops, unless another output is asked for)")
     c.add_argument("--threads", type=int, default=None, help="threads the schedule plans for")
@@ -166,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--graph-png", metavar="FILE", help="draw the graph with fused groups (.png/.svg/.dot; "
                                                        "needs Graphviz for pictures)")
     c.set_defaults(func=cmd_compile)
+
+    b = sub.add_parser("bench", help="latency of minicomp beside ONNX Runtime on an .onnx model")
+    b.add_argument("model", help="model file (.onnx)")
+    b.add_argument("--shape", action="append", metavar="NAME=D1,D2,...", help="fix a dynamic input shape")
+    b.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
+    b.add_argument("--repeat", type=int, default=10, help="timed runs per measurement (median; default 10)")
+    b.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
+    b.set_defaults(func=cmd_bench)
 
     o = sub.add_parser("ops", help="list the registered ops and their attributes")
     o.set_defaults(func=cmd_ops)

@@ -115,3 +115,33 @@ def test_graph_picture_without_graphviz_says_so(model_file, tmp_path, capsys, mo
     assert "Graphviz's 'dot' program is not installed" in err
     dot_text = (tmp_path / "g.dot").read_text()
     assert "subgraph \"cluster_0\"" in dot_text and "softmax" in dot_text
+
+
+def onnx_path():
+    pytest.importorskip("onnx")
+    from minicomp.frontends.onnx_testdata import data_dir
+
+    return f"{data_dir()}/pytorch-converted/test_Conv2d/model.onnx"
+
+
+def test_run_and_compile_onnx(capsys):
+    path = onnx_path()
+    assert main(["run", path, "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "float32[2, 4, 5, 4]" in out and "sum=" in out
+    assert main(["compile", path, "--emit", "fusion"]) == 0
+    assert "1 kernel" in capsys.readouterr().out
+
+
+def test_bench_onnx_prints_both_columns(capsys):
+    assert main(["bench", onnx_path(), "--repeat", "2", "--threads", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "minicomp ms" in out and "onnxruntime ms" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 "))]) == 2
+
+
+def test_shape_option_errors(model_file, capsys):
+    assert main(["run", str(model_file), "--shape", "x=1,2"]) == 2
+    assert "applies to .onnx models only" in capsys.readouterr().err
+    assert main(["run", onnx_path(), "--shape", "bogus"]) == 2
+    assert "--shape expects" in capsys.readouterr().err

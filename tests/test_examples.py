@@ -57,14 +57,14 @@ def test_transformer_block_matches_independent_numpy(target):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py", "custom_pass.py"])
+@pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py", "custom_pass.py", "cnn.py", "add_an_op.py"])
 def test_example_scripts_run(script, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script])
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(os.path.join(EXAMPLES, script), run_name="__main__")
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "graph " in out and "max |diff| vs reference" in out
+    assert "max |diff| vs reference" in out
     diff = float(out.rsplit("max |diff| vs reference:", 1)[1].split(";")[0].split()[0])
     assert diff < 1e-4
 
@@ -75,3 +75,16 @@ def test_custom_pass_rewrites_pow():
     assert "pow" in [n.op for n in graph.nodes]
     out = mod["square_to_mul"](graph)
     assert "pow" not in [n.op for n in out.nodes] and "mul" in [n.op for n in out.nodes]
+
+
+@pytest.mark.slow
+def test_resnet50_example(capsys, monkeypatch):
+    pytest.importorskip("onnx")
+    monkeypatch.setattr(sys, "argv", ["resnet50_onnx.py", "--repeat", "1"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(os.path.join(EXAMPLES, "resnet50_onnx.py"), run_name="__main__")
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "top-5 classes:" in out and "ms per image" in out
+    if "onnxruntime (" in out:
+        assert "top-5 agree" in out

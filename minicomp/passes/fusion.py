@@ -214,12 +214,14 @@ class _Fuser:
         return self.result()
 
     def fuse_siblings(self):
-        """Merge groups whose matmul/conv read the same value (e.g. Q, K, V projections)."""
+        """Merge groups whose matmul/conv read the same value and produce the same
+        shape (e.g. Q, K, V projections), so that they share one loop nest."""
         for v, readers in self.users.items():
             roots = []
             for r in readers:
                 g = self.group(r)
-                if self.pattern[r] == OUT_ELEMENTWISE_FUSABLE and len(self.anchors(g)) >= 1 and g not in roots:
+                if (self.pattern[r] == OUT_ELEMENTWISE_FUSABLE and g not in roots
+                        and (not roots or r.outputs[0].shape == self.anchors(roots[0])[0].outputs[0].shape)):
                     roots.append(g)
             while len(roots) > 1:
                 a, b = roots[0], roots[1]

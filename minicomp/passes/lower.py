@@ -245,14 +245,17 @@ class _Lowerer:
         for s in materialized:
             if order[s] is not None:  # keep the axis a reduction vectorizes over out of the prefix
                 k = min(k, list(s.axes).index(order[s]))
+        prefix = k
         for d in range(k):
-            if len({s.shape[d] for s in materialized}) != 1:
-                return d
-            for s in materialized:
-                for n in ex.walk(bodies[s]):
-                    if isinstance(n, ex.Load) and n.tensor in bodies and n.indices[d] is not s.axes[d]:
-                        return d
-        return k
+            if len({s.shape[d] for s in materialized}) != 1 or any(
+                    isinstance(n, ex.Load) and n.tensor in bodies and n.indices[d] is not s.axes[d]
+                    for s in materialized for n in ex.walk(bodies[s])):
+                prefix = d
+                break
+        # Shared loops that run once (a batch of 1) only hide the loops that matter.
+        if _prod(materialized[0].shape[:prefix]) == 1:
+            return 0
+        return prefix
 
     # -- loop nests --------------------------------------------------------------
     def _simplify(self, e):
@@ -272,10 +275,11 @@ class _Lowerer:
             return None
         if last_r is None:
             return inner
-        bad_spatial = _strided_loads(body.body, inner)
-        bad_reduce = _strided_loads(body.body, last_r)
-        if bad_spatial != bad_reduce:
-            return inner if bad_spatial < bad_reduce else None
+        # The accumulator moves with the spatial axis (one unit-stride access).
+        cost_spatial = _access_cost(body.body, inner) + 1
+        cost_reduce = _access_cost(body.body, last_r)
+        if cost_spatial != cost_reduce:
+            return inner if cost_spatial < cost_reduce else None
         return inner if self.ranges[inner] > self.ranges[last_r] else None
 
     def _nest(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int, inner):
@@ -356,16 +360,19 @@ def _combine(op: str, acc: ex.Expr, value: ex.Expr) -> ex.Expr:
             "min": lambda: ex.minimum(acc, value)}[op]()
 
 
-def _strided_loads(e: ex.Expr, v: ex.Var) -> int:
-    """How many loads jump by more than one element when ``v`` steps by one
-    (loads that do not move, or move by one element, are cheap)."""
-    count = 0
+def _access_cost(e: ex.Expr, v: ex.Var) -> int:
+    """Rough cost of the loads in ``e`` if ``v`` is the innermost loop: free when
+    they do not move, 1 for unit stride, 2 for short strides (same cache
+    lines), 8 for long strides or indices that are not affine."""
+    cost = 0
     for n in ex.walk(e):
         if isinstance(n, ex.Load):
             stride = _flat_stride(n, v)
-            if stride is None or abs(stride) > 1:
-                count += 1
-    return count
+            if stride is None:
+                cost += 8
+            elif stride:
+                cost += 1 if abs(stride) == 1 else 2 if abs(stride) <= 4 else 8
+    return cost
 
 
 def _flat_stride(load: ex.Load, v: ex.Var) -> int | None:

@@ -1,0 +1,374 @@
+"""ONNX -> Graph.
+
+    graph = minicomp.from_onnx("model.onnx", shapes={"input": (1, 3, 224, 224)})
+
+The importer checks the whole model first: every op without an importer is
+listed (node name, op type, opset) in one MinicompError before any work is
+done. Then it walks the nodes in order and builds the graph with the
+:class:`~minicomp.frontends.builder.GraphBuilder`. A node whose inputs are all
+known constants is evaluated at once (this folds shape computations such as
+Shape -> Gather -> Concat -> Reshape, and weights made by ConstantOfShape).
+
+Each ONNX op has an importer function registered with
+:func:`register_onnx_importer`; the built-in ones live in
+``minicomp/frontends/onnx_ops.py``, and ``docs/adding-an-op.md`` shows how to
+add one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minicomp.errors import MinicompError, UnsupportedError
+from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.ir.graph import Graph, Value
+from minicomp.ir.ops import get_op
+
+# ONNX TensorProto element types that minicomp has a dtype for.
+ONNX_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+ONNX_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32",
+                   7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64",
+                   14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16"}
+
+SUPPORTED_NUMPY = tuple(np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_))
+
+# A folded constant may grow this much beyond its inputs (weights made by
+# ConstantOfShape are the point of folding, so the limit is generous).
+FOLD_LIMIT_ELEMENTS = 1 << 28
+
+
+@dataclass
+class OnnxNode:
+    """The parts of an ONNX NodeProto an importer needs, with decoded attributes."""
+
+    op_type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    domain: str = ""
+
+    def describe(self) -> str:
+        return f"node '{self.name}' ({self.op_type})"
+
+
+Importer = Callable[["ImportContext", OnnxNode], list]
+_IMPORTERS: dict[tuple[str, str], Importer] = {}
+
+
+def register_onnx_importer(op_type: str, domain: str = "", replace: bool = False):
+    """Decorator: ``fn(ctx, node) -> [output tensors]`` imports ``op_type``.
+
+    ``ctx.input(i)`` gives input i as a builder Tensor (None if absent),
+    ``ctx.constant(i)`` its value when it is a known constant, ``ctx.op(...)``
+    records a minicomp op named after the ONNX node, ``ctx.opset`` is the
+    model's opset. Return one Tensor (or None for an unused optional output)
+    per ONNX output.
+    """
+    key = (domain if domain != "ai.onnx" else "", op_type)
+
+    def wrap(fn):
+        if key in _IMPORTERS and not replace:
+            raise MinicompError(f"an ONNX importer for {op_type} is already registered")
+        _IMPORTERS[key] = fn
+        return fn
+
+    return wrap
+
+
+def onnx_importers() -> dict[tuple[str, str], Importer]:
+    """Registered importers by (domain, op type)."""
+    _load_builtin()
+    return dict(_IMPORTERS)
+
+
+def _load_builtin():
+    from minicomp.frontends import onnx_ops  # noqa: F401
+
+
+class ImportContext:
+    """What an importer sees while converting one node."""
+
+    def __init__(self, builder: GraphBuilder, opset: int):
+        self.builder = builder
+        self.opset = opset
+        self.values: dict[str, Tensor] = {}
+        self.node: OnnxNode | None = None
+        self._count = 0
+
+    # -- inputs ----------------------------------------------------------------------
+    def input(self, i: int) -> Tensor | None:
+        """Input ``i`` of the current node (None if it is absent or empty)."""
+        names = self.node.inputs
+        if i >= len(names) or names[i] == "":
+            return None
+        try:
+            return self.values[names[i]]
+        except KeyError:
+            raise MinicompError(f"{self.node.describe()}: input '{names[i]}' is not defined") from None
+
+    def inputs(self) -> list[Tensor]:
+        return [self.input(i) for i in range(len(self.node.inputs)) if self.node.inputs[i]]
+
+    def constant(self, i: int) -> np.ndarray | None:
+        """Input ``i``'s value if it is a constant known at import time."""
+        t = self.input(i)
+        if t is None:
+            return None
+        return self.builder.graph.constants.get(t.value)
+
+    def required_constant(self, i: int, what: str) -> np.ndarray:
+        arr = self.constant(i)
+        if arr is None:
+            raise UnsupportedError(f"{self.node.describe()}: {what} (input {i}) must be a constant known at "
+                                   f"import time; fix the input shapes so that it can be computed")
+        return arr
+
+    def attr(self, name: str, default=None):
+        return self.node.attrs.get(name, default)
+
+    # -- outputs ---------------------------------------------------------------------
+    def fresh_name(self, hint: str | None = None) -> str:
+        base = self.node.name if hint is None else f"{self.node.name}/{hint}"
+        name, k = base, 1
+        while name in self.builder._names:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def op(self, op: str, *inputs, **attrs) -> Tensor:
+        """Record a minicomp op for the current node (named after it)."""
+        return self.builder.op(op, *inputs, name=self.fresh_name(), **attrs)
+
+    def const(self, array, dtype=None) -> Tensor:
+        """A new constant (named after the current node)."""
+        arr = np.asarray(array, dtype=dtype)
+        return self.builder.constant(arr, name=self.fresh_name("const"))
+
+
+def _attr_value(attr):
+    from onnx import helper, numpy_helper
+
+    value = helper.get_attribute_value(attr)
+    if hasattr(value, "dims") and hasattr(value, "data_type"):  # a TensorProto
+        return numpy_helper.to_array(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", errors="replace") for v in value]
+    return value
+
+
+def load_model(model, base_dir: str | None = None):
+    """A ModelProto from a path, bytes or a ModelProto; MinicompError if unreadable."""
+    try:
+        import onnx
+    except ImportError:
+        raise MinicompError("ONNX import needs the onnx package: pip install 'minicomp[onnx]'") from None
+    if isinstance(model, onnx.ModelProto):
+        if base_dir:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, base_dir)
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(bytes(model))
+        except Exception as exc:
+            raise MinicompError(f"cannot parse the ONNX model bytes: {exc}") from None
+        return proto
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        raise MinicompError(f"no such ONNX file: {path}")
+    try:
+        proto = onnx.load(path)
+    except Exception as exc:  # protobuf DecodeError, truncated files, bad external data...
+        raise MinicompError(f"cannot read ONNX model {path}: {type(exc).__name__}: {exc}") from None
+    if not proto.HasField("graph") or not proto.graph.node and not proto.graph.output:
+        raise MinicompError(f"{path} holds no ONNX graph (is it an ONNX model file?)")
+    return proto
+
+
+def model_opset(proto) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1 if not proto.opset_import else 21
+
+
+def unsupported_ops(proto) -> list[str]:
+    """Every node whose op has no importer, described with name and opset."""
+    _load_builtin()
+    opset = model_opset(proto)
+    missing = []
+    for i, n in enumerate(proto.graph.node):
+        domain = "" if n.domain in ("", "ai.onnx") else n.domain
+        if (domain, n.op_type) not in _IMPORTERS:
+            name = n.name or (n.output[0] if n.output else f"#{i}")
+            where = f"{domain}." if domain else ""
+            missing.append(f"node '{name}' (op {where}{n.op_type}, opset {opset})")
+    return missing
+
+
+def _value_info_shape(vi) -> tuple[list, int]:
+    tt = vi.type.tensor_type
+    dims = []
+    for d in tt.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?"))
+    return dims, tt.elem_type
+
+
+def _onnx_dtype(elem_type: int, what: str) -> str:
+    if elem_type not in ONNX_DTYPES:
+        raise UnsupportedError(f"{what} has ONNX type {ONNX_TYPE_NAMES.get(elem_type, elem_type)}; "
+                               f"minicomp supports {', '.join(ONNX_TYPE_NAMES[k] for k in ONNX_DTYPES)}")
+    return ONNX_DTYPES[elem_type]
+
+
+def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, name: str | None = None,
+              constants: dict | None = None) -> Graph:
+    """Import an ONNX model (path, bytes or ModelProto) as a verified Graph.
+
+    ``shapes`` fixes dynamic input dimensions: ``{"input": (1, 3, 224, 224)}``.
+    ``constants`` binds inputs to fixed values, which become constants of the
+    graph; that is how a model whose output shape depends on an input's
+    *value* (a target shape fed to Expand or Reshape) gets static shapes.
+    ``base_dir`` locates external data for a ModelProto already in memory.
+    """
+    from onnx import numpy_helper
+
+    proto = load_model(model, base_dir)
+    missing = unsupported_ops(proto)
+    if missing:
+        raise UnsupportedError(f"the model uses {len(missing)} unsupported node(s): " + "; ".join(missing))
+    opset = model_opset(proto)
+    g = proto.graph
+    builder = GraphBuilder(name or g.name or "onnx_model")
+    ctx = ImportContext(builder, opset)
+    shapes = dict(shapes or {})
+
+    inits = {}
+    for t in g.initializer:
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception as exc:
+            raise MinicompError(f"initializer '{t.name}' cannot be read: {exc}") from None
+        inits[t.name] = arr
+    for t_name, arr in inits.items():
+        dt = arr.dtype
+        if dt in SUPPORTED_NUMPY:
+            ctx.values[t_name] = builder.constant(arr, name=t_name)
+        elif np.issubdtype(dt, np.integer):  # small integer types: widen (used for shapes, indices)
+            ctx.values[t_name] = builder.constant(arr.astype(np.int64), name=t_name)
+        else:
+            raise UnsupportedError(f"initializer '{t_name}' has dtype {dt}, which minicomp does not support")
+
+    constants = dict(constants or {})
+    for vi in g.input:
+        if vi.name in inits:
+            continue  # older models list initializers as inputs too
+        dims, elem = _value_info_shape(vi)
+        dtype = _onnx_dtype(elem, f"input '{vi.name}'")
+        if vi.name in constants:
+            arr = np.asarray(constants.pop(vi.name))
+            if arr.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, arr.shape)):
+                raise MinicompError(f"constants['{vi.name}'] has shape {list(arr.shape)}, but the model "
+                                    f"declares {dims}")
+            ctx.values[vi.name] = builder.constant(arr.astype(dtype), name=vi.name)
+            continue
+        if vi.name in shapes:
+            fixed = tuple(int(d) for d in shapes.pop(vi.name))
+            if len(fixed) != len(dims) or any(isinstance(d, int) and d != f for d, f in zip(dims, fixed)):
+                raise MinicompError(f"shapes['{vi.name}'] = {list(fixed)} does not fit the model's input "
+                                    f"shape {dims}")
+            dims = list(fixed)
+        if any(not isinstance(d, int) for d in dims):
+            raise MinicompError(f"input '{vi.name}' has dynamic dimensions {dims}; fix them with "
+                                f"from_onnx(..., shapes={{'{vi.name}': (...)}})")
+        ctx.values[vi.name] = builder.input(vi.name, tuple(dims), dtype)
+    if shapes or constants:
+        raise MinicompError(f"shapes/constants name unknown input(s) {', '.join(list(shapes) + list(constants))}; "
+                            f"the model's inputs are "
+                            f"{', '.join(vi.name for vi in g.input if vi.name not in inits)}")
+
+    for i, n in enumerate(g.node):
+        node = OnnxNode(n.op_type, n.name or (n.output[0] if n.output else f"{n.op_type}_{i}"),
+                        list(n.input), list(n.output), {a.name: _attr_value(a) for a in n.attribute},
+                        "" if n.domain in ("", "ai.onnx") else n.domain)
+        _import_node(ctx, node)
+
+    outs = []
+    for vi in g.output:
+        if vi.name not in ctx.values or ctx.values[vi.name] is None:
+            raise MinicompError(f"graph output '{vi.name}' is never produced")
+        outs.append(ctx.values[vi.name])
+    # Outputs keep their ONNX names, so that saved results and dumps match the model.
+    taken = {v.name for v in builder.graph.values()}
+    for vi, t in zip(g.output, outs):
+        v = t.value
+        if v.name != vi.name and vi.name not in taken and v not in builder.graph.inputs:
+            taken.discard(v.name)
+            v.name = vi.name
+            taken.add(vi.name)
+    builder.output(*outs)
+    graph = builder.build()
+    return _drop_unused(graph)
+
+
+def _import_node(ctx: ImportContext, node: OnnxNode) -> None:
+    ctx.node = node
+    fn = _IMPORTERS[(node.domain, node.op_type)]
+    graph = ctx.builder.graph
+    start = len(graph.nodes)
+    try:
+        outs = fn(ctx, node)
+    except MinicompError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if node.name in msg else f"{node.describe()}: {msg}") from None
+    except Exception as exc:  # an importer bug must still name the node
+        raise MinicompError(f"{node.describe()}: import failed: {type(exc).__name__}: {exc}") from exc
+    outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+    if len(outs) < len(node.outputs):
+        outs += [None] * (len(node.outputs) - len(outs))
+    ins = [ctx.values.get(x) for x in node.inputs if x]
+    if all(t is not None and t.value in graph.constants for t in ins) and len(graph.nodes) > start:
+        outs = _fold(ctx, start, outs)
+    for name, t in zip(node.outputs, outs):
+        if name:
+            ctx.values[name] = t
+
+
+def _fold(ctx: ImportContext, start: int, outs: list) -> list:
+    """Evaluate the nodes just added (all their inputs are constants)."""
+    graph = ctx.builder.graph
+    new_nodes = graph.nodes[start:]
+    if sum(v.type.size for n in new_nodes for v in n.outputs) > FOLD_LIMIT_ELEMENTS:
+        return outs
+    env = dict(graph.constants)
+    for n in new_nodes:
+        result = get_op(n.op).reference(*[env[v] for v in n.inputs], **dict(n.attrs))
+        results = result if isinstance(result, (list, tuple)) else [result]
+        for v, r in zip(n.outputs, results):
+            env[v] = np.asarray(r, dtype=v.dtype.numpy)
+    del graph.nodes[start:]
+    folded = []
+    for t in outs:
+        if t is None or t.value in graph.constants:
+            folded.append(t)
+            continue
+        v: Value = t.value
+        v.producer = None
+        graph.constants[v] = np.array(env[v], order="C")
+        folded.append(t)
+    return folded
+
+
+def _drop_unused(graph: Graph) -> Graph:
+    """Remove constants nothing reads (folded shape tensors, replaced weights)."""
+    used = set(graph.outputs) | {v for n in graph.nodes for v in n.inputs}
+    graph.constants = {v: a for v, a in graph.constants.items() if v in used}
+    return graph

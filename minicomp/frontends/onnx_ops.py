@@ -1,0 +1,613 @@
+"""Importers for the standard ONNX ops (domain ai.onnx), opsets 6 to 21.
+
+Each importer maps one ONNX node onto minicomp ops through the import
+context. Attributes that older opsets give as attributes and newer ones as
+inputs (axes, pads, split, starts/ends, min/max) are read from either.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minicomp.errors import ShapeError, UnsupportedError
+from minicomp.frontends.onnx import ONNX_DTYPES, ImportContext, register_onnx_importer
+from minicomp.ir.ops import broadcast_shapes
+
+
+def _simple(op_type: str, op: str, **fixed):
+    register_onnx_importer(op_type)(lambda ctx, node: [ctx.op(op, *ctx.inputs(), **fixed)])
+
+
+def _legacy_broadcast(ctx: ImportContext, a, b):
+    """Opset < 7 Add/Sub/Mul/Div with broadcast=1: B aligns with A at ``axis``."""
+    if ctx.opset < 7 and ctx.attr("broadcast", 0) and ctx.attr("axis") is not None and a.ndim > b.ndim:
+        axis = ctx.attr("axis") % a.ndim
+        trailing = a.ndim - axis - b.ndim
+        if trailing > 0:
+            b = ctx.op("reshape", b, shape=b.shape + (1,) * trailing)
+    return a, b
+
+
+def _binary(op_type: str, op: str):
+    @register_onnx_importer(op_type)
+    def imp(ctx, node):
+        a, b = _legacy_broadcast(ctx, ctx.input(0), ctx.input(1))
+        return [ctx.op(op, a, b)]
+
+
+for _t, _o in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Equal", "equal"),
+               ("Less", "less"), ("Greater", "greater")):
+    _binary(_t, _o)
+for _t, _o in (("Relu", "relu"), ("Sigmoid", "sigmoid"), ("Tanh", "tanh"), ("Sqrt", "sqrt"), ("Exp", "exp"),
+               ("Log", "log"), ("Neg", "neg"), ("Abs", "abs"), ("Reciprocal", "reciprocal"), ("Erf", "erf")):
+    _simple(_t, _o)
+
+
+@register_onnx_importer("Identity")
+def _identity(ctx, node):
+    return [ctx.input(0)]
+
+
+@register_onnx_importer("Dropout")
+def _dropout(ctx, node):
+    x = ctx.input(0)
+    mask = None
+    if len(node.outputs) > 1 and node.outputs[1]:
+        mask = ctx.const(np.ones(x.shape, dtype=bool))
+    return [x, mask]
+
+
+@register_onnx_importer("Pow")
+def _pow(ctx, node):
+    x, y = ctx.input(0), ctx.input(1)
+    if y.dtype != x.dtype:
+        y = ctx.op("cast", y, dtype=x.dtype.name)
+    return [ctx.op("pow", x, y)]
+
+
+@register_onnx_importer("Where")
+def _where(ctx, node):
+    return [ctx.op("where", ctx.input(0), ctx.input(1), ctx.input(2))]
+
+
+def _variadic(op_type: str, op: str):
+    @register_onnx_importer(op_type)
+    def imp(ctx, node):
+        xs = ctx.inputs()
+        out = xs[0]
+        for x in xs[1:]:
+            out = ctx.op(op, out, x)
+        return [out]
+
+
+_variadic("Sum", "add")
+_variadic("Max", "maximum")
+_variadic("Min", "minimum")
+
+
+@register_onnx_importer("Mean")
+def _mean(ctx, node):
+    xs = ctx.inputs()
+    out = xs[0]
+    for x in xs[1:]:
+        out = ctx.op("add", out, x)
+    return [ctx.op("div", out, ctx.const(np.array(len(xs), dtype=out.dtype.numpy)))]
+
+
+@register_onnx_importer("LeakyRelu")
+def _leaky(ctx, node):
+    return [ctx.op("leaky_relu", ctx.input(0), alpha=float(ctx.attr("alpha", 0.01)))]
+
+
+def _scalar(ctx, value, like):
+    return ctx.const(np.array(value, dtype=like.dtype.numpy))
+
+
+@register_onnx_importer("Elu")
+def _elu(ctx, node):
+    x = ctx.input(0)
+    alpha = float(ctx.attr("alpha", 1.0))
+    neg = ctx.op("mul", ctx.op("sub", ctx.op("exp", x), _scalar(ctx, 1.0, x)), _scalar(ctx, alpha, x))
+    return [ctx.op("where", ctx.op("greater", x, _scalar(ctx, 0.0, x)), x, neg)]
+
+
+@register_onnx_importer("Selu")
+def _selu(ctx, node):
+    x = ctx.input(0)
+    alpha = float(ctx.attr("alpha", 1.67326319217681884765625))
+    gamma = float(ctx.attr("gamma", 1.05070102214813232421875))
+    neg = ctx.op("mul", ctx.op("sub", ctx.op("exp", x), _scalar(ctx, 1.0, x)), _scalar(ctx, alpha, x))
+    y = ctx.op("where", ctx.op("greater", x, _scalar(ctx, 0.0, x)), x, neg)
+    return [ctx.op("mul", y, _scalar(ctx, gamma, x))]
+
+
+@register_onnx_importer("Softplus")
+def _softplus(ctx, node):
+    # log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large x.
+    x = ctx.input(0)
+    tail = ctx.op("log", ctx.op("add", ctx.op("exp", ctx.op("neg", ctx.op("abs", x))), _scalar(ctx, 1.0, x)))
+    return [ctx.op("add", ctx.op("relu", x), tail)]
+
+
+@register_onnx_importer("Softsign")
+def _softsign(ctx, node):
+    x = ctx.input(0)
+    return [ctx.op("div", x, ctx.op("add", ctx.op("abs", x), _scalar(ctx, 1.0, x)))]
+
+
+@register_onnx_importer("PRelu")
+def _prelu(ctx, node):
+    x, slope = ctx.input(0), ctx.input(1)
+    if slope.ndim == 1 and x.ndim > 2 and slope.shape[0] == x.shape[1] and slope.shape[0] != x.shape[-1]:
+        # A per-channel slope given as [C] for (N, C, ...) inputs (as older exporters write it).
+        slope = ctx.op("reshape", slope, shape=(slope.shape[0],) + (1,) * (x.ndim - 2))
+    return [ctx.op("where", ctx.op("less", x, _scalar(ctx, 0.0, x)), ctx.op("mul", x, slope), x)]
+
+
+@register_onnx_importer("Sign")
+def _sign(ctx, node):
+    x = ctx.input(0)
+    pos = ctx.op("cast", ctx.op("greater", x, _scalar(ctx, 0, x)), dtype=x.dtype.name)
+    neg = ctx.op("cast", ctx.op("less", x, _scalar(ctx, 0, x)), dtype=x.dtype.name)
+    return [ctx.op("sub", pos, neg)]
+
+
+@register_onnx_importer("Shrink")
+def _shrink(ctx, node):
+    x = ctx.input(0)
+    lambd, bias = float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
+    low = ctx.op("where", ctx.op("less", x, _scalar(ctx, -lambd, x)), ctx.op("add", x, _scalar(ctx, bias, x)),
+                 _scalar(ctx, 0, x))
+    return [ctx.op("where", ctx.op("greater", x, _scalar(ctx, lambd, x)), ctx.op("sub", x, _scalar(ctx, bias, x)),
+                   low)]
+
+
+@register_onnx_importer("HardSigmoid")
+def _hard_sigmoid(ctx, node):
+    x = ctx.input(0)
+    y = ctx.op("add", ctx.op("mul", x, _scalar(ctx, float(ctx.attr("alpha", 0.2)), x)),
+               _scalar(ctx, float(ctx.attr("beta", 0.5)), x))
+    return [ctx.op("clip", y, min=0.0, max=1.0)]
+
+
+@register_onnx_importer("Gelu")
+def _gelu(ctx, node):
+    return [ctx.op("gelu", ctx.input(0), approximate=ctx.attr("approximate", "none"))]
+
+
+@register_onnx_importer("Clip")
+def _clip(ctx, node):
+    x = ctx.input(0)
+    if ctx.opset < 11:
+        lo, hi = ctx.attr("min"), ctx.attr("max")
+    else:
+        lo_a, hi_a = ctx.constant(1), ctx.constant(2)
+        if (ctx.input(1) is not None and lo_a is None) or (ctx.input(2) is not None and hi_a is None):
+            lo_t, hi_t = ctx.input(1), ctx.input(2)
+            y = x if lo_t is None else ctx.op("maximum", x, lo_t)
+            return [y if hi_t is None else ctx.op("minimum", y, hi_t)]
+        lo = None if lo_a is None else lo_a.reshape(-1)[0].item()
+        hi = None if hi_a is None else hi_a.reshape(-1)[0].item()
+    return [ctx.op("clip", x, min=lo, max=hi)]
+
+
+@register_onnx_importer("Cast")
+def _cast(ctx, node):
+    to = int(ctx.attr("to"))
+    if to not in ONNX_DTYPES:
+        raise UnsupportedError(f"cast to ONNX type {to} is not supported")
+    return [ctx.op("cast", ctx.input(0), dtype=ONNX_DTYPES[to])]
+
+
+# -- softmax family --------------------------------------------------------------------
+
+
+def _softmax_like(op: str):
+    def imp(ctx, node):
+        x = ctx.input(0)
+        if ctx.opset >= 13:
+            return [ctx.op(op, x, axis=int(ctx.attr("axis", -1)))]
+        # Before opset 13: flatten to 2-D at ``axis`` and normalize each row.
+        axis = int(ctx.attr("axis", 1)) % max(x.ndim, 1)
+        if axis == x.ndim - 1:
+            return [ctx.op(op, x, axis=-1)]
+        rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+        flat = ctx.op("reshape", x, shape=(rows, -1))
+        return [ctx.op("reshape", ctx.op(op, flat, axis=1), shape=x.shape)]
+
+    return imp
+
+
+register_onnx_importer("Softmax")(_softmax_like("softmax"))
+register_onnx_importer("LogSoftmax")(_softmax_like("log_softmax"))
+
+# -- matmul family --------------------------------------------------------------------
+
+
+@register_onnx_importer("MatMul")
+def _matmul(ctx, node):
+    return [ctx.op("matmul", ctx.input(0), ctx.input(1))]
+
+
+@register_onnx_importer("Gemm")
+def _gemm(ctx, node):
+    a, b, c = ctx.input(0), ctx.input(1), ctx.input(2)
+    if ctx.attr("transA", 0):
+        a = ctx.op("transpose", a, perm=(1, 0))
+    if ctx.attr("transB", 0):
+        b = ctx.op("transpose", b, perm=(1, 0))
+    y = ctx.op("matmul", a, b)
+    alpha, beta = float(ctx.attr("alpha", 1.0)), float(ctx.attr("beta", 1.0))
+    if alpha != 1.0:
+        y = ctx.op("mul", y, _scalar(ctx, alpha, y))
+    if c is not None and beta != 0.0:
+        if beta != 1.0:
+            c = ctx.op("mul", c, _scalar(ctx, beta, c))
+        y = ctx.op("add", y, c)
+    return [y]
+
+
+# -- windows -------------------------------------------------------------------------
+
+
+def _auto_pads(ctx, x_shape, kernel, strides, dilations):
+    """Explicit pads (begins + ends) from ``pads`` or ``auto_pad``."""
+    R = len(kernel)
+    mode = ctx.attr("auto_pad", "NOTSET")
+    if mode in ("NOTSET", "", None):
+        pads = list(ctx.attr("pads", [0] * (2 * R)))
+        return tuple(pads)
+    if mode == "VALID":
+        return (0,) * (2 * R)
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for d in range(R):
+            size = x_shape[2 + d]
+            out = -(-size // strides[d])
+            total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - size)
+            small, big = total // 2, total - total // 2
+            begins.append(small if mode == "SAME_UPPER" else big)
+            ends.append(big if mode == "SAME_UPPER" else small)
+        return tuple(begins + ends)
+    raise UnsupportedError(f"auto_pad={mode!r} is not supported")
+
+
+def _window_common(ctx, x, kernel):
+    R = len(kernel)
+    strides = tuple(ctx.attr("strides", [1] * R))
+    dilations = tuple(ctx.attr("dilations", [1] * R))
+    return strides, dilations, _auto_pads(ctx, x.shape, kernel, strides, dilations)
+
+
+def _rank_of(ctx, x, what):
+    R = x.ndim - 2
+    if R not in (1, 2, 3):
+        raise UnsupportedError(f"{what} over {R} spatial axes (input rank {x.ndim}) is not supported; "
+                               f"1 to 3 spatial axes are")
+    return R
+
+
+@register_onnx_importer("Conv")
+def _conv(ctx, node):
+    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    R = _rank_of(ctx, x, "Conv")
+    kernel = tuple(ctx.attr("kernel_shape", w.shape[2:]))
+    strides, dilations, pads = _window_common(ctx, x, kernel)
+    args = [x, w] + ([b] if b is not None else [])
+    return [ctx.op(f"conv{R}d", *args, strides=strides, padding=pads, dilations=dilations,
+                   groups=int(ctx.attr("group", 1)))]
+
+
+@register_onnx_importer("ConvTranspose")
+def _conv_transpose(ctx, node):
+    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    R = _rank_of(ctx, x, "ConvTranspose")
+    kernel = tuple(ctx.attr("kernel_shape", w.shape[2:]))
+    strides = tuple(ctx.attr("strides", [1] * R))
+    dilations = tuple(ctx.attr("dilations", [1] * R))
+    out_pad = list(ctx.attr("output_padding", [0] * R))
+    group = int(ctx.attr("group", 1))
+    output_shape = ctx.attr("output_shape")
+    mode = ctx.attr("auto_pad", "NOTSET")
+    if output_shape is not None or mode in ("SAME_UPPER", "SAME_LOWER"):
+        spatial = list(output_shape)[-R:] if output_shape is not None else [x.shape[2 + d] * strides[d]
+                                                                             for d in range(R)]
+        begins, ends = [], []
+        for d in range(R):
+            total = (strides[d] * (x.shape[2 + d] - 1) + out_pad[d] + (kernel[d] - 1) * dilations[d] + 1
+                     - spatial[d])
+            if total < 0:
+                out_pad[d] += -total
+                total = 0
+            first = total // 2 if mode != "SAME_LOWER" else total - total // 2
+            begins.append(first)
+            ends.append(total - first)
+        pads = tuple(begins + ends)
+    elif mode == "VALID":
+        pads = (0,) * (2 * R)
+    else:
+        pads = tuple(ctx.attr("pads", [0] * (2 * R)))
+    args = [x, w] + ([b] if b is not None else [])
+    return [ctx.op(f"conv_transpose{R}d", *args, strides=strides, padding=pads, dilations=dilations,
+                   groups=group, output_padding=tuple(out_pad))]
+
+
+def _pool(kind):
+    def imp(ctx, node):
+        x = ctx.input(0)
+        R = _rank_of(ctx, x, f"{kind.title()}Pool")
+        if len(node.outputs) > 1 and node.outputs[1]:
+            raise UnsupportedError("MaxPool's Indices output is not supported")
+        if int(ctx.attr("storage_order", 0)) != 0:
+            raise UnsupportedError("MaxPool with storage_order=1 is not supported")
+        kernel = tuple(ctx.attr("kernel_shape"))
+        strides, dilations, pads = _window_common(ctx, x, kernel)
+        attrs = dict(kernel=kernel, strides=strides, padding=pads, dilations=dilations,
+                     ceil_mode=bool(ctx.attr("ceil_mode", 0)))
+        if kind == "avg":
+            attrs["count_include_pad"] = bool(ctx.attr("count_include_pad", 0))
+        return [ctx.op(f"{kind}_pool{R}d", x, **attrs)]
+
+    return imp
+
+
+register_onnx_importer("MaxPool")(_pool("max"))
+register_onnx_importer("AveragePool")(_pool("avg"))
+
+
+@register_onnx_importer("GlobalAveragePool")
+def _gap(ctx, node):
+    return [ctx.op("global_avg_pool", ctx.input(0))]
+
+
+@register_onnx_importer("GlobalMaxPool")
+def _gmp(ctx, node):
+    x = ctx.input(0)
+    return [ctx.op("max", x, axes=list(range(2, x.ndim)), keepdims=True)]
+
+
+# -- normalization -------------------------------------------------------------------
+
+
+@register_onnx_importer("BatchNormalization")
+def _batch_norm(ctx, node):
+    if ctx.attr("training_mode", 0):
+        raise UnsupportedError("BatchNormalization in training mode is not supported (inference only)")
+    x, scale, bias, mean, var = (ctx.input(i) for i in range(5))
+    return [ctx.op("batch_norm", x, scale, bias, mean, var, epsilon=float(ctx.attr("epsilon", 1e-5)))]
+
+
+@register_onnx_importer("LayerNormalization")
+def _layer_norm(ctx, node):
+    if any(node.outputs[1:]):
+        raise UnsupportedError("LayerNormalization's Mean and InvStdDev outputs are not supported")
+    args = ctx.inputs()
+    return [ctx.op("layer_norm", *args, axis=int(ctx.attr("axis", -1)), epsilon=float(ctx.attr("epsilon", 1e-5)))]
+
+
+@register_onnx_importer("InstanceNormalization")
+def _instance_norm(ctx, node):
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    axes = list(range(2, x.ndim))
+    eps = float(ctx.attr("epsilon", 1e-5))
+    mu = ctx.op("mean", x, axes=axes, keepdims=True)
+    d = ctx.op("sub", x, mu)
+    var = ctx.op("mean", ctx.op("mul", d, d), axes=axes, keepdims=True)
+    y = ctx.op("div", d, ctx.op("sqrt", ctx.op("add", var, _scalar(ctx, eps, x))))
+    per_channel = (x.shape[1],) + (1,) * (x.ndim - 2)
+    y = ctx.op("mul", y, ctx.op("reshape", scale, shape=per_channel))
+    return [ctx.op("add", y, ctx.op("reshape", bias, shape=per_channel))]
+
+
+@register_onnx_importer("LRN")
+def _lrn(ctx, node):
+    return [ctx.op("lrn", ctx.input(0), size=int(ctx.attr("size")), alpha=float(ctx.attr("alpha", 1e-4)),
+                   beta=float(ctx.attr("beta", 0.75)), bias=float(ctx.attr("bias", 1.0)))]
+
+
+# -- reductions ------------------------------------------------------------------------
+
+
+def _reduce(op_type: str, op: str, axes_input_since: int):
+    @register_onnx_importer(op_type)
+    def imp(ctx, node):
+        x = ctx.input(0)
+        keepdims = bool(ctx.attr("keepdims", 1))
+        if ctx.opset >= axes_input_since:
+            arr = ctx.constant(1)
+            if ctx.input(1) is not None and arr is None:
+                raise UnsupportedError("reduction axes must be constant")
+            axes = None if arr is None or arr.size == 0 else [int(a) for a in arr.reshape(-1)]
+            if axes is None and ctx.attr("noop_with_empty_axes", 0):
+                return [x]
+        else:
+            axes = ctx.attr("axes")
+        return [ctx.op(op, x, axes=axes, keepdims=keepdims)]
+
+
+_reduce("ReduceSum", "sum", 13)
+_reduce("ReduceMean", "mean", 18)
+_reduce("ReduceMax", "max", 18)
+_reduce("ReduceMin", "min", 18)
+
+# -- shapes and layout ------------------------------------------------------------------
+
+
+@register_onnx_importer("Reshape")
+def _reshape(ctx, node):
+    x = ctx.input(0)
+    shape = [int(d) for d in (ctx.attr("shape") if ctx.opset < 5 else ctx.required_constant(1, "the shape"))]
+    if not ctx.attr("allowzero", 0):
+        shape = [x.shape[k] if d == 0 else d for k, d in enumerate(shape)]
+    return [ctx.op("reshape", x, shape=shape)]
+
+
+@register_onnx_importer("Flatten")
+def _flatten(ctx, node):
+    x = ctx.input(0)
+    axis = int(ctx.attr("axis", 1)) % (x.ndim + 1) if x.ndim else 0
+    rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+    return [ctx.op("reshape", x, shape=(rows, int(np.prod(x.shape[axis:], dtype=np.int64))))]
+
+
+@register_onnx_importer("Transpose")
+def _transpose(ctx, node):
+    perm = ctx.attr("perm")
+    return [ctx.op("transpose", ctx.input(0), perm=tuple(perm) if perm is not None else None)]
+
+
+@register_onnx_importer("Concat")
+def _concat(ctx, node):
+    return [ctx.op("concat", *ctx.inputs(), axis=int(ctx.attr("axis")))]
+
+
+def _axes_arg(ctx, since: int, what="axes"):
+    if ctx.opset >= since:
+        arr = ctx.constant(1)
+        if ctx.input(1) is not None and arr is None:
+            raise UnsupportedError(f"{what} must be constant")
+        return None if arr is None else [int(a) for a in arr.reshape(-1)]
+    return ctx.attr("axes")
+
+
+@register_onnx_importer("Squeeze")
+def _squeeze(ctx, node):
+    return [ctx.op("squeeze", ctx.input(0), axes=_axes_arg(ctx, 13))]
+
+
+@register_onnx_importer("Unsqueeze")
+def _unsqueeze(ctx, node):
+    return [ctx.op("unsqueeze", ctx.input(0), axes=_axes_arg(ctx, 13))]
+
+
+@register_onnx_importer("Expand")
+def _expand(ctx, node):
+    x = ctx.input(0)
+    target = [int(d) for d in ctx.required_constant(1, "the shape")]
+    shape = broadcast_shapes(x.shape, tuple(target))
+    return [ctx.op("broadcast_to", x, shape=shape)]
+
+
+@register_onnx_importer("Tile")
+def _tile(ctx, node):
+    reps = ctx.required_constant(1, "repeats")
+    return [ctx.op("tile", ctx.input(0), repeats=[int(r) for r in reps.reshape(-1)])]
+
+
+@register_onnx_importer("Slice")
+def _slice(ctx, node):
+    x = ctx.input(0)
+    if ctx.opset < 10:
+        starts, ends, axes = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes")
+        steps = None
+    else:
+        starts = [int(v) for v in ctx.required_constant(1, "starts")]
+        ends = [int(v) for v in ctx.required_constant(2, "ends")]
+        axes_arr, steps_arr = ctx.constant(3), ctx.constant(4)
+        axes = None if axes_arr is None else [int(v) for v in axes_arr]
+        steps = None if steps_arr is None else [int(v) for v in steps_arr]
+    # ONNX uses INT64 extremes for "to the end"; clamp them for Python slicing.
+    big = 1 << 62
+    starts = [max(min(int(s), big), -big) for s in starts]
+    ends = [max(min(int(e), big), -big) for e in ends]
+    return [ctx.op("slice", x, starts=starts, ends=ends, axes=axes, steps=steps)]
+
+
+@register_onnx_importer("Split")
+def _split(ctx, node):
+    x = ctx.input(0)
+    axis = int(ctx.attr("axis", 0)) % x.ndim
+    n = len(node.outputs)
+    if ctx.opset >= 13:
+        arr = ctx.constant(1)
+        sizes = None if arr is None else [int(v) for v in arr.reshape(-1)]
+    else:
+        sizes = ctx.attr("split")
+    if not sizes:
+        d = x.shape[axis]
+        chunk = -(-d // n)
+        sizes = [min(chunk, d - k * chunk) for k in range(n)]
+    if sum(sizes) != x.shape[axis] or len(sizes) != n:
+        raise ShapeError(f"split sizes {sizes} do not fit axis {axis} of size {x.shape[axis]} into {n} outputs")
+    outs, start = [], 0
+    for size in sizes:
+        outs.append(ctx.op("slice", x, starts=[start], ends=[start + size], axes=[axis]))
+        start += size
+    return outs
+
+
+@register_onnx_importer("Pad")
+def _pad(ctx, node):
+    x = ctx.input(0)
+    mode = ctx.attr("mode", "constant")
+    if ctx.opset < 11:
+        pads = list(ctx.attr("pads", ctx.attr("paddings")))
+        value = float(ctx.attr("value", 0.0))
+    else:
+        pads = [int(v) for v in ctx.required_constant(1, "pads")]
+        cv = ctx.constant(2)
+        if ctx.input(2) is not None and cv is None:
+            raise UnsupportedError("the constant_value of Pad must be constant")
+        value = 0.0 if cv is None or cv.size == 0 else float(cv.reshape(-1)[0])
+        axes_arr = ctx.constant(3)
+        if axes_arr is not None:
+            axes = [int(a) % x.ndim for a in axes_arr]
+            full = [0] * (2 * x.ndim)
+            for k, a in enumerate(axes):
+                full[a], full[x.ndim + a] = pads[k], pads[len(axes) + k]
+            pads = full
+    if mode not in ("constant", "reflect", "edge"):
+        raise UnsupportedError(f"Pad mode {mode!r} is not supported")
+    return [ctx.op("pad", x, pads=pads, value=value, mode=mode)]
+
+
+@register_onnx_importer("Gather")
+def _gather(ctx, node):
+    return [ctx.op("take", ctx.input(0), ctx.input(1), axis=int(ctx.attr("axis", 0)))]
+
+
+# -- constants and shapes ------------------------------------------------------------
+
+
+@register_onnx_importer("Constant")
+def _constant(ctx, node):
+    attrs = node.attrs
+    if "value" in attrs:
+        arr = np.asarray(attrs["value"])
+    elif "value_float" in attrs:
+        arr = np.array(attrs["value_float"], dtype=np.float32)
+    elif "value_floats" in attrs:
+        arr = np.array(attrs["value_floats"], dtype=np.float32)
+    elif "value_int" in attrs:
+        arr = np.array(attrs["value_int"], dtype=np.int64)
+    elif "value_ints" in attrs:
+        arr = np.array(attrs["value_ints"], dtype=np.int64)
+    else:
+        raise UnsupportedError(f"Constant with attributes {sorted(attrs)} is not supported")
+    if arr.dtype.kind in "iu" and arr.dtype not in (np.int32, np.int64):
+        arr = arr.astype(np.int64)
+    return [ctx.const(arr)]
+
+
+@register_onnx_importer("Shape")
+def _shape(ctx, node):
+    shape = np.array(ctx.input(0).shape, dtype=np.int64)
+    start, end = ctx.attr("start", 0), ctx.attr("end")
+    return [ctx.const(shape[start:end])]
+
+
+@register_onnx_importer("Size")
+def _size(ctx, node):
+    return [ctx.const(np.array(int(np.prod(ctx.input(0).shape, dtype=np.int64)), dtype=np.int64))]
+
+
+@register_onnx_importer("ConstantOfShape")
+def _constant_of_shape(ctx, node):
+    shape = tuple(int(d) for d in ctx.required_constant(0, "the shape").reshape(-1))
+    value = ctx.attr("value")
+    fill = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    if math.prod(shape) > (1 << 28):
+        raise UnsupportedError(f"ConstantOfShape of {list(shape)} is too large")
+    return [ctx.const(np.full(shape, fill[0], dtype=fill.dtype))]

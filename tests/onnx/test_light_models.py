@@ -1,0 +1,51 @@
+"""The nine light/ models of the onnx package: stored outputs, then seeded
+random weights compared with ONNX Runtime (or the reference interpreter).
+
+The stored outputs come from weights that are all 0.02, so they are nearly
+uniform and prove little; the random-weight run is the real check. Tolerance:
+relative 1e-4, with an absolute floor of 1e-5 times the output's largest
+magnitude (float32 sums over thousands of products round differently in
+different orders, and outputs near zero have no meaningful relative error).
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+import minicomp as mc  # noqa: E402
+from minicomp.frontends.onnx_testdata import (  # noqa: E402
+    LIGHT_MODELS,
+    LIGHT_RTOL,
+    light_expected,
+    light_input,
+    light_model,
+    randomize_weights,
+)
+
+
+def run_other(model, feeds):
+    """ONNX Runtime when installed, else minicomp's reference interpreter."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return mc.run_reference(mc.from_onnx(model), **feeds)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_model(name):
+    path = light_model(name)
+    feeds = light_input(path)
+    model = mc.compile(mc.from_onnx(path), num_threads=2)
+    (got,) = model(**feeds)
+    np.testing.assert_allclose(got, light_expected(name), rtol=LIGHT_RTOL.get(name, 1e-3), atol=1e-7)
+
+    randomized = randomize_weights(path, seed=0)
+    (got,) = mc.compile(mc.from_onnx(randomized), num_threads=2)(**feeds)
+    (want,) = run_other(randomized, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
