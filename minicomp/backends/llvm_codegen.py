@@ -22,9 +22,22 @@ from minicomp.ir import expr as ex
 from minicomp.ir.dtypes import DType
 from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store
 
+
+def simd_supported(body) -> bool:
+    from minicomp.backends.llvm_simd import simd_supported as check
+
+    return check(body)
+
+
+def emit_simd_loop(fn, loop) -> None:
+    from minicomp.backends.llvm_simd import emit_simd_loop as emit
+
+    emit(fn, loop)
+
 # Reassociation lets LLVM vectorize reductions; no-NaN/no-inf flags are left
 # out because -inf is a real value here (max-reduction init, padding).
 FMF = "reassoc nsz arcp contract"
+MAX_UNROLL = 64  # unrolled loops up to this extent are replicated in the IR
 NUM_THREADS_GLOBAL = "mc_num_threads"
 
 
@@ -359,14 +372,21 @@ class FunctionGen:
                 self.stmt(c)
         elif isinstance(s, Store):
             self.store(s)
+        elif isinstance(s, For) and s.kind == "simd" and s.start == 0 and simd_supported(s.body):
+            emit_simd_loop(self, s)
+        elif isinstance(s, For) and s.kind == "unrolled" and s.extent <= MAX_UNROLL:
+            for k in range(s.extent):  # replicate the body with the index as a constant
+                self.vars[s.var] = str(s.start + k)
+                self.stmt(s.body)
+            self.vars.pop(s.var, None)
         elif isinstance(s, For):
             hint = "unroll" if s.kind == "unrolled" else None
-            if s.kind == "vectorized" and vectorizable(s.body):
+            if s.kind in ("vectorized", "simd") and vectorizable(s.body):
                 hint = "vectorize"
             self.loop(s.var, str(s.start), str(s.start + s.extent), s.body, hint)
         elif isinstance(s, Allocate):
             b = s.buffer
-            p = f"%{b.name}"
+            p = self.tmp(b.name + ".")  # unique even when an unrolled body allocates again
             self.allocas.append(f"{p} = alloca {b.dtype.llvm_storage}, i64 {max(b.size, 1)}, align 64")
             self.ptrs[b] = p
             self.stmt(s.body)

@@ -1,7 +1,8 @@
 """Loop IR: kernels made of loops, stores, allocations and conditionals.
 
 A :class:`Kernel` has buffer parameters and a body statement. Statements:
-:class:`For` (kind serial, parallel, vectorized, unrolled, or a GPU axis),
+:class:`For` (kind serial, parallel, vectorized, unrolled, simd — explicit
+vector lanes — or a GPU axis),
 :class:`Seq`, :class:`Store`, :class:`Allocate` (scope local or shared),
 :class:`If` and :class:`Barrier`. Expressions are those of
 :mod:`minicomp.ir.expr`; a Load of a :class:`Buffer` reads memory.
@@ -17,7 +18,7 @@ from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike
 from minicomp.ir.dtypes import DType
 
-LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled",
+LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "simd",
               "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
 
 

@@ -243,8 +243,11 @@ class _Lowerer:
             return 0
         k = min(len(s.shape) for s in materialized)
         for s in materialized:
-            if order[s] is not None:  # keep the axis a reduction vectorizes over out of the prefix
+            if order[s] is not None:  # keep the axes a reduction vectorizes (and tiles) over out of the prefix
                 k = min(k, list(s.axes).index(order[s]))
+                tile_i = self._tile_axis(s, bodies[s], order[s])
+                if tile_i is not None:
+                    k = min(k, list(s.axes).index(tile_i))
         prefix = k
         for d in range(k):
             if len({s.shape[d] for s in materialized}) != 1 or any(
@@ -273,8 +276,8 @@ class _Lowerer:
         last_r = next((v for v, n in reversed(body.axes) if n > 1), None)
         if inner is None or accumulator_dtype(s.dtype) != s.dtype:
             return None
-        if last_r is None:
-            return inner
+        if last_r is None or self._tile_axis(s, body, inner) is not None:
+            return inner  # nothing to reduce innermost, or a register tile fits
         # The accumulator moves with the spatial axis (one unit-stride access).
         cost_spatial = _access_cost(body.body, inner) + 1
         cost_reduce = _access_cost(body.body, last_r)
@@ -299,6 +302,9 @@ class _Lowerer:
         raxes = [v for v, n in red.axes if n != 1]
         rext = [n for _, n in red.axes if n != 1]
         rbody = ex.substitute(red.body, {v: ex.const(0, "int64") for v, n in red.axes if n == 1})
+        tile_i = self._tile_axis(s, red, inner) if inner is not None and inner in loop_axes else None
+        if tile_i is not None and tile_i in loop_axes:
+            return self._tiled_nest(red, rbody, buf, idx, loop_axes, loop_ext, raxes, rext, tile_i, inner)
         if inner is not None and inner in loop_axes:
             # Accumulate in the buffer with the spatial axis innermost: out[.., j] op= body.
             outer = [a for a in loop_axes if a is not inner]
@@ -321,6 +327,104 @@ class _Lowerer:
         ))
         return _wrap_loops(stmt, loop_axes, loop_ext)
 
+
+    # -- register tiling ------------------------------------------------------------
+    def _tile_axis(self, s: Stage, red, inner):
+        """The second axis of a register tile for reduction ``s`` (the one its
+        vectorized loads do not depend on, like the rows of a matmul), or None
+        when the reduction is not a plain multiply-accumulate over
+        unit-stride or invariant loads."""
+        if not isinstance(red, ex.Reduce) or s.dtype not in (dtypes.float32, dtypes.float64):
+            return None
+        from minicomp.backends.llvm_simd import SIMD_CALLS
+
+        loads = [n for n in ex.walk(red.body) if isinstance(n, ex.Load)]
+        for n in ex.walk(red.body):
+            if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
+                return None
+            if isinstance(n, (ex.Cast,)) or (isinstance(n, ex.BinOp) and n.op in ("div", "pow")):
+                return None
+            if isinstance(n, ex.Load) and n.dtype != s.dtype:
+                return None
+        if any(_flat_stride(ld, inner) not in (0, 1, 2, 3, 4) for ld in loads):
+            return None  # lanes must load as vectors (short strides load wide and shuffle)
+        moving = [ld for ld in loads if _flat_stride(ld, inner) != 0]
+        best, best_score = None, 0
+        for a, n in zip(s.axes, s.shape):
+            if a is inner or n < 2:
+                continue
+            score = sum(1 for ld in moving if _flat_stride(ld, a) == 0)
+            if score > best_score:
+                best, best_score = a, score
+        return best
+
+    def _tiled_nest(self, red, body, buf, idx, loop_axes, loop_ext, raxes, rext, ai, aj):
+        """Register-tiled accumulation: tiles of TI rows (axis ``ai``, unrolled)
+        by TJ lanes (axis ``aj``, explicit SIMD) stay in registers while the
+        reduction loops run; full tiles first, then the remainders."""
+        lanes = 64 // buf.dtype.itemsize
+        TI, TJ = TILE_ROWS, 2 * lanes
+        I, J = self.ranges[ai], self.ranges[aj]
+        while TJ > J:  # vector widths stay powers of two: LLVM splits other widths into small pieces
+            TJ //= 2
+        pos_i = loop_axes.index(ai)
+        outer_before = [(a, n) for a, n in zip(loop_axes[:pos_i], loop_ext[:pos_i])]
+        outer_after = [(a, n) for a, n in zip(loop_axes[pos_i + 1:], loop_ext[pos_i + 1:]) if a is not aj]
+        init = reduce_identity(red.op, buf.dtype)
+
+        def tile(i_base, rows, j_base, cols, outer_sub):
+            ii, ji = ex.fresh_var("ti"), ex.fresh_var("tj")
+            self.ranges[ii], self.ranges[ji] = rows, cols
+            fresh_r = [ex.fresh_var("r") for _ in raxes]
+            for v, n in zip(fresh_r, rext):
+                self.ranges[v] = n
+            sub = {ai: i_base + ii, aj: j_base + ji, **dict(zip(raxes, fresh_r)), **outer_sub}
+            acc = Buffer(self._fresh("tile"), (rows, cols), buf.dtype, scope="local")
+            lane = (ii, ji)
+
+            def rows_of(stmt):
+                return For(ii, rows, For(ji, cols, stmt, "simd"), "unrolled")
+
+            update = self._store(acc, lane, _combine(red.op, ex.Load(acc, lane), ex.substitute(body, sub)))
+            out_idx = [ex.substitute(x, sub) for x in idx]
+            return Allocate(acc, seq(
+                rows_of(Store(acc, lane, init)),
+                _wrap_loops(rows_of(update), fresh_r, rext, reduction=True),
+                rows_of(self._store(buf, out_idx, ex.Load(acc, lane))),
+            ))
+
+        def columns(i_base, rows):
+            # Fresh loop variables for every copy: schedules name loops by variable.
+            after = [ex.fresh_var("o") for _ in outer_after]
+            for v, (_, n) in zip(after, outer_after):
+                self.ranges[v] = n
+            outer_sub = {a: v for (a, _), v in zip(outer_after, after)}
+            jo = ex.fresh_var("jo")
+            self.ranges[jo] = max(J // TJ, 1)
+            parts = []
+            if J // TJ:
+                parts.append(For(jo, J // TJ, tile(i_base, rows, jo * TJ, TJ, outer_sub)))
+            start, width = J // TJ * TJ, TJ
+            while start < J:  # the remainder, in power-of-two widths
+                while width > J - start:
+                    width //= 2
+                parts.append(tile(i_base, rows, ex.const(start, "int64"), width, outer_sub))
+                start += width
+            return _wrap_loops(seq(*parts), after, [n for _, n in outer_after])
+
+        io = ex.fresh_var("io")
+        self.ranges[io] = max(I // TI, 1)
+        parts = []
+        if I // TI:
+            parts.append(For(io, I // TI, columns(io * TI, TI)))
+        if I % TI:
+            parts.append(columns(ex.const(I // TI * TI, "int64"), I % TI))
+        return _wrap_loops(seq(*parts), [a for a, _ in outer_before], [n for _, n in outer_before])
+
+
+# Rows of a register tile (its columns are two vectors): 6 x 32 floats keep
+# twelve AVX-512 accumulators, the usual shape of a GEMM micro-kernel.
+TILE_ROWS = 6
 
 # Per-row intermediates up to this size live on the stack of the row loop
 # (one copy per thread); larger ones get a workspace in the arena.

@@ -194,7 +194,7 @@ def default_schedule(kernel: Kernel, num_threads: int) -> list:
         parallel = num_threads > 1 and extent > 1 and not nest.is_reduction and _iterations(nest) >= MIN_PARALLEL_WORK
         if parallel:
             steps.append(Parallel(name))
-        innermost = [lp for lp in _innermost_loops(nest) if lp.var.name not in fused]
+        innermost = [lp for lp in _innermost_loops(nest) if lp.var.name not in fused and lp.kind == "serial"]
         if not innermost and not parallel and extent >= 4:
             steps.append(Vectorize(name))  # the fused loop itself is innermost
         for loop in innermost:

@@ -1,0 +1,257 @@
+"""Explicit SIMD code for ``simd`` loops.
+
+A ``simd`` loop of extent W runs as one straight line of W-lane vector
+instructions: the loop variable is the lane number. Each load is classified
+by how its flat index moves with the lane: not at all (a scalar load, splat
+when combined with vectors), by one element (one vector load), or otherwise
+(W scalar loads gathered into a vector). Stores likewise. Register-tiled
+reductions use this: their accumulator tile lives in a few vector registers.
+
+Only arithmetic, comparisons, selects, min/max, abs/neg/sqrt and float casts
+are handled; :func:`simd_supported` says whether a body qualifies (lowering
+only makes ``simd`` loops whose bodies do).
+"""
+
+from __future__ import annotations
+
+from minicomp.errors import CompileError
+from minicomp.ir import dtypes
+from minicomp.ir import expr as ex
+from minicomp.ir.loops import Seq, Stmt, Store
+
+SIMD_CALLS = ("neg", "abs", "sqrt")
+
+
+def simd_supported(body: Stmt) -> bool:
+    """Can this loop body be emitted as explicit vectors?"""
+    stores = body.stmts if isinstance(body, Seq) else [body]
+    for s in stores:
+        if not isinstance(s, Store) or s.buffer.dtype.is_bool or s.buffer.dtype == dtypes.float16:
+            return False
+        for n in ex.walk(s.value):
+            if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
+                return False
+            if isinstance(n, ex.BinOp) and n.op in ("div", "floordiv", "mod", "pow") and not n.dtype.is_float:
+                return False
+            if isinstance(n, ex.Reduce) or (isinstance(n, ex.Load) and n.dtype.is_bool):
+                return False
+            if isinstance(n, ex.Cast) and not (n.dtype.is_float and n.x.dtype.is_float):
+                return False
+            if isinstance(n, ex.Load) and n.dtype == dtypes.float16:
+                return False
+    return True
+
+
+class SimdEmitter:
+    """Emits one simd loop body into a FunctionGen."""
+
+    def __init__(self, fn, var: ex.Var, width: int):
+        self.fn = fn
+        self.var = var
+        self.w = width
+        self.memo: dict[int, tuple[str, bool]] = {}
+
+    def vty(self, scalar_ty: str) -> str:
+        return f"<{self.w} x {scalar_ty}>"
+
+    def splat(self, value: str, ty: str) -> str:
+        fn = self.fn
+        one = fn.tmp("ins")
+        fn.emit(f"{one} = insertelement <1 x {ty}> poison, {ty} {value}, i64 0")
+        out = fn.tmp("splat")
+        fn.emit(f"{out} = shufflevector <1 x {ty}> {one}, <1 x {ty}> poison, <{self.w} x i32> zeroinitializer")
+        return out
+
+    def vector(self, e: ex.Expr) -> str:
+        """``e`` as a vector value (splatting scalars)."""
+        v, is_vec = self.value(e)
+        return v if is_vec else self.splat(v, e.dtype.llvm)
+
+    def value(self, e: ex.Expr) -> tuple[str, bool]:
+        key = id(e)
+        if key not in self.memo:
+            self.memo[key] = self._value(e)
+        return self.memo[key]
+
+    def _scalar(self, e: ex.Expr) -> tuple[str, bool]:
+        return self.fn.value(e), False
+
+    def _depends(self, e: ex.Expr) -> bool:
+        return any(n is self.var for n in ex.walk(e))
+
+    def _value(self, e: ex.Expr) -> tuple[str, bool]:
+        fn = self.fn
+        if not self._depends(e):
+            return self._scalar(e)
+        if isinstance(e, ex.Var):  # the lane index itself
+            lanes = ", ".join(f"i64 {k}" for k in range(self.w))
+            return f"<{lanes}>", True
+        if isinstance(e, ex.Load):
+            return self._load(e), True
+        if isinstance(e, ex.BinOp):
+            return self._binop(e), True
+        if isinstance(e, ex.Call):
+            x = self.vector(e.args[0])
+            ty = self.vty(e.dtype.llvm)
+            out = fn.tmp("v")
+            if e.fn == "neg":
+                fn.emit(f"{out} = fneg {ty} {x}" if e.dtype.is_float else f"{out} = sub {ty} zeroinitializer, {x}")
+                return out, True
+            suffix = f"v{self.w}{_sfx(e.dtype.llvm)}"
+            if e.fn == "abs":
+                if e.dtype.is_float:
+                    return self._intrinsic(f"llvm.fabs.{suffix}", ty, [x]), True
+                return self._intrinsic(f"llvm.abs.{suffix}", ty, [x], extra=", i1 false"), True
+            return self._intrinsic(f"llvm.sqrt.{suffix}", ty, [x]), True
+        if isinstance(e, ex.Select):
+            c, cv = self.value(e.cond)
+            a, b = self.vector(e.a), self.vector(e.b)
+            ty = self.vty(e.dtype.llvm)
+            out = fn.tmp("v")
+            cty = f"<{self.w} x i1>" if cv else "i1"
+            fn.emit(f"{out} = select {cty} {c}, {ty} {a}, {ty} {b}")
+            return out, True
+        if isinstance(e, ex.Cast):
+            x = self.vector(e.x)
+            s, d = e.x.dtype.llvm, e.dtype.llvm
+            if s == d:
+                return x, True
+            out = fn.tmp("v")
+            fn.emit(f"{out} = {'fpext' if d == 'double' else 'fptrunc'} {self.vty(s)} {x} to {self.vty(d)}")
+            return out, True
+        raise CompileError(f"simd loop: cannot vectorize {type(e).__name__}")
+
+    def _intrinsic(self, name: str, ty: str, args: list[str], extra: str = "") -> str:
+        arg_tys = ", ".join(ty for _ in args) + (", i1" if extra else "")
+        self.fn.module.declare(name, f"declare {ty} @{name}({arg_tys})")
+        out = self.fn.tmp("v")
+        self.fn.emit(f"{out} = call {ty} @{name}({', '.join(f'{ty} {a}' for a in args)}{extra})")
+        return out
+
+    def _binop(self, e: ex.BinOp) -> str:
+        from minicomp.backends.llvm_codegen import FMF
+
+        fn = self.fn
+        a, b = self.vector(e.a), self.vector(e.b)
+        dt = e.a.dtype
+        ty = self.vty(dt.llvm)
+        out = fn.tmp("v")
+        op = e.op
+        if op in ex.CMP_OPS:
+            if dt.is_float:
+                pred = {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}[op]
+                fn.emit(f"{out} = fcmp {pred} {ty} {a}, {b}")
+            else:
+                pred = {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}[op]
+                fn.emit(f"{out} = icmp {pred} {ty} {a}, {b}")
+            return out
+        suffix = f"v{self.w}{_sfx(dt.llvm)}"
+        if dt.is_float and op in ("add", "sub", "mul", "div"):
+            fn.emit(f"{out} = f{op} {FMF} {ty} {a}, {b}")
+            return out
+        if op in ("max", "min"):
+            name = (f"llvm.{'maximum' if op == 'max' else 'minimum'}.{suffix}" if dt.is_float
+                    else f"llvm.s{op}.{suffix}")
+            return self._intrinsic(name, ty, [a, b])
+        if op in ("add", "sub", "mul", "and", "or"):
+            fn.emit(f"{out} = {op} {ty} {a}, {b}")
+            return out
+        raise CompileError(f"simd loop: no vector form of {op} on {dt.name}")
+
+    # -- memory ------------------------------------------------------------------
+    def _flat(self, buf, indices) -> ex.Expr:
+        flat: ex.Expr = ex.const(0, "int64")
+        stride = 1
+        for i, d in reversed(list(zip(indices, buf.shape))):
+            flat = i * stride + flat if stride != 1 else i + flat
+            stride *= d
+        return ex.simplify(flat)
+
+    def _lane_stride(self, flat: ex.Expr):
+        aff = ex._affine(flat)
+        if aff is None:
+            return None
+        terms, _ = aff
+        for t in terms:
+            if t is not self.var and any(n is self.var for n in ex.walk(t)):
+                return None
+        return terms.get(self.var, 0)
+
+    def _address(self, buf, flat: ex.Expr, lane: int) -> str:
+        fn = self.fn
+        idx = fn.value(ex.simplify(ex.substitute(flat, {self.var: ex.const(lane, "int64")})))
+        p = fn.tmp("p")
+        fn.emit(f"{p} = getelementptr inbounds {buf.dtype.llvm_storage}, ptr {fn.ptrs[buf]}, i64 {idx}")
+        return p
+
+    def _load(self, e: ex.Load) -> str:
+        fn = self.fn
+        buf = e.tensor
+        flat = self._flat(buf, e.indices)
+        ty = buf.dtype.llvm
+        stride = self._lane_stride(flat)
+        if stride == 1:
+            p = self._address(buf, flat, 0)
+            out = fn.tmp("vl")
+            fn.emit(f"{out} = load {self.vty(ty)}, ptr {p}, align {buf.dtype.itemsize}")
+            return out
+        if stride in (2, 3, 4):
+            # One masked wide load of the span (no lane past the last one needed is
+            # touched), then a shuffle that keeps every stride-th element.
+            span = (self.w - 1) * stride + 1
+            wide = f"<{span} x {ty}>"
+            mask = "<" + ", ".join("i1 true" for _ in range(span)) + ">"
+            p = self._address(buf, flat, 0)
+            name = f"llvm.masked.load.v{span}{_sfx(ty)}.p0"
+            fn.module.declare(name, f"declare {wide} @{name}(ptr, i32, <{span} x i1>, {wide})")
+            raw, out = fn.tmp("vw"), fn.tmp("vs")
+            fn.emit(f"{raw} = call {wide} @{name}(ptr {p}, i32 {buf.dtype.itemsize}, <{span} x i1> {mask}, "
+                    f"{wide} poison)")
+            picks = ", ".join(f"i32 {k * stride}" for k in range(self.w))
+            fn.emit(f"{out} = shufflevector {wide} {raw}, {wide} poison, <{self.w} x i32> <{picks}>")
+            return out
+        vec = "poison"
+        for lane in range(self.w):  # a gather, one lane at a time
+            p = self._address(buf, flat, lane)
+            x, nxt = fn.tmp("ld"), fn.tmp("vg")
+            fn.emit(f"{x} = load {ty}, ptr {p}, align {buf.dtype.itemsize}")
+            fn.emit(f"{nxt} = insertelement {self.vty(ty)} {vec}, {ty} {x}, i64 {lane}")
+            vec = nxt
+        return vec
+
+    def store(self, s: Store):
+        fn = self.fn
+        buf = s.buffer
+        ty = buf.dtype.llvm
+        val = self.vector(s.value if s.value.dtype == buf.dtype else ex.cast(buf.dtype, s.value))
+        flat = self._flat(buf, s.indices)
+        if self._lane_stride(flat) == 1:
+            p = self._address(buf, flat, 0)
+            fn.emit(f"store {self.vty(ty)} {val}, ptr {p}, align {buf.dtype.itemsize}")
+            return
+        for lane in range(self.w):  # a scatter
+            p = self._address(buf, flat, lane)
+            x = fn.tmp("ex")
+            fn.emit(f"{x} = extractelement {self.vty(ty)} {val}, i64 {lane}")
+            fn.emit(f"store {ty} {x}, ptr {p}, align {buf.dtype.itemsize}")
+
+
+def _sfx(ty: str) -> str:
+    return {"float": "f32", "double": "f64", "i32": "i32", "i64": "i64"}[ty]
+
+
+def emit_simd_loop(fn, loop) -> None:
+    """Emit ``loop`` (kind simd) as vector code; the body must be simd_supported."""
+    stores = loop.body.stmts if isinstance(loop.body, Seq) else [loop.body]
+    em = SimdEmitter(fn, loop.var, loop.extent)
+    saved = fn.vars.get(loop.var)
+    fn.vars[loop.var] = "0"  # scalar parts see lane 0; vector parts use the lane number
+    for s in stores:
+        fn.memo = {}
+        em.memo = {}
+        em.store(s)
+    fn.memo = {}
+    if saved is None:
+        del fn.vars[loop.var]
+    else:
+        fn.vars[loop.var] = saved
