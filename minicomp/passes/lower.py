@@ -159,12 +159,24 @@ class _Lowerer:
                 return None
             return ex.Load(buffers[t], ld.indices[prefix:] if t in local else ld.indices)
 
-        nests = []
+        hosts = {s: h for s in materialized for h in readers[s]
+                 if s not in out_stage and buffers.get(s) is buffers.get(h) and h in out_stage}
+        nests, done = [], set()
         for s in materialized:
+            if s in done:
+                continue  # its epilogue was applied as its reduction's tiles were written
             sub = dict(zip(s.axes[:prefix], shared))
             body = ex.transform_loads(ex.substitute(bodies[s], sub), to_buffer)
             lead = [] if s in local else list(shared)
-            nests.append(self._nest(s, body, buffers[s], lead, prefix, order[s]))
+            epilogue = None
+            if s in hosts:
+                host = hosts[s]
+                host_sub = {**dict(zip(host.axes[:prefix], shared)), **dict(zip(host.axes[prefix:], s.axes[prefix:]))}
+                epilogue = ex.transform_loads(ex.substitute(bodies[host], host_sub), to_buffer)
+            nest, fused_epilogue = self._nest(s, body, buffers[s], lead, prefix, order[s], epilogue)
+            nests.append(nest)
+            if fused_epilogue:
+                done.add(hosts[s])
         body = seq(*nests)
         if prefix:
             for b in reversed(allocations):
@@ -285,8 +297,18 @@ class _Lowerer:
             return inner if cost_spatial < cost_reduce else None
         return inner if self.ranges[inner] > self.ranges[last_r] else None
 
-    def _nest(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int, inner):
-        """The loops computing stage ``s`` over its axes after the shared prefix."""
+    def _nest(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int, inner, epilogue=None):
+        """The loops computing stage ``s`` over its axes after the shared prefix.
+
+        Returns (statement, whether ``epilogue`` — the body of the output stage
+        that updates ``s`` in place, in ``s``'s coordinates — was applied
+        while writing ``s``). Register-tiled reductions apply it to their
+        tiles, saving the epilogue's own pass over memory.
+        """
+        result = self._nest_inner(s, body, buf, lead, prefix, inner, epilogue)
+        return result if isinstance(result, tuple) else (result, False)
+
+    def _nest_inner(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int, inner, epilogue):
         axes, shape = list(s.axes[prefix:]), list(s.shape[prefix:])
         # Axes of extent 1 get no loop: their index is 0.
         unit = {a: ex.const(0, "int64") for a, n in zip(axes, shape) if n == 1}
@@ -302,9 +324,15 @@ class _Lowerer:
         raxes = [v for v, n in red.axes if n != 1]
         rext = [n for _, n in red.axes if n != 1]
         rbody = ex.substitute(red.body, {v: ex.const(0, "int64") for v, n in red.axes if n == 1})
-        tile_i = self._tile_axis(s, red, inner) if inner is not None and inner in loop_axes else None
+        tile_i = self._tile_axis(s, red, inner, loop_axes) if inner is not None and inner in loop_axes else None
         if tile_i is not None and tile_i in loop_axes:
-            return self._tiled_nest(red, rbody, buf, idx, loop_axes, loop_ext, raxes, rext, tile_i, inner)
+            if epilogue is not None:
+                marker = ex.Var("tile_value", buf.dtype)
+                epilogue = ex.transform_loads(ex.substitute(epilogue, unit),
+                                              lambda ld: marker if ld.tensor is buf else None)
+                epilogue = (marker, epilogue)
+            nest = self._tiled_nest(red, rbody, buf, idx, loop_axes, loop_ext, raxes, rext, tile_i, inner, epilogue)
+            return nest, epilogue is not None
         if inner is not None and inner in loop_axes:
             # Accumulate in the buffer with the spatial axis innermost: out[.., j] op= body.
             outer = [a for a in loop_axes if a is not inner]
@@ -329,7 +357,7 @@ class _Lowerer:
 
 
     # -- register tiling ------------------------------------------------------------
-    def _tile_axis(self, s: Stage, red, inner):
+    def _tile_axis(self, s: Stage, red, inner, candidates=None):
         """The second axis of a register tile for reduction ``s`` (the one its
         vectorized loads do not depend on, like the rows of a matmul), or None
         when the reduction is not a plain multiply-accumulate over
@@ -351,14 +379,14 @@ class _Lowerer:
         moving = [ld for ld in loads if _flat_stride(ld, inner) != 0]
         best, best_score = None, 0
         for a, n in zip(s.axes, s.shape):
-            if a is inner or n < 2:
+            if a is inner or n < 2 or (candidates is not None and a not in candidates):
                 continue
             score = sum(1 for ld in moving if _flat_stride(ld, a) == 0)
             if score > best_score:
                 best, best_score = a, score
         return best
 
-    def _tiled_nest(self, red, body, buf, idx, loop_axes, loop_ext, raxes, rext, ai, aj):
+    def _tiled_nest(self, red, body, buf, idx, loop_axes, loop_ext, raxes, rext, ai, aj, epilogue=None):
         """Register-tiled accumulation: tiles of TI rows (axis ``ai``, unrolled)
         by TJ lanes (axis ``aj``, explicit SIMD) stay in registers while the
         reduction loops run; full tiles first, then the remainders."""
@@ -390,7 +418,8 @@ class _Lowerer:
             return Allocate(acc, seq(
                 rows_of(Store(acc, lane, init)),
                 _wrap_loops(rows_of(update), fresh_r, rext, reduction=True),
-                rows_of(self._store(buf, out_idx, ex.Load(acc, lane))),
+                rows_of(self._store(buf, out_idx, ex.Load(acc, lane) if epilogue is None else ex.substitute(
+                    epilogue[1], {**sub, epilogue[0]: ex.Load(acc, lane)}))),
             ))
 
         def columns(i_base, rows):
