@@ -15,9 +15,11 @@ import time
 import numpy as np
 
 
-def measure(fn, min_time: float = 0.2, min_runs: int = 5, max_runs: int = 200) -> float:
-    """Median seconds per call of ``fn()`` after one warm-up call."""
-    fn()
+def measure(fn, min_time: float = 0.5, min_runs: int = 5, max_runs: int = 300) -> float:
+    """Median seconds per call of ``fn()`` after warm-up calls (thread pools
+    and caches settle during the first few)."""
+    for _ in range(3):
+        fn()
     times = []
     start = time.perf_counter()
     while len(times) < min_runs or (time.perf_counter() - start < min_time and len(times) < max_runs):

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 SUITES = {
     "models": "benchmarks.bench_models",
     "fusion": "benchmarks.bench_fusion",
+    "onnx": "benchmarks.bench_onnx",
 }
 
 

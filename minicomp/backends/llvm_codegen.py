@@ -41,6 +41,14 @@ MAX_UNROLL = 64  # unrolled loops up to this extent are replicated in the IR
 NUM_THREADS_GLOBAL = "mc_num_threads"
 
 
+def compare_instruction(op: str, dt: DType) -> str:
+    """``fcmp olt``, ``icmp slt``...: ordered float compares (NaN is false, as in
+    numpy) except ``ne``, which is true for NaN."""
+    if dt.is_float:
+        return "fcmp " + {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}[op]
+    return "icmp " + {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}[op]
+
+
 def float_literal(value: float, ty: str) -> str:
     """An LLVM literal for ``value`` in type ``float`` or ``double`` (hex form)."""
     if ty == "float" and math.isfinite(value):
@@ -242,12 +250,7 @@ class FunctionGen:
         out = self.tmp()
         op = e.op
         if op in ex.CMP_OPS:
-            if dt.is_float:
-                pred = {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}[op]
-                self.emit(f"{out} = fcmp {pred} {ty} {a}, {b}")
-            else:
-                pred = {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}[op]
-                self.emit(f"{out} = icmp {pred} {ty} {a}, {b}")
+            self.emit(f"{out} = {compare_instruction(op, dt)} {ty} {a}, {b}")
             return out
         if dt.is_float:
             if op in ("add", "sub", "mul", "div"):

@@ -129,7 +129,7 @@ class SimdEmitter:
         return out
 
     def _binop(self, e: ex.BinOp) -> str:
-        from minicomp.backends.llvm_codegen import FMF
+        from minicomp.backends.llvm_codegen import FMF, compare_instruction
 
         fn = self.fn
         a, b = self.vector(e.a), self.vector(e.b)
@@ -138,12 +138,7 @@ class SimdEmitter:
         out = fn.tmp("v")
         op = e.op
         if op in ex.CMP_OPS:
-            if dt.is_float:
-                pred = {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}[op]
-                fn.emit(f"{out} = fcmp {pred} {ty} {a}, {b}")
-            else:
-                pred = {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}[op]
-                fn.emit(f"{out} = icmp {pred} {ty} {a}, {b}")
+            fn.emit(f"{out} = {compare_instruction(op, dt)} {ty} {a}, {b}")
             return out
         suffix = f"v{self.w}{_sfx(dt.llvm)}"
         if dt.is_float and op in ("add", "sub", "mul", "div"):
