@@ -456,7 +456,7 @@ def _affine(e: Expr):
             terms = dict(la[0])
             for t, c in lb[0].items():
                 terms[t] = terms.get(t, 0) + sign * c
-            return {t: c for t, c in terms.items() if c}, la[1] + sign * lb[1]
+            return _recombine_divmod({t: c for t, c in terms.items() if c}), la[1] + sign * lb[1]
         if not la[0]:
             la, lb = lb, la
         if lb[0]:
@@ -466,6 +466,24 @@ def _affine(e: Expr):
     if e.dtype.is_int:
         return {e: 1}, 0
     return None
+
+
+def _recombine_divmod(terms: dict) -> dict:
+    """``(x // d) * d*k + (x % d) * k`` is ``x * k``: merge such pairs of atoms
+    (they appear when one loop runs over two axes of a row-major layout)."""
+    divs = [t for t in terms if isinstance(t, BinOp) and t.op == "floordiv" and isinstance(t.b, Const)]
+    for q in divs:
+        if q not in terms:
+            continue
+        d = q.b.value
+        for r in list(terms):
+            if (isinstance(r, BinOp) and r.op == "mod" and r.a is q.a and isinstance(r.b, Const)
+                    and r.b.value == d and terms[q] == terms[r] * d):
+                k = terms.pop(r)
+                del terms[q]
+                terms[q.a] = terms.get(q.a, 0) + k
+                break
+    return {t: c for t, c in terms.items() if c}
 
 
 def _from_affine(terms: dict, c: int, dtype: DType) -> Expr:

@@ -324,6 +324,11 @@ class _Lowerer:
         raxes = [v for v, n in red.axes if n != 1]
         rext = [n for _, n in red.axes if n != 1]
         rbody = ex.substitute(red.body, {v: ex.const(0, "int64") for v, n in red.axes if n == 1})
+        if inner is not None and inner in loop_axes:
+            merged = self._merge_contiguous(loop_axes, loop_ext, inner, rbody, buf, idx, epilogue)
+            if merged is not None:
+                loop_axes, loop_ext, inner, rbody, idx, epilogue = merged
+                red = ex.Reduce(red.op, rbody, red.axes)
         tile_i = self._tile_axis(s, red, inner, loop_axes) if inner is not None and inner in loop_axes else None
         if tile_i is not None and tile_i in loop_axes:
             if epilogue is not None:
@@ -340,7 +345,7 @@ class _Lowerer:
             j_ext = self.ranges[inner]
             init_var = ex.fresh_var("j")
             self.ranges[init_var] = j_ext
-            init_loop = For(init_var, j_ext, self._store(buf, [init_var if a is inner else a for a in idx], init))
+            init_loop = For(init_var, j_ext, self._store(buf, [ex.substitute(x, {inner: init_var}) for x in idx], init))
             update = self._store(buf, idx, _combine(red.op, ex.Load(buf, tuple(idx)), rbody))
             update_loop = _wrap_loops(For(inner, j_ext, update), raxes, rext, reduction=True)
             return _wrap_loops(seq(init_loop, update_loop), outer, outer_ext)
@@ -355,6 +360,31 @@ class _Lowerer:
         ))
         return _wrap_loops(stmt, loop_axes, loop_ext)
 
+
+    def _merge_contiguous(self, loop_axes, loop_ext, inner, rbody, buf, idx, epilogue):
+        """Run the vector axis and the axis before it as one loop when every
+        access walks both as one contiguous run (a 1x1 convolution over
+        rows of an image): longer vectors, fewer remainders. Returns the new
+        (axes, extents, inner axis, body, indices, epilogue), or None."""
+        pos = loop_axes.index(inner)
+        if pos == 0:
+            return None
+        prev, J = loop_axes[pos - 1], loop_ext[pos]
+        probes = [n for n in ex.walk(rbody) if isinstance(n, ex.Load)] + [ex.Load(buf, tuple(idx))]
+        for ld in probes:
+            s_in, s_prev = _flat_stride(ld, inner), _flat_stride(ld, prev)
+            if s_in is None or s_prev is None or s_prev != s_in * J:
+                return None
+        m = ex.fresh_var("m")
+        self.ranges[m] = loop_ext[pos - 1] * J
+        sub = {prev: m // J, inner: m % J}
+
+        def put(e):
+            return ex.simplify(ex.substitute(e, sub), self.ranges)
+
+        axes = loop_axes[:pos - 1] + [m] + loop_axes[pos + 1:]
+        ext = loop_ext[:pos - 1] + [self.ranges[m]] + loop_ext[pos + 1:]
+        return axes, ext, m, put(rbody), [put(x) for x in idx], None if epilogue is None else put(epilogue)
 
     # -- register tiling ------------------------------------------------------------
     def _tile_axis(self, s: Stage, red, inner, candidates=None):
@@ -510,20 +540,21 @@ def _access_cost(e: ex.Expr, v: ex.Var) -> int:
 
 def _flat_stride(load: ex.Load, v: ex.Var) -> int | None:
     """Elements moved in memory per step of ``v``, or None if not affine."""
-    total, step = 0, 1
+    flat: ex.Expr = ex.const(0, "int64")
+    step = 1
     for idx, dim in reversed(list(zip(load.indices, load.tensor.shape))):
-        aff = ex._affine(idx)
-        if aff is None:
-            if v in ex.free_vars(idx):
-                return None
-        else:
-            terms, _ = aff
-            for t, c in terms.items():
-                if t is v:
-                    total += c * step
-                elif v in ex.free_vars(t):
-                    return None
+        flat = idx * step + flat if step != 1 else idx + flat
         step *= dim
+    aff = ex._affine(flat)  # over the whole address, so x // d and x % d pairs recombine
+    if aff is None:
+        return None if v in ex.free_vars(flat) else 0
+    terms, _ = aff
+    total = 0
+    for t, c in terms.items():
+        if t is v:
+            total += c
+        elif v in ex.free_vars(t):
+            return None
     return total
 
 
