@@ -101,7 +101,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     ``model.stages`` keeps the text of every stage; ``model.pass_timings`` the
     time of every pass.
     """
-    from minicomp.passes.manager import PassManager, Program, default_pipeline
+    from minicomp.passes.manager import PassContext, PassManager, Program, default_pipeline
     from minicomp.runtime import CompiledModel, ReferenceModel
 
     if not isinstance(graph, Graph):
@@ -136,10 +136,11 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     # Schedules plan for at least 2 threads so that a model can later be told to use more.
     pm.options["schedule_threads"] = max(tgt.num_threads, 2) if openmp_available() else 1
     program = pm.run(Program(graph, tgt, options=options))
+    # Code generation needs kernels and a plan even when the pipeline stops early.
     if program.kernels is None:
-        program = lower_pass(program, pm)
+        program = lower_pass(program, PassContext(pm.options))
     if program.memory_plan is None:
-        program = plan_pass(program, pm)
+        program = plan_pass(program, PassContext(pm.options))
     graph, groups, kernels, plan = program.graph, program.groups, program.kernels, program.memory_plan
     stages["graph"] = print_fused_graph(graph, groups)
     stages["fusion"] = program.options["fusion_result"].explain()

@@ -16,23 +16,12 @@ from __future__ import annotations
 import math
 import struct
 
+from minicomp.backends.llvm_simd import emit_simd_loop, simd_supported
 from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.dtypes import DType
 from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store
-
-
-def simd_supported(body) -> bool:
-    from minicomp.backends.llvm_simd import simd_supported as check
-
-    return check(body)
-
-
-def emit_simd_loop(fn, loop) -> None:
-    from minicomp.backends.llvm_simd import emit_simd_loop as emit
-
-    emit(fn, loop)
 
 # Reassociation lets LLVM vectorize reductions; no-NaN/no-inf flags are left
 # out because -inf is a real value here (max-reduction init, padding).
@@ -199,12 +188,7 @@ class FunctionGen:
         return str(int(c.value))
 
     def _flat_index(self, buf, indices) -> str:
-        flat: ex.Expr = ex.const(0, "int64")
-        stride = 1
-        for i, d in reversed(list(zip(indices, buf.shape))):
-            flat = i * stride + flat if stride != 1 else i + flat
-            stride *= d
-        return self.value(ex.simplify(flat))
+        return self.value(ex.simplify(ex.flat_index(indices, buf.shape)))
 
     def _pointer(self, buf, indices) -> str:
         if buf not in self.ptrs:

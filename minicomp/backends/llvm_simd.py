@@ -155,12 +155,7 @@ class SimdEmitter:
 
     # -- memory ------------------------------------------------------------------
     def _flat(self, buf, indices) -> ex.Expr:
-        flat: ex.Expr = ex.const(0, "int64")
-        stride = 1
-        for i, d in reversed(list(zip(indices, buf.shape))):
-            flat = i * stride + flat if stride != 1 else i + flat
-            stride *= d
-        return ex.simplify(flat)
+        return ex.simplify(ex.flat_index(indices, buf.shape))
 
     def _lane_stride(self, flat: ex.Expr):
         aff = ex._affine(flat)

@@ -239,6 +239,16 @@ def logical_and(a, b):
     return binop("and", a, b)
 
 
+def flat_index(indices, shape) -> Expr:
+    """The row-major element offset of ``indices`` in a tensor of ``shape``."""
+    flat: Expr = const(0, "int64")
+    stride = 1
+    for i, d in reversed(list(zip(indices, shape))):
+        flat = i * stride + flat if stride != 1 else i + flat
+        stride *= d
+    return flat
+
+
 def fresh_var(prefix: str = "i") -> Var:
     """A new index variable with a readable, unique name."""
     return Var(f"{prefix}{next(_counter)}")

@@ -233,13 +233,6 @@ class Graph:
             g.constant_digests = {vmap[v]: d for v, d in digests.items() if v in vmap}
         return g
 
-    def replace_uses(self, old: Value, new: Value) -> None:
-        """Make every reader of ``old`` (nodes and graph outputs) read ``new``."""
-        for node in self.nodes:
-            if old in node.inputs:
-                node.inputs = tuple(new if v is old else v for v in node.inputs)
-        self.outputs = [new if v is old else v for v in self.outputs]
-
     # -- checking ------------------------------------------------------------
     def verify(self) -> Graph:
         """Check the graph's invariants; raise VerifyError naming the culprit.

@@ -237,6 +237,12 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
     return axis % rank if rank else 0
 
 
+def normalize_axis_attr(types, attrs):
+    """A normalizer for ops with one ``axis`` attribute over input 0."""
+    attrs["axis"] = normalize_axis(int(attrs["axis"]), types[0].rank)
+    return attrs
+
+
 def broadcast_shapes(*shapes) -> tuple[int, ...]:
     """numpy broadcasting of shapes, or ShapeError naming them."""
     rank = max(len(s) for s in shapes)

@@ -540,11 +540,7 @@ def _access_cost(e: ex.Expr, v: ex.Var) -> int:
 
 def _flat_stride(load: ex.Load, v: ex.Var) -> int | None:
     """Elements moved in memory per step of ``v``, or None if not affine."""
-    flat: ex.Expr = ex.const(0, "int64")
-    step = 1
-    for idx, dim in reversed(list(zip(load.indices, load.tensor.shape))):
-        flat = idx * step + flat if step != 1 else idx + flat
-        step *= dim
+    flat = ex.flat_index(load.indices, load.tensor.shape)
     aff = ex._affine(flat)  # over the whole address, so x // d and x % d pairs recombine
     if aff is None:
         return None if v in ex.free_vars(flat) else 0

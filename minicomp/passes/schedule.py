@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from minicomp.errors import MinicompError
 from minicomp.ir import expr as ex
-from minicomp.ir.loops import Allocate, For, If, Kernel, Seq, Stmt, Store, stmt_children
+from minicomp.ir.loops import Allocate, For, If, Kernel, Seq, Stmt, Store, stmt_children, walk_stmts
 
 
 @dataclass(frozen=True)
@@ -205,14 +205,9 @@ def default_schedule(kernel: Kernel, num_threads: int) -> list:
 
 def _innermost_loops(s: Stmt) -> list[For]:
     out = []
-    if isinstance(s, For) and not any(isinstance(c, For) for c in _descendants(s.body)):
+    if isinstance(s, For) and not any(isinstance(c, For) for c in walk_stmts(s.body)):
         return [s]
     for c in stmt_children(s):
         out.extend(_innermost_loops(c))
     return out
 
-
-def _descendants(s: Stmt):
-    yield s
-    for c in stmt_children(s):
-        yield from _descendants(c)

@@ -32,11 +32,6 @@ from minicomp.passes.rewrite import Rewriter
 FOLD_GROWTH_LIMIT = 1 << 20
 
 
-def _const(graph: Graph, v):
-    arr = graph.constants.get(v)
-    return arr
-
-
 @register_pass("fold_constants")
 def fold_constants(graph: Graph) -> Graph:
     """Evaluate nodes whose inputs are all constants."""
@@ -119,9 +114,8 @@ def algebraic(graph: Graph) -> Graph:
     for node in rw.nodes():
         op, ins = node.op, node.inputs
         out = node.outputs[0]
-        same = [v for v in ins if v.type == out.type]
         repl = None
-        if op in ("add", "mul") and len(same) >= 1:
+        if op in ("add", "mul"):
             ident = 0 if op == "add" else 1
             a, b = ins
             if b.type == out.type and _is_fill(g, a, ident):

@@ -13,18 +13,13 @@ from minicomp.errors import ShapeError
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import compute, reduce, reduce_axis
 from minicomp.ir.opdefs.reduce import reduce_stage
-from minicomp.ir.ops import OpDef, broadcast_index, normalize_axis, register_op
+from minicomp.ir.ops import OpDef, broadcast_index, normalize_axis_attr, register_op
 
 
 def _float_input(types, a):
     if not types[0].dtype.is_float:
         raise ShapeError(f"input has dtype {types[0].dtype.name}, but this op needs a float dtype")
     return [types[0]]
-
-
-def _axis_normalize(types, a):
-    a["axis"] = normalize_axis(int(a["axis"]), types[0].rank)
-    return a
 
 
 def _keep(idx, axes):
@@ -57,11 +52,11 @@ def _softmax_np(x, axis, log=False):
 
 register_op(OpDef("softmax", _float_input, lambda x, axis: _softmax_np(x, axis),
                   lambda x, axis: _softmax_stages(x, axis, False),
-                  attrs={"axis": -1}, normalize=_axis_normalize,
+                  attrs={"axis": -1}, normalize=normalize_axis_attr,
                   doc="exp(x - max) / sum(exp(x - max)) along ``axis``."))
 register_op(OpDef("log_softmax", _float_input, lambda x, axis: _softmax_np(x, axis, log=True),
                   lambda x, axis: _softmax_stages(x, axis, True),
-                  attrs={"axis": -1}, normalize=_axis_normalize,
+                  attrs={"axis": -1}, normalize=normalize_axis_attr,
                   doc="x - max - log(sum(exp(x - max))) along ``axis``."))
 
 # -- layer_norm ------------------------------------------------------------------------
@@ -117,7 +112,7 @@ def _layer_norm_np(x, scale=None, bias=None, axis=-1, epsilon=1e-5):
 register_op(OpDef(
     "layer_norm", _layer_norm_infer, _layer_norm_np, _layer_norm_compute,
     attrs={"axis": -1, "epsilon": 1e-5}, num_inputs=(1, 3),
-    normalize=lambda types, a: dict(_axis_normalize(types, a), epsilon=float(a["epsilon"])),
+    normalize=lambda types, a: dict(normalize_axis_attr(types, a), epsilon=float(a["epsilon"])),
     doc="Normalize over axes [axis, rank) to zero mean and unit variance, then scale and shift.",
 ))
 

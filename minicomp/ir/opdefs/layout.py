@@ -12,7 +12,7 @@ from minicomp.errors import ShapeError
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import compute
 from minicomp.ir.graph import TensorType
-from minicomp.ir.ops import OpDef, broadcast_index, normalize_axis, register_op
+from minicomp.ir.ops import OpDef, broadcast_index, normalize_axis, normalize_axis_attr, register_op
 
 
 def row_major_strides(shape) -> tuple[int, ...]:
@@ -99,11 +99,6 @@ register_op(OpDef(
 # -- concat ------------------------------------------------------------------------
 
 
-def _concat_normalize(types, a):
-    a["axis"] = normalize_axis(int(a["axis"]), types[0].rank)
-    return a
-
-
 def _concat_infer(types, a):
     first, axis = types[0], a["axis"]
     for k, t in enumerate(types[1:], 1):
@@ -136,7 +131,7 @@ def _concat_compute(*xs, axis):
 
 register_op(OpDef(
     "concat", _concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_compute,
-    attrs={"axis": 0}, normalize=_concat_normalize, num_inputs=(1, None),
+    attrs={"axis": 0}, normalize=normalize_axis_attr, num_inputs=(1, None),
     doc="Join tensors along an existing axis.",
 ))
 
@@ -377,11 +372,6 @@ register_op(OpDef(
 ))
 
 
-def _take_normalize(types, a):
-    a["axis"] = normalize_axis(int(a["axis"]), types[0].rank)
-    return a
-
-
 def _take_infer(types, a):
     x, idx = types
     if not idx.dtype.is_int:
@@ -413,7 +403,7 @@ def _take_reference(x, indices, axis):
 
 
 register_op(OpDef(
-    "take", _take_infer, _take_reference, _take_compute, attrs={"axis": 0}, normalize=_take_normalize,
+    "take", _take_infer, _take_reference, _take_compute, attrs={"axis": 0}, normalize=normalize_axis_attr,
     num_inputs=2,
     doc="Gather slices of x along ``axis`` at integer ``indices`` (negative counts from the end; "
         "out-of-range indices clamp).",

@@ -141,11 +141,9 @@ def _conv_compute(R):
     def comp(x, w, bias=None, strides=None, padding=None, dilations=None, groups=1):
         co_total, cg = w.shape[0], w.shape[1]
         K = w.shape[2:]
-        src, offsets = x, [0] * R
-        if any(padding):
-            src = padded_stage(x, padding[:R], padding[R:], 0)
-        else:
-            offsets = [0] * R
+        # The padded stage starts at the first padded position, so window
+        # positions index it directly.
+        src = padded_stage(x, padding[:R], padding[R:], 0) if any(padding) else x
         out_sp = tuple(window_out(x.shape[2 + d], K[d], strides[d], padding[d], padding[R + d], dilations[d])
                        for d in range(R))
         rc = reduce_axis(cg, "rc")
@@ -154,7 +152,7 @@ def _conv_compute(R):
 
         def fn(n, co, *o):
             c = rc[0] if groups == 1 else (co // per_group) * cg + rc[0]
-            pos = tuple(o[d] * strides[d] + rk[d][0] * dilations[d] + offsets[d] for d in range(R))
+            pos = tuple(o[d] * strides[d] + rk[d][0] * dilations[d] for d in range(R))
             return reduce("sum", src[(n, c) + pos] * w[(co, rc[0]) + tuple(r[0] for r in rk)], [rc] + rk)
 
         conv = compute((x.shape[0], co_total) + out_sp, fn, "conv")
