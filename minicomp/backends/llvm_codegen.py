@@ -23,9 +23,15 @@ from minicomp.ir import expr as ex
 from minicomp.ir.dtypes import DType
 from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store
 
-# Reassociation lets LLVM vectorize reductions; no-NaN/no-inf flags are left
-# out because -inf is a real value here (max-reduction init, padding).
-FMF = "reassoc nsz arcp contract"
+# Fast-math flags. Every float operation may contract into an FMA and ignore
+# the sign of zero; only the combining operation of an accumulation
+# (``acc = acc + x``) may also reassociate, which LLVM needs to vectorize a
+# reduction. Reassociating elsewhere breaks cancellation guards
+# (``x - max - log(sum)`` in log_softmax) and ``arcp`` turns ``1 / sqrt(x)``
+# into an estimate that is NaN at 0 and inf; no-NaN/no-inf flags are left out
+# because -inf is a real value here (max-reduction init, padding).
+FMF = "nsz contract"
+FMF_ACCUMULATE = "reassoc nsz contract"
 MAX_UNROLL = 64  # unrolled loops up to this extent are replicated in the IR
 NUM_THREADS_GLOBAL = "mc_num_threads"
 
@@ -114,6 +120,7 @@ class FunctionGen:
         self.vars: dict[ex.Var, str] = {}
         self.ptrs: dict[Buffer, str] = {}
         self.memo: dict[int, tuple[str, str]] = {}
+        self.accumulations: set[int] = set()  # ids of combining ops of accumulations
 
     def tmp(self, hint: str = "t") -> str:
         self.counter += 1
@@ -213,6 +220,7 @@ class FunctionGen:
         return out
 
     def store(self, s: Store):
+        self.accumulations = accumulation_ops(s)
         val = self.value(s.value)
         if s.value.dtype != s.buffer.dtype:
             val = self._cast(val, s.value.dtype, s.buffer.dtype)
@@ -238,7 +246,8 @@ class FunctionGen:
             return out
         if dt.is_float:
             if op in ("add", "sub", "mul", "div"):
-                self.emit(f"{out} = f{op} {FMF} {ty} {a}, {b}")
+                flags = FMF_ACCUMULATE if id(e) in self.accumulations else FMF
+                self.emit(f"{out} = f{op} {flags} {ty} {a}, {b}")
                 return out
             if op in ("max", "min"):
                 # llvm.maximum propagates NaN like numpy; (llvm.maxnum also trips an
@@ -307,7 +316,7 @@ class FunctionGen:
             self.emit(f"{out} = call float @{helper}(float {x})")
             return out
         if e.fn in ("exp", "log", "sqrt", "floor"):
-            return self._call(ty, f"llvm.{e.fn}.{_suffix(ty)}", [(ty, x)], FMF if e.fn != "floor" else "")
+            return self._call(ty, f"llvm.{e.fn}.{_suffix(ty)}", [(ty, x)])
         if e.fn in ("tanh", "erf"):
             return self._call(ty, e.fn + ("f" if ty == "float" else ""), [(ty, x)])
         raise CompileError(f"function {self.name}: unknown intrinsic {e.fn}")
@@ -416,6 +425,20 @@ class FunctionGen:
         self.emit(f"br label %{header}{md}")
         self.start_block(exit_)
         del self.vars[var]
+
+
+def accumulation_ops(s: Store) -> set[int]:
+    """Ids of the expressions that combine an accumulator with a new term in
+    ``s`` (``buf[i] = buf[i] + x``): the only float operations that may be
+    reassociated."""
+    v = s.value
+    if not (isinstance(v, ex.BinOp) and v.op in ("add", "mul") and v.dtype.is_float):
+        return set()
+    key = [ex.format_expr(i) for i in s.indices]
+    for side in (v.a, v.b):
+        if isinstance(side, ex.Load) and side.tensor is s.buffer and [ex.format_expr(i) for i in side.indices] == key:
+            return {id(v)}
+    return set()
 
 
 def vectorizable(s: Stmt) -> bool:

@@ -50,6 +50,7 @@ class SimdEmitter:
         self.var = var
         self.w = width
         self.memo: dict[int, tuple[str, bool]] = {}
+        self.accumulations: set[int] = set()
 
     def vty(self, scalar_ty: str) -> str:
         return f"<{self.w} x {scalar_ty}>"
@@ -129,7 +130,7 @@ class SimdEmitter:
         return out
 
     def _binop(self, e: ex.BinOp) -> str:
-        from minicomp.backends.llvm_codegen import FMF, compare_instruction
+        from minicomp.backends.llvm_codegen import FMF, FMF_ACCUMULATE, compare_instruction
 
         fn = self.fn
         a, b = self.vector(e.a), self.vector(e.b)
@@ -142,7 +143,7 @@ class SimdEmitter:
             return out
         suffix = f"v{self.w}{_sfx(dt.llvm)}"
         if dt.is_float and op in ("add", "sub", "mul", "div"):
-            fn.emit(f"{out} = f{op} {FMF} {ty} {a}, {b}")
+            fn.emit(f"{out} = f{op} {FMF_ACCUMULATE if id(e) in self.accumulations else FMF} {ty} {a}, {b}")
             return out
         if op in ("max", "min"):
             name = (f"llvm.{'maximum' if op == 'max' else 'minimum'}.{suffix}" if dt.is_float
@@ -210,6 +211,9 @@ class SimdEmitter:
         return vec
 
     def store(self, s: Store):
+        from minicomp.backends.llvm_codegen import accumulation_ops
+
+        self.accumulations = accumulation_ops(s)
         fn = self.fn
         buf = s.buffer
         ty = buf.dtype.llvm
