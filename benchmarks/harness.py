@@ -84,10 +84,10 @@ def machine_limits() -> dict:
 
 def describe_machine() -> str:
     lim = machine_limits()
-    from minicomp.compiler import Target
+    from minicomp.target import Target
 
     t = Target.host()
-    return (f"machine: {t.cpu}, {lim['cores']} cores, {t.vector_bits}-bit vectors; "
+    return (f"machine: {t.llvm_cpu}, {lim['cores']} cores, {t.vector_bits}-bit vectors; "
             f"copy bandwidth {lim['copy_gbs']:.1f} GB/s; numpy sgemm {lim['sgemm_gflops_1t']:.0f} GFLOP/s "
             f"(1 thread), {lim['sgemm_gflops_2t']:.0f} GFLOP/s (2 threads)")
 

@@ -1,7 +1,7 @@
 """Run every benchmark suite and print their tables.
 
     python benchmarks/run.py            # all suites
-    python benchmarks/run.py models     # one suite by name
+    python benchmarks/run.py models     # one suite by name (models, fusion, onnx, gemm)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ SUITES = {
     "models": "benchmarks.bench_models",
     "fusion": "benchmarks.bench_fusion",
     "onnx": "benchmarks.bench_onnx",
+    "gemm": "benchmarks.bench_gemm",
 }
 
 

@@ -185,16 +185,19 @@ def cmd_ops(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from minicomp.passes.manager import DEFAULT_PIPELINES, all_passes
+    from minicomp.backends.registry import backend_names, default_pipeline
+    from minicomp.passes.manager import all_passes
 
     for name, info in sorted(all_passes().items()):
         print(f"{name:<18} {info.kind:<8} {info.doc}")
-    for target, pipe in DEFAULT_PIPELINES.items():
+    for target, pipe in ((t, default_pipeline(t)) for t in backend_names()):
         print(f"default pipeline for {target}: {','.join(pipe)}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minicomp.target import CPUS
+
     p = argparse.ArgumentParser(prog="minicomp", description="minicomp: a small deep-learning compiler.",
                                 epilog="Examples:\n  minicomp run model.onnx\n"
                                        "  minicomp run model.mcir --input x=x.npy\n"
@@ -209,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
     r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy",
                    help="an input array (repeatable); inputs not given are random")
-    r.add_argument("--target", default="llvm", choices=["llvm", "reference"], help="where to run (default llvm)")
+    r.add_argument("--target", default="llvm", choices=["llvm", "reference"] + list(CPUS),
+                   help="where to run: llvm (this CPU), reference (numpy), or a named CPU for llvm (default llvm)")
     r.add_argument("--threads", type=int, default=None, help="threads for parallel loops (default: all cores)")
     r.add_argument("--repeat", type=int, default=1, help="timed runs to average (default 1)")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")

@@ -17,7 +17,8 @@ class ShapeError(MinicompError):
 
 
 class VerifyError(MinicompError):
-    """A graph broke an invariant (order, types, dangling values, names)."""
+    """A graph or a loop-IR kernel broke an invariant (order, types, dangling
+    values, names; buffers in scope, loop kinds, bounds)."""
 
 
 class ParseError(MinicompError):

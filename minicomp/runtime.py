@@ -16,23 +16,14 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
+from minicomp.backends.llvm import KernelCall  # noqa: F401  (re-exported for callers)
 from minicomp.backends.reference import bind_inputs, run_reference
 from minicomp.errors import MinicompError, RuntimeInputError
 from minicomp.ir.graph import Graph, Value
 from minicomp.passes.memory import ALIGNMENT, MemoryPlan
-
-
-@dataclass
-class KernelCall:
-    """One kernel in the sequence and the table slots of its parameters."""
-
-    name: str
-    function: str
-    slots: list[int]
 
 
 class CompiledModel:
@@ -165,3 +156,14 @@ class ReferenceModel(CompiledModel):
         for _ in range(repeat):
             self(*args, **kwargs)
         return [("reference", (time.perf_counter() - t0) / repeat)]
+
+
+def make_model(program, target, stages: dict, executable) -> CompiledModel:
+    """The runtime model for a compiled program: the interpreter's when the
+    backend built no native code, else one that runs the executable."""
+    if executable is None:
+        return ReferenceModel(program.graph, target, stages)
+    model = CompiledModel(program.graph, target, stages, program.memory_plan, executable.jit, executable.calls,
+                          executable.slots, executable.n_slots, program.graph.constants, program.kernels)
+    model.fusion = program.options.get("fusion_result")
+    return model

@@ -396,3 +396,41 @@ def op_chains(draw, max_len=6):
             y = g.op(draw(st.sampled_from(_CHAIN_BINARY)), y, draw(st.floats(-2, 2, width=32)))
     g.output(y)
     return g.build(), [_rng(draw).uniform(-2, 2, size=shape).astype(np.float32)]
+
+
+ODD_SIZES = (1, 3, 7, 33, 97)
+
+
+@st.composite
+def contraction_graphs(draw):
+    """A matmul, batched matmul or 2-D convolution with odd sizes (1, 3, 7,
+    33, 97: every register-tile remainder), an elementwise epilogue sometimes.
+    Returns (graph, input arrays)."""
+    rng = _rng(draw)
+    kind = draw(st.sampled_from(["matmul", "batched", "conv"]))
+    size = st.sampled_from(ODD_SIZES)
+    g = GraphBuilder(f"random_{kind}")
+    if kind == "matmul":
+        m, k, n = draw(size), draw(size), draw(size)
+        a, b = g.input("a", (m, k)), g.input("b", (k, n))
+        y = a @ b
+        ins = [(m, k), (k, n)]
+    elif kind == "batched":
+        batch, m, k, n = draw(st.sampled_from([1, 3])), draw(size), draw(st.sampled_from([1, 3, 7])), draw(size)
+        a, b = g.input("a", (batch, m, k)), g.input("b", (batch, k, n))
+        y = a @ b
+        ins = [(batch, m, k), (batch, k, n)]
+    else:
+        c_in, c_out = draw(st.sampled_from([1, 3, 7])), draw(st.sampled_from([1, 3, 7, 33]))
+        side, ksize = draw(st.sampled_from([1, 3, 7, 33])), draw(st.sampled_from([1, 3]))
+        pad = draw(st.sampled_from([0, ksize // 2]))
+        if side + 2 * pad < ksize:
+            pad = ksize // 2
+        x = g.input("x", (1, c_in, side, side))
+        w = g.constant(rng.uniform(-1, 1, size=(c_out, c_in, ksize, ksize)).astype(np.float32))
+        y = g.conv2d(x, w, padding=pad, strides=draw(st.sampled_from([1, 2])))
+        ins = [(1, c_in, side, side)]
+    if draw(st.booleans()):
+        y = g.relu(y + g.constant(rng.uniform(-1, 1, size=y.shape[-1:]).astype(np.float32)))
+    g.output(y)
+    return g.build(), [rng.uniform(-1, 1, size=s).astype(np.float32) for s in ins]

@@ -57,7 +57,8 @@ def test_transformer_block_matches_independent_numpy(target):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py", "custom_pass.py", "cnn.py", "add_an_op.py"])
+@pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py", "custom_pass.py", "cnn.py", "add_an_op.py",
+                                    "schedule_matmul.py"])
 def test_example_scripts_run(script, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script])
     with pytest.raises(SystemExit) as exc:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from dataclasses import dataclass
 
+from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import CompileError
 
 _init_lock = threading.Lock()
@@ -56,14 +58,15 @@ def host_cpu() -> tuple[str, str]:
 class JitModule:
     """One optimized, JIT-compiled LLVM module; keeps the engine alive."""
 
-    def __init__(self, ir_text: str, opt_level: int = 3):
+    def __init__(self, ir_text: str, opt_level: int = 3, cpu: str = "", features: str = ""):
         llvm = _llvm()
         try:
             mod = llvm.parse_assembly(ir_text)
             mod.verify()
         except RuntimeError as exc:
             raise CompileError(f"generated LLVM IR is invalid: {exc}") from exc
-        cpu, features = host_cpu()
+        if not cpu:
+            cpu, features = host_cpu()
         target = llvm.Target.from_default_triple()
         self.target_machine = target.create_target_machine(cpu=cpu, features=features, opt=opt_level,
                                                            jit=True)
@@ -90,3 +93,71 @@ class JitModule:
     def assembly(self) -> str:
         """The machine code as assembly text (for inspection)."""
         return self.target_machine.emit_assembly(self._module)
+
+
+# -- the backend -------------------------------------------------------------------
+
+@dataclass
+class LLVMExecutable:
+    """What the runtime needs to run a model compiled by this backend."""
+
+    jit: JitModule
+    calls: list  # KernelCall per kernel, in execution order
+    slots: dict  # graph Value / plan key -> index in the pointer table
+    n_slots: int
+
+
+@dataclass
+class KernelCall:
+    """One kernel in the sequence and the table slots of its parameters."""
+
+    name: str
+    function: str
+    slots: list[int]
+
+
+def check_runs_here(target) -> None:
+    """Refuse a CPU target whose instruction set this host lacks (its code would crash)."""
+    _, host_features = host_cpu()
+    missing = [f for f in target.requires if f"+{f}" not in host_features.split(",")]
+    if missing:
+        raise CompileError(f"code for CPU {target.llvm_cpu} needs {', '.join(missing)}, which this machine "
+                           f"lacks; compile for Target.host() or an older CPU")
+
+
+def prepare_llvm(target, options: dict, stages: dict) -> None:
+    """Before the passes: threads the schedule plans for, and the host check."""
+    check_runs_here(target)
+    if not openmp_available():
+        target.num_threads = 1
+        stages["note"] = "libgomp was not found: parallel loops run on one thread"
+    # Schedules plan for at least 2 threads so that a model can later be told to use more.
+    options["schedule_threads"] = max(target.num_threads, 2) if openmp_available() else 1
+
+
+def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
+    """Kernels and plan -> one LLVM module -> JIT-compiled code and its pointer table."""
+    from minicomp.backends.llvm_codegen import emit_module
+
+    graph, plan = program.graph, program.memory_plan
+    # Slots: graph inputs, constants, graph outputs, then planned buffers.
+    slots: dict = {}
+    for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
+        slots.setdefault(v, len(slots))
+    for lt in plan.lifetimes:
+        slots[lt.key] = len(slots)
+    calls = []
+    for k in program.kernels:
+        ws = iter(k.workspace)
+        call_slots = [slots[v] if v is not None else slots[next(ws)] for v in k.param_values]
+        calls.append(KernelCall(k.name, f"k_{k.name}", call_slots))
+    ir_text = emit_module(program.kernels, [c.slots for c in calls])
+    stages["llvm"] = ir_text
+    target = program.target
+    jit = JitModule(ir_text, opt_level, target.llvm_cpu, target.features)
+    stages["llvm_opt"] = jit.optimized_ir
+    return LLVMExecutable(jit, calls, slots, len(slots))
+
+
+register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
+                         ("simplify", "fuse", "lower", "schedule", "plan"), build_llvm, prepare=prepare_llvm))

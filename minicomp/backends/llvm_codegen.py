@@ -370,7 +370,7 @@ class FunctionGen:
             self.store(s)
         elif isinstance(s, For) and s.kind == "simd" and s.start == 0 and simd_supported(s.body):
             emit_simd_loop(self, s)
-        elif isinstance(s, For) and s.kind == "unrolled" and s.extent <= MAX_UNROLL:
+        elif isinstance(s, For) and (s.kind == "unrolled" and s.extent <= MAX_UNROLL or s.extent == 1):
             for k in range(s.extent):  # replicate the body with the index as a constant
                 self.vars[s.var] = str(s.start + k)
                 self.stmt(s.body)

@@ -17,9 +17,7 @@ from __future__ import annotations
 from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
-from minicomp.ir.loops import Seq, Stmt, Store
-
-SIMD_CALLS = ("neg", "abs", "sqrt")
+from minicomp.ir.loops import SIMD_CALLS, Seq, Stmt, Store
 
 
 def simd_supported(body: Stmt) -> bool:
@@ -231,7 +229,7 @@ class SimdEmitter:
 
 
 def _sfx(ty: str) -> str:
-    return {"float": "f32", "double": "f64", "i32": "i32", "i64": "i64"}[ty]
+    return {"float": "f32", "double": "f64", "i32": "i32", "i64": "i64", "i1": "i1"}[ty]
 
 
 def emit_simd_loop(fn, loop) -> None:

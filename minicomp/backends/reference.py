@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError, RuntimeInputError
 from minicomp.ir.graph import Graph, Value
 from minicomp.ir.ops import get_op
@@ -79,3 +80,11 @@ def evaluate(graph: Graph, env: Mapping[Value, np.ndarray], keep: bool = False):
     if keep:
         return env
     return [np.array(env[v]) for v in graph.outputs]
+
+
+def _build_reference(program, stages, opt_level):
+    return None  # the interpreter runs the graph itself
+
+
+register_backend(Backend("reference", "the numpy interpreter (the oracle)", ("simplify",), _build_reference,
+                         runs_kernels=False))

@@ -487,13 +487,19 @@ def _recombine_divmod(terms: dict) -> dict:
             continue
         d = q.b.value
         for r in list(terms):
-            if (isinstance(r, BinOp) and r.op == "mod" and r.a is q.a and isinstance(r.b, Const)
+            if (isinstance(r, BinOp) and r.op == "mod" and _same(r.a, q.a) and isinstance(r.b, Const)
                     and r.b.value == d and terms[q] == terms[r] * d):
                 k = terms.pop(r)
                 del terms[q]
                 terms[q.a] = terms.get(q.a, 0) + k
                 break
     return {t: c for t, c in terms.items() if c}
+
+
+def _same(a: Expr, b: Expr) -> bool:
+    """The same expression: one object, or two that print alike (a rewrite
+    may rebuild the two halves of an ``x // d``, ``x % d`` pair separately)."""
+    return a is b or format_expr(a) == format_expr(b)
 
 
 def _from_affine(terms: dict, c: int, dtype: DType) -> Expr:

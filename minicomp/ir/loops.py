@@ -18,8 +18,12 @@ from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike
 from minicomp.ir.dtypes import DType
 
-LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "simd",
-              "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
+GPU_LOOP_KINDS = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
+# The calls a ``simd`` loop body may make: every explicit-vector code
+# generator provides these (anything else runs as scalar code).
+SIMD_CALLS = ("neg", "abs", "sqrt")
+
+LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "simd") + GPU_LOOP_KINDS
 
 
 class Buffer(TensorLike):
@@ -110,6 +114,8 @@ class Kernel:
     group: list[str] = field(default_factory=list)
     schedule: list = field(default_factory=list)
     param_values: list = field(default_factory=list)  # graph Value per parameter (None: workspace)
+    packs: list = field(default_factory=list)  # (input position, Pack step): constants re-laid at compile time
+    notes: list = field(default_factory=list)  # why the schedule chose what it did (tiles, blocks), for dumps
 
     @property
     def params(self) -> list[Buffer]:
@@ -133,9 +139,11 @@ def stmt_children(s: Stmt) -> list[Stmt]:
 
 def walk_stmts(s: Stmt):
     """Every statement under ``s`` (pre-order)."""
-    yield s
-    for c in stmt_children(s):
-        yield from walk_stmts(c)
+    stack = [s]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(stmt_children(n)))
 
 
 def loops(s: Stmt) -> list[For]:
@@ -195,6 +203,7 @@ def format_kernel(k: Kernel) -> str:
         lines.append(f"// nodes: {', '.join(k.group)}")
     if k.schedule:
         lines.append(f"// schedule: {'; '.join(str(step) for step in k.schedule)}")
+    lines += [f"// {note}" for note in k.notes]
     lines.append(f"kernel {k.name}({', '.join(params)}) {{")
     lines += format_stmt(k.body, 1)
     lines.append("}")

@@ -13,10 +13,12 @@ A reduction whose only reader is an elementwise output stage of the same shape
 is computed straight into that output's buffer, and the output stage then
 updates it in place (the "epilogue": bias, activation, residual...).
 
-Each reduction picks a loop order: with the reduction innermost (a scalar
-accumulator) or with the last spatial axis innermost (accumulating into the
-buffer, as for matmul's i-k-j order), whichever gives more unit-stride
-accesses in the innermost loop.
+A reduction lowers to ``out[i] = init; for r: out[i] = out[i] + term``.
+Lowering knows no target: loop order, register tiles, vector lanes, threads
+and unrolling are schedule steps (``passes/schedules``). Stages that share
+leading axes share one loop nest over them (softmax, layer norm: one row
+loop), with per-row intermediates in stack buffers; the shared axes stop
+before the axes a reduction would vectorize or tile over.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from minicomp.ir.compute import Stage, compute, reduce_identity, stage_dag
 from minicomp.ir.graph import Node, Value
 from minicomp.ir.loops import Allocate, Buffer, For, Kernel, Store, seq
 from minicomp.ir.ops import get_op
+from minicomp.passes.schedules.analysis import spatial_innermost, tile_axis
 
 
 @dataclass(eq=False)
@@ -159,24 +162,12 @@ class _Lowerer:
                 return None
             return ex.Load(buffers[t], ld.indices[prefix:] if t in local else ld.indices)
 
-        hosts = {s: h for s in materialized for h in readers[s]
-                 if s not in out_stage and buffers.get(s) is buffers.get(h) and h in out_stage}
-        nests, done = [], set()
+        nests = []
         for s in materialized:
-            if s in done:
-                continue  # its epilogue was applied as its reduction's tiles were written
             sub = dict(zip(s.axes[:prefix], shared))
             body = ex.transform_loads(ex.substitute(bodies[s], sub), to_buffer)
             lead = [] if s in local else list(shared)
-            epilogue = None
-            if s in hosts:
-                host = hosts[s]
-                host_sub = {**dict(zip(host.axes[:prefix], shared)), **dict(zip(host.axes[prefix:], s.axes[prefix:]))}
-                epilogue = ex.transform_loads(ex.substitute(bodies[host], host_sub), to_buffer)
-            nest, fused_epilogue = self._nest(s, body, buffers[s], lead, prefix, order[s], epilogue)
-            nests.append(nest)
-            if fused_epilogue:
-                done.add(hosts[s])
+            nests.append(self._nest(s, body, buffers[s], lead, prefix))
         body = seq(*nests)
         if prefix:
             for b in reversed(allocations):
@@ -257,7 +248,7 @@ class _Lowerer:
         for s in materialized:
             if order[s] is not None:  # keep the axes a reduction vectorizes (and tiles) over out of the prefix
                 k = min(k, list(s.axes).index(order[s]))
-                tile_i = self._tile_axis(s, bodies[s], order[s])
+                tile_i = tile_axis(bodies[s].body, s.dtype, order[s], list(zip(s.axes, s.shape)))
                 if tile_i is not None:
                     k = min(k, list(s.axes).index(tile_i))
         prefix = k
@@ -280,35 +271,20 @@ class _Lowerer:
         return Store(buf, tuple(self._simplify(i) for i in idx), self._simplify(value))
 
     def _loop_order(self, s: Stage, body: ex.Expr):
-        """For a reduction, the spatial axis to put innermost (accumulating into
-        the buffer), or None to keep the reduction innermost."""
-        if not isinstance(body, ex.Reduce):
+        """For a reduction, the spatial axis a schedule would run innermost
+        (accumulating into the buffer), or None for the reduction innermost."""
+        if not isinstance(body, ex.Reduce) or accumulator_dtype(s.dtype) != s.dtype:
             return None
-        inner = next((a for a, n in reversed(list(zip(s.axes, s.shape))) if n > 1), None)
-        last_r = next((v for v, n in reversed(body.axes) if n > 1), None)
-        if inner is None or accumulator_dtype(s.dtype) != s.dtype:
-            return None
-        if last_r is None or self._tile_axis(s, body, inner) is not None:
-            return inner  # nothing to reduce innermost, or a register tile fits
-        # The accumulator moves with the spatial axis (one unit-stride access).
-        cost_spatial = _access_cost(body.body, inner) + 1
-        cost_reduce = _access_cost(body.body, last_r)
-        if cost_spatial != cost_reduce:
-            return inner if cost_spatial < cost_reduce else None
-        return inner if self.ranges[inner] > self.ranges[last_r] else None
+        return spatial_innermost(body.body, s.dtype, list(zip(s.axes, s.shape)), body.axes)
 
-    def _nest(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int, inner, epilogue=None):
+    def _nest(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int):
         """The loops computing stage ``s`` over its axes after the shared prefix.
 
-        Returns (statement, whether ``epilogue`` — the body of the output stage
-        that updates ``s`` in place, in ``s``'s coordinates — was applied
-        while writing ``s``). Register-tiled reductions apply it to their
-        tiles, saving the epilogue's own pass over memory.
+        A reduction initialises its element and accumulates into it:
+        ``out[i] = init; for r: out[i] = out[i] + term`` (schedules move the
+        accumulator into registers and reorder the loops). Float16 sums, and
+        reductions to one element, accumulate in a scalar instead.
         """
-        result = self._nest_inner(s, body, buf, lead, prefix, inner, epilogue)
-        return result if isinstance(result, tuple) else (result, False)
-
-    def _nest_inner(self, s: Stage, body: ex.Expr, buf: Buffer, lead, prefix: int, inner, epilogue):
         axes, shape = list(s.axes[prefix:]), list(s.shape[prefix:])
         # Axes of extent 1 get no loop: their index is 0.
         unit = {a: ex.const(0, "int64") for a, n in zip(axes, shape) if n == 1}
@@ -320,36 +296,15 @@ class _Lowerer:
             stmt = self._store(buf, idx, body if body.dtype == buf.dtype else ex.cast(buf.dtype, body))
             return _wrap_loops(stmt, loop_axes, loop_ext)
         red = body
-        init = reduce_identity(red.op, buf.dtype)
         raxes = [v for v, n in red.axes if n != 1]
         rext = [n for _, n in red.axes if n != 1]
         rbody = ex.substitute(red.body, {v: ex.const(0, "int64") for v, n in red.axes if n == 1})
-        if inner is not None and inner in loop_axes:
-            merged = self._merge_contiguous(loop_axes, loop_ext, inner, rbody, buf, idx, epilogue)
-            if merged is not None:
-                loop_axes, loop_ext, inner, rbody, idx, epilogue = merged
-                red = ex.Reduce(red.op, rbody, red.axes)
-        tile_i = self._tile_axis(s, red, inner, loop_axes) if inner is not None and inner in loop_axes else None
-        if tile_i is not None and tile_i in loop_axes:
-            if epilogue is not None:
-                marker = ex.Var("tile_value", buf.dtype)
-                epilogue = ex.transform_loads(ex.substitute(epilogue, unit),
-                                              lambda ld: marker if ld.tensor is buf else None)
-                epilogue = (marker, epilogue)
-            nest = self._tiled_nest(red, rbody, buf, idx, loop_axes, loop_ext, raxes, rext, tile_i, inner, epilogue)
-            return nest, epilogue is not None
-        if inner is not None and inner in loop_axes:
-            # Accumulate in the buffer with the spatial axis innermost: out[.., j] op= body.
-            outer = [a for a in loop_axes if a is not inner]
-            outer_ext = [n for a, n in zip(loop_axes, loop_ext) if a is not inner]
-            j_ext = self.ranges[inner]
-            init_var = ex.fresh_var("j")
-            self.ranges[init_var] = j_ext
-            init_loop = For(init_var, j_ext, self._store(buf, [ex.substitute(x, {inner: init_var}) for x in idx], init))
-            update = self._store(buf, idx, _combine(red.op, ex.Load(buf, tuple(idx)), rbody))
-            update_loop = _wrap_loops(For(inner, j_ext, update), raxes, rext, reduction=True)
-            return _wrap_loops(seq(init_loop, update_loop), outer, outer_ext)
         acc_t = accumulator_dtype(buf.dtype)
+        if acc_t == buf.dtype and loop_axes:
+            update = self._store(buf, idx, _combine(red.op, ex.Load(buf, tuple(idx)), rbody))
+            stmt = seq(self._store(buf, idx, reduce_identity(red.op, buf.dtype)),
+                       _wrap_loops(update, raxes, rext, reduction=True))
+            return _wrap_loops(stmt, loop_axes, loop_ext)
         acc = Buffer(self._fresh("acc"), (), acc_t, scope="local")
         acc_ld = ex.Load(acc, ())
         stmt = Allocate(acc, seq(
@@ -360,130 +315,6 @@ class _Lowerer:
         ))
         return _wrap_loops(stmt, loop_axes, loop_ext)
 
-
-    def _merge_contiguous(self, loop_axes, loop_ext, inner, rbody, buf, idx, epilogue):
-        """Run the vector axis and the axis before it as one loop when every
-        access walks both as one contiguous run (a 1x1 convolution over
-        rows of an image): longer vectors, fewer remainders. Returns the new
-        (axes, extents, inner axis, body, indices, epilogue), or None."""
-        pos = loop_axes.index(inner)
-        if pos == 0:
-            return None
-        prev, J = loop_axes[pos - 1], loop_ext[pos]
-        probes = [n for n in ex.walk(rbody) if isinstance(n, ex.Load)] + [ex.Load(buf, tuple(idx))]
-        for ld in probes:
-            s_in, s_prev = _flat_stride(ld, inner), _flat_stride(ld, prev)
-            if s_in is None or s_prev is None or s_prev != s_in * J:
-                return None
-        m = ex.fresh_var("m")
-        self.ranges[m] = loop_ext[pos - 1] * J
-        sub = {prev: m // J, inner: m % J}
-
-        def put(e):
-            return ex.simplify(ex.substitute(e, sub), self.ranges)
-
-        axes = loop_axes[:pos - 1] + [m] + loop_axes[pos + 1:]
-        ext = loop_ext[:pos - 1] + [self.ranges[m]] + loop_ext[pos + 1:]
-        return axes, ext, m, put(rbody), [put(x) for x in idx], None if epilogue is None else put(epilogue)
-
-    # -- register tiling ------------------------------------------------------------
-    def _tile_axis(self, s: Stage, red, inner, candidates=None):
-        """The second axis of a register tile for reduction ``s`` (the one its
-        vectorized loads do not depend on, like the rows of a matmul), or None
-        when the reduction is not a plain multiply-accumulate over
-        unit-stride or invariant loads."""
-        if not isinstance(red, ex.Reduce) or s.dtype not in (dtypes.float32, dtypes.float64):
-            return None
-        from minicomp.backends.llvm_simd import SIMD_CALLS
-
-        loads = [n for n in ex.walk(red.body) if isinstance(n, ex.Load)]
-        for n in ex.walk(red.body):
-            if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
-                return None
-            if isinstance(n, (ex.Cast,)) or (isinstance(n, ex.BinOp) and n.op in ("div", "pow")):
-                return None
-            if isinstance(n, ex.Load) and n.dtype != s.dtype:
-                return None
-        if any(_flat_stride(ld, inner) not in (0, 1, 2, 3, 4) for ld in loads):
-            return None  # lanes must load as vectors (short strides load wide and shuffle)
-        moving = [ld for ld in loads if _flat_stride(ld, inner) != 0]
-        best, best_score = None, 0
-        for a, n in zip(s.axes, s.shape):
-            if a is inner or n < 2 or (candidates is not None and a not in candidates):
-                continue
-            score = sum(1 for ld in moving if _flat_stride(ld, a) == 0)
-            if score > best_score:
-                best, best_score = a, score
-        return best
-
-    def _tiled_nest(self, red, body, buf, idx, loop_axes, loop_ext, raxes, rext, ai, aj, epilogue=None):
-        """Register-tiled accumulation: tiles of TI rows (axis ``ai``, unrolled)
-        by TJ lanes (axis ``aj``, explicit SIMD) stay in registers while the
-        reduction loops run; full tiles first, then the remainders."""
-        lanes = 64 // buf.dtype.itemsize
-        TI, TJ = TILE_ROWS, 2 * lanes
-        I, J = self.ranges[ai], self.ranges[aj]
-        while TJ > J:  # vector widths stay powers of two: LLVM splits other widths into small pieces
-            TJ //= 2
-        pos_i = loop_axes.index(ai)
-        outer_before = [(a, n) for a, n in zip(loop_axes[:pos_i], loop_ext[:pos_i])]
-        outer_after = [(a, n) for a, n in zip(loop_axes[pos_i + 1:], loop_ext[pos_i + 1:]) if a is not aj]
-        init = reduce_identity(red.op, buf.dtype)
-
-        def tile(i_base, rows, j_base, cols, outer_sub):
-            ii, ji = ex.fresh_var("ti"), ex.fresh_var("tj")
-            self.ranges[ii], self.ranges[ji] = rows, cols
-            fresh_r = [ex.fresh_var("r") for _ in raxes]
-            for v, n in zip(fresh_r, rext):
-                self.ranges[v] = n
-            sub = {ai: i_base + ii, aj: j_base + ji, **dict(zip(raxes, fresh_r)), **outer_sub}
-            acc = Buffer(self._fresh("tile"), (rows, cols), buf.dtype, scope="local")
-            lane = (ii, ji)
-
-            def rows_of(stmt):
-                return For(ii, rows, For(ji, cols, stmt, "simd"), "unrolled")
-
-            update = self._store(acc, lane, _combine(red.op, ex.Load(acc, lane), ex.substitute(body, sub)))
-            out_idx = [ex.substitute(x, sub) for x in idx]
-            return Allocate(acc, seq(
-                rows_of(Store(acc, lane, init)),
-                _wrap_loops(rows_of(update), fresh_r, rext, reduction=True),
-                rows_of(self._store(buf, out_idx, ex.Load(acc, lane) if epilogue is None else ex.substitute(
-                    epilogue[1], {**sub, epilogue[0]: ex.Load(acc, lane)}))),
-            ))
-
-        def columns(i_base, rows):
-            # Fresh loop variables for every copy: schedules name loops by variable.
-            after = [ex.fresh_var("o") for _ in outer_after]
-            for v, (_, n) in zip(after, outer_after):
-                self.ranges[v] = n
-            outer_sub = {a: v for (a, _), v in zip(outer_after, after)}
-            jo = ex.fresh_var("jo")
-            self.ranges[jo] = max(J // TJ, 1)
-            parts = []
-            if J // TJ:
-                parts.append(For(jo, J // TJ, tile(i_base, rows, jo * TJ, TJ, outer_sub)))
-            start, width = J // TJ * TJ, TJ
-            while start < J:  # the remainder, in power-of-two widths
-                while width > J - start:
-                    width //= 2
-                parts.append(tile(i_base, rows, ex.const(start, "int64"), width, outer_sub))
-                start += width
-            return _wrap_loops(seq(*parts), after, [n for _, n in outer_after])
-
-        io = ex.fresh_var("io")
-        self.ranges[io] = max(I // TI, 1)
-        parts = []
-        if I // TI:
-            parts.append(For(io, I // TI, columns(io * TI, TI)))
-        if I % TI:
-            parts.append(columns(ex.const(I // TI * TI, "int64"), I % TI))
-        return _wrap_loops(seq(*parts), [a for a, _ in outer_before], [n for _, n in outer_before])
-
-
-# Rows of a register tile (its columns are two vectors): 6 x 32 floats keep
-# twelve AVX-512 accumulators, the usual shape of a GEMM micro-kernel.
-TILE_ROWS = 6
 
 # Per-row intermediates up to this size live on the stack of the row loop
 # (one copy per thread); larger ones get a workspace in the arena.
@@ -521,37 +352,6 @@ def _prod(shape) -> int:
 def _combine(op: str, acc: ex.Expr, value: ex.Expr) -> ex.Expr:
     return {"sum": lambda: acc + value, "max": lambda: ex.maximum(acc, value),
             "min": lambda: ex.minimum(acc, value)}[op]()
-
-
-def _access_cost(e: ex.Expr, v: ex.Var) -> int:
-    """Rough cost of the loads in ``e`` if ``v`` is the innermost loop: free when
-    they do not move, 1 for unit stride, 2 for short strides (same cache
-    lines), 8 for long strides or indices that are not affine."""
-    cost = 0
-    for n in ex.walk(e):
-        if isinstance(n, ex.Load):
-            stride = _flat_stride(n, v)
-            if stride is None:
-                cost += 8
-            elif stride:
-                cost += 1 if abs(stride) == 1 else 2 if abs(stride) <= 4 else 8
-    return cost
-
-
-def _flat_stride(load: ex.Load, v: ex.Var) -> int | None:
-    """Elements moved in memory per step of ``v``, or None if not affine."""
-    flat = ex.flat_index(load.indices, load.tensor.shape)
-    aff = ex._affine(flat)  # over the whole address, so x // d and x % d pairs recombine
-    if aff is None:
-        return None if v in ex.free_vars(flat) else 0
-    terms, _ = aff
-    total = 0
-    for t, c in terms.items():
-        if t is v:
-            total += c
-        elif v in ex.free_vars(t):
-            return None
-    return total
 
 
 def _wrap_loops(stmt, axes, extents, reduction=False):

@@ -7,7 +7,7 @@ Passes that need the whole program (groups, kernels, the target) register
 with ``kind="program"`` and take ``(program, context)``.
 
 Pipelines are lists of names, or strings like ``"simplify,fuse,lower,schedule,plan"``.
-The default pipeline of each target is written once, in DEFAULT_PIPELINES.
+Each backend names its default pipeline (``backends/registry.py``).
 
 Instruments: ``print_before``/``print_after`` (pass names, or "all"),
 ``dump_dir`` (numbered files such as ``03-fuse.mcir``), timing of every pass
@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from minicomp.errors import MinicompError
 from minicomp.ir.graph import Graph
 
-DEFAULT_PIPELINES = {
-    "llvm": ["simplify", "fuse", "lower", "schedule", "plan"],
-    "reference": ["simplify"],
-}
-
 
 @dataclass
 class Program:
-    """Everything the passes produce: the graph, then groups, kernels, a plan."""
+    """Everything the passes produce: the graph, then groups, kernels, a plan.
+
+    ``groups`` are in execution order (the order fusion left them, or the
+    one a pass chose); ``kernels[i]`` is the kernel of ``groups[i]``, and
+    :meth:`kernel_for` finds a group's kernel by identity.
+    :meth:`dependencies` gives the edges between groups.
+    """
 
     graph: Graph
     target: object = None
@@ -41,6 +42,33 @@ class Program:
     kernels: list | None = None
     memory_plan: object = None
     options: dict = field(default_factory=dict)
+
+    def kernel_for(self, group):
+        """The kernel lowered from ``group`` (the same object, not an equal one)."""
+        for g, k in zip(self.groups or [], self.kernels or []):
+            if g is group:
+                return k
+        raise MinicompError(f"group {getattr(group, 'name', group)!r} has no kernel in this program")
+
+    def dependencies(self):
+        """A networkx DiGraph over group indices: an edge for each value one
+        group writes and a later one reads (labelled with the values)."""
+        import networkx as nx
+
+        dag = nx.DiGraph()
+        dag.add_nodes_from(range(len(self.groups or [])))
+        producer = {}
+        for i, g in enumerate(self.groups or []):
+            for v in g.inputs:
+                if v in producer:
+                    j = producer[v]
+                    if dag.has_edge(j, i):
+                        dag.edges[j, i]["values"].append(v)
+                    else:
+                        dag.add_edge(j, i, values=[v])
+            for v in g.outputs:
+                producer[v] = i
+        return dag
 
     def text(self) -> str:
         """The program at its current stage, as text (for dumps)."""
@@ -130,10 +158,10 @@ def parse_pipeline(pipeline) -> list[str]:
 
 
 def default_pipeline(target: str = "llvm") -> list[str]:
-    """The default pipeline for a target name, as a list you may edit."""
-    if target not in DEFAULT_PIPELINES:
-        raise MinicompError(f"no default pipeline for target '{target}'")
-    return list(DEFAULT_PIPELINES[target])
+    """The default pipeline of a target's backend, as a list you may edit."""
+    from minicomp.backends.registry import default_pipeline as backend_pipeline
+
+    return backend_pipeline(target)
 
 
 @dataclass
@@ -193,8 +221,13 @@ class PassManager:
             if self.verify:
                 try:
                     program.graph.verify()
+                    if info.kind == "program" and program.kernels is not None:
+                        from minicomp.ir.loop_verify import verify_kernel
+
+                        for k in program.kernels:
+                            verify_kernel(k, program.target)
                 except MinicompError as exc:
-                    raise MinicompError(f"after pass '{name}': {exc}") from exc
+                    raise type(exc)(f"after pass '{name}': {exc}") from exc
             if self._wants(self.print_after, name):
                 print(f"// ----- after {name} -----\n{program.text()}", file=self.stream)
             self._dump(i, name, program)

@@ -1,8 +1,8 @@
 """The kernel-level passes of a pipeline: lower, schedule, plan.
 
 - ``lower``: each group (one per node if 'fuse' did not run) -> a loop kernel;
-- ``schedule``: the target's default schedule, or the user's steps from
-  ``ctx.options['schedules'][kernel_name]``;
+- ``schedule``: the target's default schedule (``schedules/cpu.py``), or the
+  user's steps from ``ctx.options['schedules'][kernel name or key]``;
 - ``plan``: lifetimes of every intermediate buffer and the arena plan.
 """
 
@@ -12,7 +12,8 @@ from minicomp.passes.fusion import single_node_groups
 from minicomp.passes.lower import lower_group
 from minicomp.passes.manager import register_pass
 from minicomp.passes.memory import Lifetime, plan_arena
-from minicomp.passes.schedule import apply_schedule, default_schedule
+from minicomp.passes.schedules import apply_schedule
+from minicomp.passes.schedules.cpu import cpu_schedule
 
 
 @register_pass("lower", kind="program")
@@ -28,14 +29,81 @@ def lower_pass(program, ctx):
 
 @register_pass("schedule", kind="program")
 def schedule_pass(program, ctx):
-    """Apply the default CPU schedule (or user schedules) to every kernel."""
+    """Apply the target's default schedule (or the user's steps) to every kernel."""
     if program.kernels is None:
         program = lower_pass(program, ctx)
     threads = ctx.options.get("schedule_threads", getattr(program.target, "num_threads", 1))
-    user = ctx.options.get("schedules") or {}
-    program.kernels = [apply_schedule(k, user[k.name] if k.name in user else default_schedule(k, threads))
+    user = resolve_user_schedules(program.kernels, ctx.options.get("schedules") or {})
+    target = program.target
+    if target is None:
+        from minicomp.target import Target
+
+        target = Target.host()
+    program.kernels = [apply_schedule(k, user[k.name]) if k.name in user else cpu_schedule(k, target, threads)
                        for k in program.kernels]
+    for k in program.kernels:
+        materialize_packs(program.graph, k)
     return program
+
+
+def materialize_packs(graph, kernel) -> None:
+    """Re-lay the constants a kernel's ``pack`` steps asked for, once, as new
+    constants of ``graph`` (the kernel's parameters then point at them)."""
+    import numpy as np
+
+    from minicomp.ir.graph import TensorType, Value
+    from minicomp.passes.schedules import ScheduleError
+
+    for pos, step in kernel.packs:
+        v = kernel.param_values[pos]
+        arr = graph.constants.get(v)
+        if arr is None:
+            raise ScheduleError(f"kernel {kernel.name}: {step}: {step.buffer} is not a constant with data: "
+                                f"only constants are packed")
+        packed = pack_array(arr, step.axis, step.factor)
+        names = {x.name for x in graph.values()}
+        name, k = f"{v.name}_p{step.factor}", 1
+        while name in names:
+            name, k = f"{v.name}_p{step.factor}_{k}", k + 1
+        new = Value(name, TensorType(packed.shape, v.dtype))
+        graph.constants[new] = np.ascontiguousarray(packed)
+        kernel.param_values[pos] = new
+
+
+def pack_array(arr, axis: int, factor: int):
+    """``arr`` with blocks of ``factor`` along ``axis`` moved innermost and the
+    block index outermost: (K, N) -> (ceil(N / f), K, f) for axis 1, zero-padded."""
+    import numpy as np
+
+    n = arr.shape[axis]
+    blocks = -(-n // factor)
+    pad = [(0, 0)] * arr.ndim
+    pad[axis] = (0, blocks * factor - n)
+    a = np.pad(arr, pad).reshape(arr.shape[:axis] + (blocks, factor) + arr.shape[axis + 1:])
+    return np.moveaxis(np.moveaxis(a, axis, 0), axis + 1, -1)
+
+
+def kernel_key(name: str) -> str:
+    """A kernel's name without its position index: ``fused_matmul_add_3`` -> ``fused_matmul_add``."""
+    base, _, index = name.rpartition("_")
+    return base if base and index.isdigit() else name
+
+
+def resolve_user_schedules(kernels, schedules: dict) -> dict:
+    """User schedules by kernel name. A key is a kernel's full name, or its
+    name without the position index (then it applies to every kernel of that
+    kind); a key that names no kernel is an error."""
+    from minicomp.errors import MinicompError
+
+    out = {}
+    for key, steps in schedules.items():
+        hits = [k.name for k in kernels if k.name == key] or [k.name for k in kernels if kernel_key(k.name) == key]
+        if not hits:
+            known = ", ".join(k.name for k in kernels)
+            raise MinicompError(f"a schedule is given for kernel {key!r}, which does not exist; kernels: {known}")
+        for name in hits:
+            out.setdefault(name, steps)
+    return out
 
 
 def buffer_lifetimes(program) -> list[Lifetime]:

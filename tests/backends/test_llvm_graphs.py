@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 
 import minicomp as mc
-from tests.strategies import op_chains, random_dags
+from tests.strategies import contraction_graphs, op_chains, random_dags
 from tests.tolerances import assert_close
 
 
@@ -26,6 +26,21 @@ def test_random_dags_match_reference(case):
 @given(op_chains())
 def test_random_chains_match_reference(case):
     check_graph(*case)
+
+
+@given(contraction_graphs())
+def test_random_contractions_match_reference(case):
+    """Matmul, batched matmul and convolution with odd sizes: every register
+    tile, remainder and fused epilogue of the CPU schedule."""
+    check_graph(*case)
+
+
+@given(contraction_graphs())
+def test_random_contractions_match_reference_on_avx2(case):
+    graph, inputs = case
+    model = mc.compile(graph, target="haswell", num_threads=2)
+    for g, w in zip(model(*inputs), mc.run_reference(graph, *inputs)):
+        assert_close(g, w, scale=10)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])

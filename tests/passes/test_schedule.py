@@ -1,24 +1,68 @@
-"""Schedules as data: steps apply to named loops, errors are clear, user
-schedules replace the default and keep results right."""
+"""Schedules as data: primitives rewrite named loops, check legality with
+clear errors, print and parse back, and keep results equal to the
+unscheduled kernel on random legal step sequences."""
 
 import numpy as np
 import pytest
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
 
 import minicomp as mc
+from minicomp.ir.loops import loops, walk_stmts
 from minicomp.passes.manager import PassManager, Program
-from minicomp.passes.schedule import Fuse, Parallel, Unroll, Vectorize, apply_schedule
+from minicomp.passes.schedules import (
+    Bind,
+    CacheRead,
+    CacheWrite,
+    DecomposeReduction,
+    Fuse,
+    Pack,
+    Parallel,
+    Reorder,
+    ReverseComputeInline,
+    ScheduleError,
+    Simd,
+    Split,
+    Tile,
+    Unroll,
+    Vectorize,
+    apply_schedule,
+    format_schedule,
+    parse_schedule,
+)
+from minicomp.passes.schedules.cpu import cpu_schedule
+from minicomp.target import Target
+from tests.strategies import contraction_graphs
+from tests.tolerances import assert_close
 
 
-def kernel():
+def lowered(graph, name=None):
+    kernels = PassManager("fuse,lower").run(Program(graph)).kernels
+    return kernels[0] if name is None else next(k for k in kernels if k.name == name)
+
+
+def exp_graph():
     g = mc.GraphBuilder()
     x = g.input("x", (4, 6, 8))
     g.output(g.exp(x))
-    return PassManager("lower").run(Program(g.build())).kernels[0], g.build()
+    return g.build()
+
+
+def matmul_graph(m=37, k=53, n=71, epilogue=True):
+    g = mc.GraphBuilder()
+    a, b = g.input("a", (m, k)), g.input("b", (k, n))
+    y = a @ b
+    g.output(g.relu(y + 0.5) if epilogue else y)
+    return g.build()
+
+
+def matmul_inputs(m=37, k=53, n=71):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)]
 
 
 def test_steps_rewrite_loops_and_are_recorded():
-    k, _ = kernel()
-    k2 = apply_schedule(k, [Fuse("i0", "i1"), Parallel("i0_i1"), Vectorize("i2")])
+    k2 = apply_schedule(lowered(exp_graph()), [Fuse("i0", "i1"), Parallel("i0_i1"), Vectorize("i2")])
     text = str(k2)
     assert "parallel for (i0_i1 = 0; i0_i1 < 24; i0_i1++)" in text
     assert "vectorized for (i2" in text
@@ -26,20 +70,182 @@ def test_steps_rewrite_loops_and_are_recorded():
     assert "x[(i0_i1 // 6), (i0_i1 % 6), i2]" in text
 
 
-@pytest.mark.parametrize("steps, message", [
-    ([Vectorize("nope")], "no loop named nope"),
-    ([Fuse("i0", "i2")], "i2 is not directly inside i0"),
-    ([Parallel("i1")], "must be at the top level"),
+def test_lowering_is_plain_loops_with_unique_names():
+    k = lowered(matmul_graph())
+    kinds = {lp.kind for lp in loops(k.body)}
+    assert kinds == {"serial"}
+    names = [lp.var.name for lp in loops(k.body)]
+    assert len(names) == len(set(names))
+    # out[i] = 0; for r: out[i] += a * b, then the epilogue nest on its own
+    assert "relu_3[i0, i1] = 0.0;" in str(k)
+
+
+def test_split_reorder_and_remainder_loops():
+    k = apply_schedule(lowered(exp_graph()), "split(i2, 4); reorder(i2.o, i1)")
+    assert [lp.var.name for lp in loops(k.body)] == ["i0", "i2.o", "i1", "i2.i"]
+    k = apply_schedule(lowered(exp_graph()), "split(i2, 3)")
+    names = [lp.var.name for lp in loops(k.body)]
+    assert names[:4] == ["i0", "i1", "i2.o", "i2.i"]
+    tail = next(lp for lp in loops(k.body) if lp.var.name == "i2.t")
+    assert tail.extent == 2  # 8 = 2 * 3 + 2
+    with pytest.raises(ScheduleError, match="not perfectly nested"):
+        apply_schedule(k, "reorder(i2.i, i1)")  # i1 holds the blocks and the remainder
+
+
+def test_register_tile_by_hand_matches_reference():
+    graph = matmul_graph(12, 9, 64, epilogue=False)
+    steps = parse_schedule("""
+        tile(i0, i1, 6, 16)
+        cache_write(matmul_0, i1.o, local)
+        decompose_reduction(i0.i)
+        reorder(r0, i0.i, i1.i)
+        unroll(i0.i); simd(i1.i); unroll(i0.i.init); simd(i1.i.init); unroll(i0.i.wb); simd(i1.i.wb)
+        parallel(i0.o)
+    """)
+    model = mc.compile(graph, schedules={"matmul_0": steps})
+    assert "local f32 matmul_0_local[6, 16]" in model.stages["loops"]
+    ins = matmul_inputs(12, 9, 64)
+    assert_close(model(*ins)[0], ins[0] @ ins[1], scale=10)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("vectorize(nope)", "no loop named nope"),
+    ("fuse(i0, i2)", "i2 is not directly inside i0"),
+    ("parallel(i1)", "must be at the top level"),
+    ("split(i1, 0)", "factor must be between 1 and the extent"),
+    ("split(i1, 7)", "factor must be between 1 and the extent"),
+    ("bind(i0, warp.x)", "unknown axis"),
+    ("cache_write(nothing, i0)", "no buffer named nothing"),
+    ("cache_write(exp_0, i0, texture)", "unknown scope"),
+    ("decompose_reduction(i0)", "does not hold a reduction"),
+    ("unroll(i0); unroll(i0)", "already unrolled"),
 ])
-def test_bad_steps_raise(steps, message):
-    k, _ = kernel()
-    with pytest.raises(mc.MinicompError, match=message):
-        apply_schedule(k, steps)
+def test_bad_steps_raise_naming_kernel_step_and_loop(text, message):
+    with pytest.raises(ScheduleError, match=message) as info:
+        apply_schedule(lowered(exp_graph()), text)
+    assert "kernel exp_0" in str(info.value)
 
 
-def test_user_schedule_through_compile():
-    _, graph = kernel()
-    model = mc.compile(graph, schedules={"exp_0": [Unroll("i1"), Vectorize("i2")]})
+def test_reduction_steps_check_legality():
+    k = lowered(matmul_graph(epilogue=False))
+    with pytest.raises(ScheduleError, match="r0 is a reduction"):
+        apply_schedule(k, "bind(r0, threadIdx.x)")
+    with pytest.raises(ScheduleError, match="not perfectly nested"):
+        apply_schedule(k, "reorder(r0, i1)")  # the initialisation sits between them
+    with pytest.raises(ScheduleError, match="read under i1 before it is written"):
+        apply_schedule(k, "decompose_reduction(i1); cache_write(matmul_0, i1)")
+    with pytest.raises(ScheduleError, match="is read before"):
+        apply_schedule(lowered(matmul_graph()), "reverse_compute_inline(i2)")
+
+
+def test_schedule_text_round_trips():
+    k = lowered(matmul_graph())
+    scheduled = cpu_schedule(k, Target.host(), 2)
+    text = format_schedule(scheduled.schedule)
+    steps = parse_schedule(text)
+    assert steps == scheduled.schedule
+    assert format_schedule(steps) == text
+    assert str(apply_schedule(k, steps)) == str(scheduled)
+    for bad in ("frobnicate(i0)", "split(i0)", "split(i0, many)", "split i0"):
+        with pytest.raises(ScheduleError):
+            parse_schedule(bad)
+
+
+def test_every_step_prints_and_parses():
+    steps = [Split("i0", 4), Reorder(("a", "b", "c")), Fuse("a", "b"), Tile("a", "b", 6, 32), Parallel("a"),
+             Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "threadIdx.x"), CacheWrite("buf", "a", "shared"),
+             CacheRead("buf", "a", "local"), DecomposeReduction("a"), ReverseComputeInline("a"), Pack("w", 1, 16)]
+    assert parse_schedule(format_schedule(steps)) == steps
+
+
+def test_user_schedules_by_key_and_unknown_keys():
+    graph = exp_graph()
+    model = mc.compile(graph, schedules={"exp": "unroll(i1); vectorize(i2)"})
     assert "unrolled for (i1" in model.stages["loops"]
     xs = np.random.default_rng(0).standard_normal((4, 6, 8)).astype(np.float32)
     np.testing.assert_allclose(model(xs)[0], np.exp(xs), rtol=1e-6)
+    with pytest.raises(mc.MinicompError, match="kernel 'exp_7', which does not exist; kernels: exp_0"):
+        mc.compile(graph, schedules={"exp_7": "unroll(i1)"})
+
+
+def test_cache_read_copies_the_box_and_keeps_results():
+    graph = matmul_graph(8, 16, 32, epilogue=False)
+    steps = "split(i0, 4); cache_read(b, i0.i, local)"
+    model = mc.compile(graph, schedules={"matmul_0": steps})
+    assert "local f32 b_local[16, 32]" in model.stages["loops"]
+    ins = matmul_inputs(8, 16, 32)
+    assert_close(model(*ins)[0], ins[0] @ ins[1], scale=10)
+
+
+def test_pack_relays_a_constant_once():
+    rng = np.random.default_rng(1)
+    g = mc.GraphBuilder()
+    a = g.input("a", (5, 24))
+    w = g.constant(rng.standard_normal((24, 40)).astype(np.float32))
+    g.output(a @ w)
+    graph = g.build()
+    name = lowered(graph).inputs[1].name
+    model = mc.compile(graph, schedules={"matmul_0": f"pack({name}, 1, 16)"})
+    assert f"{name}_p16[3, 24, 16]" in model.stages["loops"]
+    x = rng.standard_normal((5, 24)).astype(np.float32)
+    assert_close(model(x)[0], x @ graph.constants[graph.nodes[0].inputs[1]], scale=10)
+    g2 = mc.GraphBuilder()
+    a, b = g2.input("a", (5, 24)), g2.input("b", (24, 40))
+    g2.output(a @ b)
+    with pytest.raises(mc.MinicompError, match="only constants are packed"):
+        mc.compile(g2.build(), schedules={"matmul_0": "pack(b, 1, 16)"})
+
+
+def test_gpu_bindings_need_a_gpu_target():
+    with pytest.raises(mc.VerifyError, match="needs a GPU target"):
+        mc.compile(exp_graph(), schedules={"exp_0": "bind(i0, blockIdx.x)"})
+
+
+# -- random legal step sequences --------------------------------------------------
+
+STEP_KINDS = ("split", "reorder", "fuse", "unroll", "vectorize", "simd", "parallel", "cache_write",
+              "decompose_reduction", "tile")
+
+
+@st.composite
+def random_steps(draw, kernel, max_steps=6):
+    """A sequence of steps drawn against the kernel as it evolves; steps
+    the kernel refuses are dropped, so the result is a legal sequence."""
+    steps = []
+    for _ in range(draw(st.integers(1, max_steps))):
+        names = [lp.var.name for lp in loops(kernel.body)]
+        if not names:
+            break
+        kind = draw(st.sampled_from(STEP_KINDS))
+        a, b = draw(st.sampled_from(names)), draw(st.sampled_from(names))
+        buffers = [s.buffer.name for s in walk_stmts(kernel.body) if hasattr(s, "buffer") and hasattr(s, "indices")]
+        step = {
+            "split": lambda: Split(a, draw(st.integers(2, 8))),
+            "reorder": lambda: Reorder((a, b)),
+            "fuse": lambda: Fuse(a, b),
+            "unroll": lambda: Unroll(a),
+            "vectorize": lambda: Vectorize(a),
+            "simd": lambda: Simd(a),
+            "parallel": lambda: Parallel(a),
+            "cache_write": lambda: CacheWrite(draw(st.sampled_from(buffers)), a),
+            "decompose_reduction": lambda: DecomposeReduction(a),
+            "tile": lambda: Tile(a, b, draw(st.integers(2, 6)), draw(st.integers(2, 8))),
+        }[kind]()
+        try:
+            kernel = apply_schedule(kernel, [step])
+        except ScheduleError:
+            continue
+        steps.append(step)
+    return steps
+
+
+@settings(deadline=None)
+@given(st.data())
+def test_random_legal_schedules_keep_results(data):
+    graph, inputs = data.draw(contraction_graphs())
+    k = lowered(graph)
+    steps = data.draw(random_steps(k))
+    note(format_schedule(steps))
+    model = mc.compile(graph, schedules={k.name: steps}, num_threads=2)
+    for got, want in zip(model(*inputs), mc.run_reference(graph, *inputs)):
+        assert_close(got, want, scale=10)

@@ -1,0 +1,68 @@
+"""The backend registry: one entry per code generator.
+
+A :class:`Backend` names its default pass pipeline, says whether it runs
+loop-IR kernels (then ``compile()`` makes sure the program has kernels and a
+memory plan), and builds an executable from the program. ``compile()`` asks
+this registry for the target's backend and never branches on names; a new
+backend registers itself with :func:`register_backend`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from minicomp.errors import UnsupportedError
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A code generator: ``build(program, stages, opt_level) -> executable``.
+
+    ``stages`` is the dict of stage texts the build adds to (its source, its
+    optimized form); the executable is whatever the runtime model for this
+    backend needs (None for the interpreter). ``prepare(target, options,
+    stages)`` may adjust the target and the pass options before the passes run.
+    """
+
+    name: str
+    description: str
+    pipeline: tuple[str, ...]
+    build: Callable
+    runs_kernels: bool = True
+    prepare: Callable | None = None
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend, replace: bool = False) -> Backend:
+    """Add ``backend`` to the registry (``replace=True`` to override one)."""
+    if backend.name in _BACKENDS and not replace:
+        raise UnsupportedError(f"a backend named {backend.name!r} is already registered")
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def _load_builtin():
+    if not _BACKENDS:
+        from minicomp.backends import llvm, reference  # noqa: F401  (they register themselves)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered as ``name``; a clear error lists the others."""
+    _load_builtin()
+    if name not in _BACKENDS:
+        raise UnsupportedError(f"unknown target {name!r}; choose one of {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]
+
+
+def backend_names() -> list[str]:
+    """Names of every registered backend."""
+    _load_builtin()
+    return sorted(_BACKENDS)
+
+
+def default_pipeline(target: str = "llvm") -> list[str]:
+    """The default pass pipeline of a target's backend, as a list you may edit."""
+    return list(get_backend(target).pipeline)

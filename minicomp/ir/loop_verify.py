@@ -1,0 +1,104 @@
+"""The loop-IR verifier: checks a kernel after every loop-level pass.
+
+- every buffer read or written is a parameter or an allocation in scope;
+- every index variable is bound by an enclosing loop, and loop names are
+  unique in the kernel (schedules name loops);
+- indices stay inside their buffer wherever the bounds can be proven;
+- loop kinds suit the target: GPU axes only for a GPU target, ``parallel``
+  only at the top level of a CPU kernel, ``simd`` loops hold only stores;
+- a ``Barrier`` appears only inside a loop bound to ``threadIdx``.
+"""
+
+from __future__ import annotations
+
+from minicomp.errors import VerifyError
+from minicomp.ir import expr as ex
+from minicomp.ir.loops import GPU_LOOP_KINDS, LOOP_KINDS, Allocate, Barrier, For, If, Kernel, Seq, Stmt, Store
+
+
+def verify_kernel(kernel: Kernel, target=None) -> None:
+    """Raise VerifyError naming the kernel and the problem; return None if the kernel is well formed."""
+    _Verifier(kernel, target).run()
+
+
+class _Verifier:
+    def __init__(self, kernel: Kernel, target):
+        self.k = kernel
+        self.gpu = getattr(target, "gpu", None) is not None
+        self.names: set[str] = set()
+
+    def fail(self, message: str):
+        raise VerifyError(f"kernel {self.k.name}: {message}")
+
+    def run(self):
+        tops = self.k.body.stmts if isinstance(self.k.body, Seq) else [self.k.body]
+        for top in tops:
+            if isinstance(top, For) and top.kind == "parallel" and self.gpu:
+                self.fail(f"loop {top.var.name} is parallel: a GPU kernel binds loops to blocks and threads")
+        self.stmt(self.k.body, set(self.k.params), {}, thread_bound=False, top=True)
+
+    def stmt(self, s: Stmt, buffers: set, ranges: dict, thread_bound: bool, top: bool = False):
+        if isinstance(s, Seq):
+            for c in s.stmts:
+                self.stmt(c, buffers, ranges, thread_bound, top)
+        elif isinstance(s, For):
+            name = s.var.name
+            if name in self.names:
+                self.fail(f"two loops are named {name}")
+            self.names.add(name)
+            if s.kind not in LOOP_KINDS:
+                self.fail(f"loop {name} has unknown kind {s.kind!r}")
+            if s.kind in GPU_LOOP_KINDS and not self.gpu:
+                self.fail(f"loop {name} is bound to {s.kind}, which needs a GPU target")
+            if s.kind == "parallel" and not top:
+                self.fail(f"parallel loop {name} is not at the top level")
+            if s.kind == "simd" and any(not isinstance(c, (Store, Seq)) for c in _walk(s.body)):
+                self.fail(f"simd loop {name} must hold only stores")
+            if s.extent < 0:
+                self.fail(f"loop {name} has extent {s.extent}")
+            inner = {**ranges, s.var: (s.start, s.start + s.extent - 1)}
+            self.stmt(s.body, buffers, inner, thread_bound or s.kind.startswith("threadIdx"))
+        elif isinstance(s, Allocate):
+            self.stmt(s.body, buffers | {s.buffer}, ranges, thread_bound, top)
+        elif isinstance(s, Store):
+            self.access(s.buffer, s.indices, buffers, ranges)
+            self.expr(s.value, buffers, ranges)
+            for i in s.indices:
+                self.expr(i, buffers, ranges)
+        elif isinstance(s, If):
+            self.expr(s.cond, buffers, ranges)
+            self.stmt(s.then, buffers, ranges, thread_bound)
+            if s.otherwise is not None:
+                self.stmt(s.otherwise, buffers, ranges, thread_bound)
+        elif isinstance(s, Barrier):
+            if not thread_bound:
+                self.fail("a barrier outside every loop bound to threadIdx")
+        else:
+            self.fail(f"unknown statement {type(s).__name__}")
+
+    def expr(self, e: ex.Expr, buffers: set, ranges: dict):
+        for n in ex.walk(e):
+            if isinstance(n, ex.Var) and n not in ranges:
+                self.fail(f"index variable {n.name} is used outside its loop")
+            if isinstance(n, ex.Load) and hasattr(n.tensor, "scope"):
+                self.access(n.tensor, n.indices, buffers, ranges)
+
+    def access(self, buf, indices, buffers: set, ranges: dict):
+        if buf not in buffers:
+            self.fail(f"buffer {buf.name} is used where it is not a parameter or allocation")
+        if len(indices) != len(buf.shape):
+            self.fail(f"buffer {buf.name} has {len(buf.shape)} dimensions, indexed with {len(indices)}")
+        extents = {v: hi + 1 for v, (lo, hi) in ranges.items() if lo == 0}
+        if len(extents) != len(ranges) or any(n < 1 for n in extents.values()):
+            return  # loops that do not start at 0 (bounds() assumes they do), or code that never runs
+        for d, (i, n) in enumerate(zip(indices, buf.shape)):
+            b = ex.bounds(i, extents)
+            if b is not None and (b[0] < 0 or b[1] >= n):
+                self.fail(f"{buf.name}[{', '.join(ex.format_expr(x) for x in indices)}]: index {d} runs over "
+                          f"{b[0]}..{b[1]}, outside 0..{n - 1}")
+
+
+def _walk(s: Stmt):
+    from minicomp.ir.loops import walk_stmts
+
+    return walk_stmts(s)

@@ -1,0 +1,99 @@
+"""Access analysis shared by lowering (which loops to share across stages)
+and the schedules (loop order, register tiles): strides of loads along a
+loop variable, and which axes a multiply-accumulate can tile over.
+
+Everything here reads expressions only; nothing depends on a target.
+"""
+
+from __future__ import annotations
+
+from minicomp.ir import dtypes
+from minicomp.ir import expr as ex
+from minicomp.ir.loops import SIMD_CALLS
+
+
+def flat_stride(load: ex.Load, v: ex.Var) -> int | None:
+    """Elements moved in memory per step of ``v``, or None if not affine."""
+    flat = ex.flat_index(load.indices, load.tensor.shape)
+    aff = ex._affine(flat)  # over the whole address, so x // d and x % d pairs recombine
+    if aff is None:
+        return None if v in ex.free_vars(flat) else 0
+    terms, _ = aff
+    total = 0
+    for t, c in terms.items():
+        if t is v:
+            total += c
+        elif v in ex.free_vars(t):
+            return None
+    return total
+
+
+def access_cost(e: ex.Expr, v: ex.Var) -> int:
+    """Rough cost of the loads in ``e`` if ``v`` is the innermost loop: free when
+    they do not move, 1 for unit stride, 2 for short strides (same cache
+    lines), 8 for long strides or indices that are not affine."""
+    cost = 0
+    for n in ex.walk(e):
+        if isinstance(n, ex.Load):
+            stride = flat_stride(n, v)
+            if stride is None:
+                cost += 8
+            elif stride:
+                cost += 1 if abs(stride) == 1 else 2 if abs(stride) <= 4 else 8
+    return cost
+
+
+def tileable(body: ex.Expr, dtype) -> bool:
+    """Is ``body`` (a reduction's term) plain float arithmetic that vector lanes can run?"""
+    if dtype not in (dtypes.float32, dtypes.float64):
+        return False
+    for n in ex.walk(body):
+        if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
+            return False
+        if isinstance(n, ex.Cast) or (isinstance(n, ex.BinOp) and n.op in ("div", "pow")):
+            return False
+        if isinstance(n, ex.Load) and n.dtype != dtype:
+            return False
+    return True
+
+
+def tile_axis(body: ex.Expr, dtype, inner: ex.Var, axes) -> ex.Var | None:
+    """The second axis of a register tile for a reduction of ``body`` with
+    ``inner`` as the vector axis: among ``axes`` (pairs of Var and extent),
+    the one most moving loads do not depend on (the rows of a matmul), or
+    None when the term is not a plain multiply-accumulate over unit-stride,
+    short-strided or invariant loads."""
+    if not tileable(body, dtype):
+        return None
+    loads = [n for n in ex.walk(body) if isinstance(n, ex.Load)]
+    if any(flat_stride(ld, inner) not in (0, 1, 2, 3, 4) for ld in loads):
+        return None  # lanes must load as vectors (short strides load wide and shuffle)
+    moving = [ld for ld in loads if flat_stride(ld, inner) != 0]
+    best, best_score = None, 0
+    for a, n in axes:
+        if a is inner or n < 2:
+            continue
+        score = sum(1 for ld in moving if flat_stride(ld, a) == 0)
+        if score > best_score:
+            best, best_score = a, score
+    return best
+
+
+def spatial_innermost(body: ex.Expr, dtype, axes, raxes) -> ex.Var | None:
+    """For a reduction of ``body`` over ``raxes`` into an element picked by
+    ``axes`` (pairs of Var and extent): the spatial axis to run innermost,
+    accumulating into memory (as matmul's i-k-j order), or None to keep the
+    reduction innermost with a scalar accumulator."""
+    inner = next((a for a, n in reversed(list(axes)) if n > 1), None)
+    last_r = next((v for v, n in reversed(list(raxes)) if n > 1), None)
+    if inner is None:
+        return None
+    if last_r is None or tile_axis(body, dtype, inner, axes) is not None:
+        return inner  # nothing to reduce innermost, or a register tile fits
+    # The accumulator moves with the spatial axis (one unit-stride access).
+    cost_spatial = access_cost(body, inner) + 1
+    cost_reduce = access_cost(body, last_r)
+    if cost_spatial != cost_reduce:
+        return inner if cost_spatial < cost_reduce else None
+    extents = dict((id(v), n) for v, n in list(axes) + list(raxes))
+    return inner if extents[id(inner)] > extents[id(last_r)] else None

@@ -1,0 +1,291 @@
+"""The default schedule for a CPU target, written with the primitives.
+
+For every reduction nest (``out[i] = init; for r: out[i] += term``):
+
+- a multiply-accumulate whose vector axis loads are unit-stride or
+  short-strided (matmul, convolution) gets **register tiles**: ``rows`` x
+  ``cols`` accumulators, sized from the target's vector width and register
+  count (6 x 32 floats with 32 AVX-512 registers, 6 x 16 with 16 AVX2 ones),
+  held in a local buffer through the whole reduction (``cache_write``), the
+  rows unrolled and the columns run as explicit vector lanes; remainders get
+  tiles of power-of-two widths. An elementwise epilogue that updates the
+  result in place (bias, activation, residual) is applied as the tiles are
+  written (``reverse_compute_inline``). When every access walks the vector
+  axis and the axis before it as one contiguous run (1x1 convolutions over
+  image rows), the two are fused first, so vectors are long;
+- otherwise the reduction is innermost with a scalar accumulator, or — when
+  that reads memory with a worse stride — the last spatial axis goes
+  innermost and accumulates in memory (matmul's i-k-j order).
+
+Then every top-level nest: outer spatial loops are fused until there is
+enough parallelism, the outermost runs on all threads when the nest has
+enough work, and innermost serial loops are vectorized.
+"""
+
+from __future__ import annotations
+
+from minicomp.ir import expr as ex
+from minicomp.ir.loops import For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
+from minicomp.passes.schedules.analysis import flat_stride, spatial_innermost, tile_axis
+from minicomp.passes.schedules.primitives import (
+    CacheWrite,
+    DecomposeReduction,
+    Fuse,
+    Parallel,
+    Reorder,
+    ReverseComputeInline,
+    ScheduleError,
+    Simd,
+    Split,
+    Unroll,
+    Vectorize,
+    apply_step,
+    find_loop,
+)
+
+# Parallel regions cost a few microseconds to start; below this many inner
+# iterations a loop nest runs faster on one thread.
+MIN_PARALLEL_WORK = 1 << 15
+
+
+def register_tile(target, dtype) -> tuple[int, int]:
+    """(rows, columns) of a register tile: two vectors per row, and as many
+    rows (at most 6) as leave four registers for the operands."""
+    lanes = max(1, target.vector_bits // 8 // dtype.itemsize)
+    rows = max(1, min(6, (target.vector_registers - 4) // 2))
+    return rows, 2 * lanes
+
+
+def cpu_schedule(kernel: Kernel, target, num_threads: int) -> Kernel:
+    """``kernel`` with the default CPU schedule applied (its steps recorded)."""
+    k = kernel
+    for root in [chain[0].var.name for chain, _, _ in reduction_nests(k.body)]:
+        k = _schedule_reduction(k, root, target)
+    return _parallelize(k, num_threads)
+
+
+# -- finding reductions ------------------------------------------------------------
+
+def reduction_nests(body: Stmt):
+    """Each reduction nest as (spatial loop chain, init store, reduction loops):
+    a perfect nest of spatial loops around ``Seq(init, reduction loops)``."""
+    out = []
+
+    def visit(s: Stmt, chain: list):
+        if isinstance(s, For) and not s.is_reduction:
+            visit(s.body, chain + [s])
+            return
+        if (isinstance(s, Seq) and len(s.stmts) == 2 and isinstance(s.stmts[0], Store)
+                and isinstance(s.stmts[1], For) and s.stmts[1].is_reduction and chain):
+            out.append((chain, s.stmts[0], s.stmts[1]))
+            return
+        for c in stmt_children(s):
+            visit(c, [])
+
+    visit(body, [])
+    return out
+
+
+def _find_nest(body: Stmt, root: str):
+    return next((n for n in reduction_nests(body) if n[0][0].var.name == root), None)
+
+
+def _update(rloop: For):
+    """The reduction loops (a perfect chain) and the update store under them."""
+    rs, cur = [], rloop
+    while isinstance(cur, For) and cur.is_reduction:
+        rs.append(cur)
+        cur = cur.body
+    return rs, cur if isinstance(cur, Store) else None
+
+
+# -- scheduling one reduction --------------------------------------------------------
+
+def _schedule_reduction(k: Kernel, root: str, target) -> Kernel:
+    chain, init, rloop = _find_nest(k.body, root)
+    rs, update = _update(rloop)
+    if update is None or update.buffer is not init.buffer:
+        return k
+    buf = update.buffer
+    term = _term(update)
+    if term is None:
+        return k
+    axes = [(lp.var, lp.extent) for lp in chain]
+    inner = spatial_innermost(term, buf.dtype, axes, [(r.var, r.extent) for r in rs])
+    if inner is None:  # reduction innermost: accumulate in a scalar
+        return apply_step(k, CacheWrite(buf.name, chain[-1].var.name))
+    pos = [a for a, _ in axes].index(inner)
+    if pos > 0 and _contiguous(term, update, chain[pos - 1], chain[pos]):
+        k = apply_step(k, Fuse(chain[pos - 1].var.name, chain[pos].var.name))
+        chain, init, rloop = _find_nest(k.body, chain[0].var.name if pos > 1 else f"{chain[0].var.name}_"
+                                        f"{chain[1].var.name}")
+        rs, update = _update(rloop)
+        term = _term(update)
+        axes = [(lp.var, lp.extent) for lp in chain]
+        inner = chain[-1].var
+    rows_axis = tile_axis(term, buf.dtype, inner, axes)
+    if rows_axis is None or chain[-1].var is not inner:
+        k = apply_step(k, DecomposeReduction(chain[-1].var.name))
+        return apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,)))
+    k = _register_tiles(k, chain, rows_axis, buf, target)
+    return _inline_epilogue(k, buf)
+
+
+def _term(update: Store):
+    v = update.value
+    if not isinstance(v, ex.BinOp):
+        return None
+    for own, other in ((v.a, v.b), (v.b, v.a)):
+        if isinstance(own, ex.Load) and own.tensor is update.buffer:
+            return other
+    return None
+
+
+def _contiguous(term, update, prev: For, inner: For) -> bool:
+    """Do all accesses walk ``prev`` and ``inner`` as one contiguous run?"""
+    probes = [n for n in ex.walk(term) if isinstance(n, ex.Load)] + [ex.Load(update.buffer, update.indices)]
+    for ld in probes:
+        s_in, s_prev = flat_stride(ld, inner.var), flat_stride(ld, prev.var)
+        if s_in is None or s_prev is None or s_prev != s_in * inner.extent:
+            return False
+    return True
+
+
+def _chain_below(k: Kernel, name: str) -> list[For]:
+    """The perfect chain of spatial loops starting at loop ``name``."""
+    out, cur = [], find_loop(k.body, name)
+    while isinstance(cur, For) and not cur.is_reduction:
+        out.append(cur)
+        cur = cur.body
+    return out
+
+
+def _register_tiles(k, chain, rows_axis, buf, target) -> Kernel:
+    """Tiles over the rows axis and the last (vector) axis of ``chain``."""
+    rows_tile, cols_tile = register_tile(target, buf.dtype)
+    ai = chain[[lp.var for lp in chain].index(rows_axis)]
+    row_loops = [ai.var.name]
+    if ai.extent > rows_tile:
+        k = apply_step(k, Split(ai.var.name, rows_tile))
+        row_loops = [f"{ai.var.name}.i"] + ([f"{ai.var.name}.t"] if ai.extent % rows_tile else [])
+    for rows in row_loops:
+        below = [lp.var.name for lp in _chain_below(k, rows)]
+        if len(below) > 1:  # the rows loop goes innermost of the spatial loops
+            k = apply_step(k, Reorder(tuple(below[1:]) + (rows,)))
+        k = _column_tiles(k, below[-1], rows, cols_tile)
+    return k
+
+
+def _column_tiles(k, cols: str, rows: str, width: int) -> Kernel:
+    """Split the column loop ``cols`` (with ``rows`` directly inside) into
+    blocks of ``width`` lanes, then power-of-two remainders, and make a
+    register tile of every block."""
+    J = find_loop(k.body, cols).extent
+    while width > J:  # vector widths stay powers of two: LLVM splits other widths into small pieces
+        width //= 2
+    # Even one column is a (one-lane) vector loop: every tile then accumulates
+    # in the same order, where a scalar one would be reassociated by LLVM.
+    k = apply_step(k, Split(cols, width))
+    k = _tile(k, f"{cols}.o", f"{cols}.i", _only_child_loop(k, f"{cols}.i"))
+    if J % width:
+        tail = f"{cols}.t"
+        return _column_tiles(k, tail, _only_child_loop(k, tail), width // 2)
+    return k
+
+
+def _only_child_loop(k, name) -> str:
+    body = find_loop(k.body, name).body
+    if not isinstance(body, For):
+        raise ScheduleError(f"kernel {k.name}: expected one loop inside {name}")
+    return body.var.name
+
+
+def _tile(k, block: str, lanes: str, rows: str) -> Kernel:
+    """One register tile: accumulators for ``rows`` x ``lanes`` under loop ``block``."""
+    buf_name = _written_buffer(find_loop(k.body, rows))
+    k = apply_step(k, Reorder((rows, lanes)))
+    k = apply_step(k, CacheWrite(buf_name, block))
+    k = apply_step(k, DecomposeReduction(rows))
+    rs = _update(_reduction_below(find_loop(k.body, rows)))[0]
+    k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (rows, lanes)))
+    for suffix in ("", ".init", ".wb"):
+        k = apply_step(k, Unroll(rows + suffix))
+        k = apply_step(k, Simd(lanes + suffix))
+    return k
+
+
+def _written_buffer(lp: For) -> str:
+    return next(s.buffer.name for s in walk_stmts(lp) if isinstance(s, Store))
+
+
+def _reduction_below(lp: For) -> For:
+    return next(s for s in walk_stmts(lp) if isinstance(s, For) and s.is_reduction)
+
+
+def _inline_epilogue(k: Kernel, buf) -> Kernel:
+    """Apply an in-place elementwise consumer of ``buf`` as the tiles are written."""
+    for lp in loops(k.body):
+        cur = lp
+        while isinstance(cur, For) and cur.kind == "serial" and not cur.is_reduction:
+            cur = cur.body
+        if isinstance(cur, Store) and cur.buffer is buf and any(
+                isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(cur.value)):
+            try:
+                return apply_step(k, ReverseComputeInline(lp.var.name))
+            except ScheduleError:
+                return k
+    return k
+
+
+# -- threads and vectors -----------------------------------------------------------
+
+def _top_nests(body: Stmt) -> list[Stmt]:
+    return list(body.stmts) if isinstance(body, Seq) else [body]
+
+
+def _iterations(s: Stmt) -> int:
+    """Rough count of innermost iterations under ``s``."""
+    if isinstance(s, For):
+        return s.extent * max(1, _iterations(s.body))
+    kids = stmt_children(s)
+    return sum(_iterations(c) for c in kids) if kids else 1
+
+
+def _innermost_loops(s: Stmt) -> list[For]:
+    out = []
+    if isinstance(s, For) and not any(isinstance(c, For) for c in walk_stmts(s.body)):
+        return [s]
+    for c in stmt_children(s):
+        out.extend(_innermost_loops(c))
+    return out
+
+
+def _parallelize(k: Kernel, num_threads: int) -> Kernel:
+    """Fuse outer spatial loops until there is enough parallelism, run the
+    outermost loop in parallel when the nest has enough work, and vectorize
+    every innermost serial loop."""
+    for nest in _top_nests(k.body):
+        if not isinstance(nest, For) or nest.kind != "serial":
+            continue
+        name, extent, inner = nest.var.name, nest.extent, nest.body
+        fused = {name}
+        while (num_threads > 1 and extent < 4 * num_threads and isinstance(inner, For)
+               and inner.kind == "serial" and not inner.is_reduction and not nest.is_reduction):
+            k = apply_step(k, Fuse(name, inner.var.name))
+            name = f"{name}_{inner.var.name}"
+            fused.add(inner.var.name)
+            extent *= inner.extent
+            inner = inner.body
+        fused.add(name)
+        top = find_loop(k.body, name)
+        parallel = num_threads > 1 and extent > 1 and not nest.is_reduction and _iterations(top) >= MIN_PARALLEL_WORK
+        if parallel:
+            k = apply_step(k, Parallel(name))
+        innermost = [lp for lp in _innermost_loops(top) if lp.var.name not in fused and lp.kind == "serial"]
+        holds_loops = any(isinstance(s, For) for s in walk_stmts(top.body))
+        if not holds_loops and not parallel and extent >= 4:
+            k = apply_step(k, Vectorize(name))  # the fused loop itself is innermost
+        for loop in innermost:
+            if loop.extent >= 4:
+                k = apply_step(k, Vectorize(loop.var.name))
+    return k

@@ -1,0 +1,75 @@
+"""Targets as data: the register tile follows the target's vector width and
+registers, named CPUs compile and run (AVX2 code runs on this machine), and
+targets this machine cannot run are refused."""
+
+import numpy as np
+import pytest
+
+import minicomp as mc
+from minicomp.ir import dtypes
+from minicomp.passes.schedules.cpu import register_tile
+from minicomp.target import Target
+from tests.tolerances import assert_close
+
+
+def matmul(m=37, k=53, n=71):
+    g = mc.GraphBuilder()
+    a, b = g.input("a", (m, k)), g.input("b", (k, n))
+    g.output(g.relu(a @ b + 0.5))
+    rng = np.random.default_rng(3)
+    return g.build(), [rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)]
+
+
+def test_register_tiles_fit_the_target_registers():
+    avx2, avx512 = Target.cpu("haswell"), Target.cpu("skylake-avx512")
+    rows, cols = register_tile(avx2, dtypes.float32)
+    assert (rows, cols) == (6, 16) and rows * cols <= 96  # 12 of 16 ymm registers
+    assert register_tile(avx512, dtypes.float32) == (6, 32)
+    assert register_tile(avx512, dtypes.float64) == (6, 16)
+    assert register_tile(Target.cpu("x86-64"), dtypes.float32) == (6, 8)
+
+
+def test_haswell_code_runs_and_matches_reference():
+    graph, ins = matmul()
+    model = mc.compile(graph, target="haswell", num_threads=2)
+    loops = model.stages["loops"]
+    assert "relu_3_local[6, 16]" in loops and "[6, 32]" not in loops
+    assert "haswell" in str(model.target)
+    assert "zmm" not in model._jit.assembly()  # AVX2 code: no 512-bit registers
+    assert_close(model(*ins)[0], mc.run_reference(graph, *ins)[0], scale=10)
+
+
+def test_targets_by_hand_and_gpu_description():
+    t = Target(name="llvm", num_threads=1, llvm_cpu="haswell", vector_bits=256, vector_registers=16)
+    assert t.vector_lanes(dtypes.float32) == 8 and t.vector_lanes(dtypes.float64) == 4
+    gpu = Target.cuda()
+    assert gpu.gpu.warp_size == 32 and gpu.gpu.arch == "sm_90" and gpu.gpu.shared_bytes_per_block == 48 * 1024
+    host = Target.host()
+    assert host.vector_bits in (128, 256, 512) and host.l1_bytes
+
+
+def test_unknown_and_unrunnable_targets_are_refused():
+    graph, _ = matmul(4, 4, 4)
+    with pytest.raises(mc.UnsupportedError, match="unknown CPU 'pentium'"):
+        Target.cpu("pentium")
+    with pytest.raises(mc.UnsupportedError, match="unknown target 'tpu'; choose one of"):
+        mc.compile(graph, target="tpu")
+    alien = Target(name="llvm", num_threads=1, llvm_cpu="haswell", requires=("avx10.9",))
+    with pytest.raises(mc.CompileError, match="needs avx10.9, which this machine lacks"):
+        mc.compile(graph, target=alien)
+
+
+def test_program_pairs_kernels_with_groups_and_knows_dependencies():
+    from minicomp.passes.manager import PassManager, Program
+
+    g = mc.GraphBuilder()
+    x = g.input("x", (8, 16))
+    h = g.softmax(g.exp(x) @ g.constant(np.ones((16, 16), np.float32)), axis=-1)
+    g.output(g.sum(h, axes=[0]))
+    program = PassManager("simplify,fuse,lower").run(Program(g.build()))
+    for group, kernel in zip(program.groups, program.kernels):
+        assert program.kernel_for(group) is kernel
+    deps = program.dependencies()
+    assert sorted(deps.nodes) == list(range(len(program.groups)))
+    for a, b in deps.edges:
+        assert a < b and deps.edges[a, b]["values"]
