@@ -73,3 +73,13 @@ def test_program_pairs_kernels_with_groups_and_knows_dependencies():
     assert sorted(deps.nodes) == list(range(len(program.groups)))
     for a, b in deps.edges:
         assert a < b and deps.edges[a, b]["values"]
+
+
+@pytest.mark.parametrize("target", ["llvm", "haswell"])
+def test_large_matrix_products_get_cache_blocks(target):
+    graph, ins = matmul(37, 1024, 512)  # the right operand (2 MiB) is larger than half of any L2
+    model = mc.compile(graph, target=target, num_threads=2)
+    schedule = model.stages["loops"].split("// schedule: ", 1)[1].split("\n", 1)[0]
+    assert "split(r0, 256)" in schedule and "cache_read(b, r0.o, local)" in schedule
+    assert "parallel(i1.o)" in schedule  # column blocks shared out to the threads
+    assert_close(model(*ins)[0], mc.run_reference(graph, *ins)[0], scale=10)

@@ -13,6 +13,11 @@ For every reduction nest (``out[i] = init; for r: out[i] += term``):
   written (``reverse_compute_inline``). When every access walks the vector
   axis and the axis before it as one contiguous run (1x1 convolutions over
   image rows), the two are fused first, so vectors are long;
+- a matrix product whose right operand does not fit in half the L2 cache
+  gets **cache blocks** around the tiles: reduction blocks of ``kc`` and
+  column blocks of ``nc`` (one or more per thread), the ``kc x nc`` slice
+  copied once per block (``cache_read``) and the tiles accumulating onto the
+  previous block's results;
 - otherwise the reduction is innermost with a scalar accumulator, or — when
   that reads memory with a worse stride — the last spatial axis goes
   innermost and accumulates in memory (matmul's i-k-j order).
@@ -28,6 +33,7 @@ from minicomp.ir import expr as ex
 from minicomp.ir.loops import For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
 from minicomp.passes.schedules.analysis import flat_stride, spatial_innermost, tile_axis
 from minicomp.passes.schedules.primitives import (
+    CacheRead,
     CacheWrite,
     DecomposeReduction,
     Fuse,
@@ -60,7 +66,7 @@ def cpu_schedule(kernel: Kernel, target, num_threads: int) -> Kernel:
     """``kernel`` with the default CPU schedule applied (its steps recorded)."""
     k = kernel
     for root in [chain[0].var.name for chain, _, _ in reduction_nests(k.body)]:
-        k = _schedule_reduction(k, root, target)
+        k = _schedule_reduction(k, root, target, num_threads)
     return _parallelize(k, num_threads)
 
 
@@ -101,7 +107,7 @@ def _update(rloop: For):
 
 # -- scheduling one reduction --------------------------------------------------------
 
-def _schedule_reduction(k: Kernel, root: str, target) -> Kernel:
+def _schedule_reduction(k: Kernel, root: str, target, threads: int) -> Kernel:
     chain, init, rloop = _find_nest(k.body, root)
     rs, update = _update(rloop)
     if update is None or update.buffer is not init.buffer:
@@ -127,8 +133,68 @@ def _schedule_reduction(k: Kernel, root: str, target) -> Kernel:
     if rows_axis is None or chain[-1].var is not inner:
         k = apply_step(k, DecomposeReduction(chain[-1].var.name))
         return apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,)))
+    blocks = cache_blocks(target, chain, rows_axis, rs, buf.dtype, threads)
+    if blocks is not None:
+        return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target)
     k = _register_tiles(k, chain, rows_axis, buf, target)
     return _inline_epilogue(k, buf)
+
+
+def _right_operand(k, rname: str, out) -> str | None:
+    """The buffer that the reduction ``rname`` reads moving with the column
+    loop (a matmul's right operand), if it is a plain 2-D load."""
+    rloop = find_loop(k.body, rname)
+    _, update = _update(rloop)
+    loads = [n for n in ex.walk(update.value) if isinstance(n, ex.Load) and n.tensor is not out]
+    moving = [ld for ld in loads if flat_stride(ld, rloop.var) not in (0, 1)]
+    return moving[0].tensor.name if len(moving) == 1 and len(moving[0].indices) == 2 else None
+
+
+def cache_blocks(target, chain, rows_axis, rs, dtype, threads: int = 1) -> tuple[int, int] | None:
+    """(kc, nc): reduction and column blocks for a matrix product whose right
+    operand does not fit in half the L2 cache, so that a kc x nc slice of it
+    does and stays there while every row block passes over it; None when the
+    operand fits already, or no block sizes divide the extents."""
+    if len(chain) != 2 or len(rs) != 1 or chain[0].var is not rows_axis:
+        return None
+    K, N = rs[0].extent, chain[1].extent
+    # The slice is copied to the stack of each thread: at most 512 KiB of it.
+    l2 = min(target.l2_bytes or 1 << 20, 1 << 20)
+    if K * N * dtype.itemsize <= l2 // 2:
+        return None
+    cols = register_tile(target, dtype)[1]
+    kc = next((c for c in (256, 384, 192, 512, 128) if K % c == 0), None)
+    # Column blocks are what the threads share out: at least one per thread.
+    nc = next((c for c in (1024, 768, 512, 384, 256, 128) if N % c == 0 and c % cols == 0 and N // c >= threads
+               and kc is not None and kc * c * dtype.itemsize <= l2 // 2), None)
+    return None if kc is None or nc is None else (kc, nc)
+
+
+def _cache_blocked_tiles(k, chain, rloop, buf, blocks, target) -> Kernel:
+    """Register tiles inside cache blocks: for each nc-wide column block and
+    kc-deep reduction block, every row block's tiles accumulate onto the
+    results of the previous reduction block (copied into the tile first)."""
+    kc, nc = blocks
+    ai, aj, r = chain[0].var.name, chain[1].var.name, rloop.var.name
+    k = apply_step(k, DecomposeReduction(ai))
+    k = apply_step(k, Split(r, kc))
+    k = apply_step(k, Split(aj, nc))
+    k = apply_step(k, Reorder((f"{aj}.o", f"{r}.o", ai, f"{aj}.i", f"{r}.i")))
+    # The kc x nc slice of the right operand, copied once per block into rows
+    # padded off the cache-set stride: the tiles then read it from L1/L2.
+    right = _right_operand(k, f"{r}.i", buf)
+    if right is not None:
+        k = apply_step(k, CacheRead(right, f"{r}.o"))
+    rows_tile, cols_tile = register_tile(target, buf.dtype)
+    row_loops = [ai]
+    if chain[0].extent > rows_tile:
+        k = apply_step(k, Split(ai, rows_tile))
+        row_loops = [f"{ai}.i"] + ([f"{ai}.t"] if chain[0].extent % rows_tile else [])
+    for rows in row_loops:
+        cols = _only_child_loop(k, rows)
+        k = apply_step(k, Reorder((cols, rows)))
+        k = _column_tiles(k, cols, rows, cols_tile)
+    return k
 
 
 def _term(update: Store):
@@ -205,13 +271,25 @@ def _tile(k, block: str, lanes: str, rows: str) -> Kernel:
     buf_name = _written_buffer(find_loop(k.body, rows))
     k = apply_step(k, Reorder((rows, lanes)))
     k = apply_step(k, CacheWrite(buf_name, block))
-    k = apply_step(k, DecomposeReduction(rows))
+    if _has_init(find_loop(k.body, rows)):
+        k = apply_step(k, DecomposeReduction(rows))
+        copies = ("", ".init", ".wb")
+    else:  # accumulating onto an earlier reduction block: the tile was copied in
+        copies = ("", ".rd", ".wb")
     rs = _update(_reduction_below(find_loop(k.body, rows)))[0]
     k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (rows, lanes)))
-    for suffix in ("", ".init", ".wb"):
+    for suffix in copies:
         k = apply_step(k, Unroll(rows + suffix))
         k = apply_step(k, Simd(lanes + suffix))
     return k
+
+
+def _has_init(lp: For) -> bool:
+    """Does the spatial chain from ``lp`` end in an init store and the reduction loops?"""
+    cur = lp
+    while isinstance(cur, For) and not cur.is_reduction:
+        cur = cur.body
+    return isinstance(cur, Seq) and isinstance(cur.stmts[0], Store)
 
 
 def _written_buffer(lp: For) -> str:

@@ -21,7 +21,8 @@ The primitives, in the spirit of TVM's TIR schedule:
   ``unroll``, ``bind(loop, "threadIdx.x")``: set a loop's kind;
 - ``cache_write(buffer, loop, scope)``: accumulate a buffer's elements
   written under ``loop`` in a new ``local``/``shared`` buffer and copy them
-  out once at the end of ``loop``'s body;
+  out once at the end of ``loop``'s body (copied in first when they are read
+  before they are written there);
 - ``cache_read(buffer, loop, scope)``: copy the box of a buffer read under
   ``loop`` into a new buffer first;
 - ``decompose_reduction(loop)``: give a reduction's initialisation its own
@@ -515,8 +516,9 @@ class CacheWrite(Step):
         idx = acc[0][1]
         if not all(same_indices(idx, a[1]) for a in acc):
             self.fail(kernel, f"{self.buffer} is accessed at different indices under {self.loop}")
-        if not acc[0][2] or any(isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(acc[0][0].value)):
-            self.fail(kernel, f"{self.buffer} is read under {self.loop} before it is written there")
+        # Read before written (an accumulation that started earlier): copy the elements in first.
+        read_first = not acc[0][2] or any(isinstance(n, ex.Load) and n.tensor is buf
+                                          for n in ex.walk(acc[0][0].value))
         if any(lp2.var is v for lp2 in loops(kernel.body) if lp2.is_reduction for i in idx
                for v in ex.free_vars(i)):
             self.fail(kernel, f"{self.buffer}'s index depends on a reduction loop")
@@ -533,15 +535,19 @@ class CacheWrite(Step):
             return None
 
         body = map_stmts(lp.body, redirect)
-        wb_vars = [ex.Var(names.fresh(p.var.name + ".wb")) for p in picks]
-        sub = {p.var: v for p, v in zip(picks, wb_vars)}
-        write = Store(buf, tuple(ex.substitute(i, sub) for i in idx), ex.Load(local, tuple(wb_vars)))
-        for v, p in reversed(list(zip(wb_vars, picks))):
-            write = For(v, p.extent, write)
-        if self.scope == "shared":
-            body = seq(body, Barrier(), write)
-        else:
-            body = seq(body, write)
+
+        def copy(suffix, to_local):
+            cvars = [ex.Var(names.fresh(p.var.name + suffix)) for p in picks]
+            where = tuple(ex.substitute(i, dict(zip((p.var for p in picks), cvars))) for i in idx)
+            st = (Store(local, tuple(cvars), ex.Load(buf, where)) if to_local
+                  else Store(buf, where, ex.Load(local, tuple(cvars))))
+            for v, p in reversed(list(zip(cvars, picks))):
+                st = For(v, p.extent, st)
+            return st
+
+        parts = [copy(".rd", True)] if read_first else []
+        sync = [Barrier()] if self.scope == "shared" else []
+        body = seq(*parts, *sync, body, *sync, copy(".wb", False))
         return _replace(kernel.body, lp, replace(lp, body=Allocate(local, body)))
 
 
@@ -593,7 +599,12 @@ class CacheRead(Step):
             if not all(same_indices([ex.simplify(ex.substitute(i, zero))], [b]) for i, b in zip(idx, base)):
                 self.fail(kernel, f"{self.buffer} is read at boxes that do not share a corner under {self.loop}")
         shape = tuple(h - low + 1 for low, h in zip(lo, hi))
-        local = Buffer(_fresh_buffer(kernel, f"{buf.name}_{self.scope}"), shape, buf.dtype, self.scope)
+        # Rows a multiple of 1 KiB apart land in the same cache sets and evict
+        # each other: pad such rows by one cache line.
+        row_bytes = shape[-1] * buf.dtype.itemsize if shape else 0
+        padded = shape[:-1] + (shape[-1] + 64 // buf.dtype.itemsize,) if len(shape) > 1 and row_bytes % 1024 == 0 \
+            else shape
+        local = Buffer(_fresh_buffer(kernel, f"{buf.name}_{self.scope}"), padded, buf.dtype, self.scope)
 
         def reread(e):
             def fn(ld):
