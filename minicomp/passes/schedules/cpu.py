@@ -29,6 +29,8 @@ enough work, and innermost serial loops are vectorized.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
 from minicomp.passes.schedules.analysis import flat_stride, spatial_innermost, tile_axis
@@ -66,8 +68,24 @@ def cpu_schedule(kernel: Kernel, target, num_threads: int) -> Kernel:
     """``kernel`` with the default CPU schedule applied (its steps recorded)."""
     k = kernel
     for root in [chain[0].var.name for chain, _, _ in reduction_nests(k.body)]:
-        k = _schedule_reduction(k, root, target, num_threads)
+        # Steps rebuild the kernel they see: show them only the top-level
+        # statement that holds this nest (loop names stay unique, since every
+        # new name derives from a name of that statement's own loops).
+        k, tiled = _on_part(k, root, lambda part: _schedule_reduction(part, root, target, num_threads))
+        if tiled is not None:
+            k = _inline_epilogue(k, tiled)
     return _parallelize(k, num_threads)
+
+
+def _on_part(k: Kernel, root: str, fn):
+    """Apply ``fn`` (part -> (part, extra)) to the top-level statement holding loop ``root``."""
+    tops = list(k.body.stmts) if isinstance(k.body, Seq) else [k.body]
+    at = next(i for i, t in enumerate(tops) if find_loop(t, root) is not None)
+    part, extra = fn(replace(k, body=tops[at], schedule=[]))
+    new = part.body.stmts if isinstance(part.body, Seq) else [part.body]
+    tops = tops[:at] + list(new) + tops[at + 1:]
+    body = tops[0] if len(tops) == 1 else Seq(tops)
+    return replace(k, body=body, inputs=part.inputs, packs=part.packs, schedule=k.schedule + part.schedule), extra
 
 
 # -- finding reductions ------------------------------------------------------------
@@ -107,19 +125,21 @@ def _update(rloop: For):
 
 # -- scheduling one reduction --------------------------------------------------------
 
-def _schedule_reduction(k: Kernel, root: str, target, threads: int) -> Kernel:
+def _schedule_reduction(k: Kernel, root: str, target, threads: int):
+    """(kernel with the nest at loop ``root`` scheduled, the buffer its
+    register tiles write when an epilogue may be folded into them, or None)."""
     chain, init, rloop = _find_nest(k.body, root)
     rs, update = _update(rloop)
     if update is None or update.buffer is not init.buffer:
-        return k
+        return k, None
     buf = update.buffer
     term = _term(update)
     if term is None:
-        return k
+        return k, None
     axes = [(lp.var, lp.extent) for lp in chain]
     inner = spatial_innermost(term, buf.dtype, axes, [(r.var, r.extent) for r in rs])
     if inner is None:  # reduction innermost: accumulate in a scalar
-        return apply_step(k, CacheWrite(buf.name, chain[-1].var.name))
+        return apply_step(k, CacheWrite(buf.name, chain[-1].var.name)), None
     pos = [a for a, _ in axes].index(inner)
     if pos > 0 and _contiguous(term, update, chain[pos - 1], chain[pos]):
         k = apply_step(k, Fuse(chain[pos - 1].var.name, chain[pos].var.name))
@@ -132,12 +152,11 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int) -> Kernel:
     rows_axis = tile_axis(term, buf.dtype, inner, axes)
     if rows_axis is None or chain[-1].var is not inner:
         k = apply_step(k, DecomposeReduction(chain[-1].var.name))
-        return apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,)))
+        return apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,))), None
     blocks = cache_blocks(target, chain, rows_axis, rs, buf.dtype, threads)
     if blocks is not None:
-        return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target)
-    k = _register_tiles(k, chain, rows_axis, buf, target)
-    return _inline_epilogue(k, buf)
+        return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target), None
+    return _register_tiles(k, chain, rows_axis, buf, target), buf
 
 
 def _right_operand(k, rname: str, out) -> str | None:

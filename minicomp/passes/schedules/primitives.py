@@ -799,9 +799,10 @@ def apply_step(kernel: Kernel, step: Step) -> Kernel:
         result, (pos, packed) = result
         packs.append((pos, step))
         inputs[pos] = packed
-    for lp in loops(result):
-        if lp.kind == "simd" and any(not isinstance(s, (Store, Seq)) for s in walk_stmts(lp.body)):
-            step.fail(kernel, f"it would put loops or branches inside simd loop {lp.var.name}")
+    if not isinstance(step, (Parallel, Vectorize, Simd, Unroll, Bind)):  # those only set a loop's kind
+        for lp in loops(result):
+            if lp.kind == "simd" and any(not isinstance(s, (Store, Seq)) for s in walk_stmts(lp.body)):
+                step.fail(kernel, f"it would put loops or branches inside simd loop {lp.var.name}")
     return replace(kernel, inputs=inputs, body=result, schedule=kernel.schedule + [step], packs=packs)
 
 
