@@ -13,7 +13,19 @@ from __future__ import annotations
 
 from minicomp.errors import VerifyError
 from minicomp.ir import expr as ex
-from minicomp.ir.loops import GPU_LOOP_KINDS, LOOP_KINDS, Allocate, Barrier, For, If, Kernel, Seq, Stmt, Store
+from minicomp.ir.loops import (
+    GPU_LOOP_KINDS,
+    LOOP_KINDS,
+    Allocate,
+    Barrier,
+    For,
+    If,
+    Kernel,
+    Seq,
+    Stmt,
+    Store,
+    only_stores,
+)
 
 
 def verify_kernel(kernel: Kernel, target=None) -> None:
@@ -52,7 +64,7 @@ class _Verifier:
                 self.fail(f"loop {name} is bound to {s.kind}, which needs a GPU target")
             if s.kind == "parallel" and not top:
                 self.fail(f"parallel loop {name} is not at the top level")
-            if s.kind == "simd" and any(not isinstance(c, (Store, Seq)) for c in _walk(s.body)):
+            if s.kind == "simd" and not only_stores(s.body):
                 self.fail(f"simd loop {name} must hold only stores")
             if s.extent < 0:
                 self.fail(f"loop {name} has extent {s.extent}")
@@ -97,8 +109,3 @@ class _Verifier:
                 self.fail(f"{buf.name}[{', '.join(ex.format_expr(x) for x in indices)}]: index {d} runs over "
                           f"{b[0]}..{b[1]}, outside 0..{n - 1}")
 
-
-def _walk(s: Stmt):
-    from minicomp.ir.loops import walk_stmts
-
-    return walk_stmts(s)

@@ -146,6 +146,11 @@ def walk_stmts(s: Stmt):
         stack.extend(reversed(stmt_children(n)))
 
 
+def only_stores(s: Stmt) -> bool:
+    """Is ``s`` nothing but stores (what a ``simd`` loop may hold as its lanes)?"""
+    return all(isinstance(c, (Store, Seq)) for c in walk_stmts(s))
+
+
 def loops(s: Stmt) -> list[For]:
     return [n for n in walk_stmts(s) if isinstance(n, For)]
 

@@ -54,6 +54,7 @@ from minicomp.ir.loops import (
     Stmt,
     Store,
     loops,
+    only_stores,
     seq,
     stmt_children,
     walk_stmts,
@@ -412,7 +413,7 @@ class Simd(Step):
 
     def apply(self, kernel, names):
         lp = self.find(kernel, self.loop)
-        if any(not isinstance(s, (Store, Seq)) for s in walk_stmts(lp.body)):
+        if not only_stores(lp.body):
             self.fail(kernel, f"loop {self.loop} must hold only stores to run as vector lanes")
         if lp.extent > 64:
             self.fail(kernel, f"loop {self.loop} has {lp.extent} iterations; at most 64 lanes")
@@ -801,7 +802,7 @@ def apply_step(kernel: Kernel, step: Step) -> Kernel:
         inputs[pos] = packed
     if not isinstance(step, (Parallel, Vectorize, Simd, Unroll, Bind)):  # those only set a loop's kind
         for lp in loops(result):
-            if lp.kind == "simd" and any(not isinstance(s, (Store, Seq)) for s in walk_stmts(lp.body)):
+            if lp.kind == "simd" and not only_stores(lp.body):
                 step.fail(kernel, f"it would put loops or branches inside simd loop {lp.var.name}")
     return replace(kernel, inputs=inputs, body=result, schedule=kernel.schedule + [step], packs=packs)
 
