@@ -53,6 +53,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     """
     from minicomp.backends.registry import get_backend
     from minicomp.passes.fusion import print_fused_graph
+    from minicomp.passes.legalize import legalize_kernel
     from minicomp.passes.manager import PassContext, PassManager, Program
     from minicomp.passes.pipeline_passes import lower_pass, plan_pass
     from minicomp.runtime import make_model
@@ -81,6 +82,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
             program = lower_pass(program, PassContext(pm.options))
         if program.memory_plan is None:
             program = plan_pass(program, PassContext(pm.options))
+        program.kernels = [legalize_kernel(k) for k in program.kernels]
         stages["graph"] = print_fused_graph(program.graph, program.groups)
         stages["fusion"] = program.options["fusion_result"].explain()
         stages["loops"] = "\n\n".join(str(k) for k in program.kernels) + "\n"

@@ -274,24 +274,10 @@ class FunctionGen:
             # Index arithmetic: divisors are positive constants, dividends non-negative.
             self.emit(f"{out} = {'sdiv' if op == 'floordiv' else 'srem'} {ty} {a}, {b}")
             return out
-        if op == "div":
-            return self._safe_int_div(ty, a, b)
+        if op == "tdiv":  # legalization guarded the divisors 0 and -1
+            self.emit(f"{out} = sdiv {ty} {a}, {b}")
+            return out
         raise CompileError(f"function {self.name}: no code for {op} on {dt.name}")
-
-    def _safe_int_div(self, ty: str, a: str, b: str) -> str:
-        """Truncating division that never traps: x/0 is 0, x/-1 is -x (wrapping)."""
-        zero, mone = self.tmp(), self.tmp()
-        self.emit(f"{zero} = icmp eq {ty} {b}, 0")
-        self.emit(f"{mone} = icmp eq {ty} {b}, -1")
-        bad = self.tmp()
-        self.emit(f"{bad} = or i1 {zero}, {mone}")
-        safe_b, q, neg, r1, r2 = (self.tmp() for _ in range(5))
-        self.emit(f"{safe_b} = select i1 {bad}, {ty} 1, {ty} {b}")
-        self.emit(f"{q} = sdiv {ty} {a}, {safe_b}")
-        self.emit(f"{neg} = sub {ty} 0, {a}")
-        self.emit(f"{r1} = select i1 {mone}, {ty} {neg}, {ty} {q}")
-        self.emit(f"{r2} = select i1 {zero}, {ty} 0, {ty} {r1}")
-        return r2
 
     def _callop(self, e: ex.Call) -> str:
         x = self.value(e.args[0])

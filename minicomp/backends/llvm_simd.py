@@ -29,7 +29,7 @@ def simd_supported(body: Stmt) -> bool:
         for n in ex.walk(s.value):
             if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
                 return False
-            if isinstance(n, ex.BinOp) and n.op in ("div", "floordiv", "mod", "pow") and not n.dtype.is_float:
+            if isinstance(n, ex.BinOp) and n.op in ("div", "tdiv", "floordiv", "mod", "pow") and not n.dtype.is_float:
                 return False
             if isinstance(n, ex.Reduce) or (isinstance(n, ex.Load) and n.dtype.is_bool):
                 return False

@@ -23,7 +23,9 @@ from minicomp.errors import MinicompError
 from minicomp.ir import dtypes
 from minicomp.ir.dtypes import DType
 
-ARITH_OPS = ("add", "sub", "mul", "div", "floordiv", "mod", "max", "min", "pow", "and", "or")
+# ``tdiv``: truncating integer division for divisors other than 0 and -1 (the
+# hardware's divide); legalization (passes/legalize.py) turns ``div`` into it.
+ARITH_OPS = ("add", "sub", "mul", "div", "tdiv", "floordiv", "mod", "max", "min", "pow", "and", "or")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 CALL_FNS = ("exp", "log", "sqrt", "tanh", "erf", "neg", "abs", "not", "floor")
 REDUCE_OPS = ("sum", "max", "min")
@@ -413,9 +415,9 @@ def _fold_scalar(op: str, a, b, dtype: DType):
         return a and b
     if op == "or":
         return a or b
-    if op in ("div", "floordiv", "mod") and b == 0:
+    if op in ("div", "tdiv", "floordiv", "mod") and b == 0:
         return None  # leave it to the code generator's zero guard
-    if op == "div":
+    if op in ("div", "tdiv"):
         q = abs(a) // abs(b)
         return q if (a >= 0) == (b >= 0) else -q
     fns = {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "floordiv": lambda: a // b,
@@ -576,7 +578,7 @@ def _simplify_node(e: Expr, ranges: dict) -> Expr:
                 return b
             if e.dtype.is_int and (_is_const(a, 0) or _is_const(b, 0)):
                 return Const(0, e.dtype)
-        if op in ("div", "floordiv") and _is_const(b, 1):
+        if op in ("div", "tdiv", "floordiv") and _is_const(b, 1):
             return a
         if op == "mod" and _is_const(b, 1) and e.dtype.is_int:
             return Const(0, e.dtype)

@@ -41,10 +41,12 @@ def np_erf(x: np.ndarray) -> np.ndarray:
 
 
 def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Integer division toward zero; division by zero gives 0."""
+    """Integer division toward zero; division by zero gives 0, and the one
+    overflow (the most negative value / -1) wraps, as in generated code."""
     safe = np.where(b == 0, 1, b)
-    q = np.abs(a) // np.abs(safe)
-    q = np.where((a < 0) != (safe < 0), -q, q)
+    with np.errstate(over="ignore"):  # abs() of the most negative value would overflow: floor, then round up
+        q = a // safe
+        q = np.where((a - q * safe != 0) & ((a < 0) != (safe < 0)), q + 1, q)
     return np.where(b == 0, 0, q).astype(np.result_type(a, b))
 
 

@@ -1,0 +1,61 @@
+"""Target semantics that every code generator shares, made explicit on loop IR.
+
+An operation of the loop IR means the same on every target. Where hardware
+disagrees, legalization rewrites it into operations that every emitter maps
+directly onto an instruction:
+
+- integer ``div`` truncates and never traps: ``x / 0 == 0`` and
+  ``x / -1 == -x`` (wrapping). It becomes ``tdiv`` — the hardware's
+  truncating division, defined only for divisors other than 0 and -1 — behind
+  selects that handle those two.
+
+What stays, and every emitter must provide as it is:
+
+- float ``max``/``min`` propagate NaN, as numpy does (LLVM: ``llvm.maximum``);
+- float-to-int casts saturate, and NaN becomes 0;
+- float16 values are computed in float32 and rounded to half precision at
+  every store and every cast to float16.
+
+``compile()`` legalizes every kernel after the pass pipeline, whatever the
+pipeline, so an emitter never sees an integer ``div``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from minicomp.ir import expr as ex
+from minicomp.ir.loops import Kernel
+from minicomp.passes.schedules.primitives import map_exprs
+
+
+def legalize_expr(e: ex.Expr) -> ex.Expr:
+    """``e`` with every integer ``div`` guarded and made a ``tdiv``."""
+    memo: dict[int, ex.Expr] = {}
+
+    def go(n: ex.Expr) -> ex.Expr:
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        out = ex.rebuild(n, tuple(go(c) for c in ex.children(n)))
+        if isinstance(out, ex.BinOp) and out.op == "div" and out.dtype.is_int:
+            out = _safe_int_div(out.a, out.b)
+        memo[key] = out
+        return out
+
+    return go(e)
+
+
+def _safe_int_div(a: ex.Expr, b: ex.Expr) -> ex.Expr:
+    if isinstance(b, ex.Const) and b.value not in (0, -1):
+        return ex.BinOp("tdiv", a, b)
+    dt = a.dtype
+    zero, minus_one = ex.const(0, dt), ex.const(-1, dt)
+    is_zero, is_minus_one = ex.eq(b, zero), ex.eq(b, minus_one)
+    safe = ex.select(ex.BinOp("or", is_zero, is_minus_one), ex.const(1, dt), b)
+    return ex.select(is_zero, zero, ex.select(is_minus_one, ex.BinOp("sub", zero, a), ex.BinOp("tdiv", a, safe)))
+
+
+def legalize_kernel(kernel: Kernel) -> Kernel:
+    """``kernel`` with every expression legalized (see the module docs)."""
+    return replace(kernel, body=map_exprs(kernel.body, legalize_expr))
