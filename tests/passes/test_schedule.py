@@ -14,6 +14,7 @@ from minicomp.passes.schedules import (
     Bind,
     CacheRead,
     CacheWrite,
+    ComputeAt,
     DecomposeReduction,
     Fuse,
     Pack,
@@ -154,7 +155,8 @@ def test_schedule_text_round_trips():
 def test_every_step_prints_and_parses():
     steps = [Split("i0", 4), Reorder(("a", "b", "c")), Fuse("a", "b"), Tile("a", "b", 6, 32), Parallel("a"),
              Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "threadIdx.x"), CacheWrite("buf", "a", "shared"),
-             CacheRead("buf", "a", "local"), DecomposeReduction("a"), ReverseComputeInline("a"), Pack("w", 1, 16)]
+             CacheRead("buf", "a", "local"), DecomposeReduction("a"), ComputeAt("a", "b"), ReverseComputeInline("a"),
+             Pack("w", 1, 16)]
     assert parse_schedule(format_schedule(steps)) == steps
 
 
@@ -175,6 +177,30 @@ def test_cache_read_copies_the_box_and_keeps_results():
     assert "local f32 b_local[16, 32]" in model.stages["loops"]
     ins = matmul_inputs(8, 16, 32)
     assert_close(model(*ins)[0], ins[0] @ ins[1], scale=10)
+
+
+def padded_conv():
+    rng = np.random.default_rng(4)
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 4, 9, 9))
+    g.output(g.conv2d(x, g.constant(rng.standard_normal((5, 4, 3, 3)).astype(np.float32)), padding=1))
+    return g.build(), [rng.standard_normal((1, 4, 9, 9)).astype(np.float32)]
+
+
+def test_compute_at_pads_only_the_rows_each_output_row_reads():
+    graph, ins = padded_conv()
+    k = lowered(graph)
+    assert [lp.var.name for lp in loops(k.body)][:3] == ["i0", "i1", "i2"]  # the padding nest
+    done = apply_schedule(k, "compute_at(i0, i4)")
+    assert "i0" not in {lp.var.name for lp in loops(done.body)}
+    box = [lp.extent for lp in loops(done.body) if lp.var.name.startswith(k.workspace[0].name)]
+    assert box == [1, 4, 3, 11]  # 3 padded rows of 11 for each output row
+    model = mc.compile(graph, schedules={k.name: "compute_at(i0, i4)"})
+    assert_close(model(*ins)[0], mc.run_reference(graph, *ins)[0], scale=10)
+    with pytest.raises(ScheduleError, match="must come after the producer"):
+        apply_schedule(k, "compute_at(i0, i1)")
+    with pytest.raises(ScheduleError, match="not a serial perfect nest"):
+        apply_schedule(k, "compute_at(i3, i4)")
 
 
 def test_pack_relays_a_constant_once():
@@ -204,7 +230,7 @@ def test_gpu_bindings_need_a_gpu_target():
 # -- random legal step sequences --------------------------------------------------
 
 STEP_KINDS = ("split", "reorder", "fuse", "unroll", "vectorize", "simd", "parallel", "cache_write",
-              "decompose_reduction", "tile")
+              "decompose_reduction", "tile", "compute_at")
 
 
 @st.composite
@@ -230,6 +256,7 @@ def random_steps(draw, kernel, max_steps=6):
             "cache_write": lambda: CacheWrite(draw(st.sampled_from(buffers)), a),
             "decompose_reduction": lambda: DecomposeReduction(a),
             "tile": lambda: Tile(a, b, draw(st.integers(2, 6)), draw(st.integers(2, 8))),
+            "compute_at": lambda: ComputeAt(a, b),
         }[kind]()
         try:
             kernel = apply_schedule(kernel, [step])

@@ -9,6 +9,7 @@ from minicomp.passes.schedules.primitives import (
     Bind,
     CacheRead,
     CacheWrite,
+    ComputeAt,
     DecomposeReduction,
     Fuse,
     Pack,
@@ -29,7 +30,7 @@ from minicomp.passes.schedules.primitives import (
 )
 
 __all__ = [
-    "STEPS", "Bind", "CacheRead", "CacheWrite", "DecomposeReduction", "Fuse", "Pack", "Parallel", "Reorder",
-    "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step", "Tile", "Unroll", "Vectorize",
+    "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Fuse", "Pack", "Parallel",
+    "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step", "Tile", "Unroll", "Vectorize",
     "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
 ]

@@ -28,6 +28,8 @@ The primitives, in the spirit of TVM's TIR schedule:
 - ``decompose_reduction(loop)``: give a reduction's initialisation its own
   copy of ``loop`` (and of the loops inside it), so that the update loops
   form a perfect nest that can be reordered;
+- ``compute_at(producer, loop)``: compute an elementwise producer nest
+  inside ``loop``, only for the box of elements its body reads;
 - ``reverse_compute_inline(consumer)``: fold an elementwise nest that
   updates a buffer in place (bias, activation, residual) into the stores
   that last wrote each element, and drop the consumer's own loops;
@@ -485,6 +487,17 @@ def _buffer(step, kernel, name: str, body: Stmt | None = None) -> Buffer:
     step.fail(kernel, f"no buffer named {name} (buffers: {', '.join(b.name for b in bufs)})")
 
 
+def _check_outside(step, kernel, buf: Buffer, lp: For):
+    """``buf`` must exist around ``lp``: a parameter, or allocated outside it."""
+    if any(b is buf for b in kernel.params):
+        return
+    for st in walk_stmts(kernel.body):
+        if isinstance(st, Allocate) and st.buffer is buf:
+            if any(s is lp for s in walk_stmts(st.body)):
+                return
+            step.fail(kernel, f"{buf.name} is allocated inside {lp.var.name}: it does not exist around it")
+
+
 def _inner_vars(lp: For, idx) -> list[For]:
     """The loops under ``lp`` (in nesting order) whose variables ``idx`` uses."""
     used = {id(v) for i in idx for v in ex.free_vars(i)}
@@ -511,6 +524,7 @@ class CacheWrite(Step):
         _scope(self, kernel, self.scope)
         buf = _buffer(self, kernel, self.buffer)
         lp = self.find(kernel, self.loop)
+        _check_outside(self, kernel, buf, lp)
         acc = accesses(lp.body, buf)
         if not acc:
             self.fail(kernel, f"nothing under {self.loop} touches {self.buffer}")
@@ -578,27 +592,14 @@ class CacheRead(Step):
         _scope(self, kernel, self.scope)
         buf = _buffer(self, kernel, self.buffer)
         lp = self.find(kernel, self.loop)
+        _check_outside(self, kernel, buf, lp)
         acc = accesses(lp.body, buf)
         if not acc:
             self.fail(kernel, f"nothing under {self.loop} reads {self.buffer}")
         if any(is_store for _, _, is_store in acc):
             self.fail(kernel, f"{self.buffer} is written under {self.loop}")
         inner = loop_ranges(lp.body)
-        zero = {v: ex.const(0, "int64") for v in inner}
-        base = [ex.simplify(ex.substitute(i, zero)) for i in acc[0][1]]
-        lo, hi = [None] * len(base), [None] * len(base)
-        for _, idx, _ in acc:
-            for d, (i, b) in enumerate(zip(idx, base)):
-                off = ex.simplify(i - b, inner)
-                if any(v not in inner for v in ex.free_vars(off)):
-                    self.fail(kernel, f"{self.buffer}'s index moves with loops outside {self.loop}")
-                rng = ex.bounds(off, inner)
-                if rng is None:
-                    self.fail(kernel, f"cannot bound the box of {self.buffer} read under {self.loop}")
-                lo[d] = rng[0] if lo[d] is None else min(lo[d], rng[0])
-                hi[d] = rng[1] if hi[d] is None else max(hi[d], rng[1])
-            if not all(same_indices([ex.simplify(ex.substitute(i, zero))], [b]) for i, b in zip(idx, base)):
-                self.fail(kernel, f"{self.buffer} is read at boxes that do not share a corner under {self.loop}")
+        base, lo, hi = _read_box(self, kernel, lp, buf, acc)
         shape = tuple(h - low + 1 for low, h in zip(lo, hi))
         # Rows a multiple of 1 KiB apart land in the same cache sets and evict
         # each other: pad such rows by one cache line.
@@ -616,27 +617,111 @@ class CacheRead(Step):
             return ex.transform_loads(e, fn)
 
         body = map_exprs(lp.body, reread)
-        cvars = [ex.Var(names.fresh(f"{buf.name}.c{d}")) for d in range(len(shape))]
-        src = [b + low + c for b, low, c in zip(base, lo, cvars)]
-        ranges = {**enclosing_ranges(kernel.body, lp), lp.var: lp.extent, **dict(zip(cvars, shape))}
-        src = [ex.simplify(s, ranges) for s in src]
-        copy: Stmt = Store(local, tuple(cvars), ex.Load(buf, tuple(src)))
-        conds = []
-        for s, n in zip(src, buf.shape):
-            b = ex.bounds(s, ranges)
-            if b is None or b[0] < 0:
-                conds.append(ex.ge(s, ex.const(0, "int64")))
-            if b is None or b[1] >= n:
-                conds.append(ex.lt(s, ex.const(n, "int64")))
-        if conds:  # the box may reach past the buffer's edge: copy only what exists
-            cond = conds[0]
-            for c in conds[1:]:
-                cond = ex.logical_and(cond, c)
-            copy = If(cond, copy)
-        for v, n in reversed(list(zip(cvars, shape))):
-            copy = For(v, n, copy)
+        copy = _box_nest(kernel, lp, names, buf, base, lo, shape,
+                         lambda cvars, src: Store(local, tuple(cvars), ex.Load(buf, tuple(src))))
         parts = [copy, Barrier(), body, Barrier()] if self.scope == "shared" else [copy, body]
         return _replace(kernel.body, lp, replace(lp, body=Allocate(local, seq(*parts))))
+
+
+def _read_box(step, kernel, lp: For, buf: Buffer, acc):
+    """The box of ``buf`` read under ``lp``: (corner expressions, which move
+    only with loops outside ``lp``; lowest and highest offsets per axis)."""
+    inner = loop_ranges(lp.body)
+    zero = {v: ex.const(0, "int64") for v in inner}
+    base = [ex.simplify(ex.substitute(i, zero)) for i in acc[0][1]]
+    lo, hi = [None] * len(base), [None] * len(base)
+    for _, idx, _ in acc:
+        for d, (i, b) in enumerate(zip(idx, base)):
+            off = ex.simplify(i - b, inner)
+            if any(v not in inner for v in ex.free_vars(off)):
+                step.fail(kernel, f"{buf.name}'s index moves with loops outside {lp.var.name} in ways a box cannot "
+                                  f"follow")
+            rng = ex.bounds(off, inner)
+            if rng is None:
+                step.fail(kernel, f"cannot bound the box of {buf.name} read under {lp.var.name}")
+            lo[d] = rng[0] if lo[d] is None else min(lo[d], rng[0])
+            hi[d] = rng[1] if hi[d] is None else max(hi[d], rng[1])
+        if not all(same_indices([ex.simplify(ex.substitute(i, zero))], [b]) for i, b in zip(idx, base)):
+            step.fail(kernel, f"{buf.name} is read at boxes that do not share a corner under {lp.var.name}")
+    return base, lo, hi
+
+
+def _box_nest(kernel, lp: For, names: Names, buf: Buffer, base, lo, shape, make_store) -> Stmt:
+    """Loops over a box of ``buf`` (corner ``base + lo``, ``shape``) at the
+    start of ``lp``'s body, running ``make_store(box indices, buffer
+    indices)`` for each element that lies inside ``buf``."""
+    cvars = [ex.Var(names.fresh(f"{buf.name}.c{d}")) for d in range(len(shape))]
+    ranges = {**enclosing_ranges(kernel.body, lp), lp.var: lp.extent, **dict(zip(cvars, shape))}
+    src = [ex.simplify(b + low + c, ranges) for b, low, c in zip(base, lo, cvars)]
+    stmt: Stmt = make_store(cvars, src)
+    conds = []
+    for e, n in zip(src, buf.shape):
+        b = ex.bounds(e, ranges)
+        if b is None or b[0] < 0:
+            conds.append(ex.ge(e, ex.const(0, "int64")))
+        if b is None or b[1] >= n:
+            conds.append(ex.lt(e, ex.const(n, "int64")))
+    if conds:  # the box may reach past the buffer's edge: only what exists
+        cond = conds[0]
+        for c in conds[1:]:
+            cond = ex.logical_and(cond, c)
+        stmt = If(cond, stmt)
+    for v, n in reversed(list(zip(cvars, shape))):
+        stmt = For(v, n, stmt)
+    return stmt
+
+
+@dataclass(frozen=True)
+class ComputeAt(Step):
+    """Compute the elementwise nest ``producer`` (one element of its buffer
+    per iteration) inside ``loop`` instead, only for the box of elements
+    that ``loop``'s body reads, just before it reads them; the producer's
+    own loops go away. Elements read by several iterations are recomputed."""
+
+    producer: str
+    loop: str
+    name = "compute_at"
+
+    def apply(self, kernel, names):
+        prod = self.find(kernel, self.producer)
+        lp = self.find(kernel, self.loop)
+        chain, cur = [], prod
+        while isinstance(cur, For):
+            chain.append(cur)
+            cur = cur.body
+        if not isinstance(cur, Store) or any(c.is_reduction or c.kind != "serial" for c in chain):
+            self.fail(kernel, f"{self.producer} is not a serial perfect nest around one store")
+        buf = cur.buffer
+        var_dims = [d for d, i in enumerate(cur.indices) if not isinstance(i, ex.Const)]
+        if [cur.indices[d] for d in var_dims] != [c.var for c in chain]:
+            self.fail(kernel, f"{self.producer} must write {buf.name} at its loops' indices, in order")
+        if any(isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(cur.value)):
+            self.fail(kernel, f"{self.producer} reads the buffer it writes")
+        if any(s is lp for s in walk_stmts(prod)) or not _before(kernel.body, prod, lp):
+            self.fail(kernel, f"{self.loop} must come after the producer {self.producer}, outside it")
+        _check_outside(self, kernel, buf, lp)
+        acc = accesses(lp.body, buf)
+        if not acc or any(is_store for _, _, is_store in acc):
+            self.fail(kernel, f"the body of {self.loop} must read {buf.name} and not write it")
+        elsewhere = [a for a in accesses(kernel.body, buf) if a[0] is not cur
+                     and not any(a[0] is s for s in walk_stmts(lp.body))]
+        if elsewhere:
+            self.fail(kernel, f"{buf.name} is also used outside {self.loop}")
+        base, lo, hi = _read_box(self, kernel, lp, buf, acc)
+        shape = tuple(h - low + 1 for low, h in zip(lo, hi))
+
+        def compute(cvars, src):
+            at = {c.var: src[d] for c, d in zip(chain, var_dims)}
+            return Store(buf, tuple(src), ex.substitute(cur.value, at))
+
+        nest = _box_nest(kernel, lp, names, buf, base, lo, shape, compute)
+        body = _replace(kernel.body, lp, replace(lp, body=seq(nest, lp.body)))
+        return _drop_empty(_replace(body, prod, Seq([])))
+
+
+def _before(body: Stmt, a: Stmt, b: Stmt) -> bool:
+    order = [s for s in walk_stmts(body) if s is a or s is b]
+    return len(order) == 2 and order[0] is a
 
 
 def _split_init(lp: For):
@@ -785,7 +870,7 @@ class Pack(Step):
 
 
 STEPS = {cls.name: cls for cls in (Split, Reorder, Fuse, Tile, Parallel, Vectorize, Simd, Unroll, Bind,
-                                   CacheWrite, CacheRead, DecomposeReduction, ReverseComputeInline, Pack)}
+                                   CacheWrite, CacheRead, DecomposeReduction, ComputeAt, ReverseComputeInline, Pack)}
 
 
 def apply_step(kernel: Kernel, step: Step) -> Kernel:
