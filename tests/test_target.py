@@ -83,3 +83,19 @@ def test_large_matrix_products_get_cache_blocks(target):
     assert "split(r0, 256)" in schedule and "cache_read(b, r0.o, local)" in schedule
     assert "parallel(i1.o)" in schedule  # column blocks shared out to the threads
     assert_close(model(*ins)[0], mc.run_reference(graph, *ins)[0], scale=10)
+
+
+def test_constant_right_operands_are_packed_into_panels_once():
+    rng = np.random.default_rng(5)
+    g = mc.GraphBuilder()
+    x = g.input("x", (37, 64))
+    w = rng.standard_normal((64, 71)).astype(np.float32)
+    g.output(g.relu(x @ g.constant(w)))
+    graph = g.build()
+    model = mc.compile(graph, num_threads=2)
+    assert "pack(const_0, 1, 32)" in model.stages["loops"] and "const_0_p32[3, 64, 32]" in model.stages["loops"]
+    packed = next(a for v, a in model.graph.constants.items() if v.name == "const_0_p32")
+    np.testing.assert_array_equal(packed[1, :, :], w[:, 32:64])  # panel 1: columns 32..63, rows in order
+    assert (packed[2, :, 7:] == 0).all()  # the last panel is zero-padded past column 71
+    xs = rng.standard_normal((37, 64)).astype(np.float32)
+    assert_close(model(xs)[0], np.maximum(xs @ w, 0), scale=10)

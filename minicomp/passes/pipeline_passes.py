@@ -39,8 +39,10 @@ def schedule_pass(program, ctx):
         from minicomp.target import Target
 
         target = Target.host()
-    program.kernels = [apply_schedule(k, user[k.name]) if k.name in user else cpu_schedule(k, target, threads)
-                       for k in program.kernels]
+    constants = program.graph.constants
+    program.kernels = [apply_schedule(k, user[k.name]) if k.name in user else cpu_schedule(
+        k, target, threads, {b.name for b, v in zip(k.params, k.param_values) if v is not None and v in constants})
+        for k in program.kernels]
     for k in program.kernels:
         materialize_packs(program.graph, k)
     return program

@@ -39,6 +39,7 @@ from minicomp.passes.schedules.primitives import (
     CacheWrite,
     DecomposeReduction,
     Fuse,
+    Pack,
     Parallel,
     Reorder,
     ReverseComputeInline,
@@ -64,17 +65,42 @@ def register_tile(target, dtype) -> tuple[int, int]:
     return rows, 2 * lanes
 
 
-def cpu_schedule(kernel: Kernel, target, num_threads: int) -> Kernel:
-    """``kernel`` with the default CPU schedule applied (its steps recorded)."""
+def cpu_schedule(kernel: Kernel, target, num_threads: int, constants=frozenset()) -> Kernel:
+    """``kernel`` with the default CPU schedule applied (its steps recorded).
+
+    ``constants`` names the kernel's inputs that are constants: a constant
+    right operand of a register-tiled product is packed into panels once,
+    at compile time.
+    """
     k = kernel
     for root in [chain[0].var.name for chain, _, _ in reduction_nests(k.body)]:
+        panel = _panel_operand(k, root, constants)
         # Steps rebuild the kernel they see: show them only the top-level
         # statement that holds this nest (loop names stay unique, since every
         # new name derives from a name of that statement's own loops).
         k, tiled = _on_part(k, root, lambda part: _schedule_reduction(part, root, target, num_threads))
         if tiled is not None:
             k = _inline_epilogue(k, tiled)
+            if panel is not None:
+                k = apply_step(k, Pack(panel, 1, register_tile(target, tiled.dtype)[1]))
     return _parallelize(k, num_threads)
+
+
+def _panel_operand(k: Kernel, root: str, constants) -> str | None:
+    """A constant right operand ``B[r, j]`` of the reduction nest at ``root``
+    (j its last spatial loop, r a reduction loop), to be packed into panels
+    that the register tiles read contiguously; None if there is none."""
+    chain, _, rloop = _find_nest(k.body, root)
+    rs, update = _update(rloop)
+    if update is None or chain[-1].extent < 8:
+        return None
+    rvars = {id(r.var) for r in rs}
+    for n in ex.walk(update.value):
+        if (isinstance(n, ex.Load) and n.tensor.name in constants and len(n.indices) == 2
+                and n.indices[1] is chain[-1].var and isinstance(n.indices[0], ex.Var)
+                and id(n.indices[0]) in rvars and len(n.tensor.shape) == 2):
+            return n.tensor.name
+    return None
 
 
 def _on_part(k: Kernel, root: str, fn):
