@@ -17,8 +17,9 @@ A reduction lowers to ``out[i] = init; for r: out[i] = out[i] + term``.
 Lowering knows no target: loop order, register tiles, vector lanes, threads
 and unrolling are schedule steps (``passes/schedules``). Stages that share
 leading axes share one loop nest over them (softmax, layer norm: one row
-loop), with per-row intermediates in stack buffers; the shared axes stop
-before the axes a reduction would vectorize or tile over.
+loop), their intermediates in workspaces that the schedule can turn into
+per-row stack buffers (``localize``); the shared axes stop before the axes a
+reduction would vectorize or tile over.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from minicomp.ir.compute import Stage, compute, reduce_identity, stage_dag
 from minicomp.ir.graph import Node, Value
 from minicomp.ir.loops import Allocate, Buffer, For, Kernel, Store, seq
 from minicomp.ir.ops import get_op
-from minicomp.passes.schedules.analysis import spatial_innermost, tile_axis
+from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, spatial_innermost, tile_axis
 
 
 @dataclass(eq=False)
@@ -132,12 +133,10 @@ class _Lowerer:
         for v, n in zip(shared, materialized[0].shape[:prefix]):
             self.ranges[v] = n
 
-        # Buffers: outputs; reductions hosted in the output they feed; per-row
-        # locals when rows are shared and small; else a workspace in the arena.
+        # Buffers: outputs; reductions hosted in the output they feed; else a
+        # workspace (the schedule may give each shared row its own stack copy).
         buffers: dict[Stage, Buffer] = {s: self.out_bufs[v] for s, v in out_stage.items()}
-        local: set[Stage] = set()
         workspace: list[Buffer] = []
-        allocations: list[Buffer] = []
         for s in materialized:
             if s in buffers:
                 continue
@@ -145,33 +144,21 @@ class _Lowerer:
             if host is not None:
                 buffers[s] = buffers[host]
                 continue
-            row_shape = s.shape[prefix:]
-            row_bytes = _prod(row_shape) * accumulator_dtype(s.dtype).itemsize
-            if prefix and row_bytes <= LOCAL_ROW_BYTES:
-                b = Buffer(self._fresh(f"{self.name}_row"), row_shape, accumulator_dtype(s.dtype), scope="local")
-                allocations.append(b)
-                local.add(s)
-            else:
-                b = Buffer(self._fresh(f"{self.name}_ws"), s.shape, accumulator_dtype(s.dtype))
-                workspace.append(b)
+            b = Buffer(self._fresh(f"{self.name}_ws"), s.shape, accumulator_dtype(s.dtype))
+            workspace.append(b)
             buffers[s] = b
 
         def to_buffer(ld: ex.Load):
             t = ld.tensor
-            if t not in buffers:
-                return None
-            return ex.Load(buffers[t], ld.indices[prefix:] if t in local else ld.indices)
+            return ex.Load(buffers[t], ld.indices) if t in buffers else None
 
         nests = []
         for s in materialized:
             sub = dict(zip(s.axes[:prefix], shared))
             body = ex.transform_loads(ex.substitute(bodies[s], sub), to_buffer)
-            lead = [] if s in local else list(shared)
-            nests.append(self._nest(s, body, buffers[s], lead, prefix))
+            nests.append(self._nest(s, body, buffers[s], list(shared), prefix))
         body = seq(*nests)
         if prefix:
-            for b in reversed(allocations):
-                body = Allocate(b, body)
             body = _wrap_loops(body, shared, list(materialized[0].shape[:prefix]))
         _rename_loop_vars(body)
         kernel = Kernel(self.name, list(self.in_bufs.values()), list(self.out_bufs.values()), body,
@@ -314,11 +301,6 @@ class _Lowerer:
             self._store(buf, idx, ex.cast(buf.dtype, acc_ld)),
         ))
         return _wrap_loops(stmt, loop_axes, loop_ext)
-
-
-# Per-row intermediates up to this size live on the stack of the row loop
-# (one copy per thread); larger ones get a workspace in the arena.
-LOCAL_ROW_BYTES = 64 * 1024
 
 
 def _is_expensive(e: ex.Expr) -> bool:

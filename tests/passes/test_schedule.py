@@ -17,6 +17,7 @@ from minicomp.passes.schedules import (
     ComputeAt,
     DecomposeReduction,
     Fuse,
+    Localize,
     Pack,
     Parallel,
     Reorder,
@@ -156,7 +157,7 @@ def test_every_step_prints_and_parses():
     steps = [Split("i0", 4), Reorder(("a", "b", "c")), Fuse("a", "b"), Tile("a", "b", 6, 32), Parallel("a"),
              Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "threadIdx.x"), CacheWrite("buf", "a", "shared"),
              CacheRead("buf", "a", "local"), DecomposeReduction("a"), ComputeAt("a", "b"), ReverseComputeInline("a"),
-             Pack("w", 1, 16)]
+             Pack("w", 1, 16), Localize("buf", "a")]
     assert parse_schedule(format_schedule(steps)) == steps
 
 
@@ -201,6 +202,25 @@ def test_compute_at_pads_only_the_rows_each_output_row_reads():
         apply_schedule(k, "compute_at(i0, i1)")
     with pytest.raises(ScheduleError, match="not a serial perfect nest"):
         apply_schedule(k, "compute_at(i3, i4)")
+
+
+def test_localize_gives_each_row_its_own_stack_buffer():
+    g = mc.GraphBuilder()
+    x = g.input("x", (64, 100))
+    g.output(g.softmax(x, axis=-1))
+    graph = g.build()
+    k = lowered(graph)
+    assert len(k.workspace) == 3  # lowering: max, exp and sum of every row in the arena
+    done = apply_schedule(k, "localize(softmax_0_ws1, i0)")
+    assert len(done.workspace) == 2 and "local f32 softmax_0_ws1[100];" in str(done)
+    with pytest.raises(ScheduleError, match="is not a workspace"):
+        apply_schedule(k, "localize(x, i0)")
+    with pytest.raises(ScheduleError, match="used outside r0"):
+        apply_schedule(k, "localize(softmax_0_ws1, r0)")
+    model = mc.compile(graph)  # the CPU schedule localizes all three
+    assert model.kernels[0].workspace == [] and model.memory_plan.arena_bytes == 0
+    xs = np.random.default_rng(0).standard_normal((64, 100)).astype(np.float32)
+    assert_close(model(xs)[0], mc.run_reference(graph, xs)[0])
 
 
 def test_pack_relays_a_constant_once():

@@ -12,6 +12,7 @@ from minicomp.passes.schedules.primitives import (
     ComputeAt,
     DecomposeReduction,
     Fuse,
+    Localize,
     Pack,
     Parallel,
     Reorder,
@@ -30,7 +31,7 @@ from minicomp.passes.schedules.primitives import (
 )
 
 __all__ = [
-    "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Fuse", "Pack", "Parallel",
-    "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step", "Tile", "Unroll", "Vectorize",
-    "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
+    "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Fuse", "Localize", "Pack",
+    "Parallel", "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step", "Tile", "Unroll",
+    "Vectorize", "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
 ]

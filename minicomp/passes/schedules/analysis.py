@@ -11,6 +11,11 @@ from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import SIMD_CALLS
 
+# Per-row intermediates up to this size can live on the stack of their row
+# loop (one copy per thread): lowering materializes a shared transcendental
+# stage only when its row fits, and the CPU schedule localizes such rows.
+LOCAL_ROW_BYTES = 64 * 1024
+
 
 def flat_stride(load: ex.Load, v: ex.Var) -> int | None:
     """Elements moved in memory per step of ``v``, or None if not affine."""

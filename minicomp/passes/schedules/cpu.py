@@ -32,13 +32,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from minicomp.ir import expr as ex
-from minicomp.ir.loops import For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
-from minicomp.passes.schedules.analysis import flat_stride, spatial_innermost, tile_axis
+from minicomp.ir.loops import Allocate, For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
+from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, flat_stride, spatial_innermost, tile_axis
 from minicomp.passes.schedules.primitives import (
     CacheRead,
     CacheWrite,
     DecomposeReduction,
     Fuse,
+    Localize,
     Pack,
     Parallel,
     Reorder,
@@ -72,7 +73,7 @@ def cpu_schedule(kernel: Kernel, target, num_threads: int, constants=frozenset()
     right operand of a register-tiled product is packed into panels once,
     at compile time.
     """
-    k = kernel
+    k = _localize_rows(kernel)
     for root in [chain[0].var.name for chain, _, _ in reduction_nests(k.body)]:
         panel = _panel_operand(k, root, constants)
         # Steps rebuild the kernel they see: show them only the top-level
@@ -101,6 +102,37 @@ def _panel_operand(k: Kernel, root: str, constants) -> str | None:
                 and id(n.indices[0]) in rvars and len(n.tensor.shape) == 2):
             return n.tensor.name
     return None
+
+
+def _localize_rows(k: Kernel) -> Kernel:
+    """Workspaces used one row at a time inside a loop, small enough for the
+    stack, become per-row local buffers of that loop (``localize``)."""
+    for buf in list(k.workspace):
+        lp = _innermost_loop_around(k.body, buf)
+        if lp is None:
+            continue
+        try:
+            trial = apply_step(k, Localize(buf.name, lp.var.name))
+        except ScheduleError:
+            continue
+        local = next(s.buffer for s in walk_stmts(trial.body) if isinstance(s, Allocate) and s.buffer.name == buf.name)
+        if local.nbytes <= LOCAL_ROW_BYTES:
+            k = trial
+    return k
+
+
+def _innermost_loop_around(body: Stmt, buf):
+    """The innermost spatial loop whose body holds every access to ``buf``."""
+    best = None
+    for lp in loops(body):
+        if lp.is_reduction:
+            continue
+        inside = {id(s) for s in walk_stmts(lp.body)}
+        users = [s for s in walk_stmts(body) if isinstance(s, Store) and (s.buffer is buf or any(
+            isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(s.value)))]
+        if users and all(id(u) in inside for u in users):
+            best = lp  # loops() is in pre-order: a later hit is deeper
+    return best
 
 
 def _on_part(k: Kernel, root: str, fn):

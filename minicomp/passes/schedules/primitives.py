@@ -33,6 +33,9 @@ The primitives, in the spirit of TVM's TIR schedule:
 - ``reverse_compute_inline(consumer)``: fold an elementwise nest that
   updates a buffer in place (bias, activation, residual) into the stores
   that last wrote each element, and drop the consumer's own loops;
+- ``localize(buffer, loop)``: a workspace used one slice per iteration of
+  ``loop`` becomes a ``local`` buffer of that slice inside ``loop`` (a stack
+  row buffer), and leaves the arena;
 - ``pack(buffer, axis, factor)``: re-lay a constant input once at compile
   time, moving blocks of ``factor`` along ``axis`` innermost.
 """
@@ -724,6 +727,57 @@ def _before(body: Stmt, a: Stmt, b: Stmt) -> bool:
     return len(order) == 2 and order[0] is a
 
 
+@dataclass(frozen=True)
+class Localize(Step):
+    """Give each iteration of ``loop`` its own ``local`` copy of the
+    workspace ``buffer`` (a stack row buffer): legal when the buffer is used
+    only inside ``loop``, every iteration touches one slice of it (picked by
+    ``loop`` and the loops around it), and writes before it reads. The
+    workspace leaves the kernel's parameters, so the arena does not hold it."""
+
+    buffer: str
+    loop: str
+    name = "localize"
+
+    def apply(self, kernel, names):
+        buf = _buffer(self, kernel, self.buffer)
+        if not any(b is buf for b in kernel.workspace):
+            self.fail(kernel, f"{self.buffer} is not a workspace of the kernel")
+        lp = self.find(kernel, self.loop)
+        acc = accesses(lp.body, buf)
+        if not acc or len(acc) != len(accesses(kernel.body, buf)):
+            self.fail(kernel, f"{self.buffer} is used outside {self.loop}")
+        if not acc[0][2] or any(isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(acc[0][0].value)):
+            self.fail(kernel, f"{self.buffer} is read under {self.loop} before it is written there")
+        around = {id(v) for v in enclosing_ranges(kernel.body, lp)} | {id(lp.var)}
+        first = acc[0][1]
+        fixed = [d for d, i in enumerate(first) if all(id(v) in around for v in ex.free_vars(i))]
+        for _, idx, _ in acc:
+            if any(ex.format_expr(idx[d]) != ex.format_expr(first[d]) for d in fixed) or any(
+                    all(id(v) in around for v in ex.free_vars(idx[d])) for d in range(len(idx)) if d not in fixed):
+                self.fail(kernel, f"the iterations of {self.loop} do not each touch one slice of {self.buffer}")
+        kept = [d for d in range(len(first)) if d not in fixed]
+        local = Buffer(buf.name, tuple(buf.shape[d] for d in kept), buf.dtype, "local")
+
+        def slice_of(idx):
+            return tuple(idx[d] for d in kept)
+
+        def move(st):
+            if isinstance(st, Store):
+                st = Store(local, slice_of(st.indices), st.value) if st.buffer is buf else st
+                return map_exprs(st, lambda e: ex.transform_loads(
+                    e, lambda ld: ex.Load(local, slice_of(ld.indices)) if ld.tensor is buf else None))
+            return None
+
+        body = _replace(kernel.body, lp, replace(lp, body=Allocate(local, map_stmts(lp.body, move))))
+        w = next(k for k, b in enumerate(kernel.workspace) if b is buf)
+        values = list(kernel.param_values)
+        if values:
+            del values[len(kernel.inputs) + len(kernel.outputs) + w]
+        return replace(kernel, body=body, workspace=[b for b in kernel.workspace if b is not buf],
+                       param_values=values)
+
+
 def _split_init(lp: For):
     """For a loop whose body is a perfect nest of spatial loops ending in
     ``Seq(init store, reduction loops...)``: (spatial chain, init, update)."""
@@ -866,11 +920,14 @@ class Pack(Step):
 
         ranges = loop_ranges(kernel.body)
         body = map_exprs(kernel.body, lambda e: ex.simplify(ex.transform_loads(e, relayout), ranges))
-        return body, (pos, packed)
+        inputs = list(kernel.inputs)
+        inputs[pos] = packed  # the packed constant replaces the parameter
+        return replace(kernel, body=body, inputs=inputs, packs=list(kernel.packs) + [(pos, self)])
 
 
 STEPS = {cls.name: cls for cls in (Split, Reorder, Fuse, Tile, Parallel, Vectorize, Simd, Unroll, Bind,
-                                   CacheWrite, CacheRead, DecomposeReduction, ComputeAt, ReverseComputeInline, Pack)}
+                                   CacheWrite, CacheRead, DecomposeReduction, ComputeAt, ReverseComputeInline, Pack,
+                                   Localize)}
 
 
 def apply_step(kernel: Kernel, step: Step) -> Kernel:
@@ -878,18 +935,13 @@ def apply_step(kernel: Kernel, step: Step) -> Kernel:
     if not isinstance(step, Step):
         raise ScheduleError(f"kernel {kernel.name}: {step!r} is not a schedule step")
     names = Names(kernel.body)
-    result = step.apply(kernel, names)
-    packs = list(kernel.packs)
-    inputs = list(kernel.inputs)
-    if isinstance(result, tuple):  # pack: a new parameter replaces the old
-        result, (pos, packed) = result
-        packs.append((pos, step))
-        inputs[pos] = packed
+    result = step.apply(kernel, names)  # a new body, or a new kernel when parameters change
+    new = result if isinstance(result, Kernel) else replace(kernel, body=result)
     if not isinstance(step, (Parallel, Vectorize, Simd, Unroll, Bind)):  # those only set a loop's kind
-        for lp in loops(result):
+        for lp in loops(new.body):
             if lp.kind == "simd" and not only_stores(lp.body):
                 step.fail(kernel, f"it would put loops or branches inside simd loop {lp.var.name}")
-    return replace(kernel, inputs=inputs, body=result, schedule=kernel.schedule + [step], packs=packs)
+    return replace(new, schedule=kernel.schedule + [step])
 
 
 def apply_schedule(kernel: Kernel, steps) -> Kernel:
