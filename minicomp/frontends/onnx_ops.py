@@ -447,7 +447,10 @@ def _reshape(ctx, node):
 @register_onnx_importer("Flatten")
 def _flatten(ctx, node):
     x = ctx.input(0)
-    axis = int(ctx.attr("axis", 1)) % (x.ndim + 1) if x.ndim else 0
+    axis = int(ctx.attr("axis", 1))
+    if not -x.ndim <= axis <= x.ndim:
+        raise ShapeError(f"{node.describe()}: axis {axis} is outside [-{x.ndim}, {x.ndim}] for shape {list(x.shape)}")
+    axis = axis + x.ndim if axis < 0 else axis  # ONNX counts a negative axis from the rank
     rows = int(np.prod(x.shape[:axis], dtype=np.int64))
     return [ctx.op("reshape", x, shape=(rows, int(np.prod(x.shape[axis:], dtype=np.int64))))]
 
@@ -521,8 +524,8 @@ def _split(ctx, node):
     axis = int(ctx.attr("axis", 0)) % x.ndim
     n = len(node.outputs)
     if ctx.opset >= 13:
-        arr = ctx.constant(1)
-        sizes = None if arr is None else [int(v) for v in arr.reshape(-1)]
+        given = ctx.input(1) is not None  # sizes as an input (opset 13+); absent: equal parts
+        sizes = [int(v) for v in ctx.required_constant(1, "split sizes").reshape(-1)] if given else None
     else:
         sizes = ctx.attr("split")
     if not sizes:

@@ -123,3 +123,35 @@ def test_external_data_loads(tmp_path):
     graph = mc.from_onnx(str(path))
     xs = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(mc.compile(graph)(xs)[0], xs @ w)
+
+
+@pytest.mark.parametrize("axis, shape", [(-4, (1, 120)), (-3, (2, 60)), (-2, (6, 20)), (-1, (24, 5)),
+                                         (0, (1, 120)), (2, (6, 20)), (4, (120, 1))])
+def test_flatten_counts_a_negative_axis_from_the_rank(axis, shape):
+    model = make_model([helper.make_node("Flatten", ["x"], ["y"], axis=axis)], [vi("x", [2, 3, 4, 5])], [vi("y", None)])
+    graph = mc.from_onnx(model)
+    assert graph.outputs[0].shape == shape
+    x = np.arange(120, dtype=np.float32).reshape(2, 3, 4, 5)
+    np.testing.assert_array_equal(mc.compile(graph)(x)[0], x.reshape(shape))
+    bad = make_model([helper.make_node("Flatten", ["x"], ["y"], axis=-5)], [vi("x", [2, 3, 4, 5])], [vi("y", None)])
+    with pytest.raises(mc.ShapeError, match="axis -5 is outside"):
+        mc.from_onnx(bad)
+
+
+def test_split_uses_its_sizes_input_and_refuses_sizes_it_cannot_know():
+    node = helper.make_node("Split", ["x", "s"], ["a", "b"], axis=0)
+    sizes = numpy_helper.from_array(np.array([2, 4], np.int64), "s")
+    model = make_model([node], [vi("x", [6])], [vi("a", None), vi("b", None)], inits=[sizes], opset=13)
+    graph = mc.from_onnx(model)
+    assert [v.shape for v in graph.outputs] == [(2,), (4,)]
+    x = np.arange(6, dtype=np.float32)
+    a, b = mc.compile(graph)(x)
+    np.testing.assert_array_equal(a, x[:2])
+    np.testing.assert_array_equal(b, x[2:])
+    runtime_sizes = make_model([node], [vi("x", [6]), vi("s", [2], TensorProto.INT64)], [vi("a", None), vi("b", None)],
+                               opset=13)
+    with pytest.raises(mc.UnsupportedError, match="split sizes .* must be a constant"):
+        mc.from_onnx(runtime_sizes)
+    equal = make_model([helper.make_node("Split", ["x"], ["a", "b"], axis=0)], [vi("x", [6])],
+                       [vi("a", None), vi("b", None)], opset=13)
+    assert [v.shape for v in mc.from_onnx(equal).outputs] == [(3,), (3,)]
