@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import Kernel
-from minicomp.passes.schedules.primitives import map_exprs
+from minicomp.passes.schedules.step import map_exprs
 
 
 def legalize_expr(e: ex.Expr) -> ex.Expr:

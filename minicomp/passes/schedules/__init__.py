@@ -1,7 +1,10 @@
 """Schedules: primitives that rewrite loop-IR kernels, and per-target defaults.
 
-``primitives`` holds the steps (``split``, ``reorder``, ``cache_write`` ...);
-``cpu`` chooses them for a CPU target. See docs/scheduling.md.
+``primitives`` holds the loop steps (``split``, ``reorder``, ``fuse`` ...),
+the registry of every step and their text form; ``buffer_steps`` the steps
+that move data (``cache_write``, ``compute_at``, ``pack`` ...); ``step`` their
+base class and tree helpers; ``cpu`` chooses steps for a CPU target;
+``analysis`` reads strides. See docs/scheduling.md.
 """
 
 from minicomp.passes.schedules.primitives import (
@@ -17,10 +20,8 @@ from minicomp.passes.schedules.primitives import (
     Parallel,
     Reorder,
     ReverseComputeInline,
-    ScheduleError,
     Simd,
     Split,
-    Step,
     Tile,
     Unroll,
     Vectorize,
@@ -29,6 +30,7 @@ from minicomp.passes.schedules.primitives import (
     format_schedule,
     parse_schedule,
 )
+from minicomp.passes.schedules.step import ScheduleError, Step
 
 __all__ = [
     "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Fuse", "Localize", "Pack",

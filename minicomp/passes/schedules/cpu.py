@@ -44,14 +44,13 @@ from minicomp.passes.schedules.primitives import (
     Parallel,
     Reorder,
     ReverseComputeInline,
-    ScheduleError,
     Simd,
     Split,
     Unroll,
     Vectorize,
     apply_step,
-    find_loop,
 )
+from minicomp.passes.schedules.step import ScheduleError, find_loop
 
 # Parallel regions cost a few microseconds to start; below this many inner
 # iterations a loop nest runs faster on one thread.
