@@ -64,6 +64,18 @@ def _check_outside(step, kernel, buf: Buffer, lp: For):
             step.fail(kernel, f"{buf.name} is allocated inside {lp.var.name}: it does not exist around it")
 
 
+def _cache_target(step, kernel):
+    """(buffer, loop, accesses under the loop) of a cache_read/cache_write, checked."""
+    _scope(step, kernel, step.scope)
+    buf = _buffer(step, kernel, step.buffer)
+    lp = step.find(kernel, step.loop)
+    _check_outside(step, kernel, buf, lp)
+    acc = accesses(lp.body, buf)
+    if not acc:
+        step.fail(kernel, f"nothing under {step.loop} touches {step.buffer}")
+    return buf, lp, acc
+
+
 def _inner_vars(lp: For, idx) -> list[For]:
     """The loops under ``lp`` (in nesting order) whose variables ``idx`` uses."""
     used = {id(v) for i in idx for v in ex.free_vars(i)}
@@ -87,13 +99,7 @@ class CacheWrite(Step):
     name = "cache_write"
 
     def apply(self, kernel, names):
-        _scope(self, kernel, self.scope)
-        buf = _buffer(self, kernel, self.buffer)
-        lp = self.find(kernel, self.loop)
-        _check_outside(self, kernel, buf, lp)
-        acc = accesses(lp.body, buf)
-        if not acc:
-            self.fail(kernel, f"nothing under {self.loop} touches {self.buffer}")
+        buf, lp, acc = _cache_target(self, kernel)
         idx = acc[0][1]
         if not all(same_indices(idx, a[1]) for a in acc):
             self.fail(kernel, f"{self.buffer} is accessed at different indices under {self.loop}")
@@ -155,13 +161,7 @@ class CacheRead(Step):
     name = "cache_read"
 
     def apply(self, kernel, names):
-        _scope(self, kernel, self.scope)
-        buf = _buffer(self, kernel, self.buffer)
-        lp = self.find(kernel, self.loop)
-        _check_outside(self, kernel, buf, lp)
-        acc = accesses(lp.body, buf)
-        if not acc:
-            self.fail(kernel, f"nothing under {self.loop} reads {self.buffer}")
+        buf, lp, acc = _cache_target(self, kernel)
         if any(is_store for _, _, is_store in acc):
             self.fail(kernel, f"{self.buffer} is written under {self.loop}")
         inner = loop_ranges(lp.body)
