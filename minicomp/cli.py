@@ -195,6 +195,17 @@ def cmd_passes(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (repeats, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from minicomp.target import CPUS
 
@@ -214,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input array (repeatable); inputs not given are random")
     r.add_argument("--target", default="llvm", choices=["llvm", "reference"] + list(CPUS),
                    help="where to run: llvm (this CPU), reference (numpy), or a named CPU for llvm (default llvm)")
-    r.add_argument("--threads", type=int, default=None, help="threads for parallel loops (default: all cores)")
-    r.add_argument("--repeat", type=int, default=1, help="timed runs to average (default 1)")
+    r.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops (default: all cores)")
+    r.add_argument("--repeat", type=positive_int, default=1, help="timed runs to average (default 1)")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.add_argument("--save", metavar="DIR", help="save each output as DIR/NAME.npy")
     r.set_defaults(func=cmd_run)
@@ -226,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
     c.add_argument("--emit", default=None, choices=EMITS,
                    help="stage to print (default: loops, unless another output is asked for)")
-    c.add_argument("--threads", type=int, default=None, help="threads the schedule plans for")
+    c.add_argument("--threads", type=positive_int, default=None, help="threads the schedule plans for")
     c.add_argument("--pipeline", default=None, help="passes to run, e.g. 'simplify,fuse,lower,schedule,plan'")
     c.add_argument("--print-after", action="append", metavar="PASS",
                    help="print the IR after this pass (repeatable; 'all' for every pass)")
@@ -241,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="latency of minicomp beside ONNX Runtime on an .onnx model")
     b.add_argument("model", help="model file (.onnx)")
     b.add_argument("--shape", action="append", metavar="NAME=D1,D2,...", help="fix a dynamic input shape")
-    b.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
-    b.add_argument("--repeat", type=int, default=10, help="timed runs per measurement (median; default 10)")
+    b.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
+    b.add_argument("--repeat", type=positive_int, default=10, help="timed runs per measurement (median; default 10)")
     b.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
     b.set_defaults(func=cmd_bench)
 

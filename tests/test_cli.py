@@ -145,3 +145,20 @@ def test_shape_option_errors(model_file, capsys):
     assert "applies to .onnx models only" in capsys.readouterr().err
     assert main(["run", onnx_path(), "--shape", "bogus"]) == 2
     assert "--shape expects" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--repeat", "0"], "argument --repeat: must be at least 1, got 0"),
+    (["--repeat", "-3"], "argument --repeat: must be at least 1, got -3"),
+    (["--threads", "2.5"], "argument --threads: must be a whole number, got '2.5'"),
+])
+def test_run_refuses_counts_below_one(model_file, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(model_file)] + flags)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_on_a_named_cpu(model_file, capsys):
+    assert main(["run", str(model_file), "--target", "haswell"]) == 0
+    assert "haswell" in capsys.readouterr().out
