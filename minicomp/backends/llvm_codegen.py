@@ -430,11 +430,10 @@ def accumulation_ops(s: Store) -> set[int]:
 def vectorizable(s: Stmt) -> bool:
     """False if the body calls a libm function that no vector form replaces
     (float64 tanh and erf); forcing vectorization there only makes LLVM warn."""
-    from minicomp.ir.loops import walk_stmts
+    from minicomp.ir.loops import stmt_exprs, walk_stmts
 
     for st in walk_stmts(s):
-        exprs = list(st.indices) + [st.value] if isinstance(st, Store) else [st.cond] if isinstance(st, If) else []
-        for e in exprs:
+        for e in stmt_exprs(st):
             for n in ex.walk(e):
                 if isinstance(n, ex.Call) and n.fn in ("tanh", "erf") and n.dtype == dtypes.float64:
                     return False

@@ -146,6 +146,16 @@ def walk_stmts(s: Stmt):
         stack.extend(reversed(stmt_children(n)))
 
 
+def stmt_exprs(s: Stmt) -> list[ex.Expr]:
+    """The expressions a statement itself holds (not those of its children):
+    a store's indices and value, a branch's condition."""
+    if isinstance(s, Store):
+        return list(s.indices) + [s.value]
+    if isinstance(s, If):
+        return [s.cond]
+    return []
+
+
 def only_stores(s: Stmt) -> bool:
     """Is ``s`` nothing but stores (what a ``simd`` loop may hold as its lanes)?"""
     return all(isinstance(c, (Store, Seq)) for c in walk_stmts(s))

@@ -19,6 +19,7 @@ from minicomp.ir.loops import (
     Store,
     loops,
     seq,
+    stmt_exprs,
     walk_stmts,
 )
 from minicomp.passes.schedules.step import (
@@ -64,6 +65,12 @@ def _check_outside(step, kernel, buf: Buffer, lp: For):
             step.fail(kernel, f"{buf.name} is allocated inside {lp.var.name}: it does not exist around it")
 
 
+def _written_first(acc, buf: Buffer) -> bool:
+    """Is the first of these accesses a store of a value that does not read ``buf``?"""
+    st, _, is_store = acc[0]
+    return is_store and not any(isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(st.value))
+
+
 def _cache_target(step, kernel):
     """(buffer, loop, accesses under the loop) of a cache_read/cache_write, checked."""
     _scope(step, kernel, step.scope)
@@ -104,8 +111,7 @@ class CacheWrite(Step):
         if not all(same_indices(idx, a[1]) for a in acc):
             self.fail(kernel, f"{self.buffer} is accessed at different indices under {self.loop}")
         # Read before written (an accumulation that started earlier): copy the elements in first.
-        read_first = not acc[0][2] or any(isinstance(n, ex.Load) and n.tensor is buf
-                                          for n in ex.walk(acc[0][0].value))
+        read_first = not _written_first(acc, buf)
         if any(lp2.var is v for lp2 in loops(kernel.body) if lp2.is_reduction for i in idx
                for v in ex.free_vars(i)):
             self.fail(kernel, f"{self.buffer}'s index depends on a reduction loop")
@@ -310,7 +316,7 @@ class Localize(Step):
         acc = accesses(lp.body, buf)
         if not acc or len(acc) != len(accesses(kernel.body, buf)):
             self.fail(kernel, f"{self.buffer} is used outside {self.loop}")
-        if not acc[0][2] or any(isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(acc[0][0].value)):
+        if not _written_first(acc, buf):
             self.fail(kernel, f"{self.buffer} is read under {self.loop} before it is written there")
         around = {id(v) for v in enclosing_ranges(kernel.body, lp)} | {id(lp.var)}
         first = acc[0][1]
@@ -341,7 +347,7 @@ class Localize(Step):
                        param_values=values)
 
 
-def _split_init(lp: For):
+def split_init(lp: For):
     """For a loop whose body is a perfect nest of spatial loops ending in
     ``Seq(init store, reduction loops...)``: (spatial chain, init, update)."""
     chain, cur = [], lp
@@ -364,7 +370,7 @@ class DecomposeReduction(Step):
 
     def apply(self, kernel, names):
         lp = self.find(kernel, self.loop)
-        parts = _split_init(lp)
+        parts = split_init(lp)
         if parts is None:
             self.fail(kernel, f"{self.loop} does not hold a reduction's initialisation and update")
         chain, init, update = parts
@@ -409,7 +415,7 @@ class ReverseComputeInline(Step):
             before.append(st)
             if isinstance(st, Store) and st.buffer is buf:
                 writes.append(st)
-        if any(isinstance(n, ex.Load) and n.tensor is buf for st in before for e in _exprs(st) for n in ex.walk(e)):
+        if any(isinstance(n, ex.Load) and n.tensor is buf for st in before for e in stmt_exprs(st) for n in ex.walk(e)):
             self.fail(kernel, f"{buf.name} is read before {self.consumer}: its last writes are not known")
         if not writes:
             self.fail(kernel, f"nothing before {self.consumer} writes {buf.name}")
@@ -428,14 +434,6 @@ class ReverseComputeInline(Step):
 
         body = map_stmts(replace_stmt(kernel.body, cons, Seq([])), fuse)
         return drop_empty(body)
-
-
-def _exprs(st):
-    if isinstance(st, Store):
-        return list(st.indices) + [st.value]
-    if isinstance(st, If):
-        return [st.cond]
-    return []
 
 
 def drop_empty(s: Stmt) -> Stmt:

@@ -34,6 +34,7 @@ from dataclasses import replace
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import Allocate, For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
 from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, flat_stride, spatial_innermost, tile_axis
+from minicomp.passes.schedules.buffer_steps import split_init
 from minicomp.passes.schedules.primitives import (
     CacheRead,
     CacheWrite,
@@ -50,7 +51,7 @@ from minicomp.passes.schedules.primitives import (
     Vectorize,
     apply_step,
 )
-from minicomp.passes.schedules.step import ScheduleError, find_loop
+from minicomp.passes.schedules.step import ScheduleError, accesses, find_loop
 
 # Parallel regions cost a few microseconds to start; below this many inner
 # iterations a loop nest runs faster on one thread.
@@ -122,14 +123,10 @@ def _localize_rows(k: Kernel) -> Kernel:
 
 def _innermost_loop_around(body: Stmt, buf):
     """The innermost spatial loop whose body holds every access to ``buf``."""
+    users = {id(st) for st, _, _ in accesses(body, buf)}
     best = None
     for lp in loops(body):
-        if lp.is_reduction:
-            continue
-        inside = {id(s) for s in walk_stmts(lp.body)}
-        users = [s for s in walk_stmts(body) if isinstance(s, Store) and (s.buffer is buf or any(
-            isinstance(n, ex.Load) and n.tensor is buf for n in ex.walk(s.value)))]
-        if users and all(id(u) in inside for u in users):
+        if users and not lp.is_reduction and users <= {id(s) for s in walk_stmts(lp.body)}:
             best = lp  # loops() is in pre-order: a later hit is deeper
     return best
 
@@ -347,7 +344,7 @@ def _tile(k, block: str, lanes: str, rows: str) -> Kernel:
     buf_name = _written_buffer(find_loop(k.body, rows))
     k = apply_step(k, Reorder((rows, lanes)))
     k = apply_step(k, CacheWrite(buf_name, block))
-    if _has_init(find_loop(k.body, rows)):
+    if split_init(find_loop(k.body, rows)) is not None:
         k = apply_step(k, DecomposeReduction(rows))
         copies = ("", ".init", ".wb")
     else:  # accumulating onto an earlier reduction block: the tile was copied in
@@ -358,14 +355,6 @@ def _tile(k, block: str, lanes: str, rows: str) -> Kernel:
         k = apply_step(k, Unroll(rows + suffix))
         k = apply_step(k, Simd(lanes + suffix))
     return k
-
-
-def _has_init(lp: For) -> bool:
-    """Does the spatial chain from ``lp`` end in an init store and the reduction loops?"""
-    cur = lp
-    while isinstance(cur, For) and not cur.is_reduction:
-        cur = cur.body
-    return isinstance(cur, Seq) and isinstance(cur.stmts[0], Store)
 
 
 def _written_buffer(lp: For) -> str:

@@ -23,6 +23,7 @@ from minicomp.ir.loops import (
     Store,
     loops,
     stmt_children,
+    stmt_exprs,
     walk_stmts,
 )
 
@@ -110,12 +111,7 @@ def accesses(s: Stmt, buf: Buffer):
     """Every (statement, indices, is_store) that touches ``buf`` under ``s``, in program order."""
     out = []
     for st in walk_stmts(s):
-        exprs = []
-        if isinstance(st, Store):
-            exprs = list(st.indices) + [st.value]
-        elif isinstance(st, If):
-            exprs = [st.cond]
-        for e in exprs:
+        for e in stmt_exprs(st):
             for n in ex.walk(e):
                 if isinstance(n, ex.Load) and n.tensor is buf:
                     out.append((st, n.indices, False))
