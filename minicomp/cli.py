@@ -1,9 +1,11 @@
 """The ``minicomp`` command.
 
     minicomp run MODEL.{mcir,onnx} [--input NAME=FILE.npy ...] [--shape NAME=1,3,224,224]
+                                   [--target llvm|cuda|cuda-emu|reference|CPU]
                                    [--threads N] [--repeat N] [--save DIR]
     minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
-    minicomp compile MODEL.{mcir,onnx} [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm]
+    minicomp compile MODEL.{mcir,onnx} [--target llvm|cuda|CPU]
+                                [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|cuda]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
     minicomp ops
@@ -26,7 +28,9 @@ import numpy as np
 import minicomp as mc
 from minicomp.errors import MinicompError
 
-EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm")
+EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm", "cuda")
+LLVM_ONLY = ("llvm", "llvm-opt", "asm")
+TARGETS = ["llvm", "cuda", "cuda-emu", "reference"]
 
 
 def parse_shapes(specs) -> dict[str, tuple[int, ...]]:
@@ -113,7 +117,10 @@ def cmd_run(args) -> int:
 
 def cmd_compile(args) -> int:
     graph = load_model(args.model, parse_shapes(args.shape))
-    model = mc.compile(graph, target="llvm", num_threads=args.threads, pipeline=args.pipeline,
+    cuda = args.target.startswith("cuda")
+    if args.emit in LLVM_ONLY and cuda or args.emit == "cuda" and not cuda:
+        raise MinicompError(f"--emit {args.emit} needs --target {'llvm' if cuda else 'cuda'}")
+    model = mc.compile(graph, target=args.target, num_threads=args.threads, pipeline=args.pipeline,
                        print_after=args.print_after or (), print_before=args.print_before or (),
                        dump_dir=args.dump_dir)
     if args.explain_fusion:
@@ -223,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
     r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy",
                    help="an input array (repeatable); inputs not given are random")
-    r.add_argument("--target", default="llvm", choices=["llvm", "reference"] + list(CPUS),
-                   help="where to run: llvm (this CPU), reference (numpy), or a named CPU for llvm (default llvm)")
+    r.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS),
+                   help="where to run: llvm (this CPU), cuda (an NVIDIA GPU, needs pycuda), cuda-emu (the CUDA C "
+                        "on this CPU, slow: for testing), reference (numpy), or a named CPU for llvm (default llvm)")
     r.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops (default: all cores)")
     r.add_argument("--repeat", type=positive_int, default=1, help="timed runs to average (default 1)")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
@@ -235,8 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="model file (.mcir or .onnx)")
     c.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
+    c.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS),
+                   help="what to compile for: llvm (this CPU), a named CPU, or cuda (needs no GPU to compile) "
+                        "(default llvm)")
     c.add_argument("--emit", default=None, choices=EMITS,
-                   help="stage to print (default: loops, unless another output is asked for)")
+                   help="stage to print (default: loops, unless another output is asked for); llvm, llvm-opt "
+                        "and asm are for CPU targets, cuda for --target cuda")
     c.add_argument("--threads", type=positive_int, default=None, help="threads the schedule plans for")
     c.add_argument("--pipeline", default=None, help="passes to run, e.g. 'simplify,fuse,lower,schedule,plan'")
     c.add_argument("--print-after", action="append", metavar="PASS",

@@ -14,15 +14,22 @@ from minicomp.ir.text import print_graph
 from minicomp.target import Target
 
 
-def as_target(target, num_threads: int | None = None) -> Target:
-    """A Target from a Target, a backend name ("llvm", "reference") or a CPU name ("haswell")."""
+def as_target(target, num_threads: int | None = None, device: str | None = None) -> Target:
+    """A Target from a Target, a backend name ("llvm", "cuda", "reference"),
+    ``"cuda-emu"`` (CUDA run on the CPU) or a CPU name ("haswell")."""
     from minicomp.backends.registry import backend_names, get_backend
     from minicomp.target import CPUS
 
     if isinstance(target, Target):
         if num_threads:
             target.num_threads = num_threads
+        if device:
+            target.device = device
         return target
+    if target in ("cuda", "cuda-emu"):
+        return Target.cuda(device=device or ("emu" if target == "cuda-emu" else "gpu"))
+    if device:
+        raise MinicompError(f"device={device!r} is for CUDA targets, not {target!r}")
     if isinstance(target, str) and target in CPUS:
         return Target.cpu(target, num_threads)
     if not isinstance(target, str) or target not in backend_names():
@@ -31,12 +38,14 @@ def as_target(target, num_threads: int | None = None) -> Target:
 
 
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
-            pipeline=None, fusion: dict | None = None, schedules: dict | None = None,
+            pipeline=None, fusion: dict | None = None, schedules: dict | None = None, device: str | None = None,
             print_before=(), print_after=(), dump_dir: str | None = None, verify: bool = True):
     """Compile ``graph`` for ``target``; returns a CompiledModel.
 
-    ``target``: a backend name ("llvm", "reference"), a CPU name for the llvm
-    backend ("haswell", "skylake-avx512", "znver4"...), or a :class:`Target`.
+    ``target``: a backend name ("llvm", "cuda", "reference"), a CPU name for
+    the llvm backend ("haswell", "skylake-avx512", "znver4"...), "cuda-emu",
+    or a :class:`Target`. ``device`` (CUDA only): "gpu" runs on an NVIDIA GPU
+    through pycuda, "emu" runs the same CUDA C on the CPU (cuda-emu).
 
     - ``num_threads``: threads for parallel loops (default: the cores this
       process may use; change later with ``model.set_num_threads(n)``);
@@ -61,7 +70,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     if not isinstance(graph, Graph):
         raise MinicompError(f"compile() needs a Graph, got {type(graph).__name__}")
     graph.verify()
-    tgt = as_target(target, num_threads)
+    tgt = as_target(target, num_threads, device)
     backend = get_backend(tgt.name)
     stages = {"input": print_graph(graph)}
     options = {"fusion": fusion, "schedules": schedules}
@@ -90,6 +99,6 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     else:
         stages["graph"] = print_graph(program.graph)
     executable = backend.build(program, stages, opt_level)
-    model = make_model(program, tgt, stages, executable)
+    model = (backend.model or make_model)(program, tgt, stages, executable)
     model.pass_timings = pm.timings
     return model

@@ -1,6 +1,6 @@
 """Targets as data: the hardware a model is compiled for.
 
-A :class:`Target` names its backend (``llvm``, ``reference``) and describes
+A :class:`Target` names its backend (``llvm``, ``cuda``, ``reference``) and describes
 the machine: cores, vector width and register count, cache sizes and, for
 GPUs, a :class:`GPUInfo`. Schedules read these numbers (register tiles from
 the vector width and registers, cache blocks from the cache sizes); nothing
@@ -57,6 +57,12 @@ class GPUInfo:
     registers_per_block: int = 65536
     max_registers_per_thread: int = 255
     multiprocessors: int = 132
+    max_threads_per_sm: int = 2048
+    shared_bytes_per_sm: int = 228 * 1024
+    fp32_flops_per_s: float = 67e12  # FMA units, without tensor cores
+    dram_bytes_per_s: float = 3.35e12
+    l2_bytes: int = 50 << 20
+    l2_bytes_per_s: float = 10e12
 
 
 # Named CPUs: (LLVM cpu name, vector bits, vector registers, L1, L2, the
@@ -85,6 +91,7 @@ class Target:
     l3_bytes: int | None = None
     requires: tuple = ()  # CPU features the host needs to run code for this target
     gpu: GPUInfo | None = None
+    device: str = ""  # for GPU targets: "gpu" (pycuda) or "emu" (cuda-emu on the CPU)
 
     @classmethod
     def host(cls, name: str = "llvm", num_threads: int | None = None) -> Target:
@@ -113,15 +120,19 @@ class Target:
                    l3_bytes=_cache_size(3), requires=needs)
 
     @classmethod
-    def cuda(cls, arch: str = "sm_90") -> Target:
-        """An NVIDIA GPU (the description a CUDA schedule reads)."""
+    def cuda(cls, arch: str = "sm_90", device: str = "gpu") -> Target:
+        """An NVIDIA GPU (the description a CUDA schedule reads). ``device``:
+        run on the GPU through pycuda ("gpu") or on the CPU through cuda-emu ("emu")."""
         return cls(name="cuda", num_threads=1, llvm_cpu="", vector_bits=128, vector_registers=255,
-                   gpu=GPUInfo(arch=arch))
+                   gpu=GPUInfo(arch=arch), device=device)
 
     def vector_lanes(self, dtype) -> int:
         """Elements of ``dtype`` in one vector register."""
         return max(1, self.vector_bits // 8 // dtype.itemsize)
 
     def __str__(self) -> str:
+        if self.gpu is not None:
+            where = "on the CPU through cuda-emu" if self.device == "emu" else "through pycuda"
+            return f"{self.name} ({self.gpu.arch}, {where})"
         chip = self.llvm_cpu or (self.gpu.arch if self.gpu else "generic")
         return f"{self.name} ({chip}, {self.num_threads} threads, {self.vector_bits}-bit vectors)"

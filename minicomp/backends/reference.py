@@ -14,8 +14,10 @@ from minicomp.ir.graph import Graph, Value
 from minicomp.ir.ops import get_op
 
 
-def bind_inputs(graph: Graph, args, kwargs) -> dict[Value, np.ndarray]:
-    """Match positional/keyword arrays to graph inputs, checking shape and dtype."""
+def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict[Value, np.ndarray]:
+    """Match positional/keyword arrays to graph inputs, checking shape and dtype.
+
+    ``device_arrays``: also accept arrays in GPU memory (pycuda ``GPUArray``) as they are."""
     if len(args) > len(graph.inputs):
         raise RuntimeInputError(f"graph '{graph.name}' takes {len(graph.inputs)} inputs, got {len(args)}")
     env: dict[Value, np.ndarray] = {}
@@ -33,7 +35,7 @@ def bind_inputs(graph: Graph, args, kwargs) -> dict[Value, np.ndarray]:
         if v not in env:
             raise RuntimeInputError(f"input '{v.name}' ({v.type}) is missing")
         a = env[v]
-        if not isinstance(a, np.ndarray):
+        if not isinstance(a, np.ndarray) and not (device_arrays and hasattr(a, "gpudata")):
             a = np.asarray(a)
         if tuple(a.shape) != v.shape or a.dtype != v.dtype.numpy:
             raise RuntimeInputError(

@@ -22,7 +22,9 @@ class Backend:
     ``stages`` is the dict of stage texts the build adds to (its source, its
     optimized form); the executable is whatever the runtime model for this
     backend needs (None for the interpreter). ``prepare(target, options,
-    stages)`` may adjust the target and the pass options before the passes run.
+    stages)`` may adjust the target and the pass options before the passes run;
+    ``model(program, target, stages, executable)`` makes the runtime model
+    (by default :func:`minicomp.runtime.make_model`).
     """
 
     name: str
@@ -31,6 +33,7 @@ class Backend:
     build: Callable
     runs_kernels: bool = True
     prepare: Callable | None = None
+    model: Callable | None = None  # (program, target, stages, executable) -> model; default runtime.make_model
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -45,8 +48,8 @@ def register_backend(backend: Backend, replace: bool = False) -> Backend:
 
 
 def _load_builtin():
-    if not _BACKENDS:
-        from minicomp.backends import llvm, reference  # noqa: F401  (they register themselves)
+    # Importing registers them (once; another module may have imported one already).
+    from minicomp.backends import cuda, llvm, reference  # noqa: F401
 
 
 def get_backend(name: str) -> Backend:

@@ -1,7 +1,8 @@
 """The kernel-level passes of a pipeline: lower, schedule, plan.
 
 - ``lower``: each group (one per node if 'fuse' did not run) -> a loop kernel;
-- ``schedule``: the target's default schedule (``schedules/cpu.py``), or the
+- ``schedule``: the target's default schedule (``schedules/cpu.py`` or
+  ``schedules/gpu.py``), or the
   user's steps from ``ctx.options['schedules'][kernel name or key]``;
 - ``plan``: lifetimes of every intermediate buffer and the arena plan.
 """
@@ -14,6 +15,7 @@ from minicomp.passes.manager import register_pass
 from minicomp.passes.memory import Lifetime, plan_arena
 from minicomp.passes.schedules import apply_schedule
 from minicomp.passes.schedules.cpu import cpu_schedule
+from minicomp.passes.schedules.gpu import gpu_schedule
 
 
 @register_pass("lower", kind="program")
@@ -40,9 +42,13 @@ def schedule_pass(program, ctx):
 
         target = Target.host()
     constants = program.graph.constants
-    program.kernels = [apply_schedule(k, user[k.name]) if k.name in user else cpu_schedule(
-        k, target, threads, {b.name for b, v in zip(k.params, k.param_values) if v is not None and v in constants})
-        for k in program.kernels]
+    def default(k):
+        if target.gpu is not None:
+            return gpu_schedule(k, target)
+        consts = {b.name for b, v in zip(k.params, k.param_values) if v is not None and v in constants}
+        return cpu_schedule(k, target, threads, consts)
+
+    program.kernels = [apply_schedule(k, user[k.name]) if k.name in user else default(k) for k in program.kernels]
     for k in program.kernels:
         materialize_packs(program.graph, k)
     return program

@@ -1,0 +1,191 @@
+"""The CUDA backend: loop IR -> CUDA C, run by pycuda on a GPU or by cuda-emu on the CPU.
+
+Compiling for ``cuda`` needs neither a GPU nor pycuda: the passes, the GPU
+schedules and the CUDA C (``model.stages["cuda"]``) are produced anywhere.
+The device is chosen when the model is first called:
+
+- ``gpu`` (the default): pycuda compiles the source with nvcc for the GPU
+  it finds, weights are uploaded once, one device arena holds every
+  intermediate buffer, launches run in order on one stream;
+- ``emu``: the same source compiled by g++ with ``cuda_emu.h`` and run on the
+  CPU (``mc.compile(g, target="cuda", device="emu")`` or ``target="cuda-emu"``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from minicomp.backends.cuda_codegen import Launch, render_module
+from minicomp.backends.reference import bind_inputs
+from minicomp.backends.registry import Backend, register_backend
+from minicomp.errors import MinicompError
+from minicomp.passes.memory import ALIGNMENT
+from minicomp.runtime import CompiledModel
+
+DEVICES = ("gpu", "emu")
+INSTALL_HINT = ('pip install -e ".[cuda]" on a machine with the CUDA toolkit (nvcc) and an NVIDIA driver, '
+                'or run on the CPU with device="emu"')
+
+
+@dataclass
+class CudaExecutable:
+    """The CUDA source, its launches with their table slots, and the slot map."""
+
+    source: str
+    launches: list  # (Launch, [slot per launch parameter]) in execution order
+    slots: dict
+    n_slots: int
+
+
+def table_slots(program) -> dict:
+    """Slots of every buffer a model touches: inputs, constants, outputs, then planned buffers."""
+    graph, plan = program.graph, program.memory_plan
+    slots: dict = {}
+    for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
+        slots.setdefault(v, len(slots))
+    for lt in plan.lifetimes:
+        slots[lt.key] = len(slots)
+    return slots
+
+
+def build_cuda(program, stages: dict, opt_level: int) -> CudaExecutable:
+    """Render the program's kernels as one CUDA C source; bind launch parameters to slots."""
+    source, launches = render_module(program.kernels)
+    stages["cuda"] = source
+    slots = table_slots(program)
+    by_kernel = {}
+    for k in program.kernels:
+        ws = iter(k.workspace)
+        by_kernel[k.name] = {b: slots[v] if v is not None else slots[next(ws)]
+                             for b, v in zip(k.params, k.param_values)}
+    bound = [(ln, [by_kernel[ln.kernel][b] for b in ln.params]) for ln in launches]
+    return CudaExecutable(source, bound, slots, len(slots))
+
+
+def prepare_cuda(target, options: dict, stages: dict) -> None:
+    """Before the passes: a CUDA target has no CPU threads to plan for."""
+    if target.device not in DEVICES:
+        raise MinicompError(f"unknown CUDA device {target.device!r}; choose one of {', '.join(DEVICES)}")
+    options["schedule_threads"] = 1
+
+
+class CudaModel(CompiledModel):
+    """A model compiled for CUDA; runs on the GPU (pycuda) or through cuda-emu."""
+
+    def __init__(self, program, target, stages, executable: CudaExecutable):
+        super().__init__(program.graph, target, stages, program.memory_plan, kernels=program.kernels)
+        self.executable = executable
+        self.launches = [ln for ln, _ in executable.launches]
+        self.device_name = target.device
+        self._device = None
+        self.fusion = program.options.get("fusion_result")
+
+    # -- the device, made on first use --------------------------------------------
+    @property
+    def device(self):
+        """The device object that runs launches (compiled on first use)."""
+        if self._device is None:
+            ex = self.executable
+            if self.device_name == "emu":
+                from minicomp.backends.cuda_emu import EmuDevice
+
+                self._device = HostMemory(EmuDevice(ex.source, self.launches), self)
+            else:
+                from minicomp.backends.cuda_gpu import GPUDevice
+
+                self._device = GPUDevice(ex.source, self)
+        return self._device
+
+    def set_num_threads(self, n: int) -> None:
+        if n < 1:
+            raise MinicompError(f"number of threads must be >= 1, got {n}")
+        self.num_threads = n  # the GPU decides; kept for the common interface
+
+    def __call__(self, *args, **kwargs):
+        """Run on numpy arrays (or, on a GPU, pycuda GPUArrays: then outputs stay on the device)."""
+        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu")
+        with self._lock:
+            return self.device.run(env)
+
+    def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
+        """Time each launch alone: ``[(function, seconds per launch)]`` (CUDA events on a GPU)."""
+        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu")
+        with self._lock:
+            return self.device.profile(env, repeat)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
+        return (f"<CompiledModel {self.graph.name}({ins}) target=cuda ({self.device_name}), "
+                f"{len(self.launches)} launches>")
+
+
+def contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` in C order (0-d arrays stay 0-d, unlike ``np.ascontiguousarray``)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+class HostMemory:
+    """Buffers in host memory for cuda-emu: constants, one arena, inputs and outputs."""
+
+    def __init__(self, emu, model: CudaModel):
+        self.emu, self.model = emu, model
+        ex, plan, graph = model.executable, model.memory_plan, model.graph
+        self.table = [0] * max(ex.n_slots, 1)
+        self.keep = []
+        for v, arr in graph.constants.items():
+            arr = contiguous(arr)
+            self.keep.append(arr)
+            self.table[ex.slots[v]] = arr.ctypes.data
+        self.arena = np.empty(plan.arena_bytes + ALIGNMENT, dtype=np.uint8)
+        base = self.arena.ctypes.data
+        base += (-base) % ALIGNMENT
+        for key, off in plan.offsets.items():
+            self.table[ex.slots[key]] = base + off
+
+    def _bind(self, env) -> dict:
+        env = {v: contiguous(a) for v, a in env.items()}
+        ex, graph = self.model.executable, self.model.graph
+        for v, a in env.items():
+            self.table[ex.slots[v]] = a.ctypes.data
+        outs = {}
+        for v in dict.fromkeys(graph.outputs):
+            if v in ex.slots and v not in env and v not in graph.constants:
+                outs[v] = np.empty(v.shape, dtype=v.dtype.numpy)
+                self.table[ex.slots[v]] = outs[v].ctypes.data
+        return env, outs
+
+    def run(self, env) -> list[np.ndarray]:
+        env, outs = self._bind(env)
+        for ln, slots in self.model.executable.launches:
+            self.emu.launch(ln, [self.table[s] for s in slots])
+        return self.model._collect(env, outs)
+
+    def profile(self, env, repeat: int):
+        env, outs = self._bind(env)
+        timings = []
+        for ln, slots in self.model.executable.launches:
+            ptrs = [self.table[s] for s in slots]
+            self.emu.launch(ln, ptrs)
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                self.emu.launch(ln, ptrs)
+            timings.append((ln.function, (time.perf_counter() - t0) / repeat))
+        return timings
+
+
+def make_cuda_model(program, target, stages: dict, executable: CudaExecutable) -> CudaModel:
+    """The runtime model of a program compiled for CUDA."""
+    return CudaModel(program, target, stages, executable)
+
+
+def launch_summary(launches: list[Launch]) -> str:
+    """One line per launch: function, grid and block (for ``--emit cuda`` readers)."""
+    return "\n".join(f"{ln.function}<<<{ln.grid}, {ln.block}>>>" for ln in launches)
+
+
+register_backend(Backend("cuda", "CUDA C for NVIDIA GPUs (pycuda), or the CPU through cuda-emu",
+                         ("simplify", "fuse", "lower", "schedule", "plan"), build_cuda, prepare=prepare_cuda,
+                         model=make_cuda_model))

@@ -1,0 +1,120 @@
+"""Running CUDA launches on an NVIDIA GPU through pycuda.
+
+The source is compiled once by nvcc (pycuda's ``SourceModule``, for the
+GPU's own architecture); weights are uploaded once; one device allocation
+holds the memory plan's arena. A call copies numpy inputs in and outputs
+out, or uses pycuda ``GPUArray`` inputs as they are (then the outputs are
+``GPUArray`` too, and nothing crosses the bus). Launches run in order on one
+stream; ``profile`` times each with CUDA events.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minicomp.backends.cuda import contiguous
+from minicomp.errors import MinicompError
+from minicomp.passes.memory import ALIGNMENT
+
+
+def import_pycuda():
+    """pycuda's driver, compiler and gpuarray modules, with a context on GPU 0;
+    a clear error when pycuda, the driver or a GPU is missing."""
+    from minicomp.backends.cuda import INSTALL_HINT
+
+    try:
+        import pycuda.driver as driver
+    except ImportError as exc:
+        raise MinicompError(f"running a CUDA model needs pycuda, which is not installed ({exc}); "
+                            f"{INSTALL_HINT}") from None
+    try:
+        import pycuda.autoinit  # noqa: F401  (creates the context, released at exit)
+        import pycuda.compiler as compiler
+        import pycuda.gpuarray as gpuarray
+    except Exception as exc:  # pycuda raises its own types when there is no driver or GPU
+        raise MinicompError(f"pycuda found no usable NVIDIA GPU ({type(exc).__name__}: {exc}); "
+                            f"{INSTALL_HINT}") from None
+    return driver, compiler, gpuarray
+
+
+class GPUDevice:
+    """A compiled module, the uploaded weights and the device arena of one model."""
+
+    name = "gpu"
+
+    def __init__(self, source: str, model):
+        driver, compiler, gpuarray = import_pycuda()
+        self.driver, self.gpuarray, self.model = driver, gpuarray, model
+        try:
+            self.module = compiler.SourceModule(source, no_extern_c=True, options=["-std=c++17", "-O3"])
+        except Exception as exc:
+            raise MinicompError(f"nvcc rejected the generated CUDA C: {exc}") from None
+        self.functions = {}
+        for ln in model.launches:
+            fn = self.module.get_function(ln.function)
+            fn.prepare("P" * len(ln.params))
+            self.functions[ln.function] = fn
+        ex, graph, plan = model.executable, model.graph, model.memory_plan
+        self.table = [0] * max(ex.n_slots, 1)
+        self.keep = []
+        for v, arr in graph.constants.items():
+            d = gpuarray.to_gpu(contiguous(arr))
+            self.keep.append(d)
+            self.table[ex.slots[v]] = int(d.gpudata)
+        self.arena = driver.mem_alloc(max(plan.arena_bytes, 1) + ALIGNMENT)
+        base = int(self.arena)
+        base += (-base) % ALIGNMENT
+        for key, off in plan.offsets.items():
+            self.table[ex.slots[key]] = base + off
+        self.stream = driver.Stream()
+
+    def _bind(self, env):
+        ga = self.gpuarray
+        on_device = any(hasattr(a, "gpudata") for a in env.values())
+        ex, graph = self.model.executable, self.model.graph
+        dev = {}
+        for v, a in env.items():
+            d = a if hasattr(a, "gpudata") else ga.to_gpu(contiguous(a))
+            dev[v] = d
+            self.table[ex.slots[v]] = int(d.gpudata)
+        outs = {}
+        for v in dict.fromkeys(graph.outputs):
+            if v in ex.slots and v not in env and v not in graph.constants:
+                outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy)
+                self.table[ex.slots[v]] = int(outs[v].gpudata)
+        return dev, outs, on_device
+
+    def _launch(self, ln, slots):
+        grid, block = ln.grid, ln.block
+        self.functions[ln.function].prepared_async_call(grid, block, self.stream, *[self.table[s] for s in slots])
+
+    def run(self, env):
+        dev, outs, on_device = self._bind(env)
+        for ln, slots in self.model.executable.launches:
+            self._launch(ln, slots)
+        self.stream.synchronize()
+        result, seen = [], set()
+        for v in self.model.graph.outputs:
+            if v in outs:
+                arr = outs[v] if on_device else outs[v].get()
+                result.append(arr.copy() if v in seen else arr)
+            elif v in env:
+                result.append(env[v] if on_device else np.array(env[v]))
+            else:
+                result.append(np.array(self.model.graph.constants[v]))
+            seen.add(v)
+        return result
+
+    def profile(self, env, repeat: int):
+        dev, outs, _ = self._bind(env)
+        timings = []
+        for ln, slots in self.model.executable.launches:
+            self._launch(ln, slots)  # warm up
+            start, stop = self.driver.Event(), self.driver.Event()
+            start.record(self.stream)
+            for _ in range(repeat):
+                self._launch(ln, slots)
+            stop.record(self.stream)
+            stop.synchronize()
+            timings.append((ln.function, stop.time_since(start) / 1e3 / repeat))
+        return timings

@@ -1,0 +1,250 @@
+"""The CUDA backend, proven on the CPU: every op, random graphs and models
+compiled for target cuda run through cuda-emu (the same CUDA C, compiled by
+g++ with ``cuda_emu.h``) and must match the reference; where nvcc exists, the
+same sources must compile to PTX for sm_90."""
+
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import minicomp as mc
+from minicomp.ir.loops import Barrier
+from minicomp.ir.ops import all_ops
+from minicomp.passes.manager import register_pass
+from tests.strategies import OP_CASES, contraction_graphs, op_chains, random_dags, single_op_graph
+from tests.tolerances import assert_close
+
+ALL = sorted(all_ops())
+
+
+def few(n: int):
+    """A fraction of the profile's examples: each one runs g++ (about half a second)."""
+    return settings(max_examples=max(2, settings().max_examples // n))
+
+
+def check_emu(graph, inputs, scale=10):
+    model = mc.compile(graph, target="cuda", device="emu")
+    got = model(*inputs)
+    want = mc.run_reference(graph, *inputs)
+    for g, w in zip(got, want):
+        assert_close(g, w, scale=scale, what=model.stages["cuda"][-6000:])
+    return model
+
+
+@pytest.mark.parametrize("op", ALL)
+def test_op_on_cuda_emu_matches_reference(op):
+    @few(8)
+    @given(OP_CASES[op])
+    def check(case):
+        inputs, attrs = case
+        check_emu(single_op_graph(op, inputs, attrs), inputs)
+
+    check()
+
+
+@few(4)
+@given(random_dags())
+def test_random_dags_on_cuda_emu(case):
+    check_emu(*case)
+
+
+@few(4)
+@given(op_chains())
+def test_random_chains_on_cuda_emu(case):
+    check_emu(*case)
+
+
+@few(2)
+@given(contraction_graphs())
+def test_random_contractions_on_cuda_emu(case):
+    """Matmul, batched matmul and convolution with odd sizes: the shared-memory
+    tiles' bounds checks and the folded epilogues."""
+    check_emu(*case)
+
+
+def test_matmul_with_epilogue_is_one_tiled_launch():
+    """Odd sizes (bounds checks on every tile edge); bias and relu folded into the tile's store."""
+    rng = np.random.default_rng(3)
+    g = mc.GraphBuilder()
+    a, b = g.input("a", (97, 33)), g.input("b", (33, 65))
+    bias = g.constant(rng.standard_normal(65).astype(np.float32))
+    g.output(g.relu(a @ b + bias))
+    model = check_emu(g.build(), [rng.standard_normal((97, 33)).astype(np.float32),
+                                  rng.standard_normal((33, 65)).astype(np.float32)])
+    assert len(model.launches) == 1
+    assert "__shared__" in model.stages["cuda"] and "__syncthreads();" in model.stages["cuda"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])
+def test_dtypes_on_cuda_emu(dtype):
+    g = mc.GraphBuilder()
+    x = g.input("x", (3, 17), dtype)
+    y = g.input("y", (17,), dtype)
+    z = g.maximum(x * y - x, g.abs(y))
+    s = g.sum(z, axes=[1], keepdims=True)
+    g.output(z, s, g.where(x > y, x, y), (x + y).astype("float32"))
+    rng = np.random.default_rng(0)
+    xs = rng.integers(-5, 6, size=(3, 17)).astype(dtype)
+    ys = rng.integers(-5, 6, size=(17,)).astype(dtype)
+    check_emu(g.build(), [xs, ys])
+
+
+def _transformer():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "examples"))
+    from transformer_block import build_transformer_block
+
+    return build_transformer_block()
+
+
+def test_transformer_block_on_cuda_emu_uses_every_gpu_schedule():
+    graph = _transformer()
+    x = np.random.default_rng(1).standard_normal((2, 32, 64)).astype(np.float32)
+    model = check_emu(graph, [x])
+    cuda = model.stages["cuda"]
+    assert "__shfl_xor_sync" in cuda  # row reductions across a warp (layer norm, softmax)
+    assert "__shared__" in cuda and "__syncthreads();" in cuda  # staged matmul tiles
+    assert "gpu gemm" in model.stages["loops"]  # the tile choice and its estimate are in the dumps
+    assert all(ln.threads % 32 == 0 for ln in model.launches)
+
+
+# -- a wrong schedule is caught ---------------------------------------------------------
+
+@register_pass("test_drop_barriers", kind="program")
+def _drop_barriers(program, ctx):
+    """A deliberately wrong schedule: every __syncthreads() removed."""
+    from dataclasses import replace
+
+    from minicomp.ir.loops import Seq
+    from minicomp.passes.schedules.step import map_stmts
+
+    def drop(s):
+        if isinstance(s, Seq):
+            return Seq([c for c in s.stmts if not isinstance(c, Barrier)])
+        return None
+
+    program.kernels = [replace(k, body=map_stmts(k.body, drop)) for k in program.kernels]
+    return program
+
+
+@pytest.mark.parametrize("build", ["matmul", "softmax"])
+def test_a_missing_barrier_gives_a_wrong_answer_under_cuda_emu(build):
+    """Threads run as fibers up to each barrier: without the barrier a thread
+    reads shared memory the others have not written yet."""
+    rng = np.random.default_rng(0)
+    g = mc.GraphBuilder()
+    if build == "matmul":
+        a, b = g.input("a", (64, 64)), g.input("b", (64, 64))
+        g.output(a @ b)
+        inputs = [rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2)]
+    else:
+        x = g.input("x", (8, 256))
+        g.output(g.softmax(x, axis=-1))
+        inputs = [rng.standard_normal((8, 256)).astype(np.float32)]
+    graph = g.build()
+    (want,) = mc.run_reference(graph, *inputs)
+    good = mc.compile(graph, target="cuda", device="emu")
+    assert_close(good(*inputs)[0], want, scale=10)
+    bad = mc.compile(graph, target="cuda", device="emu",
+                     pipeline="simplify,fuse,lower,schedule,test_drop_barriers,plan")
+    assert "__syncthreads" not in bad.stages["cuda"]
+    assert not np.allclose(bad(*inputs)[0], want, rtol=1e-3, atol=1e-3)
+
+
+# -- what needs no GPU, and what does ---------------------------------------------------
+
+def test_compiling_for_cuda_needs_no_gpu_and_calling_says_what_is_missing():
+    g = mc.GraphBuilder()
+    x = g.input("x", (4, 8))
+    g.output(g.relu(x) * 2.0)
+    model = mc.compile(g.build(), target="cuda")
+    assert 'extern "C" __global__' in model.stages["cuda"]
+    x = np.arange(32, dtype=np.float32).reshape(4, 8) - 10
+    try:
+        import pycuda.autoinit  # noqa: F401
+    except Exception:  # no pycuda, driver or GPU: the call says so
+        with pytest.raises(mc.MinicompError, match="pycuda|GPU"):
+            model(x)
+    else:  # on a GPU machine the same model runs
+        assert_close(model(x)[0], np.maximum(x, 0) * 2)
+
+
+def test_unknown_device_and_device_for_a_cpu_target_are_refused():
+    g = mc.GraphBuilder()
+    g.output(g.relu(g.input("x", (2,))))
+    graph = g.build()
+    with pytest.raises(mc.MinicompError, match="unknown CUDA device"):
+        mc.compile(graph, target="cuda", device="tpu")
+    with pytest.raises(mc.MinicompError, match="CUDA targets"):
+        mc.compile(graph, target="llvm", device="emu")
+
+
+def test_cuda_emu_target_name_and_zero_size_and_scalar_outputs():
+    g = mc.GraphBuilder()
+    x = g.input("x", (0, 3))
+    y = g.input("y", ())
+    g.output(x * 2.0, y + 1.0, g.sum(x, axes=[0]))
+    graph = g.build()
+    inputs = [np.zeros((0, 3), np.float32), np.array(2.5, np.float32)]
+    model = mc.compile(graph, target="cuda-emu")
+    for got, want in zip(model(*inputs), mc.run_reference(graph, *inputs)):
+        assert_close(got, want)
+
+
+def test_profile_times_every_launch():
+    g = mc.GraphBuilder()
+    x = g.input("x", (16, 64))
+    g.output(g.softmax(g.relu(x), axis=-1))
+    model = mc.compile(g.build(), target="cuda", device="emu")
+    timings = model.profile(np.ones((16, 64), np.float32), repeat=2)
+    assert [name for name, _ in timings] == [ln.function for ln in model.launches]
+    assert all(t > 0 for _, t in timings)
+
+
+def test_cli_emits_cuda(tmp_path, capsys):
+    from minicomp.cli import main
+
+    src = tmp_path / "g.mcir"
+    src.write_text("graph g(%x: f32[8, 64]) {\n  %y: f32[8, 64] = softmax(%x) {axis = -1}\n  return %y\n}\n")
+    assert main(["compile", str(src), "--target", "cuda", "--emit", "cuda"]) == 0
+    assert "__global__" in capsys.readouterr().out
+    assert main(["run", str(src), "--target", "cuda-emu"]) == 0
+    assert main(["compile", str(src), "--emit", "cuda"]) == 2  # CUDA C needs --target cuda
+
+
+# -- nvcc accepts what g++ accepted -------------------------------------------------------
+
+NVCC = shutil.which("nvcc")
+
+
+def _ptx(source: str) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.cu"
+        path.write_text(source)
+        proc = subprocess.run([NVCC, "-arch=sm_90", "--ptx", "-std=c++17", str(path), "-o", str(path) + ".ptx"],
+                              capture_output=True, text=True)
+        return None if proc.returncode == 0 else proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+def test_nvcc_compiles_the_cuda_of_every_op_and_the_transformer_to_ptx():
+    sources = {"transformer": mc.compile(_transformer(), target="cuda").stages["cuda"]}
+    for op in ALL:
+        @settings(max_examples=1, database=None)
+        @given(OP_CASES[op])
+        def one(case):
+            inputs, attrs = case
+            sources[op] = mc.compile(single_op_graph(op, inputs, attrs), target="cuda").stages["cuda"]
+
+        one()
+    with ThreadPoolExecutor(2) as pool:
+        errors = dict(zip(sources, pool.map(_ptx, sources.values())))
+    failed = {k: v for k, v in errors.items() if v}
+    assert not failed, f"nvcc rejected: {failed}"
