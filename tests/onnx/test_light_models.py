@@ -49,3 +49,16 @@ def test_light_model(name):
     (got,) = mc.compile(mc.from_onnx(randomized), num_threads=2)(**feeds)
     (want,) = run_other(randomized, feeds)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_model_on_cuda_emu(name):
+    """The CUDA C of each model, run on the CPU through cuda-emu, matches ONNX Runtime."""
+    path = light_model(name)
+    feeds = light_input(path)
+    randomized = randomize_weights(path, seed=0)
+    model = mc.compile(mc.from_onnx(randomized), target="cuda", device="emu")
+    (got,) = model(**feeds)
+    (want,) = run_other(randomized, feeds)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))

@@ -48,6 +48,7 @@ from minicomp.passes.schedules.step import ScheduleError
 WARP = 32
 SHUFFLE_DTYPES = (dtypes.float32, dtypes.float64, dtypes.int32, dtypes.int64)
 COMBINE_OPS = ("add", "max", "min")
+ROWS_FOR_THREADS = 16384  # rows enough to fill an H100 (132 SMs x 4 x 32) with one thread per row
 
 
 def gpu_schedule(kernel: Kernel, target) -> Kernel:
@@ -228,12 +229,15 @@ def block_per_row(top: Stmt, gpu, name: str) -> Stmt | None:
     """One block per iteration of the outer loops when the body reduces long rows; else None."""
     chain, inner = spatial_chain(top)
     reductions = _row_reductions(inner) if isinstance(inner, (Seq, Allocate)) else []
-    if not reductions or max(_product(r.chain) for r in reductions) < WARP:
+    if not reductions:
+        return None
+    length, rows = max(_product(r.chain) for r in reductions), _product(chain)
+    # Short rows, or so many rows that one thread each fills the GPU: a thread per row does better.
+    if length < WARP or (length < 512 and rows > ROWS_FOR_THREADS):
         return None
     longest = max([_product(r.chain) for r in reductions] + [lp.extent for lp in loops(inner)])
     threads = _threads_for(longest, 256)
     bx, tx = ex.Var(f"{name}.bx"), ex.Var(f"{name}.tx")
-    rows = _product(chain)
     body = substitute_stmt(inner, decompose(bx, chain), {bx: max(rows, 1)}) if chain else inner
     spread = _RowSpreader(tx, threads, name)
     return For(bx, max(rows, 1), For(tx, threads, spread.stmt(body), "threadIdx.x"), "blockIdx.x")
@@ -286,8 +290,11 @@ class _RowSpreader:
         outer = ex.Var(self.fresh("o"))
         steps = -(-lp.extent // self.threads)
         v = ex.BinOp("add", ex.BinOp("mul", outer, _i(self.threads)), self.tid)
-        body = substitute_stmt(lp.body, {lp.var: _plus(v, lp.start)}, {outer: steps, self.tid: self.threads})
-        if steps * self.threads > lp.extent:
+        guarded = steps * self.threads > lp.extent
+        # Under the guard the modulo changes nothing; it lets the verifier bound the index.
+        index = ex.BinOp("mod", v, _i(lp.extent)) if guarded else v
+        body = substitute_stmt(lp.body, {lp.var: _plus(index, lp.start)}, {outer: steps, self.tid: self.threads})
+        if guarded:
             body = If(ex.BinOp("lt", v, _i(lp.extent)), body)
         return For(outer, steps, body)
 
@@ -379,8 +386,10 @@ def match_contraction(top: Stmt) -> _Contraction | None:
     if not (isinstance(red.term, ex.BinOp) and red.term.op == "mul"):
         return None
     own = [lp.var for lp in chain]
-    if not all(isinstance(i, ex.Var) for i in red.idx) or sorted(map(id, red.idx)) != sorted(map(id, own)):
-        return None
+    index_vars = [i for i in red.idx if isinstance(i, ex.Var)]
+    if any(not isinstance(i, (ex.Var, ex.Const)) for i in red.idx) or \
+            sorted(map(id, index_vars)) != sorted(map(id, own)):
+        return None  # one output element per point of the loops (constant indices allowed: a batch of 1)
     fa, fb = red.term.a, red.term.b
     in_a = {id(v) for v in ex.free_vars(fa)}
     in_b = {id(v) for v in ex.free_vars(fb)}
@@ -390,7 +399,8 @@ def match_contraction(top: Stmt) -> _Contraction | None:
     if not m or not n:
         return None
     # Threads run fastest along N: make N the loops of the output's last index (coalesced stores).
-    if any(red.idx[-1] is lp.var for lp in m):
+    last = index_vars[-1] if index_vars else None
+    if any(last is lp.var for lp in m):
         fa, fb, m, n = fb, fa, n, m
     return _Contraction(red.acc, red.idx, red.init, fa, fb, m, n, batch, red.chain)
 
