@@ -67,6 +67,9 @@ class GPUDevice:
         for key, off in plan.offsets.items():
             self.table[ex.slots[key]] = base + off
         self.stream = driver.Stream()
+        from pycuda.tools import DeviceMemoryPool
+
+        self.pool = DeviceMemoryPool()  # outputs per call without a cudaMalloc each time
 
     def _bind(self, env):
         ga = self.gpuarray
@@ -80,7 +83,7 @@ class GPUDevice:
         outs = {}
         for v in dict.fromkeys(graph.outputs):
             if v in ex.slots and v not in env and v not in graph.constants:
-                outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy)
+                outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy, allocator=self.pool.allocate)
                 self.table[ex.slots[v]] = int(outs[v].gpudata)
         return dev, outs, on_device
 

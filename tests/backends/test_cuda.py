@@ -3,6 +3,7 @@ compiled for target cuda run through cuda-emu (the same CUDA C, compiled by
 g++ with ``cuda_emu.h``) and must match the reference; where nvcc exists, the
 same sources must compile to PTX for sm_90."""
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,8 +29,12 @@ def few(n: int):
     return settings(max_examples=max(2, settings().max_examples // n))
 
 
+# benchmarks/gpu_check.sh sets this to "gpu" to run these tests on a real GPU.
+DEVICE = os.environ.get("MINICOMP_CUDA_DEVICE", "emu")
+
+
 def check_emu(graph, inputs, scale=10):
-    model = mc.compile(graph, target="cuda", device="emu")
+    model = mc.compile(graph, target="cuda", device=DEVICE)
     got = model(*inputs)
     want = mc.run_reference(graph, *inputs)
     for g, w in zip(got, want):
