@@ -58,7 +58,7 @@ def test_transformer_block_matches_independent_numpy(target):
 
 
 @pytest.mark.parametrize("script", ["mlp.py", "transformer_block.py", "custom_pass.py", "cnn.py", "add_an_op.py",
-                                    "schedule_matmul.py"])
+                                    "schedule_matmul.py", "cuda_matmul.py"])
 def test_example_scripts_run(script, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script])
     with pytest.raises(SystemExit) as exc:

@@ -531,7 +531,10 @@ def tile_contraction(kernel: Kernel, top: Stmt, gpu) -> tuple[Stmt, str, Buffer]
     n_e = ex.BinOp("add", ex.BinOp("mul", bx, _i(tile.bn)), cols_n(b_))
     mapping = {**batch_map, **decompose(m_e, c.m), **decompose(n_e, c.n)}
     out_idx = tuple(ex.simplify(ex.substitute(i, mapping)) for i in c.idx)
-    value = ex.BinOp("add", ex.simplify(ex.substitute(c.init, mapping)), ex.Load(acc, (a_, b_)))
+    init = ex.simplify(ex.substitute(c.init, mapping))
+    value = ex.Load(acc, (a_, b_))
+    if not (isinstance(init, ex.Const) and init.value == 0):
+        value = ex.BinOp("add", init, value)
     guard = ex.BinOp("and", ex.BinOp("lt", m_e, _i(M)), ex.BinOp("lt", n_e, _i(N)))
     write = For(a_, tile.rm, For(b_, tile.rn, If(guard, Store(c.out, out_idx, value)), "unrolled"), "unrolled")
     body = Allocate(acc, Allocate(ra, Allocate(rb, Allocate(a_sh, Allocate(b_sh, seq(zero, main, write))))))
