@@ -6,7 +6,8 @@
 - indices stay inside their buffer wherever the bounds can be proven;
 - loop kinds suit the target: GPU axes only for a GPU target, ``parallel``
   only at the top level of a CPU kernel, ``simd`` loops hold only stores;
-- a ``Barrier`` appears only inside a loop bound to ``threadIdx``.
+- a ``Barrier`` appears only inside a loop bound to ``threadIdx``; in a GPU
+  nest that binds threads, every store to memory is inside a thread loop.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from minicomp.ir.loops import (
     Stmt,
     Store,
     only_stores,
+    stmt_children,
+    walk_stmts,
 )
 
 
@@ -47,7 +50,26 @@ class _Verifier:
         for top in tops:
             if isinstance(top, For) and top.kind == "parallel" and self.gpu:
                 self.fail(f"loop {top.var.name} is parallel: a GPU kernel binds loops to blocks and threads")
+            if self.gpu:
+                self.threads_cover_stores(top)
         self.stmt(self.k.body, set(self.k.params), {}, thread_bound=False, top=True)
+
+    def threads_cover_stores(self, top: Stmt):
+        """In a nest that binds threads, a store to memory outside every
+        thread loop would run once per thread of the block: refuse it."""
+        if not any(isinstance(n, For) and n.kind.startswith("threadIdx") for n in walk_stmts(top)):
+            return
+
+        def go(s: Stmt):
+            if isinstance(s, For) and s.kind.startswith("threadIdx"):
+                return
+            if isinstance(s, Store) and s.buffer.scope != "local":
+                self.fail(f"{s.buffer.name}[...] is stored outside every loop bound to threadIdx, in a nest that "
+                          f"binds threads: every thread of the block would run it (bind or split that loop too)")
+            for c in stmt_children(s):
+                go(c)
+
+        go(top)
 
     def stmt(self, s: Stmt, buffers: set, ranges: dict, thread_bound: bool, top: bool = False):
         if isinstance(s, Seq):
