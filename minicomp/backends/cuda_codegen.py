@@ -271,13 +271,83 @@ class _Writer:
             else:
                 self.stmt(s.body, depth + 1)
             self.emit(depth, "}")
+        elif s.kind == "vectorized" and self.vector_loop(s, depth):
+            pass
         else:
-            if s.kind == "unrolled":
+            if s.kind in ("unrolled", "vectorized"):
                 self.emit(depth, "#pragma unroll")
             self.emit(depth, f"for ({it} {name} = {s.start}; {name} < {s.start + s.extent}; ++{name}) {{")
             self.stmt(s.body, depth + 1)
             self.emit(depth, "}")
         del self.names[s.var]
+
+    def vector_loop(self, s: For, depth: int) -> bool:
+        """A ``vectorized`` loop of 4 float32 lanes whose stores and loads are
+        aligned and contiguous along it: float4 loads and stores, one store
+        statement at a time (in order). False, writing nothing, otherwise."""
+        stores = [st for st in walk_stmts(s.body)]
+        if s.extent != 4 or s.start or not all(isinstance(st, (Store, Seq)) for st in stores):
+            return False
+        lanes = [ex.Const(k, dtypes.int64) for k in range(4)]
+
+        def at(e, k):
+            return ex.simplify(ex.substitute(e, {s.var: lanes[k]}))
+
+        def contiguous(buf, indices) -> bool:
+            if buf.dtype != dtypes.float32:
+                return False
+            flats = [at(ex.flat_index(indices, buf.shape), k) for k in range(4)]
+            diffs = [ex.simplify(ex.BinOp("sub", flats[k], flats[0])) for k in range(4)]
+            return all(isinstance(d, ex.Const) and d.value == k for k, d in enumerate(diffs))
+
+        plan = []
+        for st in (x for x in stores if isinstance(x, Store)):
+            if not contiguous(st.buffer, st.indices):
+                return False
+            moving = [n for n in ex.walk(st.value) if isinstance(n, ex.Load) and s.var in ex.free_vars(
+                ex.flat_index(n.indices, n.tensor.shape))]
+            if not all(contiguous(n.tensor, n.indices) for n in moving):
+                return False
+            plan.append((st, moving))
+        self.emit(depth, "{")
+        for st, moving in plan:
+            vectors = {}
+            for ld in moving:
+                key = (ld.tensor, ex.format_expr(at(ex.flat_index(ld.indices, ld.tensor.shape), 0)))
+                if key not in vectors:
+                    self.tmp += 1
+                    name = f"q{self.tmp}"
+                    base = self.render(at(ex.flat_index(ld.indices, ld.tensor.shape), 0))
+                    self.emit(depth + 1, f"const float4 {name} = *reinterpret_cast<const float4*>("
+                                         f"&{self.buffer_name(ld.tensor)}[{base}]);")
+                    vectors[key] = name
+            values = []
+            for k in range(4):
+                lane_var = {}
+
+                def pick(ld, k=k, lane_var=lane_var):
+                    if ld.tensor.dtype != dtypes.float32 or not any(ld is m for m in moving):
+                        return None
+                    key = (ld.tensor, ex.format_expr(at(ex.flat_index(ld.indices, ld.tensor.shape), 0)))
+                    v = ex.Var(f"{vectors[key]}.{'xyzw'[k]}", dtypes.float32)
+                    self.names[v] = v.name
+                    lane_var[v] = True
+                    return v
+
+                value = at(ex.transform_loads(st.value, pick), k)
+                values.append(self.expr_in_place(value, depth + 1))
+                self.shared = {}
+                for v in lane_var:
+                    del self.names[v]
+            self.tmp += 1
+            out = f"q{self.tmp}"
+            base = self.render(at(ex.flat_index(st.indices, st.buffer.shape), 0))
+            self.emit(depth + 1, f"float4 {out};")
+            for k, text in enumerate(values):
+                self.emit(depth + 1, f"{out}.{'xyzw'[k]} = {text};")
+            self.emit(depth + 1, f"*reinterpret_cast<float4*>(&{self.buffer_name(st.buffer)}[{base}]) = {out};")
+        self.emit(depth, "}")
+        return True
 
     def _var_name(self, v: ex.Var) -> str:
         base = "v_" + "".join(c if c.isalnum() else "_" for c in v.name)

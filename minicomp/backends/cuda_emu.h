@@ -37,6 +37,10 @@ struct dim3 {
 
 thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
 typedef _Float16 __half;
 inline float __half2float(__half h) { return (float)h; }
 inline __half __float2half_rn(float f) { return (__half)f; }

@@ -269,3 +269,29 @@ def test_user_schedule_binds_loops_to_blocks_and_threads():
     with pytest.raises(mc.MinicompError, match="outside every loop bound to threadIdx"):
         mc.compile(graph, target="cuda", schedules={"fused_relu_mul": "split(i1, 32); bind(i0, blockIdx.x); "
                                                                       "bind(i1.i, threadIdx.x)"})
+
+
+@pytest.mark.parametrize("cols, vector", [(96, True), (30, False)])
+def test_elementwise_uses_float4_where_rows_allow(cols, vector):
+    """Rows of a multiple of 4 floats: each thread loads and stores a float4
+    (bias broadcast along rows too); other widths fall back to scalars."""
+    rng = np.random.default_rng(2)
+    g = mc.GraphBuilder()
+    x, b = g.input("x", (7, cols)), g.input("b", (cols,))
+    g.output(g.relu(x + b) * x)
+    inputs = [rng.standard_normal((7, cols)).astype(np.float32), rng.standard_normal(cols).astype(np.float32)]
+    model = check_emu(g.build(), inputs)
+    assert ("reinterpret_cast<const float4*>" in model.stages["cuda"]) == vector
+
+
+def test_softmax_row_stays_in_registers():
+    """The exponentials of a row are held by the threads that computed them: the
+    kernel keeps no row workspace in global memory."""
+    g = mc.GraphBuilder()
+    g.output(g.softmax(g.input("x", (16, 1000)), axis=-1))
+    graph = g.build()
+    x = np.random.default_rng(4).standard_normal((16, 1000)).astype(np.float32)
+    model = check_emu(graph, [x])
+    (kernel,) = model.kernels
+    assert kernel.workspace == []
+    assert model.memory_plan.arena_bytes == 0

@@ -37,13 +37,14 @@ from minicomp.ir.loops import (
     Stmt,
     Store,
     loops,
+    only_stores,
     seq,
     walk_stmts,
 )
 from minicomp.passes.schedules.analysis import flat_stride
 from minicomp.passes.schedules.buffer_steps import ReverseComputeInline
 from minicomp.passes.schedules.primitives import apply_step
-from minicomp.passes.schedules.step import ScheduleError
+from minicomp.passes.schedules.step import ScheduleError, accesses
 
 WARP = 32
 SHUFFLE_DTYPES = (dtypes.float32, dtypes.float64, dtypes.int32, dtypes.int64)
@@ -75,11 +76,25 @@ def gpu_schedule(kernel: Kernel, target) -> Kernel:
             out.append(top)
             continue
         name = f"g{n}"  # unique in the kernel: lowering names loops i0.., r0..
-        mapped = block_per_row(top, gpu, name)
+        only_here = [b for b in k.workspace if len(accesses(top, b)) == len(accesses(k.body, b))]
+        mapped = block_per_row(top, gpu, name, only_here)
         if mapped is None:
-            mapped = thread_per_point(top, name)
-        out.append(mapped)
+            out.append(thread_per_point(top, name))
+            continue
+        stmt, in_registers = mapped
+        out.append(stmt)
+        k = _drop_workspace(k, in_registers)
     return replace(k, body=seq(*out))
+
+
+def _drop_workspace(k: Kernel, gone: list) -> Kernel:
+    """``k`` without the workspaces in ``gone`` (they moved to registers)."""
+    if not gone:
+        return k
+    n = len(k.inputs) + len(k.outputs)
+    keep = [j for j, b in enumerate(k.workspace) if b not in gone]
+    values = list(k.param_values[:n]) + [k.param_values[n + j] for j in keep] if k.param_values else []
+    return replace(k, workspace=[k.workspace[j] for j in keep], param_values=values)
 
 
 def _is_mapped(s: Stmt) -> bool:
@@ -158,9 +173,56 @@ def _threads_for(n: int, most: int = 256) -> int:
 
 # -- one thread per point -----------------------------------------------------------
 
+VECTOR = 4  # float32 lanes of one 16-byte load or store (float4)
+
+
+def _aligned_unit_stride(load: ex.Load, v: ex.Var) -> bool | None:
+    """True if ``load`` moves one element per step of ``v`` and starts on a
+    multiple of VECTOR elements whenever ``v`` does; False if it does not move
+    along ``v``; None otherwise."""
+    aff = ex._affine(ex.flat_index(load.indices, load.tensor.shape))
+    if aff is None:
+        return None
+    terms, const = aff
+    coeff = sum(c for t, c in terms.items() if t is v)
+    if coeff == 0 and not any(v in ex.free_vars(t) for t in terms):
+        return False
+    others_aligned = all(c % VECTOR == 0 for t, c in terms.items() if t is not v and isinstance(t, ex.Var))
+    if coeff != 1 or const % VECTOR or not others_aligned or any(
+            not isinstance(t, ex.Var) for t in terms):
+        return None
+    return True
+
+
+def _vectorizable(chain: list, inner: Stmt) -> bool:
+    """Can each thread take VECTOR consecutive points of the innermost loop as float4 loads and stores?"""
+    if not chain or chain[-1].extent % VECTOR or chain[-1].start or not only_stores(inner):
+        return False
+    v = chain[-1].var
+    for st in walk_stmts(inner):
+        if not isinstance(st, Store):
+            continue
+        target = ex.Load(st.buffer, st.indices)
+        if st.buffer.dtype != dtypes.float32 or _aligned_unit_stride(target, v) is not True:
+            return False
+        for n in ex.walk(st.value):
+            if isinstance(n, ex.Load):
+                if n.tensor.dtype != dtypes.float32 or _aligned_unit_stride(n, v) is None:
+                    return False
+    return True
+
+
 def thread_per_point(top: Stmt, name: str) -> Stmt:
-    """One thread per iteration of the nest's outer loops; the rest runs in that thread."""
+    """One thread per iteration of the nest's outer loops; the rest runs in that
+    thread. A plain elementwise nest gives each thread VECTOR consecutive points
+    of its innermost loop (a ``vectorized`` loop: float4 loads and stores)."""
     chain, inner = spatial_chain(top)
+    if _vectorizable(chain, inner):
+        last = chain[-1]
+        quad, lane = ex.Var(f"{last.var.name}.v"), ex.Var(f"{last.var.name}.l")
+        point = ex.BinOp("add", ex.BinOp("mul", quad, _i(VECTOR)), lane)
+        inner = For(lane, VECTOR, substitute_stmt(inner, {last.var: point}), "vectorized")
+        chain = chain[:-1] + [For(quad, last.extent // VECTOR, last.body)]
     total = _product(chain)
     threads = _threads_for(total)
     blocks = max(1, -(-total // threads))
@@ -225,8 +287,12 @@ def _row_reductions(s: Stmt) -> list[_RowReduction]:
     return found
 
 
-def block_per_row(top: Stmt, gpu, name: str) -> Stmt | None:
-    """One block per iteration of the outer loops when the body reduces long rows; else None."""
+def block_per_row(top: Stmt, gpu, name: str, workspace=()) -> tuple[Stmt, list] | None:
+    """One block per iteration of the outer loops when the body reduces long rows; else None.
+
+    Returns the nest and the ``workspace`` buffers it now keeps in registers:
+    a row workspace that every step touches at element ``j`` from thread
+    ``j % threads`` becomes ``threads``-strided registers of each thread."""
     chain, inner = spatial_chain(top)
     reductions = _row_reductions(inner) if isinstance(inner, (Seq, Allocate)) else []
     if not reductions:
@@ -239,15 +305,122 @@ def block_per_row(top: Stmt, gpu, name: str) -> Stmt | None:
     threads = _threads_for(longest, 256)
     bx, tx = ex.Var(f"{name}.bx"), ex.Var(f"{name}.tx")
     body = substitute_stmt(inner, decompose(bx, chain), {bx: max(rows, 1)}) if chain else inner
-    spread = _RowSpreader(tx, threads, name)
-    return For(bx, max(rows, 1), For(tx, threads, spread.stmt(body), "threadIdx.x"), "blockIdx.x")
+    scalars = _row_scalars(body, list(workspace), {bx})
+    body = _scalars_to_registers(body, scalars)
+    registers = _row_registers(body, [b for b in workspace if b not in scalars], threads, {bx})
+    spread = _RowSpreader(tx, threads, name, registers)
+    row = spread.stmt(body)
+    for local in list(registers.values()) + list(scalars.values()):
+        row = Allocate(local, row)
+    return For(bx, max(rows, 1), For(tx, threads, row, "threadIdx.x"), "blockIdx.x"), \
+        list(registers) + list(scalars)
+
+
+def _row_scalars(body: Stmt, candidates: list, row_vars: set) -> dict:
+    """Workspaces of one element per row, written outside every loop of the row
+    (a reduction's result): each thread keeps its own copy in a register."""
+    chosen = {}
+    in_loops = {id(st) for lp in loops(body) for st in walk_stmts(lp.body) if isinstance(st, Store)}
+    for buf in candidates:
+        acc = accesses(body, buf)
+        if not acc or any(is_store and id(st) in in_loops for st, _, is_store in acc):
+            continue
+        if all(id(v) in {id(r) for r in row_vars} for _, idx, _ in acc for i in idx for v in ex.free_vars(i)) and \
+                len({tuple(ex.format_expr(i) for i in idx) for _, idx, _ in acc}) == 1:
+            chosen[buf] = Buffer(f"{buf.name}_r", (), buf.dtype, "local")
+    return chosen
+
+
+def _scalars_to_registers(body: Stmt, scalars: dict) -> Stmt:
+    if not scalars:
+        return body
+    from minicomp.passes.schedules.step import map_exprs, map_stmts
+
+    def load(ld):
+        return ex.Load(scalars[ld.tensor], ()) if ld.tensor in scalars else None
+
+    def store(st):
+        if isinstance(st, Store) and st.buffer in scalars:
+            return Store(scalars[st.buffer], (), ex.transform_loads(st.value, load))
+        return None
+
+    return map_exprs(map_stmts(body, store), lambda e: ex.transform_loads(e, load))
+
+
+MAX_ROW_REGISTERS = 32  # elements of a row one thread may hold in registers
+
+
+def _spread_vars(s: Stmt, out: dict) -> dict:
+    """The loops a row's spreading distributes over threads: row-level spatial
+    loops and single-loop reductions (variable -> extent)."""
+    if isinstance(s, Allocate):
+        return _spread_vars(s.body, out)
+    stmts = s.stmts if isinstance(s, Seq) else [s]
+    i = 0
+    while i < len(stmts):
+        st = stmts[i]
+        red = _match_reduction(st, stmts[i + 1]) if i + 1 < len(stmts) else None
+        if red is not None:
+            if len(red.chain) == 1:
+                out[red.chain[0].var] = red.chain[0].extent
+            i += 2
+            continue
+        if isinstance(st, For) and not st.is_reduction and st.start == 0:
+            out[st.var] = st.extent
+        elif isinstance(st, (Allocate, Seq)):
+            _spread_vars(st, out)
+        i += 1
+    return out
+
+
+def _row_registers(body: Stmt, candidates: list, threads: int, row_vars: set) -> dict:
+    """Workspaces to hold in registers: every access indexes the last axis by a
+    spread loop's variable (all of one extent, at most MAX_ROW_REGISTERS per
+    thread) and the other axes by the row alone."""
+    spread = _spread_vars(body, {})
+    chosen = {}
+    for buf in candidates:
+        acc = accesses(body, buf)
+        if not acc or buf.dtype == dtypes.bool_:
+            continue
+        lasts = [idx[-1] if idx else None for _, idx, _ in acc]
+        if not all(isinstance(v, ex.Var) and v in spread for v in lasts):
+            continue
+        extents = {spread[v] for v in lasts}
+        prefix = {tuple(ex.format_expr(i) for i in idx[:-1]) for _, idx, _ in acc}
+        free = {id(v) for _, idx, _ in acc for i in idx[:-1] for v in ex.free_vars(i)}
+        steps = -(-next(iter(extents)) // threads)
+        if len(extents) == 1 and len(prefix) == 1 and free <= {id(v) for v in row_vars} and \
+                steps <= MAX_ROW_REGISTERS:
+            chosen[buf] = Buffer(f"{buf.name}_r", (steps,), buf.dtype, "local")
+    return chosen
+
+
+def _to_registers(s, registers: dict, var: ex.Var, step: ex.Var):
+    """Accesses ``buf[..., var]`` of register rows become ``regs[step]``."""
+    def load(ld):
+        if ld.tensor in registers and ld.indices and ld.indices[-1] is var:
+            return ex.Load(registers[ld.tensor], (step,))
+        return None
+
+    if isinstance(s, ex.Expr):
+        return ex.transform_loads(s, load)
+    from minicomp.passes.schedules.step import map_exprs, map_stmts
+
+    def store(st):
+        if isinstance(st, Store) and st.buffer in registers and st.indices and st.indices[-1] is var:
+            return Store(registers[st.buffer], (step,), ex.transform_loads(st.value, load))
+        return None
+
+    return map_exprs(map_stmts(s, store), lambda e: ex.transform_loads(e, load))
 
 
 class _RowSpreader:
     """Rewrites a row's statements to run on ``threads`` threads of one block."""
 
-    def __init__(self, tid: ex.Var, threads: int, base: str):
+    def __init__(self, tid: ex.Var, threads: int, base: str, registers: dict | None = None):
         self.tid, self.threads, self.base = tid, threads, base
+        self.registers = registers or {}
         self.count = 0
 
     def fresh(self, what: str) -> str:
@@ -293,10 +466,11 @@ class _RowSpreader:
         guarded = steps * self.threads > lp.extent
         # Under the guard the modulo changes nothing; it lets the verifier bound the index.
         index = ex.BinOp("mod", v, _i(lp.extent)) if guarded else v
-        body = substitute_stmt(lp.body, {lp.var: _plus(index, lp.start)}, {outer: steps, self.tid: self.threads})
+        body = _to_registers(lp.body, self.registers, lp.var, outer) if self.registers else lp.body
+        body = substitute_stmt(body, {lp.var: _plus(index, lp.start)}, {outer: steps, self.tid: self.threads})
         if guarded:
             body = If(ex.BinOp("lt", v, _i(lp.extent)), body)
-        return For(outer, steps, body)
+        return For(outer, steps, body, "unrolled" if steps <= MAX_ROW_REGISTERS else "serial")
 
     def reduce(self, red: _RowReduction) -> Stmt:
         dt = red.acc.dtype
@@ -306,11 +480,14 @@ class _RowSpreader:
         total = _product(red.chain)
         steps = -(-total // self.threads)
         flat = ex.BinOp("add", ex.BinOp("mul", outer, _i(self.threads)), self.tid)
+        if self.registers and len(red.chain) == 1:
+            red = replace(red, term=_to_registers(red.term, self.registers, red.chain[0].var, outer))
         term = ex.simplify(ex.substitute(red.term, decompose(flat, red.chain)), {outer: steps, self.tid: self.threads})
         update = Store(part, (), ex.BinOp(red.op, here, term))
         if steps * self.threads > total:
             update = If(ex.BinOp("lt", flat, _i(total)), update)
-        body = [Store(part, (), identity(red.op, dt)), For(outer, steps, update)]
+        body = [Store(part, (), identity(red.op, dt)),
+                For(outer, steps, update, "unrolled" if steps <= MAX_ROW_REGISTERS else "serial")]
         for off in (16, 8, 4, 2, 1):  # within a warp
             body.append(Store(part, (), ex.BinOp(red.op, here, ex.Call("shfl_xor", (here, _i(off))))))
         warps = self.threads // WARP
