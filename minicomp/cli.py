@@ -8,6 +8,8 @@
                                 [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|cuda]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
+    minicomp plan MODEL.{mcir,onnx} [--png plan.png] [--order auto|fusion|greedy|exact] [--pipeline P,...]
+                                [--offsets best|size|breadth|search] [--budget BYTES]
     minicomp ops
     minicomp passes
 
@@ -142,6 +144,17 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    graph = load_model(args.model, parse_shapes(args.shape))
+    model = mc.compile(graph, target="llvm", pipeline=args.pipeline,
+                       memory={"order": args.order, "offsets": args.offsets}, memory_budget=args.budget)
+    sys.stdout.write(str(model.memory_plan) + "\n" if args.verbose else model.memory_plan.summary() + "\n")
+    if args.png:
+        model.memory_plan.draw(args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
 def _median_time(fn, repeat: int) -> float:
     fn()
     times = []
@@ -260,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--graph-png", metavar="FILE", help="draw the graph with fused groups (.png/.svg/.dot; "
                                                        "needs Graphviz for pictures)")
     c.set_defaults(func=cmd_compile)
+
+    pl = sub.add_parser("plan", help="plan a model's memory: execution order, arena offsets, figures, a picture")
+    pl.add_argument("model", help="model file (.mcir or .onnx)")
+    pl.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
+                    help="fix a dynamic input shape of an ONNX model (repeatable)")
+    pl.add_argument("--order", default="auto", choices=["auto", "fusion", "greedy", "exact"],
+                    help="how to choose the kernel order (default auto: the least peak found)")
+    pl.add_argument("--offsets", default="best", choices=["best", "size", "breadth", "search"],
+                    help="how to place buffers in the arena (default best: the smallest arena)")
+    pl.add_argument("--budget", type=int, default=None, metavar="BYTES", help="fail unless the arena fits")
+    pl.add_argument("--pipeline", default=None, help="passes to run (default: the llvm pipeline, which fuses)")
+    pl.add_argument("--png", metavar="FILE", help="draw the plan (.png/.svg/.pdf; needs matplotlib)")
+    pl.add_argument("--verbose", "-v", action="store_true", help="also list every buffer and its offset")
+    pl.set_defaults(func=cmd_plan)
 
     b = sub.add_parser("bench", help="latency of minicomp beside ONNX Runtime on an .onnx model")
     b.add_argument("model", help="model file (.onnx)")

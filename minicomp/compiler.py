@@ -39,6 +39,7 @@ def as_target(target, num_threads: int | None = None, device: str | None = None)
 
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
             pipeline=None, fusion: dict | None = None, schedules: dict | None = None, device: str | None = None,
+            memory: dict | None = None, memory_budget: int | None = None,
             print_before=(), print_after=(), dump_dir: str | None = None, verify: bool = True):
     """Compile ``graph`` for ``target``; returns a CompiledModel.
 
@@ -73,7 +74,9 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     tgt = as_target(target, num_threads, device)
     backend = get_backend(tgt.name)
     stages = {"input": print_graph(graph)}
-    options = {"fusion": fusion, "schedules": schedules}
+    if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
+        raise MinicompError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
+    options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget}
     pm = PassManager(pipeline if pipeline is not None else list(backend.pipeline),
                      print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify,
                      options=options)

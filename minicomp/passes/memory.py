@@ -1,13 +1,15 @@
 """Memory planning: live intervals of intermediate buffers and their offsets
-in one arena.
+in one arena (the execution order is chosen first: ``memory_order.py``).
 
 Every intermediate value (and every kernel workspace) lives from the kernel
 that writes it to the last kernel that reads it. Two buffers whose intervals
-overlap must not share bytes; the planner places buffers largest first at the
-lowest offset that fits among the already placed buffers they overlap with.
+overlap must not share bytes. Offsets come from greedy placements in two
+orders — by size, and by breadth (widest steps first; Pisarchyk and Lee) —
+and a short local search over the placement order; the smallest arena wins.
 
-Three figures are always reported: the naive sum of all buffers, the lower
-bound (the largest set of bytes live at one time), and the arena planned.
+The figures reported: the naive sum of all buffers, the peak of fusion's
+order, the peak of the chosen order (the lower bound: the largest set of
+bytes live at one time), and the arena planned.
 """
 
 from __future__ import annotations
@@ -37,25 +39,56 @@ class Lifetime:
 
 @dataclass
 class MemoryPlan:
-    """Offsets of buffers in one arena, and the figures that judge the plan."""
+    """Offsets of buffers in one arena, and the figures that judge the plan.
+
+    ``lower_bound_bytes`` is the peak of live bytes in the execution order
+    used (no offsets can do better for it); ``baseline_peak_bytes`` the peak of
+    fusion's order; ``order`` the kernels in execution order and
+    ``order_strategy``/``offset_strategy`` what chose them.
+    """
 
     offsets: dict = field(default_factory=dict)
     lifetimes: list[Lifetime] = field(default_factory=list)
     arena_bytes: int = 0
     naive_bytes: int = 0
     lower_bound_bytes: int = 0
+    baseline_peak_bytes: int | None = None
+    order: list[str] = field(default_factory=list)
+    order_strategy: str = "fusion"
+    offset_strategy: str = "size"
+    plan_seconds: float = 0.0
+    order_is_optimal: bool = False
 
     def summary(self) -> str:
-        """One line: naive sum, lower bound, planned arena."""
+        """One line: naive sum, peaks of the baseline and chosen orders, planned arena, time."""
+        base = self.lower_bound_bytes if self.baseline_peak_bytes is None else self.baseline_peak_bytes
+        ratio = self.arena_bytes / self.lower_bound_bytes if self.lower_bound_bytes else 1.0
         return (f"memory plan: {len(self.lifetimes)} buffers, naive {self.naive_bytes:,} B, "
-                f"lower bound {self.lower_bound_bytes:,} B, arena {self.arena_bytes:,} B")
+                f"fusion order peak {base:,} B, chosen order ({self.order_strategy}) peak "
+                f"{self.lower_bound_bytes:,} B{', optimal' if self.order_is_optimal else ''} (lower bound), "
+                f"arena {self.arena_bytes:,} B ({ratio:.3f}x the bound, offsets by {self.offset_strategy}), "
+                f"planned in {self.plan_seconds * 1e3:.1f} ms")
 
     def __str__(self) -> str:
         lines = [self.summary()]
+        if self.order:
+            lines.append(f"  order: {', '.join(self.order)}")
         for lt in sorted(self.lifetimes, key=lambda x: self.offsets[x.key]):
             lines.append(f"  [{self.offsets[lt.key]:>10,} .. {self.offsets[lt.key] + lt.nbytes:>10,})  "
                          f"steps {lt.start}-{lt.end}  {lt.name}")
         return "\n".join(lines)
+
+    def live_bytes(self) -> list[int]:
+        """Bytes live at each step."""
+        last = max((lt.end for lt in self.lifetimes), default=-1)
+        return [sum(align(lt.nbytes) for lt in self.lifetimes if lt.start <= t <= lt.end) for t in range(last + 1)]
+
+    def draw(self, path: str) -> None:
+        """Draw the plan to ``path`` (.png, .svg, .pdf): buffers as rectangles,
+        steps across and arena offset up, the live-bytes curve and the bound."""
+        from minicomp.viz_memory import draw_plan
+
+        draw_plan(self, path)
 
 
 def lower_bound(lifetimes: list[Lifetime]) -> int:
@@ -66,23 +99,96 @@ def lower_bound(lifetimes: list[Lifetime]) -> int:
     return max(sum(align(lt.nbytes) for lt in lifetimes if lt.start <= t <= lt.end) for t in range(last + 1))
 
 
-def plan_arena(lifetimes: list[Lifetime]) -> MemoryPlan:
-    """Greedy-by-size placement: biggest first, at the lowest offset that fits."""
-    placed: list[tuple[int, Lifetime]] = []
+def place(order: list[Lifetime], best_fit: bool = False) -> tuple[dict, int]:
+    """Place buffers in ``order``, each at the lowest offset (or, with
+    ``best_fit``, in the smallest gap) where it overlaps no placed buffer live
+    at the same time; returns offsets and the arena size."""
+    placed: list[tuple[int, int, Lifetime]] = []
     offsets: dict = {}
-    for lt in sorted(lifetimes, key=lambda x: (-x.nbytes, x.start, x.name)):
+    for lt in order:
         size = align(lt.nbytes)  # empty buffers take no bytes (they are never read)
-        busy = sorted((off, align(o.nbytes)) for off, o in placed if o.overlaps(lt) and o.nbytes)
-        offset = 0
+        busy = sorted((off, sz) for off, sz, o in placed if sz and o.overlaps(lt))
+        offset, best, best_gap = 0, None, None
         for off, sz in busy:
             if offset + size <= off:
-                break
+                gap = off - offset
+                if not best_fit:
+                    break
+                if best_gap is None or gap < best_gap:
+                    best, best_gap = offset, gap
             offset = max(offset, off + sz)
+        if best_fit and best is not None:
+            offset = best
         offsets[lt.key] = offset
-        placed.append((offset, lt))
-    arena = max((off + align(lt.nbytes) for off, lt in placed), default=0)
-    return MemoryPlan(offsets, list(lifetimes), arena, sum(align(lt.nbytes) for lt in lifetimes),
-                      lower_bound(lifetimes))
+        placed.append((offset, size, lt))
+    return offsets, max((off + sz for off, sz, _ in placed), default=0)
+
+
+def by_size(lifetimes: list[Lifetime]) -> list[Lifetime]:
+    """Greedy by size: biggest first (ties: earlier, then by name)."""
+    return sorted(lifetimes, key=lambda x: (-x.nbytes, x.start, x.name))
+
+
+def by_breadth(lifetimes: list[Lifetime]) -> list[Lifetime]:
+    """Greedy by breadth (Pisarchyk and Lee): steps by their live bytes, widest
+    first; within a step its buffers biggest first."""
+    if not lifetimes:
+        return []
+    last = max(lt.end for lt in lifetimes)
+    live = [0] * (last + 1)
+    for lt in lifetimes:
+        for t in range(lt.start, lt.end + 1):
+            live[t] += align(lt.nbytes)
+    out, seen = [], set()
+    for t in sorted(range(last + 1), key=lambda t: (-live[t], t)):
+        for lt in by_size([x for x in lifetimes if x.start <= t <= x.end]):
+            if id(lt) not in seen:
+                seen.add(id(lt))
+                out.append(lt)
+    return out
+
+
+OFFSET_STRATEGIES = ("best", "size", "breadth", "search")
+
+
+def plan_arena(lifetimes: list[Lifetime], strategy: str = "best", search_seconds: float = 0.1) -> MemoryPlan:
+    """Offsets for ``lifetimes``. ``size`` and ``breadth`` place greedily in
+    their orders (first fit, and best fit); ``search`` starts from the better
+    of the two and tries swaps of its placement order for ``search_seconds``
+    (deterministically), keeping those that do not grow the arena; ``best``
+    runs all and keeps the smallest arena."""
+    import random
+    import time
+
+    from minicomp.errors import MinicompError
+
+    if strategy not in OFFSET_STRATEGIES:
+        raise MinicompError(f"unknown offset strategy {strategy!r}; choose one of {', '.join(OFFSET_STRATEGIES)}")
+    bound = lower_bound(lifetimes)
+    tried = {}
+    if strategy in ("best", "size", "search"):
+        tried["size"] = (by_size(lifetimes), False)
+    if strategy in ("best", "breadth", "search"):
+        tried["breadth"] = (by_breadth(lifetimes), True)
+    results = {name: place(order, fit) for name, (order, fit) in tried.items()}
+    if strategy in ("best", "search"):
+        name = min(results, key=lambda n: results[n][1])
+        order, fit = list(tried[name][0]), tried[name][1]
+        offsets, arena = results[name]
+        rng, deadline = random.Random(0), time.perf_counter() + search_seconds
+        while arena > bound and len(order) > 1 and time.perf_counter() < deadline:
+            i, j = rng.randrange(len(order)), rng.randrange(len(order))
+            order[i], order[j] = order[j], order[i]
+            new_offsets, new_arena = place(order, fit)
+            if new_arena <= arena:
+                offsets, arena = new_offsets, new_arena
+            else:
+                order[i], order[j] = order[j], order[i]
+        results["search"] = (offsets, arena)
+    name = strategy if strategy != "best" else min(results, key=lambda n: (results[n][1], n != "size"))
+    offsets, arena = results[name]
+    return MemoryPlan(offsets, list(lifetimes), arena, sum(align(lt.nbytes) for lt in lifetimes), bound,
+                      offset_strategy=name)
 
 
 def check_plan(plan: MemoryPlan) -> None:

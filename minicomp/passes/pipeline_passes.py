@@ -4,7 +4,8 @@
 - ``schedule``: the target's default schedule (``schedules/cpu.py`` or
   ``schedules/gpu.py``), or the
   user's steps from ``ctx.options['schedules'][kernel name or key]``;
-- ``plan``: lifetimes of every intermediate buffer and the arena plan.
+- ``plan``: the kernel order of least peak memory (``memory_order.py``),
+  lifetimes of every intermediate buffer and the arena plan.
 """
 
 from __future__ import annotations
@@ -135,8 +136,34 @@ def buffer_lifetimes(program) -> list[Lifetime]:
 
 @register_pass("plan", kind="program")
 def plan_pass(program, ctx):
-    """Plan one arena for every intermediate buffer."""
+    """Choose the kernel order of least peak memory, then plan one arena for
+    every intermediate buffer (``ctx.options['memory']``: ``order``, ``offsets``;
+    ``ctx.options['memory_budget']``: bytes the arena must fit in)."""
+    import time
+
+    from minicomp.errors import MinicompError
+    from minicomp.passes.memory_order import choose_order, order_problem
+
+    t0 = time.perf_counter()
     if program.kernels is None:
         program = lower_pass(program, ctx)
-    program.memory_plan = plan_arena(buffer_lifetimes(program))
+    opts = dict(ctx.options.get("memory") or {})
+    unknown = set(opts) - {"order", "offsets"}
+    if unknown:
+        raise MinicompError(f"unknown memory option(s) {', '.join(sorted(unknown))}; known: order, offsets")
+    budget = ctx.options.get("memory_budget")
+    choice = choose_order(order_problem(program), opts.get("order", "auto"), budget)
+    program.groups = [program.groups[i] for i in choice.order]
+    program.kernels = [program.kernels[i] for i in choice.order]
+    plan = plan_arena(buffer_lifetimes(program), opts.get("offsets", "best"))
+    plan.baseline_peak_bytes = choice.baseline_peak
+    plan.order = [k.name for k in program.kernels]
+    plan.order_strategy, plan.order_is_optimal = choice.strategy, choice.exact
+    plan.plan_seconds = time.perf_counter() - t0
+    if budget is not None and plan.arena_bytes > budget:
+        best = min(choice.peaks.values())
+        raise MinicompError(f"no plan fits the memory budget of {budget:,} bytes: the least peak found is "
+                            f"{best:,} bytes ({min(choice.peaks, key=choice.peaks.get)} order), the arena "
+                            f"planned {plan.arena_bytes:,} bytes (naive {plan.naive_bytes:,})")
+    program.memory_plan = plan
     return program
