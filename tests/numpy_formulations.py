@@ -246,6 +246,27 @@ def _clip(x, min=None, max=None):
     return out
 
 
+def _pairwise(fn):
+    """Apply a Python function of two scalars elementwise, with broadcasting."""
+    def run(a, b):
+        x, y = np.broadcast_arrays(a, b)
+        out = [fn(p, q) for p, q in zip(x.reshape(-1).tolist(), y.reshape(-1).tolist())]
+        return np.array(out, dtype=np.float64 if a.dtype.kind == "f" else np.int64).reshape(x.shape)
+    return run
+
+
+def _py_floor_div(p, q):
+    if isinstance(p, float):
+        return float(math.floor(p / q))
+    return 0 if q == 0 else p // q
+
+
+def _py_mod(p, q):
+    if isinstance(p, float):
+        return p - math.floor(p / q) * q
+    return 0 if q == 0 else p % q
+
+
 FORMULATIONS = {
     **{f"conv{r}d": _conv for r in (1, 2, 3)},
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
@@ -264,6 +285,9 @@ FORMULATIONS = {
     "pow": lambda a, b: a.astype(np.float64) ** b,
     "maximum": lambda a, b: np.where(a >= b, a, b), "minimum": lambda a, b: np.where(a <= b, a, b),
     "less": lambda a, b: a < b, "greater": lambda a, b: a > b, "equal": lambda a, b: a == b,
+    "less_equal": _pairwise(lambda p, q: p <= q), "greater_equal": _pairwise(lambda p, q: p >= q),
+    "not_equal": _pairwise(lambda p, q: p != q), "floor": _per_element(math.floor),
+    "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
     "where": lambda c, a, b: np.choose(np.broadcast_to(c, np.broadcast_shapes(c.shape, a.shape, b.shape))
                                        .astype(int), np.broadcast_arrays(b, a, np.broadcast_to(
                                            a, np.broadcast_shapes(c.shape, a.shape, b.shape)))[:2]),

@@ -54,10 +54,12 @@ def arrays(draw, shape, dtype=FLOAT, low=-3.0, high=3.0):
 float_dtypes = st.sampled_from([np.float32, np.float64])
 numeric_dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.int64])
 
-UNARY_FLOAT = {"exp": (-3, 3), "log": (0.1, 5), "sqrt": (0, 5), "rsqrt": (0.1, 5), "reciprocal": (0.2, 5),
-               "tanh": (-4, 4), "sigmoid": (-6, 6), "erf": (-3, 3), "leaky_relu": (-3, 3), "gelu": (-4, 4)}
+UNARY_FLOAT = {"floor": (-3, 3), "exp": (-3, 3), "log": (0.1, 5), "sqrt": (0, 5), "rsqrt": (0.1, 5),
+               "reciprocal": (0.2, 5), "tanh": (-4, 4), "sigmoid": (-6, 6), "erf": (-3, 3), "leaky_relu": (-3, 3),
+               "gelu": (-4, 4)}
 UNARY_NUMERIC = ("neg", "abs", "relu", "clip")
-BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "less", "greater", "equal", "pow")
+BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "less", "greater", "equal", "pow", "less_equal",
+          "greater_equal", "not_equal", "floor_div", "mod")
 
 
 @st.composite
@@ -86,7 +88,7 @@ def _binary_case(draw, op):
     lo = 0.5 if op == "pow" else -3
     a = draw(arrays(sa, dt, lo, 3))
     b = draw(arrays(sb, dt, -2 if op == "pow" else -3, 3))
-    if op == "div" and np.dtype(dt).kind == "f":
+    if op in ("div", "floor_div", "mod") and np.dtype(dt).kind == "f":
         b = np.where(np.abs(b) < 0.1, 1, b).astype(dt)
     return [a, b], {}
 

@@ -96,11 +96,18 @@ inline int linear_id() { return threadIdx.x + blockDim.x * (threadIdx.y + blockD
 
 const size_t stack_bytes = 128 * 1024;
 
-// Fiber stacks, kept by each OS thread from launch to launch (never zeroed).
+// Fiber stacks of one OS thread (never zeroed), freed when the thread ends.
+struct Stacks {
+  std::vector<char*> all;
+  ~Stacks() {
+    for (char* s : all) free(s);
+  }
+};
+
 inline char* stack_of(int lane) {
-  thread_local std::vector<char*> stacks;
-  while ((int)stacks.size() <= lane) stacks.push_back((char*)malloc(stack_bytes));
-  return stacks[lane];
+  thread_local Stacks stacks;
+  while ((int)stacks.all.size() <= lane) stacks.all.push_back((char*)malloc(stack_bytes));
+  return stacks.all[lane];
 }
 
 // Run one block's threads as fibers until all are done.

@@ -8,7 +8,8 @@
 
 Every registered op is a method of the builder (``g.softmax(x, axis=-1)``)
 and of its tensors (``x.softmax(axis=-1)``). Python operators record nodes
-(``+ - * / @ ** < >``, unary ``-``, indexing with slices). numpy arrays and
+(``+ - * / // % @ **``, the comparisons ``== != < <= > >=``, unary ``-``,
+indexing with slices). numpy arrays and
 Python scalars mixed into an expression become constants. Shape errors are
 raised as the node is built, naming the op, the node and the shapes.
 """
@@ -93,11 +94,46 @@ class Tensor:
     def __rmatmul__(self, o):
         return self._bin("matmul", o, True)
 
+    def __rpow__(self, o):
+        return self._bin("pow", o, True)
+
+    def __floordiv__(self, o):
+        return self._bin("floor_div", o)
+
+    def __rfloordiv__(self, o):
+        return self._bin("floor_div", o, True)
+
+    def __mod__(self, o):
+        return self._bin("mod", o)
+
+    def __rmod__(self, o):
+        return self._bin("mod", o, True)
+
+    # Comparisons build nodes (bool tensors), like numpy's; a Tensor is then
+    # hashed by identity, and its truth value is refused (it is not known yet).
     def __lt__(self, o):
         return self._bin("less", o)
 
+    def __le__(self, o):
+        return self._bin("less_equal", o)
+
     def __gt__(self, o):
         return self._bin("greater", o)
+
+    def __ge__(self, o):
+        return self._bin("greater_equal", o)
+
+    def __eq__(self, o):
+        return self._bin("equal", o)
+
+    def __ne__(self, o):
+        return self._bin("not_equal", o)
+
+    __hash__ = object.__hash__
+
+    def __bool__(self):
+        raise MinicompError(f"the truth value of tensor %{self.name} is not known while the graph is built; "
+                            f"use g.where(cond, a, b) to choose between values")
 
     def __neg__(self):
         return self.builder.op("neg", self)
@@ -166,12 +202,6 @@ class Tensor:
         if name in all_ops():
             return lambda *others, **attrs: self.builder.op(name, self, *others, **attrs)
         raise AttributeError(f"Tensor has no attribute or op '{name}'")
-
-    def __bool__(self):
-        raise MinicompError("a graph Tensor has no truth value while the graph is being built")
-
-    def __hash__(self):
-        return id(self)
 
 
 class GraphBuilder:

@@ -38,11 +38,22 @@ def _binary(op_type: str, op: str):
 
 
 for _t, _o in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div"), ("Equal", "equal"),
-               ("Less", "less"), ("Greater", "greater")):
+               ("Less", "less"), ("Greater", "greater"), ("LessOrEqual", "less_equal"),
+               ("GreaterOrEqual", "greater_equal")):
     _binary(_t, _o)
 for _t, _o in (("Relu", "relu"), ("Sigmoid", "sigmoid"), ("Tanh", "tanh"), ("Sqrt", "sqrt"), ("Exp", "exp"),
-               ("Log", "log"), ("Neg", "neg"), ("Abs", "abs"), ("Reciprocal", "reciprocal"), ("Erf", "erf")):
+               ("Log", "log"), ("Neg", "neg"), ("Abs", "abs"), ("Reciprocal", "reciprocal"), ("Erf", "erf"),
+               ("Floor", "floor")):
     _simple(_t, _o)
+
+
+@register_onnx_importer("Mod")
+def _mod(ctx, node):
+    a, b = ctx.input(0), ctx.input(1)
+    if ctx.attr("fmod", 0) or a.dtype.is_float:
+        raise UnsupportedError(f"Mod node '{node.name}': only integer Mod with fmod=0 (the sign of the divisor, "
+                               f"as Python's %) is supported; fmod=1 (C's fmod) is not")
+    return [ctx.op("mod", a, b)]
 
 
 @register_onnx_importer("Identity")

@@ -89,3 +89,42 @@ def test_constants_keep_numpy_dtype_and_scalars_follow_tensor():
     graph = g.build()
     assert graph.outputs[0].dtype.name == "float64"
     assert graph.outputs[1].dtype.name == "int64"
+
+
+def test_comparisons_and_python_operators_build_nodes():
+    """``x == y`` used to become the Python constant False; every comparison and
+    ``// % **`` now records a node, and the answers match numpy."""
+    g = mc.GraphBuilder()
+    x, y = g.input("x", (2, 5)), g.input("y", (5,))
+    outs = [x == y, x != y, x < y, x <= y, x > y, x >= y, x // y, x % y, x ** 2.0, 2.0 ** x, 7.0 // x, 7.0 % x]
+    assert [o.value.producer.op for o in outs] == ["equal", "not_equal", "less", "less_equal", "greater",
+                                                   "greater_equal", "floor_div", "mod", "pow", "pow",
+                                                   "floor_div", "mod"]
+    g.output(*outs)
+    graph = g.build()
+    a = np.array([[1.5, -2.0, 3.0, 0.5, -7.25], [2.0, 2.0, -3.5, 4.0, 1.0]], np.float32)
+    b = np.array([1.5, 3.0, -2.0, 0.5, 2.0], np.float32)
+    want = [a == b, a != b, a < b, a <= b, a > b, a >= b, np.floor(a / b), a - np.floor(a / b) * b, a ** 2.0,
+            2.0 ** a, np.floor(7.0 / a), 7.0 - np.floor(7.0 / a) * a]
+    for target in ("reference", "llvm"):
+        for got, w in zip(mc.compile(graph, target=target)(a, b), want):
+            np.testing.assert_allclose(got, w.astype(got.dtype), rtol=1e-6)
+
+
+def test_integer_floor_division_and_modulo_follow_python():
+    g = mc.GraphBuilder()
+    x, y = g.input("x", (6,), "int32"), g.input("y", (6,), "int32")
+    g.output(x // y, x % y)
+    a = np.array([7, -7, 7, -7, 5, 0], np.int32)
+    b = np.array([2, 2, -2, -2, 0, 3], np.int32)
+    q, r = mc.compile(g.build())(a, b)
+    assert q.tolist() == [3, -4, -4, 3, 0, 0]  # a zero divisor gives 0 (generated code never traps)
+    assert r.tolist() == [1, 1, -1, -1, 0, 0]
+
+
+def test_a_tensor_has_no_truth_value_and_hashes_by_identity():
+    g = mc.GraphBuilder()
+    x = g.input("x", (3,))
+    with pytest.raises(mc.MinicompError, match="truth value"):
+        bool(x > 0)
+    assert len({x, x}) == 1 and x in [x]

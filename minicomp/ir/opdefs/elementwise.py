@@ -118,6 +118,7 @@ def _register_unary():
            lambda x, alpha: ex.select(ex.ge(x, 0), x, x * alpha), attrs={"alpha": 0.01})
     _unary("clip", _clip_np, _clip_expr, "numeric", attrs={"min": None, "max": None})
     _unary("erf", np_erf, lambda x: ex.call("erf", x))
+    _unary("floor", np.floor, lambda x: ex.call("floor", x))
     register_op(OpDef(
         "gelu",
         infer=lambda types, a: (_check_kind(types[0], "float"), [types[0]])[1],
@@ -199,6 +200,43 @@ def _register_binary():
     _binary("less", np.less, ex.lt, result_bool=True)
     _binary("greater", np.greater, ex.gt, result_bool=True)
     _binary("equal", np.equal, ex.eq, kind="any", result_bool=True)
+    _binary("less_equal", np.less_equal, ex.le, result_bool=True)
+    _binary("greater_equal", np.greater_equal, ex.ge, result_bool=True)
+    _binary("not_equal", np.not_equal, lambda a, b: ex.binop("ne", a, b), kind="any", result_bool=True)
+    _binary("floor_div", _floor_div_np, _floor_div_expr)
+    _binary("mod", _mod_np, _mod_expr)
+
+
+# ``//`` and ``%`` (Python's operators on tensors): floats use floor(x / y) and
+# x - floor(x / y) * y; integers floor toward minus infinity, and a zero
+# divisor gives 0 for both (generated code never traps).
+def _floor_div_np(x, y):
+    if np.issubdtype(x.dtype, np.integer):
+        q = int_div(x, y)
+        return np.where((y != 0) & (q * y != x) & ((x < 0) != (y < 0)), q - 1, q).astype(x.dtype)
+    return np.floor(x / y)
+
+
+def _mod_np(x, y):
+    if np.issubdtype(x.dtype, np.integer):
+        return np.where(y == 0, 0, x - _floor_div_np(x, y) * y).astype(x.dtype)
+    return x - np.floor(x / y) * y
+
+
+def _floor_div_expr(a, b):
+    if a.dtype.is_float:
+        return ex.call("floor", a / b)
+    q = a / b  # truncating, with 0 for a zero divisor (legalized)
+    zero = ex.const(0, a.dtype)
+    inexact = ex.logical_and(ex.binop("ne", q * b, a), ex.binop("ne", ex.lt(a, zero), ex.lt(b, zero)))
+    return ex.select(ex.logical_and(ex.binop("ne", b, zero), inexact), q - ex.const(1, a.dtype), q)
+
+
+def _mod_expr(a, b):
+    if a.dtype.is_float:
+        return a - ex.call("floor", a / b) * b
+    zero = ex.const(0, a.dtype)
+    return ex.select(ex.eq(b, zero), zero, a - _floor_div_expr(a, b) * b)
 
 
 def _where_infer(types, a):
