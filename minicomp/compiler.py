@@ -70,6 +70,11 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
 
     if not isinstance(graph, Graph):
         raise MinicompError(f"compile() needs a Graph, got {type(graph).__name__}")
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise MinicompError(f"num_threads must be a whole number >= 1, got {num_threads!r}")
+    if not graph.outputs:
+        raise MinicompError(f"graph '{graph.name}' has no outputs: nothing to compute")
     graph.verify()
     tgt = as_target(target, num_threads, device)
     backend = get_backend(tgt.name)

@@ -8,14 +8,17 @@ native call.
 
 Threads: a model is safe to call from several Python threads; calls are
 serialized by a lock because they share the arena. Use one model per thread
-to run calls at the same time.
+to run calls at the same time. After ``os.fork()`` models in the child run
+their parallel loops on one thread (libgomp's workers stay in the parent).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -24,6 +27,32 @@ from minicomp.backends.reference import bind_inputs, run_reference
 from minicomp.errors import MinicompError, RuntimeInputError
 from minicomp.ir.graph import Graph, Value
 from minicomp.passes.memory import ALIGNMENT, MemoryPlan
+
+# libgomp's worker threads do not survive fork(): a child that starts a
+# parallel region waits for them forever. Models in a forked child (those the
+# parent made, and those made later) run their parallel loops on one thread.
+_LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
+_IN_FORKED_CHILD = False
+
+
+def _after_fork_in_child() -> None:
+    global _IN_FORKED_CHILD
+    _IN_FORKED_CHILD = True
+    for model in list(_LIVE_MODELS):
+        model.set_num_threads(model.num_threads)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def allocate(shape, what: str, dtype=np.uint8) -> np.ndarray:
+    """``np.empty``, with a MinicompError that names the buffer when memory runs out."""
+    try:
+        return np.empty(shape, dtype=dtype)
+    except (MemoryError, ValueError) as exc:
+        n = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+        raise MinicompError(f"cannot allocate {what}: {n:,} bytes ({type(exc).__name__})") from None
 
 
 class CompiledModel:
@@ -50,7 +79,7 @@ class CompiledModel:
             arr = np.ascontiguousarray(arr)
             self._keep_alive.append(arr)
             self._table[self._slots[v]] = arr.ctypes.data
-        self._arena = np.empty(memory_plan.arena_bytes + ALIGNMENT, dtype=np.uint8)
+        self._arena = allocate(memory_plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
         base = self._arena.ctypes.data
         base += (-base) % ALIGNMENT
         for key, off in memory_plan.offsets.items():
@@ -58,15 +87,17 @@ class CompiledModel:
         self._main = jit.function("mc_main", ctypes.c_void_p)
         self._threads_addr = jit.global_address("mc_num_threads")
         self.set_num_threads(target.num_threads)
+        _LIVE_MODELS.add(self)
 
     # -- threads ------------------------------------------------------------------
     def set_num_threads(self, n: int) -> None:
         """Use ``n`` threads for parallel loops from the next call on."""
-        if n < 1:
-            raise MinicompError(f"number of threads must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise MinicompError(f"number of threads must be a whole number >= 1, got {n!r}")
         self.num_threads = n
         if self._jit is not None:
-            ctypes.c_int32.from_address(self._threads_addr).value = n
+            # In a forked child only one thread can run (see _after_fork_in_child).
+            ctypes.c_int32.from_address(self._threads_addr).value = 1 if _IN_FORKED_CHILD else n
 
     # -- calling -----------------------------------------------------------------
     @property
@@ -96,7 +127,7 @@ class CompiledModel:
         outs = {}
         for v in self._output_values:
             if v in self._slots and v not in env and v not in self.graph.constants:
-                arr = np.empty(v.shape, dtype=v.dtype.numpy)
+                arr = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
                 outs[v] = arr
                 self._table[self._slots[v]] = arr.ctypes.data
         return outs

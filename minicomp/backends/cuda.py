@@ -23,7 +23,7 @@ from minicomp.backends.reference import bind_inputs
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
 from minicomp.passes.memory import ALIGNMENT
-from minicomp.runtime import CompiledModel
+from minicomp.runtime import CompiledModel, allocate
 
 DEVICES = ("gpu", "emu")
 INSTALL_HINT = ('pip install -e ".[cuda]" on a machine with the CUDA toolkit (nvcc) and an NVIDIA driver, '
@@ -139,7 +139,7 @@ class HostMemory:
             arr = contiguous(arr)
             self.keep.append(arr)
             self.table[ex.slots[v]] = arr.ctypes.data
-        self.arena = np.empty(plan.arena_bytes + ALIGNMENT, dtype=np.uint8)
+        self.arena = allocate(plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
         base = self.arena.ctypes.data
         base += (-base) % ALIGNMENT
         for key, off in plan.offsets.items():
@@ -153,7 +153,7 @@ class HostMemory:
         outs = {}
         for v in dict.fromkeys(graph.outputs):
             if v in ex.slots and v not in env and v not in graph.constants:
-                outs[v] = np.empty(v.shape, dtype=v.dtype.numpy)
+                outs[v] = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
                 self.table[ex.slots[v]] = outs[v].ctypes.data
         return env, outs
 

@@ -36,7 +36,10 @@ def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict
             raise RuntimeInputError(f"input '{v.name}' ({v.type}) is missing")
         a = env[v]
         if not isinstance(a, np.ndarray) and not (device_arrays and hasattr(a, "gpudata")):
-            a = np.asarray(a)
+            try:
+                a = np.asarray(a)
+            except (ValueError, TypeError) as exc:  # ragged lists, objects numpy cannot hold
+                raise RuntimeInputError(f"input '{v.name}' ({v.type}) is not an array: {exc}") from None
         if tuple(a.shape) != v.shape or a.dtype != v.dtype.numpy:
             raise RuntimeInputError(
                 f"input '{v.name}' expects {v.type} ({v.dtype.numpy}{list(v.shape)}), "

@@ -204,6 +204,12 @@ class Tensor:
         raise AttributeError(f"Tensor has no attribute or op '{name}'")
 
 
+def _axis_size(types, attrs):
+    """The size of the first input's ``axis`` attribute, if it has one."""
+    axis = dict(attrs).get("axis")
+    return types[0].shape[axis] if isinstance(axis, int) and types and types[0].shape else None
+
+
 class GraphBuilder:
     """Records a Graph from Python calls; see the module docstring."""
 
@@ -250,6 +256,9 @@ class GraphBuilder:
                 raise MinicompError(f"%{x.name} belongs to another graph builder")
             return x
         if isinstance(x, (bool, int, float, np.generic)) and like is not None:
+            if isinstance(x, (float, np.floating)) and not like.dtype.is_float:
+                raise MinicompError(f"the float {x!r} meets %{like.name} of dtype {like.dtype.name}: it would be "
+                                    f"truncated; cast the tensor first (x.astype('float32'))")
             return self.constant(np.array(x, dtype=like.dtype.numpy))
         if isinstance(x, np.ndarray):
             return self.constant(x)
@@ -264,6 +273,13 @@ class GraphBuilder:
         types = [t.value.type for t in tensors]
         frozen = opdef.make_attrs(types, attrs, node_name)
         out_types = opdef.infer_types(types, frozen, node_name)
+        if opdef.check_constants is not None:
+            arrays = [self.graph.constants.get(t.value) for t in tensors]
+            if any(a is not None for a in arrays):
+                try:
+                    opdef.check_constants(arrays, {**dict(frozen), "_dim": _axis_size(types, frozen)})
+                except ShapeError as exc:
+                    raise opdef._wrap(exc, types, node_name) from None
         outs = [Value(node_name if len(out_types) == 1 else self._fresh(f"{node_name}_out{k}"), t)
                 for k, t in enumerate(out_types)]
         node = Node(op, tuple(t.value for t in tensors), frozen, tuple(outs), node_name)

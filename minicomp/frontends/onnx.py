@@ -181,6 +181,8 @@ def load_model(model, base_dir: str | None = None):
         except Exception as exc:
             raise MinicompError(f"cannot parse the ONNX model bytes: {exc}") from None
         return proto
+    if not isinstance(model, (str, os.PathLike)):
+        raise MinicompError(f"from_onnx needs a path, bytes or an onnx.ModelProto, got {type(model).__name__}")
     path = os.fspath(model)
     if not os.path.exists(path):
         raise MinicompError(f"no such ONNX file: {path}")

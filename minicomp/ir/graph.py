@@ -12,8 +12,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minicomp.errors import VerifyError, describe_types
+from minicomp.errors import ShapeError, VerifyError, describe_types
 from minicomp.ir.dtypes import DType, as_dtype
+
+MAX_TENSOR_BYTES = 1 << 47  # 128 TiB: past any address space a model's buffers can live in
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative Python ints; anything else (a
+    negative, fractional, boolean or non-numeric dimension) is a ShapeError."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ShapeError(f"a shape must be a sequence of dimensions, got {shape!r}") from None
+    for d in dims:
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 0:
+            raise ShapeError(f"shape {list(dims)!r}: dimensions must be integers >= 0, got {d!r}")
+    return tuple(int(d) for d in dims)
 
 
 @dataclass(frozen=True)
@@ -24,8 +39,11 @@ class TensorType:
     dtype: DType
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "shape", check_shape(self.shape))
         object.__setattr__(self, "dtype", as_dtype(self.dtype))
+        if self.size * self.dtype.itemsize > MAX_TENSOR_BYTES:
+            raise ShapeError(f"shape {list(self.shape)} of {self.dtype.name} needs {self.size * self.dtype.itemsize:,} "
+                             f"bytes, more than any machine can address")
 
     @property
     def rank(self) -> int:
@@ -33,7 +51,10 @@ class TensorType:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        n = 1
+        for d in self.shape:  # Python ints: no wrapping past 2**63
+            n *= d
+        return n
 
     @property
     def nbytes(self) -> int:

@@ -21,6 +21,8 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from minicomp.errors import MinicompError, ShapeError, UnsupportedError, describe_types
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Placeholder, Stage, stage_dag
@@ -36,6 +38,46 @@ OPAQUE = "opaque"
 PATTERN_ORDER = (ELEMENTWISE, BROADCAST, INJECTIVE, REDUCTION, OUT_ELEMENTWISE_FUSABLE, OPAQUE)
 
 REQUIRED = object()  # marks an attribute without a default
+
+
+# Attributes whose values are integers or lists of integers, whatever their default.
+INT_LIST_ATTRS = {"axes", "perm", "shape", "starts", "ends", "steps", "pads", "strides", "dilations",
+                  "kernel_shape", "repeats", "output_padding", "split", "sizes"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_attr(op: str, node: str, key: str, default, value):
+    """``value`` checked against the kind of ``default`` (an int attribute takes
+    an integer, a bool one a bool, a float one a number, a string one a string;
+    the integer-list attributes integers). A mismatch is a ShapeError: values
+    are never coerced (``axis=1.7`` is not 1)."""
+    def bad(want):
+        return ShapeError(f"node '{node}' (op {op}): attribute {key}={value!r} must be {want}")
+
+    if isinstance(default, bool):
+        if isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1)):
+            return bool(value)
+        raise bad("true or false")
+    if key in INT_LIST_ATTRS or _is_int(default):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if value is not None and (not all(_is_int(v) for v in items) or (not isinstance(value, (list, tuple))
+                                                                           and not _is_int(default))):
+            raise bad("an integer" if _is_int(default) else "a list of integers")
+        return value
+    if isinstance(default, float) or key in ("min", "max", "alpha", "beta", "epsilon", "value"):
+        if value is not None and not _is_number(value):
+            raise bad("a number")
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise bad("a string")
+    return value
 
 
 @dataclass
@@ -63,6 +105,9 @@ class OpDef:
     num_inputs: int | tuple = 1
     pattern: str | None = None
     doc: str = ""
+    # check_constants(arrays, attrs): values the op refuses in inputs known at
+    # build time (arrays[i] is None for inputs that are not constants).
+    check_constants: Callable | None = None
 
     def check_arity(self, n: int, node: str):
         lo, hi = (self.num_inputs, self.num_inputs) if isinstance(self.num_inputs, int) else self.num_inputs
@@ -83,7 +128,7 @@ class OpDef:
         full = {}
         for k, default in self.attrs.items():
             if k in attrs:
-                full[k] = attrs[k]
+                full[k] = check_attr(self.name, node, k, default, attrs[k])
             elif default is REQUIRED:
                 raise ShapeError(f"node '{node}' (op {self.name}): attribute '{k}' is required")
             else:

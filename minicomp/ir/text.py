@@ -128,7 +128,7 @@ _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+|\#[^\n]*)
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<value>%(?:[A-Za-z_][A-Za-z0-9_.]*|"(?:[^"\\]|\\.)*"))
-  | (?P<at>@(?:[A-Za-z_][A-Za-z0-9_.]*|"(?:[^"\\]|\\.)*"))
+  | (?P<at>@(?:[A-Za-z_][A-Za-z0-9_./:-]*|"(?:[^"\\]|\\.)*"))
   | (?P<number>-?(?:inf|nan|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)(?![A-Za-z_]))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<punct>[()\[\]{},:=<>])
@@ -196,20 +196,32 @@ def _parse_type(t: _Tokens) -> TensorType:
     t.take("punct", "[")
     dims = []
     while not t.accept("punct", "]"):
-        dims.append(int(t.take("number")))
+        text = t.take("number")
+        if not text.isdigit():
+            t.i -= 1
+            raise t.error("a dimension must be a whole number >= 0")
+        dims.append(int(text))
         if not t.accept("punct", ","):
             t.take("punct", "]")
             break
-    return TensorType(tuple(dims), dtype)
+    try:
+        return TensorType(tuple(dims), dtype)
+    except MinicompError as exc:
+        raise t.error(str(exc)) from None
 
 
-def _parse_literal(t: _Tokens):
+MAX_NESTING = 64  # lists nested deeper than any tensor's rank
+
+
+def _parse_literal(t: _Tokens, depth: int = 0):
     """A scalar, string, ``none``, bool or (nested) list."""
     kind, text, _ = t.peek()
+    if depth > MAX_NESTING:
+        raise t.error(f"lists nested more than {MAX_NESTING} deep")
     if t.accept("punct", "["):
         items = []
         while not t.accept("punct", "]"):
-            items.append(_parse_literal(t))
+            items.append(_parse_literal(t, depth + 1))
             if not t.accept("punct", ","):
                 t.take("punct", "]")
                 break
@@ -234,7 +246,10 @@ def _parse_constant(t: _Tokens, vtype: TensorType, vname: str):
         return None, digest
     if t.accept("ident", "data"):
         t.take("punct", "<")
-        raw = base64.b64decode(json.loads(t.take("string")))
+        try:
+            raw = base64.b64decode(json.loads(t.take("string")), validate=True)
+        except ValueError as exc:  # binascii.Error is a ValueError
+            raise t.error(f"constant %{vname}: bad base64 data ({exc})") from None
         t.take("punct", ">")
         if len(raw) != vtype.nbytes:
             raise t.error(f"constant %{vname} holds {len(raw)} bytes, but {vtype} needs {vtype.nbytes}")
@@ -242,7 +257,7 @@ def _parse_constant(t: _Tokens, vtype: TensorType, vname: str):
     lit = _parse_literal(t)
     try:
         arr = np.array(lit, dtype=vtype.dtype.numpy)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise t.error(f"constant %{vname}: {exc}") from None
     if arr.shape != vtype.shape:
         raise t.error(f"constant %{vname} has shape {list(arr.shape)}, declared {vtype}")

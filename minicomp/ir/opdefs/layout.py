@@ -402,9 +402,21 @@ def _take_reference(x, indices, axis):
     return np.take(x, idx, axis=axis, mode="clip")
 
 
+def _take_check(arrays, a):
+    x, indices = arrays
+    if indices is None or a.get("_dim") is None:
+        return
+    d = a["_dim"]
+    bad = indices[(indices < -d) | (indices >= d)] if indices.size else indices
+    if bad.size:
+        raise ShapeError(f"index {int(bad.reshape(-1)[0])} is out of range for axis {a['axis']} of size {d} "
+                         f"(indices must lie in [-{d}, {d - 1}])")
+
+
 register_op(OpDef(
     "take", _take_infer, _take_reference, _take_compute, attrs={"axis": 0}, normalize=normalize_axis_attr,
     num_inputs=2,
-    doc="Gather slices of x along ``axis`` at integer ``indices`` (negative counts from the end; "
-        "out-of-range indices clamp).",
+    doc="Gather slices of x along ``axis`` at integer ``indices`` (negative counts from the end). Constant "
+        "indices out of range are refused when the graph is built; at run time they clamp to the axis.",
+    check_constants=_take_check,
 ))

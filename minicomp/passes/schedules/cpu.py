@@ -257,7 +257,10 @@ def _cache_blocked_tiles(k, chain, rloop, buf, blocks, target) -> Kernel:
     # padded off the cache-set stride: the tiles then read it from L1/L2.
     right = _right_operand(k, f"{r}.i", buf)
     if right is not None:
-        k = apply_step(k, CacheRead(right, f"{r}.o"))
+        try:
+            k = apply_step(k, CacheRead(right, f"{r}.o"))
+        except ScheduleError:  # the operand is also read another way (x @ x): no copy, same tiles
+            pass
     rows_tile, cols_tile = register_tile(target, buf.dtype)
     row_loops = [ai]
     if chain[0].extent > rows_tile:
