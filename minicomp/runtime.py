@@ -46,6 +46,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def host_buffers(table, slots: dict, constants: dict, plan: MemoryPlan):
+    """Point ``table``'s slots at the constants and at the planned buffers in
+    one new, aligned arena; returns what must stay alive (the arrays, the arena)."""
+    keep = []
+    for v, arr in constants.items():
+        arr = arr if arr.flags.c_contiguous else arr.copy(order="C")
+        keep.append(arr)
+        table[slots[v]] = arr.ctypes.data
+    arena = allocate(plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
+    base = arena.ctypes.data
+    base += (-base) % ALIGNMENT
+    for key, off in plan.offsets.items():
+        table[slots[key]] = base + off
+    return keep, arena
+
+
 def allocate(shape, what: str, dtype=np.uint8) -> np.ndarray:
     """``np.empty``, with a MinicompError that names the buffer when memory runs out."""
     try:
@@ -74,16 +90,7 @@ class CompiledModel:
         if jit is None:
             return
         self._table = (ctypes.c_void_p * max(n_slots, 1))()
-        self._keep_alive = []
-        for v, arr in (constants or {}).items():
-            arr = np.ascontiguousarray(arr)
-            self._keep_alive.append(arr)
-            self._table[self._slots[v]] = arr.ctypes.data
-        self._arena = allocate(memory_plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
-        base = self._arena.ctypes.data
-        base += (-base) % ALIGNMENT
-        for key, off in memory_plan.offsets.items():
-            self._table[self._slots[key]] = base + off
+        self._keep_alive, self._arena = host_buffers(self._table, self._slots, constants or {}, memory_plan)
         self._main = jit.function("mc_main", ctypes.c_void_p)
         self._threads_addr = jit.global_address("mc_num_threads")
         self.set_num_threads(target.num_threads)

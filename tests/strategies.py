@@ -436,3 +436,16 @@ def contraction_graphs(draw):
         y = g.relu(y + g.constant(rng.uniform(-1, 1, size=y.shape[-1:]).astype(np.float32)))
     g.output(y)
     return g.build(), [rng.uniform(-1, 1, size=s).astype(np.float32) for s in ins]
+
+
+def dtype_graph(dtype: str):
+    """A small graph over one dtype: arithmetic, abs, a sum, where, a cast.
+    Returns (graph, input arrays) with small integer values."""
+    g = GraphBuilder()
+    x = g.input("x", (3, 17), dtype)
+    y = g.input("y", (17,), dtype)
+    z = g.maximum(x * y - x, g.abs(y))
+    s = g.sum(z, axes=[1], keepdims=True)
+    g.output(z, s, g.where(x > y, x, y), (x + y).astype("float32"))
+    rng = np.random.default_rng(0)
+    return g.build(), [rng.integers(-5, 6, size=(3, 17)).astype(dtype), rng.integers(-5, 6, size=(17,)).astype(dtype)]

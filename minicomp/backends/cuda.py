@@ -22,8 +22,8 @@ from minicomp.backends.cuda_codegen import Launch, render_module
 from minicomp.backends.reference import bind_inputs
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
-from minicomp.passes.memory import ALIGNMENT
-from minicomp.runtime import CompiledModel, allocate
+from minicomp.passes.memory import buffer_slots
+from minicomp.runtime import CompiledModel, allocate, host_buffers
 
 DEVICES = ("gpu", "emu")
 INSTALL_HINT = ('pip install -e ".[cuda]" on a machine with the CUDA toolkit (nvcc) and an NVIDIA driver, '
@@ -40,22 +40,11 @@ class CudaExecutable:
     n_slots: int
 
 
-def table_slots(program) -> dict:
-    """Slots of every buffer a model touches: inputs, constants, outputs, then planned buffers."""
-    graph, plan = program.graph, program.memory_plan
-    slots: dict = {}
-    for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
-        slots.setdefault(v, len(slots))
-    for lt in plan.lifetimes:
-        slots[lt.key] = len(slots)
-    return slots
-
-
 def build_cuda(program, stages: dict, opt_level: int) -> CudaExecutable:
     """Render the program's kernels as one CUDA C source; bind launch parameters to slots."""
     source, launches = render_module(program.kernels)
     stages["cuda"] = source
-    slots = table_slots(program)
+    slots = buffer_slots(program.graph, program.memory_plan)
     by_kernel = {}
     for k in program.kernels:
         ws = iter(k.workspace)
@@ -134,16 +123,7 @@ class HostMemory:
         self.emu, self.model = emu, model
         ex, plan, graph = model.executable, model.memory_plan, model.graph
         self.table = [0] * max(ex.n_slots, 1)
-        self.keep = []
-        for v, arr in graph.constants.items():
-            arr = contiguous(arr)
-            self.keep.append(arr)
-            self.table[ex.slots[v]] = arr.ctypes.data
-        self.arena = allocate(plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
-        base = self.arena.ctypes.data
-        base += (-base) % ALIGNMENT
-        for key, off in plan.offsets.items():
-            self.table[ex.slots[key]] = base + off
+        self.keep, self.arena = host_buffers(self.table, ex.slots, graph.constants, plan)
 
     def _bind(self, env) -> dict:
         env = {v: contiguous(a) for v, a in env.items()}

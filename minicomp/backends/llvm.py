@@ -138,14 +138,9 @@ def prepare_llvm(target, options: dict, stages: dict) -> None:
 def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
     """Kernels and plan -> one LLVM module -> JIT-compiled code and its pointer table."""
     from minicomp.backends.llvm_codegen import emit_module
+    from minicomp.passes.memory import buffer_slots
 
-    graph, plan = program.graph, program.memory_plan
-    # Slots: graph inputs, constants, graph outputs, then planned buffers.
-    slots: dict = {}
-    for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
-        slots.setdefault(v, len(slots))
-    for lt in plan.lifetimes:
-        slots[lt.key] = len(slots)
+    slots = buffer_slots(program.graph, program.memory_plan)
     calls = []
     for k in program.kernels:
         ws = iter(k.workspace)

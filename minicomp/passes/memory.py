@@ -191,6 +191,18 @@ def plan_arena(lifetimes: list[Lifetime], strategy: str = "best", search_seconds
                       offset_strategy=name)
 
 
+def buffer_slots(graph, plan: MemoryPlan) -> dict:
+    """A slot (table index) for every buffer a model touches: its inputs,
+    constants and outputs, then the planned buffers; code generators and
+    runtimes share this numbering."""
+    slots: dict = {}
+    for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
+        slots.setdefault(v, len(slots))
+    for lt in plan.lifetimes:
+        slots[lt.key] = len(slots)
+    return slots
+
+
 def check_plan(plan: MemoryPlan) -> None:
     """Raise AssertionError if two buffers that are live together share bytes."""
     lts = plan.lifetimes

@@ -18,7 +18,7 @@ import minicomp as mc
 from minicomp.ir.loops import Barrier
 from minicomp.ir.ops import all_ops
 from minicomp.passes.manager import register_pass
-from tests.strategies import OP_CASES, contraction_graphs, op_chains, random_dags, single_op_graph
+from tests.strategies import OP_CASES, contraction_graphs, dtype_graph, op_chains, random_dags, single_op_graph
 from tests.tolerances import assert_close
 
 ALL = sorted(all_ops())
@@ -88,16 +88,7 @@ def test_matmul_with_epilogue_is_one_tiled_launch():
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])
 def test_dtypes_on_cuda_emu(dtype):
-    g = mc.GraphBuilder()
-    x = g.input("x", (3, 17), dtype)
-    y = g.input("y", (17,), dtype)
-    z = g.maximum(x * y - x, g.abs(y))
-    s = g.sum(z, axes=[1], keepdims=True)
-    g.output(z, s, g.where(x > y, x, y), (x + y).astype("float32"))
-    rng = np.random.default_rng(0)
-    xs = rng.integers(-5, 6, size=(3, 17)).astype(dtype)
-    ys = rng.integers(-5, 6, size=(17,)).astype(dtype)
-    check_emu(g.build(), [xs, ys])
+    check_emu(*dtype_graph(dtype))
 
 
 def _transformer():

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 
 import minicomp as mc
-from tests.strategies import contraction_graphs, op_chains, random_dags
+from tests.strategies import contraction_graphs, dtype_graph, op_chains, random_dags
 from tests.tolerances import assert_close
 
 
@@ -45,16 +45,7 @@ def test_random_contractions_match_reference_on_avx2(case):
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])
 def test_dtypes_through_a_small_graph(dtype):
-    g = mc.GraphBuilder()
-    x = g.input("x", (3, 17), dtype)
-    y = g.input("y", (17,), dtype)
-    z = g.maximum(x * y - x, g.abs(y))
-    s = g.sum(z, axes=[1], keepdims=True)
-    g.output(z, s, g.where(x > y, x, y), (x + y).astype("float32"))
-    rng = np.random.default_rng(0)
-    xs = rng.integers(-5, 6, size=(3, 17)).astype(dtype)
-    ys = rng.integers(-5, 6, size=(17,)).astype(dtype)
-    check_graph(g.build(), [xs, ys])
+    check_graph(*dtype_graph(dtype))
 
 
 def test_bool_inputs_and_outputs():

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicomp as mc
-from minicomp.passes.memory import Lifetime, check_plan, plan_arena
+from minicomp.passes.memory import check_plan, plan_arena
 from minicomp.passes.memory_order import OrderProblem, choose_order, exact_order, greedy_order, is_topological, peak_of
+from tests.passes.test_memory import lifetimes
 from tests.strategies import random_dags
 from tests.tolerances import assert_close
 
@@ -50,15 +51,6 @@ def test_greedy_and_chosen_orders_are_topological_and_no_worse_than_fusion(p):
     assert choice.peak <= choice.baseline_peak == peak_of(p, list(range(p.n)))
     if "exact" in choice.peaks:  # the heuristic's gap is measured, never negative
         assert choice.peaks["greedy"] >= choice.peaks["exact"] == choice.peak
-
-
-@st.composite
-def lifetimes(draw):
-    out = []
-    for k in range(draw(st.integers(0, 25))):
-        start = draw(st.integers(0, 15))
-        out.append(Lifetime(k, f"b{k}", draw(st.integers(0, 5000)), start, start + draw(st.integers(0, 6))))
-    return out
 
 
 @pytest.mark.parametrize("strategy", ["best", "size", "breadth", "search"])
