@@ -10,6 +10,7 @@
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
     minicomp plan MODEL.{mcir,onnx} [--png plan.png] [--order auto|fusion|greedy|exact] [--pipeline P,...]
                                 [--offsets best|size|breadth|search] [--budget BYTES]
+    minicomp cache [--clear]
     minicomp ops
     minicomp passes
 
@@ -155,6 +156,18 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from minicomp import cache
+
+    entries, size = cache.usage()
+    print(f"compile cache: {cache.root()} ({entries} files, {size / 2**20:.1f} MiB)"
+          f"{'' if cache.enabled() else '; off (MINICOMP_CACHE=0)'}")
+    if args.clear:
+        cache.clear()
+        print("cleared")
+    return 0
+
+
 def _median_time(fn, repeat: int) -> float:
     fn()
     times = []
@@ -287,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--png", metavar="FILE", help="draw the plan (.png/.svg/.pdf; needs matplotlib)")
     pl.add_argument("--verbose", "-v", action="store_true", help="also list every buffer and its offset")
     pl.set_defaults(func=cmd_plan)
+
+    ca = sub.add_parser("cache", help="where the compile cache is and how big; --clear empties it")
+    ca.add_argument("--clear", action="store_true", help="remove every cached entry")
+    ca.set_defaults(func=cmd_cache)
 
     b = sub.add_parser("bench", help="latency of minicomp beside ONNX Runtime on an .onnx model")
     b.add_argument("model", help="model file (.onnx)")

@@ -39,7 +39,7 @@ def as_target(target, num_threads: int | None = None, device: str | None = None)
 
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
             pipeline=None, fusion: dict | None = None, schedules: dict | None = None, device: str | None = None,
-            memory: dict | None = None, memory_budget: int | None = None,
+            memory: dict | None = None, memory_budget: int | None = None, cache: bool = True,
             print_before=(), print_after=(), dump_dir: str | None = None, verify: bool = True):
     """Compile ``graph`` for ``target``; returns a CompiledModel.
 
@@ -55,6 +55,8 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
       ``schedules``: ``{kernel: steps}`` to replace the default schedule, keyed
       by kernel name (``fused_matmul_add_0``) or by the name without its index
       (every such kernel); steps are a list or text (see docs/scheduling.md);
+    - ``cache``: reuse compiled code kept on disk (``minicomp/cache.py``;
+      ``model.cache_hit`` says whether it was);
     - instruments: ``print_before``/``print_after`` (pass names or "all"),
       ``dump_dir`` (numbered files per pass), ``verify`` (after every pass).
 
@@ -81,7 +83,8 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     stages = {"input": print_graph(graph)}
     if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
         raise MinicompError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
-    options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget}
+    options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget,
+               "cache": bool(cache)}
     pm = PassManager(pipeline if pipeline is not None else list(backend.pipeline),
                      print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify,
                      options=options)

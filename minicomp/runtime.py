@@ -96,6 +96,11 @@ class CompiledModel:
         self.set_num_threads(target.num_threads)
         _LIVE_MODELS.add(self)
 
+    @property
+    def cache_hit(self) -> bool:
+        """Did the native code come from the compile cache on disk?"""
+        return bool(getattr(self._jit, "cache_hit", False))
+
     # -- threads ------------------------------------------------------------------
     def set_num_threads(self, n: int) -> None:
         """Use ``n`` threads for parallel loops from the next call on."""

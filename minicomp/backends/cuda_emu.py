@@ -24,10 +24,14 @@ HEADER = Path(__file__).with_name("cuda_emu.h")
 
 
 def cache_dir() -> Path:
-    """Where compiled emulator libraries are kept (``MINICOMP_CACHE_DIR`` moves it)."""
-    base = os.environ.get("MINICOMP_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"minicomp-{os.getuid()}")
-    path = Path(base) / "cuda-emu"
-    path.mkdir(parents=True, exist_ok=True)
+    """Where compiled emulator libraries are kept: the compile cache's
+    ``cuda-emu`` folder (``minicomp/cache.py``), else a temporary folder."""
+    from minicomp import cache
+
+    path = cache.folder("cuda-emu") if cache.enabled() else None
+    if path is None:
+        path = Path(tempfile.gettempdir()) / f"minicomp-{os.getuid()}" / "cuda-emu"
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -56,20 +56,45 @@ def host_cpu() -> tuple[str, str]:
 
 
 class JitModule:
-    """One optimized, JIT-compiled LLVM module; keeps the engine alive."""
+    """One optimized, JIT-compiled LLVM module; keeps the engine alive.
 
-    def __init__(self, ir_text: str, opt_level: int = 3, cpu: str = "", features: str = ""):
+    With ``cache`` (the default), the machine code is kept on disk keyed by the
+    IR text, the CPU, its features, the optimization level and the LLVM
+    version (``minicomp/cache.py``): the same module compiled again, in this
+    process or another, skips LLVM's optimization and code generation.
+    ``cache_hit`` says whether it did.
+    """
+
+    def __init__(self, ir_text: str, opt_level: int = 3, cpu: str = "", features: str = "",
+                 cache: bool = True):
+        import zlib
+
+        from minicomp import cache as disk
+
         llvm = _llvm()
-        try:
-            mod = llvm.parse_assembly(ir_text)
-            mod.verify()
-        except RuntimeError as exc:
-            raise CompileError(f"generated LLVM IR is invalid: {exc}") from exc
         if not cpu:
             cpu, features = host_cpu()
         target = llvm.Target.from_default_triple()
         self.target_machine = target.create_target_machine(cpu=cpu, features=features, opt=opt_level,
                                                            jit=True)
+        self.cache_hit = False
+        self._module = None
+        cache = cache and disk.enabled()
+        name = disk.key(ir_text, cpu, features, opt_level, llvm.llvm_version_info, target.triple) if cache else ""
+        if cache:
+            obj, opt_ir = disk.read("llvm", name + ".o"), disk.read("llvm", name + ".ll.z")
+            if obj is not None and opt_ir is not None and self._load_object(obj):
+                try:
+                    self.optimized_ir = zlib.decompress(opt_ir).decode()
+                    self.cache_hit = True
+                    return
+                except (zlib.error, UnicodeDecodeError):
+                    pass  # a damaged entry: compile again (and overwrite it)
+        try:
+            mod = llvm.parse_assembly(ir_text)
+            mod.verify()
+        except RuntimeError as exc:
+            raise CompileError(f"generated LLVM IR is invalid: {exc}") from exc
         pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
         pto.loop_vectorization = opt_level >= 2
         pto.slp_vectorization = opt_level >= 2
@@ -77,8 +102,25 @@ class JitModule:
         pb.getModulePassManager().run(mod, pb)
         self.optimized_ir = str(mod)
         self.engine = llvm.create_mcjit_compiler(mod, self.target_machine)
+        objects = []
+        if cache:  # MCJIT hands over the object code it makes: no second code generation
+            self.engine.set_object_cache(notify_func=lambda module, data: objects.append(bytes(data)))
         self.engine.finalize_object()
         self._module = mod
+        if cache and len(objects) == 1:
+            disk.write("llvm", name + ".o", objects[0])
+            disk.write("llvm", name + ".ll.z", zlib.compress(self.optimized_ir.encode(), 1))
+
+    def _load_object(self, obj: bytes) -> bool:
+        """Run cached machine code: an empty module's engine plus the object file."""
+        llvm = _llvm()
+        try:
+            self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.target_machine)
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self.engine.finalize_object()
+        except RuntimeError:
+            return False
+        return True
 
     def function(self, name: str, *argtypes):
         """A ctypes callable for the function ``name`` (returning void)."""
@@ -92,6 +134,8 @@ class JitModule:
 
     def assembly(self) -> str:
         """The machine code as assembly text (for inspection)."""
+        if self._module is None:  # loaded from the cache: assemble the optimized IR again
+            self._module = _llvm().parse_assembly(self.optimized_ir)
         return self.target_machine.emit_assembly(self._module)
 
 
@@ -125,6 +169,39 @@ def check_runs_here(target) -> None:
                            f"lacks; compile for Target.host() or an older CPU")
 
 
+def _emitter_digest() -> str:
+    """A hash of the code generator's own source: cached IR made by another version is never used."""
+    import hashlib
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in ("llvm_codegen.py", "llvm_simd.py", "llvm_math.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()
+
+
+def _module_text(program, stages: dict, slots: list, emit) -> str:
+    """The LLVM IR of the program: from the cache when the same kernels (their
+    loop IR and table slots) were emitted before by this code generator."""
+    import zlib
+
+    from minicomp import cache as disk
+
+    if not (program.options.get("cache", True) and disk.enabled() and "loops" in stages):
+        return emit(program.kernels, slots)
+    name = disk.key(stages["loops"], slots, _emitter_digest()) + ".ir.z"
+    data = disk.read("llvm", name)
+    if data is not None:
+        try:
+            return zlib.decompress(data).decode()
+        except (zlib.error, UnicodeDecodeError):
+            pass
+    text = emit(program.kernels, slots)
+    disk.write("llvm", name, zlib.compress(text.encode(), 1))
+    return text
+
+
 def prepare_llvm(target, options: dict, stages: dict) -> None:
     """Before the passes: threads the schedule plans for, and the host check."""
     check_runs_here(target)
@@ -146,10 +223,10 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
         ws = iter(k.workspace)
         call_slots = [slots[v] if v is not None else slots[next(ws)] for v in k.param_values]
         calls.append(KernelCall(k.name, f"k_{k.name}", call_slots))
-    ir_text = emit_module(program.kernels, [c.slots for c in calls])
+    ir_text = _module_text(program, stages, [c.slots for c in calls], emit_module)
     stages["llvm"] = ir_text
     target = program.target
-    jit = JitModule(ir_text, opt_level, target.llvm_cpu, target.features)
+    jit = JitModule(ir_text, opt_level, target.llvm_cpu, target.features, cache=program.options.get("cache", True))
     stages["llvm_opt"] = jit.optimized_ir
     return LLVMExecutable(jit, calls, slots, len(slots))
 

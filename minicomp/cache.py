@@ -1,0 +1,100 @@
+"""The compile cache on disk: compiled code keyed by what produced it.
+
+Entries live under ``$MINICOMP_CACHE_DIR`` (default ``~/.cache/minicomp``),
+one folder per kind (``llvm`` object code, ``cuda-emu`` libraries). A key is
+the hash of everything the compiled bytes depend on: the generated source
+(LLVM IR, CUDA C), the target CPU and features, the optimization level, the
+versions of minicomp and LLVM, and a format number. Writes are atomic
+(another process may write the same entry); an entry that cannot be read is
+compiled again; a cache folder that cannot be written is skipped silently,
+so compiling never fails for the cache's sake. ``MINICOMP_CACHE=0`` or
+``compile(..., cache=False)`` turns it off; ``minicomp cache --clear`` empties it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+FORMAT = 1
+
+
+def root() -> Path:
+    """The cache's folder (not created here)."""
+    base = os.environ.get("MINICOMP_CACHE_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minicomp"
+
+
+def enabled() -> bool:
+    """False when ``MINICOMP_CACHE=0`` (or ``off``/``false``) turns the cache off."""
+    return os.environ.get("MINICOMP_CACHE", "1").lower() not in ("0", "off", "false", "no")
+
+
+def folder(kind: str) -> Path | None:
+    """The folder of one kind of entry, created; None when it cannot be."""
+    path = root() / kind
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+def key(*parts) -> str:
+    """A hex key over ``parts`` (strings or bytes), the minicomp version and the format."""
+    from minicomp import __version__
+
+    h = hashlib.sha256(f"minicomp {__version__} format {FORMAT}".encode())
+    for p in parts:
+        h.update(b"\0")
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+    return h.hexdigest()[:32]
+
+
+def read(kind: str, name: str) -> bytes | None:
+    """The bytes of an entry, or None when it is absent, unreadable or damaged
+    (each entry starts with the SHA-256 of its bytes: machine code that does
+    not match it is never loaded)."""
+    path = folder(kind)
+    if path is None:
+        return None
+    try:
+        raw = (path / name).read_bytes()
+    except OSError:
+        return None
+    digest, data = raw[:32], raw[32:]
+    return data if len(raw) >= 32 and hashlib.sha256(data).digest() == digest else None
+
+
+def write(kind: str, name: str, data: bytes) -> None:
+    """Store an entry atomically; failures are ignored (the cache is only a speed-up)."""
+    path = folder(kind)
+    if path is None:
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(hashlib.sha256(data).digest() + data)
+        os.replace(tmp, path / name)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except (OSError, UnboundLocalError):
+            pass
+
+
+def usage() -> tuple[int, int]:
+    """Entries and bytes under the cache's folder."""
+    files = [p for p in root().rglob("*") if p.is_file()] if root().exists() else []
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def clear() -> None:
+    """Remove every entry."""
+    if root().exists():
+        shutil.rmtree(root())
