@@ -2,8 +2,9 @@
 
     minicomp run MODEL.{mcir,onnx} [--input NAME=FILE.npy ...] [--shape NAME=1,3,224,224]
                                    [--target llvm|cuda|cuda-emu|reference|CPU]
-                                   [--threads N] [--repeat N] [--save DIR]
+                                   [--threads N] [--repeat N] [--save DIR] [--check]
     minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
+    minicomp profile MODEL.{mcir,onnx} [--repeat N] [--top N]
     minicomp compile MODEL.{mcir,onnx} [--target llvm|cuda|CPU]
                                 [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|cuda]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
@@ -15,7 +16,8 @@
     minicomp passes
 
 MODEL.mcir is a graph in the IR text format (docs/ir.md); MODEL.onnx an ONNX
-model. ``run`` uses random inputs for any input not given. Errors are reported
+model. ``minicomp --plugin my_ops.py COMMAND ...`` loads user ops, importers
+and passes first. ``run`` uses random inputs for any input not given. Errors are reported
 in one line and exit 2.
 """
 
@@ -33,6 +35,7 @@ from minicomp.errors import MinicompError
 
 EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm", "cuda")
 LLVM_ONLY = ("llvm", "llvm-opt", "asm")
+PASS_STAGES = ("graph", "fusion", "loops", "memory")  # ready before code generation
 TARGETS = ["llvm", "cuda", "cuda-emu", "reference"]
 
 
@@ -48,6 +51,52 @@ def parse_shapes(specs) -> dict[str, tuple[int, ...]]:
         except ValueError:
             raise MinicompError(f"--shape expects NAME=D1,D2,..., got '{spec}'") from None
     return shapes
+
+
+def terminal_progress():
+    """A progress callback that overwrites one stderr line, or None when stderr
+    is not a terminal (logs and pipes get no progress lines)."""
+    if not sys.stderr.isatty():
+        return None
+    start = time.perf_counter()
+
+    def show(message: str):
+        if time.perf_counter() - start > 0.5:  # quick compiles print nothing
+            sys.stderr.write(f"\r\033[Kminicomp: {message} ...")
+            sys.stderr.flush()
+
+    show.done = lambda: sys.stderr.write("\r\033[K") and sys.stderr.flush()
+    return show
+
+
+def compile_with_progress(graph, **kwargs):
+    """mc.compile with progress on a terminal."""
+    progress = terminal_progress()
+    try:
+        return mc.compile(graph, progress=progress, **kwargs)
+    finally:
+        if progress is not None:
+            progress.done()
+
+
+def load_plugins(plugins) -> None:
+    """Run each --plugin (a .py file or an importable module): it may register
+    ops, ONNX importers, passes and backends before the command runs."""
+    import importlib
+    import runpy
+
+    for plugin in plugins or []:
+        try:
+            if plugin.endswith(".py"):
+                if not os.path.exists(plugin):
+                    raise MinicompError(f"--plugin {plugin}: no such file")
+                runpy.run_path(plugin, run_name=os.path.splitext(os.path.basename(plugin))[0])
+            else:
+                importlib.import_module(plugin)
+        except MinicompError:
+            raise
+        except Exception as exc:
+            raise MinicompError(f"--plugin {plugin} failed: {type(exc).__name__}: {exc}") from None
 
 
 def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
@@ -100,7 +149,7 @@ def cmd_run(args) -> int:
     graph = load_model(args.model, parse_shapes(args.shape))
     inputs = parse_inputs(graph, args.input or [], args.seed)
     t0 = time.perf_counter()
-    model = mc.compile(graph, target=args.target, num_threads=args.threads)
+    model = compile_with_progress(graph, target=args.target, num_threads=args.threads)
     compile_s = time.perf_counter() - t0
     model(**inputs)  # warm up
     t0 = time.perf_counter()
@@ -115,23 +164,54 @@ def cmd_run(args) -> int:
         if args.save:
             os.makedirs(args.save, exist_ok=True)
             np.save(os.path.join(args.save, f"{v.name.replace('/', '_')}.npy"), out)
+    if args.check:
+        return check_outputs(graph, inputs, outs)
     return 0
 
 
+def check_outputs(graph, inputs: dict, outs) -> int:
+    """Compare outputs with the reference interpreter; 0 if they match, 1 if not."""
+    want = mc.run_reference(graph, **inputs)
+    worst = 0
+    for v, got, ref in zip(graph.outputs, outs, want):
+        ref = np.asarray(ref)
+        if got.dtype.kind == "f":
+            err = float(np.max(np.abs(got.astype(np.float64) - ref), initial=0.0))
+            scale = float(np.max(np.abs(ref), initial=0.0)) or 1.0
+            ok = np.allclose(got, ref, rtol=1e-3, atol=1e-4 * scale, equal_nan=True)
+        else:
+            err = float(np.sum(got != ref))
+            ok = err == 0
+        print(f"  check {v.name}: max |diff| {err:.3g} -> {'ok' if ok else 'MISMATCH'}")
+        worst = max(worst, 0 if ok else 1)
+    print("check against the reference interpreter: " + ("passed" if not worst else "FAILED"))
+    return worst
+
+
 def cmd_compile(args) -> int:
+    args.started = time.perf_counter()
     graph = load_model(args.model, parse_shapes(args.shape))
+    args.loaded = time.perf_counter() - args.started
     cuda = args.target.startswith("cuda")
     if args.emit in LLVM_ONLY and cuda or args.emit == "cuda" and not cuda:
         raise MinicompError(f"--emit {args.emit} needs --target {'llvm' if cuda else 'cuda'}")
-    model = mc.compile(graph, target=args.target, num_threads=args.threads, pipeline=args.pipeline,
-                       print_after=args.print_after or (), print_before=args.print_before or (),
-                       dump_dir=args.dump_dir)
+    options = dict(target=args.target, num_threads=args.threads, pipeline=args.pipeline,
+                   print_after=args.print_after or (), print_before=args.print_before or (), dump_dir=args.dump_dir)
+    if args.emit in PASS_STAGES and not args.graph_png:
+        # The stage is ready before code generation: stop there.
+        stages, timings = mc.compiler.compile_stages(graph, **options)
+        model = None
+    else:
+        model = compile_with_progress(graph, **options)
+        stages, timings = model.stages, model.pass_timings
     if args.explain_fusion:
-        sys.stdout.write(model.stages["fusion"])
+        sys.stdout.write(stages["fusion"])
     if args.time_passes:
         from minicomp.passes.manager import format_timings
 
-        sys.stdout.write(format_timings(model.pass_timings) + "\n")
+        total = time.perf_counter() - args.started
+        sys.stdout.write(format_timings([("load model", args.loaded)] + timings) +
+                         f"\n{'wall time of the command':<36} {total * 1e3:9.3f} ms\n")
     if args.graph_png:
         from minicomp.viz import render_graph
 
@@ -140,7 +220,7 @@ def cmd_compile(args) -> int:
     if args.emit or not (args.explain_fusion or args.time_passes or args.graph_png or args.print_after
                          or args.print_before or args.dump_dir):
         key = (args.emit or "loops").replace("-", "_")
-        text = model._jit.assembly() if key == "asm" else model.stages[key]
+        text = model._jit.assembly() if key == "asm" else stages[key]
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
@@ -153,6 +233,20 @@ def cmd_plan(args) -> int:
     if args.png:
         model.memory_plan.draw(args.png)
         print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    graph = load_model(args.model, parse_shapes(args.shape))
+    inputs = parse_inputs(graph, args.input or [], args.seed)
+    model = compile_with_progress(graph, target=args.target, num_threads=args.threads)
+    rows = model.profile(repeat=args.repeat, **inputs)
+    total = sum(t for _, t in rows) or 1.0
+    print(f"{graph.name} on {model.target}: {len(rows)} kernels, {total * 1e3:.3f} ms in all "
+          f"(each kernel alone, mean of {args.repeat})")
+    print(f"  {'kernel':<56} {'ms':>9} {'share':>6}")
+    for name, t in sorted(rows, key=lambda r: -r[1])[:args.top]:
+        print(f"  {name:<56} {t * 1e3:9.3f} {t / total:6.1%}")
     return 0
 
 
@@ -248,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "  minicomp compile model.onnx --explain-fusion\n"
                                        "  minicomp bench model.onnx --threads 1 2",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plugin", action="append", metavar="FILE.py|MODULE",
+                   help="load a Python file or module first (it may register ops, importers, passes); repeatable")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="compile a model and run it, printing output shapes, checksums and time")
@@ -263,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repeat", type=positive_int, default=1, help="timed runs to average (default 1)")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.add_argument("--save", metavar="DIR", help="save each output as DIR/NAME.npy")
+    r.add_argument("--check", action="store_true",
+                   help="compare the outputs with the reference interpreter (exit 1 on a mismatch)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compile", help="compile a model and print one stage")
@@ -301,6 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--verbose", "-v", action="store_true", help="also list every buffer and its offset")
     pl.set_defaults(func=cmd_plan)
 
+    pr = sub.add_parser("profile", help="compile a model and time each kernel alone on random inputs")
+    pr.add_argument("model", help="model file (.mcir or .onnx)")
+    pr.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
+                    help="fix a dynamic input shape of an ONNX model (repeatable)")
+    pr.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)")
+    pr.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS), help="where to run (default llvm)")
+    pr.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops")
+    pr.add_argument("--repeat", type=positive_int, default=10, help="runs of each kernel to average (default 10)")
+    pr.add_argument("--top", type=positive_int, default=30, help="show the slowest N kernels (default 30)")
+    pr.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    pr.set_defaults(func=cmd_profile)
+
     ca = sub.add_parser("cache", help="where the compile cache is and how big; --clear empties it")
     ca.add_argument("--clear", action="store_true", help="remove every cached entry")
     ca.set_defaults(func=cmd_cache)
@@ -324,6 +434,7 @@ def main(argv=None) -> int:
     """Entry point of the ``minicomp`` console command."""
     args = build_parser().parse_args(argv)
     try:
+        load_plugins(args.plugin)
         return args.func(args)
     except MinicompError as exc:
         print(f"minicomp: error: {exc}", file=sys.stderr)

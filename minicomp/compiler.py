@@ -40,6 +40,7 @@ def as_target(target, num_threads: int | None = None, device: str | None = None)
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
             pipeline=None, fusion: dict | None = None, schedules: dict | None = None, device: str | None = None,
             memory: dict | None = None, memory_budget: int | None = None, cache: bool = True,
+            progress=None,
             print_before=(), print_after=(), dump_dir: str | None = None, verify: bool = True):
     """Compile ``graph`` for ``target``; returns a CompiledModel.
 
@@ -60,16 +61,54 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     - instruments: ``print_before``/``print_after`` (pass names or "all"),
       ``dump_dir`` (numbered files per pass), ``verify`` (after every pass).
 
+    ``progress``: a function called with a short message before each pass
+    and before code generation (the CLI shows them on a terminal).
+
     ``model.stages`` keeps the text of every stage; ``model.pass_timings`` the
-    time of every pass.
+    time of every pass and of code generation (``build: ...`` entries).
     """
+    import time
+
+    from minicomp.runtime import make_model
+
+    program, stages, backend, tgt, pm = _run_passes(
+        graph, target, num_threads=num_threads, pipeline=pipeline, fusion=fusion, schedules=schedules,
+        device=device, memory=memory, memory_budget=memory_budget, cache=cache, progress=progress,
+        print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
+    if progress is not None:
+        progress(f"code generation ({backend.name}, {len(program.kernels or [])} kernels)")
+    program.options["build_timings"] = build_timings = []
+    t0 = time.perf_counter()
+    executable = backend.build(program, stages, opt_level)
+    model = (backend.model or make_model)(program, tgt, stages, executable)
+    rest = time.perf_counter() - t0 - sum(t for _, t in build_timings)
+    model.pass_timings = pm.timings + build_timings + [(f"build: {backend.name} (other)", rest)]
+    return model
+
+
+def compile_stages(graph: Graph, target="llvm", **options) -> tuple[dict, list]:
+    """Run the passes only, without code generation: the stage texts
+    (``input``, ``graph``, ``fusion``, ``loops``, ``memory``) and the pass
+    timings. Takes :func:`compile`'s options."""
+    options.pop("opt_level", None)
+    _, stages, _, _, pm = _run_passes(graph, target, **options)
+    return stages, pm.timings
+
+
+def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, schedules=None, device=None,
+                memory=None, memory_budget=None, cache=True, progress=None, print_before=(), print_after=(),
+                dump_dir=None, verify=True):
+    """Check the inputs and run the target's pipeline; returns (program,
+    stages, backend, target, pass manager) ready for code generation."""
+    import time
+
     from minicomp.backends.registry import get_backend
     from minicomp.passes.fusion import print_fused_graph
     from minicomp.passes.legalize import legalize_kernel
     from minicomp.passes.manager import PassContext, PassManager, Program
     from minicomp.passes.pipeline_passes import lower_pass, plan_pass
-    from minicomp.runtime import make_model
 
+    t_start = time.perf_counter()
     if not isinstance(graph, Graph):
         raise MinicompError(f"compile() needs a Graph, got {type(graph).__name__}")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
@@ -87,7 +126,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
                "cache": bool(cache)}
     pm = PassManager(pipeline if pipeline is not None else list(backend.pipeline),
                      print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify,
-                     options=options)
+                     options=options, progress=progress)
     if backend.runs_kernels:
         for v, arr in graph.constants.items():
             if arr is None:
@@ -95,7 +134,9 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
                                     f"digest); print graphs with full_constants=True to run them")
     if backend.prepare is not None:
         backend.prepare(tgt, pm.options, stages)
+    t_passes = time.perf_counter()
     program = pm.run(Program(graph, tgt, options=options))
+    t_after = time.perf_counter()
     if backend.runs_kernels:
         # Code generation needs kernels and a plan even when the pipeline stops early.
         if program.kernels is None:
@@ -109,7 +150,6 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
         stages["memory"] = str(program.memory_plan)
     else:
         stages["graph"] = print_graph(program.graph)
-    executable = backend.build(program, stages, opt_level)
-    model = (backend.model or make_model)(program, tgt, stages, executable)
-    model.pass_timings = pm.timings
-    return model
+    pm.timings.insert(0, ("verify and print the input", t_passes - t_start))
+    pm.timings.append(("legalize and print the stages", time.perf_counter() - t_after))
+    return program, stages, backend, tgt, pm

@@ -162,3 +162,47 @@ def test_run_refuses_counts_below_one(model_file, capsys, flags, message):
 def test_run_on_a_named_cpu(model_file, capsys):
     assert main(["run", str(model_file), "--target", "haswell"]) == 0
     assert "haswell" in capsys.readouterr().out
+
+
+def test_run_check_compares_with_the_reference(model_file, capsys):
+    assert main(["run", str(model_file), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "-> ok" in out and "passed" in out
+
+
+def test_profile_prints_every_kernel(model_file, capsys):
+    assert main(["profile", str(model_file), "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels" in out and "%" in out
+
+
+def test_time_passes_covers_code_generation_and_the_wall_time(model_file, capsys):
+    assert main(["compile", str(model_file), "--time-passes"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("load model", "simplify", "build: emit LLVM IR", "build: LLVM", "total", "wall time"):
+        assert needle in out
+
+
+def test_emit_of_a_pass_stage_stops_before_code_generation(model_file, capsys, monkeypatch):
+    import minicomp.backends.llvm as llvm_backend
+
+    def no_llvm(*args, **kwargs):
+        raise AssertionError("code generation ran for --emit loops")
+
+    monkeypatch.setattr(llvm_backend, "JitModule", no_llvm)
+    assert main(["compile", str(model_file), "--emit", "loops"]) == 0
+    assert "kernel " in capsys.readouterr().out
+
+
+def test_plugin_registers_a_pass_for_the_pipeline(model_file, tmp_path, capsys):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(
+        "from minicomp.passes.manager import register_pass\n\n"
+        "@register_pass('plugin_identity')\n"
+        "def plugin_identity(graph):\n"
+        "    return graph.clone()\n")
+    argv = ["--plugin", str(plugin), "compile", str(model_file), "--pipeline", "simplify,plugin_identity,fuse,lower,"
+            "schedule,plan", "--emit", "fusion"]
+    assert main(argv) == 0
+    assert main(["--plugin", str(tmp_path / "missing.py"), "ops"]) == 2
+    assert "no such file" in capsys.readouterr().err

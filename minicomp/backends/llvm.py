@@ -223,10 +223,18 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
         ws = iter(k.workspace)
         call_slots = [slots[v] if v is not None else slots[next(ws)] for v in k.param_values]
         calls.append(KernelCall(k.name, f"k_{k.name}", call_slots))
+    import time
+
+    timings = program.options.setdefault("build_timings", [])
+    t0 = time.perf_counter()
     ir_text = _module_text(program, stages, [c.slots for c in calls], emit_module)
     stages["llvm"] = ir_text
     target = program.target
+    t1 = time.perf_counter()
     jit = JitModule(ir_text, opt_level, target.llvm_cpu, target.features, cache=program.options.get("cache", True))
+    timings += [("build: emit LLVM IR", t1 - t0),
+                ("build: LLVM " + ("(from the cache)" if jit.cache_hit else "optimize + machine code"),
+                 time.perf_counter() - t1)]
     stages["llvm_opt"] = jit.optimized_ir
     return LLVMExecutable(jit, calls, slots, len(slots))
 

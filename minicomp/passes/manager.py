@@ -175,7 +175,7 @@ class PassManager:
     """Runs a pipeline with instruments; see the module docstring."""
 
     def __init__(self, pipeline, *, print_before=(), print_after=(), dump_dir: str | None = None,
-                 verify: bool = True, stream=None, options: dict | None = None):
+                 verify: bool = True, stream=None, options: dict | None = None, progress=None):
         self.pipeline = parse_pipeline(pipeline)
         self.print_before = set(print_before) if not isinstance(print_before, str) else {print_before}
         self.print_after = set(print_after) if not isinstance(print_after, str) else {print_after}
@@ -185,6 +185,7 @@ class PassManager:
         self.verify = verify
         self.stream = stream or sys.stdout
         self.options = dict(options or {})
+        self.progress = progress
         self.timings: list[tuple[str, float]] = []
 
     def _wants(self, which: set, name: str) -> bool:
@@ -204,6 +205,8 @@ class PassManager:
         self._dump(0, "input", program)
         for i, name in enumerate(self.pipeline, start=1):
             info = get_pass(name)
+            if self.progress is not None:
+                self.progress(f"pass {i}/{len(self.pipeline)}: {name}")
             if self._wants(self.print_before, name):
                 print(f"// ----- before {name} -----\n{program.text()}", file=self.stream)
             t0 = time.perf_counter()
@@ -241,5 +244,5 @@ class PassManager:
 def format_timings(timings) -> str:
     """One line per pass with its milliseconds, then the total."""
     total = sum(t for _, t in timings)
-    lines = [f"{name:<24} {t * 1e3:9.3f} ms" for name, t in timings]
-    return "\n".join(lines + [f"{'total':<24} {total * 1e3:9.3f} ms"])
+    lines = [f"{name:<36} {t * 1e3:9.3f} ms" for name, t in timings]
+    return "\n".join(lines + [f"{'total':<36} {total * 1e3:9.3f} ms"])
