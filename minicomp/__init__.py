@@ -6,6 +6,7 @@ Public API:
 - :func:`compile`: compile a Graph for a target, returning a callable
   :class:`CompiledModel`;
 - :func:`run_reference`: run a Graph with the numpy reference interpreter;
+- :func:`load`: a model saved with ``model.save(path)``, ready to run;
 - :func:`parse_graph` / :func:`print_graph`: the IR text format;
 - :func:`from_onnx`: import an ONNX model; :func:`register_onnx_importer` adds ops;
 - :class:`MinicompError` and its subclasses.
@@ -27,12 +28,13 @@ from minicomp.frontends.onnx import from_onnx, register_onnx_importer
 from minicomp.ir.graph import Graph, Node, TensorType, Value
 from minicomp.ir.text import parse_graph, print_graph
 from minicomp.runtime import CompiledModel
+from minicomp.saved import load_model as load
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CompileError", "CompiledModel", "Graph", "GraphBuilder", "MinicompError", "Node", "ParseError",
     "RuntimeInputError", "ShapeError", "Target", "Tensor", "TensorType", "UnsupportedError", "Value",
-    "VerifyError", "compile", "from_onnx", "parse_graph", "print_graph", "register_onnx_importer",
+    "VerifyError", "compile", "from_onnx", "load", "parse_graph", "print_graph", "register_onnx_importer",
     "run_reference",
 ]

@@ -5,7 +5,7 @@
                                    [--threads N] [--repeat N] [--save DIR] [--check]
     minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
     minicomp profile MODEL.{mcir,onnx} [--repeat N] [--top N]
-    minicomp compile MODEL.{mcir,onnx} [--target llvm|cuda|CPU]
+    minicomp compile MODEL.{mcir,onnx} [--target llvm|cuda|CPU] [-o MODEL.mcm] [--shared-lib MODEL.so]
                                 [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|cuda]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
@@ -36,6 +36,7 @@ from minicomp.errors import MinicompError
 EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm", "cuda")
 LLVM_ONLY = ("llvm", "llvm-opt", "asm")
 PASS_STAGES = ("graph", "fusion", "loops", "memory")  # ready before code generation
+CPU_TARGETS = ("llvm", "x86-64", "haswell", "skylake-avx512", "znver4", "znver5")
 TARGETS = ["llvm", "cuda", "cuda-emu", "reference"]
 
 
@@ -99,10 +100,16 @@ def load_plugins(plugins) -> None:
             raise MinicompError(f"--plugin {plugin} failed: {type(exc).__name__}: {exc}") from None
 
 
+def is_saved(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() == ".mcm"
+
+
 def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
     """Read a model file: ``.mcir`` text or ``.onnx``."""
     if not os.path.exists(path):
         raise MinicompError(f"no such file: {path}")
+    if is_saved(path):
+        raise MinicompError(f"{path} is a compiled model: only 'minicomp run' takes one")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".mcir", ".txt"):
         if shapes:
@@ -146,17 +153,27 @@ def parse_inputs(graph: mc.Graph, specs: list[str], seed: int) -> dict[str, np.n
 
 
 def cmd_run(args) -> int:
-    graph = load_model(args.model, parse_shapes(args.shape))
-    inputs = parse_inputs(graph, args.input or [], args.seed)
     t0 = time.perf_counter()
-    model = compile_with_progress(graph, target=args.target, num_threads=args.threads)
+    if is_saved(args.model):  # compiled already: load it
+        model = mc.load(args.model)
+        if args.threads:
+            model.set_num_threads(args.threads)
+        graph = model.graph
+        if args.check:
+            raise MinicompError("--check needs the model's graph: run the .mcir or .onnx file")
+    else:
+        graph = load_model(args.model, parse_shapes(args.shape))
+        t0 = time.perf_counter()
+        model = compile_with_progress(graph, target=args.target, num_threads=args.threads)
+    inputs = parse_inputs(graph, args.input or [], args.seed)
     compile_s = time.perf_counter() - t0
     model(**inputs)  # warm up
     t0 = time.perf_counter()
     for _ in range(args.repeat):
         outs = model(**inputs)
     run_s = (time.perf_counter() - t0) / args.repeat
-    print(f"{graph.name}: compiled for {model.target} in {compile_s:.3f} s; "
+    how = "loaded" if is_saved(args.model) else "compiled"
+    print(f"{graph.name}: {how} for {model.target} in {compile_s:.3f} s; "
           f"one run {run_s * 1e3:.3f} ms (mean of {args.repeat})")
     for v, out in zip(graph.outputs, outs):
         checksum = float(np.sum(out.astype(np.float64)))
@@ -197,7 +214,9 @@ def cmd_compile(args) -> int:
         raise MinicompError(f"--emit {args.emit} needs --target {'llvm' if cuda else 'cuda'}")
     options = dict(target=args.target, num_threads=args.threads, pipeline=args.pipeline,
                    print_after=args.print_after or (), print_before=args.print_before or (), dump_dir=args.dump_dir)
-    if args.emit in PASS_STAGES and not args.graph_png:
+    if (args.output or args.shared_lib) and args.target not in CPU_TARGETS:
+        raise MinicompError("-o and --shared-lib save code for a CPU: use --target llvm or a CPU name")
+    if args.emit in PASS_STAGES and not (args.graph_png or args.output or args.shared_lib):
         # The stage is ready before code generation: stop there.
         stages, timings = mc.compiler.compile_stages(graph, **options)
         model = None
@@ -217,8 +236,14 @@ def cmd_compile(args) -> int:
 
         render_graph(model.graph, args.graph_png, model.fusion.groups)
         print(f"wrote {args.graph_png}")
+    if args.output:
+        model.save(args.output)
+        print(f"wrote {args.output}")
+    if args.shared_lib:
+        header = model.export_library(args.shared_lib)
+        print(f"wrote {args.shared_lib} and {header}")
     if args.emit or not (args.explain_fusion or args.time_passes or args.graph_png or args.print_after
-                         or args.print_before or args.dump_dir):
+                         or args.print_before or args.dump_dir or args.output or args.shared_lib):
         key = (args.emit or "loops").replace("-", "_")
         text = model._jit.assembly() if key == "asm" else stages[key]
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -347,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="compile a model and run it, printing output shapes, checksums and time")
-    r.add_argument("model", help="model file (.mcir or .onnx)")
+    r.add_argument("model", help="model file (.mcir or .onnx, or .mcm saved by 'compile -o')")
     r.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
     r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy",
@@ -374,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage to print (default: loops, unless another output is asked for); llvm, llvm-opt "
                         "and asm are for CPU targets, cuda for --target cuda")
     c.add_argument("--threads", type=positive_int, default=None, help="threads the schedule plans for")
+    c.add_argument("-o", "--output", metavar="FILE.mcm",
+                   help="save the compiled model; 'minicomp run FILE.mcm' and mc.load(FILE) run it without compiling")
+    c.add_argument("--shared-lib", metavar="FILE.so",
+                   help="link a shared library with model.h beside it (int mc_run(inputs, outputs)) for C programs")
     c.add_argument("--pipeline", default=None, help="passes to run, e.g. 'simplify,fuse,lower,schedule,plan'")
     c.add_argument("--print-after", action="append", metavar="PASS",
                    help="print the IR after this pass (repeatable; 'all' for every pass)")

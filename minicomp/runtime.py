@@ -96,6 +96,20 @@ class CompiledModel:
         self.set_num_threads(target.num_threads)
         _LIVE_MODELS.add(self)
 
+    def save(self, path: str) -> None:
+        """Write the compiled model to ``path`` (``.mcm``); ``mc.load(path)``
+        runs it again without compiling (see ``minicomp/saved.py``)."""
+        from minicomp.saved import save_model
+
+        save_model(self, path)
+
+    def export_library(self, path: str) -> str:
+        """Link a shared library (``model.so``) that C programs can call, with
+        ``model.h`` beside it; returns the header's path."""
+        from minicomp.saved import export_library
+
+        return export_library(self, path)
+
     @property
     def cache_hit(self) -> bool:
         """Did the native code come from the compile cache on disk?"""

@@ -74,6 +74,7 @@ class JitModule:
         llvm = _llvm()
         if not cpu:
             cpu, features = host_cpu()
+        self.cpu, self.features = cpu, features
         target = llvm.Target.from_default_triple()
         self.target_machine = target.create_target_machine(cpu=cpu, features=features, opt=opt_level,
                                                            jit=True)
@@ -87,6 +88,7 @@ class JitModule:
                 try:
                     self.optimized_ir = zlib.decompress(opt_ir).decode()
                     self.cache_hit = True
+                    self.object_code = obj
                     return
                 except (zlib.error, UnicodeDecodeError):
                     pass  # a damaged entry: compile again (and overwrite it)
@@ -102,14 +104,34 @@ class JitModule:
         pb.getModulePassManager().run(mod, pb)
         self.optimized_ir = str(mod)
         self.engine = llvm.create_mcjit_compiler(mod, self.target_machine)
-        objects = []
-        if cache:  # MCJIT hands over the object code it makes: no second code generation
-            self.engine.set_object_cache(notify_func=lambda module, data: objects.append(bytes(data)))
+        objects = []  # MCJIT hands over the object code it makes (for the cache and model.save)
+        self.engine.set_object_cache(notify_func=lambda module, data: objects.append(bytes(data)))
         self.engine.finalize_object()
         self._module = mod
+        self.object_code = objects[0] if len(objects) == 1 else None
         if cache and len(objects) == 1:
             disk.write("llvm", name + ".o", objects[0])
             disk.write("llvm", name + ".ll.z", zlib.compress(self.optimized_ir.encode(), 1))
+
+    @classmethod
+    def from_object(cls, obj: bytes, optimized_ir: str, cpu: str, features: str, opt_level: int = 3) -> JitModule:
+        """Machine code saved earlier (``model.save``), ready to run; CompileError if LLVM refuses it."""
+        self = cls.__new__(cls)
+        llvm = _llvm()
+        self.target_machine = llvm.Target.from_default_triple().create_target_machine(
+            cpu=cpu, features=features, opt=opt_level, jit=True)
+        self._module, self.cache_hit, self.optimized_ir, self.object_code = None, False, optimized_ir, obj
+        self.cpu, self.features = cpu, features
+        if not self._load_object(obj):
+            raise CompileError("the saved machine code could not be loaded")
+        return self
+
+    def shared_object_code(self) -> bytes:
+        """The optimized module compiled again as position-independent code (for a shared library)."""
+        llvm = _llvm()
+        tm = llvm.Target.from_default_triple().create_target_machine(
+            cpu=self.cpu, features=self.features, opt=3, reloc="pic")
+        return tm.emit_object(llvm.parse_assembly(self.optimized_ir))
 
     def _load_object(self, obj: bytes) -> bool:
         """Run cached machine code: an empty module's engine plus the object file."""

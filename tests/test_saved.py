@@ -1,0 +1,102 @@
+"""Saved models and shared libraries: what runs after loading or linking
+equals what the compiler made, and files that cannot run here are refused."""
+
+import json
+import shutil
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+
+import minicomp as mc
+from minicomp.cli import main
+
+
+def dense():
+    rng = np.random.default_rng(0)
+    g = mc.GraphBuilder("dense")
+    x = g.input("x", (3, 40))
+    w = g.constant(rng.standard_normal((40, 24)).astype(np.float32))
+    h = g.relu(x @ w)
+    g.output(g.softmax(h, axis=-1), g.sum(h, axes=[1]))
+    return g.build()
+
+
+X = np.linspace(-1, 1, 120, dtype=np.float32).reshape(3, 40)
+
+
+def test_save_and_load_give_the_same_outputs(tmp_path):
+    model = mc.compile(dense())
+    path = tmp_path / "dense.mcm"
+    model.save(str(path))
+    loaded = mc.load(str(path))
+    for a, b in zip(model(X), loaded(X)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.input_names == ["x"] and "define" in loaded.stages["llvm_opt"]
+    assert [name for name, _ in loaded.profile(X, repeat=1)] == [name for name, _ in model.profile(X, repeat=1)]
+
+
+def rewrite_meta(src, dst, **changes):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "meta.json":
+                meta = json.loads(data)
+                meta.update(changes)
+                data = json.dumps(meta).encode()
+            zout.writestr(item, data)
+
+
+def test_files_from_another_version_or_cpu_are_refused(tmp_path):
+    path = tmp_path / "dense.mcm"
+    mc.compile(dense()).save(str(path))
+    rewrite_meta(path, tmp_path / "old.mcm", minicomp="0.0.1")
+    with pytest.raises(mc.MinicompError, match="compile the model again"):
+        mc.load(str(tmp_path / "old.mcm"))
+    rewrite_meta(path, tmp_path / "alien.mcm", features="+avx512f,+quantum-ops")
+    with pytest.raises(mc.MinicompError, match="quantum-ops"):
+        mc.load(str(tmp_path / "alien.mcm"))
+    (tmp_path / "junk.mcm").write_text("not a model")
+    with pytest.raises(mc.MinicompError, match="not a saved minicomp model"):
+        mc.load(str(tmp_path / "junk.mcm"))
+
+
+C_PROGRAM = r"""
+#include <stdio.h>
+#include "model.h"
+int main(void) {
+  static float x[3 * 40], probs[3 * 24], sums[3];
+  for (int i = 0; i < 3 * 40; ++i) x[i] = -1.0f + 2.0f * i / 119.0f;
+  const void* in[] = {x};
+  void* out[] = {probs, sums};
+  if (mc_run(in, out)) return 1;
+  for (int i = 0; i < 3 * 24; ++i) printf("%.8g\n", probs[i]);
+  for (int i = 0; i < 3; ++i) printf("%.8g\n", sums[i]);
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
+def test_a_c_program_runs_the_shared_library(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    header = mc.compile(dense()).export_library(str(tmp_path / "libdense.so"))
+    assert "mc_run" in open(header).read()
+    (tmp_path / "main.c").write_text(C_PROGRAM)
+    subprocess.run([cc, "main.c", "-I.", "-L.", "-ldense", "-Wl,-rpath,.", "-o", "main"], cwd=tmp_path, check=True)
+    out = subprocess.run(["./main"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    got = np.array([float(v) for v in out.split()])
+    want = np.concatenate([a.reshape(-1) for a in mc.run_reference(dense(), X)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_saves_runs_and_links(tmp_path, capsys):
+    src = tmp_path / "dense.mcir"
+    src.write_text(mc.print_graph(dense(), full_constants=True))
+    saved = tmp_path / "dense.mcm"
+    assert main(["compile", str(src), "-o", str(saved)]) == 0
+    assert main(["run", str(saved)]) == 0
+    assert "loaded for" in capsys.readouterr().out
+    assert main(["compile", str(src), "--target", "cuda", "-o", str(saved)]) == 2
+    assert main(["compile", str(saved)]) == 2  # compile takes the source, not the compiled file
