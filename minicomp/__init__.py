@@ -26,6 +26,7 @@ from minicomp.errors import (
 from minicomp.frontends.builder import GraphBuilder, Tensor
 from minicomp.frontends.onnx import from_onnx, register_onnx_importer
 from minicomp.ir.graph import Graph, Node, TensorType, Value
+from minicomp.ir.opdefs.elementwise import register_unary_function
 from minicomp.ir.text import parse_graph, print_graph
 from minicomp.runtime import CompiledModel
 from minicomp.saved import load_model as load
@@ -36,5 +37,5 @@ __all__ = [
     "CompileError", "CompiledModel", "Graph", "GraphBuilder", "MinicompError", "Node", "ParseError",
     "RuntimeInputError", "ShapeError", "Target", "Tensor", "TensorType", "UnsupportedError", "Value",
     "VerifyError", "compile", "from_onnx", "load", "parse_graph", "print_graph", "register_onnx_importer",
-    "run_reference",
+    "register_unary_function", "run_reference",
 ]

@@ -267,6 +267,43 @@ def _py_mod(p, q):
     return 0 if q == 0 else p % q
 
 
+def _arg(pick):
+    """First index of the extreme along axis, by Python loops over each line."""
+    def run(x, axis, keepdims=False):
+        moved = np.moveaxis(x, axis, -1)
+        out = np.empty(moved.shape[:-1], dtype=np.int64)
+        for idx in np.ndindex(out.shape):
+            line = moved[idx].tolist()
+            nan = [k for k, v in enumerate(line) if v != v]
+            out[idx] = nan[0] if nan else line.index(pick(line))
+        return np.expand_dims(out, axis) if keepdims else out
+    return run
+
+
+def _cumsum(x, axis, exclusive=False, reverse=False):
+    moved = np.moveaxis(x.astype(np.float64), axis, -1)
+    out = np.zeros_like(moved)
+    n = moved.shape[-1]
+    for i in range(n):
+        js = [j for j in range(n) if (j > i if exclusive else j >= i)] if reverse else \
+            [j for j in range(n) if (j < i if exclusive else j <= i)]
+        out[..., i] = sum((moved[..., j] for j in js), np.zeros(moved.shape[:-1]))
+    return np.moveaxis(out, -1, axis)
+
+
+def _trilu(x, k=0, upper=True):
+    rows, cols = np.indices(x.shape[-2:])
+    keep = (cols - rows >= k) if upper else (cols - rows <= k)
+    return np.where(keep, x, 0)
+
+
+def _rms_norm(x, scale, axis=-1, epsilon=1e-6):
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    xd = x.astype(np.float64)
+    ms = np.apply_over_axes(np.sum, xd * xd, axes) / np.prod([x.shape[k] for k in axes])
+    return xd / np.sqrt(ms + epsilon) * scale
+
+
 FORMULATIONS = {
     **{f"conv{r}d": _conv for r in (1, 2, 3)},
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
@@ -287,6 +324,9 @@ FORMULATIONS = {
     "less": lambda a, b: a < b, "greater": lambda a, b: a > b, "equal": lambda a, b: a == b,
     "less_equal": _pairwise(lambda p, q: p <= q), "greater_equal": _pairwise(lambda p, q: p >= q),
     "not_equal": _pairwise(lambda p, q: p != q), "floor": _per_element(math.floor),
+    "sin": _per_element(math.sin), "cos": _per_element(math.cos),
+    "argmax": _arg(max), "argmin": _arg(min), "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm,
+    "silu": _per_element(lambda v: v / (1 + math.exp(-v))),
     "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
     "where": lambda c, a, b: np.choose(np.broadcast_to(c, np.broadcast_shapes(c.shape, a.shape, b.shape))
                                        .astype(int), np.broadcast_arrays(b, a, np.broadcast_to(

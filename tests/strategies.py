@@ -54,7 +54,8 @@ def arrays(draw, shape, dtype=FLOAT, low=-3.0, high=3.0):
 float_dtypes = st.sampled_from([np.float32, np.float64])
 numeric_dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.int64])
 
-UNARY_FLOAT = {"floor": (-3, 3), "exp": (-3, 3), "log": (0.1, 5), "sqrt": (0, 5), "rsqrt": (0.1, 5),
+UNARY_FLOAT = {"floor": (-3, 3), "sin": (-4, 4), "cos": (-4, 4), "silu": (-6, 6),
+               "exp": (-3, 3), "log": (0.1, 5), "sqrt": (0, 5), "rsqrt": (0.1, 5),
                "reciprocal": (0.2, 5), "tanh": (-4, 4), "sigmoid": (-6, 6), "erf": (-3, 3), "leaky_relu": (-3, 3),
                "gelu": (-4, 4)}
 UNARY_NUMERIC = ("neg", "abs", "relu", "clip")
@@ -285,6 +286,34 @@ def _gap_case(draw):
                         draw(float_dtypes)))], {}
 
 
+@st.composite
+def _arg_case(draw):
+    x = draw(arrays(draw(shapes(1, 3, 1, 6)), draw(numeric_dtypes)))
+    return [x], {"axis": draw(st.integers(-x.ndim, x.ndim - 1)), "keepdims": draw(st.booleans())}
+
+
+@st.composite
+def _cumsum_case(draw):
+    x = draw(arrays(draw(shapes(1, 3, 1, 6)), draw(numeric_dtypes)))
+    return [x], {"axis": draw(st.integers(-x.ndim, x.ndim - 1)), "exclusive": draw(st.booleans()),
+                 "reverse": draw(st.booleans())}
+
+
+@st.composite
+def _trilu_case(draw):
+    x = draw(arrays(draw(shapes(2, 4, 1, 6)), draw(numeric_dtypes)))
+    return [x], {"k": draw(st.integers(-3, 3)), "upper": draw(st.booleans())}
+
+
+@st.composite
+def _rms_norm_case(draw):
+    dt = draw(float_dtypes)
+    x = draw(arrays(draw(shapes(1, 3, 1, 6)), dt))
+    axis = draw(st.integers(0, x.ndim - 1))
+    scale = draw(arrays(x.shape[axis:], dt, 0.5, 2))
+    return [x, scale], {"axis": axis}
+
+
 OP_CASES = {}
 for _op in list(UNARY_FLOAT) + list(UNARY_NUMERIC):
     OP_CASES[_op] = _unary_case(_op)
@@ -301,7 +330,9 @@ for _r in (1, 2, 3):
     OP_CASES[f"avg_pool{_r}d"] = _pool_case(f"avg_pool{_r}d")
     OP_CASES[f"conv{_r}d"] = _conv_case(_r)
     OP_CASES[f"conv_transpose{_r}d"] = _conv_case(_r, transpose=True)
-OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case())
+OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case(),
+                argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), trilu=_trilu_case(),
+                rms_norm=_rms_norm_case())
 
 
 def op_case(op: str):

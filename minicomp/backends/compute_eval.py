@@ -82,7 +82,8 @@ def _eval(e: ex.Expr, bind: dict, env: dict):
             from minicomp.ir.opdefs.elementwise import np_erf
 
             return np_erf(x).astype(e.dtype.numpy)
-        return np.asarray(_UNARY[e.fn](x)).astype(e.dtype.numpy)
+        fn = ex.EXTERN_NUMPY[e.fn] if e.fn in ex.EXTERN_NUMPY else _UNARY[e.fn]
+        return np.asarray(fn(x)).astype(e.dtype.numpy)
     if isinstance(e, ex.Select):
         return np.where(_eval(e.cond, bind, env), _eval(e.a, bind, env), _eval(e.b, bind, env))
     if isinstance(e, ex.Cast):

@@ -493,6 +493,8 @@ class _Writer:
             self.fail(f"{e.fn} needs a float operand, got {dt.name}")
         if e.fn in ("exp", "log", "sqrt", "tanh", "erf", "floor"):
             return f"{e.fn}{'f' if ctype(dt) == 'float' else ''}({x})"
+        if e.fn in ex.EXTERN_CALLS:
+            return f"{ex.EXTERN_CALLS[e.fn]}{'f' if ctype(dt) == 'float' else ''}({x})"
         self.fail(f"no CUDA for the function {e.fn}")
 
     def cast(self, v: str, src: DType, dst: DType) -> str:

@@ -296,6 +296,9 @@ class FunctionGen:
             return self._call(ty, f"llvm.abs.{_suffix(ty)}", [(ty, x), ("i1", "false")])
         if not dt.is_float:
             raise CompileError(f"function {self.name}: {e.fn} needs a float operand, got {dt.name}")
+        if e.fn in ex.EXTERN_CALLS:  # the C math library's function, resolved in the process
+            name = ex.EXTERN_CALLS[e.fn] + ("f" if ty == "float" else "")
+            return self._call(ty, name, [(ty, x)])
         if ty == "float" and e.fn in ("exp", "tanh", "erf"):
             helper = f"mc_{e.fn}f"
             self.module.use_helper(helper)

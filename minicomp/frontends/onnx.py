@@ -25,7 +25,7 @@ import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
-from minicomp.ir.graph import Graph, Value
+from minicomp.ir.graph import Graph, Value, check_shape
 from minicomp.ir.ops import get_op
 
 # ONNX TensorProto element types that minicomp has a dtype for.
@@ -276,6 +276,7 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
         dims, elem = _value_info_shape(vi)
         dtype = _onnx_dtype(elem, f"input '{vi.name}'")
         if vi.name in constants:
+            shapes.pop(vi.name, None)  # the constant's own shape decides
             arr = np.asarray(constants.pop(vi.name))
             if arr.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, arr.shape)):
                 raise MinicompError(f"constants['{vi.name}'] has shape {list(arr.shape)}, but the model "
@@ -283,7 +284,10 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
             ctx.values[vi.name] = builder.constant(arr.astype(dtype), name=vi.name)
             continue
         if vi.name in shapes:
-            fixed = tuple(int(d) for d in shapes.pop(vi.name))
+            spec = shapes.pop(vi.name)
+            if not isinstance(spec, (tuple, list)):
+                raise MinicompError(f"shapes['{vi.name}'] must be a tuple of dimensions, got {spec!r}")
+            fixed = check_shape(spec)
             if len(fixed) != len(dims) or any(isinstance(d, int) and d != f for d, f in zip(dims, fixed)):
                 raise MinicompError(f"shapes['{vi.name}'] = {list(fixed)} does not fit the model's input "
                                     f"shape {dims}")

@@ -625,3 +625,42 @@ def _constant_of_shape(ctx, node):
     if math.prod(shape) > (1 << 28):
         raise UnsupportedError(f"ConstantOfShape of {list(shape)} is too large")
     return [ctx.const(np.full(shape, fill[0], dtype=fill.dtype))]
+
+
+# -- ops added with the builder's: Sin, Cos, ArgMax/ArgMin, CumSum, Trilu, Range -------------
+
+_simple("Sin", "sin")
+_simple("Cos", "cos")
+
+
+def _arg_extreme(op: str):
+    def imp(ctx, node):
+        if ctx.attr("select_last_index", 0):
+            raise UnsupportedError(f"{node.describe()}: select_last_index=1 is not supported (the first index is)")
+        return [ctx.op(op, ctx.input(0), axis=int(ctx.attr("axis", 0)), keepdims=bool(ctx.attr("keepdims", 1)))]
+    return imp
+
+
+register_onnx_importer("ArgMax")(_arg_extreme("argmax"))
+register_onnx_importer("ArgMin")(_arg_extreme("argmin"))
+
+
+@register_onnx_importer("CumSum")
+def _cumsum(ctx, node):
+    axis = ctx.required_constant(1, "axis")
+    return [ctx.op("cumsum", ctx.input(0), axis=int(np.asarray(axis).reshape(-1)[0]),
+                   exclusive=bool(ctx.attr("exclusive", 0)), reverse=bool(ctx.attr("reverse", 0)))]
+
+
+@register_onnx_importer("Trilu")
+def _trilu(ctx, node):
+    k = ctx.required_constant(1, "k") if ctx.input(1) is not None else np.array(0)
+    return [ctx.op("trilu", ctx.input(0), k=int(np.asarray(k).reshape(-1)[0]), upper=bool(ctx.attr("upper", 1)))]
+
+
+@register_onnx_importer("Range")
+def _range(ctx, node):
+    start, limit, delta = (ctx.required_constant(i, name) for i, name in enumerate(("start", "limit", "delta")))
+    if float(delta) == 0:
+        raise ShapeError(f"{node.describe()}: delta is 0")
+    return [ctx.const(np.arange(start, limit, delta, dtype=np.asarray(start).dtype))]

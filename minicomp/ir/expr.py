@@ -28,6 +28,21 @@ from minicomp.ir.dtypes import DType
 ARITH_OPS = ("add", "sub", "mul", "div", "tdiv", "floordiv", "mod", "max", "min", "pow", "and", "or")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 CALL_FNS = ("exp", "log", "sqrt", "tanh", "erf", "neg", "abs", "not", "floor")
+# Functions of one float that code generators call by their C math-library
+# name (``sin`` for double, ``sinf`` for float): the built-in sin and cos, and
+# any a user adds with :func:`register_call`.
+EXTERN_CALLS: dict[str, str] = {"sin": "sin", "cos": "cos"}
+EXTERN_NUMPY: dict = {"sin": np.sin, "cos": np.cos}  # how the compute evaluator computes them
+
+
+def register_call(fn: str, c_name: str | None = None, numpy_fn=None) -> None:
+    """Let expressions call ``fn``, generated as the C math function ``c_name``
+    (default ``fn``; the float version adds ``f``, as C's ``sinf``) and
+    evaluated by ``numpy_fn`` where loop code is checked in numpy."""
+    if fn in CALL_FNS:
+        raise MinicompError(f"{fn} is a built-in function")
+    EXTERN_CALLS[fn] = c_name or fn
+    EXTERN_NUMPY[fn] = numpy_fn if numpy_fn is not None else getattr(np, c_name or fn)
 REDUCE_OPS = ("sum", "max", "min")
 
 _counter = itertools.count()
@@ -191,7 +206,9 @@ def binop(op: str, a, b) -> Expr:
 
 def call(fn: str, *args) -> Expr:
     """Build an intrinsic call such as ``exp(x)``."""
-    assert fn in CALL_FNS, fn
+    if fn not in CALL_FNS and fn not in EXTERN_CALLS:
+        raise MinicompError(f"unknown function {fn!r}: register it with minicomp.ir.expr.register_call "
+                            f"(or mc.register_unary_function for a whole op)")
     return Call(fn, tuple(args))
 
 

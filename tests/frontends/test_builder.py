@@ -128,3 +128,18 @@ def test_a_tensor_has_no_truth_value_and_hashes_by_identity():
     with pytest.raises(mc.MinicompError, match="truth value"):
         bool(x > 0)
     assert len({x, x}) == 1 and x in [x]
+
+
+def test_a_user_adds_a_unary_function_from_outside_the_package():
+    """docs/adding-an-op.md: one call registers the scalar function and its op."""
+    if "expm1" not in mc.ir.ops.all_ops():
+        mc.register_unary_function("expm1", np.expm1)
+    g = mc.GraphBuilder()
+    x = g.input("x", (5,))
+    g.output(g.expm1(x) + x.expm1())
+    graph = g.build()
+    a = np.linspace(-1, 1, 5, dtype=np.float32)
+    for target in ("reference", "llvm", "cuda-emu"):
+        np.testing.assert_allclose(mc.compile(graph, target=target)(a)[0], 2 * np.expm1(a), rtol=1e-6)
+    with pytest.raises(mc.MinicompError, match="built-in"):
+        mc.register_unary_function("exp", np.exp)

@@ -203,3 +203,38 @@ register_op(OpDef(
     attrs={"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}, normalize=_lrn_normalize,
     doc="Local response normalization across channels (axis 1), as in ONNX LRN.",
 ))
+
+
+# -- rms_norm -------------------------------------------------------------------------------
+
+
+def _rms_norm_infer(types, a):
+    x, scale = types
+    _float_input(types, a)
+    norm_shape = x.shape[a["axis"]:]
+    off = len(norm_shape) - scale.rank
+    if scale.dtype != x.dtype or off < 0 or any(d not in (1, norm_shape[off + k]) for k, d in enumerate(scale.shape)):
+        raise ShapeError(f"scale {scale} does not match the normalized part {list(norm_shape)} of {x}")
+    return [x]
+
+
+def _rms_norm_compute(x, scale, axis, epsilon):
+    axes = tuple(range(axis, len(x.shape)))
+    n = int(np.prod([x.shape[k] for k in axes]))
+    sq = reduce_stage("sum", x, axes, True, "rms_norm_sq", body=lambda v: v * v)
+
+    def fn(*i):
+        rms = ex.call("sqrt", sq[_keep(i, axes)] / ex.const(n, x.dtype) + ex.const(epsilon, x.dtype))
+        return x[i] / rms * scale[broadcast_index(i, scale.shape, x.shape)]
+    return compute(x.shape, fn, "rms_norm")
+
+
+def _rms_norm_np(x, scale, axis, epsilon):
+    axes = tuple(range(axis, x.ndim))
+    xd = x.astype(np.float64)
+    return (xd / np.sqrt((xd * xd).mean(axis=axes, keepdims=True) + epsilon) * scale).astype(x.dtype)
+
+
+register_op(OpDef("rms_norm", _rms_norm_infer, _rms_norm_np, _rms_norm_compute, num_inputs=2,
+                  attrs={"axis": -1, "epsilon": 1e-6}, normalize=normalize_axis_attr,
+                  doc="x / sqrt(mean(x^2 over the axes from ``axis``) + epsilon) * scale (RMSNorm, as in LLaMA)."))

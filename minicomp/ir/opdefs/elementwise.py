@@ -50,6 +50,18 @@ def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(b == 0, 0, q).astype(np.result_type(a, b))
 
 
+def register_unary_function(name: str, numpy_fn, c_name: str | None = None, doc: str = "") -> None:
+    """Add an elementwise float op ``name`` computed by the C math function
+    ``c_name`` (default ``name``; ``sinf`` for float32) in generated code and
+    by ``numpy_fn`` in the reference, from outside the package::
+
+        mc.register_unary_function("expm1", np.expm1)
+        y = g.expm1(x)
+    """
+    ex.register_call(name, c_name, numpy_fn)
+    _unary(name, numpy_fn, lambda x: ex.call(name, x), doc=doc or f"{name}(x), elementwise (C's {c_name or name}).")
+
+
 def _unary(name: str, np_fn, expr_fn, kind: str = "float", attrs=None, doc: str = ""):
     attrs = attrs or {}
 
@@ -119,6 +131,10 @@ def _register_unary():
     _unary("clip", _clip_np, _clip_expr, "numeric", attrs={"min": None, "max": None})
     _unary("erf", np_erf, lambda x: ex.call("erf", x))
     _unary("floor", np.floor, lambda x: ex.call("floor", x))
+    _unary("sin", np.sin, lambda x: ex.call("sin", x))
+    _unary("cos", np.cos, lambda x: ex.call("cos", x))
+    _unary("silu", lambda x: x / (1.0 + np.exp(-x)), lambda x: x / (ex.call("exp", -x) + 1.0),
+           doc="x * sigmoid(x) (swish).")
     register_op(OpDef(
         "gelu",
         infer=lambda types, a: (_check_kind(types[0], "float"), [types[0]])[1],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from minicomp.errors import ShapeError
+from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import compute
 from minicomp.ir.graph import TensorType
@@ -419,4 +420,28 @@ register_op(OpDef(
     doc="Gather slices of x along ``axis`` at integer ``indices`` (negative counts from the end). Constant "
         "indices out of range are refused when the graph is built; at run time they clamp to the axis.",
     check_constants=_take_check,
+))
+
+
+# -- trilu ---------------------------------------------------------------------------------
+
+
+def _trilu_infer(types, a):
+    if types[0].rank < 2:
+        raise ShapeError(f"trilu needs a matrix (rank >= 2), got rank {types[0].rank}")
+    return [types[0]]
+
+
+def _trilu_compute(x, k, upper):
+    def fn(*i):
+        diff = i[-1] - i[-2]  # column - row
+        keep = ex.ge(diff, ex.const(k, dtypes.int64)) if upper else ex.le(diff, ex.const(k, dtypes.int64))
+        return ex.select(keep, x[i], ex.const(0, x.dtype))
+    return compute(x.shape, fn, "trilu")
+
+
+register_op(OpDef(
+    "trilu", _trilu_infer, lambda x, k, upper: (np.triu(x, k) if upper else np.tril(x, k)).astype(x.dtype),
+    _trilu_compute, attrs={"k": 0, "upper": True},
+    doc="The upper (``upper``) or lower triangle of the last two axes from diagonal ``k``; zeros elsewhere.",
 ))

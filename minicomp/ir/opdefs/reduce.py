@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from minicomp.errors import ShapeError
+from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike, compute, reduce, reduce_axis
 from minicomp.ir.graph import TensorType
-from minicomp.ir.ops import OpDef, normalize_axis, register_op
+from minicomp.ir.ops import OpDef, normalize_axis, normalize_axis_attr, register_op
 
 
 def normalize_axes(types, a):
@@ -99,3 +100,85 @@ def _mean_np(x, axes, keepdims):
 
 register_op(OpDef("mean", _infer("float"), _mean_np, _mean_compute, attrs=dict(_ATTRS),
                   normalize=normalize_axes, doc="Arithmetic mean over ``axes``."))
+
+
+# -- argmax / argmin, cumsum ------------------------------------------------------------
+
+
+def _arg_infer(types, a):
+    t = types[0]
+    if t.dtype.is_bool:
+        raise ShapeError("input has dtype bool, but this op needs a numeric dtype")
+    if t.shape[a["axis"]] == 0:
+        raise ShapeError(f"cannot take the arg-extreme of an empty axis {a['axis']}")
+    return [TensorType(reduced_shape(t.shape, (a["axis"],), a["keepdims"]), dtypes.int64)]
+
+
+def _arg_compute(op):
+    """The first index of the extreme along ``axis``: the extreme by one
+    reduction, then the least index holding it (or holding a NaN, as numpy)."""
+    def comp(x, axis, keepdims):
+        extreme = reduce_stage(op, x, (axis,), True, f"arg{op}_value")
+        n = x.shape[axis]
+        r, _ = raxis = reduce_axis(n, "r")
+
+        def fn(*out):
+            full = list(out) if keepdims else list(out[:axis]) + [None] + list(out[axis:])
+            at = tuple(r if k == axis else full[k] for k in range(len(x.shape)))
+            best = tuple(0 if k == axis else full[k] for k in range(len(x.shape)))
+            v = x[at]
+            hit = ex.eq(v, extreme[best])
+            if x.dtype.is_float:
+                hit = ex.BinOp("or", hit, ex.binop("ne", v, v))
+            return reduce("min", ex.select(hit, r, ex.const(n, dtypes.int64)), [raxis])
+
+        return compute(reduced_shape(x.shape, (axis,), keepdims), fn, f"arg{op}")
+    return comp
+
+
+def _arg_np(fn):
+    def reference(x, axis, keepdims):
+        out = fn(x, axis=axis)
+        return (np.expand_dims(out, axis) if keepdims else np.asarray(out)).astype(np.int64)
+    return reference
+
+
+for _name, _op, _fn in (("argmax", "max", np.argmax), ("argmin", "min", np.argmin)):
+    register_op(OpDef(_name, _arg_infer, _arg_np(_fn), _arg_compute(_op), attrs={"axis": 0, "keepdims": False},
+                      normalize=normalize_axis_attr,
+                      doc=f"The first index of the {_op}imum along ``axis`` (int64; NaN counts as the extreme)."))
+
+
+def _cumsum_compute(x, axis, exclusive, reverse):
+    """out[i] = sum of x[j] for j <= i along ``axis`` (j < i when exclusive; from the end when reverse):
+    a masked sum, quadratic in the axis length."""
+    n = x.shape[axis]
+    r, _ = raxis = reduce_axis(n, "r")
+
+    def fn(*i):
+        src = tuple(r if k == axis else i[k] for k in range(len(i)))
+        a, b = (i[axis], r) if reverse else (r, i[axis])
+        keep = ex.lt(a, b) if exclusive else ex.le(a, b)
+        return reduce("sum", ex.select(keep, x[src], ex.const(0, x.dtype)), [raxis])
+
+    return compute(x.shape, fn, "cumsum")
+
+
+def _cumsum_np(x, axis, exclusive, reverse):
+    y = np.flip(x, axis) if reverse else x
+    out = np.cumsum(y, axis=axis, dtype=x.dtype)
+    if exclusive:
+        out = out - y
+    return np.flip(out, axis) if reverse else out
+
+
+def _cumsum_infer(types, a):
+    if types[0].dtype.is_bool:
+        raise ShapeError("input has dtype bool, but cumsum needs a numeric dtype")
+    return [types[0]]
+
+
+register_op(OpDef("cumsum", _cumsum_infer, _cumsum_np, _cumsum_compute,
+                  attrs={"axis": 0, "exclusive": False, "reverse": False}, normalize=normalize_axis_attr,
+                  doc="Running sum along ``axis`` (ONNX CumSum: ``exclusive`` leaves each element out, "
+                      "``reverse`` sums from the end)."))
