@@ -117,7 +117,13 @@ def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
         with open(path, encoding="utf-8") as f:
             return mc.parse_graph(f.read())
     if ext == ".onnx":
-        return mc.from_onnx(path, shapes=shapes)
+        try:
+            return mc.from_onnx(path, shapes=shapes)
+        except MinicompError as exc:
+            if "dynamic dimensions" not in str(exc):
+                raise
+            name = str(exc).split("'")[1] if "'" in str(exc) else "NAME"
+            raise MinicompError(f"{str(exc).split(';')[0]}; fix them with --shape {name}=D1,D2,...") from None
     raise MinicompError(f"{path}: unknown model format '{ext}'; expected .mcir or .onnx")
 
 

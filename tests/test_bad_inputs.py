@@ -107,3 +107,45 @@ def test_a_model_runs_in_a_forked_child_after_the_parent_used_threads():
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+
+
+def test_float_to_int_casts_follow_one_rule_everywhere():
+    """NaN gives 0, out-of-range values saturate: the reference and both code generators agree."""
+    g = builder()
+    x = g.input("x", (7,))
+    g.output(x.astype("int32"), x.astype("int64"))
+    graph = g.build()
+    a = np.array([np.nan, np.inf, -np.inf, 3e9, -3e9, -2.7, 2.7], np.float32)
+    want = [[0, 2**31 - 1, -2**31, 2**31 - 1, -2**31, -2, 2], [0, 2**63 - 1, -2**63, 3 * 10**9, -3 * 10**9, -2, 2]]
+    for target in ("reference", "llvm", "cuda-emu"):
+        assert [o.tolist() for o in mc.compile(graph, target=target)(a)] == want, target
+
+
+@pytest.mark.parametrize("opset", [0, -1, 30])
+def test_onnx_opsets_outside_what_is_read_are_refused(opset):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["a"], ["c"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    with pytest.raises(mc.UnsupportedError, match="opset"):
+        mc.from_onnx(model)
+    assert onnx  # the package is the one the opset range comes from
+
+
+def test_a_dynamic_shape_from_the_cli_names_the_shape_flag(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from minicomp.cli import main
+
+    node = helper.make_node("Relu", ["a"], ["c"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 4])])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    assert main(["run", str(path)]) == 2
+    assert "--shape a=" in capsys.readouterr().err
+    assert main(["run", str(path), "--shape", "a=2,4"]) == 0

@@ -237,6 +237,18 @@ class GraphBuilder:
         self.graph.inputs.append(v)
         return Tensor(self, v)
 
+    def arange(self, start, stop=None, step=1, dtype="int64", name: str | None = None) -> Tensor:
+        """A constant ``[start, start + step, ...)`` below ``stop`` (numpy's arange, ONNX Range)."""
+        if stop is None:
+            start, stop = 0, start
+        if step == 0:
+            raise MinicompError("arange: step must not be 0")
+        return self.constant(np.arange(start, stop, step, dtype=as_dtype(dtype).numpy), name=name)
+
+    def swish(self, x, name: str | None = None) -> Tensor:
+        """x * sigmoid(x): another name of ``silu``."""
+        return self.op("silu", x, name=name)
+
     def constant(self, array, name: str | None = None, dtype=None) -> Tensor:
         """Add a constant holding a copy of ``array``."""
         arr = np.array(array, dtype=as_dtype(dtype).numpy if dtype is not None else None)

@@ -202,6 +202,19 @@ def model_opset(proto) -> int:
     return 1 if not proto.opset_import else 21
 
 
+MIN_OPSET = 6
+
+
+def check_opset(opset: int) -> None:
+    """Refuse opsets minicomp cannot read: below 6, or newer than the installed onnx package knows."""
+    import onnx.defs
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise UnsupportedError(f"the model's default-domain opset is {opset}; minicomp reads opsets "
+                               f"{MIN_OPSET} to {newest} (the newest the installed onnx package knows)")
+
+
 def unsupported_ops(proto) -> list[str]:
     """Every node whose op has no importer, described with name and opset."""
     _load_builtin()
@@ -248,6 +261,7 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
     if missing:
         raise UnsupportedError(f"the model uses {len(missing)} unsupported node(s): " + "; ".join(missing))
     opset = model_opset(proto)
+    check_opset(opset)
     g = proto.graph
     builder = GraphBuilder(name or g.name or "onnx_model")
     ctx = ImportContext(builder, opset)

@@ -143,3 +143,15 @@ def test_a_user_adds_a_unary_function_from_outside_the_package():
         np.testing.assert_allclose(mc.compile(graph, target=target)(a)[0], 2 * np.expm1(a), rtol=1e-6)
     with pytest.raises(mc.MinicompError, match="built-in"):
         mc.register_unary_function("exp", np.exp)
+
+
+def test_arange_and_swish():
+    g = mc.GraphBuilder()
+    x = g.input("x", (4,))
+    g.output(g.swish(x) + g.arange(4).astype("float32"), g.arange(1, 7, 2, dtype="float32"))
+    a = np.array([-1.0, 0.0, 1.0, 2.0], np.float32)
+    out, steps = mc.compile(g.build())(a)
+    np.testing.assert_allclose(out, a / (1 + np.exp(-a)) + np.arange(4), rtol=1e-6)
+    assert steps.tolist() == [1.0, 3.0, 5.0]
+    with pytest.raises(mc.MinicompError, match="step"):
+        g.arange(0, 3, 0)

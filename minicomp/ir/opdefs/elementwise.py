@@ -151,14 +151,30 @@ def _cast_normalize(types, a):
     return a
 
 
+def cast_np(x: np.ndarray, dtype) -> np.ndarray:
+    """numpy's astype, except float to integer: NaN gives 0 and values out of
+    range saturate to the integer limits (the rule generated code follows)."""
+    target = dtypes.as_dtype(dtype).numpy
+    if x.dtype.kind == "f" and target.kind in "iu":
+        info = np.iinfo(target)
+        xd = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+        high, low = xd >= float(info.max), xd <= float(info.min)  # float64 cannot hold int64's maximum
+        out = np.array(np.trunc(np.where(high | low, 0.0, xd)), dtype=target)  # a writable array, 0-d too
+        out[high] = info.max
+        out[low] = info.min
+        return out
+    return x.astype(target)
+
+
 register_op(OpDef(
     "cast",
     infer=lambda types, a: [TensorType(types[0].shape, dtypes.as_dtype(a["dtype"]))],
-    reference=lambda x, dtype: x.astype(dtypes.as_dtype(dtype).numpy),
+    reference=cast_np,
     compute=lambda x, dtype: compute(x.shape, lambda *i: _cast_expr(x[i], dtypes.as_dtype(dtype)), "cast"),
     attrs={"dtype": None},
     normalize=_cast_normalize,
-    doc="Convert to another dtype (float to int truncates; nonzero to bool is true).",
+    doc="Convert to another dtype (float to int truncates toward zero, NaN gives 0 and values out of range "
+        "saturate; nonzero to bool is true).",
 ))
 
 
