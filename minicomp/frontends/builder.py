@@ -245,6 +245,62 @@ class GraphBuilder:
             raise MinicompError("arange: step must not be 0")
         return self.constant(np.arange(start, stop, step, dtype=as_dtype(dtype).numpy), name=name)
 
+    def einsum(self, equation: str, *operands) -> Tensor:
+        """numpy's einsum for one or two operands, as transposes, reshapes,
+        sums and one batched matmul (``"bij,bjk->bik"``, ``"ij->ji"``,
+        ``"bhqd,bhkd->bhqk"``). Ellipses and repeated labels in one operand
+        (diagonals) are not supported."""
+        ops = [self.as_tensor(t) for t in operands]
+        lhs, arrow, out = equation.replace(" ", "").partition("->")
+        terms = lhs.split(",")
+        if len(terms) != len(ops) or not 1 <= len(ops) <= 2:
+            raise MinicompError(f"einsum '{equation}': {len(terms)} operand labels for {len(ops)} tensors "
+                                f"(one or two are supported)")
+        if "." in equation:
+            raise MinicompError(f"einsum '{equation}': ellipses are not supported; name every axis")
+        if not arrow:  # implicit output: the labels that appear once, sorted
+            out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+        size = {}
+        for term, t in zip(terms, ops):
+            if len(term) != t.ndim or len(set(term)) != len(term) or not term.isalpha() and term:
+                raise MinicompError(f"einsum '{equation}': labels '{term}' do not fit %{t.name} of shape "
+                                    f"{list(t.shape)} (one letter per axis, no repeats)")
+            for c, d in zip(term, t.shape):
+                if size.setdefault(c, d) != d:
+                    raise MinicompError(f"einsum '{equation}': axis '{c}' is {size[c]} in one operand, {d} in another")
+        if set(out) - set(size) or len(set(out)) != len(out):
+            raise MinicompError(f"einsum '{equation}': output labels '{out}' must be distinct input labels")
+
+        def reduce_alone(term, t, keep):
+            """Sum the axes no other operand and not the output uses."""
+            gone = [k for k, c in enumerate(term) if c not in keep]
+            if gone:
+                t = self.op("sum", t, axes=gone)
+            return "".join(c for c in term if c in keep), t
+
+        if len(ops) == 1:
+            term, t = reduce_alone(terms[0], ops[0], set(out))
+            return t if term == out else self.op("transpose", t, perm=tuple(term.index(c) for c in out))
+        (ta, a), (tb, b) = (reduce_alone(terms[k], ops[k], set(out) | set(terms[1 - k])) for k in (0, 1))
+        batch = [c for c in ta if c in tb and c in out]
+        contract = [c for c in ta if c in tb and c not in out]
+        m = [c for c in ta if c not in tb]
+        n = [c for c in tb if c not in ta]
+
+        def prod(cs):
+            return int(np.prod([size[c] for c in cs], dtype=np.int64))
+
+        def arrange(term, t, order, shape):
+            if list(term) != order:
+                t = self.op("transpose", t, perm=tuple(term.index(c) for c in order))
+            return self.op("reshape", t, shape=shape)
+
+        a = arrange(ta, a, batch + m + contract, (prod(batch), prod(m), prod(contract)))
+        b = arrange(tb, b, batch + contract + n, (prod(batch), prod(contract), prod(n)))
+        y = self.op("reshape", a @ b, shape=tuple(size[c] for c in batch + m + n))
+        got = batch + m + n
+        return y if got == list(out) else self.op("transpose", y, perm=tuple(got.index(c) for c in out))
+
     def swish(self, x, name: str | None = None) -> Tensor:
         """x * sigmoid(x): another name of ``silu``."""
         return self.op("silu", x, name=name)

@@ -664,3 +664,11 @@ def _range(ctx, node):
     if float(delta) == 0:
         raise ShapeError(f"{node.describe()}: delta is 0")
     return [ctx.const(np.arange(start, limit, delta, dtype=np.asarray(start).dtype))]
+
+
+@register_onnx_importer("Einsum")
+def _einsum(ctx, node):
+    eq = ctx.attr("equation")
+    if not isinstance(eq, str):
+        raise ShapeError(f"{node.describe()}: Einsum needs its equation attribute")
+    return [ctx.builder.einsum(eq, *ctx.inputs())]

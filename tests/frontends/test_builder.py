@@ -155,3 +155,28 @@ def test_arange_and_swish():
     assert steps.tolist() == [1.0, 3.0, 5.0]
     with pytest.raises(mc.MinicompError, match="step"):
         g.arange(0, 3, 0)
+
+
+EINSUMS = [("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]), ("ij->ji", [(3, 4)]), ("ij,jk", [(3, 4), (4, 5)]),
+           ("bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]), ("i,i->", [(4,), (4,)]), ("ij,k->ikj", [(2, 3), (4,)]),
+           ("ijk->k", [(2, 3, 4)]), ("abc,cd->dba", [(2, 3, 4), (4, 5)])]
+
+
+@pytest.mark.parametrize("equation, shapes", EINSUMS)
+def test_einsum_matches_numpy(equation, shapes):
+    rng = np.random.default_rng(1)
+    g = mc.GraphBuilder()
+    g.output(g.einsum(equation, *[g.input(f"x{k}", s) for k, s in enumerate(shapes)]))
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    np.testing.assert_allclose(mc.compile(g.build())(*arrays)[0], np.einsum(equation, *arrays), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("equation, message", [("ii->i", "no repeats"), ("...ij->ij", "ellipses"),
+                                                ("ij,jk->ik", "one or two"), ("ij->q", "output labels")])
+def test_einsum_refuses_what_it_cannot_do(equation, message):
+    g = mc.GraphBuilder()
+    x = g.input("x", (3, 3))
+    args = [x, x, x] if equation == "ij,jk->ik" else [x]
+    with pytest.raises(mc.MinicompError, match=message):
+        g.einsum(equation, *args)
