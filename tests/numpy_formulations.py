@@ -304,6 +304,18 @@ def _rms_norm(x, scale, axis=-1, epsilon=1e-6):
     return xd / np.sqrt(ms + epsilon) * scale
 
 
+def _topk(x, k, axis=-1, largest=True):
+    """Per line: Python's stable sort of (value, index) pairs."""
+    moved = np.moveaxis(x, axis, -1)
+    vals = np.empty(moved.shape[:-1] + (k,), dtype=x.dtype)
+    idxs = np.empty(moved.shape[:-1] + (k,), dtype=np.int64)
+    for line in np.ndindex(moved.shape[:-1]):
+        items = sorted(enumerate(moved[line].tolist()), key=lambda p: -p[1] if largest else p[1])
+        vals[line] = [v for _, v in items[:k]]
+        idxs[line] = [i for i, _ in items[:k]]
+    return np.moveaxis(vals, -1, axis), np.moveaxis(idxs, -1, axis)
+
+
 FORMULATIONS = {
     **{f"conv{r}d": _conv for r in (1, 2, 3)},
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
@@ -325,7 +337,7 @@ FORMULATIONS = {
     "less_equal": _pairwise(lambda p, q: p <= q), "greater_equal": _pairwise(lambda p, q: p >= q),
     "not_equal": _pairwise(lambda p, q: p != q), "floor": _per_element(math.floor),
     "sin": _per_element(math.sin), "cos": _per_element(math.cos),
-    "argmax": _arg(max), "argmin": _arg(min), "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm,
+    "argmax": _arg(max), "argmin": _arg(min), "topk": _topk, "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm,
     "silu": _per_element(lambda v: v / (1 + math.exp(-v))),
     "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
     "where": lambda c, a, b: np.choose(np.broadcast_to(c, np.broadcast_shapes(c.shape, a.shape, b.shape))

@@ -314,6 +314,13 @@ def _rms_norm_case(draw):
     return [x, scale], {"axis": axis}
 
 
+@st.composite
+def _topk_case(draw):
+    x = draw(arrays(draw(shapes(1, 3, 1, 6)), draw(numeric_dtypes)))
+    axis = draw(st.integers(-x.ndim, x.ndim - 1))
+    return [x], {"k": draw(st.integers(0, x.shape[axis])), "axis": axis, "largest": draw(st.booleans())}
+
+
 OP_CASES = {}
 for _op in list(UNARY_FLOAT) + list(UNARY_NUMERIC):
     OP_CASES[_op] = _unary_case(_op)
@@ -332,7 +339,7 @@ for _r in (1, 2, 3):
     OP_CASES[f"conv_transpose{_r}d"] = _conv_case(_r, transpose=True)
 OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case(),
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), trilu=_trilu_case(),
-                rms_norm=_rms_norm_case())
+                rms_norm=_rms_norm_case(), topk=_topk_case())
 
 
 def op_case(op: str):
@@ -344,7 +351,8 @@ def single_op_graph(op: str, inputs, attrs):
     """A graph with one node of ``op`` over fresh inputs shaped like ``inputs``."""
     g = GraphBuilder(f"single_{op}")
     ins = [g.input(f"x{k}", a.shape, a.dtype) for k, a in enumerate(inputs)]
-    g.output(g.op(op, *ins, **attrs))
+    out = g.op(op, *ins, **attrs)
+    g.output(*(out if isinstance(out, tuple) else (out,)))
     return g.build()
 
 

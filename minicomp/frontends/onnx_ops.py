@@ -672,3 +672,14 @@ def _einsum(ctx, node):
     if not isinstance(eq, str):
         raise ShapeError(f"{node.describe()}: Einsum needs its equation attribute")
     return [ctx.builder.einsum(eq, *ctx.inputs())]
+
+
+@register_onnx_importer("TopK")
+def _topk(ctx, node):
+    if ctx.opset < 10:
+        k = ctx.attr("k")
+    else:
+        k = int(np.asarray(ctx.required_constant(1, "K")).reshape(-1)[0])
+    values, indices = ctx.op("topk", ctx.input(0), k=int(k), axis=int(ctx.attr("axis", -1)),
+                             largest=bool(ctx.attr("largest", 1)))
+    return [values, indices]  # sorted=0 allows any order: sorted is one of them

@@ -9,7 +9,7 @@ from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike, compute, reduce, reduce_axis
 from minicomp.ir.graph import TensorType
-from minicomp.ir.ops import OpDef, normalize_axis, normalize_axis_attr, register_op
+from minicomp.ir.ops import REQUIRED, OpDef, normalize_axis, normalize_axis_attr, register_op
 
 
 def normalize_axes(types, a):
@@ -182,3 +182,73 @@ register_op(OpDef("cumsum", _cumsum_infer, _cumsum_np, _cumsum_compute,
                   attrs={"axis": 0, "exclusive": False, "reverse": False}, normalize=normalize_axis_attr,
                   doc="Running sum along ``axis`` (ONNX CumSum: ``exclusive`` leaves each element out, "
                       "``reverse`` sums from the end)."))
+
+
+# -- topk ------------------------------------------------------------------------------------
+
+
+def _topk_infer(types, a):
+    t = types[0]
+    n = t.shape[a["axis"]]
+    if t.dtype.is_bool:
+        raise ShapeError("input has dtype bool, but topk needs a numeric dtype")
+    if not 0 <= a["k"] <= n:
+        raise ShapeError(f"k={a['k']} is outside 0..{n}, the length of axis {a['axis']}")
+    shape = t.shape[:a["axis"]] + (a["k"],) + t.shape[a["axis"] + 1:]
+    return [TensorType(shape, t.dtype), TensorType(shape, dtypes.int64)]
+
+
+def _topk_compute(x, k, axis, largest):
+    """Rank every element (how many come before it: larger, or equal at a lower
+    index), then gather the element of each rank below k: two masked sums,
+    quadratic in the axis length."""
+    n = x.shape[axis]
+    j, _ = jaxis = reduce_axis(n, "j")
+
+    def at(idx, pos):
+        return tuple(pos if d == axis else idx[d] for d in range(len(idx)))
+
+    def rank_fn(*i):
+        a, b = x[at(i, j)], x[i]
+        better = ex.gt(a, b) if largest else ex.lt(a, b)
+        same = ex.eq(a, b)
+        if x.dtype.is_float:  # NaN ranks above every number (ONNX), and NaNs tie with each other
+            a_nan, b_nan = ex.binop("ne", a, a), ex.binop("ne", b, b)
+            first = a_nan if largest else b_nan  # a comes first when it is NaN (largest) or b is (smallest)
+            better = ex.BinOp("or", ex.logical_and(better, ex.binop("eq", b_nan, a_nan)),
+                              ex.logical_and(first, ex.binop("ne", b_nan, a_nan)))
+            same = ex.BinOp("or", same, ex.logical_and(a_nan, b_nan))
+        before = ex.BinOp("or", better, ex.logical_and(same, ex.lt(j, i[axis])))
+        return reduce("sum", ex.select(before, ex.const(1, dtypes.int64), ex.const(0, dtypes.int64)), [jaxis])
+
+    rank = compute(x.shape, rank_fn, "topk_rank")
+    shape = x.shape[:axis] + (k,) + x.shape[axis + 1:]
+
+    def pick(value):
+        def fn(*p):
+            r, _ = raxis = reduce_axis(n, "r")
+            src = at(p, r)
+            hit = ex.eq(rank[src], ex.cast(dtypes.int64, p[axis]))
+            v = value(src, r)
+            return reduce("sum", ex.select(hit, v, ex.const(0, v.dtype)), [raxis])
+        return fn
+
+    values = compute(shape, pick(lambda src, r: x[src]), "topk_values")
+    indices = compute(shape, pick(lambda src, r: r), "topk_indices")
+    return [values, indices]
+
+
+def _topk_np(x, k, axis, largest):
+    xd = x.astype(np.float64)
+    nan = np.isnan(xd)
+    # NaN ranks above every number; lexsort is stable, so ties keep the lower index first.
+    primary = ~nan if largest else nan
+    order = np.lexsort((np.where(nan, 0.0, -xd if largest else xd), primary), axis=axis)
+    idx = np.take(order, np.arange(k), axis=axis).astype(np.int64)
+    return np.take_along_axis(x, idx, axis=axis), idx
+
+
+register_op(OpDef("topk", _topk_infer, _topk_np, _topk_compute, attrs={"k": REQUIRED, "axis": -1, "largest": True},
+                  normalize=normalize_axis_attr,
+                  doc="The k largest (or smallest) elements along ``axis`` and their indices, sorted; ties keep "
+                      "the lower index first (ONNX TopK, sorted=1). Quadratic in the axis length."))
