@@ -214,14 +214,19 @@ class _Fuser:
         return self.result()
 
     def fuse_siblings(self):
-        """Merge groups whose matmul/conv read the same value and produce the same
-        shape (e.g. Q, K, V projections), so that they share one loop nest."""
+        """Merge groups whose matmul/conv read the same value and produce outputs
+        that differ at most in their last axis (Q, K and V projections; a
+        SwiGLU's gate and up projections, or grouped-query K/V narrower than Q):
+        one kernel reads the shared input for all of them."""
+        def rows(node):
+            return node.outputs[0].shape[:-1]
+
         for v, readers in self.users.items():
             roots = []
             for r in readers:
                 g = self.group(r)
-                if (self.pattern[r] == OUT_ELEMENTWISE_FUSABLE and g not in roots
-                        and (not roots or r.outputs[0].shape == self.anchors(roots[0])[0].outputs[0].shape)):
+                if (self.pattern[r] == OUT_ELEMENTWISE_FUSABLE and g not in roots and r.outputs[0].shape
+                        and (not roots or rows(r) == rows(self.anchors(roots[0])[0]))):
                     roots.append(g)
             while len(roots) > 1:
                 a, b = roots[0], roots[1]

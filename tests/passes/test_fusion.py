@@ -130,3 +130,19 @@ def test_fused_and_unfused_agree_with_reference(case):
         got = mc.compile(graph, pipeline=pipeline, num_threads=2)(*inputs)
         for a, b in zip(got, want):
             assert_close(a, b, scale=10, what=pipeline)
+
+
+def test_sibling_matmuls_of_different_widths_fuse_side_by_side():
+    """Q (64 wide) and grouped-query K (16 wide) projections read x once, in one kernel."""
+    rng = np.random.default_rng(0)
+    g = mc.GraphBuilder("gqa")
+    x = g.input("x", (8, 64))
+    q = x @ g.constant(rng.standard_normal((64, 64)).astype(np.float32))
+    k = x @ g.constant(rng.standard_normal((64, 16)).astype(np.float32))
+    g.output(g.relu(q), k * 2.0)
+    graph = g.build()
+    model = mc.compile(graph)
+    assert len(model.kernels) == 1 and "side by side" in model.stages["fusion"]
+    xs = rng.standard_normal((8, 64)).astype(np.float32)
+    for got, want in zip(model(xs), mc.run_reference(graph, xs)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
