@@ -188,8 +188,46 @@ def cmd_run(args) -> int:
             os.makedirs(args.save, exist_ok=True)
             np.save(os.path.join(args.save, f"{v.name.replace('/', '_')}.npy"), out)
     if args.check:
+        expected = onnx_test_outputs(args.model, graph)
+        if expected is not None:
+            return check_test_data(model, expected)
         return check_outputs(graph, inputs, outs)
     return 0
+
+
+def onnx_test_outputs(path: str, graph):
+    """For a model.onnx beside ONNX test data (``test_data_set_*/input_N.pb``,
+    ``output_N.pb``): each set's (inputs by name, expected outputs); else None."""
+    import glob
+
+    sets = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(path)), "test_data_set_*")))
+    if not path.lower().endswith(".onnx") or not sets:
+        return None
+    from minicomp.frontends.onnx_testdata import read_tensors
+
+    def numbered(folder, kind):
+        return sorted(glob.glob(os.path.join(folder, f"{kind}_*.pb")), key=lambda p: int(p.rsplit("_", 1)[1][:-3]))
+
+    out = []
+    for folder in sets:
+        ins = read_tensors(numbered(folder, "input"))
+        out.append(({v.name: a for v, a in zip(graph.inputs, ins)}, read_tensors(numbered(folder, "output")),
+                    os.path.basename(folder)))
+    return out
+
+
+def check_test_data(model, sets) -> int:
+    """Run every ONNX test data set and compare with its stored outputs (rtol 1e-3, atol 1e-5)."""
+    failed = 0
+    for inputs, expected, name in sets:
+        got = model(**inputs)
+        for v, g, e in zip(model.graph.outputs, got, expected):
+            ok = g.shape == e.shape and np.allclose(g, e, rtol=1e-3, atol=1e-5, equal_nan=True)
+            err = float(np.max(np.abs(g.astype(np.float64) - e), initial=0.0)) if g.shape == e.shape else float("inf")
+            print(f"  {name} {v.name}: max |diff| {err:.3g} -> {'ok' if ok else 'MISMATCH'}")
+            failed |= not ok
+    print("check against the stored ONNX test outputs: " + ("FAILED" if failed else "passed"))
+    return int(failed)
 
 
 def check_outputs(graph, inputs: dict, outs) -> int:
@@ -391,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.add_argument("--save", metavar="DIR", help="save each output as DIR/NAME.npy")
     r.add_argument("--check", action="store_true",
-                   help="compare the outputs with the reference interpreter (exit 1 on a mismatch)")
+                   help="compare the outputs with the reference interpreter, or, for a model.onnx beside ONNX "
+                        "test data (test_data_set_*), with the stored outputs (exit 1 on a mismatch)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compile", help="compile a model and print one stage")

@@ -206,3 +206,13 @@ def test_plugin_registers_a_pass_for_the_pipeline(model_file, tmp_path, capsys):
     assert main(argv) == 0
     assert main(["--plugin", str(tmp_path / "missing.py"), "ops"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_run_check_uses_stored_onnx_test_outputs(capsys):
+    pytest.importorskip("onnx")
+    from minicomp.frontends.onnx_testdata import backend_cases
+
+    case = backend_cases("pytorch-operator")[3]
+    assert main(["run", case.model_path, "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "test_data_set_0" in out and "stored ONNX test outputs: passed" in out
