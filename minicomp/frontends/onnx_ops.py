@@ -64,6 +64,11 @@ def _identity(ctx, node):
 @register_onnx_importer("Dropout")
 def _dropout(ctx, node):
     x = ctx.input(0)
+    if ctx.input(2) is not None:  # training_mode (opset 12+): random masks are not inference
+        training = ctx.constant(2)
+        if training is None or bool(np.asarray(training).reshape(-1)[0]):
+            raise UnsupportedError(f"{node.describe()}: Dropout in training mode is random; minicomp compiles "
+                                   f"inference (training_mode must be a constant false)")
     mask = None
     if len(node.outputs) > 1 and node.outputs[1]:
         mask = ctx.const(np.ones(x.shape, dtype=bool))

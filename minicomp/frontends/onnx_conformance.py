@@ -1,0 +1,164 @@
+"""The onnx package's node conformance cases, run through minicomp.
+
+``onnx.backend.test.case.node.collect_testcases()`` generates a model, its
+inputs, expected outputs and tolerances for every operator case (the suite
+ONNX Runtime and TVM report against). Each case is imported with its
+inputs' shapes; when the import needs the value of an input (a target shape,
+axes, a count), the integer inputs are bound as constants and it is tried
+again. It is compiled for llvm, run, and compared at the case's rtol/atol.
+
+Outcomes: ``pass``; ``excluded`` (a category minicomp does not compile, with
+its reason); ``error`` (a clean MinicompError: a missing op or dtype);
+``wrong`` (an answer that differs: a bug); ``raw`` (any other exception: a
+bug). Run ``python -m minicomp.frontends.onnx_conformance`` for the table
+by op.
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+import minicomp as mc
+
+CONTROL_FLOW = "control flow (If, Loop, Scan): minicomp compiles static graphs"
+SEQUENCES = "sequence or optional types: minicomp compiles tensors only"
+STRINGS = "strings: minicomp compiles numeric tensors only"
+TRAINING = "training operators: minicomp compiles inference graphs"
+RANDOM = "random generators: their outputs cannot be compared"
+LOW_BITS = "2, 4 and 8-bit number formats"
+OTHER_DOMAIN = "operators outside the default ONNX domain"
+
+EXCLUDED_OPS = {
+    **dict.fromkeys(("If", "Loop", "Scan"), CONTROL_FLOW),
+    **dict.fromkeys(("SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert",
+                     "SequenceLength", "SequenceMap", "SplitToSequence", "ConcatFromSequence", "Optional",
+                     "OptionalGetElement", "OptionalHasElement"), SEQUENCES),
+    **dict.fromkeys(("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
+                     "Multinomial"), RANDOM),
+    **dict.fromkeys(("StringNormalizer", "StringConcat", "StringSplit", "RegexFullMatch", "TfIdfVectorizer"),
+                    STRINGS),
+    **dict.fromkeys(("Gradient", "Adagrad", "Adam", "Momentum"), TRAINING),
+}
+
+
+def _low_bit_types():
+    from onnx import TensorProto
+
+    names = ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0", "INT4", "UINT4",
+             "FLOAT4E2M1", "INT2", "UINT2")
+    return {getattr(TensorProto, n) for n in names if hasattr(TensorProto, n)}
+
+
+@dataclass
+class CaseResult:
+    name: str
+    op: str
+    outcome: str  # pass, excluded, error, wrong, raw
+    detail: str = ""
+
+
+def exclusion(case) -> str | None:
+    """The reason a case is excluded, or None."""
+    from onnx import TensorProto
+
+    graph = case.model.graph
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            return OTHER_DOMAIN
+        if node.op_type in EXCLUDED_OPS:
+            return EXCLUDED_OPS[node.op_type]
+    low = _low_bit_types()
+    for vi in list(graph.input) + list(graph.output):
+        t = vi.type
+        if t.HasField("sequence_type") or t.HasField("optional_type"):
+            return SEQUENCES
+        if t.tensor_type.elem_type == TensorProto.STRING:
+            return STRINGS
+        if t.tensor_type.elem_type in low:
+            return LOW_BITS
+    if "training" in case.name and any(n.op_type == "Dropout" for n in graph.node):
+        return TRAINING
+    return None
+
+
+def _array(x):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(x) if hasattr(x, "dims") and hasattr(x, "data_type") else np.asarray(x)
+
+
+def _import(model, feeds: dict, first: str):
+    try:
+        return mc.from_onnx(model, shapes={n: a.shape for n, a in feeds.items()}), {}
+    except mc.MinicompError:
+        bound = {n: a for n, a in feeds.items() if a.dtype.kind in "iu" and n != first}
+        if not bound:
+            raise
+        shapes = {n: a.shape for n, a in feeds.items() if n not in bound}
+        return mc.from_onnx(model, shapes=shapes, constants=bound), bound
+
+
+def run_case(case) -> CaseResult:
+    """Import, compile and run one case; compare every data set."""
+    ops = [n.op_type for n in case.model.graph.node if n.op_type != "Constant"] or ["Constant"]
+    op = ops[0] if case.model.graph.node else "?"  # expanded cases start with Constant nodes
+    reason = exclusion(case)
+    if reason:
+        return CaseResult(case.name, op, "excluded", reason)
+    names = [i.name for i in case.model.graph.input]
+    try:
+        for inputs, outputs in case.data_sets:
+            feeds = dict(zip(names, (_array(a) for a in inputs)))
+            graph, bound = _import(case.model, feeds, names[0] if names else "")
+            got = mc.compile(graph, num_threads=1)(**{n: a for n, a in feeds.items() if n not in bound})
+            for k, (a, b) in enumerate(zip(got, (_array(o) for o in outputs))):
+                if a.shape != b.shape:
+                    return CaseResult(case.name, op, "wrong", f"output {k}: shape {a.shape} != {b.shape}")
+                same = (np.allclose(a, b, rtol=case.rtol, atol=case.atol, equal_nan=True) if b.dtype.kind in "fc"
+                        else np.array_equal(a, b))
+                if not same:
+                    return CaseResult(case.name, op, "wrong", f"output {k} differs")
+    except mc.MinicompError as exc:
+        return CaseResult(case.name, op, "error", str(exc).split("\n")[0][:200])
+    except Exception as exc:  # noqa: BLE001  (any other exception is a bug to report)
+        return CaseResult(case.name, op, "raw", f"{type(exc).__name__}: {exc}"[:200])
+    return CaseResult(case.name, op, "pass")
+
+
+def node_cases():
+    """The onnx package's node cases (model, data sets, tolerances)."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators overflow casts on purpose
+        return [c for c in collect_testcases() if c.kind == "node"]
+
+
+def run_all() -> list[CaseResult]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [run_case(c) for c in node_cases()]
+
+
+def summary(results: list[CaseResult]) -> str:
+    """One line of totals, then the ops with the most failing cases."""
+    counts = collections.Counter(r.outcome for r in results)
+    run = len(results) - counts["excluded"]
+    lines = [f"onnx node cases: {len(results)}; excluded {counts['excluded']}; of the {run} run: passed "
+             f"{counts['pass']} ({counts['pass'] / max(run, 1):.1%}), failing {run - counts['pass']} "
+             f"(error {counts['error']}, wrong {counts['wrong']}, raw {counts['raw']})"]
+    by_op = collections.defaultdict(collections.Counter)
+    for r in results:
+        by_op[r.op][r.outcome] += 1
+    failing = sorted(((sum(c.values()) - c["pass"] - c["excluded"], op) for op, c in by_op.items()), reverse=True)
+    lines += [f"  {op:<28} {n:4d} failing of {sum(by_op[op].values()) - by_op[op]['excluded']}"
+              for n, op in failing if n][:40]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summary(run_all()))
