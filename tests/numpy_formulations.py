@@ -340,6 +340,10 @@ FORMULATIONS = {
     "argmax": _arg(max), "argmin": _arg(min), "topk": _topk, "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm,
     "silu": _per_element(lambda v: v / (1 + math.exp(-v))),
     "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
+    "fmod": _pairwise(lambda p, q: math.fmod(p, q) if isinstance(p, float) else (0 if q == 0 else
+                                                                               int(math.fmod(p, q)))),
+    "logical_and": _pairwise(lambda p, q: p and q), "logical_or": _pairwise(lambda p, q: p or q),
+    "logical_xor": _pairwise(lambda p, q: p != q), "logical_not": lambda x: ~x,
     "where": lambda c, a, b: np.choose(np.broadcast_to(c, np.broadcast_shapes(c.shape, a.shape, b.shape))
                                        .astype(int), np.broadcast_arrays(b, a, np.broadcast_to(
                                            a, np.broadcast_shapes(c.shape, a.shape, b.shape)))[:2]),

@@ -60,7 +60,7 @@ UNARY_FLOAT = {"floor": (-3, 3), "sin": (-4, 4), "cos": (-4, 4), "silu": (-6, 6)
                "gelu": (-4, 4)}
 UNARY_NUMERIC = ("neg", "abs", "relu", "clip")
 BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "less", "greater", "equal", "pow", "less_equal",
-          "greater_equal", "not_equal", "floor_div", "mod")
+          "greater_equal", "not_equal", "floor_div", "mod", "fmod")
 
 
 @st.composite
@@ -89,7 +89,7 @@ def _binary_case(draw, op):
     lo = 0.5 if op == "pow" else -3
     a = draw(arrays(sa, dt, lo, 3))
     b = draw(arrays(sb, dt, -2 if op == "pow" else -3, 3))
-    if op in ("div", "floor_div", "mod") and np.dtype(dt).kind == "f":
+    if op in ("div", "floor_div", "mod", "fmod") and np.dtype(dt).kind == "f":
         b = np.where(np.abs(b) < 0.1, 1, b).astype(dt)
     return [a, b], {}
 
@@ -315,6 +315,14 @@ def _rms_norm_case(draw):
 
 
 @st.composite
+def _logical_case(draw, op):
+    if op == "logical_not":
+        return [draw(arrays(draw(shapes()), bool))], {}
+    sa, sb = draw(broadcast_pair())
+    return [draw(arrays(sa, bool)), draw(arrays(sb, bool))], {}
+
+
+@st.composite
 def _topk_case(draw):
     x = draw(arrays(draw(shapes(1, 3, 1, 6)), draw(numeric_dtypes)))
     axis = draw(st.integers(-x.ndim, x.ndim - 1))
@@ -339,7 +347,8 @@ for _r in (1, 2, 3):
     OP_CASES[f"conv_transpose{_r}d"] = _conv_case(_r, transpose=True)
 OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case(),
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), trilu=_trilu_case(),
-                rms_norm=_rms_norm_case(), topk=_topk_case())
+                rms_norm=_rms_norm_case(), topk=_topk_case(),
+                **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")})
 
 
 def op_case(op: str):

@@ -25,6 +25,8 @@ def _np_binop(op: str, a, b, dtype: DType):
         from minicomp.ir.opdefs.elementwise import int_div
 
         return int_div(np.asarray(a), np.asarray(b))
+    if op == "mod" and dtype.is_float:  # code generators emit C's fmod (LLVM frem): the dividend's sign
+        return np.fmod(a, b)
     fns = {
         "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
         "floordiv": np.floor_divide, "mod": np.mod, "max": np.maximum, "min": np.minimum,

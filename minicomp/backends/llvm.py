@@ -8,6 +8,7 @@ which is loaded into the process once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import threading
@@ -53,6 +54,34 @@ def host_cpu() -> tuple[str, str]:
     """The host CPU's LLVM name and feature string."""
     llvm = _llvm()
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+@contextlib.contextmanager
+def _without_vectorizer_remarks():
+    """LLVM prints 'loop not vectorized' to the process's stderr when a loop we
+    hinted cannot be vectorized: a remark, not an error. Catch what LLVM
+    writes to file descriptor 2 meanwhile and pass on every other line."""
+    import os
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                if "loop not vectorized" not in line:
+                    print(line, file=sys.stderr)
 
 
 class JitModule:
@@ -101,12 +130,13 @@ class JitModule:
         pto.loop_vectorization = opt_level >= 2
         pto.slp_vectorization = opt_level >= 2
         pb = llvm.create_pass_builder(self.target_machine, pto)
-        pb.getModulePassManager().run(mod, pb)
-        self.optimized_ir = str(mod)
-        self.engine = llvm.create_mcjit_compiler(mod, self.target_machine)
         objects = []  # MCJIT hands over the object code it makes (for the cache and model.save)
-        self.engine.set_object_cache(notify_func=lambda module, data: objects.append(bytes(data)))
-        self.engine.finalize_object()
+        with _without_vectorizer_remarks():
+            pb.getModulePassManager().run(mod, pb)
+            self.optimized_ir = str(mod)
+            self.engine = llvm.create_mcjit_compiler(mod, self.target_machine)
+            self.engine.set_object_cache(notify_func=lambda module, data: objects.append(bytes(data)))
+            self.engine.finalize_object()
         self._module = mod
         self.object_code = objects[0] if len(objects) == 1 else None
         if cache and len(objects) == 1:

@@ -49,10 +49,11 @@ for _t, _o in (("Relu", "relu"), ("Sigmoid", "sigmoid"), ("Tanh", "tanh"), ("Sqr
 
 @register_onnx_importer("Mod")
 def _mod(ctx, node):
-    a, b = ctx.input(0), ctx.input(1)
-    if ctx.attr("fmod", 0) or a.dtype.is_float:
-        raise UnsupportedError(f"Mod node '{node.name}': only integer Mod with fmod=0 (the sign of the divisor, "
-                               f"as Python's %) is supported; fmod=1 (C's fmod) is not")
+    a, b = _legacy_broadcast(ctx, ctx.input(0), ctx.input(1))
+    if ctx.attr("fmod", 0):
+        return [ctx.op("fmod", a, b)]  # C's fmod: the sign of the dividend
+    if a.dtype.is_float:
+        raise UnsupportedError(f"{node.describe()}: a float Mod needs fmod=1 (the ONNX rule)")
     return [ctx.op("mod", a, b)]
 
 
@@ -397,10 +398,26 @@ def _batch_norm(ctx, node):
 
 @register_onnx_importer("LayerNormalization")
 def _layer_norm(ctx, node):
-    if any(node.outputs[1:]):
-        raise UnsupportedError("LayerNormalization's Mean and InvStdDev outputs are not supported")
     args = ctx.inputs()
-    return [ctx.op("layer_norm", *args, axis=int(ctx.attr("axis", -1)), epsilon=float(ctx.attr("epsilon", 1e-5)))]
+    x = args[0]
+    axis = int(ctx.attr("axis", -1)) % x.ndim
+    eps = float(ctx.attr("epsilon", 1e-5))
+    y = ctx.op("layer_norm", *args, axis=axis, epsilon=eps)
+    if not any(node.outputs[1:]):
+        return [y]
+    # The optional Mean and InvStdDev outputs (kept dims), computed beside the normalization.
+    axes = list(range(axis, x.ndim))
+    mean = ctx.op("mean", x, axes=axes, keepdims=True)
+    d = ctx.op("sub", x, mean)
+    var = ctx.op("mean", ctx.op("mul", d, d), axes=axes, keepdims=True)
+    inv = ctx.op("rsqrt", ctx.op("add", var, _scalar(ctx, eps, x)))
+    return [y, mean, inv]
+
+
+@register_onnx_importer("RMSNormalization")
+def _rms_normalization(ctx, node):
+    x, scale = ctx.input(0), ctx.input(1)
+    return [ctx.op("rms_norm", x, scale, axis=int(ctx.attr("axis", -1)), epsilon=float(ctx.attr("epsilon", 1e-5)))]
 
 
 @register_onnx_importer("InstanceNormalization")
@@ -426,11 +443,14 @@ def _lrn(ctx, node):
 # -- reductions ------------------------------------------------------------------------
 
 
-def _reduce(op_type: str, op: str, axes_input_since: int):
+def _reduce(op_type: str, op: str, axes_input_since: int, before=None, after=None):
+    """A reduction importer; ``before``/``after`` wrap the reduced op (ReduceL2 = sqrt(sum(x * x)))."""
     @register_onnx_importer(op_type)
     def imp(ctx, node):
         x = ctx.input(0)
         keepdims = bool(ctx.attr("keepdims", 1))
+        if before is not None or after is not None:
+            return _composite_reduce(ctx, x, keepdims, op, axes_input_since, before, after)
         if ctx.opset >= axes_input_since:
             arr = ctx.constant(1)
             if ctx.input(1) is not None and arr is None:
@@ -447,6 +467,49 @@ _reduce("ReduceSum", "sum", 13)
 _reduce("ReduceMean", "mean", 18)
 _reduce("ReduceMax", "max", 18)
 _reduce("ReduceMin", "min", 18)
+
+
+def _reduce_axes(ctx, axes_input_since):
+    if ctx.opset >= axes_input_since:
+        arr = ctx.constant(1)
+        if ctx.input(1) is not None and arr is None:
+            raise UnsupportedError("reduction axes must be constant")
+        return None if arr is None or arr.size == 0 else [int(a) for a in arr.reshape(-1)]
+    return ctx.attr("axes")
+
+
+def _composite_reduce(ctx, x, keepdims, op, since, before, after):
+    axes = _reduce_axes(ctx, since)
+    if axes is None and ctx.attr("noop_with_empty_axes", 0):
+        y = before(ctx, x) if before else x
+        return [after(ctx, y, x, None, True) if after else y]
+    y = ctx.op(op, before(ctx, x) if before else x, axes=axes, keepdims=keepdims)
+    return [after(ctx, y, x, axes, keepdims) if after else y]
+
+
+def _square(ctx, x):
+    return ctx.op("mul", x, x)
+
+
+def _log_sum_exp(ctx, x):
+    return x  # the shift by the maximum happens in _finish_log_sum_exp
+
+
+def _finish_log_sum_exp(ctx, total, x, axes, keepdims):
+    """log(sum(exp(x - max))) + max, stable for large x."""
+    top = ctx.op("max", x, axes=axes, keepdims=True)
+    shifted = ctx.op("exp", ctx.op("sub", x, top))
+    out = ctx.op("add", ctx.op("log", ctx.op("sum", shifted, axes=axes, keepdims=True)), top)
+    if not keepdims:
+        out = ctx.op("reshape", out, shape=total.shape)
+    return out
+
+
+_reduce("ReduceSumSquare", "sum", 18, before=_square)
+_reduce("ReduceL1", "sum", 18, before=lambda ctx, x: ctx.op("abs", x))
+_reduce("ReduceL2", "sum", 18, before=_square, after=lambda ctx, y, x, axes, keep: ctx.op("sqrt", y))
+_reduce("ReduceLogSum", "sum", 18, after=lambda ctx, y, x, axes, keep: ctx.op("log", y))
+_reduce("ReduceLogSumExp", "sum", 18, before=_log_sum_exp, after=_finish_log_sum_exp)
 
 # -- shapes and layout ------------------------------------------------------------------
 
@@ -688,3 +751,16 @@ def _topk(ctx, node):
     values, indices = ctx.op("topk", ctx.input(0), k=int(k), axis=int(ctx.attr("axis", -1)),
                              largest=bool(ctx.attr("largest", 1)))
     return [values, indices]  # sorted=0 allows any order: sorted is one of them
+
+
+
+# -- logical ops, CastLike, C's fmod -----------------------------------------------------------
+
+for _t, _o in (("And", "logical_and"), ("Or", "logical_or"), ("Xor", "logical_xor")):
+    _binary(_t, _o)
+_simple("Not", "logical_not")
+
+
+@register_onnx_importer("CastLike")
+def _cast_like(ctx, node):
+    return [ctx.op("cast", ctx.input(0), dtype=ctx.input(1).dtype.name)]

@@ -113,3 +113,17 @@ def test_unknown_target_and_digest_constants():
         mc.compile(graph, target="tpu")
     with pytest.raises(mc.MinicompError, match="has no data"):
         mc.compile(mc.parse_graph(mc.print_graph(graph)))
+
+
+def test_llvm_vectorizer_remarks_do_not_reach_stderr(capfd):
+    """LLVM writes 'loop not vectorized' remarks straight to file descriptor 2
+    while it optimizes; they are dropped, every other line is passed on."""
+    import os
+
+    from minicomp.backends.llvm import _without_vectorizer_remarks
+
+    with _without_vectorizer_remarks():
+        os.write(2, b"warning: <unknown>:0:0: loop not vectorized: the optimizer was unable to ...\n")
+        os.write(2, b"something else LLVM said\n")
+    err = capfd.readouterr().err
+    assert "loop not vectorized" not in err and "something else LLVM said" in err

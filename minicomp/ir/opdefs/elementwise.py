@@ -25,10 +25,11 @@ def _check_kind(t: TensorType, kind: str, what: str = "input"):
     ok = {
         "float": t.dtype.is_float,
         "numeric": t.dtype.is_float or t.dtype.is_int,
+        "bool": t.dtype.is_bool,
         "any": True,
     }[kind]
     if not ok:
-        want = {"float": "a float dtype", "numeric": "a numeric (float or int) dtype"}[kind]
+        want = {"float": "a float dtype", "numeric": "a numeric (float or int) dtype", "bool": "bool"}[kind]
         raise ShapeError(f"{what} has dtype {t.dtype.name}, but this op needs {want}")
 
 
@@ -131,6 +132,7 @@ def _register_unary():
     _unary("clip", _clip_np, _clip_expr, "numeric", attrs={"min": None, "max": None})
     _unary("erf", np_erf, lambda x: ex.call("erf", x))
     _unary("floor", np.floor, lambda x: ex.call("floor", x))
+    _unary("logical_not", np.logical_not, lambda x: ex.call("not", x), "bool")
     _unary("sin", np.sin, lambda x: ex.call("sin", x))
     _unary("cos", np.cos, lambda x: ex.call("cos", x))
     _unary("silu", lambda x: x / (1.0 + np.exp(-x)), lambda x: x / (ex.call("exp", -x) + 1.0),
@@ -237,6 +239,24 @@ def _register_binary():
     _binary("not_equal", np.not_equal, lambda a, b: ex.binop("ne", a, b), kind="any", result_bool=True)
     _binary("floor_div", _floor_div_np, _floor_div_expr)
     _binary("mod", _mod_np, _mod_expr)
+    _binary("fmod", _fmod_np, _fmod_expr)
+    _binary("logical_and", np.logical_and, lambda a, b: ex.BinOp("and", a, b), kind="bool", result_bool=True)
+    _binary("logical_or", np.logical_or, lambda a, b: ex.BinOp("or", a, b), kind="bool", result_bool=True)
+    _binary("logical_xor", np.logical_xor, lambda a, b: ex.binop("ne", a, b), kind="bool", result_bool=True)
+
+
+def _fmod_np(x, y):
+    """C's fmod: the remainder with the sign of the dividend (0 for a zero integer divisor)."""
+    if np.issubdtype(x.dtype, np.integer):
+        return np.where(y == 0, 0, x - int_div(x, y) * y).astype(x.dtype)
+    return np.fmod(x, y)
+
+
+def _fmod_expr(a, b):
+    if a.dtype.is_float:
+        return ex.binop("mod", a, b)  # frem / fmodf: C's fmod
+    zero = ex.const(0, a.dtype)
+    return ex.select(ex.eq(b, zero), zero, a - (a / b) * b)
 
 
 # ``//`` and ``%`` (Python's operators on tensors): floats use floor(x / y) and
