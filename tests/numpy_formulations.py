@@ -269,13 +269,14 @@ def _py_mod(p, q):
 
 def _arg(pick):
     """First index of the extreme along axis, by Python loops over each line."""
-    def run(x, axis, keepdims=False):
+    def run(x, axis, keepdims=False, select_last=False):
         moved = np.moveaxis(x, axis, -1)
         out = np.empty(moved.shape[:-1], dtype=np.int64)
         for idx in np.ndindex(out.shape):
             line = moved[idx].tolist()
             nan = [k for k, v in enumerate(line) if v != v]
-            out[idx] = nan[0] if nan else line.index(pick(line))
+            hits = nan or [k for k, v in enumerate(line) if v == pick(line)]
+            out[idx] = hits[-1] if select_last else hits[0]
         return np.expand_dims(out, axis) if keepdims else out
     return run
 
@@ -316,6 +317,17 @@ def _topk(x, k, axis=-1, largest=True):
     return np.moveaxis(vals, -1, axis), np.moveaxis(idxs, -1, axis)
 
 
+def _gather_elements(x, indices, axis=0):
+    out = np.empty(indices.shape, dtype=x.dtype)
+    d = x.shape[axis]
+    for i in np.ndindex(indices.shape):
+        j = int(indices[i])
+        src = list(i)
+        src[axis] = j + d if j < 0 else j
+        out[i] = x[tuple(src)]
+    return out
+
+
 FORMULATIONS = {
     **{f"conv{r}d": _conv for r in (1, 2, 3)},
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
@@ -337,7 +349,8 @@ FORMULATIONS = {
     "less_equal": _pairwise(lambda p, q: p <= q), "greater_equal": _pairwise(lambda p, q: p >= q),
     "not_equal": _pairwise(lambda p, q: p != q), "floor": _per_element(math.floor),
     "sin": _per_element(math.sin), "cos": _per_element(math.cos),
-    "argmax": _arg(max), "argmin": _arg(min), "topk": _topk, "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm,
+    "argmax": _arg(max), "argmin": _arg(min), "topk": _topk, "gather_elements": _gather_elements,
+    "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm,
     "silu": _per_element(lambda v: v / (1 + math.exp(-v))),
     "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
     "fmod": _pairwise(lambda p, q: math.fmod(p, q) if isinstance(p, float) else (0 if q == 0 else

@@ -289,7 +289,18 @@ def _gap_case(draw):
 @st.composite
 def _arg_case(draw):
     x = draw(arrays(draw(shapes(1, 3, 1, 6)), draw(numeric_dtypes)))
-    return [x], {"axis": draw(st.integers(-x.ndim, x.ndim - 1)), "keepdims": draw(st.booleans())}
+    return [x], {"axis": draw(st.integers(-x.ndim, x.ndim - 1)), "keepdims": draw(st.booleans()),
+                 "select_last": draw(st.booleans())}
+
+
+@st.composite
+def _gather_elements_case(draw):
+    x = draw(arrays(draw(shapes(1, 3, 1, 5)), draw(numeric_dtypes)))
+    axis = draw(st.integers(0, x.ndim - 1))
+    shape = tuple(draw(st.integers(1, 4)) if k == axis else d for k, d in enumerate(x.shape))
+    d = x.shape[axis]
+    idx = _rng(draw).integers(-d, d, size=shape).astype(draw(st.sampled_from([np.int32, np.int64])))
+    return [x, idx], {"axis": axis}
 
 
 @st.composite
@@ -347,7 +358,7 @@ for _r in (1, 2, 3):
     OP_CASES[f"conv_transpose{_r}d"] = _conv_case(_r, transpose=True)
 OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case(),
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), trilu=_trilu_case(),
-                rms_norm=_rms_norm_case(), topk=_topk_case(),
+                rms_norm=_rms_norm_case(), topk=_topk_case(), gather_elements=_gather_elements_case(),
                 **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")})
 
 

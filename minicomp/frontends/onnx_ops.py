@@ -650,6 +650,38 @@ def _gather(ctx, node):
     return [ctx.op("take", ctx.input(0), ctx.input(1), axis=int(ctx.attr("axis", 0)))]
 
 
+@register_onnx_importer("GatherElements")
+def _gather_elements(ctx, node):
+    return [ctx.op("gather_elements", ctx.input(0), ctx.input(1), axis=int(ctx.attr("axis", 0)))]
+
+
+@register_onnx_importer("Hardmax")
+def _hardmax(ctx, node):
+    """1 at the first maximum along ``axis``, 0 elsewhere."""
+    x = ctx.input(0)
+    axis = int(ctx.attr("axis", -1 if ctx.opset >= 13 else 1)) % max(x.ndim, 1)
+    if ctx.opset < 13:
+        raise UnsupportedError(f"{node.describe()}: Hardmax before opset 13 (over flattened axes) is not supported")
+    best = ctx.op("argmax", x, axis=axis, keepdims=True)
+    positions = ctx.const(np.arange(x.shape[axis], dtype=np.int64).reshape(
+        [x.shape[axis] if k == axis else 1 for k in range(x.ndim)]))
+    return [ctx.op("cast", ctx.op("equal", positions, best), dtype=x.dtype.name)]
+
+
+@register_onnx_importer("LpNormalization")
+def _lp_normalization(ctx, node):
+    x = ctx.input(0)
+    axis, p = int(ctx.attr("axis", -1)), int(ctx.attr("p", 2))
+    if p not in (1, 2):
+        raise UnsupportedError(f"{node.describe()}: p={p}; only the L1 and L2 norms are defined")
+    mag = ctx.op("abs", x) if p == 1 else ctx.op("mul", x, x)
+    norm = ctx.op("sum", mag, axes=[axis], keepdims=True)
+    if p == 2:
+        norm = ctx.op("sqrt", norm)
+    zero = ctx.op("equal", norm, _scalar(ctx, 0.0, x))
+    return [ctx.op("where", zero, _scalar(ctx, 0.0, x), ctx.op("div", x, norm))]
+
+
 # -- constants and shapes ------------------------------------------------------------
 
 
@@ -703,9 +735,8 @@ _simple("Cos", "cos")
 
 def _arg_extreme(op: str):
     def imp(ctx, node):
-        if ctx.attr("select_last_index", 0):
-            raise UnsupportedError(f"{node.describe()}: select_last_index=1 is not supported (the first index is)")
-        return [ctx.op(op, ctx.input(0), axis=int(ctx.attr("axis", 0)), keepdims=bool(ctx.attr("keepdims", 1)))]
+        return [ctx.op(op, ctx.input(0), axis=int(ctx.attr("axis", 0)), keepdims=bool(ctx.attr("keepdims", 1)),
+                       select_last=bool(ctx.attr("select_last_index", 0)))]
     return imp
 
 

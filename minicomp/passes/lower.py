@@ -137,11 +137,13 @@ class _Lowerer:
         # workspace (the schedule may give each shared row its own stack copy).
         buffers: dict[Stage, Buffer] = {s: self.out_bufs[v] for s, v in out_stage.items()}
         workspace: list[Buffer] = []
+        hosted = set()  # output stages already holding one stage: a second would overwrite it
         for s in materialized:
             if s in buffers:
                 continue
             host = self._epilogue_host(s, readers[s], bodies, out_stage)
-            if host is not None:
+            if host is not None and host not in hosted:
+                hosted.add(host)
                 buffers[s] = buffers[host]
                 continue
             b = Buffer(self._fresh(f"{self.name}_ws"), s.shape, accumulator_dtype(s.dtype))

@@ -129,3 +129,16 @@ def test_threads_give_the_same_answer():
     one = model(xs)
     for a, b in zip(one, two):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_two_reductions_read_by_one_output_keep_their_own_buffers(keepdims):
+    """sum(x) / sum(y) fused into one kernel: both sums once wrote into the
+    output's buffer, the second over the first, and the answer was 1.0
+    (found by the ONNX node cases: an expanded NegativeLogLikelihoodLoss)."""
+    g = mc.GraphBuilder()
+    x, y = g.input("x", (3, 4)), g.input("y", (3, 4))
+    axes = [1] if keepdims else [0, 1]
+    g.output(g.sum(x, axes=axes, keepdims=keepdims) / g.max(y, axes=axes, keepdims=keepdims))
+    rng = np.random.default_rng(0)
+    check_graph(g.build(), [rng.uniform(1, 2, (3, 4)).astype(np.float32), rng.uniform(1, 2, (3, 4)).astype(np.float32)])

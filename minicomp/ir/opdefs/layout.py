@@ -445,3 +445,43 @@ register_op(OpDef(
     _trilu_compute, attrs={"k": 0, "upper": True},
     doc="The upper (``upper``) or lower triangle of the last two axes from diagonal ``k``; zeros elsewhere.",
 ))
+
+
+# -- gather_elements ------------------------------------------------------------------------
+
+
+def _gather_elements_infer(types, a):
+    x, idx = types
+    if not idx.dtype.is_int:
+        raise ShapeError(f"indices must be int32 or int64, got {idx.dtype.name}")
+    if idx.rank != x.rank:
+        raise ShapeError(f"indices have rank {idx.rank}, x has rank {x.rank}; they must match")
+    if x.shape[a["axis"]] == 0 and idx.size:
+        raise ShapeError(f"cannot gather from axis {a['axis']} of size 0")
+    return [TensorType(idx.shape, x.dtype)]
+
+
+def _gather_elements_compute(x, indices, axis):
+    d = x.shape[axis]
+
+    def fn(*i):
+        raw = ex.cast(dtypes.int64, indices[i])
+        j = ex.select(ex.lt(raw, 0), raw + d, raw)
+        j = ex.minimum(ex.maximum(j, 0), d - 1)  # out-of-range indices clamp, as take's do
+        return x[tuple(j if k == axis else i[k] for k in range(len(i)))]
+
+    return compute(indices.shape, fn, "gather_elements")
+
+
+def _gather_elements_np(x, indices, axis):
+    d = x.shape[axis]
+    idx = np.clip(np.where(indices < 0, indices + d, indices), 0, max(d - 1, 0)).astype(np.int64)
+    return np.take_along_axis(x, idx, axis=axis)
+
+
+register_op(OpDef(
+    "gather_elements", _gather_elements_infer, _gather_elements_np, _gather_elements_compute,
+    attrs={"axis": 0}, normalize=normalize_axis_attr, num_inputs=2, check_constants=_take_check,
+    doc="out[i] = x[i with its ``axis`` coordinate replaced by indices[i]] (ONNX GatherElements; negative "
+        "indices count from the end; constant indices out of range are refused, others clamp).",
+))

@@ -115,9 +115,10 @@ def _arg_infer(types, a):
 
 
 def _arg_compute(op):
-    """The first index of the extreme along ``axis``: the extreme by one
-    reduction, then the least index holding it (or holding a NaN, as numpy)."""
-    def comp(x, axis, keepdims):
+    """The first (or, with ``select_last``, the last) index of the extreme along
+    ``axis``: the extreme by one reduction, then the least (greatest) index
+    holding it (or holding a NaN, as numpy)."""
+    def comp(x, axis, keepdims, select_last=False):
         extreme = reduce_stage(op, x, (axis,), True, f"arg{op}_value")
         n = x.shape[axis]
         r, _ = raxis = reduce_axis(n, "r")
@@ -130,6 +131,8 @@ def _arg_compute(op):
             hit = ex.eq(v, extreme[best])
             if x.dtype.is_float:
                 hit = ex.BinOp("or", hit, ex.binop("ne", v, v))
+            if select_last:
+                return reduce("max", ex.select(hit, r, ex.const(-1, dtypes.int64)), [raxis])
             return reduce("min", ex.select(hit, r, ex.const(n, dtypes.int64)), [raxis])
 
         return compute(reduced_shape(x.shape, (axis,), keepdims), fn, f"arg{op}")
@@ -137,16 +140,20 @@ def _arg_compute(op):
 
 
 def _arg_np(fn):
-    def reference(x, axis, keepdims):
-        out = fn(x, axis=axis)
+    def reference(x, axis, keepdims, select_last=False):
+        if select_last:  # numpy picks the first: flip the axis and map the index back
+            out = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+        else:
+            out = fn(x, axis=axis)
         return (np.expand_dims(out, axis) if keepdims else np.asarray(out)).astype(np.int64)
     return reference
 
 
 for _name, _op, _fn in (("argmax", "max", np.argmax), ("argmin", "min", np.argmin)):
-    register_op(OpDef(_name, _arg_infer, _arg_np(_fn), _arg_compute(_op), attrs={"axis": 0, "keepdims": False},
-                      normalize=normalize_axis_attr,
-                      doc=f"The first index of the {_op}imum along ``axis`` (int64; NaN counts as the extreme)."))
+    register_op(OpDef(_name, _arg_infer, _arg_np(_fn), _arg_compute(_op),
+                      attrs={"axis": 0, "keepdims": False, "select_last": False}, normalize=normalize_axis_attr,
+                      doc=f"The first (``select_last``: last) index of the {_op}imum along ``axis`` (int64; NaN "
+                          f"counts as the extreme)."))
 
 
 def _cumsum_compute(x, axis, exclusive, reverse):
