@@ -795,3 +795,46 @@ _simple("Not", "logical_not")
 @register_onnx_importer("CastLike")
 def _cast_like(ctx, node):
     return [ctx.op("cast", ctx.input(0), dtype=ctx.input(1).dtype.name)]
+
+
+# -- losses -------------------------------------------------------------------------------------
+
+
+def _nll(ctx, log_prob, target, weight, reduction: str, ignore_index):
+    """NegativeLogLikelihoodLoss from builder ops: gather each sample's class
+    log-probability, weight it, drop ignored targets, reduce."""
+    if reduction not in ("none", "sum", "mean"):
+        raise UnsupportedError(f"{ctx.node.describe()}: unknown reduction {reduction!r}")
+    t = ctx.op("unsqueeze", target, axes=[1])
+    mask = None
+    if ignore_index is not None:
+        mask = ctx.op("equal", t, ctx.const(np.array(ignore_index, dtype=target.dtype.numpy)))
+        t = ctx.op("where", mask, ctx.const(np.array(0, dtype=target.dtype.numpy)), t)
+    picked = ctx.op("squeeze", ctx.op("gather_elements", log_prob, t, axis=1), axes=[1])
+    loss = ctx.op("neg", picked)
+    flat_t = ctx.op("squeeze", t, axes=[1])
+    w = ctx.op("take", weight, flat_t, axis=0) if weight is not None else \
+        ctx.op("broadcast_to", _scalar(ctx, 1.0, log_prob), shape=loss.shape)
+    if mask is not None:
+        keep = ctx.op("logical_not", ctx.op("squeeze", mask, axes=[1]))
+        w = ctx.op("where", keep, w, _scalar(ctx, 0.0, log_prob))
+    loss = ctx.op("mul", loss, w)
+    if reduction == "none":
+        return loss
+    total = ctx.op("sum", loss, axes=None, keepdims=False)
+    if reduction == "sum":
+        return total
+    return ctx.op("div", total, ctx.op("sum", w, axes=None, keepdims=False))
+
+
+@register_onnx_importer("NegativeLogLikelihoodLoss")
+def _nll_loss(ctx, node):
+    return [_nll(ctx, ctx.input(0), ctx.input(1), ctx.input(2), ctx.attr("reduction", "mean"),
+                 ctx.attr("ignore_index"))]
+
+
+@register_onnx_importer("SoftmaxCrossEntropyLoss")
+def _softmax_cross_entropy(ctx, node):
+    log_prob = ctx.op("log_softmax", ctx.input(0), axis=1)
+    loss = _nll(ctx, log_prob, ctx.input(1), ctx.input(2), ctx.attr("reduction", "mean"), ctx.attr("ignore_index"))
+    return [loss, log_prob] if len(node.outputs) > 1 and node.outputs[1] else [loss]
