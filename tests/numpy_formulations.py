@@ -328,6 +328,46 @@ def _gather_elements(x, indices, axis=0):
     return out
 
 
+def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel", nearest_mode="round_prefer_floor"):
+    """Per output element, per axis, in Python floats (ONNX's formulas)."""
+    scales = scales or [m / n for m, n in zip(sizes, x.shape)]
+
+    def source(i, n, m, s):
+        if coordinate_mode == "align_corners":
+            return i * (n - 1) / (n * s - 1) if n * s > 1 else 0.0
+        if coordinate_mode == "asymmetric":
+            return i / s
+        if coordinate_mode == "tf_half_pixel_for_nn":
+            return (i + 0.5) / s
+        if coordinate_mode == "pytorch_half_pixel" and m == 1:
+            return 0.0
+        return (i + 0.5) / s - 0.5
+
+    def near(v):
+        return {"floor": math.floor, "ceil": math.ceil, "round_prefer_floor": lambda t: math.ceil(t - 0.5),
+                "round_prefer_ceil": lambda t: math.floor(t + 0.5)}[nearest_mode](v)
+
+    out = np.empty(sizes)
+    xd = x.astype(np.float64)
+    for o in np.ndindex(*sizes):
+        corners = [((), 1.0)]
+        for k, (i, n, m) in enumerate(zip(o, x.shape, sizes)):
+            if n == m and scales[k] == 1.0:
+                corners = [(c + (i,), w) for c, w in corners]
+                continue
+            src = source(i, n, m, scales[k])
+            if mode == "nearest":
+                corners = [(c + (min(max(near(src), 0), n - 1),), w) for c, w in corners]
+            else:
+                src = max(src, 0.0)
+                lo = math.floor(src)
+                f = src - lo
+                corners = [(c + (min(lo, n - 1),), w * (1 - f)) for c, w in corners] + \
+                          [(c + (min(lo + 1, n - 1),), w * f) for c, w in corners]
+        out[o] = sum(w * xd[c] for c, w in corners)
+    return out
+
+
 FORMULATIONS = {
     **{f"conv{r}d": _conv for r in (1, 2, 3)},
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
@@ -350,7 +390,7 @@ FORMULATIONS = {
     "not_equal": _pairwise(lambda p, q: p != q), "floor": _per_element(math.floor),
     "sin": _per_element(math.sin), "cos": _per_element(math.cos),
     "argmax": _arg(max), "argmin": _arg(min), "topk": _topk, "gather_elements": _gather_elements,
-    "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm,
+    "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm, "resize": _resize,
     "silu": _per_element(lambda v: v / (1 + math.exp(-v))),
     "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
     "fmod": _pairwise(lambda p, q: math.fmod(p, q) if isinstance(p, float) else (0 if q == 0 else

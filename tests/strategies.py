@@ -340,6 +340,16 @@ def _topk_case(draw):
     return [x], {"k": draw(st.integers(0, x.shape[axis])), "axis": axis, "largest": draw(st.booleans())}
 
 
+@st.composite
+def _resize_case(draw):
+    x = draw(arrays(draw(shapes(1, 4, 1, 5)), draw(float_dtypes)))
+    sizes = [draw(st.integers(1, 7)) if k >= x.ndim - 2 else d for k, d in enumerate(x.shape)]
+    return [x], {"sizes": sizes, "mode": draw(st.sampled_from(["nearest", "linear"])),
+                 "coordinate_mode": draw(st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
+                                                          "asymmetric", "tf_half_pixel_for_nn"])),
+                 "nearest_mode": draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))}
+
+
 OP_CASES = {}
 for _op in list(UNARY_FLOAT) + list(UNARY_NUMERIC):
     OP_CASES[_op] = _unary_case(_op)
@@ -359,6 +369,7 @@ for _r in (1, 2, 3):
 OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case(),
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), trilu=_trilu_case(),
                 rms_norm=_rms_norm_case(), topk=_topk_case(), gather_elements=_gather_elements_case(),
+                resize=_resize_case(),
                 **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")})
 
 

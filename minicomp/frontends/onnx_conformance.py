@@ -4,8 +4,8 @@
 inputs, expected outputs and tolerances for every operator case (the suite
 ONNX Runtime and TVM report against). Each case is imported with its
 inputs' shapes; when the import needs the value of an input (a target shape,
-axes, a count), the integer inputs are bound as constants and it is tried
-again. It is compiled for llvm, run, and compared at the case's rtol/atol.
+axes, a count, scales), the integer inputs are bound as constants and it is
+tried again, then every input but the first. It is compiled for llvm, run, and compared at the case's rtol/atol.
 
 Outcomes: ``pass``; ``excluded`` (a category minicomp does not compile, with
 its reason); ``error`` (a clean MinicompError: a missing op or dtype);
@@ -92,14 +92,22 @@ def _array(x):
 
 
 def _import(model, feeds: dict, first: str):
+    """Import with the inputs' shapes; when that needs an input's value, bind
+    the integer inputs as constants, then (scales, say) every input but the first."""
     try:
         return mc.from_onnx(model, shapes={n: a.shape for n, a in feeds.items()}), {}
-    except mc.MinicompError:
-        bound = {n: a for n, a in feeds.items() if a.dtype.kind in "iu" and n != first}
+    except mc.MinicompError as exc:
+        error = exc
+    for pick in (lambda n, a: a.dtype.kind in "iu" and n != first, lambda n, a: n != first):
+        bound = {n: a for n, a in feeds.items() if pick(n, a)}
         if not bound:
-            raise
+            continue
         shapes = {n: a.shape for n, a in feeds.items() if n not in bound}
-        return mc.from_onnx(model, shapes=shapes, constants=bound), bound
+        try:
+            return mc.from_onnx(model, shapes=shapes, constants=bound), bound
+        except mc.MinicompError as exc:
+            error = exc
+    raise error
 
 
 def run_case(case) -> CaseResult:

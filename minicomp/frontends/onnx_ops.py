@@ -838,3 +838,36 @@ def _softmax_cross_entropy(ctx, node):
     log_prob = ctx.op("log_softmax", ctx.input(0), axis=1)
     loss = _nll(ctx, log_prob, ctx.input(1), ctx.input(2), ctx.attr("reduction", "mean"), ctx.attr("ignore_index"))
     return [loss, log_prob] if len(node.outputs) > 1 and node.outputs[1] else [loss]
+
+
+@register_onnx_importer("Resize")
+def _resize(ctx, node):
+    x = ctx.input(0)
+    if ctx.opset < 11:
+        raise UnsupportedError(f"{node.describe()}: Resize before opset 11 is not supported")
+    mode = ctx.attr("mode", "nearest")
+    coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if mode == "cubic" or coord in ("tf_crop_and_resize", "half_pixel_symmetric") or ctx.attr("antialias", 0):
+        raise UnsupportedError(f"{node.describe()}: mode {mode!r}, coordinate mode {coord!r} and antialias are not "
+                               f"supported (nearest and linear are)")
+    if ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedError(f"{node.describe()}: keep_aspect_ratio_policy other than stretch is not supported")
+    axes = ctx.attr("axes")
+    axes = [int(a) % x.ndim for a in axes] if axes is not None else list(range(x.ndim))
+    scales_in = ctx.constant(2) if ctx.input(2) is not None else None
+    sizes_in = ctx.constant(3) if ctx.input(3) is not None else None
+    if ctx.input(2) is not None and scales_in is None or ctx.input(3) is not None and sizes_in is None:
+        raise UnsupportedError(f"{node.describe()}: scales and sizes must be constants known at import time")
+    scales, sizes = [1.0] * x.ndim, list(x.shape)
+    if sizes_in is not None and sizes_in.size:
+        for a, s in zip(axes, sizes_in.reshape(-1)):
+            sizes[a] = int(s)
+            scales[a] = sizes[a] / x.shape[a] if x.shape[a] else 1.0
+    elif scales_in is not None and scales_in.size:
+        for a, s in zip(axes, scales_in.reshape(-1)):
+            scales[a] = float(s)
+            sizes[a] = int(np.floor(x.shape[a] * float(s)))
+    else:
+        raise UnsupportedError(f"{node.describe()}: Resize needs scales or sizes")
+    return [ctx.op("resize", x, sizes=sizes, scales=scales, mode=mode, coordinate_mode=coord,
+                   nearest_mode=ctx.attr("nearest_mode", "round_prefer_floor"))]

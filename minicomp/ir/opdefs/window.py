@@ -18,10 +18,11 @@ import itertools
 import numpy as np
 
 from minicomp.errors import ShapeError
+from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import compute, reduce, reduce_axis, reduce_identity
 from minicomp.ir.graph import TensorType
-from minicomp.ir.ops import OpDef, register_op
+from minicomp.ir.ops import REQUIRED, OpDef, register_op
 
 
 def _tuple(v, n: int, name: str) -> tuple[int, ...]:
@@ -450,4 +451,137 @@ register_op(OpDef(
     "global_avg_pool", _gap_infer,
     lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float64).astype(x.dtype),
     _gap_compute, doc="Mean over every spatial axis, keeping them as size 1.",
+))
+
+
+# -- resize ---------------------------------------------------------------------------------
+
+RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
+RESIZE_NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def _resize_normalize(types, a):
+    x = types[0]
+    sizes = tuple(int(d) for d in a["sizes"])
+    if len(sizes) != x.rank or min(sizes, default=1) < 1:
+        raise ShapeError(f"sizes {list(sizes)} must give every one of the {x.rank} axes a length >= 1")
+    scales = tuple(float(v) for v in (a["scales"] or [out / inp if inp else 1.0 for out, inp in zip(sizes, x.shape)]))
+    if len(scales) != x.rank or min(scales, default=1.0) <= 0:
+        raise ShapeError(f"scales {list(scales)} must be one positive number per axis")
+    if a["mode"] not in ("nearest", "linear"):
+        raise ShapeError(f"mode {a['mode']!r}: nearest and linear are supported")
+    if a["coordinate_mode"] not in RESIZE_COORDS:
+        raise ShapeError(f"coordinate mode {a['coordinate_mode']!r}: one of {', '.join(RESIZE_COORDS)}")
+    if a["nearest_mode"] not in RESIZE_NEAREST:
+        raise ShapeError(f"nearest mode {a['nearest_mode']!r}: one of {', '.join(RESIZE_NEAREST)}")
+    a["sizes"], a["scales"] = sizes, scales
+    return a
+
+
+def _source_coordinate(i, out_len: int, in_len: int, scale: float, mode: str):
+    """Where output index ``i`` samples the input (float64), by ONNX's coordinate transformation."""
+    f = ex.cast(dtypes.float64, i)
+    c = lambda v: ex.const(v, dtypes.float64)  # noqa: E731
+    if mode == "align_corners":  # ONNX uses the unrounded resized length, in_len * scale
+        resized = in_len * scale
+        return f * c((in_len - 1) / (resized - 1)) if resized > 1 else c(0.0)
+    if mode == "asymmetric":
+        return f / c(scale)
+    if mode == "tf_half_pixel_for_nn":
+        return (f + c(0.5)) / c(scale)
+    if mode == "pytorch_half_pixel" and out_len == 1:
+        return c(0.0)
+    return (f + c(0.5)) / c(scale) - c(0.5)  # half_pixel (and pytorch_half_pixel for longer axes)
+
+
+def _clamp_index(v, n: int):
+    return ex.minimum(ex.maximum(ex.cast(dtypes.int64, v), ex.const(0, dtypes.int64)), ex.const(n - 1, dtypes.int64))
+
+
+def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode):
+    axes = [k for k in range(len(sizes)) if sizes[k] != x.shape[k] or scales[k] != 1.0]
+
+    def fn(*i):
+        if mode == "nearest":
+            idx = list(i)
+            for k in axes:
+                src = _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode)
+                half = ex.const(0.5, dtypes.float64)
+                pick = {"floor": lambda v: ex.call("floor", v),
+                        "ceil": lambda v: -ex.call("floor", -v),
+                        "round_prefer_floor": lambda v: -ex.call("floor", half - v),
+                        "round_prefer_ceil": lambda v: ex.call("floor", v + half)}[nearest_mode](src)
+                idx[k] = _clamp_index(pick, x.shape[k])
+            return x[tuple(idx)]
+        # linear: a weighted sum over the 2^k corners around the source point
+        corners = [(list(i), ex.const(1.0, dtypes.float64))]
+        for k in axes:
+            src = _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode)
+            src = ex.maximum(src, ex.const(0.0, dtypes.float64))
+            low = ex.call("floor", src)
+            frac = src - low
+            lo = _clamp_index(low, x.shape[k])
+            hi = _clamp_index(low + ex.const(1.0, dtypes.float64), x.shape[k])
+            grown = []
+            for idx, w in corners:
+                grown.append((idx[:k] + [lo] + idx[k + 1:], w * (ex.const(1.0, dtypes.float64) - frac)))
+                grown.append((idx[:k] + [hi] + idx[k + 1:], w * frac))
+            corners = grown
+        total = None
+        for idx, w in corners:
+            term = ex.cast(dtypes.float64, x[tuple(idx)]) * w
+            total = term if total is None else total + term
+        return ex.cast(x.dtype, total)
+
+    return compute(sizes, fn, "resize")
+
+
+def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode):
+    out = x.astype(np.float64)
+    for k in range(x.ndim):
+        n, m = x.shape[k], sizes[k]
+        if n == m and scales[k] == 1.0:
+            continue
+        i = np.arange(m, dtype=np.float64)
+        if coordinate_mode == "align_corners":
+            resized = n * scales[k]
+            src = i * ((n - 1) / (resized - 1)) if resized > 1 else np.zeros(m)
+        elif coordinate_mode == "asymmetric":
+            src = i / scales[k]
+        elif coordinate_mode == "tf_half_pixel_for_nn":
+            src = (i + 0.5) / scales[k]
+        elif coordinate_mode == "pytorch_half_pixel" and m == 1:
+            src = np.zeros(m)
+        else:
+            src = (i + 0.5) / scales[k] - 0.5
+        if mode == "nearest":
+            pick = {"floor": np.floor, "ceil": np.ceil, "round_prefer_floor": lambda v: np.ceil(v - 0.5),
+                    "round_prefer_ceil": lambda v: np.floor(v + 0.5)}[nearest_mode](src)
+            out = np.take(out, np.clip(pick, 0, n - 1).astype(np.int64), axis=k)
+        else:
+            src = np.maximum(src, 0.0)
+            low = np.floor(src)
+            frac = src - low
+            lo = np.clip(low, 0, n - 1).astype(np.int64)
+            hi = np.clip(low + 1, 0, n - 1).astype(np.int64)
+            shape = [1] * x.ndim
+            shape[k] = m
+            frac = frac.reshape(shape)
+            out = np.take(out, lo, axis=k) * (1 - frac) + np.take(out, hi, axis=k) * frac
+    return out.astype(x.dtype)
+
+
+def _resize_infer(types, a):
+    if not types[0].dtype.is_float and a["mode"] == "linear":
+        raise ShapeError("linear resize needs a float input")
+    return [TensorType(a["sizes"], types[0].dtype)]
+
+
+register_op(OpDef(
+    "resize", _resize_infer, _resize_np, _resize_compute,
+    attrs={"sizes": REQUIRED, "scales": None, "mode": "nearest", "coordinate_mode": "half_pixel",
+           "nearest_mode": "round_prefer_floor"},
+    normalize=_resize_normalize,
+    doc="Resize to ``sizes`` by nearest or (multi)linear sampling, with ONNX's coordinate transformations "
+        "(half_pixel, pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn).",
 ))
