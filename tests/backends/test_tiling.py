@@ -48,3 +48,17 @@ def test_batched_matmul_and_transposed_operand():
     g.output(g.softmax(q @ k.transpose(0, 1, 3, 2), axis=-1))
     compiled_matches(g.build(), [rng.standard_normal((2, 3, 19, 16)).astype(np.float32),
                                  rng.standard_normal((2, 3, 19, 16)).astype(np.float32)], expect_tiles=False)
+
+
+def test_batch_one_matrix_vector_products_split_columns_over_threads():
+    """A classifier layer (one row of outputs): each thread streams its half of the weights."""
+    rng = np.random.default_rng(0)
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 512))
+    w = g.constant(rng.standard_normal((512, 1024)).astype(np.float32))
+    g.output(g.relu(x @ w))
+    graph = g.build()
+    model = mc.compile(graph, num_threads=2)
+    assert "parallel(i0.o)" in model.stages["loops"]
+    xs = rng.standard_normal((1, 512)).astype(np.float32)
+    np.testing.assert_allclose(model(xs)[0], mc.run_reference(graph, xs)[0], rtol=1e-4, atol=1e-4)

@@ -29,8 +29,10 @@ enough work, and innermost serial loops are vectorized.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
+from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import Allocate, For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
 from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, flat_stride, spatial_innermost, tile_axis
@@ -206,11 +208,30 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int):
     rows_axis = tile_axis(term, buf.dtype, inner, axes)
     if rows_axis is None or chain[-1].var is not inner:
         k = apply_step(k, DecomposeReduction(chain[-1].var.name))
-        return apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,))), None
+        k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,)))
+        if len(chain) == 1:
+            k = _split_columns_over_threads(k, chain[0], rs, threads, target)
+        return k, None
     blocks = cache_blocks(target, chain, rows_axis, rs, buf.dtype, threads)
     if blocks is not None:
         return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target), None
     return _register_tiles(k, chain, rows_axis, buf, target), buf
+
+
+def _split_columns_over_threads(k: Kernel, lp: For, rs, threads: int, target) -> Kernel:
+    """A matrix-vector product (one row of outputs, the reduction outside the
+    columns): give each thread an equal block of columns, outside the
+    reduction, so that both cores stream the weights (batch-1 classifiers)."""
+    n = lp.extent
+    lanes = target.vector_lanes(dtypes.float32)
+    work = n * math.prod(r.extent for r in rs)
+    if threads < 2 or n % threads or (n // threads) % lanes or work < MIN_PARALLEL_WORK:
+        return k
+    name = lp.var.name
+    k = apply_step(k, Split(name, n // threads))
+    k = apply_step(k, Reorder((f"{name}.o",) + tuple(r.var.name for r in rs)))
+    k = apply_step(k, Parallel(f"{name}.o"))
+    return apply_step(k, Vectorize(f"{name}.i"))
 
 
 def _right_operand(k, rname: str, out) -> str | None:
