@@ -35,6 +35,8 @@ from minicomp.ir.loops import (
     Stmt,
     Store,
     loops,
+    stmt_exprs,
+    top_statements,
     walk_stmts,
 )
 
@@ -102,11 +104,6 @@ class Launch:
         return self.block[0] * self.block[1] * self.block[2]
 
 
-def top_statements(body: Stmt) -> list[Stmt]:
-    """The statements a kernel runs in order (each is one launch)."""
-    return list(body.stmts) if isinstance(body, Seq) else [body]
-
-
 def launch_dims(s: Stmt) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """Grid and block sizes: per axis, the longest loop bound to it."""
     grid, block = [1, 1, 1], [1, 1, 1]
@@ -123,18 +120,10 @@ def _uses_sync(s: Stmt) -> bool:
     for st in walk_stmts(s):
         if isinstance(st, Barrier):
             return True
-        for e in _exprs(st):
+        for e in stmt_exprs(st):
             if any(isinstance(n, ex.Call) and n.fn in GPU_CALLS for n in ex.walk(e)):
                 return True
     return False
-
-
-def _exprs(st: Stmt) -> list[ex.Expr]:
-    if isinstance(st, Store):
-        return [*st.indices, st.value]
-    if isinstance(st, If):
-        return [st.cond]
-    return []
 
 
 def _buffers_used(s: Stmt, params: list[Buffer]) -> list[Buffer]:
@@ -142,7 +131,7 @@ def _buffers_used(s: Stmt, params: list[Buffer]) -> list[Buffer]:
     for st in walk_stmts(s):
         if isinstance(st, Store):
             used.add(st.buffer)
-        for e in _exprs(st):
+        for e in stmt_exprs(st):
             used.update(n.tensor for n in ex.walk(e) if isinstance(n, ex.Load))
     return [b for b in params if b in used]
 

@@ -21,7 +21,7 @@ from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.dtypes import DType
-from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store
+from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store, top_statements
 
 # Fast-math flags. Every float operation may contract into an FMA and ignore
 # the sign of zero; only the combining operation of an accumulation
@@ -462,7 +462,7 @@ def emit_kernel(module: Module, kernel: Kernel) -> str:
     fn = FunctionGen(module, fname)
     for k, b in enumerate(params):
         fn.ptrs[b] = f"%arg{k}"
-    tops = kernel.body.stmts if isinstance(kernel.body, Seq) else [kernel.body]
+    tops = top_statements(kernel.body)
     n_par = 0
     for top in tops:
         if isinstance(top, For) and top.kind == "parallel":

@@ -27,6 +27,7 @@ from minicomp.ir.loops import (
     Store,
     only_stores,
     stmt_children,
+    top_statements,
     walk_stmts,
 )
 
@@ -46,7 +47,7 @@ class _Verifier:
         raise VerifyError(f"kernel {self.k.name}: {message}")
 
     def run(self):
-        tops = self.k.body.stmts if isinstance(self.k.body, Seq) else [self.k.body]
+        tops = top_statements(self.k.body)
         for top in tops:
             if isinstance(top, For) and top.kind == "parallel" and self.gpu:
                 self.fail(f"loop {top.var.name} is parallel: a GPU kernel binds loops to blocks and threads")

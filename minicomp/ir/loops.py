@@ -156,6 +156,11 @@ def stmt_exprs(s: Stmt) -> list[ex.Expr]:
     return []
 
 
+def top_statements(body: Stmt) -> list[Stmt]:
+    """The statements a body runs one after another (a kernel's top-level nests)."""
+    return list(body.stmts) if isinstance(body, Seq) else [body]
+
+
 def only_stores(s: Stmt) -> bool:
     """Is ``s`` nothing but stores (what a ``simd`` loop may hold as its lanes)?"""
     return all(isinstance(c, (Store, Seq)) for c in walk_stmts(s))

@@ -34,7 +34,18 @@ from dataclasses import replace
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
-from minicomp.ir.loops import Allocate, For, Kernel, Seq, Stmt, Store, loops, stmt_children, walk_stmts
+from minicomp.ir.loops import (
+    Allocate,
+    For,
+    Kernel,
+    Seq,
+    Stmt,
+    Store,
+    loops,
+    stmt_children,
+    top_statements,
+    walk_stmts,
+)
 from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, flat_stride, spatial_innermost, tile_axis
 from minicomp.passes.schedules.buffer_steps import split_init
 from minicomp.passes.schedules.primitives import (
@@ -138,7 +149,7 @@ def _on_part(k: Kernel, root: str, fn):
     tops = list(k.body.stmts) if isinstance(k.body, Seq) else [k.body]
     at = next(i for i, t in enumerate(tops) if find_loop(t, root) is not None)
     part, extra = fn(replace(k, body=tops[at], schedule=[]))
-    new = part.body.stmts if isinstance(part.body, Seq) else [part.body]
+    new = top_statements(part.body)
     tops = tops[:at] + list(new) + tops[at + 1:]
     body = tops[0] if len(tops) == 1 else Seq(tops)
     return replace(k, body=body, inputs=part.inputs, packs=part.packs, schedule=k.schedule + part.schedule), extra
@@ -406,10 +417,6 @@ def _inline_epilogue(k: Kernel, buf) -> Kernel:
 
 # -- threads and vectors -----------------------------------------------------------
 
-def _top_nests(body: Stmt) -> list[Stmt]:
-    return list(body.stmts) if isinstance(body, Seq) else [body]
-
-
 def _iterations(s: Stmt) -> int:
     """Rough count of innermost iterations under ``s``."""
     if isinstance(s, For):
@@ -431,7 +438,7 @@ def _parallelize(k: Kernel, num_threads: int) -> Kernel:
     """Fuse outer spatial loops until there is enough parallelism, run the
     outermost loop in parallel when the nest has enough work, and vectorize
     every innermost serial loop."""
-    for nest in _top_nests(k.body):
+    for nest in top_statements(k.body):
         if not isinstance(nest, For) or nest.kind != "serial":
             continue
         name, extent, inner = nest.var.name, nest.extent, nest.body

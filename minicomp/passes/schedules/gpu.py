@@ -39,6 +39,7 @@ from minicomp.ir.loops import (
     loops,
     only_stores,
     seq,
+    top_statements,
     walk_stmts,
 )
 from minicomp.passes.schedules.analysis import flat_stride
@@ -55,7 +56,7 @@ ROWS_FOR_THREADS = 16384  # rows enough to fill an H100 (132 SMs x 4 x 32) with 
 def gpu_schedule(kernel: Kernel, target) -> Kernel:
     """Map every top-level nest of ``kernel`` to blocks and threads (see the module docs)."""
     gpu = target.gpu
-    tops = list(kernel.body.stmts) if isinstance(kernel.body, Seq) else [kernel.body]
+    tops = top_statements(kernel.body)
     notes, contractions = list(kernel.notes), []
     new_tops = []
     for top in tops:
@@ -64,12 +65,12 @@ def gpu_schedule(kernel: Kernel, target) -> Kernel:
             stmt, note, buf = tiled
             new_tops.append(stmt)
             notes.append(note)
-            contractions.append((len(new_tops) - 1, buf))
+            contractions.append(buf)
         else:
             new_tops.append(top)
     k = replace(kernel, body=seq(*new_tops), notes=notes)
-    k = _inline_epilogues(k, contractions, tops)
-    tops = list(k.body.stmts) if isinstance(k.body, Seq) else [k.body]
+    k = _inline_epilogues(k, contractions)
+    tops = top_statements(k.body)
     out = []
     for n, top in enumerate(tops):
         if _is_mapped(top):
@@ -101,11 +102,11 @@ def _is_mapped(s: Stmt) -> bool:
     return any(lp.kind.startswith(("blockIdx", "threadIdx")) for lp in loops(s))
 
 
-def _inline_epilogues(k: Kernel, contractions, original_tops) -> Kernel:
+def _inline_epilogues(k: Kernel, outputs) -> Kernel:
     """Fold elementwise nests that update a contraction's output in place into its final stores."""
-    for _, buf in contractions:
+    for buf in outputs:
         while True:
-            tops = list(k.body.stmts) if isinstance(k.body, Seq) else [k.body]
+            tops = top_statements(k.body)
             pos = next((i for i, t in enumerate(tops) if _writes(t, buf) and _is_mapped(t)), None)
             if pos is None or pos + 1 >= len(tops):
                 break

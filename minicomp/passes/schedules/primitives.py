@@ -50,11 +50,11 @@ from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
     For,
     Kernel,
-    Seq,
     Store,
     loops,
     only_stores,
     seq,
+    top_statements,
     walk_stmts,
 )
 from minicomp.passes.schedules.buffer_steps import (
@@ -228,7 +228,7 @@ class Parallel(Step):
     name = "parallel"
 
     def apply(self, kernel, names):
-        tops = kernel.body.stmts if isinstance(kernel.body, Seq) else [kernel.body]
+        tops = top_statements(kernel.body)
         if not any(isinstance(t, For) and t.var.name == self.loop for t in tops):
             self.find(kernel, self.loop)
             self.fail(kernel, f"parallel loop {self.loop} must be at the top level")
