@@ -46,12 +46,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` in C order (0-d arrays stay 0-d, unlike ``np.ascontiguousarray``)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+def bind_host_io(table, slots: dict, graph: Graph, env: dict) -> dict:
+    """Point ``table`` at the input arrays of ``env`` and at new arrays for the
+    outputs the kernels write; returns those output arrays by value."""
+    for v, a in env.items():
+        table[slots[v]] = a.ctypes.data
+    outs = {}
+    for v in dict.fromkeys(graph.outputs):
+        if v in slots and v not in env and v not in graph.constants:
+            outs[v] = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
+            table[slots[v]] = outs[v].ctypes.data
+    return outs
+
+
 def host_buffers(table, slots: dict, constants: dict, plan: MemoryPlan):
     """Point ``table``'s slots at the constants and at the planned buffers in
     one new, aligned arena; returns what must stay alive (the arrays, the arena)."""
     keep = []
     for v, arr in constants.items():
-        arr = arr if arr.flags.c_contiguous else arr.copy(order="C")
+        arr = contiguous(arr)
         keep.append(arr)
         table[slots[v]] = arr.ctypes.data
     arena = allocate(plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
@@ -148,15 +166,7 @@ class CompiledModel:
         return self._collect(env, outs)
 
     def _prepare(self, env) -> dict[Value, np.ndarray]:
-        for v, a in env.items():
-            self._table[self._slots[v]] = a.ctypes.data
-        outs = {}
-        for v in self._output_values:
-            if v in self._slots and v not in env and v not in self.graph.constants:
-                arr = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
-                outs[v] = arr
-                self._table[self._slots[v]] = arr.ctypes.data
-        return outs
+        return bind_host_io(self._table, self._slots, self.graph, env)
 
     def _collect(self, env, outs) -> list[np.ndarray]:
         result, seen = [], set()

@@ -23,7 +23,7 @@ from minicomp.backends.reference import bind_inputs
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
 from minicomp.passes.memory import buffer_slots
-from minicomp.runtime import CompiledModel, allocate, host_buffers
+from minicomp.runtime import CompiledModel, bind_host_io, contiguous, host_buffers
 
 DEVICES = ("gpu", "emu")
 INSTALL_HINT = ('pip install -e ".[cuda]" on a machine with the CUDA toolkit (nvcc) and an NVIDIA driver, '
@@ -111,11 +111,6 @@ class CudaModel(CompiledModel):
                 f"{len(self.launches)} launches>")
 
 
-def contiguous(a: np.ndarray) -> np.ndarray:
-    """``a`` in C order (0-d arrays stay 0-d, unlike ``np.ascontiguousarray``)."""
-    return a if a.flags.c_contiguous else a.copy(order="C")
-
-
 class HostMemory:
     """Buffers in host memory for cuda-emu: constants, one arena, inputs and outputs."""
 
@@ -127,15 +122,7 @@ class HostMemory:
 
     def _bind(self, env) -> dict:
         env = {v: contiguous(a) for v, a in env.items()}
-        ex, graph = self.model.executable, self.model.graph
-        for v, a in env.items():
-            self.table[ex.slots[v]] = a.ctypes.data
-        outs = {}
-        for v in dict.fromkeys(graph.outputs):
-            if v in ex.slots and v not in env and v not in graph.constants:
-                outs[v] = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
-                self.table[ex.slots[v]] = outs[v].ctypes.data
-        return env, outs
+        return env, bind_host_io(self.table, self.model.executable.slots, self.model.graph, env)
 
     def run(self, env) -> list[np.ndarray]:
         env, outs = self._bind(env)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from minicomp.backends.cuda import contiguous
 from minicomp.errors import MinicompError
 from minicomp.passes.memory import ALIGNMENT
+from minicomp.runtime import contiguous
 
 
 def import_pycuda():

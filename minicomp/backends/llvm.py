@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -221,6 +222,7 @@ def check_runs_here(target) -> None:
                            f"lacks; compile for Target.host() or an older CPU")
 
 
+@functools.lru_cache(maxsize=1)
 def _emitter_digest() -> str:
     """A hash of the code generator's own source: cached IR made by another version is never used."""
     import hashlib

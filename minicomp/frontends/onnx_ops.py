@@ -406,10 +406,7 @@ def _layer_norm(ctx, node):
     if not any(node.outputs[1:]):
         return [y]
     # The optional Mean and InvStdDev outputs (kept dims), computed beside the normalization.
-    axes = list(range(axis, x.ndim))
-    mean = ctx.op("mean", x, axes=axes, keepdims=True)
-    d = ctx.op("sub", x, mean)
-    var = ctx.op("mean", ctx.op("mul", d, d), axes=axes, keepdims=True)
+    mean, _, var = _moments(ctx, x, list(range(axis, x.ndim)))
     inv = ctx.op("rsqrt", ctx.op("add", var, _scalar(ctx, eps, x)))
     return [y, mean, inv]
 
@@ -420,14 +417,19 @@ def _rms_normalization(ctx, node):
     return [ctx.op("rms_norm", x, scale, axis=int(ctx.attr("axis", -1)), epsilon=float(ctx.attr("epsilon", 1e-5)))]
 
 
+def _moments(ctx, x, axes):
+    """Mean over ``axes`` (kept), x minus it, and the (biased) variance."""
+    mean = ctx.op("mean", x, axes=axes, keepdims=True)
+    centered = ctx.op("sub", x, mean)
+    return mean, centered, ctx.op("mean", ctx.op("mul", centered, centered), axes=axes, keepdims=True)
+
+
 @register_onnx_importer("InstanceNormalization")
 def _instance_norm(ctx, node):
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     axes = list(range(2, x.ndim))
     eps = float(ctx.attr("epsilon", 1e-5))
-    mu = ctx.op("mean", x, axes=axes, keepdims=True)
-    d = ctx.op("sub", x, mu)
-    var = ctx.op("mean", ctx.op("mul", d, d), axes=axes, keepdims=True)
+    _, d, var = _moments(ctx, x, axes)
     y = ctx.op("div", d, ctx.op("sqrt", ctx.op("add", var, _scalar(ctx, eps, x))))
     per_channel = (x.shape[1],) + (1,) * (x.ndim - 2)
     y = ctx.op("mul", y, ctx.op("reshape", scale, shape=per_channel))
@@ -451,15 +453,9 @@ def _reduce(op_type: str, op: str, axes_input_since: int, before=None, after=Non
         keepdims = bool(ctx.attr("keepdims", 1))
         if before is not None or after is not None:
             return _composite_reduce(ctx, x, keepdims, op, axes_input_since, before, after)
-        if ctx.opset >= axes_input_since:
-            arr = ctx.constant(1)
-            if ctx.input(1) is not None and arr is None:
-                raise UnsupportedError("reduction axes must be constant")
-            axes = None if arr is None or arr.size == 0 else [int(a) for a in arr.reshape(-1)]
-            if axes is None and ctx.attr("noop_with_empty_axes", 0):
-                return [x]
-        else:
-            axes = ctx.attr("axes")
+        axes = _reduce_axes(ctx, axes_input_since)
+        if axes is None and ctx.opset >= axes_input_since and ctx.attr("noop_with_empty_axes", 0):
+            return [x]
         return [ctx.op(op, x, axes=axes, keepdims=keepdims)]
 
 
