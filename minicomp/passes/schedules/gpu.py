@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
+from minicomp.ir.compute import reduce_identity
 from minicomp.ir.loops import (
     Allocate,
     Barrier,
@@ -487,7 +488,8 @@ class _RowSpreader:
         update = Store(part, (), ex.BinOp(red.op, here, term))
         if steps * self.threads > total:
             update = If(ex.BinOp("lt", flat, _i(total)), update)
-        body = [Store(part, (), identity(red.op, dt)),
+        # The combining op (add, max, min) starts from its reduction's identity.
+        body = [Store(part, (), reduce_identity("sum" if red.op == "add" else red.op, dt)),
                 For(outer, steps, update, "unrolled" if steps <= MAX_ROW_REGISTERS else "serial")]
         for off in (16, 8, 4, 2, 1):  # within a warp
             body.append(Store(part, (), ex.BinOp(red.op, here, ex.Call("shfl_xor", (here, _i(off))))))
@@ -506,16 +508,6 @@ class _RowSpreader:
         if red.acc.scope != "local":
             final = If(ex.BinOp("eq", self.tid, _i(0)), final)
         return Allocate(part, seq(*body, final))
-
-
-def identity(op: str, dt) -> ex.Const:
-    """The value that ``op`` leaves unchanged: 0 for add, -inf/+inf (or the integer limits) for max/min."""
-    if op == "add":
-        return ex.const(0, dt)
-    if dt.is_float:
-        return ex.Const(-math.inf if op == "max" else math.inf, dt)
-    bits = 8 * dt.itemsize - 1
-    return ex.Const(-(2**bits) if op == "max" else 2**bits - 1, dt)
 
 
 def _touches_global(s: Stmt) -> bool:
