@@ -25,7 +25,7 @@ import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
-from minicomp.ir.graph import Graph, Value, check_shape
+from minicomp.ir.graph import Graph, Value, check_shape, drop_unused_constants
 from minicomp.ir.ops import get_op
 
 # ONNX TensorProto element types that minicomp has a dtype for.
@@ -336,7 +336,7 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
             taken.add(vi.name)
     builder.output(*outs)
     graph = builder.build()
-    return _drop_unused(graph)
+    return drop_unused_constants(graph)
 
 
 def _import_node(ctx: ImportContext, node: OnnxNode) -> None:
@@ -385,10 +385,3 @@ def _fold(ctx: ImportContext, start: int, outs: list) -> list:
         graph.constants[v] = np.array(env[v], order="C")
         folded.append(t)
     return folded
-
-
-def _drop_unused(graph: Graph) -> Graph:
-    """Remove constants nothing reads (folded shape tensors, replaced weights)."""
-    used = set(graph.outputs) | {v for n in graph.nodes for v in n.inputs}
-    graph.constants = {v: a for v, a in graph.constants.items() if v in used}
-    return graph

@@ -323,3 +323,11 @@ class Graph:
         from minicomp.ir.text import print_graph
 
         return print_graph(self)
+
+
+def drop_unused_constants(graph: Graph) -> Graph:
+    """Remove the constants nothing reads (folded shape tensors, replaced
+    weights); returns the same graph. The frontends call it after import."""
+    used = set(graph.outputs) | {v for n in graph.nodes for v in n.inputs}
+    graph.constants = {v: a for v, a in graph.constants.items() if v in used}
+    return graph

@@ -1,0 +1,487 @@
+"""PyTorch -> Graph.
+
+    graph = minicomp.from_torch(model.eval(), (torch.randn(1, 3, 224, 224),))
+
+``torch.export.export`` captures the module on the example inputs, the core
+ATen decompositions run (keeping the few higher-level ops minicomp has a
+better kernel for, such as ``scaled_dot_product_attention`` and ``silu``),
+and each node of the exported FX graph is converted by a function registered
+with :func:`register_torch_op`; the built-in ones live in
+``minicomp/frontends/pytorch_ops.py``.
+
+Parameters and buffers become constants named after their module path
+(``encoder.layer0.attn.q.weight``); nodes are named after the module that
+made them (``layer1.0.conv1.convolution_3``). A node whose tensor inputs are
+all constants is evaluated by torch itself at import time (shape arithmetic,
+``arange``, masks, transposed weights), so it needs no converter. Every
+other node needs one: the whole graph is checked first, and every op without
+one is listed in one ``UnsupportedError`` before any work is done. After each
+node, the converted tensor's shape and dtype are checked against the ones
+torch recorded, so a converter that goes wrong is caught at import, naming
+the node.
+
+The ``torch.compile`` backend built on this lives in
+``minicomp/frontends/pytorch_dynamo.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from minicomp.errors import MinicompError, UnsupportedError
+from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.ir.graph import Graph, drop_unused_constants
+
+# torch dtypes by name -> minicomp dtype names (those minicomp computes in).
+TORCH_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "int32": "int32",
+                "int64": "int64", "bool": "bool"}
+
+# A constant torch computes at import time may be at most this large; larger
+# results are left to a converter (an expand of a constant to a huge shape).
+FOLD_LIMIT_ELEMENTS = 1 << 26
+
+# Ops the core-ATen decompositions would break into smaller ones that
+# minicomp has a single, better op (or fused kernel) for.
+KEEP_UNDECOMPOSED = ("scaled_dot_product_attention.default", "silu.default", "upsample_nearest2d.vec",
+                     "upsample_bilinear2d.vec", "upsample_nearest2d.default", "upsample_bilinear2d.default")
+
+Converter = Callable[["TorchContext", dict], object]
+_CONVERTERS: dict[str, Converter] = {}
+
+
+def register_torch_op(*names: str, replace: bool = False):
+    """Decorator: ``fn(ctx, args) -> tensor(s)`` converts the named ATen ops.
+
+    A name is an overload (``"aten.add.Tensor"``) or a whole overload packet
+    (``"aten.add"``, every overload); the overload's own registration wins.
+    ``args`` maps the ATen schema's argument names to their values (fx nodes
+    already converted to builder Tensors, defaults filled in): ``args["self"]``,
+    ``args["dim"]``. ``ctx.op(...)`` records a minicomp op named after the node,
+    ``ctx.out_shape()``/``ctx.out_dtype()`` give what torch computed. Return
+    one Tensor, or a tuple for an op with several outputs.
+    """
+
+    def wrap(fn):
+        for name in names:
+            if name in _CONVERTERS and not replace:
+                raise MinicompError(f"a torch converter for {name} is already registered")
+            _CONVERTERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def torch_converters() -> dict[str, Converter]:
+    """Registered converters by ATen op name."""
+    _load_builtin()
+    return dict(_CONVERTERS)
+
+
+def _load_builtin():
+    from minicomp.frontends import pytorch_ops  # noqa: F401
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise MinicompError("PyTorch import needs torch: pip install 'minicomp[torch]'") from None
+    return torch
+
+
+def converter_for(target) -> Converter | None:
+    """The converter of an ATen op overload, by its own name or its packet's."""
+    _load_builtin()
+    name = str(target)
+    if name in _CONVERTERS:
+        return _CONVERTERS[name]
+    packet = getattr(target, "overloadpacket", None)
+    return _CONVERTERS.get(str(packet)) if packet is not None else None
+
+
+def minicomp_dtype(torch_dtype, what: str) -> str:
+    """The minicomp dtype name of a torch dtype; UnsupportedError for the others."""
+    name = str(torch_dtype).removeprefix("torch.")
+    if name not in TORCH_DTYPES:
+        raise UnsupportedError(f"{what} has dtype {name}; minicomp supports {', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[name]
+
+
+def to_numpy(t) -> np.ndarray:
+    """A CPU tensor's values as a numpy array (shared memory where torch allows)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if getattr(t, "is_conj", lambda: False)() or getattr(t, "is_neg", lambda: False)():
+        t = t.resolve_conj().resolve_neg()
+    return t.numpy()
+
+
+class TorchContext:
+    """What a converter sees while converting one FX node."""
+
+    def __init__(self, builder: GraphBuilder):
+        self.builder = builder
+        self.values: dict = {}  # fx node -> Tensor, tuple of Tensors, or a Python value
+        self.node = None
+        self._module_path = ""
+
+    # -- the node being converted ------------------------------------------------
+    def describe(self, node=None) -> str:
+        node = node or self.node
+        return f"node '{node.name}' ({node.target})"
+
+    def meta(self, node=None):
+        """The FakeTensor (or tuple of them) torch recorded for the node's output."""
+        return (node or self.node).meta.get("val")
+
+    def out_shape(self, k: int | None = None) -> tuple[int, ...]:
+        val = self.meta()
+        val = val[k] if k is not None else val
+        return tuple(int(d) for d in val.shape)
+
+    def out_dtype(self, k: int | None = None) -> str:
+        val = self.meta()
+        val = val[k] if k is not None else val
+        return minicomp_dtype(val.dtype, self.describe())
+
+    def used_outputs(self) -> set[int]:
+        """Which items of a tuple-valued node the graph reads (through getitem)."""
+        import operator
+
+        return {u.args[1] for u in self.node.users if u.target is operator.getitem}
+
+    # -- building ------------------------------------------------------------------
+    def fresh_name(self, hint: str | None = None) -> str:
+        base = f"{self._module_path}.{self.node.name}" if self._module_path else self.node.name
+        if hint:
+            base = f"{base}.{hint}"
+        name, k = base, 1
+        while name in self.builder._names:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def op(self, op: str, *inputs, **attrs):
+        """Record a minicomp op for the current node (named after it)."""
+        return self.builder.op(op, *inputs, name=self.fresh_name(), **attrs)
+
+    def const(self, array, dtype=None) -> Tensor:
+        """A new constant (named after the current node)."""
+        return self.builder.constant(np.asarray(array, dtype=dtype), name=self.fresh_name("const"))
+
+    def tensor(self, x, dtype: str) -> Tensor:
+        """``x`` (a Tensor or a Python scalar) as a Tensor of ``dtype``."""
+        if isinstance(x, Tensor):
+            return x if x.dtype.name == dtype else self.op("cast", x, dtype=dtype)
+        return self.const(np.array(x, dtype=dtype))
+
+
+def _bind_args(node, values: dict) -> dict:
+    """The node's arguments by the ATen schema's names, with defaults filled in."""
+    import torch.fx
+
+    def resolve(a):
+        if isinstance(a, torch.fx.Node):
+            return values[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(resolve(x) for x in a)
+        return a
+
+    schema = node.target._schema
+    bound = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            raw = node.args[i]
+        elif arg.name in node.kwargs:
+            raw = node.kwargs[arg.name]
+        elif arg.has_default_value():
+            raw = arg.default_value
+        else:
+            raw = None
+        bound[arg.name] = resolve(raw)
+    return bound
+
+
+def _is_random(target) -> bool:
+    torch = _torch()
+    return torch.Tag.nondeterministic_seeded in getattr(target, "tags", ())
+
+
+def _shapes_of(node) -> str:
+    import torch.fx
+
+    shapes = []
+    for a in node.all_input_nodes:
+        v = a.meta.get("val")
+        if isinstance(v, torch.fx.Node) or not hasattr(v, "shape"):
+            continue
+        shapes.append(f"{str(v.dtype).removeprefix('torch.')}{list(v.shape)}")
+    return ", ".join(shapes)
+
+
+def _constant_nodes(gm, const_placeholders: set[str]) -> set:
+    """The FX nodes whose value is known at import time (torch can compute them)."""
+    import operator
+
+    known = set()
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            if n.name in const_placeholders:
+                known.add(n)
+        elif n.op == "get_attr":
+            known.add(n)
+        elif n.op == "call_function":
+            if n.target is not operator.getitem and not hasattr(n.target, "_schema"):
+                continue
+            if n.target is not operator.getitem and _is_random(n.target):
+                continue
+            if all(a in known for a in n.all_input_nodes):
+                known.add(n)
+    return known
+
+
+def unsupported_nodes(gm, const_placeholders: set[str]) -> list[str]:
+    """Every node minicomp cannot convert, described with its op and input shapes."""
+    import operator
+
+    known = _constant_nodes(gm, const_placeholders)
+    missing = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target is not operator.getitem and n not in known:
+            if not hasattr(n.target, "_schema"):
+                missing.append(f"node '{n.name}' (Python function {getattr(n.target, '__name__', n.target)})")
+            elif converter_for(n.target) is None:
+                why = ", random" if _is_random(n.target) else ""
+                missing.append(f"node '{n.name}' (op {n.target}{why}; inputs {_shapes_of(n)})")
+        elif n.op in ("call_module", "call_method"):
+            missing.append(f"node '{n.name}' ({n.op} {n.target})")
+    return missing
+
+
+def _decomposition_table():
+    torch = _torch()
+    table = torch.export.default_decompositions()
+    for name in KEEP_UNDECOMPOSED:
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(torch.ops.aten, packet, None), overload, None)
+        if op is not None and op in table:
+            del table[op]
+    return table
+
+
+def export_module(module, example_inputs, example_kwargs=None):
+    """``torch.export`` of the module on the examples, decomposed to core ATen."""
+    torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise MinicompError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(module, tuple(example_inputs), kwargs=example_kwargs)
+            return ep.run_decompositions(_decomposition_table())
+    except MinicompError:
+        raise
+    except Exception as exc:  # export failures carry torch's own, long explanations
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise MinicompError(f"torch.export could not capture {type(module).__name__}: {type(exc).__name__}: "
+                            f"{first}") from exc
+
+
+def _train_mode_layers():
+    nn = _torch().nn
+    return (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def from_torch(module, example_inputs, dynamic=None, example_kwargs: dict | None = None,
+               name: str | None = None) -> Graph:
+    """Import a ``torch.nn.Module`` (in eval mode) as a verified Graph.
+
+    ``example_inputs`` (a tuple of tensors, or one tensor) fix the input
+    shapes and dtypes; the graph's inputs are named after ``forward``'s
+    arguments. minicomp graphs have static shapes, so ``dynamic`` must be
+    None or False: for many shapes, compile once per shape, or use
+    ``torch.compile(model, backend="minicomp")``, which does that itself.
+    """
+    torch = _torch()
+    if dynamic not in (None, False):
+        raise MinicompError("from_torch makes graphs of static shapes (those of the example inputs); "
+                            "dynamic shapes are not supported: use torch.compile(model, backend='minicomp'), "
+                            "which compiles once per input shape")
+    if isinstance(module, torch.nn.Module) and module.training:
+        trains = sorted({type(m).__name__ for m in module.modules() if isinstance(m, _train_mode_layers())})
+        if trains:
+            raise MinicompError(f"{type(module).__name__} is in training mode, where its {', '.join(trains)} "
+                                f"layers train; minicomp compiles inference: call module.eval() first")
+    ep = export_module(module, example_inputs, example_kwargs)
+    return from_exported_program(ep, name=name or type(module).__name__)
+
+
+def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict | None = None) -> Graph:
+    """Convert a core-ATen ``ExportedProgram`` to a Graph.
+
+    ``constant_inputs`` maps user-input placeholder names to ``(name, tensor)``:
+    those inputs become constants of that name (the torch.compile backend
+    passes the module's parameters so).
+    """
+    _torch()
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    sig = ep.graph_signature
+    constant_inputs = dict(constant_inputs or {})
+    bad_outputs = [f"{s.kind.name.lower()} of '{s.target}'" for s in sig.output_specs
+                   if s.kind not in (OutputKind.USER_OUTPUT,)]
+    if bad_outputs:
+        raise UnsupportedError(f"the module changes state as it runs ({', '.join(bad_outputs)}); minicomp "
+                               f"compiles pure inference: call module.eval() and keep forward free of "
+                               f"in-place updates to buffers and inputs")
+    gm = ep.graph_module
+    state = {}
+    for spec in sig.input_specs:
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            src = ep.state_dict if spec.target in ep.state_dict else ep.constants
+            state[spec.arg.name] = (spec.target, src[spec.target])
+        elif spec.kind == InputKind.USER_INPUT and spec.arg.name in constant_inputs:
+            state[spec.arg.name] = constant_inputs.pop(spec.arg.name)
+        elif spec.kind != InputKind.USER_INPUT:
+            raise UnsupportedError(f"input '{spec.arg.name}' is a {spec.kind.name.lower()}, which minicomp "
+                                   f"cannot take")
+    if constant_inputs:
+        raise MinicompError(f"constant_inputs name unknown inputs {', '.join(constant_inputs)}")
+    missing = unsupported_nodes(gm, set(state))
+    if missing:
+        raise UnsupportedError(f"the module uses {len(missing)} unsupported node(s): " + "; ".join(missing))
+
+    builder = GraphBuilder(name)
+    ctx = TorchContext(builder)
+    known = _constant_nodes(gm, set(state))
+    eager: dict = {}  # fx node -> its torch value, for the nodes known at import time
+    for n in gm.graph.nodes:
+        ctx.node = n
+        if n.op == "placeholder":
+            _convert_placeholder(ctx, n, state, eager)
+        elif n.op == "get_attr":
+            eager[n] = getattr(gm, n.target)
+            ctx.values[n] = _as_constant(ctx, eager[n], n.target)
+        elif n.op == "call_function":
+            if n in known and _fold(ctx, n, eager):
+                continue
+            _convert_node(ctx, n)
+        elif n.op == "output":
+            _set_outputs(ctx, n)
+    return drop_unused_constants(builder.build())
+
+
+def _convert_placeholder(ctx: TorchContext, n, state: dict, eager: dict) -> None:
+    torch = _torch()
+    if n.name in state:
+        fqn, value = state[n.name]
+        eager[n] = value
+        ctx.values[n] = _as_constant(ctx, value, fqn) if isinstance(value, torch.Tensor) else value
+        return
+    val = n.meta.get("val")
+    if isinstance(val, (bool, int, float)):  # a Python number export specialized to its example value
+        ctx.values[n] = val
+        return
+    if not isinstance(val, torch.Tensor):
+        raise UnsupportedError(f"input '{n.name}' is a {type(val).__name__}; minicomp graphs take tensors")
+    dtype = minicomp_dtype(val.dtype, f"input '{n.name}'")
+    ctx.values[n] = ctx.builder.input(n.name, tuple(int(d) for d in val.shape), dtype)
+
+
+def _as_constant(ctx: TorchContext, value, name: str):
+    torch = _torch()
+    if not isinstance(value, torch.Tensor):
+        return value
+    arr = to_numpy(value)
+    dtype = minicomp_dtype(value.dtype, f"constant '{name}'")
+    taken = name in ctx.builder._names
+    return ctx.builder.constant(np.asarray(arr, dtype=dtype), name=None if taken else name)
+
+
+def _fold(ctx: TorchContext, n, eager: dict) -> bool:
+    """Compute a node whose inputs are known with torch itself; False if too large."""
+    import operator
+
+    import torch.fx
+
+    torch = _torch()
+    ctx._module_path = _module_path(n)
+    val = n.meta.get("val")
+    vals = val if isinstance(val, (tuple, list)) else [val]
+    if sum(v.numel() for v in vals if isinstance(v, torch.Tensor)) > FOLD_LIMIT_ELEMENTS:
+        return False
+    args = torch.fx.node.map_arg(n.args, lambda a: eager[a])
+    kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: eager[a])
+    with torch.no_grad():
+        result = n.target(*args, **kwargs)
+    eager[n] = result
+    if n.target is operator.getitem:
+        ctx.values[n] = _as_constant(ctx, result, ctx.fresh_name())
+    elif isinstance(result, torch.Tensor):
+        ctx.values[n] = _as_constant(ctx, result, ctx.fresh_name())
+    elif isinstance(result, (tuple, list)):
+        ctx.values[n] = tuple(_as_constant(ctx, r, ctx.fresh_name(f"out{k}")) for k, r in enumerate(result))
+    else:
+        ctx.values[n] = result
+    return True
+
+
+def _module_path(n) -> str:
+    stack = n.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    # Paths read like Python attributes ("L['self'].layer1[0]" under dynamo): keep the dotted form.
+    return path.replace("L['self'].", "").replace("[", ".").replace("]", "").replace("'", "")
+
+
+def _convert_node(ctx: TorchContext, n) -> None:
+    import operator
+
+    if n.target is operator.getitem:
+        src, k = ctx.values[n.args[0]], n.args[1]
+        ctx.values[n] = src[k]
+        return
+    ctx._module_path = _module_path(n)
+    fn = converter_for(n.target)
+    try:
+        out = fn(ctx, _bind_args(n, ctx.values))
+    except MinicompError as exc:
+        msg = str(exc)
+        raise type(exc)(msg if n.name in msg else f"{ctx.describe()}: {msg}") from None
+    except Exception as exc:  # a converter bug must still name the node
+        raise MinicompError(f"{ctx.describe()}: conversion failed: {type(exc).__name__}: {exc}") from exc
+    _check_against_torch(ctx, n, out)
+    ctx.values[n] = out
+
+
+def _check_against_torch(ctx: TorchContext, n, out) -> None:
+    """The converted tensors must have the shapes and dtypes torch recorded."""
+    torch = _torch()
+    val = n.meta.get("val")
+    pairs = zip(out, val) if isinstance(out, tuple) else [(out, val)]
+    for got, want in pairs:
+        if got is None or not isinstance(want, torch.Tensor):
+            continue
+        shape = tuple(int(d) for d in want.shape)
+        dtype = minicomp_dtype(want.dtype, ctx.describe())
+        if not isinstance(got, Tensor) or got.shape != shape or got.dtype.name != dtype:
+            desc = f"{got.dtype.name}{list(got.shape)}" if isinstance(got, Tensor) else repr(got)
+            raise MinicompError(f"{ctx.describe()}: the converter made {desc}, but torch computes "
+                                f"{dtype}{list(shape)} (inputs {_shapes_of(n)})")
+
+
+def _set_outputs(ctx: TorchContext, n) -> None:
+    import torch.fx
+
+    outs = []
+    for k, a in enumerate(torch.fx.node.map_aggregate(n.args[0], lambda x: x)):
+        v = ctx.values.get(a) if isinstance(a, torch.fx.Node) else a
+        if not isinstance(v, Tensor):
+            raise UnsupportedError(f"output {k} of the module is {type(v).__name__}, not a tensor; "
+                                   f"minicomp graphs return tensors")
+        outs.append(v)
+    ctx.builder.output(*outs)
