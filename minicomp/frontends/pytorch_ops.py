@@ -242,7 +242,26 @@ def _where(ctx, a):
 
 @register_torch_op("aten.mm", "aten.bmm")
 def _matmul(ctx, a):
-    return ctx.op("matmul", a["self"], a["other"] if "other" in a else a["mat2"])
+    if str(ctx.node.target) == "aten.mm.default":
+        return _rows_matmul(ctx, a["self"], a["mat2"])
+    return ctx.op("matmul", a["self"], a["mat2"])
+
+
+def _rows_matmul(ctx, rows: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``rows @ weight (+ bias)`` for a 2-D ``rows``. Linear layers on 3-D inputs decompose to
+    view(2-D) -> mm -> view(3-D): multiply the 3-D tensor itself, so that the product's epilogue
+    (bias, activation) stays elementwise and fuses into the matmul kernel; the reshapes around it
+    cancel in the graph's simplification."""
+    src = rows.value.producer
+    if src is not None and src.op == "reshape" and len(src.inputs[0].shape) > 2 \
+            and src.inputs[0].shape[-1] == rows.shape[-1]:
+        full = Tensor(ctx.builder, src.inputs[0])
+        y = ctx.op("matmul", full, weight)
+        if bias is not None:
+            y = ctx.op("add", y, bias)
+        return ctx.op("reshape", y, shape=(rows.shape[0], weight.shape[-1]))
+    y = ctx.op("matmul", rows, weight)
+    return y if bias is None else ctx.op("add", y, bias)
 
 
 def _scaled_sum(ctx, product: Tensor, bias: Tensor, alpha, beta) -> Tensor:
@@ -258,9 +277,9 @@ def _scaled_sum(ctx, product: Tensor, bias: Tensor, alpha, beta) -> Tensor:
 
 @register_torch_op("aten.addmm")
 def _addmm(ctx, a):
-    first = a["mat1"] if "mat1" in a else a["batch1"]
-    second = a["mat2"] if "mat2" in a else a["batch2"]
-    return _scaled_sum(ctx, ctx.op("matmul", first, second), a["self"], a["alpha"], a["beta"])
+    if a["alpha"] == 1 and a["beta"] == 1:
+        return _rows_matmul(ctx, a["mat1"], a["mat2"], a["self"])
+    return _scaled_sum(ctx, ctx.op("matmul", a["mat1"], a["mat2"]), a["self"], a["alpha"], a["beta"])
 
 
 @register_torch_op("aten.scaled_dot_product_attention")
@@ -402,6 +421,26 @@ def _moments(ctx, x: Tensor, axes: list[int], eps: float):
     return mean, ctx.op("rsqrt", ctx.op("add", var, ctx.tensor(eps, dt)))
 
 
+@register_torch_op("aten._native_batch_norm_legit.no_stats")
+def _batch_norm_batch_stats(ctx, a):
+    """Normalization by the input's own statistics over every axis but the channels (instance norm
+    reaches it with batch and channels folded into one axis)."""
+    x = a["input"]
+    if a["training"] is False:
+        raise UnsupportedError("batch norm without running statistics must use the batch's own (training=True)")
+    axes = [k for k in range(x.ndim) if k != 1]
+    mean, rstd = _moments(ctx, x, axes, float(a["eps"]))
+    y = ctx.op("mul", ctx.op("sub", x, mean), rstd)
+    per_channel = (x.shape[1],) + (1,) * (x.ndim - 2)
+    if a["weight"] is not None:
+        y = ctx.op("mul", y, ctx.op("reshape", a["weight"], shape=per_channel))
+    if a["bias"] is not None:
+        y = ctx.op("add", y, ctx.op("reshape", a["bias"], shape=per_channel))
+    if ctx.used_outputs() - {0}:
+        return (y, ctx.op("reshape", mean, shape=(x.shape[1],)), ctx.op("reshape", rstd, shape=(x.shape[1],)))
+    return (y, None, None)
+
+
 @register_torch_op("aten.native_group_norm")
 def _group_norm(ctx, a):
     x = a["input"]
@@ -495,6 +534,26 @@ def _var(ctx, a):
     return ctx.op("sqrt", var) if "std" in str(ctx.node.target) else var
 
 
+@register_torch_op("aten.linalg_vector_norm")
+def _vector_norm(ctx, a):
+    x = ctx.tensor(a["self"], ctx.out_dtype())
+    order, axes, keep = float(a["ord"]), _axes(a["dim"], x.ndim), bool(a["keepdim"])
+    if order == 2:
+        return ctx.op("sqrt", ctx.op("sum", ctx.op("mul", x, x), axes=axes, keepdims=keep))
+    if order == 1:
+        return ctx.op("sum", ctx.op("abs", x), axes=axes, keepdims=keep)
+    if math.isinf(order):
+        return ctx.op("max" if order > 0 else "min", ctx.op("abs", x), axes=axes, keepdims=keep)
+    raise UnsupportedError(f"vector norm of order {order} is not supported (1, 2 and inf are)")
+
+
+@register_torch_op("aten.sort.default")
+def _sort(ctx, a):
+    x = a["self"]
+    axis = _axis(a["dim"], x.ndim)
+    return ctx.op("topk", x, k=x.shape[axis], axis=axis, largest=bool(a["descending"]))
+
+
 @register_torch_op("aten.cumsum")
 def _cumsum(ctx, a):
     x = ctx.tensor(a["self"], ctx.out_dtype())
@@ -580,6 +639,14 @@ def _select(ctx, a):
     i = int(a["index"]) % x.shape[axis]
     y = ctx.op("slice", x, starts=[i], ends=[i + 1], axes=[axis])
     return ctx.op("squeeze", y, axes=[axis])
+
+
+@register_torch_op("aten.flip")
+def _flip(ctx, a):
+    x = a["self"]
+    axes = _axes(a["dims"], x.ndim)
+    return ctx.op("slice", x, starts=[-1] * len(axes), ends=[-(x.shape[k] + 1) for k in axes], axes=axes,
+                  steps=[-1] * len(axes))
 
 
 @register_torch_op("aten.cat")

@@ -103,6 +103,11 @@ for _name, _fn, _aten, _lo, _hi in [
     ("softmax", lambda x: x.softmax(-1), "aten._softmax", -3, 3),
     ("log_softmax", lambda x: F.log_softmax(x, 0), "aten._log_softmax", -3, 3),
     ("cumsum", lambda x: x.cumsum(0), "aten.cumsum", -3, 3),
+    ("normalize", lambda x: F.normalize(x, dim=-1), "aten.linalg_vector_norm", -3, 3),
+    ("norm_1", lambda x: torch.linalg.vector_norm(x, 1, dim=0), "aten.linalg_vector_norm", -3, 3),
+    ("norm_inf", lambda x: torch.linalg.vector_norm(x, float("inf")), "aten.linalg_vector_norm", -3, 3),
+    ("sort", lambda x: x.sort(-1, descending=True)[0] - x.sort(0)[0], "aten.sort.default", -3, 3),
+    ("flip", lambda x: x.flip(0, -1) if x.dim() > 1 else x.flip(0), "aten.flip", -3, 3),
     ("tril", lambda x: x.reshape(x.shape[0], -1).tril(1), "aten.where", -3, 3),
     ("triu", lambda x: x.reshape(x.shape[0], -1).triu(-1), "aten.where", -3, 3),
     ("clone", lambda x: x.clone() * 2, "aten.clone", -3, 3),
@@ -294,6 +299,13 @@ def _ln(d):
     k = d(st.integers(1, len(shape)))
     ln = nn.LayerNorm(shape[-k:], elementwise_affine=d(st.booleans()))
     return Fn(lambda m, x: m.ln(x), ln=ln), [_array(d, shape)]
+
+
+@case("instance_norm", "aten._native_batch_norm_legit.no_stats")
+def _instance_norm(d):
+    c = d(st.integers(1, 4))
+    norm = nn.InstanceNorm2d(c, affine=d(st.booleans()))
+    return Fn(lambda m, x: m.norm(x), norm=norm), [_array(d, (2, c, 3, 4))]
 
 
 @case("group_norm", "aten.native_group_norm")
