@@ -7,7 +7,8 @@ ATen decompositions run (keeping the few higher-level ops minicomp has a
 better kernel for, such as ``scaled_dot_product_attention`` and ``silu``),
 and each node of the exported FX graph is converted by a function registered
 with :func:`register_torch_op`; the built-in ones live in
-``minicomp/frontends/pytorch_ops.py``.
+``minicomp/frontends/pytorch_ops.py`` (and, for the fused layers of
+torch's fast paths, ``pytorch_fused_ops.py``).
 
 Parameters and buffers become constants named after their module path
 (``encoder.layer0.attn.q.weight``); nodes are named after the module that
@@ -80,7 +81,7 @@ def torch_converters() -> dict[str, Converter]:
 
 
 def _load_builtin():
-    from minicomp.frontends import pytorch_ops  # noqa: F401
+    from minicomp.frontends import pytorch_fused_ops, pytorch_ops  # noqa: F401
 
 
 def _torch():
