@@ -1,0 +1,82 @@
+"""PyTorch models at batch 1: the ResNet-18 and the GPT of the examples,
+compiled by minicomp (mc.from_torch, and torch.compile(backend="minicomp")),
+beside torch eager and torch.compile's default backend (inductor), on 1 and
+2 threads; with the compile time of each. Each runtime is timed alone, in
+blocks of calls.
+
+    python benchmarks/run.py torch
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import minicomp as mc  # noqa: E402
+from benchmarks.harness import describe_machine, print_table, torch_module  # noqa: E402
+
+BLOCK = 10  # calls per timed block
+
+
+def _cases(torch):
+    from torch_gpt import GPTConfig, gpt
+    from torch_resnet import resnet18
+
+    gen = torch.Generator().manual_seed(1)
+    return [
+        ("resnet18 1x3x224x224", resnet18(), (torch.randn(1, 3, 224, 224, generator=gen),)),
+        ("gpt 2 blocks, 64 tokens", gpt(2), (torch.randint(0, GPTConfig().vocab_size, (1, 64), generator=gen),)),
+    ]
+
+
+def main() -> int:
+    torch = torch_module()
+    if torch is None:
+        print("torch is not installed (pip install -e '.[torch]'): skipping the PyTorch benchmark")
+        return 0
+    from torch_compare import time_block
+
+    print(describe_machine())
+    rows, compile_rows = [], []
+    for name, model, inputs in _cases(torch):
+        arrays = [x.numpy() for x in inputs]
+        t0 = time.perf_counter()
+        graph = mc.from_torch(model, inputs)
+        compiled = mc.compile(graph, cache=False)
+        t_minicomp = time.perf_counter() - t0
+        with torch.no_grad():
+            expected = model(*inputs).numpy()
+            assert np.abs(compiled(*arrays)[0] - expected).max() < 1e-3, name
+            torch._dynamo.reset()
+            backend = torch.compile(model, backend="minicomp", options={"cache": False})
+            t0 = time.perf_counter()
+            backend(*inputs)
+            t_backend = time.perf_counter() - t0
+            inductor = torch.compile(model)
+            t0 = time.perf_counter()
+            inductor(*inputs)
+            t_inductor = time.perf_counter() - t0
+            compile_rows.append([name, t_minicomp, t_backend, t_inductor])
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                compiled.set_num_threads(threads)
+                t_mc = time_block(lambda: compiled(*arrays), BLOCK)
+                t_eager = time_block(lambda: model(*inputs), BLOCK)
+                t_ind = time_block(lambda: inductor(*inputs), BLOCK)
+                rows.append([name, threads, t_mc * 1e3, t_eager * 1e3, t_ind * 1e3, t_eager / t_mc, t_ind / t_mc])
+    print_table(f"PyTorch models, batch 1 (ms per call, median of 5 blocks of {BLOCK}; ratio > 1: minicomp faster)",
+                ["model", "threads", "minicomp", "torch eager", "inductor", "eager/minicomp", "inductor/minicomp"],
+                rows)
+    print_table("compile time (s; minicomp uncached: from_torch + compile; the backend's and inductor's: first call)",
+                ["model", "minicomp", "backend 'minicomp'", "inductor"], compile_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
