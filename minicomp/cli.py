@@ -1,23 +1,24 @@
 """The ``minicomp`` command.
 
-    minicomp run MODEL.{mcir,onnx} [--input NAME=FILE.npy ...] [--shape NAME=1,3,224,224]
+    minicomp run MODEL.{mcir,onnx,pt2} [--input NAME=FILE.npy ...] [--shape NAME=1,3,224,224]
                                    [--target llvm|cuda|cuda-emu|reference|CPU]
                                    [--threads N] [--repeat N] [--save DIR] [--check]
     minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
-    minicomp profile MODEL.{mcir,onnx} [--repeat N] [--top N]
-    minicomp compile MODEL.{mcir,onnx} [--target llvm|cuda|CPU] [-o MODEL.mcm] [--shared-lib MODEL.so]
+    minicomp profile MODEL.{mcir,onnx,pt2} [--repeat N] [--top N]
+    minicomp compile MODEL.{mcir,onnx,pt2} [--target llvm|cuda|CPU] [-o MODEL.mcm] [--shared-lib MODEL.so]
                                 [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|cuda]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
-    minicomp plan MODEL.{mcir,onnx} [--png plan.png] [--order auto|fusion|greedy|exact] [--pipeline P,...]
+    minicomp plan MODEL.{mcir,onnx,pt2} [--png plan.png] [--order auto|fusion|greedy|exact] [--pipeline P,...]
                                 [--offsets best|size|breadth|search] [--budget BYTES]
     minicomp cache [--clear]
     minicomp ops
     minicomp passes
 
 MODEL.mcir is a graph in the IR text format (docs/ir.md); MODEL.onnx an ONNX
-model. ``minicomp --plugin my_ops.py COMMAND ...`` loads user ops, importers
-and passes first. ``run`` uses random inputs for any input not given. Errors are reported
+model; MODEL.pt2 a PyTorch program saved by torch.export.save (needs torch).
+``minicomp --plugin my_ops.py COMMAND ...`` loads user ops, importers and
+passes first. ``run`` uses random inputs for any input not given. Errors are reported
 in one line and exit 2.
 """
 
@@ -105,7 +106,7 @@ def is_saved(path: str) -> bool:
 
 
 def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
-    """Read a model file: ``.mcir`` text or ``.onnx``."""
+    """Read a model file: ``.mcir`` text, ``.onnx``, or a ``.pt2`` saved by ``torch.export.save``."""
     if not os.path.exists(path):
         raise MinicompError(f"no such file: {path}")
     if is_saved(path):
@@ -124,7 +125,22 @@ def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
                 raise
             name = str(exc).split("'")[1] if "'" in str(exc) else "NAME"
             raise MinicompError(f"{str(exc).split(';')[0]}; fix them with --shape {name}=D1,D2,...") from None
-    raise MinicompError(f"{path}: unknown model format '{ext}'; expected .mcir or .onnx")
+    if ext == ".pt2":
+        if shapes:
+            raise MinicompError("--shape applies to .onnx models only (a .pt2 program keeps the shapes it was "
+                                "exported with)")
+        try:
+            import torch
+        except ImportError:
+            raise MinicompError(f"{path} is a torch.export program; reading it needs torch: "
+                                f"pip install 'minicomp[torch]'") from None
+        try:
+            program = torch.export.load(path)
+        except Exception as exc:
+            raise MinicompError(f"cannot read {path} as a torch.export program: {type(exc).__name__}: {exc}") \
+                from None
+        return mc.from_torch(program, name=os.path.splitext(os.path.basename(path))[0])
+    raise MinicompError(f"{path}: unknown model format '{ext}'; expected .mcir, .onnx or .pt2")
 
 
 def random_input(v, rng) -> np.ndarray:
@@ -416,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="compile a model and run it, printing output shapes, checksums and time")
-    r.add_argument("model", help="model file (.mcir or .onnx, or .mcm saved by 'compile -o')")
+    r.add_argument("model", help="model file (.mcir, .onnx or .pt2, or .mcm saved by 'compile -o')")
     r.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
     r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy",
@@ -434,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compile", help="compile a model and print one stage")
-    c.add_argument("model", help="model file (.mcir or .onnx)")
+    c.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
     c.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
     c.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS),
@@ -460,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compile)
 
     pl = sub.add_parser("plan", help="plan a model's memory: execution order, arena offsets, figures, a picture")
-    pl.add_argument("model", help="model file (.mcir or .onnx)")
+    pl.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
     pl.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                     help="fix a dynamic input shape of an ONNX model (repeatable)")
     pl.add_argument("--order", default="auto", choices=["auto", "fusion", "greedy", "exact"],
@@ -474,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plan)
 
     pr = sub.add_parser("profile", help="compile a model and time each kernel alone on random inputs")
-    pr.add_argument("model", help="model file (.mcir or .onnx)")
+    pr.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
     pr.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                     help="fix a dynamic input shape of an ONNX model (repeatable)")
     pr.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)")

@@ -296,21 +296,33 @@ def _train_mode_layers():
     return (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def from_torch(module, example_inputs, dynamic=None, example_kwargs: dict | None = None,
+def from_torch(module, example_inputs=None, dynamic=None, example_kwargs: dict | None = None,
                name: str | None = None) -> Graph:
     """Import a ``torch.nn.Module`` (in eval mode) as a verified Graph.
 
     ``example_inputs`` (a tuple of tensors, or one tensor) fix the input
     shapes and dtypes; the graph's inputs are named after ``forward``'s
-    arguments. minicomp graphs have static shapes, so ``dynamic`` must be
-    None or False: for many shapes, compile once per shape, or use
-    ``torch.compile(model, backend="minicomp")``, which does that itself.
+    arguments. ``module`` may also be a ``torch.export.ExportedProgram``
+    (``torch.export.load("model.pt2")``), taken with the shapes it was
+    exported with (no example inputs then). minicomp graphs have static shapes, so
+    ``dynamic`` must be None or False: for many shapes, compile once per
+    shape, or use ``torch.compile(model, backend="minicomp")``, which does
+    that itself.
     """
     torch = _torch()
     if dynamic not in (None, False):
         raise MinicompError("from_torch makes graphs of static shapes (those of the example inputs); "
                             "dynamic shapes are not supported: use torch.compile(model, backend='minicomp'), "
                             "which compiles once per input shape")
+    if isinstance(module, torch.export.ExportedProgram):
+        if example_inputs is not None or example_kwargs is not None:
+            raise MinicompError("an exported program keeps the shapes it was exported with: call "
+                                "from_torch(program) without example inputs, or export again for new shapes")
+        _check_static(module)
+        ep = module.run_decompositions(_decomposition_table())
+        return from_exported_program(ep, name=name or "exported_program")
+    if example_inputs is None:
+        raise MinicompError("from_torch needs example inputs for a module: from_torch(model, (x,))")
     if isinstance(module, torch.nn.Module) and module.training:
         trains = sorted({type(m).__name__ for m in module.modules() if isinstance(m, _train_mode_layers())})
         if trains:
@@ -318,6 +330,19 @@ def from_torch(module, example_inputs, dynamic=None, example_kwargs: dict | None
                                 f"layers train; minicomp compiles inference: call module.eval() first")
     ep = export_module(module, example_inputs, example_kwargs)
     return from_exported_program(ep, name=name or type(module).__name__)
+
+
+def _check_static(ep) -> None:
+    """Refuse an exported program with symbolic input sizes, naming them."""
+    torch = _torch()
+    dynamic = []
+    for n in ep.graph.nodes:
+        val = n.meta.get("val") if n.op == "placeholder" else None
+        if isinstance(val, torch.Tensor) and any(not isinstance(d, int) for d in val.shape):
+            dynamic.append(f"{n.name}{[str(d) for d in val.shape]}")
+    if dynamic:
+        raise MinicompError(f"the exported program has dynamic dimensions ({', '.join(dynamic)}); minicomp "
+                            f"compiles static shapes: export with static shapes (no dynamic_shapes=)")
 
 
 def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict | None = None) -> Graph:
@@ -485,4 +510,12 @@ def _set_outputs(ctx: TorchContext, n) -> None:
             raise UnsupportedError(f"output {k} of the module is {type(v).__name__}, not a tensor; "
                                    f"minicomp graphs return tensors")
         outs.append(v)
+    # Outputs read "output" (or "output_0", "output_1", ...), as torch.onnx names them.
+    names = ["output"] if len(outs) == 1 else [f"output_{k}" for k in range(len(outs))]
+    for t, name in zip(outs, names):
+        v = t.value
+        if v.producer is not None and name not in ctx.builder._names and sum(o.value is v for o in outs) == 1:
+            ctx.builder._names.discard(v.name)
+            v.name = name
+            ctx.builder._names.add(name)
     ctx.builder.output(*outs)

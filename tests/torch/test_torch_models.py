@@ -335,3 +335,57 @@ def test_torch_examples_run(script, args, capsys, monkeypatch):
         diff = float(out.split(f"max |diff| vs torch eager ({entry}):", 1)[1].split(";")[0].split()[0])
         assert diff < 1e-3
     assert "x eager" in out and "kernels" in out
+
+
+def test_exported_program_in(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3), nn.GELU()).eval()
+    x = torch.randn(2, 4)
+    program = torch.export.export(model, (x,))
+    (got,) = mc.compile(mc.from_torch(program))(x.numpy())
+    np.testing.assert_allclose(got, _expected(model, (x,)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(MinicompError, match="keeps the shapes"):
+        mc.from_torch(program, (torch.randn(5, 4),))
+
+
+def test_dynamic_exported_program_is_refused():
+    model = nn.Linear(4, 3).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (torch.randn(2, 4),), dynamic_shapes=({0: batch},))
+    with pytest.raises(MinicompError, match="dynamic dimensions.*static shapes"):
+        mc.from_torch(program)
+
+
+def test_cli_runs_a_saved_pt2(tmp_path, capsys):
+    from minicomp.cli import main
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    model(x)  # materialize the lazy layer
+    path = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    assert main(["run", str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "net" in out or "output" in out
+    assert main(["compile", str(path), "--emit", "graph"]) == 0
+    assert "conv2d" in capsys.readouterr().out
+
+
+def test_graph_breaks_run_eagerly_between_compiled_graphs():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            if h.sum() > 0:  # data-dependent control flow: dynamo breaks the graph here
+                h = h * 2
+            return self.b(h)
+
+    model = Branchy().eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="minicomp")
+    with torch.no_grad():
+        for seed in range(4):
+            x = torch.randn(3, 4, generator=torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(compiled(x), model(x))
