@@ -187,12 +187,26 @@ def _clamp_tensor(ctx, a):
 
 @register_torch_op("aten.elu")
 def _elu(ctx, a):
+    """scale * (x if x > 0 else alpha * (exp(x * input_scale) - 1)): elu, selu and celu."""
     x = a["self"]
     dt = x.dtype.name
-    if float(a["scale"]) != 1.0 or float(a["input_scale"]) != 1.0:
-        raise UnsupportedError("elu with scale or input_scale other than 1 (selu) is not supported")
-    neg = ctx.op("mul", ctx.op("sub", ctx.op("exp", x), ctx.tensor(1.0, dt)), ctx.tensor(float(a["alpha"]), dt))
-    return ctx.op("where", ctx.op("greater", x, ctx.tensor(0.0, dt)), x, neg)
+    alpha, scale, input_scale = float(a["alpha"]), float(a["scale"]), float(a["input_scale"])
+    inner = x if input_scale == 1.0 else ctx.op("mul", x, ctx.tensor(input_scale, dt))
+    neg = ctx.op("mul", ctx.op("sub", ctx.op("exp", inner), ctx.tensor(1.0, dt)), ctx.tensor(alpha, dt))
+    y = ctx.op("where", ctx.op("greater", x, ctx.tensor(0.0, dt)), x, neg)
+    return y if scale == 1.0 else ctx.op("mul", y, ctx.tensor(scale, dt))
+
+
+@register_torch_op("aten.round.default")
+def _round(ctx, a):
+    """Round half to even, as torch (and numpy) do: floor(x + 0.5), less one on odd ties."""
+    x = a["self"]
+    dt = x.dtype.name
+    half = ctx.op("add", x, ctx.tensor(0.5, dt))
+    r = ctx.op("floor", half)
+    tie = ctx.op("equal", half, r)
+    odd = ctx.op("not_equal", ctx.op("fmod", r, ctx.tensor(2.0, dt)), ctx.tensor(0.0, dt))
+    return ctx.op("sub", r, ctx.op("cast", ctx.op("logical_and", tie, odd), dtype=dt))
 
 
 # -- comparisons, logic, selection --------------------------------------------------------
@@ -376,11 +390,32 @@ def _adaptive_avg_pool(ctx, a):
     out = ctx.out_shape()[2:]
     if all(o == 1 for o in out):
         return ctx.op("global_avg_pool", x)
-    if any(s % o for s, o in zip(spatial, out)):
-        raise UnsupportedError(f"adaptive average pooling from {list(spatial)} to {list(out)} is supported only "
-                               f"where each output size divides the input size")
-    kernel = tuple(s // o for s, o in zip(spatial, out))
-    return ctx.op(f"avg_pool{R}d", x, kernel=kernel, strides=kernel)
+    if not any(s % o for s, o in zip(spatial, out)):
+        kernel = tuple(s // o for s, o in zip(spatial, out))
+        return ctx.op(f"avg_pool{R}d", x, kernel=kernel, strides=kernel)
+    # Uneven windows: the mean over a window is separable, so each spatial axis is one
+    # matmul with an averaging matrix (output cell i averages rows floor(i*n/m) .. ceil((i+1)*n/m)).
+    y = x
+    for k, (n, m) in enumerate(zip(spatial, out)):
+        axis = 2 + k
+        last = y.ndim - 1
+        if axis != last:
+            perm = list(range(y.ndim))
+            perm[axis], perm[last] = perm[last], perm[axis]
+            y = ctx.op("transpose", y, perm=tuple(perm))
+        y = ctx.op("matmul", y, ctx.const(_averaging_matrix(n, m, x.dtype.name)))
+        if axis != last:
+            y = ctx.op("transpose", y, perm=tuple(perm))
+    return y
+
+
+def _averaging_matrix(n: int, m: int, dtype: str) -> np.ndarray:
+    """(n, m): column i averages torch's adaptive window i of an axis of size n."""
+    w = np.zeros((n, m), dtype=np.float64)
+    for i in range(m):
+        start, stop = (i * n) // m, -((-(i + 1) * n) // m)
+        w[start:stop, i] = 1.0 / (stop - start)
+    return w.astype(dtype)
 
 
 @register_torch_op("aten._native_batch_norm_legit_no_training")

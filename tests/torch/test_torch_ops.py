@@ -94,7 +94,9 @@ for _name, _fn, _aten, _lo, _hi in [
     ("clamp", lambda x: x.clamp(-1.0, 0.5), "aten.clamp.default", -3, 3),
     ("clamp_min", lambda x: x.clamp(min=0.25), "aten.clamp.default", -3, 3),
     ("hardswish", F.hardswish, "aten.clamp", -5, 5), ("hardsigmoid", F.hardsigmoid, "aten.clamp", -5, 5),
-    ("elu", F.elu, "aten.elu", -3, 3), ("pow2", lambda x: x ** 2, "aten.pow.Tensor_Scalar", -3, 3),
+    ("elu", F.elu, "aten.elu", -3, 3), ("selu", F.selu, "aten.elu", -3, 3),
+    ("round", lambda x: torch.round(x * 2) + torch.round(torch.floor(x * 4) / 2), "aten.round.default", -3, 3),
+    ("pow2", lambda x: x ** 2, "aten.pow.Tensor_Scalar", -3, 3),
     ("pow_half", lambda x: x ** 0.5, "aten.pow.Tensor_Scalar", 0, 3),
     ("pow3", lambda x: x ** 3.0, "aten.pow.Tensor_Scalar", -3, 3),
     ("rpow", lambda x: 2.0 ** x, "aten.pow.Scalar", -3, 3),
@@ -269,9 +271,9 @@ def _avg_pool(d):
 
 @case("adaptive_avg_pool2d", "aten._adaptive_avg_pool2d")
 def _adaptive(d):
-    out = d(st.sampled_from([2, 3]))
-    size = out * d(st.integers(1, 4))
-    return Fn(lambda m, x: F.adaptive_avg_pool2d(x, out)), [_array(d, (1, 3, size, size))]
+    out = (d(st.integers(2, 4)), d(st.integers(2, 4)))
+    size = (d(st.integers(out[0], 9)), d(st.integers(out[1], 9)))  # even and uneven windows
+    return Fn(lambda m, x: F.adaptive_avg_pool2d(x, out)), [_array(d, (1, 3) + size)]
 
 
 @case("pool3d", "aten.max_pool3d_with_indices", "aten.avg_pool3d", "aten._adaptive_avg_pool3d")
