@@ -58,6 +58,9 @@ def main() -> int:
             t0 = time.perf_counter()
             backend(*inputs)
             t_backend = time.perf_counter() - t0
+            import torch._inductor.config as inductor_config
+
+            inductor_config.force_disable_caches = True  # a cold compile, as minicomp's (cache=False)
             inductor = torch.compile(model)
             t0 = time.perf_counter()
             inductor(*inputs)
