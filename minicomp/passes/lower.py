@@ -290,7 +290,9 @@ class _Lowerer:
         rbody = ex.substitute(red.body, {v: ex.const(0, "int64") for v, n in red.axes if n == 1})
         acc_t = accumulator_dtype(buf.dtype)
         if acc_t == buf.dtype and loop_axes:
-            update = self._store(buf, idx, _combine(red.op, ex.Load(buf, tuple(idx)), rbody))
+            # A float32 stage may sum float16 terms (a float16 matmul staged inside a kernel).
+            term = rbody if rbody.dtype == acc_t else ex.cast(acc_t, rbody)
+            update = self._store(buf, idx, _combine(red.op, ex.Load(buf, tuple(idx)), term))
             stmt = seq(self._store(buf, idx, reduce_identity(red.op, buf.dtype)),
                        _wrap_loops(update, raxes, rext, reduction=True))
             return _wrap_loops(stmt, loop_axes, loop_ext)
