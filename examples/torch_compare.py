@@ -17,6 +17,15 @@ import torch
 import minicomp as mc
 
 
+def add_arguments(parser, repeat: int) -> None:
+    """The options both PyTorch examples take: threads, calls per timed block, inductor or not."""
+    import os
+
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every runtime")
+    parser.add_argument("--repeat", type=int, default=repeat, help="calls per timed block")
+    parser.add_argument("--no-inductor", action="store_true", help="skip torch.compile's default backend")
+
+
 def time_block(fn, repeat: int, blocks: int = 5) -> float:
     """Median seconds per call over ``blocks`` blocks of ``repeat`` calls, after two warm-up calls."""
     fn()

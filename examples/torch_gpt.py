@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_compare import compare  # noqa: E402
+from torch_compare import add_arguments, compare  # noqa: E402
 
 
 @dataclass
@@ -104,9 +104,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
     parser.add_argument("--seq", type=int, default=64, help="tokens in the prompt (at most 128)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every runtime")
-    parser.add_argument("--repeat", type=int, default=20, help="calls per timed block")
-    parser.add_argument("--no-inductor", action="store_true", help="skip torch.compile's default backend")
+    add_arguments(parser, repeat=20)
     args = parser.parse_args(argv)
 
     model = gpt(args.layers)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_compare import compare  # noqa: E402
+from torch_compare import add_arguments, compare  # noqa: E402
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -95,9 +95,7 @@ def resnet18() -> ResNet:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224, help="image height and width (default 224)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every runtime")
-    parser.add_argument("--repeat", type=int, default=10, help="calls per timed block")
-    parser.add_argument("--no-inductor", action="store_true", help="skip torch.compile's default backend")
+    add_arguments(parser, repeat=10)
     args = parser.parse_args(argv)
 
     model = resnet18()

@@ -604,11 +604,18 @@ def _topk(ctx, a):
 # -- views and data movement ----------------------------------------------------------
 
 
-@register_torch_op("aten.view")
-def _reshape(ctx, a):
-    x = a["self"]
-    shape = ctx.out_shape()
-    return x if x.shape == shape else ctx.op("reshape", x, shape=shape)
+def _to_out_shape(op: str):
+    """``op`` (reshape, broadcast_to) of ``self`` to the shape torch computed; nothing if it has it."""
+
+    def convert(ctx, a):
+        x, shape = a["self"], ctx.out_shape()
+        return x if x.shape == shape else ctx.op(op, x, shape=shape)
+
+    return convert
+
+
+register_torch_op("aten.view")(_to_out_shape("reshape"))
+register_torch_op("aten.expand")(_to_out_shape("broadcast_to"))
 
 
 @register_torch_op("aten.permute")
@@ -616,14 +623,6 @@ def _permute(ctx, a):
     x = a["self"]
     perm = tuple(_axis(d, x.ndim) for d in a["dims"])
     return x if perm == tuple(range(x.ndim)) else ctx.op("transpose", x, perm=perm)
-
-
-
-@register_torch_op("aten.expand")
-def _expand(ctx, a):
-    x = a["self"]
-    shape = ctx.out_shape()
-    return x if x.shape == shape else ctx.op("broadcast_to", x, shape=shape)
 
 
 @register_torch_op("aten.unsqueeze")
