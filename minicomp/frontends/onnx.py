@@ -87,7 +87,7 @@ def onnx_importers() -> dict[tuple[str, str], Importer]:
 
 
 def _load_builtin():
-    from minicomp.frontends import onnx_attention, onnx_ops  # noqa: F401
+    from minicomp.frontends import onnx_attention, onnx_ops, onnx_sequence_ops  # noqa: F401
 
 
 class ImportContext:
