@@ -328,7 +328,18 @@ def _gather_elements(x, indices, axis=0):
     return out
 
 
-def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel", nearest_mode="round_prefer_floor"):
+def _keys_kernel(d, a):
+    """Keys' cubic convolution kernel at distance ``d``."""
+    d = abs(d)
+    if d <= 1:
+        return (a + 2) * d ** 3 - (a + 3) * d ** 2 + 1
+    if d < 2:
+        return a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a
+    return 0.0
+
+
+def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel", nearest_mode="round_prefer_floor",
+            cubic_coeff_a=-0.75, exclude_outside=False):
     """Per output element, per axis, in Python floats (ONNX's formulas)."""
     scales = scales or [m / n for m, n in zip(sizes, x.shape)]
 
@@ -358,6 +369,13 @@ def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel",
             src = source(i, n, m, scales[k])
             if mode == "nearest":
                 corners = [(c + (min(max(near(src), 0), n - 1),), w) for c, w in corners]
+            elif mode == "cubic":
+                taps = [math.floor(src) + d for d in (-1, 0, 1, 2)]
+                ws = [_keys_kernel(src - j, cubic_coeff_a) for j in taps]
+                if exclude_outside:
+                    ws = [w if 0 <= j < n else 0.0 for j, w in zip(taps, ws)]
+                    ws = [w / sum(ws) for w in ws]
+                corners = [(c + (min(max(j, 0), n - 1),), w * wj) for c, w in corners for j, wj in zip(taps, ws)]
             else:
                 src = max(src, 0.0)
                 lo = math.floor(src)

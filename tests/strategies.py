@@ -344,7 +344,8 @@ def _topk_case(draw):
 def _resize_case(draw):
     x = draw(arrays(draw(shapes(1, 4, 1, 5)), draw(float_dtypes)))
     sizes = [draw(st.integers(1, 7)) if k >= x.ndim - 2 else d for k, d in enumerate(x.shape)]
-    return [x], {"sizes": sizes, "mode": draw(st.sampled_from(["nearest", "linear"])),
+    return [x], {"sizes": sizes, "mode": draw(st.sampled_from(["nearest", "linear", "cubic"])),
+                 "cubic_coeff_a": draw(st.sampled_from([-0.75, -0.5])), "exclude_outside": draw(st.booleans()),
                  "coordinate_mode": draw(st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
                                                           "asymmetric", "tf_half_pixel_for_nn"])),
                  "nearest_mode": draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))}

@@ -843,11 +843,14 @@ def _resize(ctx, node):
         raise UnsupportedError(f"{node.describe()}: Resize before opset 11 is not supported")
     mode = ctx.attr("mode", "nearest")
     coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if mode == "cubic" or coord in ("tf_crop_and_resize", "half_pixel_symmetric") or ctx.attr("antialias", 0):
-        raise UnsupportedError(f"{node.describe()}: mode {mode!r}, coordinate mode {coord!r} and antialias are not "
-                               f"supported (nearest and linear are)")
-    if ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
-        raise UnsupportedError(f"{node.describe()}: keep_aspect_ratio_policy other than stretch is not supported")
+    if coord in ("tf_crop_and_resize", "half_pixel_symmetric"):
+        raise UnsupportedError(f"{node.describe()}: coordinate mode {coord!r} is not supported (half_pixel, "
+                               f"pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn are)")
+    if ctx.attr("antialias", 0):
+        raise UnsupportedError(f"{node.describe()}: antialiased Resize is not supported")
+    policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+    if policy not in ("stretch", "not_larger", "not_smaller"):
+        raise UnsupportedError(f"{node.describe()}: keep_aspect_ratio_policy {policy!r} is not supported")
     axes = ctx.attr("axes")
     axes = [int(a) % x.ndim for a in axes] if axes is not None else list(range(x.ndim))
     scales_in = ctx.constant(2) if ctx.input(2) is not None else None
@@ -855,7 +858,13 @@ def _resize(ctx, node):
     if ctx.input(2) is not None and scales_in is None or ctx.input(3) is not None and sizes_in is None:
         raise UnsupportedError(f"{node.describe()}: scales and sizes must be constants known at import time")
     scales, sizes = [1.0] * x.ndim, list(x.shape)
-    if sizes_in is not None and sizes_in.size:
+    if sizes_in is not None and sizes_in.size and policy != "stretch":
+        # One scale for every resized axis, the smallest or largest the sizes ask for.
+        ratios = [int(s) / x.shape[a] for a, s in zip(axes, sizes_in.reshape(-1))]
+        scale = min(ratios) if policy == "not_larger" else max(ratios)
+        for a in axes:
+            sizes[a], scales[a] = int(scale * x.shape[a] + 0.5), scale
+    elif sizes_in is not None and sizes_in.size:
         for a, s in zip(axes, sizes_in.reshape(-1)):
             sizes[a] = int(s)
             scales[a] = sizes[a] / x.shape[a] if x.shape[a] else 1.0
@@ -866,4 +875,6 @@ def _resize(ctx, node):
     else:
         raise UnsupportedError(f"{node.describe()}: Resize needs scales or sizes")
     return [ctx.op("resize", x, sizes=sizes, scales=scales, mode=mode, coordinate_mode=coord,
-                   nearest_mode=ctx.attr("nearest_mode", "round_prefer_floor"))]
+                   nearest_mode=ctx.attr("nearest_mode", "round_prefer_floor"),
+                   cubic_coeff_a=float(ctx.attr("cubic_coeff_a", -0.75)),
+                   exclude_outside=bool(ctx.attr("exclude_outside", 0)))]

@@ -46,7 +46,8 @@ FOLD_LIMIT_ELEMENTS = 1 << 26
 # Ops the core-ATen decompositions would break into smaller ones that
 # minicomp has a single, better op (or fused kernel) for.
 KEEP_UNDECOMPOSED = ("scaled_dot_product_attention.default", "silu.default", "upsample_nearest2d.vec",
-                     "upsample_bilinear2d.vec", "upsample_nearest2d.default", "upsample_bilinear2d.default")
+                     "upsample_bilinear2d.vec", "upsample_nearest2d.default", "upsample_bilinear2d.default",
+                     "upsample_bicubic2d.vec", "upsample_bicubic2d.default")
 
 Converter = Callable[["TorchContext", dict], object]
 _CONVERTERS: dict[str, Converter] = {}

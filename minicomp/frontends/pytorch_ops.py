@@ -768,12 +768,14 @@ def _resize(mode: str):
         if mode == "nearest":
             return ctx.op("resize", x, sizes=sizes, mode="nearest", coordinate_mode="asymmetric",
                           nearest_mode="floor")
-        # torch clamps negative source coordinates to 0 and maps a size-1 output to the centre: half_pixel
+        # torch clamps negative source coordinates to 0 (linear; not cubic) and maps a size-1 output
+        # to the centre: ONNX's half_pixel
         coords = "align_corners" if a.get("align_corners") else "half_pixel"
-        return ctx.op("resize", x, sizes=sizes, mode="linear", coordinate_mode=coords)
+        return ctx.op("resize", x, sizes=sizes, mode=mode, coordinate_mode=coords, cubic_coeff_a=-0.75)
 
     return convert
 
 
 register_torch_op("aten.upsample_nearest2d")(_resize("nearest"))
 register_torch_op("aten.upsample_bilinear2d")(_resize("linear"))
+register_torch_op("aten.upsample_bicubic2d")(_resize("cubic"))

@@ -402,6 +402,14 @@ def _up_bilinear(d):
             [_array(d, (1, 2, 3, 4))])
 
 
+@case("upsample_bicubic", "aten.upsample_bicubic2d")
+def _up_bicubic(d):
+    align = d(st.booleans())
+    size = (d(st.integers(1, 7)), d(st.integers(1, 7)))
+    return (Fn(lambda m, x: F.interpolate(x, size=size, mode="bicubic", align_corners=align)),
+            [_array(d, (1, 2, 3, 4))])
+
+
 @case("layer_norm_stats", "aten.native_layer_norm")
 def _ln_stats(d):
     def fn(m, x):

@@ -468,8 +468,9 @@ def _resize_normalize(types, a):
     scales = tuple(float(v) for v in (a["scales"] or [out / inp if inp else 1.0 for out, inp in zip(sizes, x.shape)]))
     if len(scales) != x.rank or min(scales, default=1.0) <= 0:
         raise ShapeError(f"scales {list(scales)} must be one positive number per axis")
-    if a["mode"] not in ("nearest", "linear"):
-        raise ShapeError(f"mode {a['mode']!r}: nearest and linear are supported")
+    if a["mode"] not in ("nearest", "linear", "cubic"):
+        raise ShapeError(f"mode {a['mode']!r}: nearest, linear and cubic are supported")
+    a["cubic_coeff_a"], a["exclude_outside"] = float(a["cubic_coeff_a"]), bool(a["exclude_outside"])
     if a["coordinate_mode"] not in RESIZE_COORDS:
         raise ShapeError(f"coordinate mode {a['coordinate_mode']!r}: one of {', '.join(RESIZE_COORDS)}")
     if a["nearest_mode"] not in RESIZE_NEAREST:
@@ -498,8 +499,18 @@ def _clamp_index(v, n: int):
     return ex.minimum(ex.maximum(ex.cast(dtypes.int64, v), ex.const(0, dtypes.int64)), ex.const(n - 1, dtypes.int64))
 
 
-def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode):
+def cubic_weights(t, a: float):
+    """Keys' cubic convolution weights of the taps at floor - 1 .. floor + 2 for the
+    fraction ``t`` in [0, 1) (works on numpy arrays and on expressions alike)."""
+    u, v, w = t + 1, 1 - t, 2 - t
+    return [((a * u - 5 * a) * u + 8 * a) * u - 4 * a, ((a + 2) * t - (a + 3)) * t * t + 1,
+            ((a + 2) * v - (a + 3)) * v * v + 1, ((a * w - 5 * a) * w + 8 * a) * w - 4 * a]
+
+
+def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic_coeff_a=-0.75,
+                    exclude_outside=False):
     axes = [k for k in range(len(sizes)) if sizes[k] != x.shape[k] or scales[k] != 1.0]
+    f64 = lambda v: ex.const(v, dtypes.float64)  # noqa: E731
 
     def fn(*i):
         if mode == "nearest":
@@ -513,8 +524,22 @@ def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode):
                         "round_prefer_ceil": lambda v: ex.call("floor", v + half)}[nearest_mode](src)
                 idx[k] = _clamp_index(pick, x.shape[k])
             return x[tuple(idx)]
+        corners = [(list(i), f64(1.0))]
+        if mode == "cubic":  # a weighted sum over the 4^k taps around the source point (edges repeat)
+            for k in axes:
+                src = _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode)
+                low = ex.call("floor", src)
+                taps = [low + f64(d) for d in (-1.0, 0.0, 1.0, 2.0)]
+                weights = cubic_weights(src - low, cubic_coeff_a)
+                if exclude_outside:  # taps outside the input weigh nothing; the rest are renormalized
+                    inside = [ex.select(ex.logical_and(ex.ge(p, f64(0.0)), ex.lt(p, f64(x.shape[k]))), w, f64(0.0))
+                              for p, w in zip(taps, weights)]
+                    total = inside[0] + inside[1] + inside[2] + inside[3]
+                    weights = [w / total for w in inside]
+                corners = [(idx[:k] + [_clamp_index(p, x.shape[k])] + idx[k + 1:], cw * w)
+                           for idx, cw in corners for p, w in zip(taps, weights)]
+            return _weighted_sum(x, corners)
         # linear: a weighted sum over the 2^k corners around the source point
-        corners = [(list(i), ex.const(1.0, dtypes.float64))]
         for k in axes:
             src = _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode)
             src = ex.maximum(src, ex.const(0.0, dtypes.float64))
@@ -527,16 +552,20 @@ def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode):
                 grown.append((idx[:k] + [lo] + idx[k + 1:], w * (ex.const(1.0, dtypes.float64) - frac)))
                 grown.append((idx[:k] + [hi] + idx[k + 1:], w * frac))
             corners = grown
-        total = None
-        for idx, w in corners:
-            term = ex.cast(dtypes.float64, x[tuple(idx)]) * w
-            total = term if total is None else total + term
-        return ex.cast(x.dtype, total)
+        return _weighted_sum(x, corners)
 
     return compute(sizes, fn, "resize")
 
 
-def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode):
+def _weighted_sum(x, corners):
+    total = None
+    for idx, w in corners:
+        term = ex.cast(dtypes.float64, x[tuple(idx)]) * w
+        total = term if total is None else total + term
+    return ex.cast(x.dtype, total)
+
+
+def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic_coeff_a=-0.75, exclude_outside=False):
     out = x.astype(np.float64)
     for k in range(x.ndim):
         n, m = x.shape[k], sizes[k]
@@ -558,6 +587,18 @@ def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode):
             pick = {"floor": np.floor, "ceil": np.ceil, "round_prefer_floor": lambda v: np.ceil(v - 0.5),
                     "round_prefer_ceil": lambda v: np.floor(v + 0.5)}[nearest_mode](src)
             out = np.take(out, np.clip(pick, 0, n - 1).astype(np.int64), axis=k)
+        elif mode == "cubic":
+            low = np.floor(src)
+            taps = [low + d for d in (-1, 0, 1, 2)]
+            weights = cubic_weights(src - low, cubic_coeff_a)
+            if exclude_outside:
+                weights = [np.where((p >= 0) & (p < n), w, 0.0) for p, w in zip(taps, weights)]
+                total = sum(weights)
+                weights = [w / total for w in weights]
+            shape = [1] * x.ndim
+            shape[k] = m
+            out = sum(np.take(out, np.clip(p, 0, n - 1).astype(np.int64), axis=k) * w.reshape(shape)
+                      for p, w in zip(taps, weights))
         else:
             src = np.maximum(src, 0.0)
             low = np.floor(src)
@@ -572,16 +613,17 @@ def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode):
 
 
 def _resize_infer(types, a):
-    if not types[0].dtype.is_float and a["mode"] == "linear":
-        raise ShapeError("linear resize needs a float input")
+    if not types[0].dtype.is_float and a["mode"] != "nearest":
+        raise ShapeError(f"{a['mode']} resize needs a float input")
     return [TensorType(a["sizes"], types[0].dtype)]
 
 
 register_op(OpDef(
     "resize", _resize_infer, _resize_np, _resize_compute,
     attrs={"sizes": REQUIRED, "scales": None, "mode": "nearest", "coordinate_mode": "half_pixel",
-           "nearest_mode": "round_prefer_floor"},
+           "nearest_mode": "round_prefer_floor", "cubic_coeff_a": -0.75, "exclude_outside": False},
     normalize=_resize_normalize,
-    doc="Resize to ``sizes`` by nearest or (multi)linear sampling, with ONNX's coordinate transformations "
+    doc="Resize to ``sizes`` by nearest, (multi)linear or cubic (Keys, coefficient ``cubic_coeff_a``; "
+        "``exclude_outside`` drops taps beyond the edges) sampling, with ONNX's coordinate transformations "
         "(half_pixel, pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn).",
 ))
