@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 import minicomp as mc
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
-from onnx.reference import ReferenceEvaluator  # noqa: E402
+from tests.onnx.reference_check import check_against_reference, single_node_model  # noqa: E402
 
 
 @st.composite
@@ -71,25 +70,13 @@ def attention_cases(draw):
 
 
 def _model(feeds, names, outputs, attrs):
-    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(bool): TensorProto.BOOL,
-            np.dtype(np.int64): TensorProto.INT64}
-    inputs = [helper.make_tensor_value_info(n, elem[a.dtype], a.shape) for n, a in feeds.items()]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs]
-    node = helper.make_node("Attention", names, outputs, name="attn", **attrs)
-    graph = helper.make_graph([node], "attention", inputs, outs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)])
+    return single_node_model("Attention", feeds, names, outputs, attrs, opset=24)
 
 
 @given(attention_cases())
 def test_attention_matches_onnx_reference(case):
     feeds, names, outputs, attrs = case
-    model = _model(feeds, names, outputs, attrs)
-    want = ReferenceEvaluator(model).run(None, feeds)
-    graph = mc.from_onnx(model)
-    for target in ("reference", "llvm"):
-        got = mc.compile(graph, target=target)(**feeds)
-        for name, g, w in zip(outputs, got, want):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"{name} on {target}: {attrs}")
+    check_against_reference("Attention", feeds, names, outputs, attrs, opset=24)
 
 
 def test_attention_3d_needs_head_counts():

@@ -8,27 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import minicomp as mc
-
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
-from onnx.reference import ReferenceEvaluator  # noqa: E402
-
-ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+from tests.onnx.reference_check import check_against_reference  # noqa: E402
 
 
 def _check(op, feeds, names, outputs, attrs, opset=27):
-    inputs = [helper.make_tensor_value_info(n, ELEM[a.dtype], a.shape) for n, a in feeds.items()]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs]
-    node = helper.make_node(op, names, outputs, name="op", **attrs)
-    model = helper.make_model(helper.make_graph([node], op, inputs, outs),
-                              opset_imports=[helper.make_opsetid("", opset)])
-    want = ReferenceEvaluator(model).run(None, feeds)
-    graph = mc.from_onnx(model)
-    for target in ("reference", "llvm"):
-        got = mc.compile(graph, target=target)(**feeds)
-        for name, g, w in zip(outputs, got, want):
-            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"{op} {name} on {target}: {attrs}")
+    check_against_reference(op, feeds, names, outputs, attrs, opset)
 
 
 def _rng(draw):
