@@ -23,24 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from minicomp.errors import UnsupportedError
+from minicomp.frontends.compose import repeat_heads, split_heads
 from minicomp.frontends.onnx import register_onnx_importer
 
 _SOFTMAX_TYPES = {1: "float32", 10: "float16", 11: "float64"}
-
-
-def _split_heads(ctx, t, heads: int):
-    """(batch, seq, heads * size) -> (batch, heads, seq, size)."""
-    b, s, hidden = t.shape
-    if heads <= 0 or hidden % heads:
-        raise UnsupportedError(f"hidden size {hidden} does not split into {heads} heads")
-    return ctx.op("transpose", ctx.op("reshape", t, shape=(b, s, heads, hidden // heads)), perm=(0, 2, 1, 3))
-
-
-def _repeat_heads(ctx, t, rep: int):
-    """(b, h, s, d) -> (b, h * rep, s, d), each head repeated in place: h0, h0, h1, h1, ..."""
-    b, h, s, d = t.shape
-    y = ctx.op("broadcast_to", ctx.op("unsqueeze", t, axes=[2]), shape=(b, h, rep, s, d))
-    return ctx.op("reshape", y, shape=(b, h * rep, s, d))
 
 
 def _additive(ctx, allowed, like):
@@ -105,7 +91,7 @@ def _attention(ctx, node):
         qh, kvh = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
         if qh is None or kvh is None:
             raise UnsupportedError("3-D Attention inputs need the q_num_heads and kv_num_heads attributes")
-        q, k, v = _split_heads(ctx, q, int(qh)), _split_heads(ctx, k, int(kvh)), _split_heads(ctx, v, int(kvh))
+        q, k, v = split_heads(ctx, q, int(qh)), split_heads(ctx, k, int(kvh)), split_heads(ctx, v, int(kvh))
     elif q.ndim != 4:
         raise UnsupportedError(f"Attention inputs must be 3-D or 4-D, got rank {q.ndim}")
     dt = q.dtype.numpy
@@ -147,7 +133,7 @@ def _attention(ctx, node):
     if heads != kv_heads:
         if heads % kv_heads:
             raise UnsupportedError(f"{heads} query heads do not group over {kv_heads} key/value heads")
-        k, v = _repeat_heads(ctx, k, heads // kv_heads), _repeat_heads(ctx, v, heads // kv_heads)
+        k, v = repeat_heads(ctx, k, heads // kv_heads), repeat_heads(ctx, v, heads // kv_heads)
 
     scores = ctx.op("matmul", ctx.op("mul", q, root),
                     ctx.op("transpose", ctx.op("mul", k, root), perm=(0, 1, 3, 2)))

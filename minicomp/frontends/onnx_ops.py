@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from minicomp.errors import ShapeError, UnsupportedError
+from minicomp.frontends.compose import moments
 from minicomp.frontends.onnx import ONNX_DTYPES, ImportContext, register_onnx_importer
 from minicomp.ir.ops import broadcast_shapes
 
@@ -406,7 +407,7 @@ def _layer_norm(ctx, node):
     if not any(node.outputs[1:]):
         return [y]
     # The optional Mean and InvStdDev outputs (kept dims), computed beside the normalization.
-    mean, _, var = _moments(ctx, x, list(range(axis, x.ndim)))
+    mean, _, var = moments(ctx, x, list(range(axis, x.ndim)))
     inv = ctx.op("rsqrt", ctx.op("add", var, _scalar(ctx, eps, x)))
     return [y, mean, inv]
 
@@ -417,19 +418,12 @@ def _rms_normalization(ctx, node):
     return [ctx.op("rms_norm", x, scale, axis=int(ctx.attr("axis", -1)), epsilon=float(ctx.attr("epsilon", 1e-5)))]
 
 
-def _moments(ctx, x, axes):
-    """Mean over ``axes`` (kept), x minus it, and the (biased) variance."""
-    mean = ctx.op("mean", x, axes=axes, keepdims=True)
-    centered = ctx.op("sub", x, mean)
-    return mean, centered, ctx.op("mean", ctx.op("mul", centered, centered), axes=axes, keepdims=True)
-
-
 @register_onnx_importer("InstanceNormalization")
 def _instance_norm(ctx, node):
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     axes = list(range(2, x.ndim))
     eps = float(ctx.attr("epsilon", 1e-5))
-    _, d, var = _moments(ctx, x, axes)
+    _, d, var = moments(ctx, x, axes)
     y = ctx.op("div", d, ctx.op("sqrt", ctx.op("add", var, _scalar(ctx, eps, x))))
     per_channel = (x.shape[1],) + (1,) * (x.ndim - 2)
     y = ctx.op("mul", y, ctx.op("reshape", scale, shape=per_channel))

@@ -12,18 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from minicomp.errors import UnsupportedError
+from minicomp.frontends.compose import repeat_heads, split_heads
 from minicomp.frontends.onnx import register_onnx_importer
 
 # LinearAttention unrolls its recurrence: one group of ops per position.
 MAX_UNROLLED_STEPS = 256
-
-
-def _heads_first(ctx, t, heads: int):
-    """(batch, seq, heads * size) -> (batch, heads, seq, size)."""
-    b, s, hidden = t.shape
-    if heads <= 0 or hidden % heads:
-        raise UnsupportedError(f"hidden size {hidden} does not split into {heads} heads")
-    return ctx.op("transpose", ctx.op("reshape", t, shape=(b, s, heads, hidden // heads)), perm=(0, 2, 1, 3))
 
 
 def _cut(ctx, t, axis: int, start: int, stop: int, step: int = 1):
@@ -126,7 +119,7 @@ def _linear_attention(ctx, node):
     def as_f32(t_):
         return t_ if t_.dtype.name == f32 else ctx.op("cast", t_, dtype=f32)
 
-    q4, k4, v4 = (as_f32(_heads_first(ctx, t_, h)) for t_, h in ((q, qh), (k, kvh), (v, kvh)))
+    q4, k4, v4 = (as_f32(split_heads(ctx, t_, h)) for t_, h in ((q, qh), (k, kvh), (v, kvh)))
     dk, dv = q4.shape[3], v4.shape[3]
     group = qh // kvh
     if gating:
@@ -134,7 +127,7 @@ def _linear_attention(ctx, node):
         if last == kvh:
             decay4 = ctx.op("transpose", ctx.op("reshape", decay, shape=(b, t, kvh, 1)), perm=(0, 2, 1, 3))
         elif last == kvh * dk:
-            decay4 = _heads_first(ctx, decay, kvh)
+            decay4 = split_heads(ctx, decay, kvh)
         else:
             raise UnsupportedError(f"decay's last axis ({last}) must be kv_num_heads or kv_num_heads * head size")
         gates = ctx.op("exp", as_f32(decay4))  # (b, kvh, t, 1 or dk)
@@ -160,10 +153,7 @@ def _linear_attention(ctx, node):
             v_t = ctx.op("mul", at(betas, i), ctx.op("sub", v_t, retrieved))
         state = ctx.op("add", state, ctx.op("mul", ctx.op("unsqueeze", k_t, axes=[3]),
                                             ctx.op("unsqueeze", v_t, axes=[2])))
-        read = state
-        if group > 1:  # each KV head's state serves `group` query heads, in place
-            read = ctx.op("reshape", ctx.op("broadcast_to", ctx.op("unsqueeze", state, axes=[2]),
-                                            shape=(b, kvh, group, dk, dv)), shape=(b, qh, dk, dv))
+        read = repeat_heads(ctx, state, group) if group > 1 else state  # a KV head's state serves `group` heads
         o_t = ctx.op("matmul", ctx.op("unsqueeze", q_t, axes=[2]), read)  # (b, qh, 1, dv)
         outs.append(ctx.op("mul", o_t, scale_c))
     y = outs[0] if len(outs) == 1 else ctx.op("concat", *outs, axis=2)  # (b, qh, t, dv)

@@ -15,6 +15,7 @@ import numpy as np
 
 from minicomp.errors import UnsupportedError
 from minicomp.frontends.builder import Tensor
+from minicomp.frontends.compose import attend, split_heads
 from minicomp.frontends.pytorch import register_torch_op
 
 
@@ -43,14 +44,7 @@ def _attention(ctx, query, key, value, embed_dim: int, heads: int, qkv_w, qkv_b,
     q, k, v = (_linear(ctx, t, _rows(ctx, qkv_w, i * E, (i + 1) * E), _rows(ctx, qkv_b, i * E, (i + 1) * E))
                for i, t in enumerate((query, key, value)))
 
-    def heads_first(t):
-        B, L = t.shape[0], t.shape[1]
-        return ctx.op("transpose", ctx.op("reshape", t, shape=(B, L, H, D)), perm=(0, 2, 1, 3))
-
-    q = ctx.op("mul", heads_first(q), ctx.tensor(1.0 / math.sqrt(D), q.dtype.name))
-    k, v = heads_first(k), heads_first(v)
-    scores = ctx.op("matmul", q, ctx.op("transpose", k, perm=(0, 1, 3, 2)))
-    out = ctx.op("matmul", ctx.op("softmax", scores, axis=-1), v)
+    out = attend(ctx, split_heads(ctx, q, H), split_heads(ctx, k, H), split_heads(ctx, v, H), 1.0 / math.sqrt(D))
     B, L = out.shape[0], out.shape[2]
     merged = ctx.op("reshape", ctx.op("transpose", out, perm=(0, 2, 1, 3)), shape=(B, L, E))
     return _linear(ctx, merged, proj_w, proj_b)

@@ -14,6 +14,7 @@ import numpy as np
 
 from minicomp.errors import UnsupportedError
 from minicomp.frontends.builder import Tensor
+from minicomp.frontends.compose import attend, moments, repeat_heads
 from minicomp.frontends.pytorch import register_torch_op
 
 
@@ -306,28 +307,17 @@ def _sdpa(ctx, a):
     L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
     if a.get("enable_gqa") and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
         rep = q.shape[-3] // k.shape[-3]
-        k, v = (_repeat_heads(ctx, t, rep) for t in (k, v))
+        k, v = (repeat_heads(ctx, t, rep) for t in (k, v))
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(E)
-    perm = tuple(range(k.ndim - 2)) + (k.ndim - 1, k.ndim - 2)
-    q = ctx.op("mul", q, ctx.tensor(scale, dt))
-    scores = ctx.op("matmul", q, ctx.op("transpose", k, perm=perm))
-    mask = a["attn_mask"]
+    bias, mask = None, a["attn_mask"]
     if a["is_causal"]:
-        allowed = np.tril(np.ones((L, S), dtype=bool))
-        scores = ctx.op("add", scores, ctx.const(np.where(allowed, 0.0, -np.inf).astype(dt)))
+        bias = ctx.const(np.where(np.tril(np.ones((L, S), dtype=bool)), 0.0, -np.inf).astype(dt))
     if isinstance(mask, Tensor):
         if mask.dtype.name == "bool":
             mask = ctx.op("where", mask, ctx.tensor(0.0, dt), ctx.tensor(-np.inf, dt))
-        scores = ctx.op("add", scores, ctx.tensor(mask, dt))
-    return ctx.op("matmul", ctx.op("softmax", scores, axis=-1), v)
-
-
-def _repeat_heads(ctx, t: Tensor, rep: int) -> Tensor:
-    """(.., H, S, E) -> (.., H * rep, S, E), each head repeated ``rep`` times (grouped-query attention)."""
-    shape = t.shape
-    y = ctx.op("unsqueeze", t, axes=[t.ndim - 2])
-    y = ctx.op("broadcast_to", y, shape=shape[:-2] + (rep,) + shape[-2:])
-    return ctx.op("reshape", y, shape=shape[:-3] + (shape[-3] * rep,) + shape[-2:])
+        mask = ctx.tensor(mask, dt)
+        bias = mask if bias is None else ctx.op("add", bias, mask)
+    return attend(ctx, q, k, v, scale, bias)
 
 
 # -- convolution, pooling, normalization ------------------------------------------
@@ -443,17 +433,14 @@ def _layer_norm(ctx, a):
     y = ctx.op("layer_norm", *inputs, axis=axis, epsilon=eps)
     if not ctx.used_outputs() - {0}:
         return (y, None, None)
-    mean, rstd = _moments(ctx, x, list(range(axis, x.ndim)), eps)
+    mean, rstd = _mean_rstd(ctx, x, list(range(axis, x.ndim)), eps)
     return (y, mean, rstd)
 
 
-def _moments(ctx, x: Tensor, axes: list[int], eps: float):
+def _mean_rstd(ctx, x: Tensor, axes: list[int], eps: float):
     """Mean and 1/sqrt(variance + eps) over ``axes`` (kept as size-1 axes)."""
-    dt = x.dtype.name
-    mean = ctx.op("mean", x, axes=axes, keepdims=True)
-    centred = ctx.op("sub", x, mean)
-    var = ctx.op("mean", ctx.op("mul", centred, centred), axes=axes, keepdims=True)
-    return mean, ctx.op("rsqrt", ctx.op("add", var, ctx.tensor(eps, dt)))
+    mean, _, var = moments(ctx, x, axes)
+    return mean, ctx.op("rsqrt", ctx.op("add", var, ctx.tensor(eps, x.dtype.name)))
 
 
 @register_torch_op("aten._native_batch_norm_legit.no_stats")
@@ -464,7 +451,7 @@ def _batch_norm_batch_stats(ctx, a):
     if a["training"] is False:
         raise UnsupportedError("batch norm without running statistics must use the batch's own (training=True)")
     axes = [k for k in range(x.ndim) if k != 1]
-    mean, rstd = _moments(ctx, x, axes, float(a["eps"]))
+    mean, rstd = _mean_rstd(ctx, x, axes, float(a["eps"]))
     y = ctx.op("mul", ctx.op("sub", x, mean), rstd)
     per_channel = (x.shape[1],) + (1,) * (x.ndim - 2)
     if a["weight"] is not None:
@@ -488,7 +475,7 @@ def _group_norm(ctx, a):
     if a["bias"] is not None:
         y = ctx.op("add", y, ctx.op("reshape", a["bias"], shape=per_channel))
     if ctx.used_outputs() - {0}:
-        mean, rstd = _moments(ctx, grouped, [2], float(a["eps"]))
+        mean, rstd = _mean_rstd(ctx, grouped, [2], float(a["eps"]))
         return (y, ctx.op("reshape", mean, shape=(N, G)), ctx.op("reshape", rstd, shape=(N, G)))
     return (y, None, None)
 
