@@ -430,8 +430,6 @@ def _as_constant(ctx: TorchContext, value, name: str):
 
 def _fold(ctx: TorchContext, n, eager: dict) -> bool:
     """Compute a node whose inputs are known with torch itself; False if too large."""
-    import operator
-
     import torch.fx
 
     torch = _torch()
@@ -445,14 +443,10 @@ def _fold(ctx: TorchContext, n, eager: dict) -> bool:
     with torch.no_grad():
         result = n.target(*args, **kwargs)
     eager[n] = result
-    if n.target is operator.getitem:
-        ctx.values[n] = _as_constant(ctx, result, ctx.fresh_name())
-    elif isinstance(result, torch.Tensor):
-        ctx.values[n] = _as_constant(ctx, result, ctx.fresh_name())
-    elif isinstance(result, (tuple, list)):
+    if isinstance(result, (tuple, list)):
         ctx.values[n] = tuple(_as_constant(ctx, r, ctx.fresh_name(f"out{k}")) for k, r in enumerate(result))
-    else:
-        ctx.values[n] = result
+    else:  # a tensor becomes a constant; a Python number stays one
+        ctx.values[n] = _as_constant(ctx, result, ctx.fresh_name())
     return True
 
 

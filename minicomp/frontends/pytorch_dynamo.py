@@ -84,7 +84,6 @@ class MinicompGraph:
         self.constant_slots = self._find_constant_slots(gm)
         self._models: dict = {}
         self._weights: dict[int, tuple] = {}  # slot -> (tensor, version) the models were compiled with
-        self.compiles = 0
         self._warned_grad = False
         self.eager = False  # set when minicomp cannot convert the graph
 
@@ -136,24 +135,17 @@ class MinicompGraph:
         return self._models[key]
 
     def _compile(self, args):
-        import torch
 
         from minicomp.compiler import compile as mc_compile
-        from minicomp.frontends.pytorch import from_exported_program
+        from minicomp.frontends.pytorch import export_module, from_exported_program
 
         try:
-            with torch.no_grad():
-                ep = torch.export.export(self.gm, tuple(args), strict=False)
-                from minicomp.frontends.pytorch import _decomposition_table
-
-                ep = ep.run_decompositions(_decomposition_table())
-        except Exception as exc:
-            raise UnsupportedError(f"torch.export could not capture the graph: {type(exc).__name__}: "
-                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+            ep = export_module(self.gm, tuple(args))
+        except MinicompError as exc:  # a graph torch.export cannot take runs eagerly
+            raise UnsupportedError(str(exc)) from exc
         user = ep.graph_signature.user_inputs
         constants = {user[i]: (name, args[i]) for i, name in self.constant_slots.items()}
         graph = from_exported_program(ep, name="dynamo_graph", constant_inputs=constants)
-        self.compiles += 1
         model = mc_compile(graph, **self.compile_options)
         return model, ep.call_spec.out_spec, [i for i in range(len(args)) if i not in self.constant_slots]
 
