@@ -36,35 +36,23 @@ def _additive(ctx, allowed, like):
 
 
 def _offset_mask(ctx, q_len: int, kv_len: int, offset, allow, like):
-    """The bias of a mask that allows key ``j`` for query ``i`` by ``allow(diff)``, where
+    """The bias of a mask that allows key ``j`` for query ``i`` where ``allow(ctx, diff)``, with
     ``diff = i + offset - j``; ``offset`` is an int, or a (batch,) tensor (then the bias is
-    (batch, 1, q, kv))."""
-    i = np.arange(q_len).reshape(q_len, 1)
-    j = np.arange(kv_len).reshape(1, kv_len)
+    (batch, 1, q, kv)). A constant mask folds away when the graph is simplified."""
+    base = ctx.const((np.arange(q_len).reshape(q_len, 1) - np.arange(kv_len).reshape(1, kv_len)).astype(np.int64))
     if isinstance(offset, int):
-        return ctx.const(np.where(allow(i + offset - j), 0.0, -np.inf).astype(like.dtype.numpy))
-    base = ctx.const((i - j).astype(np.int64))  # (q, kv)
+        return _additive(ctx, allow(ctx, ctx.op("add", base, ctx.const(np.array(offset, np.int64)))), like)
     per_batch = ctx.op("reshape", ctx.op("cast", offset, dtype="int64"), shape=(offset.shape[0], 1, 1))
-    diff = ctx.op("add", base, per_batch)  # (batch, q, kv)
-    bias = _additive(ctx, allow(diff, ctx), like)
+    bias = _additive(ctx, allow(ctx, ctx.op("add", base, per_batch)), like)  # (batch, q, kv)
     return ctx.op("unsqueeze", bias, axes=[1])
 
 
-def _causal(diff, ctx=None):
-    if ctx is None:
-        return diff >= 0
+def _causal(ctx, diff):
     return ctx.op("greater_equal", diff, ctx.const(np.array(0, np.int64)))
 
 
 def _window(left: int, right: int):
-    def allow(diff, ctx=None):
-        if ctx is None:
-            ok = np.ones(diff.shape, bool)
-            if left >= 0:
-                ok &= diff <= left
-            if right >= 0:
-                ok &= -diff <= right
-            return ok
+    def allow(ctx, diff):
         ok = None
         if left >= 0:
             ok = ctx.op("less_equal", diff, ctx.const(np.array(left, np.int64)))
