@@ -24,10 +24,10 @@ def _gelu(x, approximate):
 
 def _int_div(a, b):
     a, b = np.broadcast_arrays(a, b)
-    out = np.zeros(a.shape, dtype=np.result_type(a, b))
+    out = np.zeros(a.shape, dtype=object)  # exact quotients, wrapped to the width by the comparison
     for idx in np.ndindex(a.shape):
         x, y = int(a[idx]), int(b[idx])
-        out[idx] = 0 if y == 0 else int(x / y) if abs(x) < 2**52 else 0
+        out[idx] = 0 if y == 0 else (abs(x) // abs(y)) * (1 if (x < 0) == (y < 0) else -1)
     return out
 
 
@@ -225,8 +225,13 @@ def _matmul(a, b):
 def _cast(x, dtype):
     if dtype == "bool":
         return np.array([v != 0 for v in x.reshape(-1)], dtype=bool).reshape(x.shape)
-    if dtype.startswith("int") and x.dtype.kind == "f":
-        return np.trunc(x).astype(dtype)
+    if np.dtype(dtype).kind in "iu" and x.dtype.kind == "f":  # saturating, NaN to 0
+        info = np.iinfo(dtype)
+        return np.array([0 if v != v else min(max(math.trunc(v), int(info.min)), int(info.max))
+                         if abs(v) != math.inf else (info.max if v > 0 else info.min)
+                         for v in x.reshape(-1).tolist()], dtype=object).reshape(x.shape)
+    if np.dtype(dtype).kind in "iu":
+        return x.astype(object)  # exact Python ints; the comparison wraps them to the width
     return x.astype(dtype)
 
 
@@ -251,7 +256,28 @@ def _pairwise(fn):
     def run(a, b):
         x, y = np.broadcast_arrays(a, b)
         out = [fn(p, q) for p, q in zip(x.reshape(-1).tolist(), y.reshape(-1).tolist())]
-        return np.array(out, dtype=np.float64 if a.dtype.kind == "f" else np.int64).reshape(x.shape)
+        return np.array(out, dtype=np.float64 if a.dtype.kind == "f" else object).reshape(x.shape)
+    return run
+
+
+def _exact(x):
+    """float64 for floats, Python ints for integers: arithmetic without rounding or wrapping."""
+    return x.astype(np.float64) if x.dtype.kind == "f" else x.astype(object)
+
+
+def _per_int(x, fn):
+    """``fn`` on each element as a Python int (exact), kept as an object array."""
+    return np.array([fn(v) for v in x.reshape(-1).tolist()], dtype=object).reshape(x.shape)
+
+
+def _shift(fn):
+    """A shift on Python ints; amounts outside [0, bits) shift every bit out."""
+    def run(a, b):
+        bits = a.dtype.itemsize * 8
+        x, y = np.broadcast_arrays(a, b)
+        out = [fn(p, q) if 0 <= q < bits else (-1 if p < 0 and fn(-1, 1) == -1 else 0)
+               for p, q in zip(x.reshape(-1).tolist(), y.reshape(-1).tolist())]
+        return np.array(out, dtype=object).reshape(x.shape)
     return run
 
 
@@ -399,8 +425,8 @@ FORMULATIONS = {
     "relu": lambda x: np.where(x > 0, x, 0), "erf": _per_element(math.erf),
     "leaky_relu": lambda x, alpha: np.where(x > 0, x, alpha * x.astype(np.float64)),
     "clip": _clip, "gelu": _gelu, "cast": _cast,
-    "add": lambda a, b: a.astype(np.float64) + b, "sub": lambda a, b: a.astype(np.float64) - b,
-    "mul": lambda a, b: a.astype(np.float64) * b, "div": _div,
+    "add": lambda a, b: _exact(a) + _exact(b), "sub": lambda a, b: _exact(a) - _exact(b),
+    "mul": lambda a, b: _exact(a) * _exact(b), "div": _div,
     "pow": lambda a, b: a.astype(np.float64) ** b,
     "maximum": lambda a, b: np.where(a >= b, a, b), "minimum": lambda a, b: np.where(a <= b, a, b),
     "less": lambda a, b: a < b, "greater": lambda a, b: a > b, "equal": lambda a, b: a == b,
@@ -415,6 +441,9 @@ FORMULATIONS = {
                                                                                int(math.fmod(p, q)))),
     "logical_and": _pairwise(lambda p, q: p and q), "logical_or": _pairwise(lambda p, q: p or q),
     "logical_xor": _pairwise(lambda p, q: p != q), "logical_not": lambda x: ~x,
+    "bitwise_and": _pairwise(lambda p, q: p & q), "bitwise_or": _pairwise(lambda p, q: p | q),
+    "bitwise_xor": _pairwise(lambda p, q: p ^ q), "bitwise_not": lambda x: _per_int(x, lambda v: -v - 1),
+    "shift_left": _shift(lambda p, q: p << q), "shift_right": _shift(lambda p, q: p >> q),
     "where": lambda c, a, b: np.choose(np.broadcast_to(c, np.broadcast_shapes(c.shape, a.shape, b.shape))
                                        .astype(int), np.broadcast_arrays(b, a, np.broadcast_to(
                                            a, np.broadcast_shapes(c.shape, a.shape, b.shape)))[:2]),

@@ -48,11 +48,20 @@ def arrays(draw, shape, dtype=FLOAT, low=-3.0, high=3.0):
         return rng.uniform(low, high, size=shape).astype(dt)
     if dt.kind == "b":
         return rng.integers(0, 2, size=shape).astype(bool)
-    return rng.integers(int(low) * 3, int(high) * 3 + 1, size=shape).astype(dt)
+    if dt.itemsize < 4 and draw(st.booleans()):  # 8- and 16-bit integers: the whole range, so results wrap
+        info = np.iinfo(dt)
+        return rng.integers(int(info.min), int(info.max) + 1, size=shape).astype(dt)
+    # Small values; negative ones wrap to the top of an 8- or 16-bit unsigned
+    # range (not of uint32/uint64: their products are past what the float64
+    # formulations hold exactly).
+    lo = max(int(low) * 3, 0) if dt.kind == "u" and dt.itemsize >= 4 else int(low) * 3
+    return rng.integers(lo, int(high) * 3 + 1, size=shape).astype(dt)
 
 
 float_dtypes = st.sampled_from([np.float32, np.float64])
-numeric_dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.int64])
+SMALL_INTS = [np.int8, np.uint8, np.int16, np.uint16, np.uint32, np.uint64]
+numeric_dtypes = st.sampled_from([np.float32, np.float64, np.int32, np.int64] + SMALL_INTS)
+int_dtypes = st.sampled_from([np.int32, np.int64] + SMALL_INTS)
 
 UNARY_FLOAT = {"floor": (-3, 3), "sin": (-4, 4), "cos": (-4, 4), "silu": (-6, 6),
                "exp": (-3, 3), "log": (0.1, 5), "sqrt": (0, 5), "rsqrt": (0.1, 5),
@@ -78,7 +87,8 @@ def _unary_case(draw, op):
     if op == "gelu":
         attrs["approximate"] = draw(st.sampled_from(["none", "tanh"]))
     if op == "clip":
-        attrs = {"min": draw(st.sampled_from([None, -1, 0])), "max": draw(st.sampled_from([None, 1, 2]))}
+        lows = [None, 0] if np.dtype(dt).kind == "u" else [None, -1, 0]
+        attrs = {"min": draw(st.sampled_from(lows)), "max": draw(st.sampled_from([None, 1, 2]))}
     return [x], attrs
 
 
@@ -104,8 +114,9 @@ def _where_case(draw):
 
 @st.composite
 def _cast_case(draw):
-    src = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.bool_]))
-    dst = draw(st.sampled_from(["float32", "float64", "int32", "int64", "bool"]))
+    src = draw(st.sampled_from([np.float32, np.float64, np.int32, np.int64, np.bool_] + SMALL_INTS))
+    dst = draw(st.sampled_from(["float32", "float64", "int32", "int64", "bool"]
+                               + [np.dtype(t).name for t in SMALL_INTS]))
     return [draw(arrays(draw(shapes()), src))], {"dtype": dst}
 
 
@@ -334,6 +345,20 @@ def _logical_case(draw, op):
 
 
 @st.composite
+def _bitwise_case(draw, op):
+    dt = draw(int_dtypes)
+    if op == "bitwise_not":
+        return [draw(arrays(draw(shapes()), dt))], {}
+    sa, sb = draw(broadcast_pair())
+    a = draw(arrays(sa, dt))
+    if op.startswith("shift"):  # amounts across the width, past it, and negative for signed types
+        bits = np.dtype(dt).itemsize * 8
+        b = draw(arrays(sb, np.int64, -1, bits // 3 + 1)).clip(-1 if np.dtype(dt).kind == "i" else 0).astype(dt)
+        return [a, b], {}
+    return [a, draw(arrays(sb, dt))], {}
+
+
+@st.composite
 def _topk_case(draw):
     x = draw(arrays(draw(shapes(1, 3, 1, 6)), draw(numeric_dtypes)))
     axis = draw(st.integers(-x.ndim, x.ndim - 1))
@@ -371,7 +396,9 @@ OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), g
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), trilu=_trilu_case(),
                 rms_norm=_rms_norm_case(), topk=_topk_case(), gather_elements=_gather_elements_case(),
                 resize=_resize_case(),
-                **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")})
+                **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")},
+                **{op: _bitwise_case(op) for op in ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
+                                                    "shift_left", "shift_right")})
 
 
 def op_case(op: str):

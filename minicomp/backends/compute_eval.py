@@ -27,10 +27,16 @@ def _np_binop(op: str, a, b, dtype: DType):
         return int_div(np.asarray(a), np.asarray(b))
     if op == "mod" and dtype.is_float:  # code generators emit C's fmod (LLVM frem): the dividend's sign
         return np.fmod(a, b)
+    if op in ("shl", "shr"):
+        from minicomp.ir.opdefs.elementwise import shift_np
+
+        return shift_np(np.asarray(a, dtype.numpy), np.asarray(b, dtype.numpy), op == "shl")
     fns = {
+        "xor": np.bitwise_xor if dtype.is_int else np.logical_xor,
         "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
         "floordiv": np.floor_divide, "mod": np.mod, "max": np.maximum, "min": np.minimum,
-        "pow": np.power, "and": np.logical_and, "or": np.logical_or,
+        "pow": np.power, "and": np.bitwise_and if dtype.is_int else np.logical_and,
+        "or": np.bitwise_or if dtype.is_int else np.logical_or,
         "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
         "eq": np.equal, "ne": np.not_equal,
     }
@@ -89,7 +95,9 @@ def _eval(e: ex.Expr, bind: dict, env: dict):
     if isinstance(e, ex.Select):
         return np.where(_eval(e.cond, bind, env), _eval(e.a, bind, env), _eval(e.b, bind, env))
     if isinstance(e, ex.Cast):
-        return np.asarray(_eval(e.x, bind, env)).astype(e.dtype.numpy)
+        from minicomp.ir.opdefs.elementwise import cast_np
+
+        return cast_np(np.asarray(_eval(e.x, bind, env)), e.dtype)
     raise TypeError(f"cannot evaluate {type(e).__name__}")
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
@@ -56,17 +58,19 @@ __device__ __forceinline__ float mc_max(float a, float b) { return (a > b || a !
 __device__ __forceinline__ float mc_min(float a, float b) { return (a < b || a != a) ? a : b; }
 __device__ __forceinline__ double mc_max(double a, double b) { return (a > b || a != a) ? a : b; }
 __device__ __forceinline__ double mc_min(double a, double b) { return (a < b || a != a) ? a : b; }
-__device__ __forceinline__ int mc_max(int a, int b) { return a > b ? a : b; }
-__device__ __forceinline__ int mc_min(int a, int b) { return a < b ? a : b; }
-__device__ __forceinline__ long long mc_max(long long a, long long b) { return a > b ? a : b; }
-__device__ __forceinline__ long long mc_min(long long a, long long b) { return a < b ? a : b; }
+template <typename T> __device__ __forceinline__ T mc_max(T a, T b) { return a > b ? a : b; }
+template <typename T> __device__ __forceinline__ T mc_min(T a, T b) { return a < b ? a : b; }
 // float -> integer casts saturate and send NaN to 0, like LLVM's fptosi.sat
-__device__ __forceinline__ int mc_to_i32(double x) {
-  return x != x ? 0 : x <= -2147483648.0 ? (-2147483647 - 1) : x >= 2147483647.0 ? 2147483647 : (int)x;
+template <typename T> __device__ __forceinline__ T mc_to_int(double x, double lo, double hi) {
+  return x != x ? (T)0 : x <= lo ? (T)lo : x >= hi ? (T)hi : (T)x;
 }
 __device__ __forceinline__ long long mc_to_i64(double x) {
   return x != x ? 0 : x <= -9223372036854775808.0 ? (-9223372036854775807LL - 1)
        : x >= 9223372036854775807.0 ? 9223372036854775807LL : (long long)x;
+}
+__device__ __forceinline__ unsigned long long mc_to_u64(double x) {
+  return x != x || x <= 0.0 ? 0ULL : x >= 18446744073709551615.0 ? 18446744073709551615ULL
+       : (unsigned long long)x;
 }
 __device__ __forceinline__ float mc_round_half(float x) { return __half2float(__float2half_rn(x)); }
 """
@@ -74,8 +78,7 @@ __device__ __forceinline__ float mc_round_half(float x) { return __half2float(__
 
 def ctype(dt: DType) -> str:
     """The C type a value of ``dt`` is computed in (float16 is computed in float)."""
-    return {"float32": "float", "float64": "double", "float16": "float", "int32": "int",
-            "int64": "long long", "bool": "bool"}[dt.name]
+    return "float" if dt == dtypes.float16 else dt.c
 
 
 def storage_type(dt: DType) -> str:
@@ -438,7 +441,7 @@ class _Writer:
         infix = {"add": "+", "sub": "-", "mul": "*", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==",
                  "ne": "!="}
         if op in infix:
-            return f"({a} {infix[op]} {b})"
+            return self.wrap_narrow(f"({a} {infix[op]} {b})", e.dtype)
         if op in ("max", "min"):
             if dt.is_int:  # int and long long operands may meet in index arithmetic: pick one overload
                 t = self.value_type(e)
@@ -457,13 +460,20 @@ class _Writer:
         if op in ("and", "or"):
             sym = ("&&" if op == "and" else "||") if dt.is_bool else ("&" if op == "and" else "|")
             return f"({a} {sym} {b})"
+        if op in ("xor", "shl", "shr"):  # legalization guarded the shift amounts; >> is arithmetic when signed
+            return self.wrap_narrow(f"({a} {({'xor': '^', 'shl': '<<', 'shr': '>>'})[op]} {b})", dt)
         if op in ("floordiv", "tdiv", "div"):
             # Index arithmetic (non-negative, positive constant divisors) and
             # legalized integer division (divisors 0 and -1 guarded): C's division.
-            return f"({a} / {b})"
+            return self.wrap_narrow(f"({a} / {b})", dt)
         if op == "mod":
             return f"({a} % {b})"
         self.fail(f"no CUDA for {op} on {dt.name}")
+
+    @staticmethod
+    def wrap_narrow(text: str, dt: DType) -> str:
+        """C computes 8- and 16-bit integers in int: cast back so they wrap as stored."""
+        return f"(({ctype(dt)}){text})" if dt.is_int and dt.itemsize < 4 else text
 
     def call(self, e: ex.Call) -> str:
         x = self.render(e.args[0])
@@ -471,13 +481,13 @@ class _Writer:
         if e.fn == "shfl_xor":
             return f"__shfl_xor_sync(0xffffffffu, {x}, {self.render(e.args[1])})"
         if e.fn == "neg":
-            return f"(-{x})"
+            return self.wrap_narrow(f"(-{x})", dt)
         if e.fn == "not":
             return f"(!{x})"
         if e.fn == "abs":
             if dt.is_float:
                 return f"fabs{'f' if ctype(dt) == 'float' else ''}({x})"
-            return f"({x} < 0 ? -{x} : {x})"
+            return x if dt.is_unsigned else self.wrap_narrow(f"({x} < 0 ? -{x} : {x})", dt)
         if not dt.is_float:
             self.fail(f"{e.fn} needs a float operand, got {dt.name}")
         if e.fn in ("exp", "log", "sqrt", "tanh", "erf", "floor"):
@@ -492,7 +502,10 @@ class _Writer:
         if dst.is_bool:
             return f"({v} != 0)"
         if src.is_float and dst.is_int:
-            return f"mc_to_{dst.short}({v})"
+            if dst.itemsize == 8:
+                return f"mc_to_{dst.short}({v})"
+            info = np.iinfo(dst.numpy)
+            return f"mc_to_int<{ctype(dst)}>({v}, {float(info.min)!r}, {float(info.max)!r})"
         out = f"(({ctype(dst)})({v}))"
         if dst == dtypes.float16:
             return f"mc_round_half({out})"
@@ -502,8 +515,6 @@ class _Writer:
 def const_literal(c: ex.Const) -> str:
     """A C literal for ``c`` (exact for floats; infinities and NaN by name)."""
     import math
-
-    import numpy as np
 
     dt = c.dtype
     if dt.is_bool:
@@ -519,6 +530,8 @@ def const_literal(c: ex.Const) -> str:
             return f"(-{text})" if v < 0 else text
         return repr(v) + ("f" if ctype(dt) == "float" else "")
     v = int(c.value)
+    if dt.is_unsigned:
+        return f"(({dt.c}){v}ULL)"
     if not -(2**31) <= v < 2**31:  # small int64 constants stay int: index arithmetic in int is faster
         return f"{v}LL" if v >= 0 else f"({v}LL)"
     return str(v) if v >= 0 else f"({v})"

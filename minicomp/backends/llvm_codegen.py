@@ -41,7 +41,25 @@ def compare_instruction(op: str, dt: DType) -> str:
     numpy) except ``ne``, which is true for NaN."""
     if dt.is_float:
         return "fcmp " + {"lt": "olt", "le": "ole", "gt": "ogt", "ge": "oge", "eq": "oeq", "ne": "une"}[op]
-    return "icmp " + {"lt": "slt", "le": "sle", "gt": "sgt", "ge": "sge", "eq": "eq", "ne": "ne"}[op]
+    sign = "u" if dt.is_unsigned else "s"
+    return "icmp " + {"lt": sign + "lt", "le": sign + "le", "gt": sign + "gt", "ge": sign + "ge", "eq": "eq",
+                      "ne": "ne"}[op]
+
+
+def int_instruction(op: str, dt: DType) -> str:
+    """The LLVM instruction for an integer ``op`` whose meaning depends on the
+    sign (``tdiv``: sdiv/udiv, ``shr``: ashr/lshr, ``mod``: srem/urem...)."""
+    u = dt.is_unsigned
+    return {"tdiv": "udiv" if u else "sdiv", "floordiv": "udiv" if u else "sdiv", "mod": "urem" if u else "srem",
+            "shr": "lshr" if u else "ashr", "shl": "shl", "xor": "xor", "and": "and", "or": "or", "add": "add",
+            "sub": "sub", "mul": "mul"}[op]
+
+
+def int_literal(value: int, dt: DType) -> str:
+    """An LLVM literal for an integer constant: two's complement, signed spelling."""
+    bits = dt.bits
+    value &= (1 << bits) - 1
+    return str(value - (1 << bits) if value >= 1 << (bits - 1) else value)
 
 
 def float_literal(value: float, ty: str) -> str:
@@ -57,8 +75,8 @@ def float_literal(value: float, ty: str) -> str:
 
 
 def _suffix(ty: str) -> str:
-    return {"float": "f32", "double": "f64", "i32": "i32", "i64": "i64", "half": "f16", "i8": "i8",
-            "i1": "i1"}[ty]
+    """The type's spelling in intrinsic names: ``llvm.fabs.f32``, ``llvm.smax.i8``."""
+    return {"float": "f32", "double": "f64", "half": "f16"}.get(ty, ty)
 
 
 class Module:
@@ -192,7 +210,7 @@ class FunctionGen:
 
                 v = float(np.float16(v))
             return float_literal(v, c.dtype.llvm)
-        return str(int(c.value))
+        return int_literal(int(c.value), c.dtype)
 
     def _flat_index(self, buf, indices) -> str:
         return self.value(ex.simplify(ex.flat_index(indices, buf.shape)))
@@ -262,20 +280,14 @@ class FunctionGen:
             if op == "floordiv":
                 self.emit(f"{out} = fdiv {ty} {a}, {b}")
                 return self._call(ty, f"llvm.floor.{_suffix(ty)}", [(ty, out)])
-        if op in ("and", "or"):
-            self.emit(f"{out} = {op} {ty} {a}, {b}")
-            return out
-        if op in ("add", "sub", "mul"):
-            self.emit(f"{out} = {op} {ty} {a}, {b}")
-            return out
         if op in ("max", "min"):
-            return self._call(ty, f"llvm.s{op}.{_suffix(ty)}", [(ty, a), (ty, b)])
-        if op in ("floordiv", "mod"):
-            # Index arithmetic: divisors are positive constants, dividends non-negative.
-            self.emit(f"{out} = {'sdiv' if op == 'floordiv' else 'srem'} {ty} {a}, {b}")
-            return out
-        if op == "tdiv":  # legalization guarded the divisors 0 and -1
-            self.emit(f"{out} = sdiv {ty} {a}, {b}")
+            sign = "u" if dt.is_unsigned else "s"
+            return self._call(ty, f"llvm.{sign}{op}.{_suffix(ty)}", [(ty, a), (ty, b)])
+        # floordiv and mod are index arithmetic here (positive constant divisors,
+        # non-negative dividends); legalization guarded tdiv's divisors 0 and -1
+        # and the shifts' amounts.
+        if op in ("and", "or", "xor", "add", "sub", "mul", "shl", "shr", "floordiv", "mod", "tdiv"):
+            self.emit(f"{out} = {int_instruction(op, dt)} {ty} {a}, {b}")
             return out
         raise CompileError(f"function {self.name}: no code for {op} on {dt.name}")
 
@@ -293,6 +305,8 @@ class FunctionGen:
         if e.fn == "abs":
             if dt.is_float:
                 return self._call(ty, f"llvm.fabs.{_suffix(ty)}", [(ty, x)])
+            if dt.is_unsigned:
+                return x
             return self._call(ty, f"llvm.abs.{_suffix(ty)}", [(ty, x), ("i1", "false")])
         if not dt.is_float:
             raise CompileError(f"function {self.name}: {e.fn} needs a float operand, got {dt.name}")
@@ -330,13 +344,16 @@ class FunctionGen:
             self.emit(f"{out} = {'fpext' if d == 'double' else 'fptrunc'} {s} {v} to {d}")
             return self._round_half(out, dst)
         if src.is_float and dst.is_int:
-            return self._call(d, f"llvm.fptosi.sat.{_suffix(d)}.{_suffix(s)}", [(s, v)])
+            sat = "fptoui" if dst.is_unsigned else "fptosi"
+            return self._call(d, f"llvm.{sat}.sat.{_suffix(d)}.{_suffix(s)}", [(s, v)])
         if src.is_int and dst.is_float:
-            self.emit(f"{out} = sitofp {s} {v} to {d}")
+            self.emit(f"{out} = {'uitofp' if src.is_unsigned else 'sitofp'} {s} {v} to {d}")
             return self._round_half(out, dst)
         if src.is_int and dst.is_int:
-            wider = dst.itemsize > src.itemsize
-            self.emit(f"{out} = {'sext' if wider else 'trunc'} {s} {v} to {d}")
+            if s == d:  # the same bits, another sign
+                return v
+            widen = "zext" if src.is_unsigned else "sext"
+            self.emit(f"{out} = {widen if dst.itemsize > src.itemsize else 'trunc'} {s} {v} to {d}")
             return out
         raise CompileError(f"function {self.name}: no cast from {src.name} to {dst.name}")
 

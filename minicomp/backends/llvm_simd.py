@@ -100,6 +100,8 @@ class SimdEmitter:
             if e.fn == "abs":
                 if e.dtype.is_float:
                     return self._intrinsic(f"llvm.fabs.{suffix}", ty, [x]), True
+                if e.dtype.is_unsigned:
+                    return x, True
                 return self._intrinsic(f"llvm.abs.{suffix}", ty, [x], extra=", i1 false"), True
             return self._intrinsic(f"llvm.sqrt.{suffix}", ty, [x]), True
         if isinstance(e, ex.Select):
@@ -128,7 +130,7 @@ class SimdEmitter:
         return out
 
     def _binop(self, e: ex.BinOp) -> str:
-        from minicomp.backends.llvm_codegen import FMF, FMF_ACCUMULATE, compare_instruction
+        from minicomp.backends.llvm_codegen import FMF, FMF_ACCUMULATE, compare_instruction, int_instruction
 
         fn = self.fn
         a, b = self.vector(e.a), self.vector(e.b)
@@ -145,10 +147,10 @@ class SimdEmitter:
             return out
         if op in ("max", "min"):
             name = (f"llvm.{'maximum' if op == 'max' else 'minimum'}.{suffix}" if dt.is_float
-                    else f"llvm.s{op}.{suffix}")
+                    else f"llvm.{'u' if dt.is_unsigned else 's'}{op}.{suffix}")
             return self._intrinsic(name, ty, [a, b])
-        if op in ("add", "sub", "mul", "and", "or"):
-            fn.emit(f"{out} = {op} {ty} {a}, {b}")
+        if op in ("add", "sub", "mul", "and", "or", "xor", "shl", "shr"):
+            fn.emit(f"{out} = {int_instruction(op, dt)} {ty} {a}, {b}")
             return out
         raise CompileError(f"simd loop: no vector form of {op} on {dt.name}")
 
@@ -229,7 +231,7 @@ class SimdEmitter:
 
 
 def _sfx(ty: str) -> str:
-    return {"float": "f32", "double": "f64", "i32": "i32", "i64": "i64", "i1": "i1"}[ty]
+    return {"float": "f32", "double": "f64"}.get(ty, ty)
 
 
 def emit_simd_loop(fn, loop) -> None:

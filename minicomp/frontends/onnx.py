@@ -29,12 +29,14 @@ from minicomp.ir.graph import Graph, Value, check_shape, drop_unused_constants
 from minicomp.ir.ops import get_op
 
 # ONNX TensorProto element types that minicomp has a dtype for.
-ONNX_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+               10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
 ONNX_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32",
                    7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64",
                    14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16"}
 
-SUPPORTED_NUMPY = tuple(np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_))
+SUPPORTED_NUMPY = tuple(np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_,
+                                               np.int8, np.int16, np.uint8, np.uint16, np.uint32, np.uint64))
 
 # A folded constant may grow this much beyond its inputs (weights made by
 # ConstantOfShape are the point of folding, so the limit is generous).
@@ -278,8 +280,6 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
         dt = arr.dtype
         if dt in SUPPORTED_NUMPY:
             ctx.values[t_name] = builder.constant(arr, name=t_name)
-        elif np.issubdtype(dt, np.integer):  # small integer types: widen (used for shapes, indices)
-            ctx.values[t_name] = builder.constant(arr.astype(np.int64), name=t_name)
         else:
             raise UnsupportedError(f"initializer '{t_name}' has dtype {dt}, which minicomp does not support")
 

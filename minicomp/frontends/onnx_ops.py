@@ -690,8 +690,6 @@ def _constant(ctx, node):
         arr = np.array(attrs["value_ints"], dtype=np.int64)
     else:
         raise UnsupportedError(f"Constant with attributes {sorted(attrs)} is not supported")
-    if arr.dtype.kind in "iu" and arr.dtype not in (np.int32, np.int64):
-        arr = arr.astype(np.int64)
     return [ctx.const(arr)]
 
 
@@ -775,11 +773,21 @@ def _topk(ctx, node):
 
 
 
-# -- logical ops, CastLike, C's fmod -----------------------------------------------------------
+# -- logical and bitwise ops, CastLike -----------------------------------------------------------
 
-for _t, _o in (("And", "logical_and"), ("Or", "logical_or"), ("Xor", "logical_xor")):
+for _t, _o in (("And", "logical_and"), ("Or", "logical_or"), ("Xor", "logical_xor"), ("BitwiseAnd", "bitwise_and"),
+               ("BitwiseOr", "bitwise_or"), ("BitwiseXor", "bitwise_xor")):
     _binary(_t, _o)
 _simple("Not", "logical_not")
+_simple("BitwiseNot", "bitwise_not")
+
+
+@register_onnx_importer("BitShift")
+def _bit_shift(ctx, node):
+    direction = ctx.attr("direction")
+    if direction not in ("LEFT", "RIGHT"):
+        raise ShapeError(f"{node.describe()}: direction must be LEFT or RIGHT, got {direction!r}")
+    return [ctx.op("shift_left" if direction == "LEFT" else "shift_right", ctx.input(0), ctx.input(1))]
 
 
 @register_onnx_importer("CastLike")

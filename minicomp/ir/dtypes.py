@@ -33,7 +33,24 @@ class DType:
 
     @property
     def is_int(self) -> bool:
-        return self.name.startswith("int")
+        """Signed or unsigned integer."""
+        return self.name.startswith(("int", "uint"))
+
+    @property
+    def is_unsigned(self) -> bool:
+        return self.name.startswith("uint")
+
+    @property
+    def bits(self) -> int:
+        return self.itemsize * 8
+
+    def wrap(self, value: int) -> int:
+        """``value`` reduced to this integer type's range, two's complement (as a
+        store would keep it)."""
+        value &= (1 << self.bits) - 1
+        if not self.is_unsigned and value >= 1 << (self.bits - 1):
+            value -= 1 << self.bits
+        return value
 
     @property
     def is_bool(self) -> bool:
@@ -54,10 +71,20 @@ float16 = DType("float16", "f16", np.dtype(np.float16), "float", "half", "__half
 int32 = DType("int32", "i32", np.dtype(np.int32), "i32", "i32", "int", 4)
 int64 = DType("int64", "i64", np.dtype(np.int64), "i64", "i64", "long long", 8)
 bool_ = DType("bool", "bool", np.dtype(np.bool_), "i1", "i8", "bool", 1)
+# Narrow and unsigned integers: LLVM integers have no sign, so the code
+# generators pick signed or unsigned instructions (sdiv/udiv, icmp slt/ult,
+# sext/zext) from ``is_unsigned``; arithmetic wraps at the type's width, as
+# in numpy.
+int8 = DType("int8", "i8", np.dtype(np.int8), "i8", "i8", "signed char", 1)
+int16 = DType("int16", "i16", np.dtype(np.int16), "i16", "i16", "short", 2)
+uint8 = DType("uint8", "u8", np.dtype(np.uint8), "i8", "i8", "unsigned char", 1)
+uint16 = DType("uint16", "u16", np.dtype(np.uint16), "i16", "i16", "unsigned short", 2)
+uint32 = DType("uint32", "u32", np.dtype(np.uint32), "i32", "i32", "unsigned int", 4)
+uint64 = DType("uint64", "u64", np.dtype(np.uint64), "i64", "i64", "unsigned long long", 8)
 
-ALL_DTYPES = (float32, float64, float16, int32, int64, bool_)
+ALL_DTYPES = (float32, float64, float16, int32, int64, bool_, int8, int16, uint8, uint16, uint32, uint64)
 FLOAT_DTYPES = (float32, float64, float16)
-INT_DTYPES = (int32, int64)
+INT_DTYPES = (int32, int64, int8, int16, uint8, uint16, uint32, uint64)
 NUMERIC_DTYPES = FLOAT_DTYPES + INT_DTYPES
 
 _BY_NAME = {}

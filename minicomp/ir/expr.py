@@ -25,7 +25,10 @@ from minicomp.ir.dtypes import DType
 
 # ``tdiv``: truncating integer division for divisors other than 0 and -1 (the
 # hardware's divide); legalization (passes/legalize.py) turns ``div`` into it.
-ARITH_OPS = ("add", "sub", "mul", "div", "tdiv", "floordiv", "mod", "max", "min", "pow", "and", "or")
+# ``and``/``or``/``xor`` are logical on bool and bitwise on integers; ``shl``
+# and ``shr`` shift integers (``shr`` is arithmetic for signed types).
+ARITH_OPS = ("add", "sub", "mul", "div", "tdiv", "floordiv", "mod", "max", "min", "pow", "and", "or", "xor",
+             "shl", "shr")
 CMP_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 CALL_FNS = ("exp", "log", "sqrt", "tanh", "erf", "neg", "abs", "not", "floor")
 # Functions of one float that code generators call by their C math-library
@@ -178,7 +181,7 @@ def as_expr(x, dtype: DType | None = None) -> Expr:
         return Const(bool(x), dtype or dtypes.bool_)
     if isinstance(x, (int, np.integer)):
         d = dtype or dtypes.int64
-        return Const(float(x) if d.is_float else int(x), d)
+        return Const(float(x) if d.is_float else d.wrap(int(x)), d)
     if isinstance(x, (float, np.floating)):
         d = dtype or dtypes.float32
         return Const(float(x) if d.is_float else int(x), d)
@@ -190,7 +193,7 @@ def const(value, dtype) -> Const:
     d = dtypes.as_dtype(dtype)
     if d.is_bool:
         return Const(bool(value), d)
-    return Const(float(value) if d.is_float else int(value), d)
+    return Const(float(value) if d.is_float else d.wrap(int(value)), d)
 
 
 def binop(op: str, a, b) -> Expr:
@@ -377,7 +380,7 @@ def free_vars(e: Expr) -> list[Var]:
 
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "//", "mod": "%",
           "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
-          "and": "&&", "or": "||"}
+          "xor": "^", "shl": "<<", "shr": ">>"}
 
 
 def format_const(c: Const) -> str:
@@ -397,6 +400,9 @@ def format_expr(e: Expr) -> str:
     if isinstance(e, Var):
         return e.name
     if isinstance(e, BinOp):
+        if e.op in ("and", "or"):  # logical on bool, bitwise on integers, as in C
+            sym = {"and": "&", "or": "|"}[e.op] * (1 + e.dtype.is_bool)
+            return f"({format_expr(e.a)} {sym} {format_expr(e.b)})"
         if e.op in _INFIX:
             return f"({format_expr(e.a)} {_INFIX[e.op]} {format_expr(e.b)})"
         return f"{e.op}({format_expr(e.a)}, {format_expr(e.b)})"
@@ -428,10 +434,13 @@ def _fold_scalar(op: str, a, b, dtype: DType):
                  "max": np.maximum, "min": np.minimum, "pow": np.power,
                  "floordiv": np.floor_divide, "mod": np.fmod}[op](npa, npb)
         return float(r)
-    if op == "and":
-        return a and b
-    if op == "or":
-        return a or b
+    if op in ("and", "or", "xor"):
+        r = {"and": a & b, "or": a | b, "xor": a ^ b}[op]
+        return bool(r) if dtype.is_bool else r
+    if op in ("shl", "shr"):
+        if not 0 <= b < dtype.bits:
+            return None  # legalization's guard decides
+        return a << b if op == "shl" else a >> b  # Python's >> on the wrapped value: arithmetic or logical
     if op in ("div", "tdiv", "floordiv", "mod") and b == 0:
         return None  # leave it to the code generator's zero guard
     if op in ("div", "tdiv"):

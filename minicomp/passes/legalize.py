@@ -7,7 +7,10 @@ directly onto an instruction:
 - integer ``div`` truncates and never traps: ``x / 0 == 0`` and
   ``x / -1 == -x`` (wrapping). It becomes ``tdiv`` — the hardware's
   truncating division, defined only for divisors other than 0 and -1 — behind
-  selects that handle those two.
+  selects that handle those two (unsigned division only needs the 0 guard).
+- shifts (``shl``, ``shr``) by an amount outside [0, bits) give 0, or for a
+  signed ``shr`` the sign (0 or -1), as numpy does; the hardware's shift is
+  defined only inside that range, so a select guards it.
 
 What stays, and every emitter must provide as it is:
 
@@ -40,6 +43,8 @@ def legalize_expr(e: ex.Expr) -> ex.Expr:
         out = ex.rebuild(n, tuple(go(c) for c in ex.children(n)))
         if isinstance(out, ex.BinOp) and out.op == "div" and out.dtype.is_int:
             out = _safe_int_div(out.a, out.b)
+        elif isinstance(out, ex.BinOp) and out.op in ("shl", "shr") and not _shift_in_range(out.b):
+            out = _safe_shift(out)
         memo[key] = out
         return out
 
@@ -50,10 +55,30 @@ def _safe_int_div(a: ex.Expr, b: ex.Expr) -> ex.Expr:
     if isinstance(b, ex.Const) and b.value not in (0, -1):
         return ex.BinOp("tdiv", a, b)
     dt = a.dtype
+    if dt.is_unsigned:
+        zero = ex.const(0, dt)
+        is_zero = ex.eq(b, zero)
+        return ex.select(is_zero, zero, ex.BinOp("tdiv", a, ex.select(is_zero, ex.const(1, dt), b)))
     zero, minus_one = ex.const(0, dt), ex.const(-1, dt)
     is_zero, is_minus_one = ex.eq(b, zero), ex.eq(b, minus_one)
     safe = ex.select(ex.BinOp("or", is_zero, is_minus_one), ex.const(1, dt), b)
     return ex.select(is_zero, zero, ex.select(is_minus_one, ex.BinOp("sub", zero, a), ex.BinOp("tdiv", a, safe)))
+
+
+def _shift_in_range(amount: ex.Expr) -> bool:
+    return isinstance(amount, ex.Const) and 0 <= amount.value < amount.dtype.bits
+
+
+def _safe_shift(e: ex.BinOp) -> ex.Expr:
+    dt = e.dtype
+    zero = ex.const(0, dt)
+    outside = ex.ge(e.b, ex.const(dt.bits, dt))
+    if not dt.is_unsigned:
+        outside = ex.BinOp("or", outside, ex.lt(e.b, zero))
+    fill = zero
+    if e.op == "shr" and not dt.is_unsigned:
+        fill = ex.select(ex.lt(e.a, zero), ex.const(-1, dt), zero)
+    return ex.select(outside, fill, ex.BinOp(e.op, e.a, ex.select(outside, zero, e.b)))
 
 
 def legalize_kernel(kernel: Kernel) -> Kernel:

@@ -25,11 +25,13 @@ def _check_kind(t: TensorType, kind: str, what: str = "input"):
     ok = {
         "float": t.dtype.is_float,
         "numeric": t.dtype.is_float or t.dtype.is_int,
+        "int": t.dtype.is_int,
         "bool": t.dtype.is_bool,
         "any": True,
     }[kind]
     if not ok:
-        want = {"float": "a float dtype", "numeric": "a numeric (float or int) dtype", "bool": "bool"}[kind]
+        want = {"float": "a float dtype", "numeric": "a numeric (float or int) dtype", "int": "an integer dtype",
+                "bool": "bool"}[kind]
         raise ShapeError(f"{what} has dtype {t.dtype.name}, but this op needs {want}")
 
 
@@ -49,6 +51,18 @@ def int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         q = a // safe
         q = np.where((a - q * safe != 0) & ((a < 0) != (safe < 0)), q + 1, q)
     return np.where(b == 0, 0, q).astype(np.result_type(a, b))
+
+
+def shift_np(a: np.ndarray, b: np.ndarray, left: bool) -> np.ndarray:
+    """``a << b`` or ``a >> b`` as generated code computes them: an amount
+    outside [0, bits) shifts every bit out (0, or the sign for a signed ``>>``)."""
+    bits = a.dtype.itemsize * 8
+    outside = (b < 0) | (b >= bits)
+    safe = np.where(outside, 0, b).astype(a.dtype)
+    with np.errstate(all="ignore"):
+        shifted = np.left_shift(a, safe) if left else np.right_shift(a, safe)
+    fill = np.zeros_like(a) if left or a.dtype.kind == "u" else np.where(a < 0, -1, 0).astype(a.dtype)
+    return np.where(outside, fill, shifted).astype(a.dtype)
 
 
 def register_unary_function(name: str, numpy_fn, c_name: str | None = None, doc: str = "") -> None:
@@ -133,6 +147,8 @@ def _register_unary():
     _unary("erf", np_erf, lambda x: ex.call("erf", x))
     _unary("floor", np.floor, lambda x: ex.call("floor", x))
     _unary("logical_not", np.logical_not, lambda x: ex.call("not", x), "bool")
+    _unary("bitwise_not", np.invert, lambda x: ex.BinOp("xor", x, ex.const(-1, x.dtype)), "int",
+           doc="~x: every bit flipped, on integers.")
     _unary("sin", np.sin, lambda x: ex.call("sin", x))
     _unary("cos", np.cos, lambda x: ex.call("cos", x))
     _unary("silu", lambda x: x / (1.0 + np.exp(-x)), lambda x: x / (ex.call("exp", -x) + 1.0),
@@ -243,6 +259,11 @@ def _register_binary():
     _binary("logical_and", np.logical_and, lambda a, b: ex.BinOp("and", a, b), kind="bool", result_bool=True)
     _binary("logical_or", np.logical_or, lambda a, b: ex.BinOp("or", a, b), kind="bool", result_bool=True)
     _binary("logical_xor", np.logical_xor, lambda a, b: ex.binop("ne", a, b), kind="bool", result_bool=True)
+    _binary("bitwise_and", np.bitwise_and, lambda a, b: ex.binop("and", a, b), kind="int")
+    _binary("bitwise_or", np.bitwise_or, lambda a, b: ex.binop("or", a, b), kind="int")
+    _binary("bitwise_xor", np.bitwise_xor, lambda a, b: ex.binop("xor", a, b), kind="int")
+    _binary("shift_left", lambda a, b: shift_np(a, b, True), lambda a, b: ex.binop("shl", a, b), kind="int")
+    _binary("shift_right", lambda a, b: shift_np(a, b, False), lambda a, b: ex.binop("shr", a, b), kind="int")
 
 
 def _fmod_np(x, y):

@@ -230,7 +230,7 @@ def _pad_reference(x, pads, value, mode="constant"):
     rank = x.ndim
     if mode != "constant":
         return np.pad(x, [(pads[k], pads[rank + k]) for k in range(rank)], mode=mode)
-    out = np.full(_pad_shape(x.shape, pads), x.dtype.type(value), dtype=x.dtype)
+    out = np.full(_pad_shape(x.shape, pads), ex.const(value, dtypes.as_dtype(x.dtype)).value, dtype=x.dtype)
     src, dst = [], []
     for k in range(rank):
         b, e, d = pads[k], pads[rank + k], x.shape[k]
