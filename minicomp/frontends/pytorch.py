@@ -36,8 +36,8 @@ from minicomp.frontends.builder import GraphBuilder, Tensor
 from minicomp.ir.graph import Graph, drop_unused_constants
 
 # torch dtypes by name -> minicomp dtype names (those minicomp computes in).
-TORCH_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "int32": "int32",
-                "int64": "int64", "bool": "bool"}
+TORCH_DTYPES = {name: name for name in ("float32", "float64", "float16", "int32", "int64", "bool", "int8", "int16",
+                                        "uint8", "uint16", "uint32", "uint64")}
 
 # A constant torch computes at import time may be at most this large; larger
 # results are left to a converter (an expand of a constant to a huge shape).

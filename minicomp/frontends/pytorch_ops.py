@@ -114,9 +114,8 @@ for _op, _names in {
 
 @register_torch_op("aten.bitwise_not")
 def _bitwise_not(ctx, a):
-    if a["self"].dtype.name != "bool":
-        raise UnsupportedError(f"bitwise_not of {a['self'].dtype.name} is not supported (bool only)")
-    return ctx.op("logical_not", a["self"])
+    x = a["self"]
+    return ctx.op("logical_not" if x.dtype.name == "bool" else "bitwise_not", x)
 
 
 @register_torch_op("aten.ceil")
@@ -236,13 +235,19 @@ for _op in ("logical_and", "logical_or", "logical_xor"):
         lambda ctx, a, _op=_op: ctx.op(_op, ctx.tensor(a["self"], "bool"), ctx.tensor(a["other"], "bool")))
 
 
-@register_torch_op("aten.bitwise_and", "aten.bitwise_or", "aten.bitwise_xor")
+@register_torch_op("aten.bitwise_and", "aten.bitwise_or", "aten.bitwise_xor", "aten.bitwise_left_shift",
+                   "aten.bitwise_right_shift")
 def _bitwise(ctx, a):
-    if ctx.out_dtype() != "bool":
-        raise UnsupportedError(f"{ctx.node.target} of {ctx.out_dtype()} is not supported (bool only)")
-    op = {"bitwise_and": "logical_and", "bitwise_or": "logical_or", "bitwise_xor": "logical_xor"}[
-        str(ctx.node.target.overloadpacket).split(".")[-1]]
-    return ctx.op(op, ctx.tensor(a["self"], "bool"), ctx.tensor(a["other"], "bool"))
+    """Logical ops on bool, bitwise ops and shifts on integers (a shift past the
+    width gives 0, or the sign for a signed right shift, as torch's does)."""
+    name = str(ctx.node.target.overloadpacket).split(".")[-1]
+    dtype = ctx.out_dtype()
+    if dtype == "bool" and name.endswith("shift"):
+        raise UnsupportedError(f"{ctx.node.target} of bool is not supported")
+    op = {"bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor", "bitwise_left_shift": "shift_left",
+          "bitwise_right_shift": "shift_right"}[name]
+    op = f"logical_{op}" if dtype == "bool" else op if op.startswith("shift") else f"bitwise_{op}"
+    return ctx.op(op, ctx.tensor(a["self"], dtype), ctx.tensor(a["other"], dtype))
 
 
 @register_torch_op("aten.where.self")

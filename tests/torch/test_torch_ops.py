@@ -187,6 +187,16 @@ binary_case("add_int_float", torch.add, "aten.add.Tensor", (np.int64, np.float32
 binary_case("mul_int", torch.mul, "aten.mul.Tensor", (np.int32, np.int64))
 binary_case("lt_int_float", torch.lt, "aten.lt", (np.int64, np.float32))
 binary_case("logical_or_any", torch.logical_or, "aten.logical_or", (np.float32, np.bool_))
+binary_case("add_uint8_int8", torch.add, "aten.add.Tensor", (np.uint8, np.int8), -128, 127)
+binary_case("mul_uint8_wraps", torch.mul, "aten.mul.Tensor", (np.uint8, np.uint8), 0, 255)
+binary_case("sub_int16", torch.sub, "aten.sub.Tensor", (np.int16, np.int16), -32768, 32767)
+binary_case("and_int16", torch.bitwise_and, "aten.bitwise_and", (np.int16, np.int16), -300, 300)
+binary_case("or_uint8", torch.bitwise_or, "aten.bitwise_or", (np.uint8, np.uint8), 0, 255)
+binary_case("xor_int64", torch.bitwise_xor, "aten.bitwise_xor", (np.int64, np.int64), -1000, 1000)
+binary_case("lshift_uint8", torch.bitwise_left_shift, "aten.bitwise_left_shift", (np.uint8, np.uint8), 0, 9)
+binary_case("rshift_int8", torch.bitwise_right_shift, "aten.bitwise_right_shift", (np.int8, np.int8), -9, 9)
+unary_case("not_int8", torch.bitwise_not, ("aten.bitwise_not",), -128, 127, np.int8)
+unary_case("int8_to_float", lambda x: x.float() * 0.5, ("aten._to_copy",), -128, 127, np.int8)
 
 
 @case("mm", "aten.mm")
