@@ -207,7 +207,7 @@ def export_library(model, path: str) -> str:
     offsets = list(model.memory_plan.offsets.items())
 
     def describe(vs):
-        return "\n".join(f"     [{k}] {v.name}: {v.dtype.c if v.dtype.name != 'float16' else 'uint16'} "
+        return "\n".join(f"     [{k}] {v.name}: {'uint16' if v.dtype.is_narrow_float else v.dtype.c} "
                          f"{list(v.shape)}" for k, v in enumerate(vs)) or "     (none)"
 
     header = HEADER.format(name=graph.name, version=__version__, cpu=jit.cpu, inputs=describe(inputs),

@@ -47,6 +47,19 @@ def _reduce(fn):
     return run
 
 
+def _prod(x, axes=None, keepdims=False):
+    """Products of Python numbers along the axes (exact for integers; 1 when empty)."""
+    axes = tuple(range(x.ndim)) if axes is None else tuple(a % x.ndim for a in np.atleast_1d(axes))
+    moved = np.moveaxis(_exact(x), axes, tuple(range(x.ndim - len(axes), x.ndim)))
+    flat = moved.reshape(moved.shape[: x.ndim - len(axes)] + (-1,))
+    out = np.empty(flat.shape[:-1], dtype=flat.dtype)
+    for idx in np.ndindex(out.shape):
+        out[idx] = math.prod(flat[idx].tolist())
+    if keepdims:
+        out = out.reshape(tuple(1 if k in axes else d for k, d in enumerate(x.shape)))
+    return out
+
+
 def _out_len(size, k, s, pb, pe, d, ceil=False):
     span = size + pb + pe - d * (k - 1) - 1
     out = (math.ceil(span / s) if ceil else span // s) + 1
@@ -289,7 +302,7 @@ def _py_floor_div(p, q):
 
 def _py_mod(p, q):
     if isinstance(p, float):
-        return p - math.floor(p / q) * q
+        return p % q  # Python floats: fmod, in the divisor's sign
     return 0 if q == 0 else p % q
 
 
@@ -307,15 +320,21 @@ def _arg(pick):
     return run
 
 
-def _cumsum(x, axis, exclusive=False, reverse=False):
-    moved = np.moveaxis(x.astype(np.float64), axis, -1)
-    out = np.zeros_like(moved)
-    n = moved.shape[-1]
-    for i in range(n):
-        js = [j for j in range(n) if (j > i if exclusive else j >= i)] if reverse else \
-            [j for j in range(n) if (j < i if exclusive else j <= i)]
-        out[..., i] = sum((moved[..., j] for j in js), np.zeros(moved.shape[:-1]))
-    return np.moveaxis(out, -1, axis)
+def _cumulative(combine, identity):
+    """Running sums or products by Python loops, exact for integers."""
+    def run(x, axis, exclusive=False, reverse=False):
+        moved = np.moveaxis(_exact(x), axis, -1)
+        out = np.zeros_like(moved)
+        n = moved.shape[-1]
+        for i in range(n):
+            js = [j for j in range(n) if (j > i if exclusive else j >= i)] if reverse else \
+                [j for j in range(n) if (j < i if exclusive else j <= i)]
+            acc = np.full(moved.shape[:-1], identity, dtype=moved.dtype)
+            for j in js:
+                acc = combine(acc, moved[..., j])
+            out[..., i] = acc
+        return np.moveaxis(out, -1, axis)
+    return run
 
 
 def _trilu(x, k=0, upper=True):
@@ -433,8 +452,12 @@ FORMULATIONS = {
     "less_equal": _pairwise(lambda p, q: p <= q), "greater_equal": _pairwise(lambda p, q: p >= q),
     "not_equal": _pairwise(lambda p, q: p != q), "floor": _per_element(math.floor),
     "sin": _per_element(math.sin), "cos": _per_element(math.cos),
+    **{name: _per_element(getattr(math, name)) for name in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh",
+                                                            "acosh", "atanh", "ceil")},
+    "round": _per_element(round),
     "argmax": _arg(max), "argmin": _arg(min), "topk": _topk, "gather_elements": _gather_elements,
-    "cumsum": _cumsum, "trilu": _trilu, "rms_norm": _rms_norm, "resize": _resize,
+    "cumsum": _cumulative(np.add, 0), "cumprod": _cumulative(np.multiply, 1),
+    "prod": _prod, "trilu": _trilu, "rms_norm": _rms_norm, "resize": _resize,
     "silu": _per_element(lambda v: v / (1 + math.exp(-v))),
     "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
     "fmod": _pairwise(lambda p, q: math.fmod(p, q) if isinstance(p, float) else (0 if q == 0 else

@@ -66,7 +66,9 @@ int_dtypes = st.sampled_from([np.int32, np.int64] + SMALL_INTS)
 UNARY_FLOAT = {"floor": (-3, 3), "sin": (-4, 4), "cos": (-4, 4), "silu": (-6, 6),
                "exp": (-3, 3), "log": (0.1, 5), "sqrt": (0, 5), "rsqrt": (0.1, 5),
                "reciprocal": (0.2, 5), "tanh": (-4, 4), "sigmoid": (-6, 6), "erf": (-3, 3), "leaky_relu": (-3, 3),
-               "gelu": (-4, 4)}
+               "gelu": (-4, 4), "tan": (-1.2, 1.2), "asin": (-0.99, 0.99), "acos": (-0.99, 0.99),
+               "atan": (-4, 4), "sinh": (-3, 3), "cosh": (-3, 3), "asinh": (-4, 4), "acosh": (1.01, 5),
+               "atanh": (-0.95, 0.95), "ceil": (-3, 3), "round": (-3, 3)}
 UNARY_NUMERIC = ("neg", "abs", "relu", "clip")
 BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "less", "greater", "equal", "pow", "less_equal",
           "greater_equal", "not_equal", "floor_div", "mod", "fmod")
@@ -78,6 +80,8 @@ def _unary_case(draw, op):
         lo, hi = UNARY_FLOAT[op]
         dt = draw(float_dtypes)
         x = draw(arrays(draw(shapes()), dt, lo, hi))
+        if op == "round":  # quarters: ties to even, and values either side of them
+            x = (np.floor(x * 4) / 4).astype(dt)
     else:
         dt = draw(numeric_dtypes)
         x = draw(arrays(draw(shapes()), dt))
@@ -381,7 +385,7 @@ for _op in list(UNARY_FLOAT) + list(UNARY_NUMERIC):
     OP_CASES[_op] = _unary_case(_op)
 for _op in BINARY:
     OP_CASES[_op] = _binary_case(_op)
-for _op in ("sum", "mean", "max", "min"):
+for _op in ("sum", "prod", "mean", "max", "min"):
     OP_CASES[_op] = _reduce_case(_op)
 for _op in ("reshape", "transpose", "concat", "slice", "pad", "broadcast_to", "squeeze", "unsqueeze", "tile", "take"):
     OP_CASES[_op] = _layout_case(_op)
@@ -393,9 +397,9 @@ for _r in (1, 2, 3):
     OP_CASES[f"conv{_r}d"] = _conv_case(_r)
     OP_CASES[f"conv_transpose{_r}d"] = _conv_case(_r, transpose=True)
 OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case(),
-                argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), trilu=_trilu_case(),
-                rms_norm=_rms_norm_case(), topk=_topk_case(), gather_elements=_gather_elements_case(),
-                resize=_resize_case(),
+                argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), cumprod=_cumsum_case(),
+                trilu=_trilu_case(), rms_norm=_rms_norm_case(), topk=_topk_case(),
+                gather_elements=_gather_elements_case(), resize=_resize_case(),
                 **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")},
                 **{op: _bitwise_case(op) for op in ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
                                                     "shift_left", "shift_right")})

@@ -62,10 +62,10 @@ def evaluate_stage(stage: Stage, env: dict) -> np.ndarray:
         val = np.broadcast_to(_eval(body, bind, env), tuple(stage.shape) + tuple(n for _, n in raxes))
         if red is not None:
             axes = tuple(range(len(stage.shape), ndim))
-            if val.size == 0 and red.op != "sum":
+            if val.size == 0 and red.op in ("max", "min"):
                 val = np.zeros(stage.shape, stage.dtype.numpy)
             else:
-                val = {"sum": np.sum, "max": np.max, "min": np.min}[red.op](val, axis=axes)
+                val = {"sum": np.sum, "prod": np.prod, "max": np.max, "min": np.min}[red.op](val, axis=axes)
     return np.asarray(val).astype(stage.dtype.numpy)
 
 

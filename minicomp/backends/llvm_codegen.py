@@ -8,7 +8,7 @@ entry point ``mc_main(ptr table)`` loads every kernel's buffer pointers from
 one table and calls the kernels in order, so one native call runs a model.
 
 Values are computed in each dtype's ``llvm`` type; memory uses its
-``llvm_storage`` type (bool is an ``i8`` in memory, float16 a ``half``).
+``llvm_storage`` type (bool is an ``i8`` in memory, float16 a ``half``, bfloat16 its 16 bits as an ``i16``).
 """
 
 from __future__ import annotations
@@ -205,10 +205,8 @@ class FunctionGen:
             return "true" if c.value else "false"
         if c.dtype.is_float:
             v = float(c.value)
-            if c.dtype == dtypes.float16:
-                import numpy as np
-
-                v = float(np.float16(v))
+            if c.dtype.is_narrow_float:
+                v = float(c.dtype.numpy.type(v))
             return float_literal(v, c.dtype.llvm)
         return int_literal(int(c.value), c.dtype)
 
@@ -233,6 +231,9 @@ class FunctionGen:
         out = self.tmp()
         if buf.dtype.is_bool:
             self.emit(f"{out} = trunc i8 {raw} to i1")
+        elif buf.dtype == dtypes.bfloat16:
+            self.module.use_helper("mc_from_bf16")
+            self.emit(f"{out} = call float @mc_from_bf16(i16 {raw})")
         else:
             self.emit(f"{out} = fpext half {raw} to float")
         return out
@@ -248,6 +249,9 @@ class FunctionGen:
             conv = self.tmp()
             if dt.is_bool:
                 self.emit(f"{conv} = zext i1 {val} to i8")
+            elif dt == dtypes.bfloat16:
+                self.module.use_helper("mc_to_bf16")
+                self.emit(f"{conv} = call i16 @mc_to_bf16(float {val})")
             else:
                 self.emit(f"{conv} = fptrunc float {val} to half")
             val = conv
@@ -358,7 +362,14 @@ class FunctionGen:
         raise CompileError(f"function {self.name}: no cast from {src.name} to {dst.name}")
 
     def _round_half(self, v: str, dst: DType) -> str:
-        """float16 values live in float registers: round them as a half store would."""
+        """float16 and bfloat16 values live in float registers: round them as a store would."""
+        if dst == dtypes.bfloat16:
+            self.module.use_helper("mc_to_bf16")
+            self.module.use_helper("mc_from_bf16")
+            h, f = self.tmp(), self.tmp()
+            self.emit(f"{h} = call i16 @mc_to_bf16(float {v})")
+            self.emit(f"{f} = call float @mc_from_bf16(i16 {h})")
+            return f
         if dst != dtypes.float16:
             return v
         h, f = self.tmp(), self.tmp()

@@ -136,6 +136,32 @@ def _erff() -> str:
 
 ERFF = _erff()
 
+# bfloat16 <-> float: the upper 16 bits of a float, rounded to nearest even
+# (NaN stays a quiet NaN).
+TO_BF16 = """
+define internal i16 @mc_to_bf16(float %x) alwaysinline {
+  %b = bitcast float %x to i32
+  %up = lshr i32 %b, 16
+  %lsb = and i32 %up, 1
+  %bias = add i32 %lsb, 32767
+  %r = add i32 %b, %bias
+  %hi = lshr i32 %r, 16
+  %nan = fcmp uno float %x, %x
+  %sel = select i1 %nan, i32 32704, i32 %hi
+  %h = trunc i32 %sel to i16
+  ret i16 %h
+}
+"""
+
+FROM_BF16 = """
+define internal float @mc_from_bf16(i16 %h) alwaysinline {
+  %w = zext i16 %h to i32
+  %b = shl i32 %w, 16
+  %x = bitcast i32 %b to float
+  ret float %x
+}
+"""
+
 # name -> (function text, functions it calls, intrinsic declarations it needs)
 HELPERS = {
     "mc_expf": (EXPF, [], ["declare float @llvm.maxnum.f32(float, float)",
@@ -144,4 +170,6 @@ HELPERS = {
                                       "declare float @llvm.copysign.f32(float, float)"]),
     "mc_erff": (ERFF, ["mc_expf"], ["declare float @llvm.fabs.f32(float)",
                                     "declare float @llvm.copysign.f32(float, float)"]),
+    "mc_to_bf16": (TO_BF16, [], []),
+    "mc_from_bf16": (FROM_BF16, [], []),
 }

@@ -15,7 +15,6 @@ only makes ``simd`` loops whose bodies do).
 from __future__ import annotations
 
 from minicomp.errors import CompileError
-from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import SIMD_CALLS, Seq, Stmt, Store
 
@@ -24,7 +23,7 @@ def simd_supported(body: Stmt) -> bool:
     """Can this loop body be emitted as explicit vectors?"""
     stores = body.stmts if isinstance(body, Seq) else [body]
     for s in stores:
-        if not isinstance(s, Store) or s.buffer.dtype.is_bool or s.buffer.dtype == dtypes.float16:
+        if not isinstance(s, Store) or s.buffer.dtype.is_bool or s.buffer.dtype.is_narrow_float:
             return False
         for n in ex.walk(s.value):
             if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
@@ -35,7 +34,7 @@ def simd_supported(body: Stmt) -> bool:
                 return False
             if isinstance(n, ex.Cast) and not (n.dtype.is_float and n.x.dtype.is_float):
                 return False
-            if isinstance(n, ex.Load) and n.dtype == dtypes.float16:
+            if isinstance(n, ex.Load) and n.dtype.is_narrow_float:
                 return False
     return True
 

@@ -7,6 +7,8 @@ with ``ctx.const``) and returns builder tensors.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -15,6 +17,20 @@ def moments(ctx, x, axes: list[int]):
     mean = ctx.op("mean", x, axes=axes, keepdims=True)
     centred = ctx.op("sub", x, mean)
     return mean, centred, ctx.op("mean", ctx.op("mul", centred, centred), axes=axes, keepdims=True)
+
+
+def group_norm(ctx, x, groups: int, eps: float, weight=None, bias=None):
+    """Normalize each of ``groups`` groups of channels of (N, C, ...) ``x`` over
+    its channels and positions, then scale and shift per channel."""
+    n, c = x.shape[0], x.shape[1]
+    grouped = ctx.op("reshape", x, shape=(n, groups, math.prod(x.shape[1:]) // groups))
+    y = ctx.op("reshape", ctx.op("layer_norm", grouped, axis=2, epsilon=eps), shape=x.shape)
+    per_channel = (c,) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = ctx.op("mul", y, ctx.op("reshape", weight, shape=per_channel))
+    if bias is not None:
+        y = ctx.op("add", y, ctx.op("reshape", bias, shape=per_channel))
+    return y, grouped
 
 
 def split_heads(ctx, t, heads: int):

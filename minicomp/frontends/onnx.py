@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
@@ -30,13 +31,14 @@ from minicomp.ir.ops import get_op
 
 # ONNX TensorProto element types that minicomp has a dtype for.
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
-               10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+               10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16"}
 ONNX_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32",
                    7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64",
                    14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16"}
 
 SUPPORTED_NUMPY = tuple(np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_,
-                                               np.int8, np.int16, np.uint8, np.uint16, np.uint32, np.uint64))
+                                               np.int8, np.int16, np.uint8, np.uint16, np.uint32, np.uint64,
+                                               ml_dtypes.bfloat16))
 
 # A folded constant may grow this much beyond its inputs (weights made by
 # ConstantOfShape are the point of folding, so the limit is generous).
@@ -89,7 +91,13 @@ def onnx_importers() -> dict[tuple[str, str], Importer]:
 
 
 def _load_builtin():
-    from minicomp.frontends import onnx_attention, onnx_ops, onnx_sequence_ops  # noqa: F401
+    from minicomp.frontends import (  # noqa: F401
+        onnx_attention,
+        onnx_math_ops,
+        onnx_ops,
+        onnx_sequence_ops,
+        onnx_shape_ops,
+    )
 
 
 class ImportContext:

@@ -5,7 +5,10 @@ inputs, expected outputs and tolerances for every operator case (the suite
 ONNX Runtime and TVM report against). Each case is imported with its
 inputs' shapes; when the import needs the value of an input (a target shape,
 axes, a count, scales), the integer inputs are bound as constants and it is
-tried again, then every input but the first. It is compiled for llvm, run, and compared at the case's rtol/atol.
+tried again, then every input but the first, then every integer or bool input
+(a window size or a Compress condition), then every input (Range's start,
+limit and delta). It is compiled for llvm, run, and compared at the case's
+rtol/atol.
 
 Outcomes: ``pass``; ``excluded`` (a category minicomp does not compile, with
 its reason); ``error`` (a clean MinicompError: a missing op or dtype);
@@ -20,6 +23,7 @@ import collections
 import warnings
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 import minicomp as mc
@@ -93,12 +97,14 @@ def _array(x):
 
 def _import(model, feeds: dict, first: str):
     """Import with the inputs' shapes; when that needs an input's value, bind
-    the integer inputs as constants, then (scales, say) every input but the first."""
+    the integer inputs but the first as constants, then (scales, say) every input
+    but the first, then every integer or bool input, then every input."""
     try:
         return mc.from_onnx(model, shapes={n: a.shape for n, a in feeds.items()}), {}
     except mc.MinicompError as exc:
         error = exc
-    for pick in (lambda n, a: a.dtype.kind in "iu" and n != first, lambda n, a: n != first):
+    for pick in (lambda n, a: a.dtype.kind in "iu" and n != first, lambda n, a: n != first,
+                 lambda n, a: a.dtype.kind in "iub", lambda n, a: True):
         bound = {n: a for n, a in feeds.items() if pick(n, a)}
         if not bound:
             continue
@@ -126,7 +132,8 @@ def run_case(case) -> CaseResult:
             for k, (a, b) in enumerate(zip(got, (_array(o) for o in outputs))):
                 if a.shape != b.shape:
                     return CaseResult(case.name, op, "wrong", f"output {k}: shape {a.shape} != {b.shape}")
-                same = _close(a, b, case.rtol, case.atol) if b.dtype.kind in "fc" else np.array_equal(a, b)
+                floating = b.dtype.kind in "fc" or b.dtype == ml_dtypes.bfloat16
+                same = _close(a, b, case.rtol, case.atol) if floating else np.array_equal(a, b)
                 if not same:
                     return CaseResult(case.name, op, "wrong", f"output {k} differs")
     except mc.MinicompError as exc:
@@ -137,15 +144,19 @@ def run_case(case) -> CaseResult:
 
 
 def _close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> bool:
-    """Within the case's tolerance; float16 results also within one unit in the last
-    place of the expected value (the reference rounds every intermediate step to
-    float16, minicomp accumulates in float32, so the last bit may differ)."""
-    if want.dtype == np.float16:
-        atol = np.maximum(atol, np.spacing(np.abs(want)).astype(np.float64))
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        ok = diff <= atol + rtol * np.abs(want.astype(np.float64))
-        return bool(np.all(ok | (np.isnan(got) & np.isnan(want)) | (got == want)))
-    return np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    """Within the case's tolerance; float16 results also within one unit in the
+    last place of the expected value, bfloat16 within two (the reference rounds
+    every intermediate step to 16 bits, minicomp accumulates in float32; with
+    bfloat16's 8 significant bits a chain of roundings such as a softmax moves
+    the last two)."""
+    if want.dtype not in (np.float16, ml_dtypes.bfloat16):
+        return np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+    # bfloat16 keeps 7 fraction bits: float32's unit in the last place, 2**16 times
+    ulp = np.spacing(np.abs(want)) if want.dtype == np.float16 else \
+        np.spacing(np.abs(want.astype(np.float32))) * 2.0**17
+    got, want = got.astype(np.float64), want.astype(np.float64)
+    ok = np.abs(got - want) <= np.maximum(atol, ulp.astype(np.float64)) + rtol * np.abs(want)
+    return bool(np.all(ok | (np.isnan(got) & np.isnan(want)) | (got == want)))
 
 
 def node_cases():

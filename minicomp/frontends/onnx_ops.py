@@ -1,4 +1,4 @@
-"""Importers for the standard ONNX ops (domain ai.onnx), opsets 6 to 21.
+"""Importers for the standard ONNX ops (domain ai.onnx), opsets 6 to 28.
 
 Each importer maps one ONNX node onto minicomp ops through the import
 context. Attributes that older opsets give as attributes and newer ones as
@@ -14,6 +14,8 @@ import numpy as np
 from minicomp.errors import ShapeError, UnsupportedError
 from minicomp.frontends.compose import moments
 from minicomp.frontends.onnx import ONNX_DTYPES, ImportContext, register_onnx_importer
+from minicomp.ir.compute import reduce_identity
+from minicomp.ir.opdefs.reduce import reduced_shape
 from minicomp.ir.ops import broadcast_shapes
 
 
@@ -53,9 +55,7 @@ def _mod(ctx, node):
     a, b = _legacy_broadcast(ctx, ctx.input(0), ctx.input(1))
     if ctx.attr("fmod", 0):
         return [ctx.op("fmod", a, b)]  # C's fmod: the sign of the dividend
-    if a.dtype.is_float:
-        raise UnsupportedError(f"{node.describe()}: a float Mod needs fmod=1 (the ONNX rule)")
-    return [ctx.op("mod", a, b)]
+    return [ctx.op("mod", a, b)]  # Python's %: the sign of the divisor
 
 
 @register_onnx_importer("Identity")
@@ -80,6 +80,9 @@ def _dropout(ctx, node):
 @register_onnx_importer("Pow")
 def _pow(ctx, node):
     x, y = ctx.input(0), ctx.input(1)
+    if x.dtype.is_int:  # the result has X's type: a power in float64, truncated back
+        wide = ctx.op("pow", ctx.op("cast", x, dtype="float64"), ctx.op("cast", y, dtype="float64"))
+        return [ctx.op("cast", wide, dtype=x.dtype.name)]
     if y.dtype != x.dtype:
         y = ctx.op("cast", y, dtype=x.dtype.name)
     return [ctx.op("pow", x, y)]
@@ -450,6 +453,14 @@ def _reduce(op_type: str, op: str, axes_input_since: int, before=None, after=Non
         axes = _reduce_axes(ctx, axes_input_since)
         if axes is None and ctx.opset >= axes_input_since and ctx.attr("noop_with_empty_axes", 0):
             return [x]
+        if op in ("max", "min") and any(x.shape[a] == 0 for a in (axes or range(x.ndim))):
+            # ONNX: the max of nothing is the lowest value (min: the highest), shaped as reduced.
+            axes_set = tuple(a % x.ndim for a in axes) if axes is not None else tuple(range(x.ndim))
+            shape = reduced_shape(x.shape, axes_set, keepdims)
+            return [ctx.const(np.full(shape, reduce_identity(op, x.dtype).value, dtype=x.dtype.numpy))]
+        if op in ("max", "min") and x.dtype.is_bool:  # any / all
+            wide = ctx.op(op, ctx.op("cast", x, dtype="uint8"), axes=axes, keepdims=keepdims)
+            return [ctx.op("cast", wide, dtype="bool")]
         return [ctx.op(op, x, axes=axes, keepdims=keepdims)]
 
 
@@ -457,6 +468,7 @@ _reduce("ReduceSum", "sum", 13)
 _reduce("ReduceMean", "mean", 18)
 _reduce("ReduceMax", "max", 18)
 _reduce("ReduceMin", "min", 18)
+_reduce("ReduceProd", "prod", 18)
 
 
 def _reduce_axes(ctx, axes_input_since):
@@ -732,11 +744,16 @@ register_onnx_importer("ArgMax")(_arg_extreme("argmax"))
 register_onnx_importer("ArgMin")(_arg_extreme("argmin"))
 
 
-@register_onnx_importer("CumSum")
-def _cumsum(ctx, node):
-    axis = ctx.required_constant(1, "axis")
-    return [ctx.op("cumsum", ctx.input(0), axis=int(np.asarray(axis).reshape(-1)[0]),
-                   exclusive=bool(ctx.attr("exclusive", 0)), reverse=bool(ctx.attr("reverse", 0)))]
+def _cumulative(op: str):
+    def imp(ctx, node):
+        axis = ctx.required_constant(1, "axis")
+        return [ctx.op(op, ctx.input(0), axis=int(np.asarray(axis).reshape(-1)[0]),
+                       exclusive=bool(ctx.attr("exclusive", 0)), reverse=bool(ctx.attr("reverse", 0)))]
+    return imp
+
+
+register_onnx_importer("CumSum")(_cumulative("cumsum"))
+register_onnx_importer("CumProd")(_cumulative("cumprod"))
 
 
 @register_onnx_importer("Trilu")

@@ -14,7 +14,7 @@ import numpy as np
 
 from minicomp.errors import UnsupportedError
 from minicomp.frontends.builder import Tensor
-from minicomp.frontends.compose import attend, moments, repeat_heads
+from minicomp.frontends.compose import attend, group_norm, moments, repeat_heads
 from minicomp.frontends.pytorch import register_torch_op
 
 
@@ -107,7 +107,10 @@ for _op, _names in {
     "neg": ["aten.neg"], "abs": ["aten.abs"], "exp": ["aten.exp"], "log": ["aten.log"], "sqrt": ["aten.sqrt"],
     "rsqrt": ["aten.rsqrt"], "reciprocal": ["aten.reciprocal"], "sigmoid": ["aten.sigmoid"],
     "tanh": ["aten.tanh"], "relu": ["aten.relu"], "erf": ["aten.erf"], "sin": ["aten.sin"], "cos": ["aten.cos"],
-    "floor": ["aten.floor"], "silu": ["aten.silu"], "logical_not": ["aten.logical_not"],
+    "floor": ["aten.floor"], "silu": ["aten.silu"], "logical_not": ["aten.logical_not"], "ceil": ["aten.ceil"],
+    "round": ["aten.round.default"], "tan": ["aten.tan"], "asin": ["aten.asin"], "acos": ["aten.acos"],
+    "atan": ["aten.atan"], "sinh": ["aten.sinh"], "cosh": ["aten.cosh"], "asinh": ["aten.asinh"],
+    "acosh": ["aten.acosh"], "atanh": ["aten.atanh"],
 }.items():
     register_torch_op(*_names)(_unary(_op))
 
@@ -118,16 +121,11 @@ def _bitwise_not(ctx, a):
     return ctx.op("logical_not" if x.dtype.name == "bool" else "bitwise_not", x)
 
 
-@register_torch_op("aten.ceil")
-def _ceil(ctx, a):
-    return ctx.op("neg", ctx.op("floor", ctx.op("neg", a["self"])))
-
-
 @register_torch_op("aten.trunc")
 def _trunc(ctx, a):
     x = a["self"]
     zero = ctx.tensor(0, x.dtype.name)
-    return ctx.op("where", ctx.op("less", x, zero), _ceil(ctx, a), ctx.op("floor", x))
+    return ctx.op("where", ctx.op("less", x, zero), ctx.op("ceil", x), ctx.op("floor", x))
 
 
 @register_torch_op("aten.sign")
@@ -195,18 +193,6 @@ def _elu(ctx, a):
     neg = ctx.op("mul", ctx.op("sub", ctx.op("exp", inner), ctx.tensor(1.0, dt)), ctx.tensor(alpha, dt))
     y = ctx.op("where", ctx.op("greater", x, ctx.tensor(0.0, dt)), x, neg)
     return y if scale == 1.0 else ctx.op("mul", y, ctx.tensor(scale, dt))
-
-
-@register_torch_op("aten.round.default")
-def _round(ctx, a):
-    """Round half to even, as torch (and numpy) do: floor(x + 0.5), less one on odd ties."""
-    x = a["self"]
-    dt = x.dtype.name
-    half = ctx.op("add", x, ctx.tensor(0.5, dt))
-    r = ctx.op("floor", half)
-    tie = ctx.op("equal", half, r)
-    odd = ctx.op("not_equal", ctx.op("fmod", r, ctx.tensor(2.0, dt)), ctx.tensor(0.0, dt))
-    return ctx.op("sub", r, ctx.op("cast", ctx.op("logical_and", tie, odd), dtype=dt))
 
 
 # -- comparisons, logic, selection --------------------------------------------------------
@@ -470,18 +456,12 @@ def _batch_norm_batch_stats(ctx, a):
 
 @register_torch_op("aten.native_group_norm")
 def _group_norm(ctx, a):
-    x = a["input"]
-    N, C, G = x.shape[0], x.shape[1], int(a["group"])
-    grouped = ctx.op("reshape", x, shape=(N, G, int(np.prod(x.shape[1:])) // G))
-    y = ctx.op("reshape", ctx.op("layer_norm", grouped, axis=2, epsilon=float(a["eps"])), shape=x.shape)
-    per_channel = (C,) + (1,) * (x.ndim - 2)
-    if a["weight"] is not None:
-        y = ctx.op("mul", y, ctx.op("reshape", a["weight"], shape=per_channel))
-    if a["bias"] is not None:
-        y = ctx.op("add", y, ctx.op("reshape", a["bias"], shape=per_channel))
+    x, groups = a["input"], int(a["group"])
+    y, grouped = group_norm(ctx, x, groups, float(a["eps"]), a["weight"], a["bias"])
     if ctx.used_outputs() - {0}:
         mean, rstd = _mean_rstd(ctx, grouped, [2], float(a["eps"]))
-        return (y, ctx.op("reshape", mean, shape=(N, G)), ctx.op("reshape", rstd, shape=(N, G)))
+        n = x.shape[0]
+        return (y, ctx.op("reshape", mean, shape=(n, groups)), ctx.op("reshape", rstd, shape=(n, groups)))
     return (y, None, None)
 
 
@@ -509,6 +489,7 @@ def _reduce(op: str):
 
 
 register_torch_op("aten.sum.dim_IntList")(_reduce("sum"))
+register_torch_op("aten.prod.dim_int", "aten.prod.default")(_reduce("prod"))
 register_torch_op("aten.mean.dim", "aten.mean.default")(_reduce("mean"))
 register_torch_op("aten.amax", "aten.max.default")(_reduce("max"))
 register_torch_op("aten.amin", "aten.min.default")(_reduce("min"))
@@ -581,10 +562,10 @@ def _sort(ctx, a):
     return ctx.op("topk", x, k=x.shape[axis], axis=axis, largest=bool(a["descending"]))
 
 
-@register_torch_op("aten.cumsum")
-def _cumsum(ctx, a):
+@register_torch_op("aten.cumsum", "aten.cumprod")
+def _cumulative(ctx, a):
     x = ctx.tensor(a["self"], ctx.out_dtype())
-    return ctx.op("cumsum", x, axis=_axis(a["dim"], x.ndim))
+    return ctx.op(str(ctx.node.target.overloadpacket).split(".")[-1], x, axis=_axis(a["dim"], x.ndim))
 
 
 @register_torch_op("aten.topk")

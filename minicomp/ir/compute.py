@@ -104,6 +104,8 @@ def reduce_identity(op: str, dtype: DType) -> ex.Const:
     """The starting value of a reduction (0 for sum, -inf/min-int for max...)."""
     if op == "sum":
         return ex.const(0, dtype)
+    if op == "prod":
+        return ex.const(1, dtype)
     if dtype.is_float:
         return ex.const(-np.inf if op == "max" else np.inf, dtype)
     if dtype.is_bool:

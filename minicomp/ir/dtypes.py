@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from minicomp.errors import MinicompError
@@ -29,7 +30,12 @@ class DType:
 
     @property
     def is_float(self) -> bool:
-        return self.name.startswith("float")
+        return self.name.startswith(("float", "bfloat"))
+
+    @property
+    def is_narrow_float(self) -> bool:
+        """float16 and bfloat16: stored in 16 bits, computed in float32."""
+        return self.name in ("float16", "bfloat16")
 
     @property
     def is_int(self) -> bool:
@@ -81,9 +87,12 @@ uint8 = DType("uint8", "u8", np.dtype(np.uint8), "i8", "i8", "unsigned char", 1)
 uint16 = DType("uint16", "u16", np.dtype(np.uint16), "i16", "i16", "unsigned short", 2)
 uint32 = DType("uint32", "u32", np.dtype(np.uint32), "i32", "i32", "unsigned int", 4)
 uint64 = DType("uint64", "u64", np.dtype(np.uint64), "i64", "i64", "unsigned long long", 8)
+# bfloat16 is float32's upper half: computed in float, kept in memory as its 16
+# bits (an ``i16``), rounded to nearest even on every store and cast.
+bfloat16 = DType("bfloat16", "bf16", np.dtype(ml_dtypes.bfloat16), "float", "i16", "unsigned short", 2)
 
-ALL_DTYPES = (float32, float64, float16, int32, int64, bool_, int8, int16, uint8, uint16, uint32, uint64)
-FLOAT_DTYPES = (float32, float64, float16)
+ALL_DTYPES = (float32, float64, float16, int32, int64, bool_, int8, int16, uint8, uint16, uint32, uint64, bfloat16)
+FLOAT_DTYPES = (float32, float64, float16, bfloat16)
 INT_DTYPES = (int32, int64, int8, int16, uint8, uint16, uint32, uint64)
 NUMERIC_DTYPES = FLOAT_DTYPES + INT_DTYPES
 

@@ -46,7 +46,7 @@ def register_call(fn: str, c_name: str | None = None, numpy_fn=None) -> None:
         raise MinicompError(f"{fn} is a built-in function")
     EXTERN_CALLS[fn] = c_name or fn
     EXTERN_NUMPY[fn] = numpy_fn if numpy_fn is not None else getattr(np, c_name or fn)
-REDUCE_OPS = ("sum", "max", "min")
+REDUCE_OPS = ("sum", "max", "min", "prod")
 
 _counter = itertools.count()
 

@@ -16,8 +16,8 @@ What stays, and every emitter must provide as it is:
 
 - float ``max``/``min`` propagate NaN, as numpy does (LLVM: ``llvm.maximum``);
 - float-to-int casts saturate, and NaN becomes 0;
-- float16 values are computed in float32 and rounded to half precision at
-  every store and every cast to float16.
+- float16 and bfloat16 values are computed in float32 and rounded to 16 bits
+  (to nearest even) at every store and every cast to them.
 
 ``compile()`` legalizes every kernel after the pass pipeline, whatever the
 pipeline, so an emitter never sees an integer ``div``.

@@ -65,8 +65,8 @@ def kernel_name(group: Group, index: int) -> str:
 
 
 def accumulator_dtype(dt):
-    """Accumulate float16 in float32: rounding every partial sum to half loses too much."""
-    return dtypes.float32 if dt == dtypes.float16 else dt
+    """Accumulate float16 and bfloat16 in float32: rounding every partial sum to 16 bits loses too much."""
+    return dtypes.float32 if dt.is_narrow_float else dt
 
 
 class _Lowerer:
@@ -336,7 +336,7 @@ def _prod(shape) -> int:
 
 
 def _combine(op: str, acc: ex.Expr, value: ex.Expr) -> ex.Expr:
-    return {"sum": lambda: acc + value, "max": lambda: ex.maximum(acc, value),
+    return {"sum": lambda: acc + value, "prod": lambda: acc * value, "max": lambda: ex.maximum(acc, value),
             "min": lambda: ex.minimum(acc, value)}[op]()
 
 

@@ -280,9 +280,10 @@ def _fmod_expr(a, b):
     return ex.select(ex.eq(b, zero), zero, a - (a / b) * b)
 
 
-# ``//`` and ``%`` (Python's operators on tensors): floats use floor(x / y) and
-# x - floor(x / y) * y; integers floor toward minus infinity, and a zero
-# divisor gives 0 for both (generated code never traps).
+# ``//`` and ``%`` (Python's operators on tensors): float ``//`` is floor(x / y)
+# and float ``%`` is C's fmod moved into the divisor's sign (numpy's mod);
+# integers floor toward minus infinity, and a zero divisor gives 0 for both
+# (generated code never traps).
 def _floor_div_np(x, y):
     if np.issubdtype(x.dtype, np.integer):
         q = int_div(x, y)
@@ -293,7 +294,7 @@ def _floor_div_np(x, y):
 def _mod_np(x, y):
     if np.issubdtype(x.dtype, np.integer):
         return np.where(y == 0, 0, x - _floor_div_np(x, y) * y).astype(x.dtype)
-    return x - np.floor(x / y) * y
+    return np.mod(x, y)
 
 
 def _floor_div_expr(a, b):
@@ -307,7 +308,11 @@ def _floor_div_expr(a, b):
 
 def _mod_expr(a, b):
     if a.dtype.is_float:
-        return a - ex.call("floor", a / b) * b
+        # C's fmod (exact), moved into the divisor's sign: x % inf is x or inf, as numpy's
+        r = ex.binop("mod", a, b)
+        zero = ex.const(0, a.dtype)
+        flip = ex.logical_and(ex.binop("ne", r, zero), ex.binop("ne", ex.lt(r, zero), ex.lt(b, zero)))
+        return ex.select(flip, r + b, r)
     zero = ex.const(0, a.dtype)
     return ex.select(ex.eq(b, zero), zero, a - _floor_div_expr(a, b) * b)
 
@@ -333,3 +338,12 @@ register_op(OpDef("where", _where_infer, lambda c, x, y: np.where(c, x, y), _whe
                   doc="Pick from x where cond is true, else from y, with broadcasting."))
 _register_unary()
 _register_binary()
+
+# Float functions of the C math library: generated code calls ``tanf``/``tan``
+# and so on (``round`` is ``rint``: halves to even, as ONNX and torch round).
+for _name, _np_fn, _c_name in (
+        ("tan", np.tan, "tan"), ("asin", np.arcsin, "asin"), ("acos", np.arccos, "acos"), ("atan", np.arctan, "atan"),
+        ("sinh", np.sinh, "sinh"), ("cosh", np.cosh, "cosh"), ("asinh", np.arcsinh, "asinh"),
+        ("acosh", np.arccosh, "acosh"), ("atanh", np.arctanh, "atanh"), ("ceil", np.ceil, "ceil"),
+        ("round", np.rint, "rint")):
+    register_unary_function(_name, _np_fn, _c_name)

@@ -1,4 +1,5 @@
-"""Reductions over any set of axes, with ``keepdims``: sum, mean, max, min."""
+"""Reductions over any set of axes, with ``keepdims``: sum, prod, mean, max, min; arg-extremes,
+running sums and products, top-k."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 from minicomp.errors import ShapeError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
-from minicomp.ir.compute import TensorLike, compute, reduce, reduce_axis
+from minicomp.ir.compute import TensorLike, compute, reduce, reduce_axis, reduce_identity
 from minicomp.ir.graph import TensorType
 from minicomp.ir.ops import REQUIRED, OpDef, normalize_axis, normalize_axis_attr, register_op
 
@@ -84,7 +85,8 @@ def _np_reduce(fn):
 
 
 _ATTRS = {"axes": None, "keepdims": False}
-for _name, _fn, _kind in (("sum", np.sum, "numeric"), ("max", np.max, "nonempty"), ("min", np.min, "nonempty")):
+for _name, _fn, _kind in (("sum", np.sum, "numeric"), ("prod", np.prod, "numeric"), ("max", np.max, "nonempty"),
+                          ("min", np.min, "nonempty")):
     register_op(OpDef(
         _name, _infer(_kind), _np_reduce(_fn),
         (lambda op: lambda x, axes, keepdims: reduce_stage(op, x, axes, keepdims, op))(_name),
@@ -156,39 +158,47 @@ for _name, _op, _fn in (("argmax", "max", np.argmax), ("argmin", "min", np.argmi
                           f"counts as the extreme)."))
 
 
-def _cumsum_compute(x, axis, exclusive, reverse):
-    """out[i] = sum of x[j] for j <= i along ``axis`` (j < i when exclusive; from the end when reverse):
-    a masked sum, quadratic in the axis length."""
-    n = x.shape[axis]
-    r, _ = raxis = reduce_axis(n, "r")
+def _cumulative_compute(op: str):
+    """out[i] = the ``op`` (sum, prod) of x[j] for j <= i along ``axis`` (j < i
+    when exclusive; from the end when reverse): a masked reduction, quadratic in
+    the axis length."""
+    def comp(x, axis, exclusive, reverse):
+        r, _ = raxis = reduce_axis(x.shape[axis], "r")
 
-    def fn(*i):
-        src = tuple(r if k == axis else i[k] for k in range(len(i)))
-        a, b = (i[axis], r) if reverse else (r, i[axis])
-        keep = ex.lt(a, b) if exclusive else ex.le(a, b)
-        return reduce("sum", ex.select(keep, x[src], ex.const(0, x.dtype)), [raxis])
+        def fn(*i):
+            src = tuple(r if k == axis else i[k] for k in range(len(i)))
+            a, b = (i[axis], r) if reverse else (r, i[axis])
+            keep = ex.lt(a, b) if exclusive else ex.le(a, b)
+            return reduce(op, ex.select(keep, x[src], reduce_identity(op, x.dtype)), [raxis])
 
-    return compute(x.shape, fn, "cumsum")
+        return compute(x.shape, fn, f"cum{op}")
 
-
-def _cumsum_np(x, axis, exclusive, reverse):
-    y = np.flip(x, axis) if reverse else x
-    out = np.cumsum(y, axis=axis, dtype=x.dtype)
-    if exclusive:
-        out = out - y
-    return np.flip(out, axis) if reverse else out
+    return comp
 
 
-def _cumsum_infer(types, a):
+def _cumulative_np(fn, identity: int):
+    def reference(x, axis, exclusive, reverse):
+        y = np.flip(x, axis) if reverse else x
+        out = fn(y, axis=axis, dtype=x.dtype)
+        if exclusive:  # shift by one along the axis, the identity first
+            first = np.full_like(np.take(out, [0], axis=axis), identity)
+            out = np.concatenate([first, np.delete(out, -1, axis=axis)], axis=axis) if out.shape[axis] else out
+        return np.flip(out, axis) if reverse else out
+
+    return reference
+
+
+def _cumulative_infer(types, a):
     if types[0].dtype.is_bool:
-        raise ShapeError("input has dtype bool, but cumsum needs a numeric dtype")
+        raise ShapeError("input has dtype bool, but this op needs a numeric dtype")
     return [types[0]]
 
 
-register_op(OpDef("cumsum", _cumsum_infer, _cumsum_np, _cumsum_compute,
-                  attrs={"axis": 0, "exclusive": False, "reverse": False}, normalize=normalize_axis_attr,
-                  doc="Running sum along ``axis`` (ONNX CumSum: ``exclusive`` leaves each element out, "
-                      "``reverse`` sums from the end)."))
+for _name, _fn, _identity, _what in (("cumsum", np.cumsum, 0, "sum"), ("cumprod", np.cumprod, 1, "product")):
+    register_op(OpDef(_name, _cumulative_infer, _cumulative_np(_fn, _identity), _cumulative_compute(_name[3:]),
+                      attrs={"axis": 0, "exclusive": False, "reverse": False}, normalize=normalize_axis_attr,
+                      doc=f"Running {_what} along ``axis`` (ONNX Cum{_name[3:].capitalize()}: ``exclusive`` "
+                          f"leaves each element out, ``reverse`` runs from the end)."))
 
 
 # -- topk ------------------------------------------------------------------------------------
