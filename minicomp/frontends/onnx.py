@@ -95,6 +95,7 @@ def _load_builtin():
         onnx_attention,
         onnx_math_ops,
         onnx_ops,
+        onnx_quant_ops,
         onnx_sequence_ops,
         onnx_shape_ops,
     )

@@ -378,6 +378,22 @@ register_onnx_importer("MaxPool")(_pool("max"))
 register_onnx_importer("AveragePool")(_pool("avg"))
 
 
+@register_onnx_importer("LpPool")
+def _lp_pool(ctx, node):
+    """(sum of |x|^p over each window)^(1/p): an average pool counting the
+    padding (whose zeros add nothing), times the window size."""
+    x = ctx.input(0)
+    R = _rank_of(ctx, x, "LpPool")
+    p = float(ctx.attr("p", 2))
+    kernel = tuple(ctx.attr("kernel_shape"))
+    strides, dilations, pads = _window_common(ctx, x, kernel)
+    powered = ctx.op("mul", x, x) if p == 2 else ctx.op("pow", ctx.op("abs", x), _scalar(ctx, p, x))
+    mean = ctx.op(f"avg_pool{R}d", powered, kernel=kernel, strides=strides, padding=pads, dilations=dilations,
+                  ceil_mode=bool(ctx.attr("ceil_mode", 0)), count_include_pad=True)
+    total = ctx.op("mul", mean, _scalar(ctx, float(np.prod(kernel)), x))
+    return [ctx.op("sqrt", total) if p == 2 else ctx.op("pow", total, _scalar(ctx, 1.0 / p, x))]
+
+
 @register_onnx_importer("GlobalAveragePool")
 def _gap(ctx, node):
     return [ctx.op("global_avg_pool", ctx.input(0))]
