@@ -96,6 +96,7 @@ def _load_builtin():
         onnx_math_ops,
         onnx_ops,
         onnx_quant_ops,
+        onnx_rnn_ops,
         onnx_scatter_ops,
         onnx_sequence_ops,
         onnx_shape_ops,
