@@ -93,6 +93,7 @@ def onnx_importers() -> dict[tuple[str, str], Importer]:
 def _load_builtin():
     from minicomp.frontends import (  # noqa: F401
         onnx_attention,
+        onnx_grid_ops,
         onnx_math_ops,
         onnx_ops,
         onnx_quant_ops,
