@@ -40,6 +40,17 @@ def _swish(ctx, node):
     return [ctx.op("mul", x, ctx.op("sigmoid", ctx.op("mul", x, _scalar(ctx, alpha, x))))]
 
 
+@register_onnx_importer("SwiGLU")
+def _swiglu(ctx, node):
+    """a * sigmoid(alpha * a) * b: the gated unit of LLaMA-style feed-forward layers."""
+    a, b = ctx.input(0), ctx.input(1)
+    if a.shape != b.shape:
+        raise ShapeError(f"{node.describe()}: SwiGLU needs equal shapes, got {list(a.shape)} and {list(b.shape)}")
+    alpha = float(ctx.attr("alpha", 1.0))
+    gate = ctx.op("mul", a, ctx.op("sigmoid", ctx.op("mul", a, _scalar(ctx, alpha, a))))
+    return [ctx.op("mul", gate, b)]
+
+
 @register_onnx_importer("HardSwish")
 def _hard_swish(ctx, node):
     x = ctx.input(0)

@@ -514,7 +514,9 @@ def _log_sum_exp(ctx, x):
 
 
 def _finish_log_sum_exp(ctx, total, x, axes, keepdims):
-    """log(sum(exp(x - max))) + max, stable for large x."""
+    """log(sum(exp(x - max))) + max, stable for large x (-inf over nothing)."""
+    if any(x.shape[a] == 0 for a in (axes if axes is not None else range(x.ndim))):
+        return ctx.const(np.full(total.shape, -np.inf, dtype=x.dtype.numpy))
     top = ctx.op("max", x, axes=axes, keepdims=True)
     shifted = ctx.op("exp", ctx.op("sub", x, top))
     out = ctx.op("add", ctx.op("log", ctx.op("sum", shifted, axes=axes, keepdims=True)), top)
@@ -658,6 +660,13 @@ def _pad(ctx, node):
             for k, a in enumerate(axes):
                 full[a], full[x.ndim + a] = pads[k], pads[len(axes) + k]
             pads = full
+    if mode == "wrap":  # each padded position repeats the input from the other end
+        for a in range(x.ndim):
+            before, after, n = pads[a], pads[x.ndim + a], x.shape[a]
+            if before or after:
+                picks = np.arange(-before, n + after, dtype=np.int64) % max(n, 1)
+                x = ctx.op("take", x, ctx.const(picks), axis=a)
+        return [x]
     if mode not in ("constant", "reflect", "edge"):
         raise UnsupportedError(f"Pad mode {mode!r} is not supported")
     return [ctx.op("pad", x, pads=pads, value=value, mode=mode)]
@@ -869,6 +878,22 @@ def _softmax_cross_entropy(ctx, node):
     log_prob = ctx.op("log_softmax", ctx.input(0), axis=1)
     loss = _nll(ctx, log_prob, ctx.input(1), ctx.input(2), ctx.attr("reduction", "mean"), ctx.attr("ignore_index"))
     return [loss, log_prob] if len(node.outputs) > 1 and node.outputs[1] else [loss]
+
+
+@register_onnx_importer("Upsample")
+def _upsample(ctx, node):
+    """Resize's predecessor (opsets 7 to 9): scales, asymmetric coordinates, nearest floors."""
+    x = ctx.input(0)
+    scales = ctx.attr("scales") if ctx.opset < 9 else ctx.required_constant(1, "scales")
+    scales = [float(s) for s in np.asarray(scales).reshape(-1)]
+    if len(scales) != x.ndim:
+        raise ShapeError(f"{node.describe()}: {len(scales)} scales for rank {x.ndim}")
+    mode = ctx.attr("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise UnsupportedError(f"{node.describe()}: mode {mode!r} is not supported")
+    sizes = [int(np.floor(d * s)) for d, s in zip(x.shape, scales)]
+    return [ctx.op("resize", x, sizes=sizes, scales=scales, mode=mode, coordinate_mode="asymmetric",
+                   nearest_mode="floor")]
 
 
 @register_onnx_importer("Resize")

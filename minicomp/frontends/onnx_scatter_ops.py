@@ -1,5 +1,5 @@
 """ONNX importers whose element moves are fixed by constant indices:
-ScatterElements, ScatterND, GatherND and Col2Im.
+ScatterElements, ScatterND, GatherND, Col2Im and TensorScatter.
 
 With the indices known at import, every output element's sources are known
 too: a table of ``slots`` (output position x source positions, -1 where a
@@ -10,6 +10,8 @@ error.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -156,3 +158,28 @@ def _col2im(ctx, node):
     channels = ctx.op("reshape", x, shape=(n, cb // per_block, per_block * length))
     summed = gather_reduce(ctx, channels, slots, "sum", 2)
     return [ctx.op("reshape", summed, shape=(n, cb // per_block, *image))]
+
+
+@register_onnx_importer("TensorScatter")
+def _tensor_scatter(ctx, node):
+    """A key/value cache update: each batch's ``update`` written at its write index along ``axis``
+    (wrapping around the cache in circular mode)."""
+    cache, update = ctx.input(0), ctx.input(1)
+    axis = int(ctx.attr("axis", -2)) % cache.ndim
+    mode = ctx.attr("mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise UnsupportedError(f"{node.describe()}: mode {mode!r} is not supported")
+    starts = np.zeros(cache.shape[0], np.int64) if ctx.input(2) is None else \
+        np.asarray(ctx.required_constant(2, "write_indices")).reshape(-1).astype(np.int64)
+    length = cache.shape[axis]
+    if any(update.shape[k] != cache.shape[k] for k in range(cache.ndim) if k != axis) or update.shape[axis] > length:
+        raise ShapeError(f"{node.describe()}: update {list(update.shape)} does not fit cache {list(cache.shape)}")
+    coords = list(np.indices(update.shape))
+    steps = starts[coords[0]] + coords[axis]
+    if mode == "circular":
+        steps %= length
+    elif steps.size and steps.max() >= length:
+        raise ShapeError(f"{node.describe()}: write indices {starts.tolist()} run past the cache's {length} steps")
+    coords[axis] = steps
+    targets = np.ravel_multi_index(coords, cache.shape) if math.prod(update.shape) else np.zeros(0, np.int64)
+    return [_scatter(ctx, cache, update, targets, "none")]

@@ -1,5 +1,7 @@
 """ONNX importers that move, pick or make elements: EyeLike, SpaceToDepth and
-DepthToSpace, OneHot, Compress (its condition a constant) and CenterCropPad."""
+DepthToSpace, OneHot, Compress (its condition a constant), CenterCropPad and
+ReverseSequence (its lengths constants); and a clear refusal for the ops whose
+output shape depends on the data."""
 
 from __future__ import annotations
 
@@ -115,3 +117,34 @@ def _center_crop_pad(ctx, node):
             ends[a] = want - have - begins[a]
     y = ctx.op("slice", x, starts=starts, ends=stops, axes=list(range(x.ndim)))
     return [ctx.op("pad", y, pads=begins + ends) if any(begins + ends) else y]
+
+
+@register_onnx_importer("ReverseSequence")
+def _reverse_sequence(ctx, node):
+    """Reverse the first ``length`` steps of each sequence along the time axis."""
+    x = ctx.input(0)
+    lengths = np.asarray(ctx.required_constant(1, "sequence_lens")).reshape(-1).astype(np.int64)
+    batch_axis, time_axis = int(ctx.attr("batch_axis", 1)) % x.ndim, int(ctx.attr("time_axis", 0)) % x.ndim
+    steps = x.shape[time_axis]
+    if lengths.shape != (x.shape[batch_axis],) or lengths.min(initial=0) < 0 or lengths.max(initial=0) > steps:
+        raise ShapeError(f"{node.describe()}: sequence_lens {lengths.tolist()} do not fit input {list(x.shape)}")
+    t = np.arange(steps).reshape(1, steps)
+    source = np.where(t < lengths.reshape(-1, 1), lengths.reshape(-1, 1) - 1 - t, t)  # (batch, time)
+    if batch_axis > time_axis:
+        source = source.T
+    shape = [1] * x.ndim
+    shape[batch_axis], shape[time_axis] = x.shape[batch_axis], steps
+    index = np.broadcast_to(source.reshape(shape), x.shape).astype(np.int64)
+    return [ctx.op("gather_elements", x, ctx.const(np.ascontiguousarray(index)), axis=time_axis)]
+
+
+def _data_dependent(op_type: str, what: str):
+    def imp(ctx, node):
+        raise UnsupportedError(f"{node.describe()}: the length of {op_type}'s output depends on {what}; minicomp "
+                               f"compiles graphs whose shapes are known before they run")
+    return imp
+
+
+register_onnx_importer("NonMaxSuppression")(_data_dependent("NonMaxSuppression", "how many boxes survive"))
+register_onnx_importer("NonZero")(_data_dependent("NonZero", "how many elements are nonzero"))
+register_onnx_importer("Unique")(_data_dependent("Unique", "how many values are distinct"))

@@ -252,3 +252,42 @@ def test_bfloat16_casts_and_arithmetic(data):
     b = x.astype(ml_dtypes.bfloat16)
     check_against_reference("Cast", {"x": b}, ["x"], ["y"], {"to": onnx.TensorProto.FLOAT}, 18)
     check_against_reference("Relu", {"x": b}, ["x"], ["y"], {}, 18)
+
+
+@given(st.data())
+def test_swiglu_reverse_sequence_and_wrap_pad(data):
+    d = data.draw
+    rng = _rng(d)
+    width = d(st.integers(1, 4))
+    a, b = (rng.standard_normal((2, width)).astype(np.float32) for _ in range(2))
+    check_against_reference("SwiGLU", {"a": a, "b": b}, ["a", "b"], ["y"], {"alpha": d(st.sampled_from([1.0, 1.7]))},
+                            28)
+    steps, batch = d(st.integers(1, 4)), d(st.integers(1, 3))
+    time_axis = d(st.integers(0, 1))
+    shape = (steps, batch, 2) if time_axis == 0 else (batch, steps, 2)
+    feeds = {"x": rng.standard_normal(shape).astype(np.float32),
+             "lens": rng.integers(1, steps + 1, size=batch).astype(np.int64)}
+    check_against_reference("ReverseSequence", feeds, ["x", "lens"], ["y"],
+                            {"time_axis": time_axis, "batch_axis": 1 - time_axis}, 10, bind=("lens",))
+    x = rng.standard_normal((d(st.integers(1, 3)), d(st.integers(1, 4)))).astype(np.float32)
+    pads = np.array([d(st.integers(0, 3)) for _ in range(4)], np.int64)
+    check_against_reference("Pad", {"x": x, "pads": pads}, ["x", "pads"], ["y"], {"mode": "wrap"}, 19,
+                            bind=("pads",))
+
+
+def test_upsample_and_log_sum_exp_of_nothing():
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)
+    check_against_reference("Upsample", {"x": x, "s": np.array([1, 1, 2, 3], np.float32)}, ["x", "s"], ["y"],
+                            {"mode": "nearest"}, 9, bind=("s",))
+    empty = np.zeros((2, 0, 3), np.float32)
+    check_against_reference("ReduceLogSumExp", {"x": empty, "axes": np.array([1], np.int64)}, ["x", "axes"], ["y"],
+                            {"keepdims": 1}, 18, bind=("axes",))
+
+
+def test_ops_with_data_dependent_output_lengths_are_refused_clearly():
+    import minicomp as mc
+    from tests.onnx.reference_check import single_node_model
+
+    model = single_node_model("NonZero", {"x": np.ones((2, 2), np.float32)}, ["x"], ["y"], {}, 13)
+    with pytest.raises(mc.UnsupportedError, match="NonZero's output depends on how many elements are nonzero"):
+        mc.from_onnx(model)

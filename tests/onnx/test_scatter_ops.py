@@ -89,3 +89,18 @@ def test_indices_that_are_not_constants_are_refused_clearly():
     model = single_node_model("ScatterND", feeds, ["x", "i", "u"], ["y"], {}, 18)
     with pytest.raises(mc.UnsupportedError, match=r"ScatterND.*indices \(input 1\) must be a constant"):
         mc.from_onnx(model)
+
+
+@given(st.data())
+def test_tensor_scatter_cache_updates(data):
+    d = data.draw
+    rng = _rng(d)
+    batch, heads, length, size = d(st.integers(1, 2)), d(st.integers(1, 2)), d(st.integers(2, 6)), 2
+    steps = d(st.integers(1, length))
+    mode = d(st.sampled_from(["linear", "circular"]))
+    high = length if mode == "circular" else length - steps + 1
+    feeds = {"cache": rng.standard_normal((batch, heads, length, size)).astype(np.float32),
+             "update": rng.standard_normal((batch, heads, steps, size)).astype(np.float32),
+             "at": rng.integers(0, high, size=batch).astype(np.int64)}
+    check_against_reference("TensorScatter", feeds, ["cache", "update", "at"], ["y"], {"mode": mode}, 24,
+                            bind=("at",))
