@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from minicomp.errors import ShapeError, UnsupportedError
-from minicomp.frontends.compose import group_norm, moments
+from minicomp.frontends.compose import group_norm
 from minicomp.frontends.onnx import ONNX_DTYPES, register_onnx_importer
 from minicomp.frontends.onnx_ops import _scalar, _simple, _softplus
 
@@ -98,10 +98,14 @@ def _group_normalization(ctx, node):
 
 @register_onnx_importer("MeanVarianceNormalization")
 def _mean_variance_normalization(ctx, node):
+    """(x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9): the variance as ONNX's function body spells it
+    (not the centred form), so that results agree where the two round differently."""
     x = ctx.input(0)
     axes = [int(a) % x.ndim for a in ctx.attr("axes", [0, 2, 3])]
-    _, centred, var = moments(ctx, x, axes)
-    return [ctx.op("div", centred, ctx.op("add", ctx.op("sqrt", var), _scalar(ctx, 1e-9, x)))]
+    mean = ctx.op("mean", x, axes=axes, keepdims=True)
+    mean_sq = ctx.op("mean", ctx.op("mul", x, x), axes=axes, keepdims=True)
+    std = ctx.op("sqrt", ctx.op("sub", mean_sq, ctx.op("mul", mean, mean)))
+    return [ctx.op("div", ctx.op("sub", x, mean), ctx.op("add", std, _scalar(ctx, 1e-9, x)))]
 
 
 def _window(coefficients):

@@ -10,6 +10,13 @@ from onnx.reference import ReferenceEvaluator
 import minicomp as mc
 
 
+def drawn_rng(draw) -> np.random.Generator:
+    """A numpy generator seeded by hypothesis (so failing examples shrink and replay)."""
+    from hypothesis import strategies as st
+
+    return np.random.default_rng(draw(st.integers(0, 2**31)))
+
+
 def single_node_model(op: str, feeds: dict, names: list, outputs: list, attrs: dict, opset: int):
     """A model of one ``op`` node reading ``names`` (``""`` for an absent input)."""
     inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)

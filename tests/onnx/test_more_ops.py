@@ -11,12 +11,9 @@ from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
 from tests.onnx.reference_check import check_against_reference  # noqa: E402
+from tests.onnx.reference_check import drawn_rng as _rng  # noqa: E402
 
 INTS = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
-
-
-def _rng(draw):
-    return np.random.default_rng(draw(st.integers(0, 2**31)))
 
 
 def _ints(rng, shape, dtype):

@@ -10,10 +10,7 @@ from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
 from tests.onnx.reference_check import check_against_reference  # noqa: E402
-
-
-def _rng(draw):
-    return np.random.default_rng(draw(st.integers(0, 2**31)))
+from tests.onnx.reference_check import drawn_rng as _rng  # noqa: E402
 
 
 @given(st.data())

@@ -10,14 +10,11 @@ from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
 from tests.onnx.reference_check import check_against_reference  # noqa: E402
+from tests.onnx.reference_check import drawn_rng as _rng  # noqa: E402
 
 
 def _check(op, feeds, names, outputs, attrs, opset=27):
     check_against_reference(op, feeds, names, outputs, attrs, opset)
-
-
-def _rng(draw):
-    return np.random.default_rng(draw(st.integers(0, 2**31)))
 
 
 @given(st.data())
