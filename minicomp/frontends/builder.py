@@ -210,6 +210,29 @@ def _axis_size(types, attrs):
     return types[0].shape[axis] if isinstance(axis, int) and types and types[0].shape else None
 
 
+def _expand_ellipses(equation: str, terms: list[str], out: str | None, ops) -> tuple[list[str], str]:
+    """Labels with each ``...`` replaced by letters for the axes it stands for
+    (aligned at the right, as in numpy), and the output spelled out: given, or
+    the ellipsis axes then the labels that appear once, sorted."""
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation]
+    widths = []
+    for term, t in zip(terms, ops):
+        if term.count("...") > 1 or "." in term.replace("...", ""):
+            raise MinicompError(f"einsum '{equation}': malformed ellipsis in '{term}'")
+        widths.append(t.ndim - len(term.replace("...", "")) if "..." in term else 0)
+    if min(widths, default=0) < 0:
+        raise MinicompError(f"einsum '{equation}': more labels than axes")
+    width = max(widths, default=0)
+    letters = "".join(free[:width])
+    terms = [term.replace("...", letters[width - w:]) for term, w in zip(terms, widths)]
+    if out is None:  # implicit output: the ellipsis axes, then the labels that appear once, sorted
+        named = "".join(terms)
+        return terms, letters + "".join(sorted(c for c in set(named) if named.count(c) == 1 and c not in letters))
+    if out.count("...") > 1 or "." in out.replace("...", ""):
+        raise MinicompError(f"einsum '{equation}': malformed ellipsis in the output '{out}'")
+    return terms, out.replace("...", letters)
+
+
 class GraphBuilder:
     """Records a Graph from Python calls; see the module docstring."""
 
@@ -248,23 +271,22 @@ class GraphBuilder:
     def einsum(self, equation: str, *operands) -> Tensor:
         """numpy's einsum for one or two operands, as transposes, reshapes,
         sums and one batched matmul (``"bij,bjk->bik"``, ``"ij->ji"``,
-        ``"bhqd,bhkd->bhqk"``). Ellipses and repeated labels in one operand
-        (diagonals) are not supported."""
+        ``"bhqd,bhkd->bhqk"``, ``"...ij,...jk->...ik"``, ``"ii->i"``). Axes an
+        ellipsis stands for must have equal lengths in both operands (no
+        broadcasting of size 1)."""
         ops = [self.as_tensor(t) for t in operands]
         lhs, arrow, out = equation.replace(" ", "").partition("->")
         terms = lhs.split(",")
         if len(terms) != len(ops) or not 1 <= len(ops) <= 2:
             raise MinicompError(f"einsum '{equation}': {len(terms)} operand labels for {len(ops)} tensors "
                                 f"(one or two are supported)")
-        if "." in equation:
-            raise MinicompError(f"einsum '{equation}': ellipses are not supported; name every axis")
-        if not arrow:  # implicit output: the labels that appear once, sorted
-            out = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+        terms, out = _expand_ellipses(equation, terms, out if arrow else None, ops)
         size = {}
-        for term, t in zip(terms, ops):
-            if len(term) != t.ndim or len(set(term)) != len(term) or not term.isalpha() and term:
+        for k, (term, t) in enumerate(zip(terms, ops)):
+            if len(term) != t.ndim or not term.isalpha() and term:
                 raise MinicompError(f"einsum '{equation}': labels '{term}' do not fit %{t.name} of shape "
-                                    f"{list(t.shape)} (one letter per axis, no repeats)")
+                                    f"{list(t.shape)} (one letter per axis)")
+            terms[k], ops[k] = term, t = self._diagonals(equation, term, t)
             for c, d in zip(term, t.shape):
                 if size.setdefault(c, d) != d:
                     raise MinicompError(f"einsum '{equation}': axis '{c}' is {size[c]} in one operand, {d} in another")
@@ -300,6 +322,21 @@ class GraphBuilder:
         y = self.op("reshape", a @ b, shape=tuple(size[c] for c in batch + m + n))
         got = batch + m + n
         return y if got == list(out) else self.op("transpose", y, perm=tuple(got.index(c) for c in out))
+
+    def _diagonals(self, equation: str, term: str, t: Tensor) -> tuple[str, Tensor]:
+        """A label repeated in one operand keeps the diagonal: multiply by the
+        identity over the two axes, then sum one of them away."""
+        while len(set(term)) != len(term):
+            c = next(c for c in term if term.count(c) > 1)
+            p, q = term.index(c), term.index(c, term.index(c) + 1)
+            if t.shape[p] != t.shape[q]:
+                raise MinicompError(f"einsum '{equation}': the diagonal '{c}' joins axes of {t.shape[p]} and "
+                                    f"{t.shape[q]}")
+            eye = np.eye(t.shape[p], dtype=t.dtype.numpy).reshape(
+                [t.shape[p] if k == p else t.shape[q] if k == q else 1 for k in range(t.ndim)])
+            t = self.op("sum", self.op("mul", t, self.constant(eye)), axes=[q])
+            term = term[:q] + term[q + 1:]
+        return term, t
 
     def swish(self, x, name: str | None = None) -> Tensor:
         """x * sigmoid(x): another name of ``silu``."""

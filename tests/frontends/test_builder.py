@@ -159,7 +159,9 @@ def test_arange_and_swish():
 
 EINSUMS = [("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]), ("ij->ji", [(3, 4)]), ("ij,jk", [(3, 4), (4, 5)]),
            ("bhqd,bhkd->bhqk", [(2, 3, 4, 5), (2, 3, 6, 5)]), ("i,i->", [(4,), (4,)]), ("ij,k->ikj", [(2, 3), (4,)]),
-           ("ijk->k", [(2, 3, 4)]), ("abc,cd->dba", [(2, 3, 4), (4, 5)])]
+           ("ijk->k", [(2, 3, 4)]), ("abc,cd->dba", [(2, 3, 4), (4, 5)]),
+           ("...ij,...jk->...ik", [(2, 3, 4, 5), (2, 3, 5, 2)]), ("...ii->...i", [(2, 3, 3)]), ("ii", [(4, 4)]),
+           ("ij...,jk", [(2, 3, 4), (3, 5)]), ("iij,jk->ik", [(3, 3, 2), (2, 4)]), ("...", [(2, 3)])]
 
 
 @pytest.mark.parametrize("equation, shapes", EINSUMS)
@@ -172,7 +174,7 @@ def test_einsum_matches_numpy(equation, shapes):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("equation, message", [("ii->i", "no repeats"), ("...ij->ij", "ellipses"),
+@pytest.mark.parametrize("equation, message", [("ijk->i", "do not fit"), ("....ij->ij", "malformed ellipsis"),
                                                 ("ij,jk->ik", "one or two"), ("ij->q", "output labels")])
 def test_einsum_refuses_what_it_cannot_do(equation, message):
     g = mc.GraphBuilder()
