@@ -37,7 +37,7 @@ from minicomp.ir.graph import Graph, drop_unused_constants
 
 # torch dtypes by name -> minicomp dtype names (those minicomp computes in).
 TORCH_DTYPES = {name: name for name in ("float32", "float64", "float16", "int32", "int64", "bool", "int8", "int16",
-                                        "uint8", "uint16", "uint32", "uint64")}
+                                        "uint8", "uint16", "uint32", "uint64", "bfloat16")}
 
 # A constant torch computes at import time may be at most this large; larger
 # results are left to a converter (an expand of a constant to a huge shape).
@@ -118,7 +118,21 @@ def to_numpy(t) -> np.ndarray:
         t = t.cpu()
     if getattr(t, "is_conj", lambda: False)() or getattr(t, "is_neg", lambda: False)():
         t = t.resolve_conj().resolve_neg()
+    if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16: the same 16 bits as ml_dtypes' type
+        import ml_dtypes
+        import torch
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
+
+
+def from_numpy(a: np.ndarray):
+    """A torch tensor sharing ``a``'s memory (bfloat16 included)."""
+    import torch
+
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 class TorchContext:

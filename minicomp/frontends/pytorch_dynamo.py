@@ -167,10 +167,10 @@ class MinicompGraph:
             warnings.warn(f"minicomp runs this graph eagerly: {exc}", stacklevel=2)
             self.eager = True
             return self.gm.forward(*args)
-        from minicomp.frontends.pytorch import to_numpy
+        from minicomp.frontends.pytorch import from_numpy, to_numpy
 
         arrays = [to_numpy(args[i].contiguous()) for i in user_slots if isinstance(args[i], torch.Tensor)]
-        outs = [torch.from_numpy(o) for o in model(*arrays)]
+        outs = [from_numpy(o) for o in model(*arrays)]
         return torch.utils._pytree.tree_unflatten(outs, out_spec)
 
 

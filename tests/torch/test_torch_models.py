@@ -208,8 +208,8 @@ def test_dynamic_shapes_are_refused_with_the_way_out():
 
 
 def test_unsupported_dtype_names_the_tensor():
-    with pytest.raises(UnsupportedError, match="bfloat16"):
-        mc.from_torch(nn.ReLU(), (torch.ones(2, dtype=torch.bfloat16),))
+    with pytest.raises(UnsupportedError, match="complex64"):
+        mc.from_torch(nn.ReLU(), (torch.ones(2, dtype=torch.complex64),))
 
 
 def test_not_a_module():
@@ -389,3 +389,23 @@ def test_graph_breaks_run_eagerly_between_compiled_graphs():
         for seed in range(4):
             x = torch.randn(3, 4, generator=torch.Generator().manual_seed(seed))
             torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_bfloat16_model_through_both_entries():
+    """A bfloat16 MLP with layer norm: weights, inputs and outputs in bfloat16,
+    within a few bfloat16 units of eager (both round each stored result)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 4)).eval().to(torch.bfloat16)
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = model(x).float()
+    (got,) = mc.compile(mc.from_torch(model, (x,)))(mc.frontends.pytorch.to_numpy(x))
+    assert got.dtype.name == "bfloat16"
+    torch.testing.assert_close(torch.from_numpy(got.astype(np.float32)), want, rtol=0.05, atol=0.05)
+    torch._dynamo.reset()
+    fast = torch.compile(model, backend="minicomp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no eager fallback
+        out = fast(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), want, rtol=0.05, atol=0.05)
