@@ -229,8 +229,15 @@ def check_opset(opset: int) -> None:
                                f"{MIN_OPSET} to {newest} (the newest the installed onnx package knows)")
 
 
+# Ops whose output length depends on the values they read: a static-shape
+# compiler cannot give them an output type, whatever importer it has.
+DATA_DEPENDENT_OPS = {"NonMaxSuppression": "how many boxes survive", "NonZero": "how many elements are nonzero",
+                      "Unique": "how many values are distinct"}
+
+
 def unsupported_ops(proto) -> list[str]:
-    """Every node whose op has no importer, described with name and opset."""
+    """Every node whose op has no importer, described with name and opset (and,
+    for the ops whose output length depends on the data, that reason)."""
     _load_builtin()
     opset = model_opset(proto)
     missing = []
@@ -239,7 +246,9 @@ def unsupported_ops(proto) -> list[str]:
         if (domain, n.op_type) not in _IMPORTERS:
             name = n.name or (n.output[0] if n.output else f"#{i}")
             where = f"{domain}." if domain else ""
-            missing.append(f"node '{name}' (op {where}{n.op_type}, opset {opset})")
+            why = DATA_DEPENDENT_OPS.get(n.op_type) if not domain else None
+            why = f": its output's length depends on {why}, and minicomp compiles static shapes" if why else ""
+            missing.append(f"node '{name}' (op {where}{n.op_type}, opset {opset}{why})")
     return missing
 
 

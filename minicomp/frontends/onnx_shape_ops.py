@@ -1,7 +1,6 @@
 """ONNX importers that move, pick or make elements: EyeLike, SpaceToDepth and
 DepthToSpace, OneHot, Compress (its condition a constant), CenterCropPad and
-ReverseSequence (its lengths constants); and a clear refusal for the ops whose
-output shape depends on the data."""
+ReverseSequence (its lengths constants)."""
 
 from __future__ import annotations
 
@@ -136,15 +135,3 @@ def _reverse_sequence(ctx, node):
     shape[batch_axis], shape[time_axis] = x.shape[batch_axis], steps
     index = np.broadcast_to(source.reshape(shape), x.shape).astype(np.int64)
     return [ctx.op("gather_elements", x, ctx.const(np.ascontiguousarray(index)), axis=time_axis)]
-
-
-def _data_dependent(op_type: str, what: str):
-    def imp(ctx, node):
-        raise UnsupportedError(f"{node.describe()}: the length of {op_type}'s output depends on {what}; minicomp "
-                               f"compiles graphs whose shapes are known before they run")
-    return imp
-
-
-register_onnx_importer("NonMaxSuppression")(_data_dependent("NonMaxSuppression", "how many boxes survive"))
-register_onnx_importer("NonZero")(_data_dependent("NonZero", "how many elements are nonzero"))
-register_onnx_importer("Unique")(_data_dependent("Unique", "how many values are distinct"))
