@@ -44,7 +44,7 @@ def _rng(draw):
 def arrays(draw, shape, dtype=FLOAT, low=-3.0, high=3.0):
     rng = _rng(draw)
     dt = np.dtype(dtype)
-    if dt.kind == "f":
+    if dt.kind == "f" or dt.name == "bfloat16":
         return rng.uniform(low, high, size=shape).astype(dt)
     if dt.kind == "b":
         return rng.integers(0, 2, size=shape).astype(bool)
@@ -348,6 +348,22 @@ def _logical_case(draw, op):
     return [draw(arrays(sa, bool)), draw(arrays(sb, bool))], {}
 
 
+BITCAST_GROUPS = [[np.int8, np.uint8, np.bool_], [np.int16, np.uint16, np.float16, "bfloat16"],
+                  [np.int32, np.uint32, np.float32], [np.int64, np.uint64, np.float64]]
+
+
+@st.composite
+def _bitcast_case(draw):
+    group = draw(st.sampled_from(BITCAST_GROUPS))
+    src = draw(st.sampled_from(group))
+    dst = draw(st.sampled_from([t for t in group if t is not np.bool_ and t != "bfloat16"]))  # bool: only as source
+    if src == "bfloat16":
+        import ml_dtypes
+
+        src = ml_dtypes.bfloat16
+    return [draw(arrays(draw(shapes()), src))], {"dtype": np.dtype(dst).name}
+
+
 @st.composite
 def _bitwise_case(draw, op):
     dt = draw(int_dtypes)
@@ -399,7 +415,7 @@ for _r in (1, 2, 3):
 OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), global_avg_pool=_gap_case(),
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), cumprod=_cumsum_case(),
                 trilu=_trilu_case(), rms_norm=_rms_norm_case(), topk=_topk_case(),
-                gather_elements=_gather_elements_case(), resize=_resize_case(),
+                gather_elements=_gather_elements_case(), resize=_resize_case(), bitcast=_bitcast_case(),
                 **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")},
                 **{op: _bitwise_case(op) for op in ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
                                                     "shift_left", "shift_right")})

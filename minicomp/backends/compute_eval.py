@@ -94,6 +94,8 @@ def _eval(e: ex.Expr, bind: dict, env: dict):
         return np.asarray(fn(x)).astype(e.dtype.numpy)
     if isinstance(e, ex.Select):
         return np.where(_eval(e.cond, bind, env), _eval(e.a, bind, env), _eval(e.b, bind, env))
+    if isinstance(e, ex.Bitcast):
+        return np.array(_eval(e.x, bind, env), dtype=e.x.dtype.numpy, order="C").view(e.dtype.numpy)
     if isinstance(e, ex.Cast):
         from minicomp.ir.opdefs.elementwise import cast_np
 

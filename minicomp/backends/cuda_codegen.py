@@ -83,6 +83,10 @@ __device__ __forceinline__ unsigned short mc_to_bf16(float x) {
   return x != x ? (unsigned short)0x7FC0 : (unsigned short)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
 }
 __device__ __forceinline__ float mc_round_bf16(float x) { return mc_from_bf16(mc_to_bf16(x)); }
+// the bits of a value (in its memory type) read as another type of the same size
+template <typename To, typename From> __device__ __forceinline__ To mc_bits_as(From x) {
+  To y; memcpy(&y, &x, sizeof(To)); return y;
+}
 """
 
 
@@ -447,6 +451,8 @@ class _Writer:
             return f"({self.render(e.cond)} ? {self.render(e.a)} : {self.render(e.b)})"
         if isinstance(e, ex.Cast):
             return self.cast(self.render(e.x), e.x.dtype, e.dtype)
+        if isinstance(e, ex.Bitcast):
+            return self.bitcast(self.render(e.x), e.x.dtype, e.dtype)
         self.fail(f"no CUDA for expression {type(e).__name__}")
 
     def binop(self, e: ex.BinOp) -> str:
@@ -509,6 +515,17 @@ class _Writer:
         if e.fn in ex.EXTERN_CALLS:
             return f"{ex.EXTERN_CALLS[e.fn]}{'f' if ctype(dt) == 'float' else ''}({x})"
         self.fail(f"no CUDA for the function {e.fn}")
+
+    def bitcast(self, v: str, src: DType, dst: DType) -> str:
+        """The value in its memory type, its bits read as ``dst``'s memory type, then computed as ``dst``."""
+        stored = {"float16": f"__float2half_rn({v})", "bfloat16": f"mc_to_bf16({v})"}.get(
+            src.name, f"(({storage_type(src)})({v}))")
+        bits = f"mc_bits_as<{storage_type(dst)}, {storage_type(src)}>({stored})"
+        if dst == dtypes.float16:
+            return f"__half2float({bits})"
+        if dst == dtypes.bfloat16:
+            return f"mc_from_bf16({bits})"
+        return bits
 
     def cast(self, v: str, src: DType, dst: DType) -> str:
         if src == dst:

@@ -198,6 +198,8 @@ class FunctionGen:
             return out
         if isinstance(e, ex.Cast):
             return self._cast(self.value(e.x), e.x.dtype, e.dtype)
+        if isinstance(e, ex.Bitcast):
+            return self._bitcast(self.value(e.x), e.x.dtype, e.dtype)
         raise CompileError(f"function {self.name}: cannot generate code for {type(e).__name__}")
 
     def _const(self, c: ex.Const) -> str:
@@ -226,17 +228,7 @@ class FunctionGen:
         st, ty = buf.dtype.llvm_storage, buf.dtype.llvm
         raw = self.tmp("ld")
         self.emit(f"{raw} = load {st}, ptr {p}, align {buf.dtype.itemsize}")
-        if st == ty:
-            return raw
-        out = self.tmp()
-        if buf.dtype.is_bool:
-            self.emit(f"{out} = trunc i8 {raw} to i1")
-        elif buf.dtype == dtypes.bfloat16:
-            self.module.use_helper("mc_from_bf16")
-            self.emit(f"{out} = call float @mc_from_bf16(i16 {raw})")
-        else:
-            self.emit(f"{out} = fpext half {raw} to float")
-        return out
+        return raw if st == ty else self._from_storage(raw, buf.dtype)
 
     def store(self, s: Store):
         self.accumulations = accumulation_ops(s)
@@ -245,17 +237,7 @@ class FunctionGen:
             val = self._cast(val, s.value.dtype, s.buffer.dtype)
         p = self._pointer(s.buffer, s.indices)
         dt = s.buffer.dtype
-        if dt.llvm_storage != dt.llvm:
-            conv = self.tmp()
-            if dt.is_bool:
-                self.emit(f"{conv} = zext i1 {val} to i8")
-            elif dt == dtypes.bfloat16:
-                self.module.use_helper("mc_to_bf16")
-                self.emit(f"{conv} = call i16 @mc_to_bf16(float {val})")
-            else:
-                self.emit(f"{conv} = fptrunc float {val} to half")
-            val = conv
-        self.emit(f"store {dt.llvm_storage} {val}, ptr {p}, align {dt.itemsize}")
+        self.emit(f"store {dt.llvm_storage} {self._to_storage(val, dt)}, ptr {p}, align {dt.itemsize}")
 
     def _binop(self, e: ex.BinOp) -> str:
         a, b = self.value(e.a), self.value(e.b)
@@ -360,6 +342,44 @@ class FunctionGen:
             self.emit(f"{out} = {widen if dst.itemsize > src.itemsize else 'trunc'} {s} {v} to {d}")
             return out
         raise CompileError(f"function {self.name}: no cast from {src.name} to {dst.name}")
+
+    def _bitcast(self, v: str, src: DType, dst: DType) -> str:
+        """Reinterpret the bits: a register value goes to its memory form (bool a
+        byte, float16 a half, bfloat16 its i16), is bitcast, and comes back."""
+        bits = self._to_storage(v, src)
+        if src.llvm_storage != dst.llvm_storage:
+            out = self.tmp()
+            self.emit(f"{out} = bitcast {src.llvm_storage} {bits} to {dst.llvm_storage}")
+            bits = out
+        return self._from_storage(bits, dst)
+
+    def _to_storage(self, v: str, dt: DType) -> str:
+        """A register value in its memory form (bool a byte, float16 a half, bfloat16 rounded to its i16)."""
+        if dt.llvm_storage == dt.llvm:
+            return v
+        out = self.tmp()
+        if dt.is_bool:
+            self.emit(f"{out} = zext i1 {v} to i8")
+        elif dt == dtypes.bfloat16:
+            self.module.use_helper("mc_to_bf16")
+            self.emit(f"{out} = call i16 @mc_to_bf16(float {v})")
+        else:
+            self.emit(f"{out} = fptrunc float {v} to half")
+        return out
+
+    def _from_storage(self, v: str, dt: DType) -> str:
+        """A value in memory form as the register type it is computed in."""
+        if dt.llvm_storage == dt.llvm:
+            return v
+        out = self.tmp()
+        if dt.is_bool:
+            self.emit(f"{out} = icmp ne i8 {v}, 0")
+        elif dt == dtypes.bfloat16:
+            self.module.use_helper("mc_from_bf16")
+            self.emit(f"{out} = call float @mc_from_bf16(i16 {v})")
+        else:
+            self.emit(f"{out} = fpext half {v} to float")
+        return out
 
     def _round_half(self, v: str, dst: DType) -> str:
         """float16 and bfloat16 values live in float registers: round them as a store would."""

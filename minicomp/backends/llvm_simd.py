@@ -32,7 +32,7 @@ def simd_supported(body: Stmt) -> bool:
                 return False
             if isinstance(n, ex.Reduce) or (isinstance(n, ex.Load) and n.dtype.is_bool):
                 return False
-            if isinstance(n, ex.Cast) and not (n.dtype.is_float and n.x.dtype.is_float):
+            if isinstance(n, ex.Bitcast) or isinstance(n, ex.Cast) and not (n.dtype.is_float and n.x.dtype.is_float):
                 return False
             if isinstance(n, ex.Load) and n.dtype.is_narrow_float:
                 return False

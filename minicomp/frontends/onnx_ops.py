@@ -222,6 +222,14 @@ def _cast(ctx, node):
     return [ctx.op("cast", ctx.input(0), dtype=ONNX_DTYPES[to])]
 
 
+@register_onnx_importer("BitCast")
+def _bitcast(ctx, node):
+    to = int(ctx.attr("to"))
+    if to not in ONNX_DTYPES:
+        raise UnsupportedError(f"{node.describe()}: bitcast to ONNX type {to} is not supported")
+    return [ctx.op("bitcast", ctx.input(0), dtype=ONNX_DTYPES[to])]
+
+
 # -- softmax family --------------------------------------------------------------------
 
 

@@ -149,6 +149,15 @@ class Cast(Expr):
 
 
 @dataclass(eq=False, repr=False)
+class Bitcast(Expr):
+    """The bits of ``x`` read as another type of the same size (float32 <-> int32,
+    int8 <-> uint8, bool -> uint8...): no conversion of the value."""
+
+    dtype: DType
+    x: Expr
+
+
+@dataclass(eq=False, repr=False)
 class Load(Expr):
     tensor: object
     indices: tuple[Expr, ...]
@@ -285,7 +294,7 @@ def children(e: Expr) -> tuple[Expr, ...]:
         return e.args
     if isinstance(e, Select):
         return (e.cond, e.a, e.b)
-    if isinstance(e, Cast):
+    if isinstance(e, (Cast, Bitcast)):
         return (e.x,)
     if isinstance(e, Load):
         return e.indices
@@ -304,8 +313,8 @@ def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
         return Call(e.fn, tuple(kids))
     if isinstance(e, Select):
         return Select(*kids)
-    if isinstance(e, Cast):
-        return Cast(e.dtype, kids[0])
+    if isinstance(e, (Cast, Bitcast)):
+        return type(e)(e.dtype, kids[0])
     if isinstance(e, Load):
         return Load(e.tensor, tuple(kids))
     if isinstance(e, Reduce):
@@ -412,6 +421,8 @@ def format_expr(e: Expr) -> str:
         return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
     if isinstance(e, Cast):
         return f"{e.dtype.short}({format_expr(e.x)})"
+    if isinstance(e, Bitcast):
+        return f"bits_as_{e.dtype.short}({format_expr(e.x)})"
     if isinstance(e, Load):
         return f"{e.tensor.name}[{', '.join(format_expr(i) for i in e.indices)}]"
     if isinstance(e, Reduce):

@@ -289,3 +289,13 @@ def test_ops_with_data_dependent_output_lengths_are_refused_clearly():
     with pytest.raises(mc.UnsupportedError, match=r"op NonZero, opset 13: its output's length depends on how many "
                                                   r"elements are nonzero"):
         mc.from_onnx(model)
+
+
+@given(st.data())
+def test_bitcast_reads_the_bits_as_another_type(data):
+    d = data.draw
+    rng = _rng(d)
+    src, to = d(st.sampled_from([(np.float32, "INT32"), (np.int32, "FLOAT"), (np.float64, "INT64"),
+                                 (np.uint16, "INT16"), (np.int8, "UINT8"), (np.float16, "UINT16")]))
+    x = (rng.standard_normal(_shape(d)) * 1000).astype(src)
+    check_against_reference("BitCast", {"x": x}, ["x"], ["y"], {"to": getattr(onnx.TensorProto, to)}, 26)

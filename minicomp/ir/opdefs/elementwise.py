@@ -196,6 +196,25 @@ register_op(OpDef(
 ))
 
 
+def _bitcast_infer(types, a):
+    src, dst = types[0].dtype, dtypes.as_dtype(a["dtype"])
+    if src.itemsize != dst.itemsize:
+        raise ShapeError(f"bitcast needs types of one size: {src.name} has {src.itemsize} bytes, {dst.name} "
+                         f"{dst.itemsize}")
+    return [TensorType(types[0].shape, dst)]
+
+
+register_op(OpDef(
+    "bitcast",
+    infer=_bitcast_infer,
+    reference=lambda x, dtype: np.array(x, order="C").view(dtypes.as_dtype(dtype).numpy),
+    compute=lambda x, dtype: compute(x.shape, lambda *i: ex.Bitcast(dtypes.as_dtype(dtype), x[i]), "bitcast"),
+    attrs={"dtype": None},
+    normalize=_cast_normalize,
+    doc="The bits of each element read as another type of the same size (no conversion of the value).",
+))
+
+
 def _cast_expr(v, dtype):
     if dtype.is_bool and not v.dtype.is_bool:
         return ex.binop("ne", v, ex.const(0, v.dtype))
