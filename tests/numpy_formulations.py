@@ -397,6 +397,8 @@ def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel",
             return (i + 0.5) / s
         if coordinate_mode == "pytorch_half_pixel" and m == 1:
             return 0.0
+        if coordinate_mode == "half_pixel_symmetric":  # ONNX: offset = centre * (1 - m / (n * s))
+            return (n / 2) * (1 - m / (n * s)) + (i + 0.5) / s - 0.5
         return (i + 0.5) / s - 0.5
 
     def near(v):

@@ -392,7 +392,8 @@ def _resize_case(draw):
     return [x], {"sizes": sizes, "mode": draw(st.sampled_from(["nearest", "linear", "cubic"])),
                  "cubic_coeff_a": draw(st.sampled_from([-0.75, -0.5])), "exclude_outside": draw(st.booleans()),
                  "coordinate_mode": draw(st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
-                                                          "asymmetric", "tf_half_pixel_for_nn"])),
+                                                          "asymmetric", "tf_half_pixel_for_nn",
+                                                          "half_pixel_symmetric"])),
                  "nearest_mode": draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))}
 
 

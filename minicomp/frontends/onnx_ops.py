@@ -911,9 +911,10 @@ def _resize(ctx, node):
         raise UnsupportedError(f"{node.describe()}: Resize before opset 11 is not supported")
     mode = ctx.attr("mode", "nearest")
     coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if coord in ("tf_crop_and_resize", "half_pixel_symmetric"):
+    if coord == "tf_crop_and_resize":
         raise UnsupportedError(f"{node.describe()}: coordinate mode {coord!r} is not supported (half_pixel, "
-                               f"pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn are)")
+                               f"pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn, "
+                               f"half_pixel_symmetric are)")
     if ctx.attr("antialias", 0):
         raise UnsupportedError(f"{node.describe()}: antialiased Resize is not supported")
     policy = ctx.attr("keep_aspect_ratio_policy", "stretch")

@@ -456,7 +456,13 @@ register_op(OpDef(
 
 # -- resize ---------------------------------------------------------------------------------
 
-RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn")
+RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+                 "half_pixel_symmetric")
+
+
+def symmetric_offset(out_len: int, in_len: int, scale: float) -> float:
+    """half_pixel_symmetric's shift: the rounding of the output length spread evenly about the centre."""
+    return in_len / 2 * (1 - out_len / (scale * in_len))
 RESIZE_NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
@@ -492,6 +498,8 @@ def _source_coordinate(i, out_len: int, in_len: int, scale: float, mode: str):
         return (f + c(0.5)) / c(scale)
     if mode == "pytorch_half_pixel" and out_len == 1:
         return c(0.0)
+    if mode == "half_pixel_symmetric":
+        return (f + c(0.5)) / c(scale) - c(0.5) + c(symmetric_offset(out_len, in_len, scale))
     return (f + c(0.5)) / c(scale) - c(0.5)  # half_pixel (and pytorch_half_pixel for longer axes)
 
 
@@ -581,6 +589,8 @@ def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic_coef
             src = (i + 0.5) / scales[k]
         elif coordinate_mode == "pytorch_half_pixel" and m == 1:
             src = np.zeros(m)
+        elif coordinate_mode == "half_pixel_symmetric":
+            src = (i + 0.5) / scales[k] - 0.5 + symmetric_offset(m, n, scales[k])
         else:
             src = (i + 0.5) / scales[k] - 0.5
         if mode == "nearest":
@@ -625,5 +635,5 @@ register_op(OpDef(
     normalize=_resize_normalize,
     doc="Resize to ``sizes`` by nearest, (multi)linear or cubic (Keys, coefficient ``cubic_coeff_a``; "
         "``exclude_outside`` drops taps beyond the edges) sampling, with ONNX's coordinate transformations "
-        "(half_pixel, pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn).",
+        "(half_pixel, pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn, half_pixel_symmetric).",
 ))
