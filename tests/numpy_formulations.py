@@ -384,11 +384,15 @@ def _keys_kernel(d, a):
 
 
 def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel", nearest_mode="round_prefer_floor",
-            cubic_coeff_a=-0.75, exclude_outside=False):
+            cubic_coeff_a=-0.75, exclude_outside=False, roi=None, extrapolation_value=0.0):
     """Per output element, per axis, in Python floats (ONNX's formulas)."""
     scales = scales or [m / n for m, n in zip(sizes, x.shape)]
+    crop = coordinate_mode == "tf_crop_and_resize"
 
-    def source(i, n, m, s):
+    def source(i, n, m, s, k=0):
+        if crop:
+            start, end = roi[k], roi[x.ndim + k]
+            return start * (n - 1) + i * (end - start) * (n - 1) / (m - 1) if m > 1 else (start + end) / 2 * (n - 1)
         if coordinate_mode == "align_corners":
             return i * (n - 1) / (n * s - 1) if n * s > 1 else 0.0
         if coordinate_mode == "asymmetric":
@@ -409,11 +413,13 @@ def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel",
     xd = x.astype(np.float64)
     for o in np.ndindex(*sizes):
         corners = [((), 1.0)]
+        off = False
         for k, (i, n, m) in enumerate(zip(o, x.shape, sizes)):
-            if n == m and scales[k] == 1.0:
+            if n == m and scales[k] == 1.0 and not crop:
                 corners = [(c + (i,), w) for c, w in corners]
                 continue
-            src = source(i, n, m, scales[k])
+            src = source(i, n, m, scales[k], k)
+            off = off or crop and not 0 <= src <= n - 1
             if mode == "nearest":
                 corners = [(c + (min(max(near(src), 0), n - 1),), w) for c, w in corners]
             elif mode == "cubic":
@@ -429,7 +435,7 @@ def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel",
                 f = src - lo
                 corners = [(c + (min(lo, n - 1),), w * (1 - f)) for c, w in corners] + \
                           [(c + (min(lo + 1, n - 1),), w * f) for c, w in corners]
-        out[o] = sum(w * xd[c] for c, w in corners)
+        out[o] = extrapolation_value if off else sum(w * xd[c] for c, w in corners)
     return out
 
 

@@ -389,12 +389,19 @@ def _topk_case(draw):
 def _resize_case(draw):
     x = draw(arrays(draw(shapes(1, 4, 1, 5)), draw(float_dtypes)))
     sizes = [draw(st.integers(1, 7)) if k >= x.ndim - 2 else d for k, d in enumerate(x.shape)]
-    return [x], {"sizes": sizes, "mode": draw(st.sampled_from(["nearest", "linear", "cubic"])),
-                 "cubic_coeff_a": draw(st.sampled_from([-0.75, -0.5])), "exclude_outside": draw(st.booleans()),
-                 "coordinate_mode": draw(st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
-                                                          "asymmetric", "tf_half_pixel_for_nn",
-                                                          "half_pixel_symmetric"])),
-                 "nearest_mode": draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))}
+    attrs = {"sizes": sizes, "mode": draw(st.sampled_from(["nearest", "linear", "cubic"])),
+             "cubic_coeff_a": draw(st.sampled_from([-0.75, -0.5])), "exclude_outside": draw(st.booleans()),
+             "coordinate_mode": draw(st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners",
+                                                      "asymmetric", "tf_half_pixel_for_nn", "half_pixel_symmetric",
+                                                      "tf_crop_and_resize"])),
+             "nearest_mode": draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]))}
+    if attrs["coordinate_mode"] == "tf_crop_and_resize":
+        # Regions reaching past the input on either side, whose sample points never land exactly on the
+        # input's first or last element: there, FMA contraction in generated code may decide the other way.
+        starts = [draw(st.sampled_from([0.0, -0.23, 0.37])) for _ in sizes]
+        attrs["roi"] = starts + [s + draw(st.sampled_from([0.31, 0.83, 1.07])) for s in starts]
+        attrs["extrapolation_value"] = draw(st.sampled_from([0.0, 7.5]))
+    return [x], attrs
 
 
 OP_CASES = {}

@@ -911,10 +911,6 @@ def _resize(ctx, node):
         raise UnsupportedError(f"{node.describe()}: Resize before opset 11 is not supported")
     mode = ctx.attr("mode", "nearest")
     coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
-    if coord == "tf_crop_and_resize":
-        raise UnsupportedError(f"{node.describe()}: coordinate mode {coord!r} is not supported (half_pixel, "
-                               f"pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn, "
-                               f"half_pixel_symmetric are)")
     if ctx.attr("antialias", 0):
         raise UnsupportedError(f"{node.describe()}: antialiased Resize is not supported")
     policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
@@ -922,6 +918,14 @@ def _resize(ctx, node):
         raise UnsupportedError(f"{node.describe()}: keep_aspect_ratio_policy {policy!r} is not supported")
     axes = ctx.attr("axes")
     axes = [int(a) % x.ndim for a in axes] if axes is not None else list(range(x.ndim))
+    roi = None
+    if coord == "tf_crop_and_resize":  # the region: starts then ends (fractions of each axis), for ``axes``
+        given = ctx.required_constant(1, "roi").reshape(-1).astype(np.float64)
+        if given.size != 2 * len(axes):
+            raise ShapeError(f"{node.describe()}: roi has {given.size} values for {len(axes)} axes")
+        roi = [0.0] * x.ndim + [1.0] * x.ndim
+        for k, a in enumerate(axes):
+            roi[a], roi[x.ndim + a] = float(given[k]), float(given[len(axes) + k])
     scales_in = ctx.constant(2) if ctx.input(2) is not None else None
     sizes_in = ctx.constant(3) if ctx.input(3) is not None else None
     if ctx.input(2) is not None and scales_in is None or ctx.input(3) is not None and sizes_in is None:
@@ -940,10 +944,12 @@ def _resize(ctx, node):
     elif scales_in is not None and scales_in.size:
         for a, s in zip(axes, scales_in.reshape(-1)):
             scales[a] = float(s)
-            sizes[a] = int(np.floor(x.shape[a] * float(s)))
+            extent = (roi[x.ndim + a] - roi[a]) if roi is not None else 1.0
+            sizes[a] = int(np.floor(x.shape[a] * extent * float(s)))
     else:
         raise UnsupportedError(f"{node.describe()}: Resize needs scales or sizes")
     return [ctx.op("resize", x, sizes=sizes, scales=scales, mode=mode, coordinate_mode=coord,
                    nearest_mode=ctx.attr("nearest_mode", "round_prefer_floor"),
                    cubic_coeff_a=float(ctx.attr("cubic_coeff_a", -0.75)),
-                   exclude_outside=bool(ctx.attr("exclude_outside", 0)))]
+                   exclude_outside=bool(ctx.attr("exclude_outside", 0)), roi=roi,
+                   extrapolation_value=float(ctx.attr("extrapolation_value", 0.0)))]

@@ -457,7 +457,7 @@ register_op(OpDef(
 # -- resize ---------------------------------------------------------------------------------
 
 RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
-                 "half_pixel_symmetric")
+                 "half_pixel_symmetric", "tf_crop_and_resize")
 
 
 def symmetric_offset(out_len: int, in_len: int, scale: float) -> float:
@@ -482,13 +482,32 @@ def _resize_normalize(types, a):
     if a["nearest_mode"] not in RESIZE_NEAREST:
         raise ShapeError(f"nearest mode {a['nearest_mode']!r}: one of {', '.join(RESIZE_NEAREST)}")
     a["sizes"], a["scales"] = sizes, scales
+    roi = a["roi"]
+    if a["coordinate_mode"] == "tf_crop_and_resize":
+        roi = tuple(float(v) for v in (roi if roi is not None else [0.0] * x.rank + [1.0] * x.rank))
+        if len(roi) != 2 * x.rank:
+            raise ShapeError(f"roi {list(roi)} must give a start for every axis, then an end for every axis")
+    a["roi"] = roi if a["coordinate_mode"] == "tf_crop_and_resize" else None
+    a["extrapolation_value"] = float(a["extrapolation_value"])
     return a
 
 
-def _source_coordinate(i, out_len: int, in_len: int, scale: float, mode: str):
-    """Where output index ``i`` samples the input (float64), by ONNX's coordinate transformation."""
+def crop_coordinate(i, out_len: int, in_len: int, start: float, end: float):
+    """tf_crop_and_resize: output index ``i`` (a number, an array or an
+    expression) spread over the region [start, end] of the input, in its own
+    units (0 is the first element, 1 the last)."""
+    if out_len > 1:
+        return i * ((end - start) * (in_len - 1) / (out_len - 1)) + start * (in_len - 1)
+    return i * 0.0 + 0.5 * (start + end) * (in_len - 1)
+
+
+def _source_coordinate(i, out_len: int, in_len: int, scale: float, mode: str, roi=None):
+    """Where output index ``i`` samples the input (float64), by ONNX's coordinate transformation
+    (``roi``: the (start, end) of tf_crop_and_resize on this axis)."""
     f = ex.cast(dtypes.float64, i)
     c = lambda v: ex.const(v, dtypes.float64)  # noqa: E731
+    if mode == "tf_crop_and_resize":
+        return crop_coordinate(f, out_len, in_len, *roi)
     if mode == "align_corners":  # ONNX uses the unrounded resized length, in_len * scale
         resized = in_len * scale
         return f * c((in_len - 1) / (resized - 1)) if resized > 1 else c(0.0)
@@ -516,15 +535,32 @@ def cubic_weights(t, a: float):
 
 
 def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic_coeff_a=-0.75,
-                    exclude_outside=False):
-    axes = [k for k in range(len(sizes)) if sizes[k] != x.shape[k] or scales[k] != 1.0]
+                    exclude_outside=False, roi=None, extrapolation_value=0.0):
+    rank = len(sizes)
+    crop = coordinate_mode == "tf_crop_and_resize"
+    axes = [k for k in range(rank) if sizes[k] != x.shape[k] or scales[k] != 1.0 or crop]
     f64 = lambda v: ex.const(v, dtypes.float64)  # noqa: E731
 
+    def source(i, k):
+        return _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode,
+                                  (roi[k], roi[rank + k]) if crop else None)
+
     def fn(*i):
+        value = sample(*i)
+        if not crop:
+            return value
+        outside = None  # a sample point off the input on any axis reads the extrapolation value
+        for k in axes:
+            src = source(i, k)
+            off = ex.BinOp("or", ex.lt(src, f64(0.0)), ex.gt(src, f64(x.shape[k] - 1.0)))
+            outside = off if outside is None else ex.BinOp("or", outside, off)
+        return value if outside is None else ex.select(outside, ex.const(extrapolation_value, x.dtype), value)
+
+    def sample(*i):
         if mode == "nearest":
             idx = list(i)
             for k in axes:
-                src = _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode)
+                src = source(i, k)
                 half = ex.const(0.5, dtypes.float64)
                 pick = {"floor": lambda v: ex.call("floor", v),
                         "ceil": lambda v: -ex.call("floor", -v),
@@ -535,7 +571,7 @@ def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic
         corners = [(list(i), f64(1.0))]
         if mode == "cubic":  # a weighted sum over the 4^k taps around the source point (edges repeat)
             for k in axes:
-                src = _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode)
+                src = source(i, k)
                 low = ex.call("floor", src)
                 taps = [low + f64(d) for d in (-1.0, 0.0, 1.0, 2.0)]
                 weights = cubic_weights(src - low, cubic_coeff_a)
@@ -549,8 +585,7 @@ def _resize_compute(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic
             return _weighted_sum(x, corners)
         # linear: a weighted sum over the 2^k corners around the source point
         for k in axes:
-            src = _source_coordinate(i[k], sizes[k], x.shape[k], scales[k], coordinate_mode)
-            src = ex.maximum(src, ex.const(0.0, dtypes.float64))
+            src = ex.maximum(source(i, k), ex.const(0.0, dtypes.float64))
             low = ex.call("floor", src)
             frac = src - low
             lo = _clamp_index(low, x.shape[k])
@@ -573,14 +608,22 @@ def _weighted_sum(x, corners):
     return ex.cast(x.dtype, total)
 
 
-def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic_coeff_a=-0.75, exclude_outside=False):
+def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic_coeff_a=-0.75, exclude_outside=False,
+               roi=None, extrapolation_value=0.0):
     out = x.astype(np.float64)
+    crop = coordinate_mode == "tf_crop_and_resize"
+    outside = np.zeros(sizes, bool)
     for k in range(x.ndim):
         n, m = x.shape[k], sizes[k]
-        if n == m and scales[k] == 1.0:
+        if n == m and scales[k] == 1.0 and not crop:
             continue
         i = np.arange(m, dtype=np.float64)
-        if coordinate_mode == "align_corners":
+        if crop:
+            src = crop_coordinate(i, m, n, roi[k], roi[x.ndim + k])
+            shape = [1] * x.ndim
+            shape[k] = m
+            outside = outside | ((src < 0) | (src > n - 1)).reshape(shape)
+        elif coordinate_mode == "align_corners":
             resized = n * scales[k]
             src = i * ((n - 1) / (resized - 1)) if resized > 1 else np.zeros(m)
         elif coordinate_mode == "asymmetric":
@@ -619,6 +662,8 @@ def _resize_np(x, sizes, scales, mode, coordinate_mode, nearest_mode, cubic_coef
             shape[k] = m
             frac = frac.reshape(shape)
             out = np.take(out, lo, axis=k) * (1 - frac) + np.take(out, hi, axis=k) * frac
+    if crop:
+        out = np.where(outside, extrapolation_value, out)
     return out.astype(x.dtype)
 
 
@@ -631,9 +676,12 @@ def _resize_infer(types, a):
 register_op(OpDef(
     "resize", _resize_infer, _resize_np, _resize_compute,
     attrs={"sizes": REQUIRED, "scales": None, "mode": "nearest", "coordinate_mode": "half_pixel",
-           "nearest_mode": "round_prefer_floor", "cubic_coeff_a": -0.75, "exclude_outside": False},
+           "nearest_mode": "round_prefer_floor", "cubic_coeff_a": -0.75, "exclude_outside": False, "roi": None,
+           "extrapolation_value": 0.0},
     normalize=_resize_normalize,
     doc="Resize to ``sizes`` by nearest, (multi)linear or cubic (Keys, coefficient ``cubic_coeff_a``; "
         "``exclude_outside`` drops taps beyond the edges) sampling, with ONNX's coordinate transformations "
-        "(half_pixel, pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn, half_pixel_symmetric).",
+        "(half_pixel, pytorch_half_pixel, align_corners, asymmetric, tf_half_pixel_for_nn, half_pixel_symmetric; "
+        "tf_crop_and_resize samples the region ``roi`` (starts, then ends, as fractions of each axis) and reads "
+        "``extrapolation_value`` off the input).",
 ))
