@@ -11,8 +11,8 @@ The same text compiles with nvcc for a GPU and with g++ plus
 emulator provides, and the helpers it needs are written in the source itself.
 
 Numerics follow the LLVM backend: ``max``/``min`` propagate NaN, float to
-integer casts saturate (NaN gives 0), float16 is stored as half and computed
-in float, rounded where a value is cast to float16.
+integer casts saturate (NaN gives 0), float16 and bfloat16 are stored in 16
+bits and computed in float, rounded where a value is cast to them.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ __device__ __forceinline__ unsigned long long mc_to_u64(double x) {
   return x != x || x <= 0.0 ? 0ULL : x >= 18446744073709551615.0 ? 18446744073709551615ULL
        : (unsigned long long)x;
 }
-__device__ __forceinline__ float mc_round_half(float x) { return __half2float(__float2half_rn(x)); }
 // bfloat16 is kept as its 16 bits: float's upper half, rounded to nearest even
 __device__ __forceinline__ float mc_from_bf16(unsigned short h) {
   unsigned int b = (unsigned int)h << 16; float x; memcpy(&x, &b, 4); return x;
@@ -82,7 +81,6 @@ __device__ __forceinline__ unsigned short mc_to_bf16(float x) {
   unsigned int b; memcpy(&b, &x, 4);
   return x != x ? (unsigned short)0x7FC0 : (unsigned short)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
 }
-__device__ __forceinline__ float mc_round_bf16(float x) { return mc_from_bf16(mc_to_bf16(x)); }
 // the bits of a value (in its memory type) read as another type of the same size
 template <typename To, typename From> __device__ __forceinline__ To mc_bits_as(From x) {
   To y; memcpy(&y, &x, sizeof(To)); return y;
@@ -98,6 +96,16 @@ def ctype(dt: DType) -> str:
 def storage_type(dt: DType) -> str:
     """The C type of ``dt`` in memory."""
     return {"float16": "__half", "bfloat16": "unsigned short"}.get(dt.name) or ctype(dt)
+
+
+def to_memory(v: str, dt: DType) -> str:
+    """A computed value (C text) in ``dt``'s memory type: float16 and bfloat16 rounded to 16 bits."""
+    return {"float16": f"__float2half_rn({v})", "bfloat16": f"mc_to_bf16({v})"}.get(dt.name, v)
+
+
+def from_memory(v: str, dt: DType) -> str:
+    """A value in ``dt``'s memory type (C text) as the type it is computed in."""
+    return {"float16": f"__half2float({v})", "bfloat16": f"mc_from_bf16({v})"}.get(dt.name, v)
 
 
 @dataclass
@@ -369,11 +377,7 @@ class _Writer:
         idx = self.flat(s.buffer, s.indices)
         if s.value.dtype != s.buffer.dtype:
             value = self.cast(value, s.value.dtype, s.buffer.dtype)
-        if s.buffer.dtype == dtypes.float16:
-            value = f"__float2half_rn({value})"
-        elif s.buffer.dtype == dtypes.bfloat16:
-            value = f"mc_to_bf16({value})"
-        self.emit(depth + 1, f"{self.buffer_name(s.buffer)}[{idx}] = {value};")
+        self.emit(depth + 1, f"{self.buffer_name(s.buffer)}[{idx}] = {to_memory(value, s.buffer.dtype)};")
         self.emit(depth, "}")
         self.shared = {}  # ids of expressions die with the statement
 
@@ -439,10 +443,7 @@ class _Writer:
             return self.names[e]
         if isinstance(e, ex.Load):
             buf = e.tensor
-            text = f"{self.buffer_name(buf)}[{self.flat(buf, e.indices)}]"
-            if buf.dtype == dtypes.bfloat16:
-                return f"mc_from_bf16({text})"
-            return f"__half2float({text})" if buf.dtype == dtypes.float16 else text
+            return from_memory(f"{self.buffer_name(buf)}[{self.flat(buf, e.indices)}]", buf.dtype)
         if isinstance(e, ex.BinOp):
             return self.binop(e)
         if isinstance(e, ex.Call):
@@ -518,14 +519,8 @@ class _Writer:
 
     def bitcast(self, v: str, src: DType, dst: DType) -> str:
         """The value in its memory type, its bits read as ``dst``'s memory type, then computed as ``dst``."""
-        stored = {"float16": f"__float2half_rn({v})", "bfloat16": f"mc_to_bf16({v})"}.get(
-            src.name, f"(({storage_type(src)})({v}))")
-        bits = f"mc_bits_as<{storage_type(dst)}, {storage_type(src)}>({stored})"
-        if dst == dtypes.float16:
-            return f"__half2float({bits})"
-        if dst == dtypes.bfloat16:
-            return f"mc_from_bf16({bits})"
-        return bits
+        stored = to_memory(v, src) if src.is_narrow_float else f"(({storage_type(src)})({v}))"
+        return from_memory(f"mc_bits_as<{storage_type(dst)}, {storage_type(src)}>({stored})", dst)
 
     def cast(self, v: str, src: DType, dst: DType) -> str:
         if src == dst:
@@ -538,11 +533,7 @@ class _Writer:
             info = np.iinfo(dst.numpy)
             return f"mc_to_int<{ctype(dst)}>({v}, {float(info.min)!r}, {float(info.max)!r})"
         out = f"(({ctype(dst)})({v}))"
-        if dst == dtypes.float16:
-            return f"mc_round_half({out})"
-        if dst == dtypes.bfloat16:
-            return f"mc_round_bf16({out})"
-        return out
+        return from_memory(to_memory(out, dst), dst)  # float16 and bfloat16 round to 16 bits
 
 
 def const_literal(c: ex.Const) -> str:

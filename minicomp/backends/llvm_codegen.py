@@ -57,9 +57,8 @@ def int_instruction(op: str, dt: DType) -> str:
 
 def int_literal(value: int, dt: DType) -> str:
     """An LLVM literal for an integer constant: two's complement, signed spelling."""
-    bits = dt.bits
-    value &= (1 << bits) - 1
-    return str(value - (1 << bits) if value >= 1 << (bits - 1) else value)
+    value = dt.wrap(value)
+    return str(value - (1 << dt.bits) if value >= 1 << (dt.bits - 1) else value)  # unsigned tops read negative
 
 
 def float_literal(value: float, ty: str) -> str:
@@ -383,19 +382,9 @@ class FunctionGen:
 
     def _round_half(self, v: str, dst: DType) -> str:
         """float16 and bfloat16 values live in float registers: round them as a store would."""
-        if dst == dtypes.bfloat16:
-            self.module.use_helper("mc_to_bf16")
-            self.module.use_helper("mc_from_bf16")
-            h, f = self.tmp(), self.tmp()
-            self.emit(f"{h} = call i16 @mc_to_bf16(float {v})")
-            self.emit(f"{f} = call float @mc_from_bf16(i16 {h})")
-            return f
-        if dst != dtypes.float16:
+        if not dst.is_narrow_float:
             return v
-        h, f = self.tmp(), self.tmp()
-        self.emit(f"{h} = fptrunc float {v} to half")
-        self.emit(f"{f} = fpext half {h} to float")
-        return f
+        return self._from_storage(self._to_storage(v, dst), dst)
 
     # -- statements ------------------------------------------------------------
     def stmt(self, s: Stmt):

@@ -21,11 +21,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.ir.dtypes import ALL_DTYPES
 from minicomp.ir.graph import Graph, Value, check_shape, drop_unused_constants
 from minicomp.ir.ops import get_op
 
@@ -36,9 +36,7 @@ ONNX_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16
                    7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64",
                    14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16"}
 
-SUPPORTED_NUMPY = tuple(np.dtype(t) for t in (np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_,
-                                               np.int8, np.int16, np.uint8, np.uint16, np.uint32, np.uint64,
-                                               ml_dtypes.bfloat16))
+SUPPORTED_NUMPY = tuple(d.numpy for d in ALL_DTYPES)
 
 # A folded constant may grow this much beyond its inputs (weights made by
 # ConstantOfShape are the point of folding, so the limit is generous).

@@ -33,11 +33,11 @@ import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.ir.dtypes import ALL_DTYPES
 from minicomp.ir.graph import Graph, drop_unused_constants
 
 # torch dtypes by name -> minicomp dtype names (those minicomp computes in).
-TORCH_DTYPES = {name: name for name in ("float32", "float64", "float16", "int32", "int64", "bool", "int8", "int16",
-                                        "uint8", "uint16", "uint32", "uint64", "bfloat16")}
+TORCH_DTYPES = {d.name: d.name for d in ALL_DTYPES}  # torch spells every minicomp dtype the same way
 
 # A constant torch computes at import time may be at most this large; larger
 # results are left to a converter (an expand of a constant to a huge shape).
