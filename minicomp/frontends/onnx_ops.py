@@ -477,7 +477,7 @@ def _reduce(op_type: str, op: str, axes_input_since: int, before=None, after=Non
         axes = _reduce_axes(ctx, axes_input_since)
         if axes is None and ctx.opset >= axes_input_since and ctx.attr("noop_with_empty_axes", 0):
             return [x]
-        if op in ("max", "min") and any(x.shape[a] == 0 for a in (axes or range(x.ndim))):
+        if op in ("max", "min") and _reduces_nothing(x, axes):
             # ONNX: the max of nothing is the lowest value (min: the highest), shaped as reduced.
             axes_set = tuple(a % x.ndim for a in axes) if axes is not None else tuple(range(x.ndim))
             shape = reduced_shape(x.shape, axes_set, keepdims)
@@ -493,6 +493,11 @@ _reduce("ReduceMean", "mean", 18)
 _reduce("ReduceMax", "max", 18)
 _reduce("ReduceMin", "min", 18)
 _reduce("ReduceProd", "prod", 18)
+
+
+def _reduces_nothing(x, axes) -> bool:
+    """Does a reduction over ``axes`` (None: every axis) see no element?"""
+    return any(x.shape[a] == 0 for a in (axes if axes is not None else range(x.ndim)))
 
 
 def _reduce_axes(ctx, axes_input_since):
@@ -523,7 +528,7 @@ def _log_sum_exp(ctx, x):
 
 def _finish_log_sum_exp(ctx, total, x, axes, keepdims):
     """log(sum(exp(x - max))) + max, stable for large x (-inf over nothing)."""
-    if any(x.shape[a] == 0 for a in (axes if axes is not None else range(x.ndim))):
+    if _reduces_nothing(x, axes):
         return ctx.const(np.full(total.shape, -np.inf, dtype=x.dtype.numpy))
     top = ctx.op("max", x, axes=axes, keepdims=True)
     shifted = ctx.op("exp", ctx.op("sub", x, top))
