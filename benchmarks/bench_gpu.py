@@ -128,11 +128,30 @@ def transformer_rows(torch):
     return out
 
 
+def with_free_batch(model):
+    """The light model with its batch left free: its input's first dimension
+    becomes ``N``, and a Reshape to a constant shape that starts with 1 keeps the
+    input's batch instead (0 copies that dimension in ONNX's Reshape)."""
+    from onnx import numpy_helper
+
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.ClearField("dim_value")
+    dim.dim_param = "N"
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.input[1] in inits:
+            shape = numpy_helper.to_array(inits[node.input[1]]).copy()
+            if shape.size and shape[0] == 1:
+                shape[0] = 0
+                inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
+    return model
+
+
 def resnet_rows(torch):
     from minicomp.frontends.onnx_testdata import light_model, randomize_weights
 
     out = []
-    onnx_model = randomize_weights(light_model("resnet50"), seed=0)
+    onnx_model = with_free_batch(randomize_weights(light_model("resnet50"), seed=0))
     try:
         import torchvision
         net = torchvision.models.resnet50(weights=None).cuda().eval()

@@ -36,6 +36,7 @@ from minicomp.ir.loops import (
     Seq,
     Stmt,
     Store,
+    does_nothing,
     loops,
     stmt_exprs,
     top_statements,
@@ -168,7 +169,9 @@ def _written(s: Stmt) -> set:
 def render_kernel(kernel: Kernel) -> tuple[str, list[Launch]]:
     """CUDA C for one kernel: its ``__global__`` functions and their launches."""
     texts, launches = [], []
-    tops = [s for s in top_statements(kernel.body) if not (isinstance(s, Seq) and not s.stmts)]
+    # A nest that stores nothing gets no launch: a GPU refuses a grid of zero
+    # blocks, and its index arithmetic would divide by the zero extent.
+    tops = [s for s in top_statements(kernel.body) if not does_nothing(s)]
     for n, top in enumerate(tops):
         fname = f"k_{kernel.name}" + (f"_{n}" if len(tops) > 1 else "")
         params = _buffers_used(top, kernel.params)

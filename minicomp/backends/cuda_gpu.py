@@ -37,6 +37,12 @@ def import_pycuda():
     return driver, compiler, gpuarray
 
 
+def address(array) -> int:
+    """The device address of a pycuda array; 0 for an empty one, which pycuda
+    gives no allocation (the kernels never touch it)."""
+    return 0 if array.gpudata is None else int(array.gpudata)
+
+
 class GPUDevice:
     """A compiled module, the uploaded weights and the device arena of one model."""
 
@@ -60,7 +66,7 @@ class GPUDevice:
         for v, arr in graph.constants.items():
             d = gpuarray.to_gpu(contiguous(arr))
             self.keep.append(d)
-            self.table[ex.slots[v]] = int(d.gpudata)
+            self.table[ex.slots[v]] = address(d)
         self.arena = driver.mem_alloc(max(plan.arena_bytes, 1) + ALIGNMENT)
         base = int(self.arena)
         base += (-base) % ALIGNMENT
@@ -79,12 +85,12 @@ class GPUDevice:
         for v, a in env.items():
             d = a if hasattr(a, "gpudata") else ga.to_gpu(contiguous(a))
             dev[v] = d
-            self.table[ex.slots[v]] = int(d.gpudata)
+            self.table[ex.slots[v]] = address(d)
         outs = {}
         for v in dict.fromkeys(graph.outputs):
             if v in ex.slots and v not in env and v not in graph.constants:
                 outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy, allocator=self.pool.allocate)
-                self.table[ex.slots[v]] = int(outs[v].gpudata)
+                self.table[ex.slots[v]] = address(outs[v])
         return dev, outs, on_device
 
     def _launch(self, ln, slots):

@@ -166,6 +166,16 @@ def only_stores(s: Stmt) -> bool:
     return all(isinstance(c, (Store, Seq)) for c in walk_stmts(s))
 
 
+def does_nothing(s: Stmt) -> bool:
+    """Does ``s`` store nothing: is every store under it into an empty buffer,
+    or in a loop of extent 0 (a zero-size slice, concatenation or top-k)?"""
+    if isinstance(s, Store):
+        return s.buffer.size == 0
+    if isinstance(s, For) and s.extent == 0:
+        return True
+    return all(does_nothing(c) for c in stmt_children(s))
+
+
 def loops(s: Stmt) -> list[For]:
     return [n for n in walk_stmts(s) if isinstance(n, For)]
 

@@ -194,6 +194,17 @@ def test_cuda_emu_target_name_and_zero_size_and_scalar_outputs():
         assert_close(got, want)
 
 
+def test_a_nest_that_stores_nothing_gets_no_launch():
+    """A GPU refuses a grid of zero blocks: x * 2 and the slice of x are empty,
+    while the sum over the empty axis still writes its three zeros."""
+    g = mc.GraphBuilder()
+    x = g.input("x", (0, 3))
+    g.output(x * 2.0, g.sum(x, axes=[0]), g.slice(g.relu(g.input("z", (4,))), starts=[2], ends=[2]))
+    model = check_emu(g.build(), [np.zeros((0, 3), np.float32), np.ones(4, np.float32)])
+    launched = [ln.function for ln, _ in model.executable.launches]
+    assert len(launched) == 1 and "sum" in launched[0], launched
+
+
 def test_profile_times_every_launch():
     g = mc.GraphBuilder()
     x = g.input("x", (16, 64))
