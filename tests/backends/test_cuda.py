@@ -86,6 +86,20 @@ def test_matmul_with_epilogue_is_one_tiled_launch():
     assert "__shared__" in model.stages["cuda"] and "__syncthreads();" in model.stages["cuda"]
 
 
+def test_convolution_at_batch_above_one_is_tiled_over_the_batch():
+    """Fusion nests a convolution, its padding and its relu in one loop over the
+    batch; the GPU schedule splits that loop so that the convolution is one tiled
+    GEMM over every image, not one block per image (which took ResNet-50 at
+    batch 32 2.3 s on an H200), with the relu folded into its store."""
+    rng = np.random.default_rng(4)
+    g = mc.GraphBuilder()
+    x = g.input("x", (5, 6, 9, 9))
+    g.output(g.relu(g.conv2d(x, g.constant(rng.standard_normal((16, 6, 3, 3)).astype(np.float32)), padding=1)))
+    model = check_emu(g.build(), [rng.standard_normal((5, 6, 9, 9)).astype(np.float32)])
+    assert "gpu gemm" in model.stages["loops"] and "batch=1" in model.stages["loops"]
+    assert [ln.grid[0] > 5 for ln, _ in model.executable.launches] == [True, True]  # padding, then the GEMM
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])
 def test_dtypes_on_cuda_emu(dtype):
     check_emu(*dtype_graph(dtype))

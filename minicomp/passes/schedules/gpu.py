@@ -60,7 +60,7 @@ def gpu_schedule(kernel: Kernel, target) -> Kernel:
     tops = top_statements(kernel.body)
     notes, contractions = list(kernel.notes), []
     new_tops = []
-    for top in tops:
+    for top in [piece for nest in tops for piece in _split_for_contractions(nest)]:
         tiled = tile_contraction(kernel, top, gpu)
         if tiled is not None:
             stmt, note, buf = tiled
@@ -87,6 +87,48 @@ def gpu_schedule(kernel: Kernel, target) -> Kernel:
         out.append(stmt)
         k = _drop_workspace(k, in_registers)
     return replace(k, body=seq(*out))
+
+
+def _split_for_contractions(top: Stmt) -> list[Stmt]:
+    """``top`` as the pieces of :func:`distribute_loop` when one of them is a
+    contraction (a convolution at batch > 1, which fusion nests in one loop over
+    the batch with its padding and epilogue): the contraction then gets its tiled
+    launch over the whole batch instead of one block per image. Other nests (a
+    softmax row's steps) stay together, for one block per row."""
+    pieces = distribute_loop(top)
+    if len(pieces) > 1 and any(match_contraction(p) is not None for p in pieces):
+        return pieces
+    return [top]
+
+
+def distribute_loop(top: Stmt) -> list[Stmt]:
+    """Loop fission: ``for v: {a; b}`` as ``for v: a; for v: b`` (and so on down a
+    chain of such loops), or ``[top]`` where it is not sure to keep the result.
+    It is when every buffer the body writes is touched only at index ``v`` of
+    one axis: each iteration then has its own slice, so the iterations are
+    independent and may run statement by statement."""
+    if not (isinstance(top, For) and top.kind == "serial" and not top.is_reduction):
+        return [top]
+    inner = list(top.body.stmts) if isinstance(top.body, Seq) else distribute_loop(top.body)
+    if len(inner) < 2 or not _iterations_independent(top):
+        return [top]
+    pieces = []
+    for n, st in enumerate(inner):
+        v = ex.Var(f"{top.var.name}_{n}", top.var.dtype)
+        pieces.append(replace(top, var=v, body=substitute_stmt(st, {top.var: v})))
+    return pieces
+
+
+def _iterations_independent(lp: For) -> bool:
+    written = {st.buffer for st in walk_stmts(lp.body) if isinstance(st, Store)}
+    for buf in written:
+        axes = None
+        for _, idx, _ in accesses(lp.body, buf):
+            here = {p for p, i in enumerate(idx) if i is lp.var}
+            axes = here if axes is None else axes & here
+            if not axes:
+                return False
+    return True
 
 
 def _drop_workspace(k: Kernel, gone: list) -> Kernel:
