@@ -11,6 +11,7 @@ from __future__ import annotations
 from minicomp.errors import MinicompError
 from minicomp.ir.graph import Graph
 from minicomp.ir.text import print_graph
+from minicomp.stages import Stages
 from minicomp.target import Target
 
 
@@ -119,7 +120,7 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
     graph.verify()
     tgt = as_target(target, num_threads, device)
     backend = get_backend(tgt.name)
-    stages = {"input": print_graph(graph)}
+    stages = Stages(input=print_graph(graph))
     if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
         raise MinicompError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
     options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget,

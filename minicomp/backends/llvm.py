@@ -1,9 +1,11 @@
-"""The LLVM backend: JIT-compile loop-IR kernels for the host CPU with llvmlite.
+"""The LLVM backend: compile loop-IR kernels for the host CPU with llvmlite.
 
 The module text comes from :mod:`minicomp.backends.llvm_codegen`; here it is
 parsed, verified, optimized at O3 with LLVM's new pass manager for the host
-CPU and its features, and compiled by MCJIT. Parallel loops call libgomp,
-which is loaded into the process once.
+CPU and its features, and compiled by MCJIT in this process, or, for large
+modules, by a child process into a shared library
+(:mod:`minicomp.backends.llvm_native`), which keeps LLVM's memory out of this
+one. Parallel loops call libgomp, which is loaded into the process once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import functools
 import threading
 from dataclasses import dataclass
 
+from minicomp.backends import llvm_native as native
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import CompileError
 
@@ -35,26 +38,33 @@ def _llvm():
     return llvm
 
 
+@functools.lru_cache(maxsize=1)
+def _gomp_library() -> str | None:
+    return ctypes.util.find_library("gomp")
+
+
 def openmp_available() -> bool:
     """Load libgomp into the process (once); False if it is not installed."""
     global _gomp_loaded
     if _gomp_loaded is None:
-        llvm = _llvm()
-        name = ctypes.util.find_library("gomp")
         try:
-            if name is None:
+            if _gomp_library() is None:
                 raise OSError("libgomp not found")
-            llvm.load_library_permanently(name)
+            ctypes.CDLL(_gomp_library(), mode=ctypes.RTLD_GLOBAL)
             _gomp_loaded = True
-        except (OSError, RuntimeError):
+        except OSError:
             _gomp_loaded = False
     return _gomp_loaded
 
 
-def host_cpu() -> tuple[str, str]:
-    """The host CPU's LLVM name and feature string."""
-    llvm = _llvm()
-    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+@functools.lru_cache(maxsize=1)
+def _gomp_for_mcjit() -> None:
+    """Let MCJIT's linker find libgomp's functions."""
+    if openmp_available():
+        _llvm().load_library_permanently(_gomp_library())
+
+
+host_cpu = native.host_cpu
 
 
 @contextlib.contextmanager
@@ -102,6 +112,7 @@ class JitModule:
         from minicomp import cache as disk
 
         llvm = _llvm()
+        _gomp_for_mcjit()
         if not cpu:
             cpu, features = host_cpu()
         self.cpu, self.features = cpu, features
@@ -111,7 +122,7 @@ class JitModule:
         self.cache_hit = False
         self._module = None
         cache = cache and disk.enabled()
-        name = disk.key(ir_text, cpu, features, opt_level, llvm.llvm_version_info, target.triple) if cache else ""
+        name = native.code_key(ir_text, cpu, features, opt_level) if cache else ""
         if cache:
             obj, opt_ir = disk.read("llvm", name + ".o"), disk.read("llvm", name + ".ll.z")
             if obj is not None and opt_ir is not None and self._load_object(obj):
@@ -149,6 +160,7 @@ class JitModule:
         """Machine code saved earlier (``model.save``), ready to run; CompileError if LLVM refuses it."""
         self = cls.__new__(cls)
         llvm = _llvm()
+        _gomp_for_mcjit()
         self.target_machine = llvm.Target.from_default_triple().create_target_machine(
             cpu=cpu, features=features, opt=opt_level, jit=True)
         self._module, self.cache_hit, self.optimized_ir, self.object_code = None, False, optimized_ir, obj
@@ -192,13 +204,31 @@ class JitModule:
         return self.target_machine.emit_assembly(self._module)
 
 
+def compile_module(ir_text: str, opt_level: int, cpu: str, features: str, cache: bool = True):
+    """The module's machine code, ready to call: a library from the cache or
+    from a child process (:mod:`minicomp.backends.llvm_native`), else a
+    :class:`JitModule` compiled in this process."""
+    from minicomp import cache as disk
+
+    name = native.code_key(ir_text, cpu, features, opt_level) if cache and disk.enabled() else ""
+    if name:
+        library = native.load_cached(name, cpu, features)
+        if library is not None:
+            return library
+    if native.use_worker(len(ir_text)):
+        library = native.compile_in_worker(ir_text, cpu, features, opt_level, name)
+        if library is not None:
+            return library
+    return JitModule(ir_text, opt_level, cpu, features, cache=cache)
+
+
 # -- the backend -------------------------------------------------------------------
 
 @dataclass
 class LLVMExecutable:
     """What the runtime needs to run a model compiled by this backend."""
 
-    jit: JitModule
+    jit: JitModule | native.NativeModule
     calls: list  # KernelCall per kernel, in execution order
     slots: dict  # graph Value / plan key -> index in the pointer table
     n_slots: int
@@ -282,14 +312,15 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
     timings = program.options.setdefault("build_timings", [])
     t0 = time.perf_counter()
     ir_text = _module_text(program, stages, [c.slots for c in calls], emit_module)
-    stages["llvm"] = ir_text
     target = program.target
     t1 = time.perf_counter()
-    jit = JitModule(ir_text, opt_level, target.llvm_cpu, target.features, cache=program.options.get("cache", True))
+    jit = compile_module(ir_text, opt_level, target.llvm_cpu, target.features, program.options.get("cache", True))
     timings += [("build: emit LLVM IR", t1 - t0),
                 ("build: LLVM " + ("(from the cache)" if jit.cache_hit else "optimize + machine code"),
                  time.perf_counter() - t1)]
-    stages["llvm_opt"] = jit.optimized_ir
+    # Kept compressed or read when asked for: a large model's IR is tens of MB.
+    stages.compress("llvm", ir_text)
+    stages.defer("llvm_opt", lambda: jit.optimized_ir)
     return LLVMExecutable(jit, calls, slots, len(slots))
 
 
