@@ -1,7 +1,7 @@
 """Run every benchmark suite and print their tables.
 
     python benchmarks/run.py            # all suites
-    python benchmarks/run.py models     # one suite by name (models, fusion, onnx, gemm, torch, gpu)
+    python benchmarks/run.py models     # one suite by name (models, fusion, onnx, gemm, memory, torch, gpu)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ SUITES = {
     "fusion": "benchmarks.bench_fusion",
     "onnx": "benchmarks.bench_onnx",
     "gemm": "benchmarks.bench_gemm",
+    "memory": "benchmarks.bench_memory",
     "torch": "benchmarks.bench_torch",  # skipped without torch
     "gpu": "benchmarks.bench_gpu",  # skipped without a GPU, pycuda and torch
 }

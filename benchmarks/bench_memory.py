@@ -1,0 +1,102 @@
+"""Memory: the plan's figures and the peak resident memory of a whole process.
+
+Two tables for the onnx package's light models:
+
+- the memory plan: the naive sum of all buffers, the peak of fusion's order,
+  the peak of the chosen order (the lower bound for it), the arena planned,
+  arena / chosen peak and the time planning took;
+- peak resident memory (``ru_maxrss``) of one process that loads the model,
+  compiles it and runs it once, one model per process: minicomp with an empty
+  compile cache (LLVM runs in a child process, whose own peak is shown
+  beside), minicomp again with the cache filled by that run, and ONNX
+  Runtime (2 threads) loading and running the same file.
+
+    python benchmarks/run.py memory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import minicomp as mc  # noqa: E402
+from benchmarks.harness import print_table  # noqa: E402
+
+MODELS = ("resnet50", "densenet121", "inception_v1", "inception_v2", "squeezenet", "shufflenet")
+
+# One process: load, compile, run once; print the peaks as JSON.
+PROCESS = """
+import json, resource, sys
+which, name = sys.argv[1], sys.argv[2]
+from minicomp.frontends.onnx_testdata import light_model, light_input
+path = light_model(name)
+feeds = light_input(path)
+if which == "ort":
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+else:
+    import minicomp as mc
+    model = mc.compile(mc.from_onnx(path))
+    model(*feeds.values())
+mb = lambda who: resource.getrusage(who).ru_maxrss / 1024
+print(json.dumps({"self": mb(resource.RUSAGE_SELF), "children": mb(resource.RUSAGE_CHILDREN),
+                  "llvm_here": "llvmlite" in sys.modules}))
+"""
+
+
+def peak(which: str, name: str, cache_dir: str) -> dict:
+    env = dict(os.environ, MINICOMP_CACHE_DIR=cache_dir)
+    proc = subprocess.run([sys.executable, "-c", PROCESS, which, name], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} {name}: {proc.stderr[-1500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def plan_rows(cache_dir: str) -> list[list]:
+    from minicomp.frontends.onnx_testdata import light_model
+
+    os.environ["MINICOMP_CACHE_DIR"] = cache_dir  # the machine code the peak runs left there
+    rows = []
+    for name in MODELS:
+        plan = mc.compile(mc.from_onnx(light_model(name))).memory_plan
+        mib = 1 / 2**20
+        rows.append([name, f"{plan.naive_bytes * mib:.1f}", f"{plan.baseline_peak_bytes * mib:.1f}",
+                     f"{plan.lower_bound_bytes * mib:.1f}", f"{plan.arena_bytes * mib:.1f}",
+                     f"{plan.arena_bytes / max(plan.lower_bound_bytes, 1):.3f}", f"{plan.plan_seconds * 1e3:.1f}"])
+    return rows
+
+
+def main() -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        onnxruntime = None
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="minicomp-bench-cache-") as cache_dir:
+        for name in MODELS:
+            cold = peak("minicomp", name, cache_dir)
+            warm = peak("minicomp", name, cache_dir)
+            ort = peak("ort", name, cache_dir) if onnxruntime is not None else None
+            row = [name, f"{cold['self']:.0f}", f"{cold['children']:.0f}", f"{warm['self']:.0f}"]
+            if ort is not None:
+                row += [f"{ort['self']:.0f}", f"{cold['self'] / ort['self']:.2f}", f"{warm['self'] / ort['self']:.2f}"]
+            rows.append(row + ["yes" if cold["llvm_here"] or warm["llvm_here"] else "no"])
+        plans = plan_rows(cache_dir)
+    print_table("memory plans (MiB; arena / chosen = arena over the chosen order's peak, the lower bound)",
+                ["model", "naive", "fusion order peak", "chosen order peak", "arena", "arena / chosen", "plan ms"],
+                plans)
+    print_table("peak resident memory of one process that loads, compiles and runs the model (MB, ru_maxrss)",
+                ["model", "minicomp, cache empty", "its LLVM child", "minicomp, cache filled", "ONNX Runtime",
+                 "ratio empty", "ratio filled", "LLVM in process"], rows)
+
+
+if __name__ == "__main__":
+    main()
