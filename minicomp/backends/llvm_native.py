@@ -3,9 +3,10 @@ child process and loaded with ctypes.
 
 LLVM's libraries and its working memory take 40 MB and more of a process
 that JIT-compiles in place (llvmlite maps all of LLVM), and most of it stays
-resident after compiling. A large module is therefore compiled by
-:mod:`minicomp.backends.llvm_worker` in a child process, which links the
-machine code into a shared library; this process only loads that library.
+resident after compiling. A large module is therefore split into parts,
+one per core, compiled at once by :mod:`minicomp.backends.llvm_worker` in
+child processes, and their machine code linked into a shared library; this
+process only loads that library.
 The library goes into the compile cache, so a later process loads it without
 starting LLVM at all; :func:`host_cpu` answers from the cache too.
 
@@ -135,12 +136,19 @@ class NativeModule:
             except OSError as exc:
                 raise CompileError(f"the compiled library could not be loaded: {exc}") from None
 
+    def optimized_parts(self) -> list[str]:
+        """The optimized IR of each part the module was compiled in."""
+        data = self._read_ir()
+        return [zlib.decompress(b).decode() for b in _unpack(data)] if data is not None else []
+
     @property
     def optimized_ir(self) -> str:
-        if self._ir is None:
-            data = self._read_ir()
-            self._ir = zlib.decompress(data).decode() if data is not None else "; the optimized IR is not kept"
-        return self._ir
+        """The optimized IR, the parts one after another (read when asked for)."""
+        parts = self.optimized_parts()
+        if len(parts) == 1:
+            return parts[0]
+        return "\n".join(f"{PART_MARK.format(k)}\n{text}" for k, text in enumerate(parts)) or \
+            "; the optimized IR is no longer in the cache"
 
     @property
     def object_code(self) -> bytes | None:
@@ -171,7 +179,7 @@ class NativeModule:
         llvm = _llvm()
         tm = llvm.Target.from_default_triple().create_target_machine(
             cpu=self.cpu, features=self.features, opt=3, reloc="pic")
-        return tm.emit_assembly(llvm.parse_assembly(self.optimized_ir))
+        return "\n".join(tm.emit_assembly(llvm.parse_assembly(text)) for text in self.optimized_parts())
 
 
 def load_cached(name: str, cpu: str, features: str) -> NativeModule | None:
@@ -186,32 +194,144 @@ def load_cached(name: str, cpu: str, features: str) -> NativeModule | None:
         return None  # damaged or built for another system: compile again
 
 
+def worker_count(ir_bytes: int) -> int:
+    """Children to compile a module of ``ir_bytes`` with: one per core, each
+    with a part of at least half the worker threshold."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8, ir_bytes // (WORKER_MIN_IR_BYTES // 2)))
+
+
+def split_module(ir_text: str, parts: int) -> list[str]:
+    """The module from ``llvm_codegen`` as ``parts`` modules that link into the
+    same program: each kernel (with its outlined parallel loops) goes to the
+    part with the least text so far; ``mc_main`` and the thread-count global
+    stay in the first part, which declares the kernels it calls in the others;
+    every part gets the declarations, the math helpers (internal, so each
+    part has its own) and the loop metadata."""
+    head, kernels, helpers, main, metadata = [], [], [], "", []
+    pending: list[str] = []
+    lines = ir_text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("define "):
+            if "}" not in lines[i:]:
+                return [ir_text]  # not the code generator's text: the worker will say what is wrong
+            end = lines.index("}", i)
+            function = "\n".join(lines[i:end + 1]) + "\n"
+            if "@mc_main(" in line:
+                main = function
+            elif "@k_" not in line:
+                helpers.append(function)
+            elif line.startswith("define internal"):
+                pending.append(function)  # an outlined loop: it goes with the kernel defined next
+            else:
+                kernels.append((line, pending + [function]))
+                pending = []
+            i = end + 1
+            continue
+        (metadata if line.startswith("!") else head).append(line)
+        i += 1
+    if parts <= 1 or len(kernels) < 2:
+        return [ir_text]
+    groups: list[list] = [[] for _ in range(min(parts, len(kernels)))]
+    sizes = [0] * len(groups)
+    for define, functions in kernels:
+        k = sizes.index(min(sizes))
+        groups[k].append((define, functions))
+        sizes[k] += sum(map(len, functions))
+    shared = "\n".join(helpers + metadata) + "\n"
+    texts = []
+    for k, group in enumerate(groups):
+        body = "\n".join(f for _, functions in group for f in functions)
+        if k == 0:
+            elsewhere = [d.replace("define ", "declare ", 1).rstrip(" {") for g in groups[1:] for d, _ in g]
+            texts.append("\n".join(head + elsewhere) + "\n" + body + main + shared)
+        else:
+            own_head = [ln.replace(" = global i32 1,", " = external global i32,") for ln in head]
+            texts.append("\n".join(own_head) + "\n" + body + shared)
+    return texts
+
+
+PART_MARK = "; ---- module part {} ----"
+
+
+def _pack(blobs: list[bytes]) -> bytes:
+    return b"".join(len(b).to_bytes(8, "little") + b for b in blobs)
+
+
+def _unpack(data: bytes) -> list[bytes]:
+    blobs, at = [], 0
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 8], "little")
+        blobs.append(data[at + 8:at + 8 + n])
+        at += 8 + n
+    return blobs
+
+
 def compile_in_worker(ir_text: str, cpu: str, features: str, opt_level: int, name: str) -> NativeModule | None:
-    """Compile and link in a child process; store the results under cache entry
-    ``name`` (when not empty). None when the child could not (no libgomp to
-    link with, say): the caller compiles in this process instead."""
-    # Run by path: the child imports llvmlite and the standard library, not minicomp.
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "llvm_worker.py")]
+    """Compile in child processes, one per part of the module (:func:`split_module`,
+    run at once on the cores), and link their objects into one shared library;
+    store the results under cache entry ``name`` (when not empty). None when that
+    fails for want of a linker or libgomp: the caller compiles in this process."""
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llvm_worker.py")
+    parts = split_module(ir_text, worker_count(len(ir_text)))
     with tempfile.TemporaryDirectory(prefix="minicomp-llvm-") as out:
+        for k, text in enumerate(parts):
+            with open(os.path.join(out, f"p{k}.ll"), "w") as f:
+                f.write(text)
+        n = len(parts)
+        del parts
+        logs = [open(os.path.join(out, f"p{k}.log"), "w+") for k in range(n)]  # a pipe could fill and stall
         try:
-            proc = subprocess.run(cmd + [out, "m", cpu, features, str(opt_level), linker()], input=ir_text,
-                                  capture_output=True, text=True)
+            children = [subprocess.Popen([sys.executable, worker, out, f"p{k}", cpu, features, str(opt_level)],
+                                         stdout=subprocess.DEVNULL, stderr=logs[k]) for k in range(n)]
+            codes = [child.wait() for child in children]
         except OSError:
             return None
-        for line in proc.stderr.splitlines():
-            if "loop not vectorized" not in line and proc.returncode == 0:
-                print(line, file=sys.stderr)
-        if proc.returncode == 2:
-            raise CompileError(proc.stderr.strip() or "generated LLVM IR is invalid")
-        if proc.returncode != 0:
+        finally:
+            results = []
+            for log in logs:
+                log.seek(0)
+                results.append(log.read())
+                log.close()
+        results = list(zip(codes, results))
+        for code, err in results:
+            if code == 2:
+                raise CompileError(err.strip() or "generated LLVM IR is invalid")
+            if code == 0:
+                for line in err.splitlines():
+                    if "loop not vectorized" not in line:
+                        print(line, file=sys.stderr)
+        if any(code != 0 for code, _ in results):
             return None
+        objects = [os.path.join(out, f"p{k}.pic.o") for k in range(n)]
+        combined = os.path.join(out, "m.pic.o")
+        library = os.path.join(out, "m.so")
+        # One relocatable object of all parts (for save and export), then the library.
+        steps = [[linker(), "-r", "-nostdlib", "-o", combined] + objects] if len(objects) > 1 else []
+        steps.append([linker(), "-shared", "-o", library, combined if len(objects) > 1 else objects[0],
+                      "-lgomp", "-lm"])
+        for cmd in steps:
+            try:
+                if subprocess.run(cmd, capture_output=True).returncode != 0:
+                    return None
+            except OSError:
+                return None
         files = {}
-        for suffix in (".so", ".pic.o", ".ll.z"):
-            with open(os.path.join(out, "m" + suffix), "rb") as f:
+        for suffix, path in ((".so", library), (".pic.o", combined if len(objects) > 1 else objects[0])):
+            with open(path, "rb") as f:
                 files[suffix] = f.read()
+        optimized = []
+        for k in range(n):
+            with open(os.path.join(out, f"p{k}.ll.z"), "rb") as f:
+                optimized.append(f.read())
+        files[".ll.z"] = _pack(optimized)
     if name:
         for suffix, data in files.items():
             disk.write("llvm", name + suffix, data)
-    library = files.pop(".so")
-    return NativeModule(library, cpu, features, False, lambda: files[".ll.z"], lambda: files[".pic.o"])
-
+    library_bytes = files.pop(".so")
+    return NativeModule(library_bytes, cpu, features, False, lambda: files[".ll.z"], lambda: files[".pic.o"])

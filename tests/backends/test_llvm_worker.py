@@ -49,6 +49,33 @@ def test_a_module_compiled_by_the_worker_runs_from_a_library(worker):
     assert len(first.profile(X)) == len(first.kernels)
 
 
+def two_kernels():
+    g = mc.GraphBuilder()
+    x = g.input("x", (6, 40))
+    w = g.constant(np.linspace(-1, 1, 40 * 40, dtype=np.float32).reshape(40, 40))
+    h = g.softmax(g.relu(x @ w), axis=-1)
+    g.output(g.layer_norm(h @ w, g.constant(np.ones(40, np.float32)), g.constant(np.zeros(40, np.float32))), h)
+    return g.build()
+
+
+def test_a_module_split_over_two_workers_links_into_one_library(worker, monkeypatch):
+    """Each part is compiled by its own child at once; kernels, their outlined
+    loops, mc_main and the thread-count global must all find each other."""
+    monkeypatch.setattr(llvm_native, "worker_count", lambda ir_bytes: 2)
+    graph = two_kernels()
+    model = mc.compile(graph)
+    assert len(model.kernels) >= 2 and isinstance(model._jit, llvm_native.NativeModule)
+    assert model.stages["llvm_opt"].count("; ---- module part") == 2
+    for threads in (1, 2):
+        model.set_num_threads(threads)
+        for got, want in zip(model(X), mc.run_reference(graph, X)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    path = worker / "two.mcm"
+    model.save(str(path))  # the parts' objects as one relocatable object
+    np.testing.assert_array_equal(mc.load(str(path))(X)[0], model(X)[0])
+    assert "ret" in model._jit.assembly()
+
+
 def test_save_load_and_export_from_a_library(worker):
     model = mc.compile(graph())
     path = worker / "m.mcm"
