@@ -33,7 +33,7 @@ from minicomp.ir.compute import Stage, compute, reduce_identity, stage_dag
 from minicomp.ir.graph import Node, Value
 from minicomp.ir.loops import Allocate, Buffer, For, Kernel, Store, seq
 from minicomp.ir.ops import get_op
-from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, spatial_innermost, tile_axis
+from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, group_axis, spatial_innermost, tile_axis
 
 
 @dataclass(eq=False)
@@ -240,6 +240,9 @@ class _Lowerer:
                 tile_i = tile_axis(bodies[s].body, s.dtype, order[s], list(zip(s.axes, s.shape)))
                 if tile_i is not None:
                     k = min(k, list(s.axes).index(tile_i))
+                grouped = group_axis(bodies[s].body, list(zip(s.axes, s.shape)))
+                if grouped is not None:  # the schedule splits it by group to tile it
+                    k = min(k, list(s.axes).index(grouped[0]))
         prefix = k
         for d in range(k):
             if len({s.shape[d] for s in materialized}) != 1 or any(

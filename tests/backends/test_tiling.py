@@ -1,6 +1,8 @@
 """Register-tiled reductions (explicit SIMD tiles) against the reference,
 on shapes that leave remainders in every direction."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -38,6 +40,22 @@ def test_conv_tiles_with_strided_lanes(stride, pad, size):
     bias = g.constant(rng.standard_normal(13).astype(np.float32))
     g.output(g.relu(g.conv2d(x, w, bias, strides=stride, padding=pad)))
     compiled_matches(g.build(), [rng.standard_normal((2, 5, size, size)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("groups, per_group, kernel, size, batch",
+                         [(4, 34, 1, 14, 1), (3, 7, 3, 9, 2), (2, 5, 1, 11, 1)])
+def test_grouped_convolution_tiles_within_each_group(groups, per_group, kernel, size, batch):
+    """ShuffleNet's grouped convolutions: the output channel loop is split by
+    the group size, so that within a group the input does not move with the
+    channel and the channels are the rows of register tiles."""
+    rng = np.random.default_rng(groups * size)
+    channels = groups * per_group
+    g = mc.GraphBuilder()
+    x = g.input("x", (batch, channels, size, size))
+    w = g.constant(rng.standard_normal((channels, per_group, kernel, kernel)).astype(np.float32))
+    g.output(g.relu(g.conv2d(x, w, groups=groups, padding=kernel // 2)))
+    model = compiled_matches(g.build(), [rng.standard_normal((batch, channels, size, size)).astype(np.float32)])
+    assert re.search(rf"split\(i\d+, {per_group}\)", model.stages["loops"])  # the channels, by the group size
 
 
 def test_batched_matmul_and_transposed_operand():

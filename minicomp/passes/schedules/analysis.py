@@ -84,6 +84,20 @@ def tile_axis(body: ex.Expr, dtype, inner: ex.Var, axes) -> ex.Var | None:
     return best
 
 
+def group_axis(body: ex.Expr, axes) -> tuple[ex.Var, int] | None:
+    """An axis ``v`` of ``axes`` (pairs of variable and extent) that ``body``
+    reads as ``v // g``, with ``g`` dividing its extent: a grouped
+    convolution's output channel, whose input channel block is ``c // g``.
+    Such an axis is the rows of a register tile only once split by ``g``
+    (within a group the input no longer moves with it): ``(v, g)`` or None."""
+    extents = {id(v): n for v, n in axes}
+    for n in ex.walk(body):
+        if (isinstance(n, ex.BinOp) and n.op == "floordiv" and id(n.a) in extents and isinstance(n.b, ex.Const)
+                and 1 < n.b.value < extents[id(n.a)] and extents[id(n.a)] % n.b.value == 0):
+            return n.a, int(n.b.value)
+    return None
+
+
 def spatial_innermost(body: ex.Expr, dtype, axes, raxes) -> ex.Var | None:
     """For a reduction of ``body`` over ``raxes`` into an element picked by
     ``axes`` (pairs of Var and extent): the spatial axis to run innermost,

@@ -46,7 +46,13 @@ from minicomp.ir.loops import (
     top_statements,
     walk_stmts,
 )
-from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, flat_stride, spatial_innermost, tile_axis
+from minicomp.passes.schedules.analysis import (
+    LOCAL_ROW_BYTES,
+    flat_stride,
+    group_axis,
+    spatial_innermost,
+    tile_axis,
+)
 from minicomp.passes.schedules.buffer_steps import split_init
 from minicomp.passes.schedules.primitives import (
     CacheRead,
@@ -200,6 +206,11 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int):
     if update is None or update.buffer is not init.buffer:
         return k, None
     buf = update.buffer
+    grouped = _split_groups(k, chain, update)
+    if grouped is not None:
+        k, root = grouped
+        chain, init, rloop = _find_nest(k.body, root)
+        rs, update = _update(rloop)
     term = _term(update)
     if term is None:
         return k, None
@@ -227,6 +238,19 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int):
     if blocks is not None:
         return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target), None
     return _register_tiles(k, chain, rows_axis, buf, target), buf
+
+
+def _split_groups(k: Kernel, chain: list[For], update: Store) -> tuple[Kernel, str] | None:
+    """Split a grouped convolution's output channel loop by the group size
+    (see :func:`group_axis`), so that its inner part can be a register tile's
+    rows: (the kernel, the nest's outermost loop now), or None when the nest
+    has no such loop."""
+    found = group_axis(update.value, [(lp.var, lp.extent) for lp in chain])
+    if found is None:
+        return None
+    var, size = found
+    split = apply_step(k, Split(var.name, size))
+    return split, (f"{var.name}.o" if chain[0].var is var else chain[0].var.name)
 
 
 def _split_columns_over_threads(k: Kernel, lp: For, rs, threads: int, target) -> Kernel:
