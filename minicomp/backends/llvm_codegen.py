@@ -394,7 +394,7 @@ class FunctionGen:
                 self.stmt(c)
         elif isinstance(s, Store):
             self.store(s)
-        elif isinstance(s, For) and s.kind == "simd" and s.start == 0 and simd_supported(s.body):
+        elif isinstance(s, For) and s.kind == "simd" and s.start == 0 and simd_supported(s.body, s.var):
             emit_simd_loop(self, s)
         elif isinstance(s, For) and (s.kind == "unrolled" and s.extent <= MAX_UNROLL or s.extent == 1):
             for k in range(s.extent):  # replicate the body with the index as a constant

@@ -19,13 +19,17 @@ from minicomp.ir import expr as ex
 from minicomp.ir.loops import SIMD_CALLS, Seq, Stmt, Store
 
 
-def simd_supported(body: Stmt) -> bool:
-    """Can this loop body be emitted as explicit vectors?"""
+def simd_supported(body: Stmt, var: ex.Var | None = None) -> bool:
+    """Can this loop body (of the loop over ``var``) be emitted as explicit vectors?
+
+    Indices never are vectors: an address is computed per lane or as a base
+    and a stride, in scalar code, whatever its arithmetic (the ``//`` and ``%``
+    of a fused parallel loop). Nor is a value that is the same in every lane."""
     stores = body.stmts if isinstance(body, Seq) else [body]
     for s in stores:
         if not isinstance(s, Store) or s.buffer.dtype.is_bool or s.buffer.dtype.is_narrow_float:
             return False
-        for n in ex.walk(s.value):
+        for n in _lane_values(s.value, var):
             if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
                 return False
             if isinstance(n, ex.BinOp) and n.op in ("div", "tdiv", "floordiv", "mod", "pow") and not n.dtype.is_float:
@@ -37,6 +41,19 @@ def simd_supported(body: Stmt) -> bool:
             if isinstance(n, ex.Load) and n.dtype.is_narrow_float:
                 return False
     return True
+
+
+def _lane_values(e: ex.Expr, var: ex.Var | None):
+    """The nodes of ``e`` computed as vectors: not a load's indices, and (with
+    ``var``) not a subexpression that does not depend on the lane."""
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        if var is not None and not any(m is var for m in ex.walk(n)):
+            continue
+        yield n
+        if not isinstance(n, ex.Load):
+            stack.extend(ex.children(n))
 
 
 class SimdEmitter:

@@ -58,6 +58,22 @@ def test_grouped_convolution_tiles_within_each_group(groups, per_group, kernel, 
     assert re.search(rf"split\(i\d+, {per_group}\)", model.stages["loops"])  # the channels, by the group size
 
 
+@pytest.mark.parametrize("channels, size, kernel, stride, batch",
+                         [(48, 7, 3, 1, 1), (40, 9, 3, 2, 2), (64, 5, 1, 1, 1)])
+def test_convolution_on_a_small_map_runs_channels_as_lanes(channels, size, kernel, stride, batch):
+    """Short rows (a 7x7 map) would leave lanes idle: the output channels are
+    the lanes (weights packed so that they are contiguous, remainders in
+    narrower tiles), the pixels the rows; bias and relu are folded in."""
+    rng = np.random.default_rng(channels + size)
+    g = mc.GraphBuilder()
+    x = g.input("x", (batch, 6, size, size))
+    w = g.constant(rng.standard_normal((channels, 6, kernel, kernel)).astype(np.float32))
+    bias = g.constant(rng.standard_normal(channels).astype(np.float32))
+    g.output(g.relu(g.conv2d(x, w, bias, strides=stride, padding=kernel // 2)))
+    model = compiled_matches(g.build(), [rng.standard_normal((batch, 6, size, size)).astype(np.float32)])
+    assert "pack(const_0, 0, 32)" in model.stages["loops"] and "const_0_p32" in model.stages["loops"]
+
+
 def test_batched_matmul_and_transposed_operand():
     rng = np.random.default_rng(7)
     g = mc.GraphBuilder()
