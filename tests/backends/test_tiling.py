@@ -74,6 +74,18 @@ def test_convolution_on_a_small_map_runs_channels_as_lanes(channels, size, kerne
     assert "pack(const_0, 0, 32)" in model.stages["loops"] and "const_0_p32" in model.stages["loops"]
 
 
+def test_a_deep_convolution_on_long_rows_runs_channels_as_lanes_too():
+    """288 products per output (32 channels x 3 x 3) on rows of 130: the same
+    tiles, the long rows fused with the image rows into tile rows."""
+    rng = np.random.default_rng(5)
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 32, 3, 130))
+    w = g.constant(rng.standard_normal((40, 32, 3, 3)).astype(np.float32))
+    g.output(g.conv2d(x, w, padding=1))
+    model = compiled_matches(g.build(), [rng.standard_normal((1, 32, 3, 130)).astype(np.float32)])
+    assert "pack(const_0, 0, 32)" in model.stages["loops"]
+
+
 def test_batched_matmul_and_transposed_operand():
     rng = np.random.default_rng(7)
     g = mc.GraphBuilder()

@@ -234,7 +234,8 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
         if len(chain) == 1:
             k = _split_columns_over_threads(k, chain[0], rs, threads, target)
         return k, None
-    lanes_over = _channel_lanes(term, chain, inner, constants, target, buf.dtype)
+    depth = math.prod(r.extent for r in rs)
+    lanes_over = _channel_lanes(term, chain, inner, depth, constants, target, buf.dtype)
     if lanes_over is not None:
         return _channel_lane_tiles(k, chain, *lanes_over, buf, target), buf
     blocks = cache_blocks(target, chain, rows_axis, rs, buf.dtype, threads)
@@ -243,20 +244,23 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
     return _register_tiles(k, chain, rows_axis, buf, target), buf
 
 
-def _channel_lanes(term, chain: list[For], inner, constants, target, dtype):
+def _channel_lanes(term, chain: list[For], inner, depth: int, constants, target, dtype):
     """For a convolution whose vector axis is short (under 8 vectors: the rows
-    of a 7x7 to 56x56 map): the output channel loop to run as the vector lanes
-    instead, with the weights it reads (a constant, packed so that channels
-    are contiguous) and the axis of the weights that the channel indexes:
-    ``(loop, weights, axis)``, or None.
+    of a 7x7 to 56x56 map) or whose reduction is deep (``depth`` of 256 or
+    more): the output channel loop to run as the vector lanes instead, with
+    the weights it reads (a constant, packed so that channels are contiguous)
+    and the axis of the weights that the channel indexes: ``(loop, weights,
+    axis)``, or None.
 
     The short axis leaves lanes idle (7 of 16 on a 7x7 map) and small
     remainder tiles; the channels fill the lanes, and the pixels become the
     tile's rows, each a broadcast of one input value. On this machine a 3x3
-    convolution on a 7x7 map went from 54 to 460 GFLOP/s so."""
+    convolution on a 7x7 map went from 54 to 460 GFLOP/s so, and one of 64
+    channels on a 224x224 map from 84 to 279; with a shallow reduction (an
+    RGB image's 27) the rows' broadcasts cost more than the lanes save."""
     lanes = target.vector_lanes(dtype)
     extents = {id(lp.var): lp.extent for lp in chain}
-    if extents[id(inner)] >= 8 * lanes:
+    if extents[id(inner)] >= 8 * lanes and depth < 256:
         return None
     loads = [n for n in ex.walk(term) if isinstance(n, ex.Load)]
     for lp in chain:
@@ -274,8 +278,8 @@ def _channel_lanes(term, chain: list[For], inner, constants, target, dtype):
 
 def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: int, buf, target) -> Kernel:
     """Register tiles with ``channel`` as the lanes and the other loops after
-    it, fused, as the rows (as many as the registers hold, a divisor of their
-    count where one is near); the weights packed along ``axis``."""
+    it, fused, as the rows (up to 8, a divisor of their count where one is
+    near); the weights packed along ``axis``."""
     names = [lp.var.name for lp in chain]
     others = [n for n in names if n != channel.var.name]
     k = apply_step(k, Reorder(tuple(others) + (channel.var.name,)))
@@ -288,11 +292,13 @@ def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: i
         tail = tail[:-2] + [fused]
     new_chain = _chain_below(k, outer)
     rows = next(lp for lp in new_chain if lp.var.name == tail[-1])
-    most = max(1, (target.vector_registers - 4) // 2)
+    # At most 8 rows (16 accumulator vectors): 14, all that 32 registers
+    # hold, measured slower on every convolution tried, with more code.
+    most = min(8, max(1, (target.vector_registers - 4) // 2))
     n = rows.extent
     rows_tile = n if n <= most else next((r for r in range(most, 5, -1) if n % r == 0), min(6, most))
     cols_tile = register_tile(target, buf.dtype)[1]
-    k = _register_tiles(k, new_chain, rows.var, buf, target, (rows_tile, cols_tile))
+    k = _register_tiles(k, new_chain, rows.var, buf, target, (rows_tile, cols_tile), lanes_strided=True)
     return apply_step(k, Pack(weights, axis, cols_tile))
 
 
@@ -414,9 +420,10 @@ def _chain_below(k: Kernel, name: str) -> list[For]:
     return out
 
 
-def _register_tiles(k, chain, rows_axis, buf, target, tile=None) -> Kernel:
+def _register_tiles(k, chain, rows_axis, buf, target, tile=None, lanes_strided=False) -> Kernel:
     """Tiles over the rows axis and the last (vector) axis of ``chain``
-    (``tile``: rows and columns, else the target's :func:`register_tile`)."""
+    (``tile``: rows and columns, else the target's :func:`register_tile`;
+    ``lanes_strided``: the lanes are far apart in the output, see :func:`_tile`)."""
     rows_tile, cols_tile = tile or register_tile(target, buf.dtype)
     ai = chain[[lp.var for lp in chain].index(rows_axis)]
     row_loops = [ai.var.name]
@@ -427,11 +434,11 @@ def _register_tiles(k, chain, rows_axis, buf, target, tile=None) -> Kernel:
         below = [lp.var.name for lp in _chain_below(k, rows)]
         if len(below) > 1:  # the rows loop goes innermost of the spatial loops
             k = apply_step(k, Reorder(tuple(below[1:]) + (rows,)))
-        k = _column_tiles(k, below[-1], rows, cols_tile)
+        k = _column_tiles(k, below[-1], rows, cols_tile, lanes_strided)
     return k
 
 
-def _column_tiles(k, cols: str, rows: str, width: int) -> Kernel:
+def _column_tiles(k, cols: str, rows: str, width: int, lanes_strided: bool = False) -> Kernel:
     """Split the column loop ``cols`` (with ``rows`` directly inside) into
     blocks of ``width`` lanes, then power-of-two remainders, and make a
     register tile of every block."""
@@ -441,10 +448,10 @@ def _column_tiles(k, cols: str, rows: str, width: int) -> Kernel:
     # Even one column is a (one-lane) vector loop: every tile then accumulates
     # in the same order, where a scalar one would be reassociated by LLVM.
     k = apply_step(k, Split(cols, width))
-    k = _tile(k, f"{cols}.o", f"{cols}.i", _only_child_loop(k, f"{cols}.i"))
+    k = _tile(k, f"{cols}.o", f"{cols}.i", _only_child_loop(k, f"{cols}.i"), lanes_strided)
     if J % width:
         tail = f"{cols}.t"
-        return _column_tiles(k, tail, _only_child_loop(k, tail), width // 2)
+        return _column_tiles(k, tail, _only_child_loop(k, tail), width // 2, lanes_strided)
     return k
 
 
@@ -455,8 +462,13 @@ def _only_child_loop(k, name) -> str:
     return body.var.name
 
 
-def _tile(k, block: str, lanes: str, rows: str) -> Kernel:
-    """One register tile: accumulators for ``rows`` x ``lanes`` under loop ``block``."""
+def _tile(k, block: str, lanes: str, rows: str, lanes_strided: bool = False) -> Kernel:
+    """One register tile: accumulators for ``rows`` x ``lanes`` under loop ``block``.
+
+    With ``lanes_strided`` (channels as lanes, each a plane apart in the
+    output) the write-back is a plain loop, lanes outside and rows inside:
+    as vectors it would be one scalar store per lane and row, unrolled into
+    much code, for a copy that runs once per tile."""
     buf_name = _written_buffer(find_loop(k.body, rows))
     k = apply_step(k, Reorder((rows, lanes)))
     k = apply_step(k, CacheWrite(buf_name, block))
@@ -468,6 +480,9 @@ def _tile(k, block: str, lanes: str, rows: str) -> Kernel:
     rs = _update(_reduction_below(find_loop(k.body, rows)))[0]
     k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (rows, lanes)))
     for suffix in copies:
+        if suffix == ".wb" and lanes_strided:
+            k = apply_step(k, Reorder((lanes + suffix, rows + suffix)))
+            continue
         k = apply_step(k, Unroll(rows + suffix))
         k = apply_step(k, Simd(lanes + suffix))
     return k
