@@ -1,6 +1,8 @@
 """Memory: the plan's figures and the peak resident memory of a whole process.
 
-Two tables for the onnx package's light models:
+Two tables for the onnx package's light models and a BERT-base layer (the
+transformer block example at sequence 128, written as ONNX by
+``transformer_onnx.py``):
 
 - the memory plan: the naive sum of all buffers, the peak of fusion's order,
   the peak of the chosen order (the lower bound for it), the arena planned,
@@ -35,7 +37,7 @@ PROCESS = """
 import json, resource, sys
 which, name = sys.argv[1], sys.argv[2]
 from minicomp.frontends.onnx_testdata import light_model, light_input
-path = light_model(name)
+path = name if name.endswith(".onnx") else light_model(name)
 feeds = light_input(path)
 if which == "ort":
     import onnxruntime as ort
@@ -60,13 +62,11 @@ def peak(which: str, name: str, cache_dir: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def plan_rows(cache_dir: str) -> list[list]:
-    from minicomp.frontends.onnx_testdata import light_model
-
+def plan_rows(cache_dir: str, models: dict) -> list[list]:
     os.environ["MINICOMP_CACHE_DIR"] = cache_dir  # the machine code the peak runs left there
     rows = []
-    for name in MODELS:
-        plan = mc.compile(mc.from_onnx(light_model(name))).memory_plan
+    for name, path in models.items():
+        plan = mc.compile(mc.from_onnx(path)).memory_plan
         mib = 1 / 2**20
         rows.append([name, f"{plan.naive_bytes * mib:.1f}", f"{plan.baseline_peak_bytes * mib:.1f}",
                      f"{plan.lower_bound_bytes * mib:.1f}", f"{plan.arena_bytes * mib:.1f}",
@@ -79,17 +79,24 @@ def main() -> None:
         import onnxruntime  # noqa: F401
     except ImportError:
         onnxruntime = None
+    from benchmarks.transformer_onnx import BERT_BASE, transformer_onnx
+    from minicomp.frontends.onnx_testdata import light_model
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="minicomp-bench-cache-") as cache_dir:
-        for name in MODELS:
-            cold = peak("minicomp", name, cache_dir)
-            warm = peak("minicomp", name, cache_dir)
-            ort = peak("ort", name, cache_dir) if onnxruntime is not None else None
+        models = {name: light_model(name) for name in MODELS}
+        models["BERT-base layer"] = os.path.join(cache_dir, "bert_layer.onnx")
+        with open(models["BERT-base layer"], "wb") as f:
+            f.write(transformer_onnx(**BERT_BASE).SerializeToString())
+        for name, path in models.items():
+            cold = peak("minicomp", path, cache_dir)
+            warm = peak("minicomp", path, cache_dir)
+            ort = peak("ort", path, cache_dir) if onnxruntime is not None else None
             row = [name, f"{cold['self']:.0f}", f"{warm['self']:.0f}"]
             if ort is not None:
                 row += [f"{ort['self']:.0f}", f"{cold['self'] / ort['self']:.2f}", f"{warm['self'] / ort['self']:.2f}"]
             rows.append(row + ["yes" if cold["llvm_here"] or warm["llvm_here"] else "no"])
-        plans = plan_rows(cache_dir)
+        plans = plan_rows(cache_dir, models)
     print_table("memory plans (MiB; arena / chosen = arena over the chosen order's peak, the lower bound)",
                 ["model", "naive", "fusion order peak", "chosen order peak", "arena", "arena / chosen", "plan ms"],
                 plans)
