@@ -31,7 +31,7 @@ import zlib
 from minicomp import cache as disk
 from minicomp.errors import CompileError, MinicompError
 
-WORKER_MIN_IR_BYTES = 512 * 1024
+WORKER_MIN_IR_BYTES = 128 * 1024
 WORKER_MODES = ("auto", "always", "never")
 
 

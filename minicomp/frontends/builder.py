@@ -344,14 +344,15 @@ class GraphBuilder:
 
     def constant(self, array, name: str | None = None, dtype=None) -> Tensor:
         """Add a constant holding a copy of ``array``."""
-        arr = np.array(array, dtype=as_dtype(dtype).numpy if dtype is not None else None)
+        # np.array copies (once): the graph owns its constants, C-ordered.
+        arr = np.array(array, dtype=as_dtype(dtype).numpy if dtype is not None else None, order="C")
         if arr.dtype == np.float64 and dtype is None and not isinstance(array, np.ndarray):
             arr = arr.astype(np.float32)  # Python floats default to float32, numpy arrays keep theirs
         if arr.dtype == np.int64 and dtype is None and not isinstance(array, np.ndarray):
             arr = arr.astype(np.int64)
         dt = as_dtype(arr.dtype)
         v = Value(self._fresh("const", name), TensorType(arr.shape, dt))
-        self.graph.constants[v] = np.array(arr, order="C", copy=True)
+        self.graph.constants[v] = arr
         return Tensor(self, v)
 
     def as_tensor(self, x, like: Tensor | None = None) -> Tensor:

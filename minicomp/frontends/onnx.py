@@ -288,19 +288,23 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
     ctx = ImportContext(builder, opset)
     shapes = dict(shapes or {})
 
-    inits = {}
+    # One weight at a time, each copied once into the graph; a model read
+    # here from a file or bytes drops each weight's bytes once copied, so the
+    # weights are never held three times over (protobuf, a numpy view, ours).
+    owned = proto is not model
+    inits = set()
     for t in g.initializer:
         try:
             arr = numpy_helper.to_array(t)
         except Exception as exc:
             raise MinicompError(f"initializer '{t.name}' cannot be read: {exc}") from None
-        inits[t.name] = arr
-    for t_name, arr in inits.items():
-        dt = arr.dtype
-        if dt in SUPPORTED_NUMPY:
-            ctx.values[t_name] = builder.constant(arr, name=t_name)
-        else:
-            raise UnsupportedError(f"initializer '{t_name}' has dtype {dt}, which minicomp does not support")
+        if arr.dtype not in SUPPORTED_NUMPY:
+            raise UnsupportedError(f"initializer '{t.name}' has dtype {arr.dtype}, which minicomp does not support")
+        ctx.values[t.name] = builder.constant(arr, name=t.name)
+        inits.add(t.name)
+        del arr
+        if owned:
+            t.ClearField("raw_data")
 
     constants = dict(constants or {})
     for vi in g.input:
