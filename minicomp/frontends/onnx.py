@@ -288,10 +288,8 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
     ctx = ImportContext(builder, opset)
     shapes = dict(shapes or {})
 
-    # One weight at a time, each copied once into the graph; a model read
-    # here from a file or bytes drops each weight's bytes once copied, so the
-    # weights are never held three times over (protobuf, a numpy view, ours).
-    owned = proto is not model
+    # One weight at a time, each copied once into the graph: the weights are
+    # never held three times over (protobuf, a numpy copy of all, ours).
     inits = set()
     for t in g.initializer:
         try:
@@ -302,9 +300,6 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
             raise UnsupportedError(f"initializer '{t.name}' has dtype {arr.dtype}, which minicomp does not support")
         ctx.values[t.name] = builder.constant(arr, name=t.name)
         inits.add(t.name)
-        del arr
-        if owned:
-            t.ClearField("raw_data")
 
     constants = dict(constants or {})
     for vi in g.input:
