@@ -37,24 +37,25 @@ def _params(d, rng, x_shape, dtype):
     return {"scale": scale, "zp": _q(rng, shape, dtype) // 4}, attrs
 
 
-@given(st.data())
-def test_dequantize_linear(data):
-    d = data.draw
+def _quant_case(d):
+    """A drawn generator, quantized type, input shape, and the scale/zero-point feeds and attributes."""
     rng = _rng(d)
     dtype = d(st.sampled_from(QTYPES))
     shape = tuple(d(st.integers(1, 4)) for _ in range(d(st.integers(1, 3))))
     feeds, attrs = _params(d, rng, shape, dtype)
+    return rng, dtype, shape, feeds, attrs
+
+
+@given(st.data())
+def test_dequantize_linear(data):
+    rng, dtype, shape, feeds, attrs = _quant_case(data.draw)
     feeds = {"x": _q(rng, shape, dtype), **feeds}
     check_against_reference("DequantizeLinear", feeds, ["x", "scale", "zp"], ["y"], attrs, 21)
 
 
 @given(st.data())
 def test_quantize_linear_rounds_half_to_even_and_saturates(data):
-    d = data.draw
-    rng = _rng(d)
-    dtype = d(st.sampled_from(QTYPES))
-    shape = tuple(d(st.integers(1, 4)) for _ in range(d(st.integers(1, 3))))
-    feeds, attrs = _params(d, rng, shape, dtype)
+    rng, _, shape, feeds, attrs = _quant_case(data.draw)
     x = np.round(rng.uniform(-300, 300, shape) * 2) / 2  # halves: ties
     feeds = {"x": (x * 0.5).astype(np.float32), **feeds}
     check_against_reference("QuantizeLinear", feeds, ["x", "scale", "zp"], ["y"], attrs, 21)
