@@ -32,7 +32,7 @@ def simd_supported(body: Stmt, var: ex.Var | None = None) -> bool:
         for n in _lane_values(s.value, var):
             if isinstance(n, ex.Call) and n.fn not in SIMD_CALLS:
                 return False
-            if isinstance(n, ex.BinOp) and n.op in ("div", "tdiv", "floordiv", "mod", "pow") and not n.dtype.is_float:
+            if isinstance(n, ex.BinOp) and not _has_vector_form(n):
                 return False
             if isinstance(n, ex.Reduce) or (isinstance(n, ex.Load) and n.dtype.is_bool):
                 return False
@@ -41,6 +41,17 @@ def simd_supported(body: Stmt, var: ex.Var | None = None) -> bool:
             if isinstance(n, ex.Load) and n.dtype.is_narrow_float:
                 return False
     return True
+
+
+FLOAT_VECTOR_OPS = ("add", "sub", "mul", "div", "max", "min")
+INT_VECTOR_OPS = ("add", "sub", "mul", "and", "or", "xor", "shl", "shr", "max", "min")
+
+
+def _has_vector_form(e: ex.BinOp) -> bool:
+    """Does :meth:`SimdEmitter` have a vector instruction for this operation
+    (``pow``, ``mod`` and integer division have none: such a loop runs scalar)?"""
+    ops = FLOAT_VECTOR_OPS if e.a.dtype.is_float else INT_VECTOR_OPS
+    return e.op in ex.CMP_OPS or e.op in ops
 
 
 def _lane_values(e: ex.Expr, var: ex.Var | None):

@@ -33,7 +33,7 @@ from minicomp.ir.compute import Stage, compute, reduce_identity, stage_dag
 from minicomp.ir.graph import Node, Value
 from minicomp.ir.loops import Allocate, Buffer, For, Kernel, Store, seq
 from minicomp.ir.ops import get_op
-from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, group_axis, spatial_innermost, tile_axis
+from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, group_axis, rows_axis, spatial_innermost
 
 
 @dataclass(eq=False)
@@ -237,7 +237,7 @@ class _Lowerer:
         for s in materialized:
             if order[s] is not None:  # keep the axes a reduction vectorizes (and tiles) over out of the prefix
                 k = min(k, list(s.axes).index(order[s]))
-                tile_i = tile_axis(bodies[s].body, s.dtype, order[s], list(zip(s.axes, s.shape)))
+                tile_i = rows_axis(bodies[s].body, s.dtype, order[s], list(zip(s.axes, s.shape)), bodies[s].axes)
                 if tile_i is not None:
                     k = min(k, list(s.axes).index(tile_i))
                 grouped = group_axis(bodies[s].body, list(zip(s.axes, s.shape)))

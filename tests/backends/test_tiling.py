@@ -108,3 +108,33 @@ def test_batch_one_matrix_vector_products_split_columns_over_threads():
     assert "parallel(i0.o)" in model.stages["loops"]
     xs = rng.standard_normal((1, 512)).astype(np.float32)
     np.testing.assert_allclose(model(xs)[0], mc.run_reference(graph, xs)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size, kernel, stride, pad", [(23, 3, 2, 0), (14, 3, 1, 1), (9, 5, 1, 2)])
+def test_pooling_and_depthwise_windows_run_outputs_as_lanes(size, kernel, stride, pad):
+    """A shallow window (pooling, depthwise convolution) reads a different
+    input for every output: the output row is the vector lanes and
+    neighbouring rows the tile's rows, instead of one scalar at a time."""
+    rng = np.random.default_rng(size + kernel)
+    channels = 6
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, channels, size, size))
+    w = g.constant(rng.standard_normal((channels, 1, kernel, kernel)).astype(np.float32))
+    depthwise = g.conv2d(x, w, groups=channels, strides=stride, padding=pad)
+    pooled = g.max_pool2d(x, kernel=(kernel, kernel), strides=(stride, stride), padding=[pad] * 4)
+    g.output(g.relu(depthwise), pooled)
+    model = compiled_matches(g.build(), [rng.standard_normal((1, channels, size, size)).astype(np.float32)])
+    kernels = model.stages["loops"].split("kernel ")[1:]
+    assert len(kernels) >= 2 and all("simd for" in k and "unrolled for" in k for k in kernels)
+
+
+def test_an_epilogue_is_not_folded_before_its_other_operand_is_computed():
+    """max_pool(x) + avg_pool(x) in one kernel: the add may not be applied as
+    the max pool's tiles are written, since the average pool is computed
+    after them (it was, once: every sum read an unwritten buffer)."""
+    rng = np.random.default_rng(3)
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 3, 12, 12))
+    window = dict(kernel=(2, 2), strides=(2, 2))
+    g.output(g.max_pool2d(x, **window) + g.avg_pool2d(x, **window))
+    compiled_matches(g.build(), [rng.standard_normal((1, 3, 12, 12)).astype(np.float32)])

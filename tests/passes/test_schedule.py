@@ -20,6 +20,7 @@ from minicomp.passes.schedules import (
     Localize,
     Pack,
     Parallel,
+    Partition,
     Reorder,
     ReverseComputeInline,
     ScheduleError,
@@ -94,6 +95,34 @@ def test_split_reorder_and_remainder_loops():
         apply_schedule(k, "reorder(i2.i, i1)")  # i1 holds the blocks and the remainder
 
 
+def test_partition_runs_the_same_iterations_in_two_loops():
+    k = apply_schedule(lowered(exp_graph()), "partition(i2, 3)")
+    first, rest = (next(lp for lp in loops(k.body) if lp.var.name == n) for n in ("i2", "i2.p"))
+    assert (first.extent, rest.extent) == (3, 5)
+    assert "x[i0, i1, (i2.p + 3)]" in str(k)
+    with pytest.raises(ScheduleError, match="must be inside the loop"):
+        apply_schedule(lowered(exp_graph()), "partition(i2, 8)")
+    with pytest.raises(ScheduleError, match="serial or vectorized"):
+        apply_schedule(lowered(exp_graph()), "parallel(i0); partition(i0, 2)")
+
+
+def test_a_concatenation_fused_into_a_reduction_is_partitioned_at_its_seams():
+    """A concatenation read as a matmul's reduction: the select between the
+    inputs (and both loads) is gone from the loops, each part reads one
+    input, and the results are the reference's."""
+    rng = np.random.default_rng(1)
+    g = mc.GraphBuilder()
+    parts = [g.input(f"x{i}", (5, n)) for i, n in enumerate((24, 40, 8))]
+    w = g.constant(rng.standard_normal((72, 48)).astype(np.float32))
+    g.output(g.concat(*parts, axis=1) @ w)
+    graph = g.build()
+    model = mc.compile(graph, num_threads=2)
+    loops_text = model.stages["loops"]
+    assert "partition(r0, 24)" in loops_text and "select(" not in loops_text.split("kernel", 1)[1]
+    inputs = [rng.standard_normal((5, n)).astype(np.float32) for n in (24, 40, 8)]
+    assert_close(model(*inputs)[0], mc.run_reference(graph, *inputs)[0], scale=10)
+
+
 def test_register_tile_by_hand_matches_reference():
     graph = matmul_graph(12, 9, 64, epilogue=False)
     steps = parse_schedule("""
@@ -157,7 +186,7 @@ def test_every_step_prints_and_parses():
     steps = [Split("i0", 4), Reorder(("a", "b", "c")), Fuse("a", "b"), Tile("a", "b", 6, 32), Parallel("a"),
              Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "threadIdx.x"), CacheWrite("buf", "a", "shared"),
              CacheRead("buf", "a", "local"), DecomposeReduction("a"), ComputeAt("a", "b"), ReverseComputeInline("a"),
-             Pack("w", 1, 16), Localize("buf", "a")]
+             Pack("w", 1, 16), Localize("buf", "a"), Partition("a", 3)]
     assert parse_schedule(format_schedule(steps)) == steps
 
 
@@ -249,7 +278,7 @@ def test_gpu_bindings_need_a_gpu_target():
 
 # -- random legal step sequences --------------------------------------------------
 
-STEP_KINDS = ("split", "reorder", "fuse", "unroll", "vectorize", "simd", "parallel", "cache_write",
+STEP_KINDS = ("split", "partition", "reorder", "fuse", "unroll", "vectorize", "simd", "parallel", "cache_write",
               "decompose_reduction", "tile", "compute_at")
 
 
@@ -267,6 +296,7 @@ def random_steps(draw, kernel, max_steps=6):
         buffers = [s.buffer.name for s in walk_stmts(kernel.body) if hasattr(s, "buffer") and hasattr(s, "indices")]
         step = {
             "split": lambda: Split(a, draw(st.integers(2, 8))),
+            "partition": lambda: Partition(a, draw(st.integers(1, 8))),
             "reorder": lambda: Reorder((a, b)),
             "fuse": lambda: Fuse(a, b),
             "unroll": lambda: Unroll(a),

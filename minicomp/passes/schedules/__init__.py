@@ -18,6 +18,7 @@ from minicomp.passes.schedules.primitives import (
     Localize,
     Pack,
     Parallel,
+    Partition,
     Reorder,
     ReverseComputeInline,
     Simd,
@@ -34,6 +35,6 @@ from minicomp.passes.schedules.step import ScheduleError, Step
 
 __all__ = [
     "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Fuse", "Localize", "Pack",
-    "Parallel", "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step", "Tile", "Unroll",
-    "Vectorize", "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
+    "Parallel", "Partition", "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step", "Tile",
+    "Unroll", "Vectorize", "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
 ]

@@ -84,6 +84,42 @@ def tile_axis(body: ex.Expr, dtype, inner: ex.Var, axes) -> ex.Var | None:
     return best
 
 
+# A reduction at most this deep (a pooling or depthwise window: 9 for 3x3,
+# 49 for 7x7) is too short to be worth a loop of its own innermost.
+WINDOW_DEPTH = 64
+
+
+def window_axis(body: ex.Expr, dtype, inner: ex.Var, axes, depth: int) -> ex.Var | None:
+    """The rows of a register tile for a shallow reduction (``depth`` up to
+    :data:`WINDOW_DEPTH`: pooling, depthwise convolution) whose loads all walk
+    ``inner`` with short strides, when :func:`tile_axis` finds none: the
+    spatial axis just outside ``inner`` (neighbouring output rows, each its
+    own accumulators), or None.
+
+    Such a window reads a different input for every output, so no axis
+    shares loads; but with ``inner`` as the lanes and a few rows of
+    independent accumulators, one max or multiply-add covers 16 outputs
+    where the reduction innermost made one scalar at a time."""
+    if depth > WINDOW_DEPTH or not tileable(body, dtype):
+        return None
+    loads = [n for n in ex.walk(body) if isinstance(n, ex.Load)]
+    if any(flat_stride(ld, inner) not in (0, 1, 2, 3, 4) for ld in loads):
+        return None
+    outer = [a for a, n in axes if a is not inner and n > 1]
+    return outer[-1] if outer else None
+
+
+def rows_axis(body: ex.Expr, dtype, inner: ex.Var, axes, raxes) -> ex.Var | None:
+    """The rows of a register tile with ``inner`` as its lanes, for a
+    reduction of ``body`` over ``raxes`` (pairs of Var and extent): the
+    :func:`tile_axis` of a multiply-accumulate, else the :func:`window_axis`
+    of a shallow window, else None."""
+    depth = 1
+    for _, n in raxes:
+        depth *= n
+    return tile_axis(body, dtype, inner, axes) or window_axis(body, dtype, inner, axes, depth)
+
+
 def group_axis(body: ex.Expr, axes) -> tuple[ex.Var, int] | None:
     """An axis ``v`` of ``axes`` (pairs of variable and extent) that ``body``
     reads as ``v // g``, with ``g`` dividing its extent: a grouped
@@ -107,7 +143,7 @@ def spatial_innermost(body: ex.Expr, dtype, axes, raxes) -> ex.Var | None:
     last_r = next((v for v, n in reversed(list(raxes)) if n > 1), None)
     if inner is None:
         return None
-    if last_r is None or tile_axis(body, dtype, inner, axes) is not None:
+    if last_r is None or rows_axis(body, dtype, inner, axes, raxes) is not None:
         return inner  # nothing to reduce innermost, or a register tile fits
     # The accumulator moves with the spatial axis (one unit-stride access).
     cost_spatial = access_cost(body, inner) + 1

@@ -419,6 +419,13 @@ class ReverseComputeInline(Step):
             self.fail(kernel, f"{buf.name} is read before {self.consumer}: its last writes are not known")
         if not writes:
             self.fail(kernel, f"nothing before {self.consumer} writes {buf.name}")
+        # The consumer's other operands must be final where the producer writes:
+        # none of them may be written between the first write and the consumer.
+        reads = {id(n.tensor) for n in ex.walk(cur.value) if isinstance(n, ex.Load) and n.tensor is not buf}
+        first = next(i for i, st in enumerate(before) if st is writes[0])
+        late = next((st.buffer.name for st in before[first:] if isinstance(st, Store) and id(st.buffer) in reads), None)
+        if late is not None:
+            self.fail(kernel, f"{self.consumer} reads {late}, which is written after {buf.name}'s first write")
 
         def fuse(st):
             if not (isinstance(st, Store) and any(st is w for w in writes)):

@@ -14,6 +14,10 @@ The primitives, in the spirit of TVM's TIR schedule:
 - ``split(loop, factor)``: ``loop.o`` over whole blocks of ``factor``
   iterations, ``loop.i`` inside; a remainder becomes its own loop ``loop.t``
   after them, with fresh names for the loops it copies;
+- ``partition(loop, at)``: iterations ``[0, at)`` stay in ``loop``, the
+  rest run after them in ``loop.p``, in the same order; each part's bounds
+  are known to the simplifier, so a ``select`` on ``loop < at`` (an inlined
+  concatenation) and its index clamps fold away;
 - ``reorder(a, b, ...)``: permute loops of one perfect nest;
 - ``fuse(outer, inner)``: one loop over both (``outer_inner``);
 - ``tile(a, b, fa, fb)``: split both and order ``a.o, b.o, a.i, b.i``;
@@ -115,6 +119,31 @@ class Split(Step):
         if lp.kind != "serial" or lp.start:
             self.fail(kernel, f"loop {self.loop} must be a serial loop starting at 0")
         return lp
+
+
+@dataclass(frozen=True)
+class Partition(Step):
+    """``loop`` -> ``loop`` over ``[0, at)`` then ``loop.p`` over the rest (same iterations, same order)."""
+
+    loop: str
+    at: int
+    name = "partition"
+
+    def apply(self, kernel, names):
+        lp = self.find(kernel, self.loop)
+        if lp.kind in ("parallel", "simd", "unrolled") or lp.kind in GPU_LOOP_KINDS or lp.start:
+            self.fail(kernel, f"loop {self.loop} must be a serial or vectorized loop starting at 0")
+        if not 0 < self.at < lp.extent:
+            self.fail(kernel, f"the point must be inside the loop (1 to {lp.extent - 1})")
+        outside = enclosing_ranges(kernel.body, lp)
+        inside = loop_ranges(lp.body)
+        first = map_exprs(lp.body, lambda e: ex.simplify(e, {**outside, **inside, lp.var: self.at}))
+        rest_var = ex.Var(names.fresh(lp.var.name + ".p"))
+        ranges = {**outside, **inside, rest_var: lp.extent - self.at}
+        rest = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: rest_var + self.at}), ranges))
+        return replace_stmt(kernel.body, lp, seq(replace(lp, extent=self.at, body=first),
+                                                 replace(lp, var=rest_var, extent=lp.extent - self.at,
+                                                         body=copy_loops(rest, names))))
 
 
 def _chain(top: For, wanted: set) -> list[For]:
@@ -308,7 +337,7 @@ class Bind(Step):
         return _set_kind(self, kernel, self.loop, self.axis)
 
 
-STEPS = {cls.name: cls for cls in (Split, Reorder, Fuse, Tile, Parallel, Vectorize, Simd, Unroll, Bind,
+STEPS = {cls.name: cls for cls in (Split, Partition, Reorder, Fuse, Tile, Parallel, Vectorize, Simd, Unroll, Bind,
                                    CacheWrite, CacheRead, DecomposeReduction, ComputeAt, ReverseComputeInline, Pack,
                                    Localize)}
 
