@@ -127,3 +127,23 @@ def test_llvm_vectorizer_remarks_do_not_reach_stderr(capfd):
         os.write(2, b"something else LLVM said\n")
     err = capfd.readouterr().err
     assert "loop not vectorized" not in err and "something else LLVM said" in err
+
+
+@pytest.mark.parametrize("extent", [1, 3, 37])
+def test_parallel_loops_give_every_iteration_to_one_thread_at_any_thread_count(extent):
+    """Threads claim grains of their share, then of the others' shares: with
+    more threads than iterations, or a count that divides nothing, every
+    element is still written exactly once, the same as on one thread."""
+    g = mc.GraphBuilder()
+    x = g.input("x", (extent, 40000))
+    g.output(g.exp(x) * 2.0 + 1.0)
+    graph = g.build()
+    model = mc.compile(graph, num_threads=2, cache=False)
+    assert "parallel for" in model.stages["loops"]
+    xs = np.random.default_rng(extent).standard_normal((extent, 40000)).astype(np.float32)
+    (want,) = model(xs)
+    for threads in (1, 2, 3, 7):
+        model.set_num_threads(threads)
+        (got,) = model(xs)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(want, mc.run_reference(graph, xs)[0], rtol=1e-5)
