@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import minicomp as mc  # noqa: E402
-from benchmarks.harness import describe_machine, measure, numpy_threads, print_table  # noqa: E402
+from benchmarks.harness import best_blocks, describe_machine, numpy_threads, print_table  # noqa: E402
 
 SIZES = (256, 512, 1024, 2048)
 
@@ -33,15 +33,6 @@ def blas_kernel() -> str:
     pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(v)]
     core = blas[0].get("architecture", "?") if blas else "not OpenBLAS"
     return f"numpy BLAS: OpenBLAS {core}" + (f" (pinned by {', '.join(pinned)})" if pinned else "")
-
-
-def best_block(fn, blocks: int = 3) -> float:
-    """The best of a few blocks, each the median of many calls of one library."""
-    best = float("inf")
-    for _ in range(blocks):
-        best = min(best, measure(fn, min_time=0.3, min_runs=3))
-        time.sleep(0.1)  # let the other library's spinning threads settle
-    return best
 
 
 def main(argv=None) -> int:
@@ -62,9 +53,9 @@ def main(argv=None) -> int:
         flops = 2.0 * n**3
         for th in (1, 2):
             model.set_num_threads(th)
-            t_mc = best_block(lambda: model(x, y))
-            with numpy_threads(th):
-                t_np = best_block(lambda: x @ y)
+            with numpy_threads(th):  # limits numpy's BLAS only
+                best = best_blocks({"minicomp": lambda: model(x, y), "numpy": lambda: x @ y})
+            t_mc, t_np = best["minicomp"], best["numpy"]
             rows.append([f"{n}x{n}x{n}", th, flops / t_mc / 1e9, flops / t_np / 1e9, t_np / t_mc, compile_s,
                          f"{err:.1e}"])
     print_table("SGEMM (GFLOP/s; ratio = numpy time / minicomp time, above 1 is faster)",

@@ -1,7 +1,9 @@
-"""The nine light/ ONNX models (seeded random weights) and a BERT-base layer
+"""The nine light/ ONNX models (seeded random weights), MobileNetV2
+(``mobilenet_v2``, built by ``mobilenet_onnx.py``) and a BERT-base layer
 (the transformer block example at sequence 128, ``bert_layer``) compiled by
 minicomp, beside ONNX Runtime, with 1 and 2 threads, plus the compile time
-and the geometric mean of the speeds.
+and the geometric mean of the speeds. Each side's time is its best block
+median of three rounds of blocks (see ``harness.best_blocks``).
 
     python benchmarks/bench_onnx.py [model ...]
 """
@@ -17,12 +19,17 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import minicomp as mc  # noqa: E402
-from benchmarks.harness import describe_machine, measure, onnxruntime_module, print_table  # noqa: E402
+from benchmarks.harness import best_blocks, describe_machine, onnxruntime_module, print_table  # noqa: E402
 from minicomp.frontends.onnx_testdata import LIGHT_MODELS, light_input, light_model, randomize_weights  # noqa: E402
 
 
 def load(name: str):
-    """(ONNX model, inputs) of a light model or of ``bert_layer``."""
+    """(ONNX model, inputs) of a light model, ``mobilenet_v2`` or ``bert_layer``."""
+    if name == "mobilenet_v2":
+        from benchmarks.mobilenet_onnx import mobilenet_v2_onnx
+
+        x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        return mobilenet_v2_onnx(), {"input": x}
     if name == "bert_layer":
         from benchmarks.transformer_onnx import BERT_BASE, transformer_onnx
 
@@ -34,7 +41,7 @@ def load(name: str):
 
 
 def main(argv=None) -> int:
-    names = list(argv or []) or list(LIGHT_MODELS) + ["bert_layer"]
+    names = list(argv or []) or list(LIGHT_MODELS) + ["mobilenet_v2", "bert_layer"]
     print(describe_machine())
     ort = onnxruntime_module()
     rows = []
@@ -47,7 +54,7 @@ def main(argv=None) -> int:
         (got,) = model(**feeds)
         for th in (1, 2):
             model.set_num_threads(th)
-            t_mc = measure(lambda: model(**feeds), min_time=0.5, min_runs=3)
+            sides = {"minicomp": lambda: model(**feeds)}
             t_ort, diff = float("nan"), float("nan")
             if ort is not None:
                 opts = ort.SessionOptions()
@@ -56,7 +63,9 @@ def main(argv=None) -> int:
                 sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
                 (want,) = sess.run(None, feeds)
                 diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-                t_ort = measure(lambda: sess.run(None, feeds), min_time=0.5, min_runs=3)
+                sides["onnxruntime"] = lambda: sess.run(None, feeds)
+            best = best_blocks(sides)
+            t_mc, t_ort = best["minicomp"], best.get("onnxruntime", t_ort)
             rows.append([name, th, len(model.kernels), t_mc * 1e3, t_ort * 1e3, t_ort / t_mc, compile_s,
                          f"{diff:.1e}"])
     for th in (1, 2):

@@ -29,6 +29,21 @@ def measure(fn, min_time: float = 0.5, min_runs: int = 5, max_runs: int = 300) -
     return statistics.median(times)
 
 
+def best_blocks(fns: dict, rounds: int = 3, min_time: float = 0.3) -> dict:
+    """Each side's best block median: ``rounds`` rounds, each one block of
+    calls per function of ``fns`` (name -> function) in turn, with a short
+    pause between blocks so that one runtime's spinning threads settle
+    before the other's block. The best of several blocks, taken at different
+    moments, keeps a slow spell of this shared machine (measured here: runs
+    of seconds at 1.2x the time) from counting against one side only."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], measure(fn, min_time=min_time, min_runs=3))
+            time.sleep(0.1)
+    return best
+
+
 @contextlib.contextmanager
 def numpy_threads(n: int):
     """Limit numpy's BLAS to ``n`` threads inside the block (needs threadpoolctl)."""
