@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         for th in (1, 2):
             model.set_num_threads(th)
             with numpy_threads(th):  # limits numpy's BLAS only
-                best = best_blocks({"minicomp": lambda: model(x, y), "numpy": lambda: x @ y})
+                best = best_blocks({"minicomp": lambda: lambda: model(x, y), "numpy": lambda: lambda: x @ y})
             t_mc, t_np = best["minicomp"], best["numpy"]
             rows.append([f"{n}x{n}x{n}", th, flops / t_mc / 1e9, flops / t_np / 1e9, t_np / t_mc, compile_s,
                          f"{err:.1e}"])

@@ -2,8 +2,10 @@
 (``mobilenet_v2``, built by ``mobilenet_onnx.py``) and a BERT-base layer
 (the transformer block example at sequence 128, ``bert_layer``) compiled by
 minicomp, beside ONNX Runtime, with 1 and 2 threads, plus the compile time
-and the geometric mean of the speeds. Each side's time is its best block
-median of three rounds of blocks (see ``harness.best_blocks``).
+and the geometric mean of the speeds. Every model is compiled first; then
+three rounds each time every model once, and each side's time is its best
+block median (see ``harness.best_blocks``). An ONNX Runtime session exists
+only during its own blocks, since its idle threads slow whatever else runs.
 
     python benchmarks/bench_onnx.py [model ...]
 """
@@ -40,32 +42,51 @@ def load(name: str):
     return randomize_weights(path, seed=0), light_input(path)
 
 
+def ort_session(ort, proto, threads: int, feeds=None):
+    """An ONNX Runtime session of ``proto`` on ``threads`` threads; with
+    ``feeds``, a function that runs it on them (the session lives as long as
+    that function)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess if feeds is None else (lambda: sess.run(None, feeds))
+
+
+ROUNDS = 3
+
+
 def main(argv=None) -> int:
     names = list(argv or []) or list(LIGHT_MODELS) + ["mobilenet_v2", "bert_layer"]
     print(describe_machine())
     ort = onnxruntime_module()
-    rows = []
+    loaded = []
     for name in names:
         proto, feeds = load(name)
         t0 = time.perf_counter()
-        graph = mc.from_onnx(proto)
-        model = mc.compile(graph)
+        model = mc.compile(mc.from_onnx(proto))
         compile_s = time.perf_counter() - t0
-        (got,) = model(**feeds)
+        diff = float("nan")
+        if ort is not None:
+            (got,), (want,) = model(**feeds), ort_session(ort, proto, 2).run(None, feeds)
+            diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+        loaded.append((name, proto, feeds, model, compile_s, diff))
+    # Every round times every model once: a model's blocks are minutes apart,
+    # so a slow spell of the machine (seconds long) cannot spoil all of them.
+    best: dict = {}
+    for _ in range(ROUNDS):
+        for name, proto, feeds, model, _, _ in loaded:
+            for th in (1, 2):
+                model.set_num_threads(th)
+                makers = {"minicomp": lambda: lambda: model(**feeds)}
+                if ort is not None:
+                    makers["onnxruntime"] = lambda: ort_session(ort, proto, th, feeds)
+                for side, t in best_blocks(makers, rounds=1).items():
+                    best[name, th, side] = min(best.get((name, th, side), t), t)
+    rows = []
+    for name, _, _, model, compile_s, diff in loaded:
         for th in (1, 2):
-            model.set_num_threads(th)
-            sides = {"minicomp": lambda: model(**feeds)}
-            t_ort, diff = float("nan"), float("nan")
-            if ort is not None:
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = th
-                opts.log_severity_level = 3
-                sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-                (want,) = sess.run(None, feeds)
-                diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-                sides["onnxruntime"] = lambda: sess.run(None, feeds)
-            best = best_blocks(sides)
-            t_mc, t_ort = best["minicomp"], best.get("onnxruntime", t_ort)
+            t_mc, t_ort = best[name, th, "minicomp"], best.get((name, th, "onnxruntime"), float("nan"))
             rows.append([name, th, len(model.kernels), t_mc * 1e3, t_ort * 1e3, t_ort / t_mc, compile_s,
                          f"{diff:.1e}"])
     for th in (1, 2):
