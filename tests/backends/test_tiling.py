@@ -138,3 +138,17 @@ def test_an_epilogue_is_not_folded_before_its_other_operand_is_computed():
     window = dict(kernel=(2, 2), strides=(2, 2))
     g.output(g.max_pool2d(x, **window) + g.avg_pool2d(x, **window))
     compiled_matches(g.build(), [rng.standard_normal((1, 3, 12, 12)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("channels, size, outer", [(96, 5, True), (64, 20, False)])
+def test_channel_blocks_go_outermost_when_the_weights_outweigh_the_input(channels, size, outer):
+    """96 channels of 3x3 weights (332 KB) on a 5x5 map (10 KB): each block of
+    channels reads its weights once, the small input again per block; on a
+    20x20 map of 64 channels the input is larger and the pixels stay outside."""
+    rng = np.random.default_rng(channels)
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, channels, size, size))
+    w = g.constant(rng.standard_normal((channels, channels, 3, 3)).astype(np.float32))
+    g.output(g.relu(g.conv2d(x, w, padding=1)))
+    model = compiled_matches(g.build(), [rng.standard_normal((1, channels, size, size)).astype(np.float32)])
+    assert ("channel blocks outermost" in model.stages["loops"]) == outer
