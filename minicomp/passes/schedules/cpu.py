@@ -55,6 +55,7 @@ from minicomp.passes.schedules.analysis import (
     group_axis,
     rows_axis,
     spatial_innermost,
+    tile_axis,
 )
 from minicomp.passes.schedules.buffer_steps import split_init
 from minicomp.passes.schedules.primitives import (
@@ -246,7 +247,16 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
     blocks = cache_blocks(target, chain, rows, rs, buf.dtype, threads)
     if blocks is not None:
         return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target), None
+    if tile_axis(term, buf.dtype, inner, axes) is None:  # a window: see WINDOW_ROWS
+        return _register_tiles(k, chain, rows, buf, target, (WINDOW_ROWS, target.vector_lanes(buf.dtype))), buf
     return _register_tiles(k, chain, rows, buf, target), buf
+
+
+# A window's tile, 4 rows of one vector: each row loads its own inputs
+# (nothing is shared between rows, unlike a product's), so more rows add code
+# and few cycles; one vector's width keeps the remainders of short rows (7,
+# 14, 28) to a few narrow tiles.
+WINDOW_ROWS = 4
 
 
 def _channel_lanes(term, chain: list[For], inner, depth: int, constants, target, dtype):
