@@ -71,21 +71,24 @@ def read(kind: str, name: str) -> bytes | None:
     return data if len(raw) >= 32 and hashlib.sha256(data).digest() == digest else None
 
 
-def write(kind: str, name: str, data: bytes) -> None:
-    """Store an entry atomically; failures are ignored (the cache is only a speed-up)."""
+def write(kind: str, name: str, data: bytes) -> bool:
+    """Store an entry atomically: True when it was stored; failures are
+    otherwise ignored (the cache is only a speed-up)."""
     path = folder(kind)
     if path is None:
-        return
+        return False
     try:
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             f.write(hashlib.sha256(data).digest() + data)
         os.replace(tmp, path / name)
+        return True
     except OSError:
         try:
             os.unlink(tmp)
         except (OSError, UnboundLocalError):
             pass
+        return False
 
 
 def usage() -> tuple[int, int]:

@@ -330,8 +330,10 @@ def compile_in_worker(ir_text: str, cpu: str, features: str, opt_level: int, nam
             with open(os.path.join(out, f"p{k}.ll.z"), "rb") as f:
                 optimized.append(f.read())
         files[".ll.z"] = _pack(optimized)
-    if name:
-        for suffix, data in files.items():
-            disk.write("llvm", name + suffix, data)
+    stored = bool(name) and all([disk.write("llvm", name + suffix, data) for suffix, data in files.items()])
     library_bytes = files.pop(".so")
+    if stored:  # read the object code and the optimized IR back from the cache when asked, as a cache hit does
+        files.clear()
+        return NativeModule(library_bytes, cpu, features, False, lambda: disk.read("llvm", name + ".ll.z"),
+                             lambda: disk.read("llvm", name + ".pic.o"))
     return NativeModule(library_bytes, cpu, features, False, lambda: files[".ll.z"], lambda: files[".pic.o"])

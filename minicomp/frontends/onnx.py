@@ -207,6 +207,31 @@ def load_model(model, base_dir: str | None = None):
     return proto
 
 
+def load_for_import(model, base_dir: str | None = None):
+    """(ModelProto, WeightReader) for :func:`from_onnx`: a file is parsed
+    without its weights' bytes, which the reader then reads one at a time
+    straight into their arrays (see ``onnx_weights.py``); a ModelProto or
+    bytes are taken as they are."""
+    from minicomp.frontends.onnx_weights import WeightReader, scan_model
+
+    if isinstance(model, (str, os.PathLike)) and os.path.isfile(os.fspath(model)):
+        path = os.fspath(model)
+        scanned = scan_model(path)
+        if scanned is not None:
+            import onnx
+            from onnx.external_data_helper import load_external_data_for_model
+
+            proto = onnx.ModelProto()
+            try:
+                proto.ParseFromString(scanned[0])
+            except Exception:
+                return load_model(path), WeightReader()  # its own error, or a model read the usual way
+            if proto.HasField("graph") and (proto.graph.node or proto.graph.output):
+                load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
+                return proto, WeightReader(path, scanned[1])
+    return load_model(model, base_dir), WeightReader()
+
+
 def model_opset(proto) -> int:
     for imp in proto.opset_import:
         if imp.domain in ("", "ai.onnx"):
@@ -275,9 +300,7 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
     *value* (a target shape fed to Expand or Reshape) gets static shapes.
     ``base_dir`` locates external data for a ModelProto already in memory.
     """
-    from onnx import numpy_helper
-
-    proto = load_model(model, base_dir)
+    proto, weights = load_for_import(model, base_dir)
     missing = unsupported_ops(proto)
     if missing:
         raise UnsupportedError(f"the model uses {len(missing)} unsupported node(s): " + "; ".join(missing))
@@ -288,18 +311,20 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
     ctx = ImportContext(builder, opset)
     shapes = dict(shapes or {})
 
-    # One weight at a time, each copied once into the graph: the weights are
-    # never held three times over (protobuf, a numpy copy of all, ours).
+    # One weight at a time, each read once into the array the graph keeps
+    # (from a file, straight from the file: the protobuf never holds them).
     inits = set()
-    for t in g.initializer:
-        try:
-            arr = numpy_helper.to_array(t)
-        except Exception as exc:
-            raise MinicompError(f"initializer '{t.name}' cannot be read: {exc}") from None
-        if arr.dtype not in SUPPORTED_NUMPY:
-            raise UnsupportedError(f"initializer '{t.name}' has dtype {arr.dtype}, which minicomp does not support")
-        ctx.values[t.name] = builder.constant(arr, name=t.name)
-        inits.add(t.name)
+    with weights:
+        for t in g.initializer:
+            try:
+                arr = weights.array(t)
+            except Exception as exc:
+                raise MinicompError(f"initializer '{t.name}' cannot be read: {exc}") from None
+            if arr.dtype not in SUPPORTED_NUMPY:
+                raise UnsupportedError(f"initializer '{t.name}' has dtype {arr.dtype}, which minicomp does not "
+                                       f"support")
+            ctx.values[t.name] = builder.constant(arr, name=t.name)
+            inits.add(t.name)
 
     constants = dict(constants or {})
     for vi in g.input:
