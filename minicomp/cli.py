@@ -10,7 +10,7 @@
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
     minicomp plan MODEL.{mcir,onnx,pt2} [--png plan.png] [--order auto|fusion|greedy|exact] [--pipeline P,...]
-                                [--offsets best|size|breadth|search] [--budget BYTES]
+                                [--offsets best|size|breadth|search] [--budget BYTES] [--no-in-place]
     minicomp cache [--clear]
     minicomp ops
     minicomp passes
@@ -313,7 +313,8 @@ def cmd_compile(args) -> int:
 def cmd_plan(args) -> int:
     graph = load_model(args.model, parse_shapes(args.shape))
     model = mc.compile(graph, target="llvm", pipeline=args.pipeline,
-                       memory={"order": args.order, "offsets": args.offsets}, memory_budget=args.budget)
+                       memory={"order": args.order, "offsets": args.offsets, "in_place": not args.no_in_place},
+                       memory_budget=args.budget)
     sys.stdout.write(str(model.memory_plan) + "\n" if args.verbose else model.memory_plan.summary() + "\n")
     if args.png:
         model.memory_plan.draw(args.png)
@@ -484,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--offsets", default="best", choices=["best", "size", "breadth", "search"],
                     help="how to place buffers in the arena (default best: the smallest arena)")
     pl.add_argument("--budget", type=int, default=None, metavar="BYTES", help="fail unless the arena fits")
+    pl.add_argument("--no-in-place", action="store_true",
+                    help="no elementwise kernel writes over an input that dies there (by default they may)")
     pl.add_argument("--pipeline", default=None, help="passes to run (default: the llvm pipeline, which fuses)")
     pl.add_argument("--png", metavar="FILE", help="draw the plan (.png/.svg/.pdf; needs matplotlib)")
     pl.add_argument("--verbose", "-v", action="store_true", help="also list every buffer and its offset")

@@ -184,8 +184,9 @@ def render_kernel(kernel: Kernel) -> tuple[str, list[Launch]]:
         written = _written(top)
         args = []
         for b in params:
-            const = "" if b in written else "const "
-            args.append(f"{const}{storage_type(b.dtype)}* __restrict__ {writer.buffer_name(b)}")
+            const = "" if b in written or kernel.may_alias(b) else "const "
+            restrict = "" if kernel.may_alias(b) else "__restrict__ "
+            args.append(f"{const}{storage_type(b.dtype)}* {restrict}{writer.buffer_name(b)}")
         writer.stmt(top, 1)
         threads = block[0] * block[1] * block[2]
         head = f'extern "C" __global__ void __launch_bounds__({threads}) {fname}({", ".join(args)}) {{'

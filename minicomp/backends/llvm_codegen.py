@@ -506,11 +506,11 @@ def emit_kernel(module: Module, kernel: Kernel) -> str:
         if isinstance(top, For) and top.kind == "parallel":
             outlined = f"{fname}_par{n_par}"
             n_par += 1
-            _emit_parallel_body(module, outlined, params, top)
+            _emit_parallel_body(module, outlined, kernel, top)
             _emit_parallel_call(fn, outlined, len(params), top.extent)
         else:
             fn.stmt(top)
-    sig = ", ".join(f"ptr noalias %arg{k}" for k in range(len(params)))
+    sig = ", ".join(f"ptr {_noalias(kernel, b)}%arg{k}" for k, b in enumerate(params))
     # Not internal: the runtime looks kernels up one by one to profile them.
     module.functions.append(fn.finish(f"void @{fname}({sig})"))
     return fname
@@ -577,7 +577,12 @@ def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int, extent: i
     fn.start_block(done)
 
 
-def _emit_parallel_body(module: Module, name: str, params: list[Buffer], loop: For):
+def _noalias(kernel: Kernel, b: Buffer) -> str:
+    """``noalias `` for a parameter that shares memory with no other (all but an in-place pair)."""
+    return "" if kernel.may_alias(b) else "noalias "
+
+
+def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
     """``name(data)`` runs its thread's share of ``loop``, then helps the others.
 
     Each thread owns a contiguous share of the iterations (so a thread
@@ -594,12 +599,13 @@ def _emit_parallel_body(module: Module, name: str, params: list[Buffer], loop: F
     ``data`` in the loop's function) tells LLVM that stores cannot change the
     inputs, so it can hoist loads and vectorize without runtime checks.
     """
+    params = kernel.params
     rng = FunctionGen(module, f"{name}_range")
     for k, b in enumerate(params):
         rng.ptrs[b] = f"%arg{k}"
     inner = not _has_loop(loop.body) and vectorizable(loop.body)
     rng.loop(loop.var, "%lo", "%hi", loop.body, "vectorize" if inner else None)
-    sig = ", ".join([f"ptr noalias %arg{k}" for k in range(len(params))] + ["i64 %lo", "i64 %hi"])
+    sig = ", ".join([f"ptr {_noalias(kernel, b)}%arg{k}" for k, b in enumerate(params)] + ["i64 %lo", "i64 %hi"])
     module.functions.append(rng.finish(f"internal void @{name}_range({sig})"))
 
     fn = FunctionGen(module, name)

@@ -116,6 +116,11 @@ class Kernel:
     param_values: list = field(default_factory=list)  # graph Value per parameter (None: workspace)
     packs: list = field(default_factory=list)  # (input position, Pack step): constants re-laid at compile time
     notes: list = field(default_factory=list)  # why the schedule chose what it did (tiles, blocks), for dumps
+    in_place: list = field(default_factory=list)  # (output, input) buffer names that share memory: not noalias
+
+    def may_alias(self, b: Buffer) -> bool:
+        """Does ``b`` share its memory with another parameter (see ``in_place``)?"""
+        return any(b.name in pair for pair in self.in_place)
 
     @property
     def params(self) -> list[Buffer]:
@@ -234,6 +239,7 @@ def format_kernel(k: Kernel) -> str:
     if k.schedule:
         lines.append(f"// schedule: {'; '.join(str(step) for step in k.schedule)}")
     lines += [f"// {note}" for note in k.notes]
+    lines += [f"// in place: {out} is written over {inp}" for out, inp in k.in_place]
     lines.append(f"kernel {k.name}({', '.join(params)}) {{")
     lines += format_stmt(k.body, 1)
     lines.append("}")

@@ -7,6 +7,10 @@ overlap must not share bytes. Offsets come from greedy placements in two
 orders — by size, and by breadth (widest steps first; Pisarchyk and Lee) —
 and a short local search over the placement order; the smallest arena wins.
 
+An elementwise kernel may write its output over an input that dies there
+(:func:`writes_over`): the two become one buffer of the plan, live from the
+input's first write to the output's last read (``MemoryPlan.aliases``).
+
 The figures reported: the naive sum of all buffers, the peak of fusion's
 order, the peak of the chosen order (the lower bound: the largest set of
 bytes live at one time), and the arena planned.
@@ -58,6 +62,7 @@ class MemoryPlan:
     offset_strategy: str = "size"
     plan_seconds: float = 0.0
     order_is_optimal: bool = False
+    aliases: dict = field(default_factory=dict)  # a buffer written in place -> the buffer whose memory it takes
 
     def summary(self) -> str:
         """One line: naive sum, peaks of the baseline and chosen orders, planned arena, time."""
@@ -67,7 +72,7 @@ class MemoryPlan:
                 f"fusion order peak {base:,} B, chosen order ({self.order_strategy}) peak "
                 f"{self.lower_bound_bytes:,} B{', optimal' if self.order_is_optimal else ''} (lower bound), "
                 f"arena {self.arena_bytes:,} B ({ratio:.3f}x the bound, offsets by {self.offset_strategy}), "
-                f"planned in {self.plan_seconds * 1e3:.1f} ms")
+                f"{len(self.aliases)} written in place, planned in {self.plan_seconds * 1e3:.1f} ms")
 
     def __str__(self) -> str:
         lines = [self.summary()]
@@ -191,6 +196,92 @@ def plan_arena(lifetimes: list[Lifetime], strategy: str = "best", search_seconds
                       offset_strategy=name)
 
 
+def writes_over(kernel, out, inp) -> bool:
+    """May ``kernel`` write its parameter ``out`` over ``inp`` (same shape and
+    dtype)? Yes when one statement stores to ``out`` and it runs once per
+    element (every loop around it indexes it, none is a reduction), every
+    read of ``inp`` is in that store at the same element, and nothing else
+    reads ``inp``: then an element of ``inp`` is read, in the one iteration
+    that needs it, before the same element of ``out`` is written, and never
+    after. (Two stores to ``out`` — an initialisation, then an update that
+    reads ``inp`` — would clobber ``inp`` before reading it.)"""
+    from minicomp.ir import expr as ex
+    from minicomp.ir.loops import For, Store, stmt_children, stmt_exprs
+
+    if out.shape != inp.shape or out.dtype != inp.dtype or kernel.workspace:
+        return False
+    stores = 0
+
+    def reads_inp(e) -> list:
+        return [n for n in ex.walk(e) if isinstance(n, ex.Load) and n.tensor is inp]
+
+    def visit(s, loops) -> bool:
+        nonlocal stores
+        if isinstance(s, For):
+            return not s.is_reduction and visit(s.body, loops + [s.var])
+        if isinstance(s, Store):
+            loads = reads_inp(s.value) + [ld for i in s.indices for ld in reads_inp(i)]
+            if s.buffer is inp:
+                return False
+            if s.buffer is not out:
+                return not loads
+            stores += 1
+            text = [ex.format_expr(i) for i in s.indices]
+            indexed = {v for i in s.indices for v in ex.free_vars(i)}
+            return all(v in indexed for v in loops) and all(
+                [ex.format_expr(i) for i in ld.indices] == text for ld in loads)
+        if any(reads_inp(e) for e in stmt_exprs(s)):
+            return False  # a branch condition or the like reads it
+        return all(visit(c, loops) for c in stmt_children(s))
+
+    return visit(kernel.body, []) and stores == 1
+
+
+def in_place_pairs(kernels, lifetimes: list[Lifetime]) -> list[tuple[int, object, object]]:
+    """(kernel index, output value, input value) for each kernel that may
+    write an output over an input dying there (both planned buffers)."""
+    by_key = {lt.key: lt for lt in lifetimes}
+    pairs, taken = [], set()
+    for step, k in enumerate(kernels):
+        params = dict(zip(k.params, k.param_values))
+        for out in k.outputs:
+            o = params.get(out)
+            if o not in by_key or by_key[o].start != step:
+                continue
+            for inp in k.inputs:
+                i = params.get(inp)
+                if i in by_key and i not in taken and by_key[i].end == step and writes_over(k, out, inp):
+                    pairs.append((step, o, i))
+                    taken.add(i)
+                    break
+    return pairs
+
+
+def share_in_place(lifetimes: list[Lifetime], pairs) -> tuple[list[Lifetime], dict]:
+    """Lifetimes to place, with each in-place output merged into the buffer
+    whose memory it takes (chains follow: a -> b -> c is one buffer), and
+    the aliases ``{output key: key of the buffer placed}``."""
+    root = {}
+
+    def find(key):
+        while key in root:
+            key = root[key]
+        return key
+
+    for _, out, inp in pairs:
+        root[out] = find(inp)
+    merged = {}
+    for lt in lifetimes:
+        key = find(lt.key)
+        if key not in merged:
+            merged[key] = Lifetime(key, lt.name, lt.nbytes, lt.start, lt.end)
+        else:
+            m = merged[key]
+            m.name, m.nbytes = f"{m.name} > {lt.name}", max(m.nbytes, lt.nbytes)
+            m.start, m.end = min(m.start, lt.start), max(m.end, lt.end)
+    return list(merged.values()), {key: find(key) for key in root}
+
+
 def buffer_slots(graph, plan: MemoryPlan) -> dict:
     """A slot (table index) for every buffer a model touches: its inputs,
     constants and outputs, then the planned buffers; code generators and
@@ -200,11 +291,16 @@ def buffer_slots(graph, plan: MemoryPlan) -> dict:
         slots.setdefault(v, len(slots))
     for lt in plan.lifetimes:
         slots[lt.key] = len(slots)
+    for key in plan.aliases:
+        slots[key] = len(slots)
     return slots
 
 
 def check_plan(plan: MemoryPlan) -> None:
-    """Raise AssertionError if two buffers that are live together share bytes."""
+    """Raise AssertionError if two buffers that are live together share bytes
+    (a buffer written in place is placed exactly over the one it replaces)."""
+    for key, placed in plan.aliases.items():
+        assert plan.offsets[key] == plan.offsets[placed], f"{key} is not at the offset of the buffer it writes over"
     lts = plan.lifetimes
     for i, a in enumerate(lts):
         for b in lts[i + 1:]:

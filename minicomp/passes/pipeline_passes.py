@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 from minicomp.passes.fusion import single_node_groups
 from minicomp.passes.lower import lower_group
 from minicomp.passes.manager import register_pass
-from minicomp.passes.memory import Lifetime, plan_arena
+from minicomp.passes.memory import Lifetime, in_place_pairs, lower_bound, plan_arena, share_in_place
 from minicomp.passes.schedules import apply_schedule
 from minicomp.passes.schedules.cpu import cpu_schedule
 from minicomp.passes.schedules.gpu import gpu_schedule
@@ -134,11 +137,25 @@ def buffer_lifetimes(program) -> list[Lifetime]:
     return lifetimes
 
 
+def _in_place_plan(program, order: list[int], in_place: bool = True):
+    """(lifetimes to place, aliases, in-place pairs) of the kernels run in
+    ``order`` (none written in place without ``in_place``)."""
+    ordered = copy.copy(program)
+    ordered.groups = [program.groups[i] for i in order]
+    ordered.kernels = [program.kernels[i] for i in order]
+    lifetimes = buffer_lifetimes(ordered)
+    pairs = in_place_pairs(ordered.kernels, lifetimes) if in_place else []
+    merged, aliases = share_in_place(lifetimes, pairs)
+    return merged, aliases, pairs
+
+
 @register_pass("plan", kind="program")
 def plan_pass(program, ctx):
     """Choose the kernel order of least peak memory, then plan one arena for
-    every intermediate buffer (``ctx.options['memory']``: ``order``, ``offsets``;
-    ``ctx.options['memory_budget']``: bytes the arena must fit in)."""
+    every intermediate buffer (``ctx.options['memory']``: ``order``, ``offsets``,
+    ``in_place`` (default True: elementwise kernels may write over an input
+    that dies there); ``ctx.options['memory_budget']``: bytes the arena must
+    fit in)."""
     import time
 
     from minicomp.errors import MinicompError
@@ -148,17 +165,41 @@ def plan_pass(program, ctx):
     if program.kernels is None:
         program = lower_pass(program, ctx)
     opts = dict(ctx.options.get("memory") or {})
-    unknown = set(opts) - {"order", "offsets"}
+    unknown = set(opts) - {"order", "offsets", "in_place"}
     if unknown:
-        raise MinicompError(f"unknown memory option(s) {', '.join(sorted(unknown))}; known: order, offsets")
+        raise MinicompError(f"unknown memory option(s) {', '.join(sorted(unknown))}; known: order, offsets, "
+                            f"in_place")
+    in_place = opts.get("in_place", True)
+    if not isinstance(in_place, bool):
+        raise MinicompError(f"memory option in_place must be True or False, got {in_place!r}")
     budget = ctx.options.get("memory_budget")
     choice = choose_order(order_problem(program), opts.get("order", "auto"), budget)
-    program.groups = [program.groups[i] for i in choice.order]
-    program.kernels = [program.kernels[i] for i in choice.order]
-    plan = plan_arena(buffer_lifetimes(program), opts.get("offsets", "best"))
-    plan.baseline_peak_bytes = choice.baseline_peak
+    # Writing in place shrinks peaks, and which kernels may depends on the
+    # order (an input must die where it is read): both the baseline and the
+    # chosen order are judged with it, and the chosen one is kept only when
+    # it is no worse (the order search itself does not model it).
+    fusion_order = list(range(len(program.kernels)))
+    judged = {tuple(order): _in_place_plan(program, order, in_place)
+              for order in (fusion_order, choice.order)}
+    baseline = judged[tuple(fusion_order)]
+    chosen = judged[tuple(choice.order)]
+    order = choice.order if lower_bound(chosen[0]) <= lower_bound(baseline[0]) else fusion_order
+    lifetimes, aliases, pairs = judged[tuple(order)]
+    program.groups = [program.groups[i] for i in order]
+    program.kernels = [program.kernels[i] for i in order]
+    plan = plan_arena(lifetimes, opts.get("offsets", "best"))
+    plan.aliases = aliases
+    for key, placed in aliases.items():
+        plan.offsets[key] = plan.offsets[placed]
+    for step, out, inp in pairs:  # the pair's parameters lose noalias / __restrict__
+        k = program.kernels[step]
+        names = {v: b.name for b, v in zip(k.params, k.param_values)}
+        program.kernels[step] = replace(k, in_place=k.in_place + [(names[out], names[inp])])
+    plan.baseline_peak_bytes = lower_bound(baseline[0])
     plan.order = [k.name for k in program.kernels]
-    plan.order_strategy, plan.order_is_optimal = choice.strategy, choice.exact
+    # (the exact search proves its order optimal without writing in place)
+    plan.order_strategy = choice.strategy if order is choice.order else "fusion"
+    plan.order_is_optimal = choice.exact and order is choice.order and not pairs
     plan.plan_seconds = time.perf_counter() - t0
     if budget is not None and plan.arena_bytes > budget:
         best = min(choice.peaks.values())

@@ -311,3 +311,19 @@ def test_softmax_row_stays_in_registers():
     (kernel,) = model.kernels
     assert kernel.workspace == []
     assert model.memory_plan.arena_bytes == 0
+
+
+def test_a_kernel_written_in_place_drops_restrict_for_its_pair():
+    """Unfused, relu writes over the product it reads (which dies there): its
+    two pointers are neither const nor __restrict__, and the answer holds."""
+    g = mc.GraphBuilder("inplace")
+    x = g.input("x", (24, 40))
+    h = g.relu(x @ x.transpose([1, 0]))
+    g.output(h @ x)
+    graph = g.build()
+    model = mc.compile(graph, target="cuda", device=DEVICE, pipeline="simplify,lower,schedule,plan")
+    relu = next(k for k in model.kernels if k.in_place)
+    head = next(line for line in model.stages["cuda"].splitlines() if f"k_{relu.name}(" in line)
+    assert "__restrict__" not in head and "const" not in head
+    xs = np.random.default_rng(0).standard_normal((24, 40)).astype(np.float32)
+    assert_close(model(xs)[0], mc.run_reference(graph, xs)[0], scale=10)
