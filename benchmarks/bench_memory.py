@@ -6,7 +6,8 @@ transformer block example at sequence 128, written as ONNX by
 
 - the memory plan: the naive sum of all buffers, the peak of fusion's order,
   the peak of the chosen order (the lower bound for it), the arena planned,
-  arena / chosen peak and the time planning took;
+  arena / chosen peak, the buffers written in place and the time planning
+  took;
 - peak resident memory (``VmHWM``: what ``ru_maxrss`` reports for a process
   started from a shell; here the parent's own would be its floor, since
   Linux keeps it across the fork and exec) of one process that loads the
@@ -73,7 +74,8 @@ def plan_rows(cache_dir: str, models: dict) -> list[list]:
         mib = 1 / 2**20
         rows.append([name, f"{plan.naive_bytes * mib:.1f}", f"{plan.baseline_peak_bytes * mib:.1f}",
                      f"{plan.lower_bound_bytes * mib:.1f}", f"{plan.arena_bytes * mib:.1f}",
-                     f"{plan.arena_bytes / max(plan.lower_bound_bytes, 1):.3f}", f"{plan.plan_seconds * 1e3:.1f}"])
+                     f"{plan.arena_bytes / max(plan.lower_bound_bytes, 1):.3f}", len(plan.aliases),
+                     f"{plan.plan_seconds * 1e3:.1f}"])
     return rows
 
 
@@ -101,7 +103,8 @@ def main() -> None:
             rows.append(row + ["yes" if cold["llvm_here"] or warm["llvm_here"] else "no"])
         plans = plan_rows(cache_dir, models)
     print_table("memory plans (MiB; arena / chosen = arena over the chosen order's peak, the lower bound)",
-                ["model", "naive", "fusion order peak", "chosen order peak", "arena", "arena / chosen", "plan ms"],
+                ["model", "naive", "fusion order peak", "chosen order peak", "arena", "arena / chosen", "in place",
+                 "plan ms"],
                 plans)
     print_table("peak resident memory of one process that loads, compiles and runs the model (MB, VmHWM)",
                 ["model", "minicomp, cache empty", "minicomp, cache filled", "ONNX Runtime",

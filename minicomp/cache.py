@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 FORMAT = 1
@@ -45,6 +46,23 @@ def folder(kind: str) -> Path | None:
     return path
 
 
+# Text is encoded this many characters at a time, so that hashing or
+# compressing a module's IR (megabytes) never holds a second copy of it.
+CHUNK = 1 << 20
+
+
+def text_chunks(text: str):
+    """The UTF-8 bytes of ``text``, a piece at a time (the same bytes as ``text.encode()``)."""
+    for i in range(0, len(text), CHUNK):
+        yield text[i:i + CHUNK].encode()
+
+
+def compress_text(text: str) -> bytes:
+    """``zlib.compress(text.encode(), 1)``, without the whole encoded copy."""
+    z = zlib.compressobj(1)
+    return b"".join([z.compress(chunk) for chunk in text_chunks(text)] + [z.flush()])
+
+
 def key(*parts) -> str:
     """A hex key over ``parts`` (strings or bytes), the minicomp version and the format."""
     from minicomp import __version__
@@ -52,7 +70,8 @@ def key(*parts) -> str:
     h = hashlib.sha256(f"minicomp {__version__} format {FORMAT}".encode())
     for p in parts:
         h.update(b"\0")
-        h.update(p if isinstance(p, bytes) else str(p).encode())
+        for chunk in ([p] if isinstance(p, bytes) else text_chunks(str(p))):
+            h.update(chunk)
     return h.hexdigest()[:32]
 
 

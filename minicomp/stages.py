@@ -22,7 +22,9 @@ class Stages(dict):
         super().__setitem__(key, _Deferred(make))
 
     def compress(self, key: str, text: str) -> None:
-        data = zlib.compress(text.encode(), 1)
+        from minicomp.cache import compress_text
+
+        data = compress_text(text)
         self.defer(key, lambda: zlib.decompress(data).decode())
 
     def __getitem__(self, key):

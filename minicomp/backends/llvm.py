@@ -153,7 +153,7 @@ class JitModule:
         self.object_code = objects[0] if len(objects) == 1 else None
         if cache and len(objects) == 1:
             disk.write("llvm", name + ".o", objects[0])
-            disk.write("llvm", name + ".ll.z", zlib.compress(self.optimized_ir.encode(), 1))
+            disk.write("llvm", name + ".ll.z", disk.compress_text(self.optimized_ir))
 
     @classmethod
     def from_object(cls, obj: bytes, optimized_ir: str, cpu: str, features: str, opt_level: int = 3) -> JitModule:
@@ -282,7 +282,7 @@ def _module_text(program, stages: dict, slots: list, emit) -> str:
         except (zlib.error, UnicodeDecodeError):
             pass
     text = emit(program.kernels, slots)
-    disk.write("llvm", name, zlib.compress(text.encode(), 1))
+    disk.write("llvm", name, disk.compress_text(text))
     return text
 
 
