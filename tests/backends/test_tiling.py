@@ -96,16 +96,21 @@ def test_batched_matmul_and_transposed_operand():
                                  rng.standard_normal((2, 3, 19, 16)).astype(np.float32)], expect_tiles=False)
 
 
-def test_batch_one_matrix_vector_products_split_columns_over_threads():
-    """A classifier layer (one row of outputs): each thread streams its half of the weights."""
+@pytest.mark.parametrize("columns, panels", [(1024, True), (1000, False)])
+def test_batch_one_matrix_vector_products_stream_packed_panels(columns, panels):
+    """A classifier layer (one row of outputs): panels of 32 columns, each
+    accumulated in registers over the whole reduction from weights packed as
+    one contiguous run, shared among the threads; columns that are no whole
+    number of panels keep the plain schedule."""
     rng = np.random.default_rng(0)
     g = mc.GraphBuilder()
     x = g.input("x", (1, 512))
-    w = g.constant(rng.standard_normal((512, 1024)).astype(np.float32))
+    w = g.constant(rng.standard_normal((512, columns)).astype(np.float32))
     g.output(g.relu(x @ w))
     graph = g.build()
     model = mc.compile(graph, num_threads=2)
-    assert "parallel(i0.o)" in model.stages["loops"]
+    loops = model.stages["loops"]
+    assert ("pack(const_0, 1, 32)" in loops and "parallel(i0.o)" in loops) == panels
     xs = rng.standard_normal((1, 512)).astype(np.float32)
     np.testing.assert_allclose(model(xs)[0], mc.run_reference(graph, xs)[0], rtol=1e-4, atol=1e-4)
 

@@ -235,6 +235,8 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
         inner = chain[-1].var
     rows = rows_axis(term, buf.dtype, inner, axes, [(r.var, r.extent) for r in rs])
     depth = math.prod(r.extent for r in rs)
+    if len(chain) == 1 and rows is None and _matvec_panels_fit(k, chain[0], rs, buf, constants, target):
+        return _matvec_panels(k, chain[0], rs, buf, target), buf
     if rows is None or chain[-1].var is not inner:
         k = apply_step(k, DecomposeReduction(chain[-1].var.name))
         k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,)))
@@ -351,6 +353,40 @@ def _split_groups(k: Kernel, chain: list[For], update: Store) -> tuple[Kernel, s
     var, size = found
     split = apply_step(k, Split(var.name, size))
     return split, (f"{var.name}.o" if chain[0].var is var else chain[0].var.name)
+
+
+def _matvec_panels_fit(k: Kernel, lp: For, rs, buf, constants, target) -> bool:
+    """Is this a matrix-vector product ``out[j] += x[r] * B[r, j]`` with a
+    constant ``B`` and whole tiles of columns (see :func:`_matvec_panels`)?"""
+    cols = register_tile(target, buf.dtype)[1]
+    if lp.extent % cols or len(rs) != 1 or lp.extent < 2 * cols:
+        return False
+    _, update = _update(find_loop(k.body, rs[0].var.name))
+    loads = [n for n in ex.walk(update.value) if isinstance(n, ex.Load) and n.tensor is not buf]
+    moving = [ld for ld in loads if flat_stride(ld, lp.var) != 0]
+    return (len(moving) == 1 and moving[0].tensor.name in constants and len(moving[0].indices) == 2
+            and moving[0].indices[1] is lp.var and moving[0].indices[0] is rs[0].var)
+
+
+def _matvec_panels(k: Kernel, lp: For, rs, buf, target) -> Kernel:
+    """A matrix-vector product over panels of ``cols`` columns: each panel
+    accumulates in vector registers through the whole reduction, and its
+    weights, packed so that the panel is one contiguous run (``pack``), are
+    read as one stream; the panels are shared among the threads.
+
+    Accumulating a whole thread's block of columns in memory instead (the
+    reduction outside a long vector loop) read the weights as thousands of
+    short runs and stored every partial sum: AlexNet's 9216 x 4096 layer took
+    4.7 ms (32 GB/s) where ONNX Runtime took 3.3 ms."""
+    cols = register_tile(target, buf.dtype)[1]
+    name = lp.var.name
+    k = apply_step(k, Split(name, cols))
+    k = apply_step(k, CacheWrite(buf.name, f"{name}.o"))
+    k = apply_step(k, DecomposeReduction(f"{name}.i"))
+    k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (f"{name}.i",)))
+    for suffix in ("", ".init", ".wb"):
+        k = apply_step(k, Simd(f"{name}.i{suffix}"))
+    return k
 
 
 def _split_columns_over_threads(k: Kernel, lp: For, rs, threads: int, target) -> Kernel:
