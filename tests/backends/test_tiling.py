@@ -145,11 +145,13 @@ def test_an_epilogue_is_not_folded_before_its_other_operand_is_computed():
     compiled_matches(g.build(), [rng.standard_normal((1, 3, 12, 12)).astype(np.float32)])
 
 
-@pytest.mark.parametrize("channels, size, outer", [(96, 5, True), (64, 20, False)])
+@pytest.mark.parametrize("channels, size, outer", [(96, 5, True), (64, 20, False), (72, 5, True)])
 def test_channel_blocks_go_outermost_when_the_weights_outweigh_the_input(channels, size, outer):
     """96 channels of 3x3 weights (332 KB) on a 5x5 map (10 KB): each block of
     channels reads its weights once, the small input again per block; on a
-    20x20 map of 64 channels the input is larger and the pixels stay outside."""
+    20x20 map of 64 channels the input is larger and the pixels stay outside.
+    72 channels are two blocks and 8 more: the channel loop is partitioned
+    first and the last 8 get their own nest, pixels outside."""
     rng = np.random.default_rng(channels)
     g = mc.GraphBuilder()
     x = g.input("x", (1, channels, size, size))
@@ -157,3 +159,4 @@ def test_channel_blocks_go_outermost_when_the_weights_outweigh_the_input(channel
     g.output(g.relu(g.conv2d(x, w, padding=1)))
     model = compiled_matches(g.build(), [rng.standard_normal((1, channels, size, size)).astype(np.float32)])
     assert ("channel blocks outermost" in model.stages["loops"]) == outer
+    assert bool(re.search(r"partition\(i\d+, 64\)", model.stages["loops"])) == (channels == 72)

@@ -305,17 +305,40 @@ def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: i
     the input, small enough for the L2 cache, is read again per block;
     otherwise the pixels go outermost and each channel block's weights are
     read again per block of pixels."""
+    cols_tile = register_tile(target, buf.dtype)[1]
+    n = channel.extent
+    outer = n > cols_tile and _weights_outweigh_inputs(k, weights, buf)
+    if outer and n % cols_tile:
+        # Channel blocks outermost need whole blocks: the last few channels
+        # get a nest of their own (the channel loop first, partitioned).
+        names = [lp.var.name for lp in chain]
+        k = apply_step(k, Reorder((channel.var.name,) + tuple(x for x in names if x != channel.var.name)))
+        k = apply_step(k, Partition(channel.var.name, n - n % cols_tile))
+        rest = next(lp for lp in loops(k.body) if lp.var.name.startswith(channel.var.name + ".p"))
+        k = _lane_tiles(k, _chain_below(k, channel.var.name), channel.var.name, buf, target, outer=True)
+        k = _lane_tiles(k, _chain_below(k, rest.var.name), rest.var.name, buf, target, outer=False)
+    else:
+        k = _lane_tiles(k, chain, channel.var.name, buf, target, outer)
+    return apply_step(k, Pack(weights, axis, cols_tile))
+
+
+def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool) -> Kernel:
+    """The tiles of :func:`_channel_lane_tiles` for one nest: the loop
+    ``channel`` of ``chain`` as the lanes, the other loops after it as the
+    rows; with ``outer`` (the channel count a whole number of tiles), the
+    channel blocks outermost."""
     names = [lp.var.name for lp in chain]
-    others = [n for n in names if n != channel.var.name]
-    k = apply_step(k, Reorder(tuple(others) + (channel.var.name,)))
-    tail = others[names.index(channel.var.name):]  # the loops that came after the channel
-    outer = others[0]
+    extent = next(lp.extent for lp in chain if lp.var.name == channel)
+    others = [n for n in names if n != channel]
+    k = apply_step(k, Reorder(tuple(others) + (channel,)))
+    tail = others[names.index(channel):]  # the loops that came after the channel
+    first = others[0]
     if len(tail) >= 2:
         fused = f"{tail[-2]}_{tail[-1]}"
         k = apply_step(k, Fuse(tail[-2], tail[-1]))
-        outer = fused if outer == tail[-2] else outer
+        first = fused if first == tail[-2] else first
         tail = tail[:-2] + [fused]
-    new_chain = _chain_below(k, outer)
+    new_chain = _chain_below(k, first)
     rows = next(lp for lp in new_chain if lp.var.name == tail[-1])
     # At most 8 rows (16 accumulator vectors): 14, all that 32 registers
     # hold, measured slower on every convolution tried, with more code.
@@ -323,15 +346,14 @@ def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: i
     n = rows.extent
     rows_tile = n if n <= most else next((r for r in range(most, 5, -1) if n % r == 0), min(6, most))
     cols_tile = register_tile(target, buf.dtype)[1]
-    if channel.extent % cols_tile == 0 and channel.extent > cols_tile and _weights_outweigh_inputs(k, weights, buf):
-        k = apply_step(k, Split(channel.var.name, cols_tile))
-        blocks = f"{channel.var.name}.o"
+    if outer and extent % cols_tile == 0 and extent > cols_tile:
+        k = apply_step(k, Split(channel, cols_tile))
+        blocks = f"{channel}.o"
         k = apply_step(k, Reorder((blocks,) + tuple(lp.var.name for lp in new_chain[:-1])))
         new_chain = _chain_below(k, blocks)
         notes = ["channel blocks outermost: the weights outweigh the inputs"]
         k = replace(k, notes=k.notes + notes)
-    k = _register_tiles(k, new_chain, rows.var, buf, target, (rows_tile, cols_tile), lanes_strided=True)
-    return apply_step(k, Pack(weights, axis, cols_tile))
+    return _register_tiles(k, new_chain, rows.var, buf, target, (rows_tile, cols_tile), lanes_strided=True)
 
 
 def _weights_outweigh_inputs(k: Kernel, weights: str, out) -> bool:
