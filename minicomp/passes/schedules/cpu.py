@@ -53,9 +53,9 @@ from minicomp.passes.schedules.analysis import (
     LOCAL_ROW_BYTES,
     flat_stride,
     group_axis,
-    rows_axis,
     spatial_innermost,
     tile_axis,
+    window_axis,
 )
 from minicomp.passes.schedules.buffer_steps import split_init
 from minicomp.passes.schedules.primitives import (
@@ -233,8 +233,9 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
         term = _term(update)
         axes = [(lp.var, lp.extent) for lp in chain]
         inner = chain[-1].var
-    rows = rows_axis(term, buf.dtype, inner, axes, [(r.var, r.extent) for r in rs])
     depth = math.prod(r.extent for r in rs)
+    product_rows = tile_axis(term, buf.dtype, inner, axes)
+    rows = product_rows or window_axis(term, buf.dtype, inner, axes, depth)
     if len(chain) == 1 and rows is None and _matvec_panels_fit(k, chain[0], rs, buf, constants, target):
         return _matvec_panels(k, chain[0], rs, buf, target), buf
     if rows is None or chain[-1].var is not inner:
@@ -249,7 +250,7 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
     blocks = cache_blocks(target, chain, rows, rs, buf.dtype, threads)
     if blocks is not None:
         return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target), None
-    if tile_axis(term, buf.dtype, inner, axes) is None:  # a window: see WINDOW_ROWS
+    if product_rows is None:  # a window: see WINDOW_ROWS
         return _register_tiles(k, chain, rows, buf, target, (WINDOW_ROWS, target.vector_lanes(buf.dtype))), buf
     return _register_tiles(k, chain, rows, buf, target), buf
 
@@ -383,11 +384,11 @@ def _matvec_panels_fit(k: Kernel, lp: For, rs, buf, constants, target) -> bool:
     cols = register_tile(target, buf.dtype)[1]
     if lp.extent % cols or len(rs) != 1 or lp.extent < 2 * cols:
         return False
+    if _panel_operand(k, lp.var.name, constants) is None:
+        return False
     _, update = _update(find_loop(k.body, rs[0].var.name))
     loads = [n for n in ex.walk(update.value) if isinstance(n, ex.Load) and n.tensor is not buf]
-    moving = [ld for ld in loads if flat_stride(ld, lp.var) != 0]
-    return (len(moving) == 1 and moving[0].tensor.name in constants and len(moving[0].indices) == 2
-            and moving[0].indices[1] is lp.var and moving[0].indices[0] is rs[0].var)
+    return sum(1 for ld in loads if flat_stride(ld, lp.var) != 0) == 1  # x[r] does not move with the column
 
 
 def _matvec_panels(k: Kernel, lp: For, rs, buf, target) -> Kernel:
