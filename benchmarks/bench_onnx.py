@@ -7,7 +7,11 @@ three rounds each time every model once, and each side's time is its best
 block median (see ``harness.best_blocks``). An ONNX Runtime session exists
 only during its own blocks, since its idle threads slow whatever else runs.
 
-    python benchmarks/bench_onnx.py [model ...]
+With ``--tune`` each model is also compiled with ``tune=True`` (the tuner's
+schedules, measured on this machine the first time and then read from the
+compile cache) and timed as a third side, ``tuned``.
+
+    python benchmarks/bench_onnx.py [--tune] [model ...]
 """
 
 from __future__ import annotations
@@ -57,45 +61,64 @@ ROUNDS = 3
 
 
 def main(argv=None) -> int:
-    names = list(argv or []) or list(LIGHT_MODELS) + ["mobilenet_v2", "bert_layer"]
+    argv = list(argv or [])
+    tune = "--tune" in argv
+    names = [a for a in argv if a != "--tune"] or list(LIGHT_MODELS) + ["mobilenet_v2", "bert_layer"]
     print(describe_machine())
     ort = onnxruntime_module()
     loaded = []
     for name in names:
         proto, feeds = load(name)
+        graph = mc.from_onnx(proto)
         t0 = time.perf_counter()
-        model = mc.compile(mc.from_onnx(proto))
+        model = mc.compile(graph)
         compile_s = time.perf_counter() - t0
+        models = {"minicomp": model}
+        if tune:
+            t0 = time.perf_counter()
+            models["tuned"] = mc.compile(graph, tune=True)
+            print(f"{name}: tuned in {time.perf_counter() - t0:.1f} s", flush=True)
         diff = float("nan")
         if ort is not None:
-            (got,), (want,) = model(**feeds), ort_session(ort, proto, 2).run(None, feeds)
-            diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        loaded.append((name, proto, feeds, model, compile_s, diff))
+            want = ort_session(ort, proto, 2).run(None, feeds)[0]
+            diff = max(float(np.abs(m(**feeds)[0] - want).max() / max(np.abs(want).max(), 1e-30))
+                       for m in models.values())
+        loaded.append((name, proto, feeds, models, compile_s, diff))
     # Every round times every model once: a model's blocks are minutes apart,
     # so a slow spell of the machine (seconds long) cannot spoil all of them.
     best: dict = {}
     for _ in range(ROUNDS):
-        for name, proto, feeds, model, _, _ in loaded:
+        for name, proto, feeds, models, _, _ in loaded:
             for th in (1, 2):
-                model.set_num_threads(th)
-                makers = {"minicomp": lambda: lambda: model(**feeds)}
+                makers = {}
+                for side, m in models.items():
+                    m.set_num_threads(th)
+                    makers[side] = lambda m=m: lambda: m(**feeds)
                 if ort is not None:
                     makers["onnxruntime"] = lambda: ort_session(ort, proto, th, feeds)
                 for side, t in best_blocks(makers, rounds=1).items():
                     best[name, th, side] = min(best.get((name, th, side), t), t)
     rows = []
-    for name, _, _, model, compile_s, diff in loaded:
+    for name, _, _, models, compile_s, diff in loaded:
         for th in (1, 2):
             t_mc, t_ort = best[name, th, "minicomp"], best.get((name, th, "onnxruntime"), float("nan"))
-            rows.append([name, th, len(model.kernels), t_mc * 1e3, t_ort * 1e3, t_ort / t_mc, compile_s,
-                         f"{diff:.1e}"])
+            row = [name, th, len(models["minicomp"].kernels), t_mc * 1e3, t_ort * 1e3, t_ort / t_mc]
+            if tune:
+                t_tuned = best[name, th, "tuned"]
+                row += [t_tuned * 1e3, t_ort / t_tuned]
+            rows.append(row + [compile_s, f"{diff:.1e}"])
+    speed_columns = (5, 7) if tune else (5,)
     for th in (1, 2):
-        speeds = [r[5] for r in rows if r[1] == th and r[5] == r[5]]
-        if speeds:
-            rows.append(["geomean", th, "", "", "", float(np.exp(np.mean(np.log(speeds)))), "", ""])
+        geo = []
+        for col in speed_columns:
+            speeds = [r[col] for r in rows if r[1] == th and r[col] == r[col]]
+            geo.append(float(np.exp(np.mean(np.log(speeds)))) if speeds else "")
+        row = ["geomean", th, "", "", "", geo[0]] + (["", geo[1]] if tune else [])
+        rows.append(row + ["", ""])
+    headers = ["model", "threads", "kernels", "minicomp", "onnxruntime", "speed"]
+    headers += ["tuned", "speed tuned"] if tune else []
     print_table("light ONNX models, random weights (ms; speed = ONNX Runtime time / minicomp time)",
-                ["model", "threads", "kernels", "minicomp", "onnxruntime", "speed", "compile s", "max rel diff"],
-                rows)
+                headers + ["compile s", "max rel diff"], rows)
     return 0
 
 

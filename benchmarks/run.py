@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # all suites
     python benchmarks/run.py models     # one suite by name (models, fusion, onnx, gemm, memory, torch, gpu)
+    python benchmarks/run.py onnx --tune  # the onnx suite also times each model tuned (compile(tune=True))
     python benchmarks/run.py --help     # this text and a line on each suite
 
 Set ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` on the command, so that
@@ -27,19 +28,31 @@ SUITES = {
 }
 
 
+# Options passed on to the one suite that takes them.
+OPTIONS = {"--tune": "onnx"}
+
+
 def main(argv=None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(SUITES)
-    if any(n in ("-h", "--help") for n in names):
+    args = argv if argv is not None else sys.argv[1:]
+    if any(n in ("-h", "--help") for n in args):
         print(__doc__.strip() + "\n\nsuites:")
         for name, module in SUITES.items():
             print(f"  {name:8} {importlib.import_module(module).__doc__.strip().splitlines()[0]}")
         return 0
-    unknown = [n for n in names if n not in SUITES]
+    options = [a for a in args if a.startswith("--")]
+    names = [a for a in args if not a.startswith("--")] or list(SUITES)
+    unknown = [n for n in names if n not in SUITES] + [o for o in options if o not in OPTIONS]
     if unknown:
-        print(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}", file=sys.stderr)
+        print(f"unknown suite(s) or option(s) {', '.join(unknown)}; choose from {', '.join(SUITES)} and "
+              f"{', '.join(f'{o} (for {s})' for o, s in OPTIONS.items())}", file=sys.stderr)
+        return 2
+    unused = [o for o in options if OPTIONS[o] not in names]
+    if unused:
+        print(f"{', '.join(unused)} is for the {OPTIONS[unused[0]]} suite, which is not being run", file=sys.stderr)
         return 2
     for name in names:
-        importlib.import_module(SUITES[name]).main()
+        own = [o for o in options if OPTIONS[o] == name]
+        importlib.import_module(SUITES[name]).main(*([own] if own else []))
     return 0
 
 

@@ -5,6 +5,7 @@
                                    [--threads N] [--repeat N] [--save DIR] [--check]
     minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
     minicomp profile MODEL.{mcir,onnx,pt2} [--repeat N] [--top N]
+    minicomp tune MODEL.{mcir,onnx,pt2} [--threads N] [--max-candidates N] [-o MODEL.mcm]
     minicomp compile MODEL.{mcir,onnx,pt2} [--target llvm|cuda|CPU] [-o MODEL.mcm] [--shared-lib MODEL.so]
                                 [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|cuda]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
@@ -18,7 +19,9 @@
 MODEL.mcir is a graph in the IR text format (docs/ir.md); MODEL.onnx an ONNX
 model; MODEL.pt2 a PyTorch program saved by torch.export.save (needs torch).
 ``minicomp --plugin my_ops.py COMMAND ...`` loads user ops, importers and
-passes first. ``run`` uses random inputs for any input not given. Errors are reported
+passes first. ``run``, ``compile``, ``profile`` and ``bench`` take ``--tune``
+(measure schedules, or reuse the tunings ``minicomp tune`` kept in the cache).
+``run`` uses random inputs for any input not given. Errors are reported
 in one line and exit 2.
 """
 
@@ -38,6 +41,8 @@ EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm", "cuda"
 LLVM_ONLY = ("llvm", "llvm-opt", "asm")
 PASS_STAGES = ("graph", "fusion", "loops", "memory")  # ready before code generation
 CPU_TARGETS = ("llvm", "x86-64", "haswell", "skylake-avx512", "znver4", "znver5")
+TUNE_HELP = ("use the tuner's schedules (CPU targets): kernels tuned before come from the compile cache, the "
+             "others are measured now (see 'minicomp tune')")
 TARGETS = ["llvm", "cuda", "cuda-emu", "reference"]
 
 
@@ -186,7 +191,7 @@ def cmd_run(args) -> int:
     else:
         graph = load_model(args.model, parse_shapes(args.shape))
         t0 = time.perf_counter()
-        model = compile_with_progress(graph, target=args.target, num_threads=args.threads)
+        model = compile_with_progress(graph, target=args.target, num_threads=args.threads, tune=args.tune)
     inputs = parse_inputs(graph, args.input or [], args.seed)
     compile_s = time.perf_counter() - t0
     model(**inputs)  # warm up
@@ -272,7 +277,7 @@ def cmd_compile(args) -> int:
     cuda = args.target.startswith("cuda")
     if args.emit in LLVM_ONLY and cuda or args.emit == "cuda" and not cuda:
         raise MinicompError(f"--emit {args.emit} needs --target {'llvm' if cuda else 'cuda'}")
-    options = dict(target=args.target, num_threads=args.threads, pipeline=args.pipeline,
+    options = dict(target=args.target, num_threads=args.threads, pipeline=args.pipeline, tune=args.tune,
                    print_after=args.print_after or (), print_before=args.print_before or (), dump_dir=args.dump_dir)
     if (args.output or args.shared_lib) and args.target not in CPU_TARGETS:
         raise MinicompError("-o and --shared-lib save code for a CPU: use --target llvm or a CPU name")
@@ -325,7 +330,7 @@ def cmd_plan(args) -> int:
 def cmd_profile(args) -> int:
     graph = load_model(args.model, parse_shapes(args.shape))
     inputs = parse_inputs(graph, args.input or [], args.seed)
-    model = compile_with_progress(graph, target=args.target, num_threads=args.threads)
+    model = compile_with_progress(graph, target=args.target, num_threads=args.threads, tune=args.tune)
     rows = model.profile(repeat=args.repeat, **inputs)
     total = sum(t for _, t in rows) or 1.0
     print(f"{graph.name} on {model.target}: {len(rows)} kernels, {total * 1e3:.3f} ms in all "
@@ -333,6 +338,50 @@ def cmd_profile(args) -> int:
     print(f"  {'kernel':<56} {'ms':>9} {'share':>6}")
     for name, t in sorted(rows, key=lambda r: -r[1])[:args.top]:
         print(f"  {name:<56} {t * 1e3:9.3f} {t / total:6.1%}")
+    return 0
+
+
+def _block_seconds(fn, seconds: float = 0.1) -> float:
+    """Seconds per call of ``fn``: the mean over a block of calls lasting about ``seconds``."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    calls = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def cmd_tune(args) -> int:
+    from minicomp.tuning import format_tunings
+
+    if args.target not in CPU_TARGETS:
+        raise MinicompError(f"tune measures code on this CPU: use --target llvm or a CPU name, not {args.target}")
+    graph = load_model(args.model, parse_shapes(args.shape))
+    t0 = time.perf_counter()
+    tuned = compile_with_progress(graph, target=args.target, num_threads=args.threads,
+                                  tune={"max_candidates": args.max_candidates})
+    tune_s = time.perf_counter() - t0
+    tunings = tuned.tunings
+    measured = sum(t.measured for t in tunings)
+    cached = sum(1 for t in tunings if t.from_cache)
+    print(f"{graph.name}: tuned {len(tunings)} kernels for {tuned.target} in {tune_s:.1f} s; {measured} schedules "
+          f"measured, {cached} kernels from the compile cache or an identical kernel")
+    print(format_tunings(tunings))
+    rules = mc.compile(graph, target=args.target, num_threads=args.threads)
+    inputs = parse_inputs(graph, [], args.seed)
+    # Blocks of each in turn, three rounds; the best block of each counts.
+    t_rules = t_tuned = float("inf")
+    for _ in range(3):
+        t_rules = min(t_rules, _block_seconds(lambda: rules(**inputs)))
+        t_tuned = min(t_tuned, _block_seconds(lambda: tuned(**inputs)))
+    print(f"whole model on {tuned.num_threads} threads: {t_rules * 1e3:.3f} ms by the rules, "
+          f"{t_tuned * 1e3:.3f} ms tuned ({t_rules / t_tuned:.2f}x)")
+    print("the tunings are kept in the compile cache: mc.compile(..., tune=True) or --tune reuses them")
+    if args.output:
+        tuned.save(args.output)
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -364,7 +413,7 @@ def cmd_bench(args) -> int:
     graph = load_model(args.model, parse_shapes(args.shape))
     inputs = parse_inputs(graph, [], args.seed)
     t0 = time.perf_counter()
-    model = mc.compile(graph)
+    model = compile_with_progress(graph, tune=args.tune)
     compile_s = time.perf_counter() - t0
     try:
         import onnxruntime as ort
@@ -426,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Examples:\n  minicomp run model.onnx\n"
                                        "  minicomp run model.mcir --input x=x.npy\n"
                                        "  minicomp compile model.onnx --explain-fusion\n"
-                                       "  minicomp bench model.onnx --threads 1 2",
+                                       "  minicomp bench model.onnx --threads 1 2\n"
+                                       "  minicomp tune model.onnx",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plugin", action="append", metavar="FILE.py|MODULE",
                    help="load a Python file or module first (it may register ops, importers, passes); repeatable")
@@ -445,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repeat", type=positive_int, default=1, help="timed runs to average (default 1)")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     r.add_argument("--save", metavar="DIR", help="save each output as DIR/NAME.npy")
+    r.add_argument("--tune", action="store_true", help=TUNE_HELP)
     r.add_argument("--check", action="store_true",
                    help="compare the outputs with the reference interpreter, or, for a model.onnx beside ONNX "
                         "test data (test_data_set_*), with the stored outputs (exit 1 on a mismatch)")
@@ -461,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage to print (default: loops, unless another output is asked for); llvm, llvm-opt "
                         "and asm are for CPU targets, cuda for --target cuda")
     c.add_argument("--threads", type=positive_int, default=None, help="threads the schedule plans for")
+    c.add_argument("--tune", action="store_true", help=TUNE_HELP)
     c.add_argument("-o", "--output", metavar="FILE.mcm",
                    help="save the compiled model; 'minicomp run FILE.mcm' and mc.load(FILE) run it without compiling")
     c.add_argument("--shared-lib", metavar="FILE.so",
@@ -502,7 +554,27 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--repeat", type=positive_int, default=10, help="runs of each kernel to average (default 10)")
     pr.add_argument("--top", type=positive_int, default=30, help="show the slowest N kernels (default 30)")
     pr.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    pr.add_argument("--tune", action="store_true", help=TUNE_HELP)
     pr.set_defaults(func=cmd_profile)
+
+    tu = sub.add_parser("tune", help="measure a few schedules of every kernel on this CPU and keep the fastest",
+                        description="Tune a model's kernels on this CPU: for each kernel, up to --max-candidates "
+                                    "schedules are compiled and timed and the fastest is kept in the compile "
+                                    "cache; prints each kernel's figures and the whole model's time by the rules "
+                                    "and tuned. Later compiles with --tune (or mc.compile(..., tune=True)) reuse "
+                                    "the tunings without measuring.")
+    tu.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
+    tu.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
+                    help="fix a dynamic input shape of an ONNX model (repeatable)")
+    tu.add_argument("--target", default="llvm", choices=CPU_TARGETS,
+                    help="the CPU to tune for (default llvm: this one)")
+    tu.add_argument("--threads", type=positive_int, default=None,
+                    help="threads the model will run with (tunings are kept per thread count; default: all cores)")
+    tu.add_argument("--max-candidates", type=positive_int, default=20,
+                    help="schedules measured per kernel, at most (default 20)")
+    tu.add_argument("-o", "--output", metavar="FILE.mcm", help="also save the tuned model")
+    tu.add_argument("--seed", type=int, default=0, help="seed for the random inputs of the whole-model timing")
+    tu.set_defaults(func=cmd_tune)
 
     ca = sub.add_parser("cache", help="where the compile cache is and how big; --clear empties it")
     ca.add_argument("--clear", action="store_true", help="remove every cached entry")
@@ -514,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
     b.add_argument("--repeat", type=positive_int, default=10, help="timed runs per measurement (median; default 10)")
     b.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
+    b.add_argument("--tune", action="store_true", help=TUNE_HELP)
     b.set_defaults(func=cmd_bench)
 
     o = sub.add_parser("ops", help="list the registered ops and their attributes")

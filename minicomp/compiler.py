@@ -41,7 +41,7 @@ def as_target(target, num_threads: int | None = None, device: str | None = None)
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
             pipeline=None, fusion: dict | None = None, schedules: dict | None = None, device: str | None = None,
             memory: dict | None = None, memory_budget: int | None = None, cache: bool = True,
-            progress=None,
+            tune: bool | dict = False, progress=None,
             print_before=(), print_after=(), dump_dir: str | None = None, verify: bool = True):
     """Compile ``graph`` for ``target``; returns a CompiledModel.
 
@@ -59,6 +59,11 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
       (every such kernel); steps are a list or text (see docs/scheduling.md);
     - ``cache``: reuse compiled code kept on disk (``minicomp/cache.py``;
       ``model.cache_hit`` says whether it was);
+    - ``tune``: measure a few schedules of each kernel on this machine and
+      keep the fastest (``minicomp/tuning.py``; llvm targets only); tunings
+      are kept in the compile cache, so a kernel is measured once. A dict
+      sets ``max_candidates`` (default 20) per kernel. ``model.tunings``
+      lists what was found;
     - instruments: ``print_before``/``print_after`` (pass names or "all"),
       ``dump_dir`` (numbered files per pass), ``verify`` (after every pass).
 
@@ -74,7 +79,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
 
     program, stages, backend, tgt, pm = _run_passes(
         graph, target, num_threads=num_threads, pipeline=pipeline, fusion=fusion, schedules=schedules,
-        device=device, memory=memory, memory_budget=memory_budget, cache=cache, progress=progress,
+        device=device, memory=memory, memory_budget=memory_budget, cache=cache, tune=tune, progress=progress,
         print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
     if progress is not None:
         progress(f"code generation ({backend.name}, {len(program.kernels or [])} kernels)")
@@ -84,6 +89,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     model = (backend.model or make_model)(program, tgt, stages, executable)
     rest = time.perf_counter() - t0 - sum(t for _, t in build_timings)
     model.pass_timings = pm.timings + build_timings + [(f"build: {backend.name} (other)", rest)]
+    model.tunings = program.options.get("tunings", [])
     return model
 
 
@@ -96,9 +102,29 @@ def compile_stages(graph: Graph, target="llvm", **options) -> tuple[dict, list]:
     return stages, pm.timings
 
 
+def _tune_option(tune, target, progress) -> dict | None:
+    """The schedule pass's ``tune`` option: None, or the tuner's settings."""
+    if tune is False or tune is None:
+        return None
+    if tune is not True and not isinstance(tune, dict):
+        raise MinicompError(f"tune must be True, False or a dict of settings, got {tune!r}")
+    settings = {} if tune is True else dict(tune)
+    unknown = set(settings) - {"max_candidates"}
+    if unknown:
+        raise MinicompError(f"unknown tune setting(s) {', '.join(sorted(unknown))}; known: max_candidates")
+    n = settings.get("max_candidates", 20)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MinicompError(f"tune max_candidates must be a whole number >= 1, got {n!r}")
+    if target.name != "llvm":
+        raise MinicompError(f"tuning measures kernels compiled by LLVM on this CPU; target {target} cannot be "
+                            f"tuned (compile it without tune=True)")
+    settings["progress"] = progress
+    return settings
+
+
 def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, schedules=None, device=None,
-                memory=None, memory_budget=None, cache=True, progress=None, print_before=(), print_after=(),
-                dump_dir=None, verify=True):
+                memory=None, memory_budget=None, cache=True, tune=False, progress=None, print_before=(),
+                print_after=(), dump_dir=None, verify=True):
     """Check the inputs and run the target's pipeline; returns (program,
     stages, backend, target, pass manager) ready for code generation."""
     import time
@@ -124,7 +150,7 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
     if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
         raise MinicompError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
     options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget,
-               "cache": bool(cache)}
+               "cache": bool(cache), "tune": _tune_option(tune, tgt, progress)}
     pm = PassManager(pipeline if pipeline is not None else list(backend.pipeline),
                      print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify,
                      options=options, progress=progress)

@@ -100,6 +100,7 @@ class CompiledModel:
         self.stages = stages
         self.memory_plan = memory_plan
         self.kernels = kernels or []
+        self.tunings = []  # what the tuner found, per kernel (compile(tune=True))
         self._jit = jit
         self._calls = calls or []
         self._slots = slots or {}

@@ -24,4 +24,11 @@ def test_help_lists_every_suite():
 def test_an_unknown_suite_is_refused_with_the_choices():
     out = run("nope")
     assert out.returncode == 2
-    assert "unknown suite(s) nope; choose from models" in out.stderr
+    assert "unknown suite(s) or option(s) nope; choose from models" in out.stderr
+
+
+def test_an_option_goes_only_to_its_suite():
+    out = run("onnx", "--fast")
+    assert out.returncode == 2 and "--tune (for onnx)" in out.stderr
+    out = run("gemm", "--tune")
+    assert out.returncode == 2 and "--tune is for the onnx suite, which is not being run" in out.stderr

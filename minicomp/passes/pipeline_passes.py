@@ -18,7 +18,7 @@ from minicomp.passes.lower import lower_group
 from minicomp.passes.manager import register_pass
 from minicomp.passes.memory import Lifetime, in_place_pairs, lower_bound, plan_arena, share_in_place
 from minicomp.passes.schedules import apply_schedule
-from minicomp.passes.schedules.cpu import cpu_schedule
+from minicomp.passes.schedules.cpu import DEFAULT_CHOICES, cpu_schedule
 from minicomp.passes.schedules.gpu import gpu_schedule
 
 
@@ -46,16 +46,35 @@ def schedule_pass(program, ctx):
 
         target = Target.host()
     constants = program.graph.constants
+    tuned = _tune(program, ctx, target, threads, [k for k in program.kernels if k.name not in user])
+
     def default(k):
         if target.gpu is not None:
             return gpu_schedule(k, target)
         consts = {b.name for b, v in zip(k.params, k.param_values) if v is not None and v in constants}
-        return cpu_schedule(k, target, threads, consts)
+        return cpu_schedule(k, target, threads, consts, tuned.get(k.name, DEFAULT_CHOICES))
 
     program.kernels = [apply_schedule(k, user[k.name]) if k.name in user else default(k) for k in program.kernels]
     for k in program.kernels:
         materialize_packs(program.graph, k)
     return program
+
+
+def _tune(program, ctx, target, threads: int, kernels) -> dict:
+    """With the ``tune`` option (``compile(tune=True)``): the tuner's choices
+    by kernel name (``minicomp/tuning.py``), also kept in
+    ``program.options["tunings"]``; else nothing."""
+    tune = ctx.options.get("tune")
+    if not tune:
+        return {}
+    from minicomp.tuning import MAX_CANDIDATES, tune_kernels
+
+    tune = tune if isinstance(tune, dict) else {}
+    tunings = tune_kernels(kernels, target, threads, program.graph.constants,
+                           max_candidates=tune.get("max_candidates", MAX_CANDIDATES),
+                           use_cache=ctx.options.get("cache", True), progress=tune.get("progress"))
+    program.options["tunings"] = tunings
+    return {t.kernel: t.choices for t in tunings}
 
 
 def materialize_packs(graph, kernel) -> None:

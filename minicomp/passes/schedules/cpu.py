@@ -33,7 +33,7 @@ each part reads one input with no ``select``.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
@@ -82,20 +82,53 @@ from minicomp.passes.schedules.step import ScheduleError, accesses, find_loop
 MIN_PARALLEL_WORK = 1 << 15
 
 
-def register_tile(target, dtype) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Choices:
+    """Decisions of the CPU schedule that a tuner may take instead of its
+    rules (``minicomp/tuning.py``); a field left None keeps the rule's answer.
+
+    - ``lanes``: for a convolution, ``"channels"`` runs output channels as the
+      vector lanes (see :func:`_channel_lanes`), ``"spatial"`` the last output axis;
+    - ``rows``, ``vectors``: a register tile's rows and vectors per row;
+    - ``channel_blocks_outer``: channel-lane tiles with the channel blocks
+      outermost (see :func:`_channel_lane_tiles`) or the pixels;
+    - ``serial``: run every loop nest of the kernel on one thread.
+    """
+
+    lanes: str | None = None
+    rows: int | None = None
+    vectors: int | None = None
+    channel_blocks_outer: bool | None = None
+    serial: bool = False
+
+    def as_dict(self) -> dict:
+        """The fields that differ from the rules (empty for the default)."""
+        return {k: v for k, v in self.__dict__.items() if v != getattr(DEFAULT_CHOICES, k)}
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.as_dict().items()) or "default"
+
+
+DEFAULT_CHOICES = Choices()
+
+
+def register_tile(target, dtype, choices: Choices = DEFAULT_CHOICES) -> tuple[int, int]:
     """(rows, columns) of a register tile: two vectors per row, and as many
-    rows (at most 6) as leave four registers for the operands."""
+    rows (at most 6) as leave four registers for the operands; ``choices``
+    may set either."""
     lanes = max(1, target.vector_bits // 8 // dtype.itemsize)
     rows = max(1, min(6, (target.vector_registers - 4) // 2))
-    return rows, 2 * lanes
+    return choices.rows or rows, (choices.vectors or 2) * lanes
 
 
-def cpu_schedule(kernel: Kernel, target, num_threads: int, constants=frozenset()) -> Kernel:
+def cpu_schedule(kernel: Kernel, target, num_threads: int, constants=frozenset(),
+                 choices: Choices = DEFAULT_CHOICES) -> Kernel:
     """``kernel`` with the default CPU schedule applied (its steps recorded).
 
     ``constants`` names the kernel's inputs that are constants: a constant
     right operand of a register-tiled product is packed into panels once,
-    at compile time.
+    at compile time. ``choices`` overrides some of the rules' decisions
+    (the tuner's candidates).
     """
     k = _localize_rows(kernel)
     for root in [chain[0].var.name for chain, _, _ in reduction_nests(k.body)]:
@@ -103,12 +136,15 @@ def cpu_schedule(kernel: Kernel, target, num_threads: int, constants=frozenset()
         # Steps rebuild the kernel they see: show them only the top-level
         # statement that holds this nest (loop names stay unique, since every
         # new name derives from a name of that statement's own loops).
-        k, tiled = _on_part(k, root, lambda part: _schedule_reduction(part, root, target, num_threads, constants))
+        k, tiled = _on_part(k, root, lambda part: _schedule_reduction(part, root, target, num_threads, constants,
+                                                                      choices))
         if tiled is not None:
             k = _inline_epilogue(k, tiled)
             if panel is not None:
-                k = apply_step(k, Pack(panel, 1, register_tile(target, tiled.dtype)[1]))
-    return _partition_selects(_parallelize(k, num_threads))
+                k = apply_step(k, Pack(panel, 1, register_tile(target, tiled.dtype, choices)[1]))
+    if choices != DEFAULT_CHOICES:
+        k = replace(k, notes=k.notes + [f"tuned: {choices}"])
+    return _partition_selects(_parallelize(k, 1 if choices.serial else num_threads))
 
 
 def _panel_operand(k: Kernel, root: str, constants) -> str | None:
@@ -204,7 +240,8 @@ def _update(rloop: For):
 
 # -- scheduling one reduction --------------------------------------------------------
 
-def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=frozenset()):
+def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=frozenset(),
+                        choices: Choices = DEFAULT_CHOICES):
     """(kernel with the nest at loop ``root`` scheduled, the buffer its
     register tiles write when an epilogue may be folded into them, or None)."""
     chain, init, rloop = _find_nest(k.body, root)
@@ -236,23 +273,26 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
     depth = math.prod(r.extent for r in rs)
     product_rows = tile_axis(term, buf.dtype, inner, axes)
     rows = product_rows or window_axis(term, buf.dtype, inner, axes, depth)
-    if len(chain) == 1 and rows is None and _matvec_panels_fit(k, chain[0], rs, buf, constants, target):
-        return _matvec_panels(k, chain[0], rs, buf, target), buf
+    if len(chain) == 1 and rows is None and _matvec_panels_fit(k, chain[0], rs, buf, constants, target, choices):
+        return _matvec_panels(k, chain[0], rs, buf, target, choices), buf
     if rows is None or chain[-1].var is not inner:
         k = apply_step(k, DecomposeReduction(chain[-1].var.name))
         k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,)))
         if len(chain) == 1:
             k = _split_columns_over_threads(k, chain[0], rs, threads, target)
         return k, None
-    lanes_over = _channel_lanes(term, chain, inner, depth, constants, target, buf.dtype)
+    lanes_over = None if choices.lanes == "spatial" else _channel_lanes(
+        term, chain, inner, depth, constants, target, buf.dtype, force=choices.lanes == "channels")
     if lanes_over is not None:
-        return _channel_lane_tiles(k, chain, *lanes_over, buf, target), buf
-    blocks = cache_blocks(target, chain, rows, rs, buf.dtype, threads)
+        return _channel_lane_tiles(k, chain, *lanes_over, buf, target, choices), buf
+    tile = register_tile(target, buf.dtype, choices)
+    blocks = cache_blocks(target, chain, rows, rs, buf.dtype, threads, tile[1])
     if blocks is not None:
-        return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, target), None
+        return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, tile), None
     if product_rows is None:  # a window: see WINDOW_ROWS
-        return _register_tiles(k, chain, rows, buf, target, (WINDOW_ROWS, target.vector_lanes(buf.dtype))), buf
-    return _register_tiles(k, chain, rows, buf, target), buf
+        lanes = target.vector_lanes(buf.dtype)
+        tile = (choices.rows or WINDOW_ROWS, (choices.vectors or 1) * lanes)
+    return _register_tiles(k, chain, rows, buf, tile), buf
 
 
 # A window's tile, 4 rows of one vector: each row loads its own inputs
@@ -262,7 +302,7 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
 WINDOW_ROWS = 4
 
 
-def _channel_lanes(term, chain: list[For], inner, depth: int, constants, target, dtype):
+def _channel_lanes(term, chain: list[For], inner, depth: int, constants, target, dtype, force: bool = False):
     """For a convolution whose vector axis is short (under 8 vectors: the rows
     of a 7x7 to 56x56 map) or whose reduction is deep (``depth`` of 256 or
     more): the output channel loop to run as the vector lanes instead, with
@@ -275,10 +315,11 @@ def _channel_lanes(term, chain: list[For], inner, depth: int, constants, target,
     tile's rows, each a broadcast of one input value. On this machine a 3x3
     convolution on a 7x7 map went from 54 to 460 GFLOP/s so, and one of 64
     channels on a 224x224 map from 84 to 279; with a shallow reduction (an
-    RGB image's 27) the rows' broadcasts cost more than the lanes save."""
+    RGB image's 27) the rows' broadcasts cost more than the lanes save.
+    ``force``: whenever a channel loop qualifies, however long the axis."""
     lanes = target.vector_lanes(dtype)
     extents = {id(lp.var): lp.extent for lp in chain}
-    if extents[id(inner)] >= 8 * lanes and depth < 256:
+    if extents[id(inner)] >= 8 * lanes and depth < 256 and not force:
         return None
     loads = [n for n in ex.walk(term) if isinstance(n, ex.Load)]
     for lp in chain:
@@ -294,7 +335,8 @@ def _channel_lanes(term, chain: list[For], inner, depth: int, constants, target,
     return None
 
 
-def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: int, buf, target) -> Kernel:
+def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: int, buf, target,
+                        choices: Choices = DEFAULT_CHOICES) -> Kernel:
     """Register tiles with ``channel`` as the lanes and the other loops after
     it, fused, as the rows (up to 8, a divisor of their count where one is
     near); the weights packed along ``axis``.
@@ -306,9 +348,11 @@ def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: i
     the input, small enough for the L2 cache, is read again per block;
     otherwise the pixels go outermost and each channel block's weights are
     read again per block of pixels."""
-    cols_tile = register_tile(target, buf.dtype)[1]
+    cols_tile = register_tile(target, buf.dtype, choices)[1]
     n = channel.extent
-    outer = n > cols_tile and _weights_outweigh_inputs(k, weights, buf)
+    heavy = _weights_outweigh_inputs(k, weights, buf) if choices.channel_blocks_outer is None \
+        else choices.channel_blocks_outer
+    outer = n > cols_tile and heavy
     if outer and n % cols_tile:
         # Channel blocks outermost need whole blocks: the last few channels
         # get a nest of their own (the channel loop first, partitioned).
@@ -316,14 +360,15 @@ def _channel_lane_tiles(k, chain: list[For], channel: For, weights: str, axis: i
         k = apply_step(k, Reorder((channel.var.name,) + tuple(x for x in names if x != channel.var.name)))
         k = apply_step(k, Partition(channel.var.name, n - n % cols_tile))
         rest = next(lp for lp in loops(k.body) if lp.var.name.startswith(channel.var.name + ".p"))
-        k = _lane_tiles(k, _chain_below(k, channel.var.name), channel.var.name, buf, target, outer=True)
-        k = _lane_tiles(k, _chain_below(k, rest.var.name), rest.var.name, buf, target, outer=False)
+        k = _lane_tiles(k, _chain_below(k, channel.var.name), channel.var.name, buf, target, True, choices)
+        k = _lane_tiles(k, _chain_below(k, rest.var.name), rest.var.name, buf, target, False, choices)
     else:
-        k = _lane_tiles(k, chain, channel.var.name, buf, target, outer)
+        k = _lane_tiles(k, chain, channel.var.name, buf, target, outer, choices)
     return apply_step(k, Pack(weights, axis, cols_tile))
 
 
-def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool) -> Kernel:
+def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool,
+                choices: Choices = DEFAULT_CHOICES) -> Kernel:
     """The tiles of :func:`_channel_lane_tiles` for one nest: the loop
     ``channel`` of ``chain`` as the lanes, the other loops after it as the
     rows; with ``outer`` (the channel count a whole number of tiles), the
@@ -346,7 +391,8 @@ def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool) -> 
     most = min(8, max(1, (target.vector_registers - 4) // 2))
     n = rows.extent
     rows_tile = n if n <= most else next((r for r in range(most, 5, -1) if n % r == 0), min(6, most))
-    cols_tile = register_tile(target, buf.dtype)[1]
+    rows_tile = min(n, choices.rows) if choices.rows else rows_tile
+    cols_tile = register_tile(target, buf.dtype, choices)[1]
     if outer and extent % cols_tile == 0 and extent > cols_tile:
         k = apply_step(k, Split(channel, cols_tile))
         blocks = f"{channel}.o"
@@ -354,7 +400,7 @@ def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool) -> 
         new_chain = _chain_below(k, blocks)
         notes = ["channel blocks outermost: the weights outweigh the inputs"]
         k = replace(k, notes=k.notes + notes)
-    return _register_tiles(k, new_chain, rows.var, buf, target, (rows_tile, cols_tile), lanes_strided=True)
+    return _register_tiles(k, new_chain, rows.var, buf, (rows_tile, cols_tile), lanes_strided=True)
 
 
 def _weights_outweigh_inputs(k: Kernel, weights: str, out) -> bool:
@@ -378,10 +424,10 @@ def _split_groups(k: Kernel, chain: list[For], update: Store) -> tuple[Kernel, s
     return split, (f"{var.name}.o" if chain[0].var is var else chain[0].var.name)
 
 
-def _matvec_panels_fit(k: Kernel, lp: For, rs, buf, constants, target) -> bool:
+def _matvec_panels_fit(k: Kernel, lp: For, rs, buf, constants, target, choices: Choices = DEFAULT_CHOICES) -> bool:
     """Is this a matrix-vector product ``out[j] += x[r] * B[r, j]`` with a
     constant ``B`` and whole tiles of columns (see :func:`_matvec_panels`)?"""
-    cols = register_tile(target, buf.dtype)[1]
+    cols = register_tile(target, buf.dtype, choices)[1]
     if lp.extent % cols or len(rs) != 1 or lp.extent < 2 * cols:
         return False
     if _panel_operand(k, lp.var.name, constants) is None:
@@ -391,7 +437,7 @@ def _matvec_panels_fit(k: Kernel, lp: For, rs, buf, constants, target) -> bool:
     return sum(1 for ld in loads if flat_stride(ld, lp.var) != 0) == 1  # x[r] does not move with the column
 
 
-def _matvec_panels(k: Kernel, lp: For, rs, buf, target) -> Kernel:
+def _matvec_panels(k: Kernel, lp: For, rs, buf, target, choices: Choices = DEFAULT_CHOICES) -> Kernel:
     """A matrix-vector product over panels of ``cols`` columns: each panel
     accumulates in vector registers through the whole reduction, and its
     weights, packed so that the panel is one contiguous run (``pack``), are
@@ -401,7 +447,7 @@ def _matvec_panels(k: Kernel, lp: For, rs, buf, target) -> Kernel:
     reduction outside a long vector loop) read the weights as thousands of
     short runs and stored every partial sum: AlexNet's 9216 x 4096 layer took
     4.7 ms (32 GB/s) where ONNX Runtime took 3.3 ms."""
-    cols = register_tile(target, buf.dtype)[1]
+    cols = register_tile(target, buf.dtype, choices)[1]
     name = lp.var.name
     k = apply_step(k, Split(name, cols))
     k = apply_step(k, CacheWrite(buf.name, f"{name}.o"))
@@ -438,7 +484,8 @@ def _right_operand(k, rname: str, out) -> str | None:
     return moving[0].tensor.name if len(moving) == 1 and len(moving[0].indices) == 2 else None
 
 
-def cache_blocks(target, chain, rows_axis, rs, dtype, threads: int = 1) -> tuple[int, int] | None:
+def cache_blocks(target, chain, rows_axis, rs, dtype, threads: int = 1, cols: int | None = None
+                 ) -> tuple[int, int] | None:
     """(kc, nc): reduction and column blocks for a matrix product whose right
     operand does not fit in half the L2 cache, so that a kc x nc slice of it
     does and stays there while every row block passes over it; None when the
@@ -450,7 +497,7 @@ def cache_blocks(target, chain, rows_axis, rs, dtype, threads: int = 1) -> tuple
     l2 = min(target.l2_bytes or 1 << 20, 1 << 20)
     if K * N * dtype.itemsize <= l2 // 2:
         return None
-    cols = register_tile(target, dtype)[1]
+    cols = cols or register_tile(target, dtype)[1]
     kc = next((c for c in (256, 384, 192, 512, 128) if K % c == 0), None)
     # Column blocks are what the threads share out: at least one per thread.
     nc = next((c for c in (1024, 768, 512, 384, 256, 128) if N % c == 0 and c % cols == 0 and N // c >= threads
@@ -458,7 +505,7 @@ def cache_blocks(target, chain, rows_axis, rs, dtype, threads: int = 1) -> tuple
     return None if kc is None or nc is None else (kc, nc)
 
 
-def _cache_blocked_tiles(k, chain, rloop, buf, blocks, target) -> Kernel:
+def _cache_blocked_tiles(k, chain, rloop, buf, blocks, tile: tuple[int, int]) -> Kernel:
     """Register tiles inside cache blocks: for each nc-wide column block and
     kc-deep reduction block, every row block's tiles accumulate onto the
     results of the previous reduction block (copied into the tile first)."""
@@ -476,7 +523,7 @@ def _cache_blocked_tiles(k, chain, rloop, buf, blocks, target) -> Kernel:
             k = apply_step(k, CacheRead(right, f"{r}.o"))
         except ScheduleError:  # the operand is also read another way (x @ x): no copy, same tiles
             pass
-    rows_tile, cols_tile = register_tile(target, buf.dtype)
+    rows_tile, cols_tile = tile
     row_loops = [ai]
     if chain[0].extent > rows_tile:
         k = apply_step(k, Split(ai, rows_tile))
@@ -517,11 +564,11 @@ def _chain_below(k: Kernel, name: str) -> list[For]:
     return out
 
 
-def _register_tiles(k, chain, rows_axis, buf, target, tile=None, lanes_strided=False) -> Kernel:
+def _register_tiles(k, chain, rows_axis, buf, tile: tuple[int, int], lanes_strided=False) -> Kernel:
     """Tiles over the rows axis and the last (vector) axis of ``chain``
-    (``tile``: rows and columns, else the target's :func:`register_tile`;
-    ``lanes_strided``: the lanes are far apart in the output, see :func:`_tile`)."""
-    rows_tile, cols_tile = tile or register_tile(target, buf.dtype)
+    (``tile``: rows and columns; ``lanes_strided``: the lanes are far apart
+    in the output, see :func:`_tile`)."""
+    rows_tile, cols_tile = tile
     ai = chain[[lp.var for lp in chain].index(rows_axis)]
     row_loops = [ai.var.name]
     if ai.extent > rows_tile:
