@@ -35,6 +35,7 @@ and the rules decide, so compiles stay fast.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import re
@@ -45,8 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from minicomp import cache
-from minicomp.ir.loops import For, Kernel, Store, format_stmt, stmt_children
-from minicomp.passes.schedules.cpu import DEFAULT_CHOICES, Choices, cpu_schedule
+from minicomp.ir import expr as ex
+from minicomp.ir.loops import For, Kernel, Store, format_stmt, stmt_children, walk_stmts
+from minicomp.passes.schedules.cpu import DEFAULT_CHOICES, Choices, cpu_schedule, iterations
 from minicomp.passes.schedules.step import ScheduleError
 
 MAX_CANDIDATES = 20
@@ -117,7 +119,7 @@ class Candidates:
             out += self.new([Choices(lanes=lanes)] + [Choices(lanes=lanes, channel_blocks_outer=b)
                                                       for b in (True, False)])
         rules = self.rules
-        if rules is not None and _has_parallel(rules) and _iterations(rules.body) < SERIAL_WORK:
+        if rules is not None and _has_parallel(rules) and iterations(rules.body) < SERIAL_WORK:
             out += self.new([Choices(lanes=lanes, serial=True) for lanes in (None, "channels", "spatial")])
         return out
 
@@ -144,20 +146,7 @@ def _loop_text(k: Kernel) -> str:
 
 
 def _has_parallel(k: Kernel) -> bool:
-    return any(isinstance(s, For) and s.kind == "parallel" for s in _walk(k.body))
-
-
-def _walk(s):
-    yield s
-    for c in stmt_children(s):
-        yield from _walk(c)
-
-
-def _iterations(s) -> int:
-    if isinstance(s, For):
-        return s.extent * max(1, _iterations(s.body))
-    kids = stmt_children(s)
-    return sum(_iterations(c) for c in kids) if kids else 1
+    return any(isinstance(s, For) and s.kind == "parallel" for s in walk_stmts(k.body))
 
 
 # -- the analytic pre-filter -------------------------------------------------------
@@ -184,7 +173,7 @@ def estimate_cost(kernel: Kernel, target, threads: int) -> float:
         if isinstance(s, Store):
             loads = 0.0
             for ld in _loads(s.value):
-                used = {id(v) for i in ld.indices for v in _free_vars(i)}
+                used = {id(v) for i in ld.indices for v in ex.free_vars(i)}
                 shared = 1
                 for lp in unrolled:
                     if id(lp.var) not in used:
@@ -197,15 +186,7 @@ def estimate_cost(kernel: Kernel, target, threads: int) -> float:
 
 
 def _loads(e):
-    from minicomp.ir import expr as ex
-
     return [n for n in ex.walk(e) if isinstance(n, ex.Load)]
-
-
-def _free_vars(e):
-    from minicomp.ir import expr as ex
-
-    return ex.free_vars(e)
 
 
 # -- measuring ---------------------------------------------------------------------
@@ -328,6 +309,7 @@ def tuning_key(kernel: Kernel, constant_names, target, threads: int, run_threads
     return cache.key("tune", params, text, machine, _schedule_digest())
 
 
+@functools.lru_cache(maxsize=1)
 def _schedule_digest() -> str:
     """A hash of the CPU schedule's and the tuner's source: a tuning made by
     other rules is never reused."""

@@ -40,7 +40,7 @@ class FakeTimer:
 
     made = []
 
-    def __init__(self, kernel, arrays, target, threads, seconds=None):
+    def __init__(self, kernel, arrays, target, threads):
         self.kernel = kernel
         FakeTimer.made.append(kernel)
 

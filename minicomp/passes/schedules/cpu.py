@@ -707,12 +707,12 @@ FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
 
 # -- threads and vectors -----------------------------------------------------------
 
-def _iterations(s: Stmt) -> int:
+def iterations(s: Stmt) -> int:
     """Rough count of innermost iterations under ``s``."""
     if isinstance(s, For):
-        return s.extent * max(1, _iterations(s.body))
+        return s.extent * max(1, iterations(s.body))
     kids = stmt_children(s)
-    return sum(_iterations(c) for c in kids) if kids else 1
+    return sum(iterations(c) for c in kids) if kids else 1
 
 
 def _innermost_loops(s: Stmt) -> list[For]:
@@ -742,7 +742,7 @@ def _parallelize(k: Kernel, num_threads: int) -> Kernel:
             inner = inner.body
         fused.add(name)
         top = find_loop(k.body, name)
-        parallel = num_threads > 1 and extent > 1 and not nest.is_reduction and _iterations(top) >= MIN_PARALLEL_WORK
+        parallel = num_threads > 1 and extent > 1 and not nest.is_reduction and iterations(top) >= MIN_PARALLEL_WORK
         if parallel:
             k = apply_step(k, Parallel(name))
         innermost = [lp for lp in _innermost_loops(top) if lp.var.name not in fused and lp.kind == "serial"]
