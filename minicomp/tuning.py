@@ -20,7 +20,9 @@ machine instead:
    timed on this machine in blocks of calls, on the model's constants and
    random inputs. The fastest replaces the rules' schedule only when it is
    still at least 3% faster when the two are timed again, so noise never
-   picks a schedule.
+   picks a schedule. A kernel timed while other programs took more than
+   10% of the CPUs is timed again, and then keeps the rules' schedule
+   uncached (:class:`OtherLoad`).
 4. **Cache.** The choice is stored in the compile cache (folder ``tune``),
    keyed by the kernel's loop IR with its buffers renamed by position (so
    the same convolution in two places of a network is tuned once), the
@@ -63,6 +65,11 @@ TILE_ROWS = (4, 6, 8)
 TILE_VECTORS = (1, 2)
 # Kernels with fewer innermost iterations than this also try one thread.
 SERIAL_WORK = 1 << 21
+# A kernel's timings are not trusted when other programs (or the hypervisor)
+# took more than this share of the CPUs while it was tuned: on 2 cores, a
+# second program's threads slowed parallel kernels a hundredfold and made
+# one thread look best everywhere.
+BUSY_SHARE = 0.10
 
 
 @dataclass
@@ -76,6 +83,7 @@ class Tuned:
     rules_s: float  # the rules' schedule, seconds per call
     best_s: float  # the chosen schedule, seconds per call
     from_cache: bool = False
+    busy: bool = False  # other programs used the CPUs meanwhile: the rules kept, nothing cached
 
     @property
     def speedup(self) -> float:
@@ -245,6 +253,38 @@ class KernelTimer:
         return best
 
 
+class OtherLoad:
+    """The share of the CPUs that other programs, and the hypervisor's steal
+    time, used from this object's creation until :meth:`share` is asked
+    (Linux's ``/proc``; elsewhere always 0)."""
+
+    def __init__(self):
+        self._start = _cpu_ticks()
+
+    def share(self) -> float:
+        end = _cpu_ticks()
+        if self._start is None or end is None:
+            return 0.0
+        total = end[1] - self._start[1]
+        others = (end[0] - self._start[0]) - (end[2] - self._start[2])
+        # Under 0.2 s of ticks (100 per second per CPU) the share is too coarse to judge.
+        return max(0.0, others / total) if total >= 20 else 0.0
+
+
+def _cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy ticks of all CPUs, all ticks, this process's ticks), or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = v + [0] * (8 - len(v))
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait, int(own[11]) + int(own[12])
+
+
 # -- tuning one kernel -------------------------------------------------------------
 
 def tune_kernel(kernel: Kernel, target, threads: int, run_threads: int, constants: dict,
@@ -342,10 +382,15 @@ def _write(key: str, tuned: Tuned) -> None:
 
 def tune_kernels(kernels: list[Kernel], target, threads: int, constants: dict, *,
                  max_candidates: int = MAX_CANDIDATES, use_cache: bool = True, progress=None,
-                 timer=KernelTimer) -> list[Tuned]:
+                 timer=KernelTimer, other_load=OtherLoad) -> list[Tuned]:
     """Tune every kernel (unscheduled), one :class:`Tuned` each, in order.
     Kernels with the same key are tuned once; tunings are read from and
-    written to the compile cache unless ``use_cache`` is False."""
+    written to the compile cache unless ``use_cache`` is False.
+
+    A kernel tuned while other programs took more than :data:`BUSY_SHARE`
+    of the CPUs (``other_load``) is tuned again once; if they still did, it
+    keeps the rules' schedule, marked ``busy``, and nothing is cached, so a
+    later compile measures it again."""
     if max_candidates < 1:
         from minicomp.errors import MinicompError
 
@@ -361,14 +406,27 @@ def tune_kernels(kernels: list[Kernel], target, threads: int, constants: dict, *
             progress(f"tuning {_bar(n, len(kernels))} {n}/{len(kernels)} kernels: {k.name}")
         tuned = done.get(key) or (_read(key) if use_cache else None)
         if tuned is None:
-            tuned = tune_kernel(k, target, threads, run_threads, constants, max_candidates, timer)
-            if use_cache:
+            tuned = _tune_on_a_quiet_machine(k, target, threads, run_threads, constants, max_candidates, timer,
+                                             other_load)
+            if use_cache and not tuned.busy:
                 _write(key, tuned)
         elif tuned.kernel != k.name:
             tuned = replace(tuned, kernel=k.name, measured=0, from_cache=True)
         done[key] = tuned
         out.append(tuned)
     return out
+
+
+def _tune_on_a_quiet_machine(kernel, target, threads, run_threads, constants, max_candidates, timer,
+                             other_load) -> Tuned:
+    """:func:`tune_kernel`, tried twice while other programs load the CPUs;
+    then the rules' schedule, marked busy."""
+    for _ in range(2):
+        load = other_load()
+        tuned = tune_kernel(kernel, target, threads, run_threads, constants, max_candidates, timer)
+        if load.share() <= BUSY_SHARE:
+            return tuned
+    return replace(tuned, choices=DEFAULT_CHOICES, best_s=tuned.rules_s, busy=True)
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -380,7 +438,7 @@ def format_tunings(tunings: list[Tuned]) -> str:
     """A table of what tuning found, one row per kernel, and the total."""
     rows = [f"  {'kernel':<44} {'cand.':>5} {'timed':>5} {'rules ms':>9} {'tuned ms':>9} {'speedup':>7}  choices"]
     for t in tunings:
-        timed = "cache" if t.from_cache else str(t.measured)
+        timed = "cache" if t.from_cache else "busy" if t.busy else str(t.measured)
         rows.append(f"  {t.kernel[:44]:<44} {t.candidates:>5} {timed:>5} {t.rules_s * 1e3:9.3f} "
                     f"{t.best_s * 1e3:9.3f} {t.speedup:6.2f}x  {t.choices}")
     rules = sum(t.rules_s for t in tunings)
@@ -388,4 +446,8 @@ def format_tunings(tunings: list[Tuned]) -> str:
     changed = sum(1 for t in tunings if t.choices != DEFAULT_CHOICES)
     rows.append(f"  {len(tunings)} kernels, {changed} tuned away from the rules; kernels alone: "
                 f"{rules * 1e3:.3f} ms by the rules, {best * 1e3:.3f} ms tuned ({rules / best if best else 1:.2f}x)")
+    busy = sum(1 for t in tunings if t.busy)
+    if busy:
+        rows.append(f"  {busy} kernels were timed while other programs used the CPUs: they keep the rules' "
+                    f"schedule and are measured again next time (tune on an idle machine)")
     return "\n".join(rows)

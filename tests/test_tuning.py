@@ -221,3 +221,35 @@ def test_tune_command_prints_kernels_and_whole_model_times(tmp_path, cache_dir, 
     assert (tmp_path / "t.mcm").exists()
     assert main(["run", str(path), "--tune", "--check"]) == 0
     assert "passed" in capsys.readouterr().out
+
+
+class Load:
+    """An other_load whose share is set by the test."""
+
+    share_now = 0.0
+    made = 0
+
+    def __init__(self):
+        Load.made += 1
+
+    def share(self):
+        return Load.share_now
+
+
+def test_a_kernel_tuned_on_a_busy_machine_keeps_the_rules_and_is_not_cached(fake_timer, cache_dir):
+    kernels, consts = lowered(conv_graph())
+    fake_timer.table = staticmethod(lambda s: 0.5 if "rows=4" in _notes(s) else 1.0)
+    Load.share_now, Load.made = 0.5, 0
+    busy = tuning.tune_kernels(kernels, TARGET, 2, consts, timer=fake_timer, other_load=Load)
+    assert Load.made == 2  # tried twice
+    assert busy[0].busy and busy[0].choices == DEFAULT_CHOICES and busy[0].best_s == busy[0].rules_s
+    assert "busy" in tuning.format_tunings(busy) and "idle machine" in tuning.format_tunings(busy)
+    Load.share_now = 0.0
+    quiet = tuning.tune_kernels(kernels, TARGET, 2, consts, timer=fake_timer, other_load=Load)
+    assert not quiet[0].from_cache and quiet[0].choices.rows == 4  # measured again, now trusted
+
+
+def test_other_load_reads_a_share_between_0_and_1():
+    load = tuning.OtherLoad()
+    sum(range(3_000_000))  # our own work is not counted
+    assert 0.0 <= load.share() <= 1.0
