@@ -1,5 +1,7 @@
 """SGEMM: minicomp's compiled matmul beside numpy's OpenBLAS, square float32
-matrices, 1 and 2 threads, GFLOP/s and the ratio, timed in blocks.
+matrices, 1 and 2 threads, GFLOP/s and the ratio, timed in blocks; then the
+products of a BERT-base layer at sequence 128 (the projections with their
+weights as constants, as in a model, and the per-head attention products).
 
 Run with OpenBLAS's own kernels for this CPU (this machine sets variables
 that hold it to AVX2):
@@ -21,6 +23,14 @@ import minicomp as mc  # noqa: E402
 from benchmarks.harness import best_blocks, describe_machine, numpy_threads, print_table  # noqa: E402
 
 SIZES = (256, 512, 1024, 2048)
+# A BERT-base layer at sequence 128: (name, left shape, right shape, right is a constant weight).
+ATTENTION = (
+    ("Q/K/V/out projection", (128, 768), (768, 768), True),
+    ("feed-forward up", (128, 768), (768, 3072), True),
+    ("feed-forward down", (128, 3072), (3072, 768), True),
+    ("heads: Q @ K^T", (12, 128, 64), (12, 64, 128), False),
+    ("heads: P @ V", (12, 128, 128), (12, 128, 64), False),
+)
 
 
 def blas_kernel() -> str:
@@ -40,27 +50,45 @@ def main(argv=None) -> int:
     print(blas_kernel())
     rows = []
     for n in (int(a) for a in argv) if argv else SIZES:
-        g = mc.GraphBuilder(f"sgemm{n}")
-        a, b = g.input("a", (n, n)), g.input("b", (n, n))
-        g.output(a @ b)
-        t0 = time.perf_counter()
-        model = mc.compile(g.build())
-        compile_s = time.perf_counter() - t0
-        rng = np.random.default_rng(n)
-        x, y = rng.standard_normal((n, n)).astype(np.float32), rng.standard_normal((n, n)).astype(np.float32)
-        (got,) = model(x, y)
-        err = float(np.abs(got - x @ y).max() / np.abs(x @ y).max())
-        flops = 2.0 * n**3
-        for th in (1, 2):
-            model.set_num_threads(th)
-            with numpy_threads(th):  # limits numpy's BLAS only
-                best = best_blocks({"minicomp": lambda: lambda: model(x, y), "numpy": lambda: lambda: x @ y})
-            t_mc, t_np = best["minicomp"], best["numpy"]
-            rows.append([f"{n}x{n}x{n}", th, flops / t_mc / 1e9, flops / t_np / 1e9, t_np / t_mc, compile_s,
-                         f"{err:.1e}"])
+        rows += _compare(f"{n}x{n}x{n}", (n, n), (n, n), constant=False, seed=n)
     print_table("SGEMM (GFLOP/s; ratio = numpy time / minicomp time, above 1 is faster)",
                 ["size", "threads", "minicomp", "numpy", "ratio", "compile s", "rel err"], rows)
+    if not argv:
+        rows = []
+        for name, a_shape, b_shape, constant in ATTENTION:
+            shape = "x".join(map(str, a_shape)) + " @ " + "x".join(map(str, b_shape[-2:]))
+            rows += _compare(f"{name} ({shape})", a_shape, b_shape, constant, seed=len(rows))
+        print_table("BERT-base layer products, sequence 128 (GFLOP/s; ratio = numpy time / minicomp time)",
+                    ["product", "threads", "minicomp", "numpy", "ratio", "compile s", "rel err"], rows)
     return 0
+
+
+def _compare(label: str, a_shape, b_shape, constant: bool, seed: int) -> list:
+    """Rows (one per thread count) timing ``a @ b`` compiled and in numpy;
+    with ``constant``, ``b`` is a constant of the graph (packed at compile time)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(a_shape).astype(np.float32)
+    y = rng.standard_normal(b_shape).astype(np.float32)
+    g = mc.GraphBuilder("matmul")
+    a = g.input("a", a_shape)
+    b = g.constant(y) if constant else g.input("b", b_shape)
+    g.output(a @ b)
+    t0 = time.perf_counter()
+    model = mc.compile(g.build())
+    compile_s = time.perf_counter() - t0
+    args = (x,) if constant else (x, y)
+    want = x @ y
+    (got,) = model(*args)
+    err = float(np.abs(got - want).max() / np.abs(want).max())
+    flops = 2.0 * np.prod(a_shape) * b_shape[-1]
+    rows = []
+    for th in (1, 2):
+        model.set_num_threads(th)
+        with numpy_threads(th):  # limits numpy's BLAS only
+            best = best_blocks({"minicomp": lambda: lambda: model(*args), "numpy": lambda: lambda: x @ y})
+        t_mc, t_np = best["minicomp"], best["numpy"]
+        rows.append([label, th, flops / t_mc / 1e9, flops / t_np / 1e9, t_np / t_mc, compile_s, f"{err:.1e}"])
+    return rows
 
 
 if __name__ == "__main__":

@@ -552,7 +552,9 @@ def _from_affine(terms: dict, c: int, dtype: DType) -> Expr:
 
 
 def _simplify_divmod(e: BinOp, ranges: dict) -> Expr | None:
-    """``(d*q + r) // d -> q`` and ``% d -> r`` when ``0 <= r < d``."""
+    """``(d*q + r) // d -> q`` and ``% d -> r`` when ``0 <= r < d``; when
+    ``r`` may reach ``d``, ``-> q + r // d`` and ``-> r % d`` (both sides
+    non-negative: the index of a reshaped axis, ``(i*768 + k) // 64``)."""
     if not (isinstance(e.b, Const) and e.b.value > 0):
         return None
     d = e.b.value
@@ -564,8 +566,19 @@ def _simplify_divmod(e: BinOp, ranges: dict) -> Expr | None:
     rest = {t: k for t, k in terms.items() if k % d != 0}
     rest_expr = _from_affine(rest, c % d, e.dtype)
     b = bounds(rest_expr, ranges)
-    if b is None or b[0] < 0 or b[1] >= d:
+    if b is None or b[0] < 0:
         return None
+    if b[1] >= d:
+        # Only worth it when a whole part comes out; floor and truncation
+        # agree because everything is non-negative.
+        total = bounds(e.a, ranges)
+        if not whole or total is None or total[0] < 0:
+            return None
+        inner = BinOp(e.op, rest_expr, e.b)
+        inner = _simplify_divmod(inner, ranges) or inner
+        if e.op == "mod":
+            return inner
+        return BinOp("add", _from_affine(whole, c // d, e.dtype), inner)
     if e.op == "floordiv":
         return _from_affine(whole, c // d, e.dtype)
     return rest_expr

@@ -28,6 +28,42 @@ def test_div_mod_of_affine_terms():
     assert ex.format_expr(ex.simplify(flat // 4)) == "(((i * 4) + j) // 4)"
 
 
+def test_div_mod_split_off_whole_multiples():
+    """A transpose read through a reshape: ``(i*768 + k) // 64 % 12`` with k
+    in [0, 768) is ``k // 64``; the remainder may exceed the divisor."""
+    i, ko, ki = v("i"), v("ko"), v("ki")
+    ranges = {i: 128, ko: 3, ki: 256}
+    k = ko * 256 + ki
+    assert ex.format_expr(ex.simplify(((i * 768 + k) // 64) % 12, ranges)) == "((ko * 4) + (ki // 64))"
+    assert ex.format_expr(ex.simplify((i * 768 + k) % 64, ranges)) == "(ki % 64)"
+    # A term that may be negative keeps the division whole.
+    assert "//" in ex.format_expr(ex.simplify((i * 64 + ki - 5) // 64, ranges))
+
+
+@given(st.integers(1, 9), st.integers(1, 12), st.integers(1, 4), st.integers(0, 7), st.integers(0, 5),
+       st.integers(1, 6))
+def test_splitting_whole_multiples_keeps_value(ni, nj, m, b, c, d):
+    i, j = v("i"), v("j")
+    ranges = {i: ni, j: nj}
+    for e in ((i * (d * m) + j * b + c) // d, (i * (d * m) + j * b + c) % d):
+        s = ex.simplify(e, ranges)
+        for x in range(ni):
+            for y in range(nj):
+                env = {i: x, j: y}
+                assert _evaluate(s, env) == _evaluate(e, env)
+
+
+def _evaluate(expr, env):
+    if isinstance(expr, ex.Const):
+        return expr.value
+    if isinstance(expr, ex.Var):
+        return env[expr]
+    x, y = _evaluate(expr.a, env), _evaluate(expr.b, env)
+    ops = {"add": lambda: x + y, "sub": lambda: x - y, "mul": lambda: x * y, "floordiv": lambda: x // y,
+           "mod": lambda: x % y, "min": lambda: min(x, y), "max": lambda: max(x, y)}
+    return ops[expr.op]()
+
+
 def test_redundant_clamps_and_comparisons():
     i = v("i")
     ranges = {i: 8}
