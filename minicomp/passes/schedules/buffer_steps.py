@@ -213,7 +213,9 @@ def _read_box(step, kernel, lp: For, buf: Buffer, acc):
                 step.fail(kernel, f"cannot bound the box of {buf.name} read under {lp.var.name}")
             lo[d] = rng[0] if lo[d] is None else min(lo[d], rng[0])
             hi[d] = rng[1] if hi[d] is None else max(hi[d], rng[1])
-        if not all(same_indices([ex.simplify(ex.substitute(i, zero))], [b]) for i, b in zip(idx, base)):
+        # Reads may start at other corners (a remainder tile further along a
+        # row), but only a fixed distance from the first: one box holds them.
+        if not all(isinstance(ex.simplify(ex.substitute(i, zero) - b), ex.Const) for i, b in zip(idx, base)):
             step.fail(kernel, f"{buf.name} is read at boxes that do not share a corner under {lp.var.name}")
     return base, lo, hi
 
@@ -222,8 +224,12 @@ def _box_nest(kernel, lp: For, names: Names, buf: Buffer, base, lo, shape, make_
     """Loops over a box of ``buf`` (corner ``base + lo``, ``shape``) at the
     start of ``lp``'s body, running ``make_store(box indices, buffer
     indices)`` for each element that lies inside ``buf``."""
-    cvars = [ex.Var(names.fresh(f"{buf.name}.c{d}")) for d in range(len(shape))]
-    ranges = {**enclosing_ranges(kernel.body, lp), lp.var: lp.extent, **dict(zip(cvars, shape))}
+    # An axis the box is one element deep along needs no loop (its index
+    # then names the slice, which ``localize`` can see).
+    cvars = [ex.Var(names.fresh(f"{buf.name}.c{d}")) if n > 1 else ex.const(0, "int64")
+             for d, n in enumerate(shape)]
+    ranges = {**enclosing_ranges(kernel.body, lp), lp.var: lp.extent,
+              **{v: n for v, n in zip(cvars, shape) if isinstance(v, ex.Var)}}
     src = [ex.simplify(b + low + c, ranges) for b, low, c in zip(base, lo, cvars)]
     stmt: Stmt = make_store(cvars, src)
     conds = []
@@ -239,7 +245,8 @@ def _box_nest(kernel, lp: For, names: Names, buf: Buffer, base, lo, shape, make_
             cond = ex.logical_and(cond, c)
         stmt = If(cond, stmt)
     for v, n in reversed(list(zip(cvars, shape))):
-        stmt = For(v, n, stmt)
+        if isinstance(v, ex.Var):
+            stmt = For(v, n, stmt)
     return stmt
 
 
