@@ -341,20 +341,8 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def _block_seconds(fn, seconds: float = 0.1) -> float:
-    """Seconds per call of ``fn``: the mean over a block of calls lasting about ``seconds``."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    calls = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
 def cmd_tune(args) -> int:
-    from minicomp.tuning import format_tunings
+    from minicomp.tuning import best_block, calls_per_block, format_tunings
 
     if args.target not in CPU_TARGETS:
         raise MinicompError(f"tune measures code on this CPU: use --target llvm or a CPU name, not {args.target}")
@@ -372,10 +360,12 @@ def cmd_tune(args) -> int:
     rules = mc.compile(graph, target=args.target, num_threads=args.threads)
     inputs = parse_inputs(graph, [], args.seed)
     # Blocks of each in turn, three rounds; the best block of each counts.
+    run_rules, run_tuned = (lambda: rules(**inputs)), (lambda: tuned(**inputs))
+    n_rules, n_tuned = calls_per_block(run_rules, 0.1), calls_per_block(run_tuned, 0.1)
     t_rules = t_tuned = float("inf")
     for _ in range(3):
-        t_rules = min(t_rules, _block_seconds(lambda: rules(**inputs)))
-        t_tuned = min(t_tuned, _block_seconds(lambda: tuned(**inputs)))
+        t_rules = min(t_rules, best_block(run_rules, n_rules, 1))
+        t_tuned = min(t_tuned, best_block(run_tuned, n_tuned, 1))
     print(f"whole model on {tuned.num_threads} threads: {t_rules * 1e3:.3f} ms by the rules, "
           f"{t_tuned * 1e3:.3f} ms tuned ({t_rules / t_tuned:.2f}x)")
     print("the tunings are kept in the compile cache: mc.compile(..., tune=True) or --tune reuses them")

@@ -235,22 +235,33 @@ class KernelTimer:
         ctypes.c_int32.from_address(self._jit.global_address("mc_num_threads")).value = threads
         self._fn = self._jit.function(f"k_{kernel.name}", *([ctypes.c_void_p] * len(arrays)))
         self._arrays = arrays  # kept alive while the pointers are used
-        self._ptrs = [a.ctypes.data for a in arrays]
-        self._fn(*self._ptrs)  # first call: pages touched, threads started
-        t0 = time.perf_counter()
-        self._fn(*self._ptrs)
-        once = max(time.perf_counter() - t0, 1e-7)
-        self.calls = max(1, int(BLOCK_SECONDS / once))
+        ptrs = [a.ctypes.data for a in arrays]
+        self._call = lambda: self._fn(*ptrs)
+        self.calls = calls_per_block(self._call)
 
     def seconds(self, blocks: int = BLOCKS) -> float:
         """Seconds per call: the fastest of ``blocks`` blocks of calls."""
-        best = float("inf")
-        for _ in range(blocks):
-            t0 = time.perf_counter()
-            for _ in range(self.calls):
-                self._fn(*self._ptrs)
-            best = min(best, (time.perf_counter() - t0) / self.calls)
-        return best
+        return best_block(self._call, self.calls, blocks)
+
+
+def calls_per_block(fn, seconds: float = BLOCK_SECONDS) -> int:
+    """How many calls of ``fn`` last about ``seconds``: timed on its second
+    call (the first touches pages and starts threads)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return max(1, int(seconds / max(time.perf_counter() - t0, 1e-7)))
+
+
+def best_block(fn, calls: int, blocks: int = BLOCKS) -> float:
+    """Seconds per call of ``fn``: the fastest of ``blocks`` blocks of ``calls`` calls."""
+    best = float("inf")
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return best
 
 
 class OtherLoad:
@@ -298,8 +309,7 @@ def tune_kernel(kernel: Kernel, target, threads: int, run_threads: int, constant
     round has more than are left. ``constants``: the graph's constant arrays
     by Value. ``timer``: how a candidate is compiled and timed (tests pass
     their own)."""
-    const_names = {b.name for b, v in zip(kernel.params, kernel.param_values) if v is not None and v in constants}
-    cands = Candidates(kernel, target, threads, const_names)
+    cands = Candidates(kernel, target, threads, kernel.constant_names(constants))
     timed: list = []  # (choices, timer, seconds)
 
     def measure(round_: list[tuple[Choices, Kernel]]) -> None:
@@ -400,8 +410,7 @@ def tune_kernels(kernels: list[Kernel], target, threads: int, constants: dict, *
     done: dict[str, Tuned] = {}
     out = []
     for n, k in enumerate(kernels):
-        const_names = {b.name for b, v in zip(k.params, k.param_values) if v is not None and v in constants}
-        key = tuning_key(k, const_names, target, threads, run_threads)
+        key = tuning_key(k, k.constant_names(constants), target, threads, run_threads)
         if progress is not None:
             progress(f"tuning {_bar(n, len(kernels))} {n}/{len(kernels)} kernels: {k.name}")
         tuned = done.get(key) or (_read(key) if use_cache else None)

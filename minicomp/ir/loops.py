@@ -126,6 +126,10 @@ class Kernel:
     def params(self) -> list[Buffer]:
         return list(self.inputs) + list(self.outputs) + list(self.workspace)
 
+    def constant_names(self, constants) -> set[str]:
+        """Names of the parameters bound to graph constants (keys of ``constants``)."""
+        return {b.name for b, v in zip(self.params, self.param_values) if v is not None and v in constants}
+
     def __str__(self) -> str:
         return format_kernel(self)
 

@@ -51,8 +51,7 @@ def schedule_pass(program, ctx):
     def default(k):
         if target.gpu is not None:
             return gpu_schedule(k, target)
-        consts = {b.name for b, v in zip(k.params, k.param_values) if v is not None and v in constants}
-        return cpu_schedule(k, target, threads, consts, tuned.get(k.name, DEFAULT_CHOICES))
+        return cpu_schedule(k, target, threads, k.constant_names(constants), tuned.get(k.name, DEFAULT_CHOICES))
 
     program.kernels = [apply_schedule(k, user[k.name]) if k.name in user else default(k) for k in program.kernels]
     for k in program.kernels:
