@@ -133,6 +133,29 @@ def test_pooling_and_depthwise_windows_run_outputs_as_lanes(size, kernel, stride
     assert len(kernels) >= 2 and all("simd for" in k and "unrolled for" in k for k in kernels)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_vector_max_and_min_keep_numpy_semantics_on_nan_inf_and_signed_zeros(dtype):
+    """The tiles' max and min (max pooling, a relu or clip epilogue) give NaN
+    when any element of a window is NaN, wherever it sits in the window, and
+    otherwise exactly numpy's values."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 4, 21, 21)).astype(dtype)
+    for value in (np.nan, np.inf, -np.inf, 0.0, -0.0):
+        x.flat[rng.integers(0, x.size, 40)] = value
+    g = mc.GraphBuilder()
+    xi = g.input("x", x.shape, dtype)
+    w = g.constant(rng.standard_normal((4, 1, 3, 3)).astype(dtype))
+    window = dict(kernel=(3, 3), strides=(2, 2))
+    g.output(g.max_pool2d(xi, **window), -g.max_pool2d(-xi, **window),
+             g.clip(g.conv2d(xi, w, groups=4, padding=1), min=0.0, max=6.0))
+    graph = g.build()
+    model = mc.compile(graph, num_threads=2)
+    assert "simd for" in model.stages["loops"]
+    for got, want in zip(model(x), mc.run_reference(graph, x)):
+        assert np.isnan(want).any()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN, inf where inf
+
+
 def test_an_epilogue_is_not_folded_before_its_other_operand_is_computed():
     """max_pool(x) + avg_pool(x) in one kernel: the add may not be applied as
     the max pool's tiles are written, since the average pool is computed
