@@ -234,10 +234,14 @@ class SimdEmitter:
             return out
         if stride in (2, 3, 4):
             # One masked wide load of the span (no lane past the last one needed is
-            # touched), then a shuffle that keeps every stride-th element.
-            span = (self.w - 1) * stride + 1
+            # touched), then a shuffle that keeps every stride-th element. The
+            # wide vector is a whole number of vectors (the last lanes masked off):
+            # an odd width (31 lanes for stride 2) was split into pieces down to
+            # single elements, and a stride-2 depthwise convolution ran 1.7x slower.
+            need = (self.w - 1) * stride + 1
+            span = stride * self.w
             wide = f"<{span} x {ty}>"
-            mask = "<" + ", ".join("i1 true" for _ in range(span)) + ">"
+            mask = "<" + ", ".join(f"i1 {'true' if k < need else 'false'}" for k in range(span)) + ">"
             p = self._address(buf, flat, 0)
             name = f"llvm.masked.load.v{span}{_sfx(ty)}.p0"
             fn.module.declare(name, f"declare {wide} @{name}(ptr, i32, <{span} x i1>, {wide})")
