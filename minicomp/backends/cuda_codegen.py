@@ -207,6 +207,11 @@ def render_module(kernels: list[Kernel]) -> tuple[str, list[Launch]]:
     return "\n\n".join(parts) + "\n", launches
 
 
+def _uses(body: Stmt, var: ex.Var) -> bool:
+    """Does any expression in ``body`` read ``var``?"""
+    return any(v is var for st in walk_stmts(body) for e in stmt_exprs(st) for v in ex.free_vars(e))
+
+
 def _index_type(kernel: Kernel) -> str:
     """``int`` indices when every buffer is small enough (faster on a GPU)."""
     biggest = max((b.size for b in kernel.params), default=0)
@@ -223,6 +228,7 @@ class _Writer:
         self.lines: list[str] = []
         self.names: dict = {}  # Var -> C name
         self.shared: dict = {}  # id of a repeated subexpression -> its temporary
+        self.load_index: dict = {}  # id of a load -> (the load, the flat index it is printed with)
         self.tmp = 0
         self.buffers: dict = {}  # Buffer -> C identifier
 
@@ -262,7 +268,7 @@ class _Writer:
             self.stmt(s.body, depth)
         elif isinstance(s, If):
             self.emit(depth, f"if ({self.expr_in_place(s.cond, depth)}) {{")
-            self.shared = {}
+            self._forget_shared()
             self.stmt(s.then, depth + 1)
             if s.otherwise is not None:
                 self.emit(depth, "} else {")
@@ -280,9 +286,11 @@ class _Writer:
             space, axis = s.kind.split(".")
             dims = self.grid if space == "blockIdx" else self.block
             offset = f" + {s.start}" if s.start else ""
+            guarded = s.extent < dims[AXES.index(axis)]
             self.emit(depth, "{")
-            self.emit(depth + 1, f"const {it} {name} = ({it}){s.kind}{offset};")
-            if s.extent < dims[AXES.index(axis)]:
+            if guarded or _uses(s.body, s.var):  # a grid of one block may not need its index
+                self.emit(depth + 1, f"const {it} {name} = ({it}){s.kind}{offset};")
+            if guarded:
                 self.emit(depth + 1, f"if ({name} < {s.start + s.extent}) {{")
                 self.stmt(s.body, depth + 2)
                 self.emit(depth + 1, "}")
@@ -354,7 +362,7 @@ class _Writer:
 
                 value = at(ex.transform_loads(st.value, pick), k)
                 values.append(self.expr_in_place(value, depth + 1))
-                self.shared = {}
+                self._forget_shared()
                 for v in lane_var:
                     del self.names[v]
             self.tmp += 1
@@ -377,21 +385,22 @@ class _Writer:
 
     def store(self, s: Store, depth: int):
         self.emit(depth, "{")
-        value = self.expr_in_place(s.value, depth + 1, s.indices)
-        idx = self.flat(s.buffer, s.indices)
+        index = self._flat_expr(s.buffer, s.indices)
+        value = self.expr_in_place(s.value, depth + 1, (index,))
+        idx = self.render(index)
         if s.value.dtype != s.buffer.dtype:
             value = self.cast(value, s.value.dtype, s.buffer.dtype)
         self.emit(depth + 1, f"{self.buffer_name(s.buffer)}[{idx}] = {to_memory(value, s.buffer.dtype)};")
         self.emit(depth, "}")
-        self.shared = {}  # ids of expressions die with the statement
+        self._forget_shared()  # ids of expressions die with the statement
 
     # -- expressions ------------------------------------------------------------
     def expr_in_place(self, e: ex.Expr, depth: int, extra=()) -> str:
         """Render ``e``; subexpressions used more than once become named temporaries first."""
         counts: dict = {}
+        self._forget_shared()
         for root in [e, *extra]:
             self._count(root, counts)
-        self.shared = {}
         for node in self._postorder([e, *extra]):
             if counts.get(id(node), 0) > 1 and not isinstance(node, (ex.Const, ex.Var)):
                 self.tmp += 1
@@ -410,7 +419,7 @@ class _Writer:
     def _count(self, e: ex.Expr, counts: dict):
         counts[id(e)] = counts.get(id(e), 0) + 1
         if counts[id(e)] == 1:
-            for c in ex.children(e):
+            for c in self._parts(e):
                 self._count(c, counts)
 
     def _postorder(self, roots):
@@ -420,7 +429,7 @@ class _Writer:
             if id(n) in seen:
                 return
             seen.add(id(n))
-            for c in ex.children(n):
+            for c in self._parts(n):
                 visit(c)
             order.append(n)
 
@@ -429,11 +438,30 @@ class _Writer:
         return order
 
     def flat(self, buf: Buffer, indices) -> str:
+        return self.render(self._flat_expr(buf, indices))
+
+    def _flat_expr(self, buf: Buffer, indices) -> ex.Expr:
         if len(indices) != len(buf.shape):
             self.fail(f"buffer {buf.name} has {len(buf.shape)} dimensions, indexed with {len(indices)}")
-        if not indices:
-            return "0"
-        return self.render(ex.simplify(ex.flat_index(indices, buf.shape)))
+        return ex.simplify(ex.flat_index(indices, buf.shape)) if indices else ex.const(0, "int64")
+
+    def _load_index(self, ld: ex.Load) -> ex.Expr:
+        """The flat index ``ld`` is printed with, made once per statement:
+        temporaries are counted on it, not on the indices it came from (a
+        repeated ``i // 32`` of two loads' indices is gone once they are
+        flattened, and its temporary was declared and never used)."""
+        entry = self.load_index.get(id(ld))
+        if entry is None or entry[0] is not ld:  # the load is kept, so its id is not reused
+            entry = self.load_index[id(ld)] = (ld, self._flat_expr(ld.tensor, ld.indices))
+        return entry[1]
+
+    def _parts(self, e: ex.Expr):
+        """The subexpressions ``e`` is printed with."""
+        return (self._load_index(e),) if isinstance(e, ex.Load) else ex.children(e)
+
+    def _forget_shared(self):
+        self.shared = {}
+        self.load_index = {}
 
     def render(self, e: ex.Expr) -> str:
         name = self.shared.get(id(e))
@@ -447,7 +475,7 @@ class _Writer:
             return self.names[e]
         if isinstance(e, ex.Load):
             buf = e.tensor
-            return from_memory(f"{self.buffer_name(buf)}[{self.flat(buf, e.indices)}]", buf.dtype)
+            return from_memory(f"{self.buffer_name(buf)}[{self.render(self._load_index(e))}]", buf.dtype)
         if isinstance(e, ex.BinOp):
             return self.binop(e)
         if isinstance(e, ex.Call):
