@@ -156,6 +156,20 @@ def test_vector_max_and_min_keep_numpy_semantics_on_nan_inf_and_signed_zeros(dty
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN, inf where inf
 
 
+def test_a_row_remainder_is_one_widened_tile():
+    """A 27-wide pooled row in tiles of 16: one tile, then one of 16 over
+    columns 11-26 (not tiles of 8, 2 and 1: narrow tiles cost as many
+    instructions as full ones). Columns 11-15 are computed twice, with the
+    same values. (Tiles that add onto earlier results never widen: see
+    tests/passes/test_schedule.py.)"""
+    rng = np.random.default_rng(5)
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 3, 55, 55))
+    g.output(g.relu(g.max_pool2d(x, kernel=(3, 3), strides=(2, 2)) - 0.5))
+    model = compiled_matches(g.build(), [rng.standard_normal((1, 3, 55, 55)).astype(np.float32)])
+    assert "split(i3, 16, widen)" in model.stages["loops"]
+
+
 def test_an_epilogue_is_not_folded_before_its_other_operand_is_computed():
     """max_pool(x) + avg_pool(x) in one kernel: the add may not be applied as
     the max pool's tiles are written, since the average pool is computed

@@ -95,6 +95,27 @@ def test_split_reorder_and_remainder_loops():
         apply_schedule(k, "reorder(i2.i, i1)")  # i1 holds the blocks and the remainder
 
 
+def test_a_widened_tail_is_one_full_block_ending_at_the_last_iteration():
+    """split(i2, 3, widen) on 8 iterations: blocks 0-2 and 3-5, then a tail of
+    3 over 5-7 (iteration 5 runs twice, writing the same value)."""
+    graph = exp_graph()
+    k = apply_schedule(lowered(graph), "split(i2, 3, widen)")
+    tail = next(lp for lp in loops(k.body) if lp.var.name == "i2.t")
+    assert tail.extent == 3 and "x[i0, i1, (i2.t + 5)]" in str(k)
+    xs = np.random.default_rng(0).standard_normal((4, 6, 8)).astype(np.float32)
+    model = mc.compile(graph, schedules={k.name: k.schedule})
+    np.testing.assert_allclose(model(xs)[0], np.exp(xs), rtol=1e-6)
+    assert str(k.schedule[0]) == "split(i2, 3, widen)"
+    # A reduction reset by its initialisation inside the loop may run again ...
+    apply_schedule(lowered(matmul_graph(8, 5, 13, epilogue=False)), "split(i1, 4, widen)")
+    # ... but not updates onto results that an earlier iteration's values reach
+    with pytest.raises(ScheduleError, match="reads matmul_0, which it writes"):
+        apply_schedule(lowered(matmul_graph(8, 5, 13, epilogue=False)),
+                       "decompose_reduction(i0); reorder(r0, i1); split(r0, 2, widen)")
+    with pytest.raises(ScheduleError, match="tail must be exact or widen"):
+        apply_schedule(lowered(graph), "split(i2, 3, wide)")
+
+
 def test_partition_runs_the_same_iterations_in_two_loops():
     k = apply_schedule(lowered(exp_graph()), "partition(i2, 3)")
     first, rest = (next(lp for lp in loops(k.body) if lp.var.name == n) for n in ("i2", "i2.p"))
@@ -183,7 +204,8 @@ def test_schedule_text_round_trips():
 
 
 def test_every_step_prints_and_parses():
-    steps = [Split("i0", 4), Reorder(("a", "b", "c")), Fuse("a", "b"), Tile("a", "b", 6, 32), Parallel("a"),
+    steps = [Split("i0", 4), Split("i0", 4, "widen"), Reorder(("a", "b", "c")), Fuse("a", "b"),
+             Tile("a", "b", 6, 32), Parallel("a"),
              Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "threadIdx.x"), CacheWrite("buf", "a", "shared"),
              CacheRead("buf", "a", "local"), DecomposeReduction("a"), ComputeAt("a", "b"), ReverseComputeInline("a"),
              Pack("w", 1, 16), Localize("buf", "a"), Partition("a", 3)]
@@ -295,7 +317,7 @@ def random_steps(draw, kernel, max_steps=6):
         a, b = draw(st.sampled_from(names)), draw(st.sampled_from(names))
         buffers = [s.buffer.name for s in walk_stmts(kernel.body) if hasattr(s, "buffer") and hasattr(s, "indices")]
         step = {
-            "split": lambda: Split(a, draw(st.integers(2, 8))),
+            "split": lambda: Split(a, draw(st.integers(2, 8)), draw(st.sampled_from(("exact", "widen")))),
             "partition": lambda: Partition(a, draw(st.integers(1, 8))),
             "reorder": lambda: Reorder((a, b)),
             "fuse": lambda: Fuse(a, b),

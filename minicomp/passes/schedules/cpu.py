@@ -7,8 +7,9 @@ For every reduction nest (``out[i] = init; for r: out[i] += term``):
   ``cols`` accumulators, sized from the target's vector width and register
   count (8 x 32 floats with 32 AVX-512 registers, 6 x 16 with 16 AVX2 ones),
   held in a local buffer through the whole reduction (``cache_write``), the
-  rows unrolled and the columns run as explicit vector lanes; remainders get
-  tiles of power-of-two widths. An elementwise epilogue that updates the
+  rows unrolled and the columns run as explicit vector lanes; a column
+  remainder is one more full tile ending at the last column (``split(j,
+  32, widen)``), other remainders get tiles of power-of-two widths. An elementwise epilogue that updates the
   result in place (bias, activation, residual) is applied as the tiles are
   written (``reverse_compute_inline``). When every access walks the vector
   axis and the axis before it as one contiguous run (1x1 convolutions over
@@ -75,6 +76,7 @@ from minicomp.passes.schedules.primitives import (
     Unroll,
     Vectorize,
     apply_step,
+    rereads_what_it_writes,
 )
 from minicomp.passes.schedules.step import ScheduleError, accesses, find_loop
 
@@ -638,17 +640,27 @@ def _register_tiles(k, chain, rows_axis, buf, tile: tuple[int, int], lanes_strid
 
 def _column_tiles(k, cols: str, rows: str, width: int, lanes_strided: bool = False) -> Kernel:
     """Split the column loop ``cols`` (with ``rows`` directly inside) into
-    blocks of ``width`` lanes, then power-of-two remainders, and make a
-    register tile of every block."""
+    blocks of ``width`` lanes, and make a register tile of every block. The
+    remainder is one more tile of ``width`` lanes that ends at the last
+    column, recomputing a few columns of the tile before it (``widen``), when
+    its body may run twice; else tiles of power-of-two widths."""
     J = find_loop(k.body, cols).extent
     while width > J:  # vector widths stay powers of two: LLVM splits other widths into small pieces
         width //= 2
     # Even one column is a (one-lane) vector loop: every tile then accumulates
     # in the same order, where a scalar one would be reassociated by LLVM.
-    k = apply_step(k, Split(cols, width))
+    # A 111-wide row in tiles of 32: three tiles and one of 32 over columns
+    # 79-110 (a widened tail), not tiles of 8, 4, 2 and 1 lanes, which cost
+    # as many instructions as full ones; unless the tiles add onto earlier
+    # results (cache blocks), which a column computed twice would add twice.
+    widen = J > width and J % width and rereads_what_it_writes(find_loop(k.body, cols)) is None
+    k = apply_step(k, Split(cols, width, "widen" if widen else "exact"))
     k = _tile(k, f"{cols}.o", f"{cols}.i", _only_child_loop(k, f"{cols}.i"), lanes_strided)
     if J % width:
         tail = f"{cols}.t"
+        if widen:  # one more full tile: its block loop (one iteration) holds the lanes
+            k = apply_step(k, Split(tail, width))
+            return _tile(k, f"{tail}.o", f"{tail}.i", _only_child_loop(k, f"{tail}.i"), lanes_strided)
         return _column_tiles(k, tail, _only_child_loop(k, tail), width // 2, lanes_strided)
     return k
 

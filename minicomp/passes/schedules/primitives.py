@@ -52,12 +52,14 @@ from dataclasses import MISSING, dataclass, fields, replace
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
+    Allocate,
     For,
     Kernel,
     Store,
     loops,
     only_stores,
     seq,
+    stmt_exprs,
     top_statements,
     walk_stmts,
 )
@@ -69,6 +71,7 @@ from minicomp.passes.schedules.buffer_steps import (
     Localize,
     Pack,
     ReverseComputeInline,
+    split_init,
 )
 from minicomp.passes.schedules.step import (
     Names,
@@ -84,17 +87,37 @@ from minicomp.passes.schedules.step import (
 
 @dataclass(frozen=True)
 class Split(Step):
-    """``loop`` -> ``loop.o`` (blocks) x ``loop.i`` (``factor`` iterations), plus ``loop.t`` for a remainder."""
+    """``loop`` -> ``loop.o`` (blocks) x ``loop.i`` (``factor`` iterations), plus ``loop.t`` for a remainder.
+
+    ``tail``: ``exact`` (the remainder's iterations), or ``widen``: ``loop.t``
+    runs ``factor`` iterations that end at the last one, recomputing some
+    that the blocks ran, so a narrow remainder becomes one full register
+    tile. Widening needs a body that writes the same values when run again:
+    it reads no buffer it writes (but those it allocates), or it is a
+    reduction whose initialisation resets each element before updating it.
+    A tile that adds onto an earlier block's results is refused."""
 
     loop: str
     factor: int
+    tail: str = "exact"
     name = "split"
+
+    def args(self) -> tuple:
+        return (self.loop, self.factor) + ((self.tail,) if self.tail != "exact" else ())
 
     def apply(self, kernel, names):
         lp = self.loop_checked(kernel)
         n, f = lp.extent, self.factor
         if not 1 <= f <= n:
             self.fail(kernel, f"factor must be between 1 and the extent ({n})")
+        if self.tail not in ("exact", "widen"):
+            self.fail(kernel, f"tail must be exact or widen, not {self.tail!r}")
+        widen = self.tail == "widen" and n % f != 0
+        if widen:
+            reread = rereads_what_it_writes(lp)
+            if reread is not None:
+                self.fail(kernel, f"its body reads {reread}, which it writes: an iteration run again "
+                                  "would not write the same values")
         base = lp.var.name
         outside = enclosing_ranges(kernel.body, lp)
         inside = loop_ranges(lp.body)
@@ -109,9 +132,10 @@ class Split(Step):
             parts.append(For(o, n // f, inner, "serial", 0, lp.is_reduction))
         if n % f:
             t = ex.Var(names.fresh(base + ".t"))
-            ranges = {**outside, **inside, t: n % f}
-            body = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: t + (n // f) * f}), ranges))
-            parts.append(For(t, n % f, copy_loops(body, names), "serial", 0, lp.is_reduction))
+            size, first = (f, n - f) if widen else (n % f, (n // f) * f)
+            ranges = {**outside, **inside, t: size}
+            body = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: t + first}), ranges))
+            parts.append(For(t, size, copy_loops(body, names), "serial", 0, lp.is_reduction))
         return replace_stmt(kernel.body, lp, seq(*parts))
 
     def loop_checked(self, kernel):
@@ -144,6 +168,24 @@ class Partition(Step):
         return replace_stmt(kernel.body, lp, seq(replace(lp, extent=self.at, body=first),
                                                  replace(lp, var=rest_var, extent=lp.extent - self.at,
                                                          body=copy_loops(rest, names))))
+
+
+def rereads_what_it_writes(lp: For) -> str | None:
+    """The name of a buffer that ``lp``'s body stores to and also reads, other
+    than one it allocates or a reduction's result that its initialisation
+    resets first; None when there is none: then an iteration run again
+    writes the same values (see :class:`Split`'s widened tail)."""
+    own = {id(s.buffer) for s in walk_stmts(lp.body) if isinstance(s, Allocate)}
+    parts = split_init(lp)
+    reset = id(parts[1].buffer) if parts is not None else None
+    stored = {id(s.buffer): s.buffer.name for s in walk_stmts(lp.body) if isinstance(s, Store)}
+    for s in walk_stmts(lp.body):
+        for e in stmt_exprs(s):
+            for n in ex.walk(e):
+                if isinstance(n, ex.Load) and id(n.tensor) in stored and id(n.tensor) not in own \
+                        and id(n.tensor) != reset:
+                    return n.tensor.name
+    return None
 
 
 def _chain(top: For, wanted: set) -> list[For]:
