@@ -320,6 +320,8 @@ def _floor_div_expr(a, b):
     if a.dtype.is_float:
         return ex.call("floor", a / b)
     q = a / b  # truncating, with 0 for a zero divisor (legalized)
+    if a.dtype.is_unsigned:  # no operand is negative: truncating is flooring
+        return q
     zero = ex.const(0, a.dtype)
     inexact = ex.logical_and(ex.binop("ne", q * b, a), ex.binop("ne", ex.lt(a, zero), ex.lt(b, zero)))
     return ex.select(ex.logical_and(ex.binop("ne", b, zero), inexact), q - ex.const(1, a.dtype), q)
