@@ -9,8 +9,9 @@ For every reduction nest (``out[i] = init; for r: out[i] += term``):
   held in a local buffer through the whole reduction (``cache_write``), the
   rows unrolled and the columns run as explicit vector lanes; a column
   remainder is one more full tile ending at the last column (``split(j,
-  32, widen)``), other remainders get tiles of power-of-two widths. An elementwise epilogue that updates the
-  result in place (bias, activation, residual) is applied as the tiles are
+  32, widen)``), other remainders get tiles of power-of-two widths. An
+  elementwise epilogue that updates the result in place (bias,
+  activation, residual) is applied as the tiles are
   written (``reverse_compute_inline``). When every access walks the vector
   axis and the axis before it as one contiguous run (1x1 convolutions over
   image rows), the two are fused first, so vectors are long;
