@@ -112,8 +112,8 @@ def _tune_option(tune, target, progress) -> dict | None:
     unknown = set(settings) - {"max_candidates"}
     if unknown:
         raise MinicompError(f"unknown tune setting(s) {', '.join(sorted(unknown))}; known: max_candidates")
-    n = settings.get("max_candidates", 20)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    n = settings.get("max_candidates")
+    if "max_candidates" in settings and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise MinicompError(f"tune max_candidates must be a whole number >= 1, got {n!r}")
     if target.name != "llvm":
         raise MinicompError(f"tuning measures kernels compiled by LLVM on this CPU; target {target} cannot be "

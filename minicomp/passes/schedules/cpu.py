@@ -77,7 +77,6 @@ from minicomp.passes.schedules.primitives import (
     Unroll,
     Vectorize,
     apply_step,
-    rereads_what_it_writes,
 )
 from minicomp.passes.schedules.step import ScheduleError, accesses, find_loop
 
@@ -440,12 +439,13 @@ def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool,
         tail = tail[:-2] + [fused]
     new_chain = _chain_below(k, first)
     rows = next(lp for lp in new_chain if lp.var.name == tail[-1])
-    # At most 8 rows (16 accumulator vectors): 14, all that 32 registers
-    # hold, measured slower on every convolution tried, with more code. A
+    # At most a register tile's rows (8, 16 accumulator vectors, on AVX-512):
+    # 14, all that 32 registers hold, measured slower on every convolution
+    # tried, with more code. A
     # divisor of the pixel count near 8 leaves no remainder tile; without
     # one, the most rows (SqueezeNet's last convolution, 169 pixels in
     # tiles of 8 and one of 1: 422 -> 396 us against tiles of 6).
-    most = min(8, max(1, (target.vector_registers - 4) // 2))
+    most = register_tile(target, buf.dtype)[0]
     n = rows.extent
     rows_tile = n if n <= most else next((r for r in range(most, 5, -1) if n % r == 0), most)
     rows_tile = min(n, choices.rows) if choices.rows else rows_tile
@@ -654,8 +654,11 @@ def _column_tiles(k, cols: str, rows: str, width: int, lanes_strided: bool = Fal
     # 79-110 (a widened tail), not tiles of 8, 4, 2 and 1 lanes, which cost
     # as many instructions as full ones; unless the tiles add onto earlier
     # results (cache blocks), which a column computed twice would add twice.
-    widen = J > width and J % width and rereads_what_it_writes(find_loop(k.body, cols)) is None
-    k = apply_step(k, Split(cols, width, "widen" if widen else "exact"))
+    widen = J % width != 0
+    try:
+        k = apply_step(k, Split(cols, width, "widen" if widen else "exact"))
+    except ScheduleError:  # split refuses a widened remainder that would change results
+        k, widen = apply_step(k, Split(cols, width)), False
     k = _tile(k, f"{cols}.o", f"{cols}.i", _only_child_loop(k, f"{cols}.i"), lanes_strided)
     if J % width:
         tail = f"{cols}.t"

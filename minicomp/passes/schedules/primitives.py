@@ -114,7 +114,7 @@ class Split(Step):
             self.fail(kernel, f"tail must be exact or widen, not {self.tail!r}")
         widen = self.tail == "widen" and n % f != 0
         if widen:
-            reread = rereads_what_it_writes(lp)
+            reread = _rereads_what_it_writes(lp)
             if reread is not None:
                 self.fail(kernel, f"its body reads {reread}, which it writes: an iteration run again "
                                   "would not write the same values")
@@ -170,7 +170,7 @@ class Partition(Step):
                                                          body=copy_loops(rest, names))))
 
 
-def rereads_what_it_writes(lp: For) -> str | None:
+def _rereads_what_it_writes(lp: For) -> str | None:
     """The name of a buffer that ``lp``'s body stores to and also reads, other
     than one it allocates or a reduction's result that its initialisation
     resets first; None when there is none: then an iteration run again
