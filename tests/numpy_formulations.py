@@ -439,10 +439,42 @@ def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel",
     return out
 
 
+def _index_unblock(x):
+    """(N, C/b, H, W, b) -> (N, C, H, W), by the layout's definition: channel c is lane c % b of block c // b."""
+    b = x.shape[-1]
+    c = np.arange(x.shape[1] * b)
+    return np.moveaxis(x[:, c // b, :, :, c % b], 0, 1)
+
+
+def _index_block(x, block):
+    """(N, C, H, W) -> (N, C/block, H, W, block): lane l of block j is channel j * block + l."""
+    j, lane = np.meshgrid(np.arange(x.shape[1] // block), np.arange(block), indexing="ij")
+    return np.moveaxis(x[:, j * block + lane], 2, -1)
+
+
+def _conv_nchwc(x, w, bias=None, **attrs):
+    ob, ib, kh, kw, bi, bo = w.shape
+    co, ci = np.arange(ob * bo), np.arange(ib * bi)
+    plain_w = w[(co // bo)[:, None], (ci // bi)[None, :], :, :, (ci % bi)[None, :], (co % bo)[:, None]]
+    plain_x = _index_unblock(x) if x.ndim == 5 else x
+    out = _conv(plain_x, plain_w, None if bias is None else bias.reshape(-1), **attrs)
+    return _index_block(out, bo)
+
+
+def _blocked_pool(mode):
+    def run(x, **attrs):
+        return _index_block(_pool(mode)(_index_unblock(x), **attrs), x.shape[-1])
+
+    return run
+
+
 FORMULATIONS = {
     **{f"conv{r}d": _conv for r in (1, 2, 3)},
     **{f"conv_transpose{r}d": _conv_transpose for r in (1, 2, 3)},
     **{f"max_pool{r}d": _pool("max") for r in (1, 2, 3)},
+    "conv2d_nchwc": _conv_nchwc, "to_nchwc": _index_block, "from_nchwc": _index_unblock,
+    "max_pool2d_nchwc": _blocked_pool("max"), "avg_pool2d_nchwc": _blocked_pool("avg"),
+    "global_avg_pool_nchwc": lambda x: x.astype(np.float64).mean(axis=(2, 3), keepdims=True),
     **{f"avg_pool{r}d": _pool("avg") for r in (1, 2, 3)},
     "neg": lambda x: -x.astype(np.float64),
     "abs": lambda x: np.array([abs(v) for v in x.reshape(-1).tolist()]).reshape(x.shape),

@@ -404,6 +404,52 @@ def _resize_case(draw):
     return [x], attrs
 
 
+@st.composite
+def _nchwc_conv_case(draw):
+    """A dense (blocked or plain input) or depthwise convolution in the blocked layout."""
+    from minicomp.ir.opdefs.nchwc import block_array, block_weights
+
+    kind = draw(st.sampled_from(["dense", "plain_input", "depthwise"]))
+    bo = draw(st.sampled_from([1, 2, 4]))
+    bi = 1 if kind != "dense" else draw(st.sampled_from([1, 2, 3]))
+    co = bo * draw(st.integers(1, 2))
+    ci = co if kind == "depthwise" else bi * draw(st.integers(1, 2))
+    K = tuple(draw(st.integers(1, 3)) for _ in range(2))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(2))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    spatial = tuple(draw(st.integers(max(1, dil[d] * (K[d] - 1) + 1 - pad[d] - pad[2 + d]),
+                                     max(7, dil[d] * (K[d] - 1) + 1))) for d in range(2))
+    x = draw(arrays((draw(st.integers(1, 2)), ci) + spatial))
+    groups = ci if kind == "depthwise" else 1
+    w = block_weights(draw(arrays((co, ci // groups) + K)), 1 if kind == "depthwise" else bi, bo)
+    inputs = [x if kind == "plain_input" else block_array(x, bo if kind == "depthwise" else bi), w]
+    if draw(st.booleans()):
+        inputs.append(draw(arrays((co // bo, bo))))
+    attrs = {"strides": tuple(draw(st.integers(1, 2)) for _ in range(2)), "padding": pad, "dilations": dil,
+             "groups": groups}
+    return inputs, attrs
+
+
+def _blocked_case(plain_case):
+    """``plain_case`` (one N, C, H, W input first) with that input in the blocked layout."""
+    from minicomp.ir.opdefs.nchwc import block_array
+
+    @st.composite
+    def case(draw):
+        inputs, attrs = draw(plain_case)
+        x = inputs[0]
+        block = draw(st.sampled_from([b for b in (1, 2, 3) if x.shape[1] % b == 0]))
+        return [block_array(x, block)] + inputs[1:], attrs
+
+    return case()
+
+
+@st.composite
+def _to_nchwc_case(draw):
+    x = draw(arrays((draw(st.integers(1, 2)), draw(st.integers(1, 6))) + draw(shapes(2, 2)), draw(numeric_dtypes)))
+    return [x], {"block": draw(st.sampled_from([b for b in (1, 2, 3, 4) if x.shape[1] % b == 0]))}
+
+
 OP_CASES = {}
 for _op in list(UNARY_FLOAT) + list(UNARY_NUMERIC):
     OP_CASES[_op] = _unary_case(_op)
@@ -427,6 +473,11 @@ OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), g
                 **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")},
                 **{op: _bitwise_case(op) for op in ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
                                                     "shift_left", "shift_right")})
+OP_CASES.update(conv2d_nchwc=_nchwc_conv_case(), to_nchwc=_to_nchwc_case(),
+                from_nchwc=_blocked_case(_to_nchwc_case().map(lambda c: ([c[0][0]], {}))),
+                max_pool2d_nchwc=_blocked_case(_pool_case("max_pool2d")),
+                avg_pool2d_nchwc=_blocked_case(_pool_case("avg_pool2d")),
+                global_avg_pool_nchwc=_blocked_case(_gap_case().filter(lambda c: c[0][0].ndim == 4)))
 
 
 def op_case(op: str):

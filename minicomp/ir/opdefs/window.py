@@ -59,18 +59,22 @@ def window_out(size, k, stride, pad_begin, pad_end, dilation, ceil_mode=False) -
 
 
 def padded_stage(x, begins, ends, fill, name="pad"):
-    """x padded on its spatial axes with ``fill``; kept in memory by lowering."""
-    spatial = x.shape[2:]
-    shape = x.shape[:2] + tuple(d + b + e for d, b, e in zip(spatial, begins, ends))
+    """x padded on its spatial axes with ``fill``; kept in memory by lowering.
 
-    def fn(n, c, *pos):
+    The spatial axes are the ``len(begins)`` axes after N and C; axes after
+    them (the channel lanes of the blocked layout, ``nchwc.py``) are copied."""
+    R = len(begins)
+    spatial = x.shape[2:2 + R]
+    shape = x.shape[:2] + tuple(d + b + e for d, b, e in zip(spatial, begins, ends)) + x.shape[2 + R:]
+
+    def fn(n, c, *rest):
         inside = ex.const(True, "bool")
         src = []
-        for p, b, d in zip(pos, begins, spatial):
+        for p, b, d in zip(rest[:R], begins, spatial):
             j = p - b
             inside = ex.logical_and(inside, ex.logical_and(ex.ge(j, 0), ex.lt(j, d)))
             src.append(ex.minimum(ex.maximum(j, 0), d - 1))
-        return ex.select(inside, x[(n, c) + tuple(src)], ex.const(fill, x.dtype))
+        return ex.select(inside, x[(n, c) + tuple(src) + tuple(rest[R:])], ex.const(fill, x.dtype))
 
     st = compute(shape, fn, name)
     st.materialize = True
@@ -320,15 +324,17 @@ def _pool_source(x, kernel, strides, padding, dilations, out_sp, fill):
 
 
 def _max_pool_compute(x, kernel, strides, padding, dilations, ceil_mode):
+    R = len(kernel)
     out_sp = _pool_out(x, kernel, strides, padding, dilations, ceil_mode)
     src = _pool_source(x, kernel, strides, padding, dilations, out_sp, reduce_identity("max", x.dtype).value)
     rk = [reduce_axis(k, f"rk{d}") for d, k in enumerate(kernel)]
 
-    def fn(n, c, *o):
-        pos = tuple(o[d] * strides[d] + rk[d][0] * dilations[d] for d in range(len(kernel)))
-        return reduce("max", src[(n, c) + pos], rk)
+    def fn(n, c, *rest):
+        pos = tuple(rest[d] * strides[d] + rk[d][0] * dilations[d] for d in range(R))
+        return reduce("max", src[(n, c) + pos + tuple(rest[R:])], rk)
 
-    return compute(x.shape[:2] + out_sp, fn, "max_pool")
+    # Axes after the spatial ones (blocked channel lanes) pass through.
+    return compute(x.shape[:2] + out_sp + x.shape[2 + R:], fn, "max_pool")
 
 
 def _window_count(o, k, stride, dilation, pad_begin, lo, hi):
@@ -347,20 +353,20 @@ def _avg_pool_compute(x, kernel, strides, padding, dilations, ceil_mode, count_i
     src = _pool_source(x, kernel, strides, padding, dilations, out_sp, 0)
     rk = [reduce_axis(k, f"rk{d}") for d, k in enumerate(kernel)]
 
-    def fn(n, c, *o):
-        pos = tuple(o[d] * strides[d] + rk[d][0] * dilations[d] for d in range(R))
-        return reduce("sum", src[(n, c) + pos], rk)
+    def fn(n, c, *rest):
+        pos = tuple(rest[d] * strides[d] + rk[d][0] * dilations[d] for d in range(R))
+        return reduce("sum", src[(n, c) + pos + tuple(rest[R:])], rk)
 
-    total = compute(x.shape[:2] + out_sp, fn, "avg_pool_sum")
+    total = compute(x.shape[:2] + out_sp + x.shape[2 + R:], fn, "avg_pool_sum")
 
-    def avg(n, c, *o):
+    def avg(n, c, *rest):
         count = None
         for d in range(R):
             size = x.shape[2 + d]
             lo, hi = (-padding[d], size + padding[R + d]) if count_include_pad else (0, size)
-            cd = _window_count(o[d], kernel[d], strides[d], dilations[d], padding[d], lo, hi)
+            cd = _window_count(rest[d], kernel[d], strides[d], dilations[d], padding[d], lo, hi)
             count = cd if count is None else count * cd
-        return total[(n, c) + o] / ex.cast(x.dtype, count)
+        return total[(n, c) + tuple(rest)] / ex.cast(x.dtype, count)
 
     return compute(total.shape, avg, "avg_pool")
 
