@@ -626,3 +626,67 @@ def dtype_graph(dtype: str):
     g.output(z, s, g.where(x > y, x, y), (x + y).astype("float32"))
     rng = np.random.default_rng(0)
     return g.build(), [rng.integers(-5, 6, size=(3, 17)).astype(dtype), rng.integers(-5, 6, size=(17,)).astype(dtype)]
+
+
+@st.composite
+def conv_networks(draw, max_layers=7):
+    """A random small convolution network: dense, plain-input and depthwise
+    convolutions with channel counts that do and do not fill a block, pools,
+    residual adds, concatenations, batch norm, per-channel scales, LRN and a
+    global average pool, one or two outputs. Returns (graph, input arrays)."""
+    rng = _rng(draw)
+    g = GraphBuilder("convnet")
+    c0, side = draw(st.sampled_from([3, 8, 16])), draw(st.integers(5, 10))
+    x = g.input("image", (1, c0, side, side))
+    pool = [x]
+
+    def weights(*shape):
+        return g.constant((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32))
+
+    def channels(v):
+        return v.shape[1]
+
+    for _ in range(draw(st.integers(1, max_layers))):
+        v = draw(st.sampled_from(pool[-3:]))
+        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "relu", "residual", "pool", "concat",
+                                     "batch_norm", "scale", "lrn"]))
+        if kind == "conv":
+            co, k = draw(st.sampled_from([8, 16, 24, 32, 64, 5])), draw(st.sampled_from([1, 3]))
+            pad = k // 2 if draw(st.booleans()) else 0
+            if v.shape[2] + 2 * pad < k:
+                continue
+            bias = [g.constant(rng.standard_normal(co).astype(np.float32))] if draw(st.booleans()) else []
+            y = g.conv2d(v, weights(co, channels(v), k, k), *bias, padding=pad, strides=draw(st.sampled_from([1, 2])))
+        elif kind == "depthwise":
+            c = channels(v)
+            y = g.conv2d(v, weights(c, 1, 3, 3), padding=1, groups=c, strides=draw(st.sampled_from([1, 2])))
+        elif kind == "relu":
+            y = g.clip(v, min=0.0, max=6.0) if draw(st.booleans()) else g.relu(v)
+        elif kind == "residual":
+            same = [u for u in pool if u.shape == v.shape and u is not v]
+            if not same:
+                continue
+            y = v + draw(st.sampled_from(same))
+        elif kind == "pool":
+            if v.shape[2] < 3:
+                y = g.global_avg_pool(v)
+            else:
+                op = draw(st.sampled_from(["max_pool2d", "avg_pool2d"]))
+                stride = draw(st.sampled_from([1, 2]))
+                y = g.op(op, v, kernel=[3, 3], strides=[stride, stride], padding=draw(st.sampled_from([0, 1])))
+        elif kind == "concat":
+            same = [u for u in pool if u.shape[2:] == v.shape[2:]]
+            y = g.concat(v, draw(st.sampled_from(same)), axis=1)
+        elif kind == "batch_norm":
+            c = channels(v)
+            y = g.batch_norm(v, *[g.constant(rng.uniform(0.5, 1.5, c).astype(np.float32)) for _ in range(4)])
+        elif kind == "scale":
+            y = v * g.constant(rng.uniform(0.5, 1.5, (channels(v), 1, 1)).astype(np.float32))
+        else:
+            y = g.op("lrn", v, size=3)
+        pool.append(y)
+    outs = [pool[-1]]
+    if len(pool) > 2 and draw(st.booleans()) and pool[-2] is not x:
+        outs.append(pool[-2])
+    g.output(*outs)
+    return g.build(), [rng.uniform(-2, 2, size=x.shape).astype(np.float32)]

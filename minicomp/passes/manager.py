@@ -143,7 +143,7 @@ def _load_builtin_passes():
     global _loaded
     if not _loaded:
         _loaded = True
-        from minicomp.passes import fusion, pipeline_passes, simplify  # noqa: F401
+        from minicomp.passes import fusion, nchwc, pipeline_passes, simplify  # noqa: F401
 
 
 def parse_pipeline(pipeline) -> list[str]:

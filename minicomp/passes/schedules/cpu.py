@@ -336,6 +336,8 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
     if lanes_over is not None:
         return _channel_lane_tiles(k, chain, *lanes_over, buf, target, choices), buf
     tile = register_tile(target, buf.dtype, choices)
+    if choices.rows is None and product_rows is not None:
+        tile = (dividing_rows(next(lp.extent for lp in chain if lp.var is rows), tile[0]), tile[1])
     blocks = cache_blocks(target, chain, rows, rs, buf.dtype, threads, tile[1])
     if blocks is not None:
         return _cache_blocked_tiles(k, chain, rs[0], buf, blocks, tile), None
@@ -445,10 +447,8 @@ def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool,
     # divisor of the pixel count near 8 leaves no remainder tile; without
     # one, the most rows (SqueezeNet's last convolution, 169 pixels in
     # tiles of 8 and one of 1: 422 -> 396 us against tiles of 6).
-    most = register_tile(target, buf.dtype)[0]
     n = rows.extent
-    rows_tile = n if n <= most else next((r for r in range(most, 5, -1) if n % r == 0), most)
-    rows_tile = min(n, choices.rows) if choices.rows else rows_tile
+    rows_tile = min(n, choices.rows) if choices.rows else dividing_rows(n, register_tile(target, buf.dtype)[0])
     cols_tile = register_tile(target, buf.dtype, choices)[1]
     if outer and extent % cols_tile == 0 and extent > cols_tile:
         k = apply_step(k, Split(channel, cols_tile))
@@ -619,6 +619,16 @@ def _chain_below(k: Kernel, name: str) -> list[For]:
         out.append(cur)
         cur = cur.body
     return out
+
+
+def dividing_rows(n: int, most: int) -> int:
+    """Rows of a register tile over ``n`` rows: all of them up to ``most``,
+    else a divisor of ``n`` down to ``most - 2`` (no remainder tile: 14 rows
+    as two tiles of 7, not one of 8 and one of 6, each tile its own unrolled
+    copy of the loop body), else ``most``."""
+    if n <= most:
+        return n
+    return next((r for r in range(most, most - 3, -1) if n % r == 0), most)
 
 
 def _register_tiles(k, chain, rows_axis, buf, tile: tuple[int, int], lanes_strided=False) -> Kernel:

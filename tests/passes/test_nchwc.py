@@ -1,0 +1,143 @@
+"""The nchwc layout pass: semantics kept on random convolution networks, and the
+graph it makes (which ops move, where conversions go)."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+
+import minicomp as mc
+from minicomp.errors import ShapeError
+from minicomp.passes.manager import default_pipeline, get_pass
+from minicomp.passes.nchwc import channel_block
+from tests.strategies import conv_networks, random_dags
+from tests.tolerances import assert_close
+
+nchwc = get_pass("nchwc").run
+RNG = np.random.default_rng(0)
+WITH_NCHWC = ["simplify", "nchwc", "fuse", "lower", "schedule", "plan"]
+
+
+def ops(graph):
+    return [n.op for n in graph.nodes]
+
+
+def weights(*shape):
+    return (RNG.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+
+@given(conv_networks())
+def test_pass_keeps_semantics_on_random_conv_networks(case):
+    graph, inputs = case
+    graph = get_pass("simplify").run(graph)
+    before = mc.print_graph(graph)
+    after = nchwc(graph)
+    after.verify()
+    assert mc.print_graph(graph) == before, "the pass changed its input graph"
+    assert [v.name for v in after.outputs] == [v.name for v in graph.outputs]
+    for got, want in zip(mc.run_reference(after, *inputs), mc.run_reference(graph, *inputs), strict=True):
+        assert_close(got, want, scale=10)
+
+
+@given(conv_networks(max_layers=4))
+def test_compiled_conv_networks_match_the_reference(case):
+    graph, inputs = case
+    model = mc.compile(graph, num_threads=2, cache=False, pipeline=WITH_NCHWC)
+    for got, want in zip(model(*inputs), mc.run_reference(graph, *inputs), strict=True):
+        assert_close(got, want, scale=10)
+
+
+@given(random_dags())
+def test_graphs_without_convolutions_are_unchanged(case):
+    graph, _ = case
+    assert mc.print_graph(nchwc(graph)) == mc.print_graph(graph)
+
+
+def resnet_block():
+    g = mc.GraphBuilder("block")
+    x = g.input("image", (1, 3, 16, 16))
+    stem = g.relu(g.conv2d(x, g.constant(weights(32, 3, 3, 3)), g.constant(weights(32)), padding=1))
+    y = g.relu(g.conv2d(stem, g.constant(weights(32, 32, 3, 3)), padding=1))
+    y = g.conv2d(y, g.constant(weights(32, 32, 1, 1)))
+    y = g.relu(y + stem)
+    y = g.max_pool2d(y, kernel=[3, 3], strides=[2, 2], padding=1)
+    pooled = g.global_avg_pool(y)
+    g.output(pooled.reshape(1, 32) @ g.constant(weights(32, 10)))
+    return g.build()
+
+
+def test_a_residual_network_runs_blocked_and_converts_back_once():
+    graph = resnet_block()
+    after = nchwc(graph)
+    assert ops(after) == ["conv2d_nchwc", "relu", "conv2d_nchwc", "relu", "conv2d_nchwc", "add", "relu",
+                          "max_pool2d_nchwc", "global_avg_pool_nchwc", "from_nchwc", "reshape", "matmul"]
+    first = after.nodes[0]
+    assert first.inputs[0].shape == (1, 3, 16, 16), "the first convolution reads the plain image"
+    assert first.output.shape == (1, 1, 16, 16, 32)
+    gap = next(n for n in graph.nodes if n.op == "global_avg_pool")
+    assert after.nodes[9].output.name == gap.output.name, "the conversion takes the plain value's name"
+    x = RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    model = mc.compile(graph, num_threads=2, cache=False, pipeline=WITH_NCHWC)
+    assert_close(model(x)[0], mc.run_reference(graph, x)[0], scale=10)
+
+
+def test_an_op_without_a_blocked_form_gets_the_plain_layout_once():
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 8, 6, 6))
+    y = g.max_pool2d(g.conv2d(x, g.constant(weights(16, 8, 3, 3)), padding=1), kernel=[2, 2])
+    g.output(g.op("lrn", y, size=3), g.softmax(y, axis=1), g.conv2d(y, g.constant(weights(16, 16, 1, 1))))
+    assert ops(nchwc(g.build())) == ["conv2d_nchwc", "max_pool2d_nchwc", "from_nchwc", "lrn", "softmax", "conv2d"]
+
+
+def test_a_convolution_read_only_in_the_plain_layout_stays_plain():
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 8, 6, 6))
+    y = g.max_pool2d(g.relu(g.conv2d(x, g.constant(weights(16, 8, 3, 3)), padding=1)), kernel=[2, 2])
+    g.output(g.op("lrn", y, size=3))
+    assert ops(nchwc(g.build())) == ["conv2d", "relu", "max_pool2d", "lrn"]
+
+
+def test_depthwise_convolutions_and_concatenations_keep_the_blocks():
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 16, 8, 8))
+    a = g.conv2d(x, g.constant(weights(32, 16, 1, 1)))
+    d = g.conv2d(a, g.constant(weights(32, 1, 3, 3)), padding=1, groups=32)
+    b = g.conv2d(x, g.constant(weights(16, 16, 1, 1)))
+    g.output(g.concat(d, b, axis=1))
+    after = nchwc(g.build())
+    assert ops(after) == ["conv2d_nchwc", "conv2d_nchwc", "conv2d_nchwc", "concat", "from_nchwc"]
+    assert after.nodes[0].output.shape == (1, 2, 8, 8, 16), "a depthwise convolution's input comes in blocks of 16"
+    assert after.nodes[3].output.shape == (1, 3, 8, 8, 16)
+
+
+def test_convolutions_that_no_block_divides_stay_plain():
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 3, 8, 8))
+    g.output(g.relu(g.conv2d(x, g.constant(weights(5, 3, 3, 3)))))
+    assert ops(nchwc(g.build())) == ["conv2d", "relu"]
+    assert channel_block(64) == 32 and channel_block(48) == 16 and channel_block(24) == 24
+    assert channel_block(5) is None
+
+
+def test_ops_that_use_the_position_are_not_moved():
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 8, 4, 4))
+    y = g.conv2d(x, g.constant(weights(8, 8, 1, 1)))
+    g.output(g.op("trilu", y, upper=True), g.conv2d(y, g.constant(weights(8, 8, 1, 1))))
+    after = nchwc(g.build())
+    assert ops(after) == ["conv2d_nchwc", "from_nchwc", "trilu", "conv2d"]
+
+
+def test_the_pass_can_be_left_out_of_the_pipeline():
+    graph = resnet_block()
+    pipeline = [p for p in default_pipeline("llvm") if p != "nchwc"]
+    model = mc.compile(graph, num_threads=2, cache=False, pipeline=pipeline)
+    assert not any("nchwc" in k.name for k in model.kernels)
+
+
+def test_blocked_ops_name_the_bad_layout():
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 2, 4, 4, 8))
+    with pytest.raises(ShapeError, match="input blocks of 8 channels do not fit weights"):
+        g.op("conv2d_nchwc", x, g.constant(np.zeros((1, 2, 1, 1, 4, 16), np.float32)))
+    with pytest.raises(ShapeError, match="block 3 does not divide 8 channels"):
+        g.op("to_nchwc", g.input("y", (1, 8, 2, 2)), block=3)
