@@ -1,7 +1,7 @@
 """Run every benchmark suite and print their tables.
 
     python benchmarks/run.py            # all suites
-    python benchmarks/run.py models     # one suite by name (models, fusion, onnx, conv, gemm, memory, torch, gpu)
+    python benchmarks/run.py models     # one suite by name (see --help for the list)
     python benchmarks/run.py onnx --tune  # the onnx suite also times each model tuned (compile(tune=True))
     python benchmarks/run.py --help     # this text and a line on each suite
 
@@ -22,6 +22,7 @@ SUITES = {
     "fusion": "benchmarks.bench_fusion",
     "onnx": "benchmarks.bench_onnx",
     "conv": "benchmarks.bench_conv",
+    "layout": "benchmarks.bench_layout",
     "gemm": "benchmarks.bench_gemm",
     "memory": "benchmarks.bench_memory",
     "torch": "benchmarks.bench_torch",  # skipped without torch

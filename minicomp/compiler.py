@@ -1,7 +1,7 @@
 """``minicomp.compile``: Graph -> CompiledModel.
 
 The flow: verify the graph, find the target's backend in the registry, run
-its pass pipeline (for llvm: simplify, fuse, lower, schedule, plan), let the
+its pass pipeline (for llvm: simplify, nchwc, fuse, lower, schedule, plan), let the
 backend build an executable (LLVM IR, JIT-compiled), and bind it into a
 CompiledModel. Every stage's text is kept in ``model.stages``.
 """

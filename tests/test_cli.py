@@ -81,7 +81,7 @@ def test_compile_instruments(model_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "// ----- after fuse -----" in out and "# group fused_matmul_softmax_0" in out
     assert "1 kernel\n" in out and "total" in out
-    assert (dump / "02-fuse.mcir").exists() and (dump / "05-plan.memory.txt").exists()
+    assert (dump / "03-fuse.mcir").exists() and (dump / "06-plan.memory.txt").exists()
 
 
 def test_compile_without_fusion(model_file, capsys):
@@ -92,7 +92,7 @@ def test_compile_without_fusion(model_file, capsys):
 def test_passes_lists_pipelines(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
-    assert "fold_batch_norm" in out and "default pipeline for llvm: simplify,fuse,lower,schedule,plan" in out
+    assert "fold_batch_norm" in out and "default pipeline for llvm: simplify,nchwc,fuse,lower,schedule,plan" in out
 
 
 def test_graph_picture_with_graphviz(model_file, tmp_path, capsys):

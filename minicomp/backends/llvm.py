@@ -325,4 +325,4 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
 
 
 register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
-                         ("simplify", "fuse", "lower", "schedule", "plan"), build_llvm, prepare=prepare_llvm))
+                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan"), build_llvm, prepare=prepare_llvm))
