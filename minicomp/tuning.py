@@ -361,13 +361,21 @@ def tuning_key(kernel: Kernel, constant_names, target, threads: int, run_threads
 
 @functools.lru_cache(maxsize=1)
 def _schedule_digest() -> str:
-    """A hash of the CPU schedule's and the tuner's source: a tuning made by
-    other rules is never reused."""
-    here = Path(__file__).parent
+    """A hash of :func:`schedule_sources`: a tuning made by other rules, steps
+    or code generation is never reused."""
     h = hashlib.sha256()
-    for path in (here / "passes" / "schedules" / "cpu.py", here / "tuning.py"):
-        h.update(path.read_bytes())
+    for path in schedule_sources():
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
+
+
+def schedule_sources() -> list[Path]:
+    """The source files that decide what a tuning's choices produce and how
+    fast it runs: the tuner, every schedule module (the CPU rules and the
+    primitives and buffer steps they apply) and the LLVM emitters."""
+    here = Path(__file__).parent
+    return [here / "tuning.py", *sorted((here / "passes" / "schedules").glob("*.py")),
+            *sorted((here / "backends").glob("llvm*.py"))]
 
 
 def _read(key: str) -> Tuned | None:

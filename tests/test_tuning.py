@@ -150,6 +150,12 @@ def test_tunings_are_cached_and_identical_kernels_share_one(fake_timer, cache_di
     assert not other[0].from_cache  # another thread count is tuned again
 
 
+def test_the_cache_key_covers_the_steps_and_the_emitters_not_only_the_rules():
+    names = {p.name for p in tuning.schedule_sources()}
+    assert {"tuning.py", "cpu.py", "primitives.py", "buffer_steps.py", "llvm_codegen.py", "llvm_simd.py"} <= names
+    assert all(p.exists() for p in tuning.schedule_sources())
+
+
 def test_without_the_cache_every_tuning_is_measured(fake_timer, cache_dir):
     kernels, consts = lowered(conv_graph())
     tuning.tune_kernels(kernels, TARGET, 2, consts, timer=fake_timer)
