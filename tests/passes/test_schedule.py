@@ -348,3 +348,10 @@ def test_random_legal_schedules_keep_results(data):
     model = mc.compile(graph, schedules={k.name: steps}, num_threads=2)
     for got, want in zip(model(*inputs), mc.run_reference(graph, *inputs)):
         assert_close(got, want, scale=10)
+
+
+def test_register_tile_rows_divide_the_row_count_where_they_can():
+    from minicomp.passes.schedules.cpu import dividing_rows
+
+    assert [dividing_rows(n, 8) for n in (5, 8, 14, 28, 56, 13, 169)] == [5, 8, 7, 7, 8, 8, 8]
+    assert [dividing_rows(n, 6) for n in (12, 10, 25)] == [6, 6, 6], "16-register targets keep tiles of 6"

@@ -623,12 +623,12 @@ def _chain_below(k: Kernel, name: str) -> list[For]:
 
 def dividing_rows(n: int, most: int) -> int:
     """Rows of a register tile over ``n`` rows: all of them up to ``most``,
-    else a divisor of ``n`` down to ``most - 2`` (no remainder tile: 14 rows
-    as two tiles of 7, not one of 8 and one of 6, each tile its own unrolled
-    copy of the loop body), else ``most``."""
+    else a divisor of ``n`` from ``most`` down to 6 (no remainder tile: 14
+    rows as two tiles of 7, not one of 8 and one of 6, each tile its own
+    unrolled copy of the loop body), else ``most``."""
     if n <= most:
         return n
-    return next((r for r in range(most, most - 3, -1) if n % r == 0), most)
+    return next((r for r in range(most, min(most, 6) - 1, -1) if n % r == 0), most)
 
 
 def _register_tiles(k, chain, rows_axis, buf, tile: tuple[int, int], lanes_strided=False) -> Kernel:
