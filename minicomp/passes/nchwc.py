@@ -210,9 +210,9 @@ def _readers(graph: Graph, kinds: dict) -> tuple[dict[str, int], set[str]]:
     - the plain layout (``plain``): a value all of whose readers need it (LRN,
       a reshape, a graph output), directly or through pointwise ops and pools
       (a pool before the LRN; not a global pool or a concatenation, after
-      which converting costs next to nothing). The convolution writing it stays plain: fused
-      into the plain convolution, ZFNet's first LRN and pool cost 4 ms; read
-      through a conversion after a blocked one, 6.4 ms."""
+      which converting costs next to nothing). The convolution writing it
+      stays plain: fused into the plain convolution, ZFNet's first LRN and
+      pool cost 4 ms; read through a conversion after a blocked one, 6.4 ms."""
     readers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     wishes: dict[str, int] = {}
@@ -236,14 +236,16 @@ def _readers(graph: Graph, kinds: dict) -> tuple[dict[str, int], set[str]]:
         elif node.op == "concat" and kind == "keeps":
             for v in moving:
                 wish(v, common_block(node.inputs))
-        elif kind == "keeps" and node.op not in _WINDOW_OPS and node.output.name in wishes:
+        elif kind == "keeps" and node.op not in _WISH_STOPS and node.output.name in wishes:
             for v in moving:
                 if v.shape == node.output.shape:
                     wish(v, wishes[node.output.name])
     return wishes, plain
 
 
-_WINDOW_OPS = ("max_pool2d", "avg_pool2d", "global_avg_pool", "concat")
+# Readers whose input blocks are their own choice, so a wish for their output
+# does not pass to their input: pools change the map, concatenation the channels.
+_WISH_STOPS = ("max_pool2d", "avg_pool2d", "global_avg_pool", "concat")
 # Readers after which the plain layout costs next to nothing: one conversion
 # of a global pool's C values, or of a concatenation's output instead of each input.
 _SHRINKING = ("global_avg_pool", "concat")
