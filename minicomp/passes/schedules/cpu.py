@@ -443,10 +443,10 @@ def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool,
     rows = next(lp for lp in new_chain if lp.var.name == tail[-1])
     # At most a register tile's rows (8, 16 accumulator vectors, on AVX-512):
     # 14, all that 32 registers hold, measured slower on every convolution
-    # tried, with more code. A
-    # divisor of the pixel count near 8 leaves no remainder tile; without
-    # one, the most rows (SqueezeNet's last convolution, 169 pixels in
-    # tiles of 8 and one of 1: 422 -> 396 us against tiles of 6).
+    # tried, with more code. A divisor of the pixel count near 8 leaves no
+    # remainder tile; without one, the most rows (SqueezeNet's last
+    # convolution, 169 pixels in tiles of 8 and one of 1: 422 -> 396 us
+    # against tiles of 6).
     n = rows.extent
     rows_tile = min(n, choices.rows) if choices.rows else dividing_rows(n, register_tile(target, buf.dtype)[0])
     cols_tile = register_tile(target, buf.dtype, choices)[1]
