@@ -40,7 +40,7 @@ def main() -> int:
     if torch is None:
         print("torch is not installed (pip install -e '.[torch]'): skipping the PyTorch benchmark")
         return 0
-    from torch_compare import time_block
+    from _torch_compare import time_block
 
     print(describe_machine())
     rows, compile_rows = [], []

@@ -20,7 +20,7 @@ import torch.nn.functional as F  # noqa: N812 - the PyTorch convention
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_compare import add_arguments, compare  # noqa: E402
+from _torch_compare import add_arguments, compare  # noqa: E402
 
 
 @dataclass

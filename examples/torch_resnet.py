@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from torch_compare import add_arguments, compare  # noqa: E402
+from _torch_compare import add_arguments, compare  # noqa: E402
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

@@ -28,6 +28,7 @@ from minicomp.frontends.builder import GraphBuilder, Tensor
 from minicomp.ir.dtypes import ALL_DTYPES
 from minicomp.ir.graph import Graph, Value, check_shape, drop_unused_constants
 from minicomp.ir.ops import get_op
+from minicomp.registries import LazyRegistry
 
 # ONNX TensorProto element types that minicomp has a dtype for.
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
@@ -59,7 +60,21 @@ class OnnxNode:
 
 
 Importer = Callable[["ImportContext", OnnxNode], list]
-_IMPORTERS: dict[tuple[str, str], Importer] = {}
+def _load_builtin():
+    from minicomp.frontends import (  # noqa: F401
+        onnx_attention,
+        onnx_grid_ops,
+        onnx_math_ops,
+        onnx_ops,
+        onnx_quant_ops,
+        onnx_rnn_ops,
+        onnx_scatter_ops,
+        onnx_sequence_ops,
+        onnx_shape_ops,
+    )
+
+
+_IMPORTERS = LazyRegistry("an ONNX importer for", _load_builtin)
 
 
 def register_onnx_importer(op_type: str, domain: str = "", replace: bool = False):
@@ -74,9 +89,7 @@ def register_onnx_importer(op_type: str, domain: str = "", replace: bool = False
     key = (domain if domain != "ai.onnx" else "", op_type)
 
     def wrap(fn):
-        if key in _IMPORTERS and not replace:
-            raise MinicompError(f"an ONNX importer for {op_type} is already registered")
-        _IMPORTERS[key] = fn
+        _IMPORTERS.register(key, fn, replace=replace, label=op_type)
         return fn
 
     return wrap
@@ -84,22 +97,7 @@ def register_onnx_importer(op_type: str, domain: str = "", replace: bool = False
 
 def onnx_importers() -> dict[tuple[str, str], Importer]:
     """Registered importers by (domain, op type)."""
-    _load_builtin()
-    return dict(_IMPORTERS)
-
-
-def _load_builtin():
-    from minicomp.frontends import (  # noqa: F401
-        onnx_attention,
-        onnx_grid_ops,
-        onnx_math_ops,
-        onnx_ops,
-        onnx_quant_ops,
-        onnx_rnn_ops,
-        onnx_scatter_ops,
-        onnx_sequence_ops,
-        onnx_shape_ops,
-    )
+    return _IMPORTERS.as_dict()
 
 
 class ImportContext:
@@ -261,7 +259,6 @@ DATA_DEPENDENT_OPS = {"NonMaxSuppression": "how many boxes survive", "NonZero": 
 def unsupported_ops(proto) -> list[str]:
     """Every node whose op has no importer, described with name and opset (and,
     for the ops whose output length depends on the data, that reason)."""
-    _load_builtin()
     opset = model_opset(proto)
     missing = []
     for i, n in enumerate(proto.graph.node):

@@ -35,6 +35,7 @@ from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
 from minicomp.ir.dtypes import ALL_DTYPES
 from minicomp.ir.graph import Graph, drop_unused_constants
+from minicomp.registries import LazyRegistry
 
 # torch dtypes by name -> minicomp dtype names (those minicomp computes in).
 TORCH_DTYPES = {d.name: d.name for d in ALL_DTYPES}  # torch spells every minicomp dtype the same way
@@ -50,7 +51,11 @@ KEEP_UNDECOMPOSED = ("scaled_dot_product_attention.default", "silu.default", "up
                      "upsample_bicubic2d.vec", "upsample_bicubic2d.default")
 
 Converter = Callable[["TorchContext", dict], object]
-_CONVERTERS: dict[str, Converter] = {}
+def _load_builtin():
+    from minicomp.frontends import pytorch_fused_ops, pytorch_ops  # noqa: F401
+
+
+_CONVERTERS = LazyRegistry("a torch converter for", _load_builtin)
 
 
 def register_torch_op(*names: str, replace: bool = False):
@@ -67,9 +72,7 @@ def register_torch_op(*names: str, replace: bool = False):
 
     def wrap(fn):
         for name in names:
-            if name in _CONVERTERS and not replace:
-                raise MinicompError(f"a torch converter for {name} is already registered")
-            _CONVERTERS[name] = fn
+            _CONVERTERS.register(name, fn, replace=replace)
         return fn
 
     return wrap
@@ -77,12 +80,7 @@ def register_torch_op(*names: str, replace: bool = False):
 
 def torch_converters() -> dict[str, Converter]:
     """Registered converters by ATen op name."""
-    _load_builtin()
-    return dict(_CONVERTERS)
-
-
-def _load_builtin():
-    from minicomp.frontends import pytorch_fused_ops, pytorch_ops  # noqa: F401
+    return _CONVERTERS.as_dict()
 
 
 def _torch():
@@ -95,7 +93,6 @@ def _torch():
 
 def converter_for(target) -> Converter | None:
     """The converter of an ATen op overload, by its own name or its packet's."""
-    _load_builtin()
     name = str(target)
     if name in _CONVERTERS:
         return _CONVERTERS[name]

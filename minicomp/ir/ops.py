@@ -27,6 +27,7 @@ from minicomp.errors import MinicompError, ShapeError, UnsupportedError, describ
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Placeholder, Stage, stage_dag
 from minicomp.ir.graph import FrozenAttrs, TensorType
+from minicomp.registries import LazyRegistry
 
 # Fusion pattern kinds, from most to least fusable (as in TVM's OpPatternKind).
 ELEMENTWISE = "elementwise"
@@ -224,25 +225,28 @@ def _load_kind(load: ex.Load, axes) -> str:
     return BROADCAST
 
 
-_REGISTRY: dict[str, OpDef] = {}
+def _load_builtin_ops():
+    from minicomp.ir.opdefs import load_all
+
+    load_all()
+
+
+_REGISTRY = LazyRegistry("op", _load_builtin_ops)
 
 
 def register_op(opdef: OpDef, *, replace: bool = False) -> OpDef:
-    """Add an op to the registry (``replace=True`` to override one)."""
-    if opdef.name in _REGISTRY and not replace:
-        raise MinicompError(f"op {opdef.name} is already registered")
+    """Add an op to the registry (``replace=True`` to override one, built-in or not)."""
     params = inspect.signature(opdef.reference).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()) is False:
         missing = [a for a in opdef.attrs if a not in params]
         if missing:
             raise MinicompError(f"op {opdef.name}: reference lacks attribute parameters {missing}")
-    _REGISTRY[opdef.name] = opdef
+    _REGISTRY.register(opdef.name, opdef, replace=replace)
     return opdef
 
 
 def get_op(name: str, node: str | None = None) -> OpDef:
     """The OpDef called ``name``; a clear error if there is none."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -252,20 +256,7 @@ def get_op(name: str, node: str | None = None) -> OpDef:
 
 def all_ops() -> dict[str, OpDef]:
     """Every registered op by name."""
-    _ensure_loaded()
-    return dict(_REGISTRY)
-
-
-_loaded = False
-
-
-def _ensure_loaded():
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from minicomp.ir.opdefs import load_all
-
-        load_all()
+    return _REGISTRY.as_dict()
 
 
 # -- helpers shared by op definitions -------------------------------------------

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from minicomp.errors import MinicompError
 from minicomp.ir.graph import Graph
+from minicomp.registries import LazyRegistry
 
 
 @dataclass
@@ -102,7 +103,11 @@ class PassInfo:
     doc: str = ""
 
 
-_PASSES: dict[str, PassInfo] = {}
+def _load_builtin_passes():
+    from minicomp.passes import fusion, nchwc, pipeline_passes, simplify  # noqa: F401
+
+
+_PASSES = LazyRegistry("a pass named", _load_builtin_passes)
 
 
 def register_pass(name: str, kind: str = "graph", replace: bool = False):
@@ -115,16 +120,14 @@ def register_pass(name: str, kind: str = "graph", replace: bool = False):
         raise MinicompError(f"pass kind must be 'graph' or 'program', got {kind!r}")
 
     def wrap(fn):
-        if name in _PASSES and not replace:
-            raise MinicompError(f"a pass named '{name}' is already registered")
-        _PASSES[name] = PassInfo(name, fn, kind, (fn.__doc__ or "").strip().split("\n")[0])
+        info = PassInfo(name, fn, kind, (fn.__doc__ or "").strip().split("\n")[0])
+        _PASSES.register(name, info, replace=replace, label=f"'{name}'")
         return fn
 
     return wrap
 
 
 def get_pass(name: str) -> PassInfo:
-    _load_builtin_passes()
     try:
         return _PASSES[name]
     except KeyError:
@@ -132,18 +135,7 @@ def get_pass(name: str) -> PassInfo:
 
 
 def all_passes() -> dict[str, PassInfo]:
-    _load_builtin_passes()
-    return dict(_PASSES)
-
-
-_loaded = False
-
-
-def _load_builtin_passes():
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from minicomp.passes import fusion, nchwc, pipeline_passes, simplify  # noqa: F401
+    return _PASSES.as_dict()
 
 
 def parse_pipeline(pipeline) -> list[str]:

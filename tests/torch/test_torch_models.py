@@ -5,7 +5,7 @@ and fallbacks a user meets."""
 from __future__ import annotations
 
 import os
-import runpy
+import subprocess
 import sys
 import warnings
 
@@ -324,13 +324,12 @@ def test_outputs_share_memory_with_minicomp_results():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script,args", [("torch_resnet.py", ["--size", "64"]), ("torch_gpt.py", ["--seq", "16"])])
-def test_torch_examples_run(script, args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [script, "--repeat", "1", "--no-inductor"] + args)
-    torch._dynamo.reset()
-    with pytest.raises(SystemExit) as exc:
-        runpy.run_path(os.path.join(EXAMPLES, script), run_name="__main__")
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
+def test_torch_examples_run(script, args, tmp_path):
+    # A fresh process, as a user runs it: nothing earlier tests loaded can hide a failure.
+    proc = subprocess.run([sys.executable, os.path.abspath(os.path.join(EXAMPLES, script)), "--repeat", "1",
+                           "--no-inductor"] + args, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
     for entry in ("from_torch", "torch.compile backend='minicomp'"):
         diff = float(out.split(f"max |diff| vs torch eager ({entry}):", 1)[1].split(";")[0].split()[0])
         assert diff < 1e-3

@@ -1,5 +1,7 @@
-"""Shared by the PyTorch examples: compile a module through both entries,
-check them against torch eager, and time them beside eager and inductor.
+"""Not an example itself: the helper that torch_resnet.py and torch_gpt.py share.
+
+Compile a module through both PyTorch entries, check them against torch
+eager, and time them beside eager and inductor.
 
 Each runtime is timed alone, in blocks of calls (never alternating single
 calls of two threaded runtimes, whose spinning worker threads would slow
@@ -91,3 +93,8 @@ def compare(model: torch.nn.Module, inputs: tuple, *, threads: int, repeat: int,
         print(f"  {name:34s} {t * 1e3:9.3f} ms   {base / t:5.2f}x eager")
     figures.update({f"{name} ms": t * 1e3 for name, t in times.items()})
     return figures
+
+
+if __name__ == "__main__":
+    raise SystemExit("_torch_compare.py is the helper the PyTorch examples share; "
+                     "run examples/torch_resnet.py or examples/torch_gpt.py")
