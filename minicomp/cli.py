@@ -36,6 +36,7 @@ import numpy as np
 
 import minicomp as mc
 from minicomp.errors import MinicompError
+from minicomp.wording import count
 
 EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm", "cuda")
 LLVM_ONLY = ("llvm", "llvm-opt", "asm")
@@ -76,11 +77,15 @@ def terminal_progress():
     return show
 
 
-def compile_with_progress(graph, **kwargs):
-    """mc.compile with progress on a terminal."""
+def compile_with_progress(graph, warm_up: bool = False, **kwargs):
+    """mc.compile with progress on a terminal. ``warm_up`` (commands that run the model) makes it ready to
+    run here, so that cuda-emu's library build counts in the compile time instead of hiding in a call."""
     progress = terminal_progress()
     try:
-        return mc.compile(graph, progress=progress, **kwargs)
+        model = mc.compile(graph, progress=progress, **kwargs)
+        if warm_up:
+            model.warm_up(progress)
+        return model
     finally:
         if progress is not None:
             progress.done()
@@ -158,8 +163,9 @@ def random_input(v, rng) -> np.ndarray:
     return rng.integers(0, 10, v.shape).astype(dt.numpy)
 
 
-def parse_inputs(graph: mc.Graph, specs: list[str], seed: int) -> dict[str, np.ndarray]:
-    """``NAME=FILE.npy`` pairs, plus random arrays for the inputs not named."""
+def parse_inputs(graph: mc.Graph, specs: list[str], seed: int, cast: bool = False) -> dict[str, np.ndarray]:
+    """``NAME=FILE.npy`` pairs, plus random arrays for the inputs not named; ``cast``
+    converts each given array to its input's dtype (--cast)."""
     given: dict[str, np.ndarray] = {}
     names = {v.name for v in graph.inputs}
     for spec in specs:
@@ -172,6 +178,12 @@ def parse_inputs(graph: mc.Graph, specs: list[str], seed: int) -> dict[str, np.n
             given[name] = np.load(path)
         except (OSError, ValueError) as exc:
             raise MinicompError(f"--input {name}: cannot read {path}: {exc}") from None
+        want = next(v for v in graph.inputs if v.name == name).dtype
+        if cast:
+            given[name] = given[name].astype(want.numpy)
+        elif given[name].dtype != want.numpy:
+            raise MinicompError(f"--input {name}: {path} holds {given[name].dtype}, but input '{name}' is "
+                                f"{want.numpy}; add --cast to convert it")
     rng = np.random.default_rng(seed)
     for v in graph.inputs:
         if v.name not in given:
@@ -191,8 +203,9 @@ def cmd_run(args) -> int:
     else:
         graph = load_model(args.model, parse_shapes(args.shape))
         t0 = time.perf_counter()
-        model = compile_with_progress(graph, target=args.target, num_threads=args.threads, tune=args.tune)
-    inputs = parse_inputs(graph, args.input or [], args.seed)
+        model = compile_with_progress(graph, warm_up=True, target=args.target, num_threads=args.threads,
+                                      tune=args.tune)
+    inputs = parse_inputs(graph, args.input or [], args.seed, args.cast)
     compile_s = time.perf_counter() - t0
     model(**inputs)  # warm up
     t0 = time.perf_counter()
@@ -329,11 +342,12 @@ def cmd_plan(args) -> int:
 
 def cmd_profile(args) -> int:
     graph = load_model(args.model, parse_shapes(args.shape))
-    inputs = parse_inputs(graph, args.input or [], args.seed)
-    model = compile_with_progress(graph, target=args.target, num_threads=args.threads, tune=args.tune)
+    inputs = parse_inputs(graph, args.input or [], args.seed, args.cast)
+    model = compile_with_progress(graph, warm_up=True, target=args.target, num_threads=args.threads,
+                                  tune=args.tune)
     rows = model.profile(repeat=args.repeat, **inputs)
     total = sum(t for _, t in rows) or 1.0
-    print(f"{graph.name} on {model.target}: {len(rows)} kernels, {total * 1e3:.3f} ms in all "
+    print(f"{graph.name} on {model.target}: {count(len(rows), 'kernel')}, {total * 1e3:.3f} ms in all "
           f"(each kernel alone, mean of {args.repeat})")
     print(f"  {'kernel':<56} {'ms':>9} {'share':>6}")
     for name, t in sorted(rows, key=lambda r: -r[1])[:args.top]:
@@ -342,7 +356,8 @@ def cmd_profile(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from minicomp.tuning import best_block, calls_per_block, format_tunings
+    from minicomp.passes.schedules.cpu import DEFAULT_CHOICES
+    from minicomp.tuning import format_tunings
 
     if args.target not in CPU_TARGETS:
         raise MinicompError(f"tune measures code on this CPU: use --target llvm or a CPU name, not {args.target}")
@@ -354,9 +369,26 @@ def cmd_tune(args) -> int:
     tunings = tuned.tunings
     measured = sum(t.measured for t in tunings)
     cached = sum(1 for t in tunings if t.from_cache)
-    print(f"{graph.name}: tuned {len(tunings)} kernels for {tuned.target} in {tune_s:.1f} s; {measured} schedules "
-          f"measured, {cached} kernels from the compile cache or an identical kernel")
+    print(f"{graph.name}: tuned {count(len(tunings), 'kernel')} for {tuned.target} in {tune_s:.1f} s; "
+          f"{count(measured, 'schedule')} measured, {count(cached, 'kernel')} from the compile cache or an identical "
+          f"kernel")
     print(format_tunings(tunings))
+    if all(t.choices == DEFAULT_CHOICES for t in tunings):
+        # Nothing changed: timing the same code twice would only print noise as a speed-up or a loss.
+        print("every kernel kept the rules' schedule: the tuned model is the model the rules give")
+    else:
+        time_tuned_against_rules(graph, tuned, args)
+    print("the tunings are kept in the compile cache: mc.compile(..., tune=True) or --tune reuses them")
+    if args.output:
+        tuned.save(args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def time_tuned_against_rules(graph, tuned, args) -> None:
+    """Print the whole model's time by the rules and tuned, each timed in blocks."""
+    from minicomp.tuning import best_block, calls_per_block
+
     rules = mc.compile(graph, target=args.target, num_threads=args.threads)
     inputs = parse_inputs(graph, [], args.seed)
     # Blocks of each in turn, three rounds; the best block of each counts.
@@ -366,20 +398,15 @@ def cmd_tune(args) -> int:
     for _ in range(3):
         t_rules = min(t_rules, best_block(run_rules, n_rules, 1))
         t_tuned = min(t_tuned, best_block(run_tuned, n_tuned, 1))
-    print(f"whole model on {tuned.num_threads} threads: {t_rules * 1e3:.3f} ms by the rules, "
+    print(f"whole model on {count(tuned.num_threads, 'thread')}: {t_rules * 1e3:.3f} ms by the rules, "
           f"{t_tuned * 1e3:.3f} ms tuned ({t_rules / t_tuned:.2f}x)")
-    print("the tunings are kept in the compile cache: mc.compile(..., tune=True) or --tune reuses them")
-    if args.output:
-        tuned.save(args.output)
-        print(f"wrote {args.output}")
-    return 0
 
 
 def cmd_cache(args) -> int:
     from minicomp import cache
 
     entries, size = cache.usage()
-    print(f"compile cache: {cache.root()} ({entries} files, {size / 2**20:.1f} MiB)"
+    print(f"compile cache: {cache.root()} ({count(entries, 'file')}, {size / 2**20:.1f} MiB)"
           f"{'' if cache.enabled() else '; off (MINICOMP_CACHE=0)'}")
     if args.clear:
         cache.clear()
@@ -410,7 +437,8 @@ def cmd_bench(args) -> int:
     except ImportError:
         ort = None
         print("onnxruntime is not installed: showing minicomp alone (pip install onnxruntime)")
-    print(f"{graph.name}: {len(graph.nodes)} nodes, {len(model.kernels)} kernels, compiled in {compile_s:.2f} s")
+    print(f"{graph.name}: {count(len(graph.nodes), 'node')}, {count(len(model.kernels), 'kernel')}, "
+          f"compiled in {compile_s:.2f} s")
     print(f"{'threads':>7}  {'minicomp ms':>12}  {'onnxruntime ms':>14}  {'ratio':>6}")
     for threads in args.threads:
         model.set_num_threads(threads)
@@ -478,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
     r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy",
                    help="an input array (repeatable); inputs not given are random")
+    r.add_argument("--cast", action="store_true",
+                   help="convert each --input array to its input's dtype (e.g. a float64 .npy for a float32 input)")
     r.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS),
                    help="where to run: llvm (this CPU), cuda (an NVIDIA GPU, needs pycuda), cuda-emu (the CUDA C "
                         "on this CPU, slow: for testing), reference (numpy), or a named CPU for llvm (default llvm)")
@@ -506,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", metavar="FILE.mcm",
                    help="save the compiled model; 'minicomp run FILE.mcm' and mc.load(FILE) run it without compiling")
     c.add_argument("--shared-lib", metavar="FILE.so",
-                   help="link a shared library with model.h beside it (int mc_run(inputs, outputs)) for C programs")
+                   help="link a shared library with its header beside it (libNAME.so -> NAME.h: "
+                        "int mc_run(inputs, outputs)) for C programs")
     c.add_argument("--pipeline", default=None, help="passes to run, e.g. 'simplify,fuse,lower,schedule,plan'")
     c.add_argument("--print-after", action="append", metavar="PASS",
                    help="print the IR after this pass (repeatable; 'all' for every pass)")
@@ -539,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                     help="fix a dynamic input shape of an ONNX model (repeatable)")
     pr.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)")
+    pr.add_argument("--cast", action="store_true", help="convert each --input array to its input's dtype")
     pr.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS), help="where to run (default llvm)")
     pr.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops")
     pr.add_argument("--repeat", type=positive_int, default=10, help="runs of each kernel to average (default 10)")
@@ -583,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(func=cmd_ops)
     ps = sub.add_parser("passes", help="list the registered passes and the default pipelines")
     ps.set_defaults(func=cmd_passes)
+    # --plugin may also come after the command (minicomp compile m.mcir --plugin p.py); main() merges both.
+    for command in sub.choices.values():
+        command.add_argument("--plugin", action="append", dest="plugin_after", metavar="FILE.py|MODULE",
+                             help="load a Python file or module first (as 'minicomp --plugin ... COMMAND')")
     return p
 
 
@@ -590,11 +626,16 @@ def main(argv=None) -> int:
     """Entry point of the ``minicomp`` console command."""
     args = build_parser().parse_args(argv)
     try:
-        load_plugins(args.plugin)
+        load_plugins((args.plugin or []) + (args.plugin_after or []))
         return args.func(args)
     except MinicompError as exc:
         print(f"minicomp: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (minicomp ops | head): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so that Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # killed by SIGPIPE, as the shell reports it
 
 
 if __name__ == "__main__":

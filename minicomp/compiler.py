@@ -8,17 +8,18 @@ CompiledModel. Every stage's text is kept in ``model.stages``.
 
 from __future__ import annotations
 
-from minicomp.errors import MinicompError
+from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.ir.graph import Graph
 from minicomp.ir.text import print_graph
 from minicomp.stages import Stages
 from minicomp.target import Target
+from minicomp.wording import count
 
 
 def as_target(target, num_threads: int | None = None, device: str | None = None) -> Target:
     """A Target from a Target, a backend name ("llvm", "cuda", "reference"),
     ``"cuda-emu"`` (CUDA run on the CPU) or a CPU name ("haswell")."""
-    from minicomp.backends.registry import backend_names, get_backend
+    from minicomp.backends.registry import backend_names
     from minicomp.target import CPUS
 
     if isinstance(target, Target):
@@ -34,8 +35,17 @@ def as_target(target, num_threads: int | None = None, device: str | None = None)
     if isinstance(target, str) and target in CPUS:
         return Target.cpu(target, num_threads)
     if not isinstance(target, str) or target not in backend_names():
-        get_backend(str(target))  # raises, listing the backends
+        raise UnsupportedError(f"unknown target {target!r}; choose one of {', '.join(target_names())}, "
+                               f"or pass a Target")
     return Target.host(target, num_threads)
+
+
+def target_names() -> list[str]:
+    """Every name ``compile(target=...)`` accepts: backends, cuda-emu, then the named CPUs."""
+    from minicomp.backends.registry import backend_names
+    from minicomp.target import CPUS
+
+    return sorted(set(backend_names()) | {"cuda-emu"}) + [c for c in CPUS if c not in backend_names()]
 
 
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
@@ -82,7 +92,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
         device=device, memory=memory, memory_budget=memory_budget, cache=cache, tune=tune, progress=progress,
         print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
     if progress is not None:
-        progress(f"code generation ({backend.name}, {len(program.kernels or [])} kernels)")
+        progress(f"code generation ({backend.name}, {count(len(program.kernels or []), 'kernel')})")
     program.options["build_timings"] = build_timings = []
     t0 = time.perf_counter()
     executable = backend.build(program, stages, opt_level)

@@ -27,6 +27,7 @@ from minicomp.backends.reference import bind_inputs, run_reference
 from minicomp.errors import MinicompError, RuntimeInputError
 from minicomp.ir.graph import Graph, Value
 from minicomp.passes.memory import ALIGNMENT, MemoryPlan
+from minicomp.wording import count
 
 # libgomp's worker threads do not survive fork(): a child that starts a
 # parallel region waits for them forever. Models in a forked child (those the
@@ -124,7 +125,7 @@ class CompiledModel:
 
     def export_library(self, path: str) -> str:
         """Link a shared library (``model.so``) that C programs can call, with
-        ``model.h`` beside it; returns the header's path."""
+        its header beside it (``libmlp.so`` -> ``mlp.h``); returns the header's path."""
         from minicomp.saved import export_library
 
         return export_library(self, path)
@@ -135,6 +136,9 @@ class CompiledModel:
         return bool(getattr(self._jit, "cache_hit", False))
 
     # -- threads ------------------------------------------------------------------
+    def warm_up(self, progress=None) -> None:
+        """Do now the work a first call would do (nothing for code compiled by LLVM: it is ready)."""
+
     def set_num_threads(self, n: int) -> None:
         """Use ``n`` threads for parallel loops from the next call on."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -207,7 +211,8 @@ class CompiledModel:
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
-        return f"<CompiledModel {self.graph.name}({ins}) target={self.target.name}, {len(self._calls)} kernels>"
+        kernels = count(len(self._calls), "kernel")
+        return f"<CompiledModel {self.graph.name}({ins}) target={self.target.name}, {kernels}>"
 
 
 class ReferenceModel(CompiledModel):

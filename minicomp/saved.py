@@ -12,7 +12,9 @@ machine lacks, is refused with a clear error.
 
 The shared library links the same module, compiled again as
 position-independent code, with the constants (embedded by the assembler's
-``.incbin``) and a small C wrapper; ``model.h`` declares::
+``.incbin``) and a small C wrapper; its header, named after the library
+(``libmlp.so`` -> ``mlp.h``, so that two libraries in one folder keep their
+own), declares::
 
     int mc_run(const void* const* inputs, void* const* outputs);
     void mc_set_num_threads(int n);
@@ -23,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -131,8 +134,8 @@ def load_model(path: str):
 
 
 HEADER = """/* {name}: compiled by minicomp {version} for CPU {cpu}. */
-#ifndef MC_MODEL_H
-#define MC_MODEL_H
+#ifndef {guard}
+#define {guard}
 #ifdef __cplusplus
 extern "C" {{
 #endif
@@ -180,9 +183,18 @@ def _c_list(xs) -> str:
     return ", ".join(str(int(x)) for x in xs) or "0"
 
 
+def header_name(library_path: str) -> str:
+    """The header beside a library: ``libmlp.so`` -> ``mlp.h`` (``mlp.so`` -> ``mlp.h`` too)."""
+    stem = os.path.basename(library_path).split(".")[0]
+    if stem.startswith("lib") and len(stem) > 3:
+        stem = stem[3:]
+    return (stem or "model") + ".h"
+
+
 def export_library(model, path: str) -> str:
-    """Link ``model`` into a shared library at ``path`` with ``model.h`` beside
-    it; returns the header's path. Needs a C compiler (``CC``, else cc/gcc)."""
+    """Link ``model`` into a shared library at ``path`` with its header beside
+    it (:func:`header_name`); returns the header's path. Needs a C compiler
+    (``CC``, else cc/gcc)."""
     from minicomp import __version__
 
     jit = model._jit
@@ -210,7 +222,9 @@ def export_library(model, path: str) -> str:
         return "\n".join(f"     [{k}] {v.name}: {'uint16' if v.dtype.is_narrow_float else v.dtype.c} "
                          f"{list(v.shape)}" for k, v in enumerate(vs)) or "     (none)"
 
-    header = HEADER.format(name=graph.name, version=__version__, cpu=jit.cpu, inputs=describe(inputs),
+    header_path = os.path.join(os.path.dirname(os.path.abspath(path)), header_name(path))
+    guard = "MC_" + re.sub(r"\W", "_", os.path.basename(header_path)).upper()
+    header = HEADER.format(guard=guard, name=graph.name, version=__version__, cpu=jit.cpu, inputs=describe(inputs),
                            outputs=describe(outputs), threads=model.num_threads)
     wrapper = WRAPPER.format(
         input_slots=_c_list(slots[v] for v in inputs), output_slots=_c_list(slots[v] for v in outputs),
@@ -218,8 +232,6 @@ def export_library(model, path: str) -> str:
         arena_slots=_c_list(slots[k] for k, _ in offsets), arena_offsets=_c_list(o for _, o in offsets),
         n_slots=max(len(model._table), 1), arena_alloc=-(-(model.memory_plan.arena_bytes + 64) // 64) * 64,
         n_const=len(const_slots), n_arena=len(offsets), n_in=len(inputs), n_out=len(outputs))
-    out_dir = os.path.dirname(os.path.abspath(path))
-    header_path = os.path.join(out_dir, "model.h")
     with tempfile.TemporaryDirectory() as tmp:
         files = {"model.h": header, "wrapper.c": wrapper,
                  "weights.S": '.section .rodata\n.globl mc_weights\n.balign 64\nmc_weights:\n.incbin "weights.bin"\n'

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from minicomp.errors import UnsupportedError
+from minicomp.wording import count
 
 
 def _cpu_count() -> int:
@@ -135,4 +136,4 @@ class Target:
             where = "on the CPU through cuda-emu" if self.device == "emu" else "through pycuda"
             return f"{self.name} ({self.gpu.arch}, {where})"
         chip = self.llvm_cpu or (self.gpu.arch if self.gpu else "generic")
-        return f"{self.name} ({chip}, {self.num_threads} threads, {self.vector_bits}-bit vectors)"
+        return f"{self.name} ({chip}, {count(self.num_threads, 'thread')}, {self.vector_bits}-bit vectors)"

@@ -52,6 +52,7 @@ from minicomp.ir import expr as ex
 from minicomp.ir.loops import For, Kernel, Store, format_stmt, stmt_children, walk_stmts
 from minicomp.passes.schedules.cpu import DEFAULT_CHOICES, Choices, cpu_schedule, iterations
 from minicomp.passes.schedules.step import ScheduleError
+from minicomp.wording import count
 
 MAX_CANDIDATES = 20
 # A candidate must beat the rules' schedule by this much, timed again, to replace it.
@@ -461,10 +462,10 @@ def format_tunings(tunings: list[Tuned]) -> str:
     rules = sum(t.rules_s for t in tunings)
     best = sum(t.best_s for t in tunings)
     changed = sum(1 for t in tunings if t.choices != DEFAULT_CHOICES)
-    rows.append(f"  {len(tunings)} kernels, {changed} tuned away from the rules; kernels alone: "
+    rows.append(f"  {count(len(tunings), 'kernel')}, {changed} tuned away from the rules; kernels alone: "
                 f"{rules * 1e3:.3f} ms by the rules, {best * 1e3:.3f} ms tuned ({rules / best if best else 1:.2f}x)")
     busy = sum(1 for t in tunings if t.busy)
     if busy:
-        rows.append(f"  {busy} kernels were timed while other programs used the CPUs: they keep the rules' "
+        rows.append(f"  {count(busy, 'kernel')} were timed while other programs used the CPUs: they keep the rules' "
                     f"schedule and are measured again next time (tune on an idle machine)")
     return "\n".join(rows)

@@ -64,7 +64,7 @@ def test_files_from_another_version_or_cpu_are_refused(tmp_path):
 
 C_PROGRAM = r"""
 #include <stdio.h>
-#include "model.h"
+#include "dense.h"
 int main(void) {
   static float x[3 * 40], probs[3 * 24], sums[3];
   for (int i = 0; i < 3 * 40; ++i) x[i] = -1.0f + 2.0f * i / 119.0f;

@@ -27,7 +27,8 @@ from minicomp.runtime import CompiledModel, bind_host_io, contiguous, host_buffe
 
 DEVICES = ("gpu", "emu")
 INSTALL_HINT = ('pip install -e ".[cuda]" on a machine with the CUDA toolkit (nvcc) and an NVIDIA driver, '
-                'or run on the CPU with device="emu"')
+                'or run the same CUDA C on this CPU: target="cuda-emu" in Python, --target cuda-emu on the '
+                'command line')
 
 
 @dataclass
@@ -87,6 +88,13 @@ class CudaModel(CompiledModel):
 
                 self._device = GPUDevice(ex.source, self)
         return self._device
+
+    def warm_up(self, progress=None) -> None:
+        """Build the device code now (g++ for cuda-emu, nvcc through pycuda on a GPU), not on the first call."""
+        if self._device is None and progress is not None:
+            how = "g++ builds the cuda-emu library" if self.device_name == "emu" else "nvcc compiles for the GPU"
+            progress(f"{how} (once; kept in the compile cache)")
+        self.device  # noqa: B018 -- made on first use
 
     def set_num_threads(self, n: int) -> None:
         if n < 1:

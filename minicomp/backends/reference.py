@@ -12,6 +12,7 @@ from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError, RuntimeInputError
 from minicomp.ir.graph import Graph, Value
 from minicomp.ir.ops import get_op
+from minicomp.wording import count
 
 
 def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict[Value, np.ndarray]:
@@ -19,7 +20,7 @@ def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict
 
     ``device_arrays``: also accept arrays in GPU memory (pycuda ``GPUArray``) as they are."""
     if len(args) > len(graph.inputs):
-        raise RuntimeInputError(f"graph '{graph.name}' takes {len(graph.inputs)} inputs, got {len(args)}")
+        raise RuntimeInputError(f"graph '{graph.name}' takes {count(len(graph.inputs), 'input')}, got {len(args)}")
     env: dict[Value, np.ndarray] = {}
     by_name = {v.name: v for v in graph.inputs}
     for v, a in zip(graph.inputs, args):

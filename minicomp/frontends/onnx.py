@@ -324,6 +324,12 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
             inits.add(t.name)
 
     constants = dict(constants or {})
+    # A misspelled name is reported first: otherwise the input it meant to fix would fail as "dynamic".
+    input_names = [vi.name for vi in g.input if vi.name not in inits]
+    unknown = [k for k in list(shapes) + list(constants) if k not in input_names]
+    if unknown:
+        raise MinicompError(f"shapes/constants name unknown input(s) {', '.join(unknown)}; the model's inputs "
+                            f"are {', '.join(input_names)}")
     for vi in g.input:
         if vi.name in inits:
             continue  # older models list initializers as inputs too
@@ -350,10 +356,6 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
             raise MinicompError(f"input '{vi.name}' has dynamic dimensions {dims}; fix them with "
                                 f"from_onnx(..., shapes={{'{vi.name}': (...)}})")
         ctx.values[vi.name] = builder.input(vi.name, tuple(dims), dtype)
-    if shapes or constants:
-        raise MinicompError(f"shapes/constants name unknown input(s) {', '.join(list(shapes) + list(constants))}; "
-                            f"the model's inputs are "
-                            f"{', '.join(vi.name for vi in g.input if vi.name not in inits)}")
 
     for i, n in enumerate(g.node):
         node = OnnxNode(n.op_type, n.name or (n.output[0] if n.output else f"{n.op_type}_{i}"),

@@ -168,10 +168,25 @@ def node_cases():
         return [c for c in collect_testcases() if c.kind == "node"]
 
 
-def run_all() -> list[CaseResult]:
+def run_all(op_names=(), case_patterns=(), progress=None) -> list[CaseResult]:
+    """Run the node cases, only those of ``op_names`` (an ONNX op type, e.g. ``Conv``) or whose name
+    contains one of ``case_patterns`` when given; ``progress(done, total, case)`` after each."""
+    cases = [c for c in node_cases() if _selected(c, op_names, case_patterns)]
+    results = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return [run_case(c) for c in node_cases()]
+        for i, case in enumerate(cases):
+            results.append(run_case(case))
+            if progress is not None:
+                progress(i + 1, len(cases), case.name)
+    return results
+
+
+def _selected(case, op_names, case_patterns) -> bool:
+    if not op_names and not case_patterns:
+        return True
+    ops = {n.op_type.lower() for n in case.model.graph.node}
+    return any(o.lower() in ops for o in op_names) or any(p in case.name for p in case_patterns)
 
 
 def summary(results: list[CaseResult]) -> str:
@@ -190,5 +205,48 @@ def summary(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def main(argv=None) -> int:
+    """``python -m minicomp.frontends.onnx_conformance``: run the cases, print the table by op."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m minicomp.frontends.onnx_conformance",
+        description="Run the onnx package's node conformance cases (about 1,900; all of them take several minutes) "
+                    "through minicomp and print the outcomes by op.")
+    parser.add_argument("--op", action="append", default=[], metavar="OP",
+                        help="only cases with this ONNX op type, e.g. Conv (repeatable)")
+    parser.add_argument("--case", action="append", default=[], metavar="TEXT",
+                        help="only cases whose name contains TEXT, e.g. test_softmax (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the cases that would run, then stop")
+    parser.add_argument("--failures", action="store_true", help="also list every failing case and why")
+    args = parser.parse_args(argv)
+    if args.list:
+        for case in node_cases():
+            if _selected(case, args.op, args.case):
+                print(case.name)
+        return 0
+
+    def show(done, total, name):
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r\033[K{done}/{total} {name}")
+            sys.stderr.flush()
+        elif done == total or done % 100 == 0:
+            print(f"{done}/{total} cases run", file=sys.stderr)
+
+    results = run_all(args.op, args.case, progress=show)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    if not results:
+        print("no case matches --op/--case", file=sys.stderr)
+        return 2
+    print(summary(results))
+    if args.failures:
+        for r in results:
+            if r.outcome not in ("pass", "excluded"):
+                print(f"  {r.outcome:<6} {r.name}: {r.detail}")
+    return int(any(r.outcome in ("wrong", "raw") for r in results))
+
+
 if __name__ == "__main__":
-    print(summary(run_all()))
+    raise SystemExit(main())

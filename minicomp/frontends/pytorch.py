@@ -27,6 +27,8 @@ The ``torch.compile`` backend built on this lives in
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -284,6 +286,15 @@ def _decomposition_table():
     return table
 
 
+@contextlib.contextmanager
+def _without_torch_deprecations():
+    """torch.export copies its tree specs through a check that torch itself deprecated: every export
+    printed a FutureWarning about LeafSpec that no user of minicomp can act on. Hide that one only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        yield
+
+
 def export_module(module, example_inputs, example_kwargs=None):
     """``torch.export`` of the module on the examples, decomposed to core ATen."""
     torch = _torch()
@@ -292,7 +303,7 @@ def export_module(module, example_inputs, example_kwargs=None):
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _without_torch_deprecations():
             ep = torch.export.export(module, tuple(example_inputs), kwargs=example_kwargs)
             return ep.run_decompositions(_decomposition_table())
     except MinicompError:
@@ -331,7 +342,8 @@ def from_torch(module, example_inputs=None, dynamic=None, example_kwargs: dict |
             raise MinicompError("an exported program keeps the shapes it was exported with: call "
                                 "from_torch(program) without example inputs, or export again for new shapes")
         _check_static(module)
-        ep = module.run_decompositions(_decomposition_table())
+        with _without_torch_deprecations():
+            ep = module.run_decompositions(_decomposition_table())
         return from_exported_program(ep, name=name or "exported_program")
     if example_inputs is None:
         raise MinicompError("from_torch needs example inputs for a module: from_torch(model, (x,))")

@@ -28,6 +28,7 @@ from minicomp.ir import expr as ex
 from minicomp.ir.compute import Placeholder, Stage, stage_dag
 from minicomp.ir.graph import FrozenAttrs, TensorType
 from minicomp.registries import LazyRegistry
+from minicomp.wording import count
 
 # Fusion pattern kinds, from most to least fusable (as in TVM's OpPatternKind).
 ELEMENTWISE = "elementwise"
@@ -113,8 +114,8 @@ class OpDef:
     def check_arity(self, n: int, node: str):
         lo, hi = (self.num_inputs, self.num_inputs) if isinstance(self.num_inputs, int) else self.num_inputs
         if n < lo or (hi is not None and n > hi):
-            want = str(lo) if lo == hi else f"{lo} to {hi if hi is not None else 'any number of'}"
-            raise ShapeError(f"node '{node}' (op {self.name}): takes {want} inputs, got {n}")
+            want = count(lo, "input") if lo == hi else f"{lo} to {hi if hi is not None else 'any number of'} inputs"
+            raise ShapeError(f"node '{node}' (op {self.name}): takes {want}, got {n}")
 
     def make_attrs(self, input_types, attrs, node: str = "?") -> FrozenAttrs:
         """Check attribute names, fill defaults and normalize; return frozen attrs."""

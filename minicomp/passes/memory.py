@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from minicomp.wording import count
+
 ALIGNMENT = 64  # bytes: a cache line, and enough for any vector load
 
 
@@ -68,7 +70,7 @@ class MemoryPlan:
         """One line: naive sum, peaks of the baseline and chosen orders, planned arena, time."""
         base = self.lower_bound_bytes if self.baseline_peak_bytes is None else self.baseline_peak_bytes
         ratio = self.arena_bytes / self.lower_bound_bytes if self.lower_bound_bytes else 1.0
-        return (f"memory plan: {len(self.lifetimes)} buffers, naive {self.naive_bytes:,} B, "
+        return (f"memory plan: {count(len(self.lifetimes), 'buffer')}, naive {self.naive_bytes:,} B, "
                 f"fusion order peak {base:,} B, chosen order ({self.order_strategy}) peak "
                 f"{self.lower_bound_bytes:,} B{', optimal' if self.order_is_optimal else ''} (lower bound), "
                 f"arena {self.arena_bytes:,} B ({ratio:.3f}x the bound, offsets by {self.offset_strategy}), "

@@ -41,6 +41,9 @@ def test_dynamic_dims_need_shapes():
         mc.from_onnx(model, shapes={"x": (4, 5)})
     with pytest.raises(mc.MinicompError, match="unknown input"):
         mc.from_onnx(model, shapes={"x": (4, 3), "z": (1,)})
+    # A misspelled name alone is named as unknown, not reported as x's missing shape.
+    with pytest.raises(mc.MinicompError, match="unknown input.*X; the model's inputs are x"):
+        mc.from_onnx(model, shapes={"X": (4, 3)})
 
 
 def test_malformed_and_truncated_files(tmp_path):
