@@ -160,12 +160,32 @@ def test_register_tile_by_hand_matches_reference():
     assert_close(model(*ins)[0], ins[0] @ ins[1], scale=10)
 
 
+@pytest.mark.parametrize("m, n", [(48, 40), (50, 40), (50, 96), (6, 16)])
+def test_tile_handles_row_and_column_remainders(m, n):
+    # docs/scheduling.md's tile(i0, i1, 6, 16) where the rows, the columns or both do not divide.
+    graph = matmul_graph(m, 70, n)
+    model = mc.compile(graph, schedules={"fused_matmul_add_relu_0": "tile(i0, i1, 6, 16); parallel(i0.o)"})
+    loops_text = model.stages["loops"]
+    assert "i1.o" in loops_text and "i0.i" in loops_text
+    assert ("i1.t" in loops_text) == (n % 16 != 0) and ("i0.t" in loops_text) == (m % 6 != 0)
+    ins = matmul_inputs(m, 70, n)
+    assert_close(model(*ins)[0], mc.run_reference(graph, *ins)[0], scale=10)
+
+
+def test_tile_refuses_in_the_users_own_terms():
+    with pytest.raises(ScheduleError, match=r"tile\(i0, i1, 6, 128\): factor 128 must be between 1 and the "
+                                            r"extent of i1 \(71\)"):
+        apply_schedule(lowered(matmul_graph()), "tile(i0, i1, 6, 128)")
+    with pytest.raises(ScheduleError, match=r"tile\(i0, r0, 6, 16\): loop r0 must be the only statement"):
+        apply_schedule(lowered(matmul_graph()), "tile(i0, r0, 6, 16)")
+
+
 @pytest.mark.parametrize("text, message", [
     ("vectorize(nope)", "no loop named nope"),
     ("fuse(i0, i2)", "i2 is not directly inside i0"),
     ("parallel(i1)", "must be at the top level"),
-    ("split(i1, 0)", "factor must be between 1 and the extent"),
-    ("split(i1, 7)", "factor must be between 1 and the extent"),
+    ("split(i1, 0)", "factor 0 must be between 1 and the extent of i1"),
+    ("split(i1, 7)", "factor 7 must be between 1 and the extent of i1"),
     ("bind(i0, warp.x)", "unknown axis"),
     ("cache_write(nothing, i0)", "no buffer named nothing"),
     ("cache_write(exp_0, i0, texture)", "unknown scope"),

@@ -109,7 +109,7 @@ class Split(Step):
         lp = self.loop_checked(kernel)
         n, f = lp.extent, self.factor
         if not 1 <= f <= n:
-            self.fail(kernel, f"factor must be between 1 and the extent ({n})")
+            self.fail(kernel, f"factor {f} must be between 1 and the extent of {self.loop} ({n})")
         if self.tail not in ("exact", "widen"):
             self.fail(kernel, f"tail must be exact or widen, not {self.tail!r}")
         widen = self.tail == "widen" and n % f != 0
@@ -265,7 +265,11 @@ class Fuse(Step):
 class Tile(Step):
     """Split ``a`` and ``b`` by ``fa`` and ``fb`` and order the full tiles ``a.o, b.o, a.i, b.i``.
 
-    Remainders (``a.t``, ``b.t``) keep their loop order and can be scheduled on their own.
+    ``b`` must be the loop directly inside ``a`` (a perfect nest). Remainders
+    are handled: a row remainder ``a.t`` keeps the original order, and a
+    column remainder ``b.t`` runs inside ``a.o`` after the full tiles, over
+    the tile's rows (``b.t`` outside a copy of ``a.i``). Each is a loop of
+    its own that later steps may schedule.
     """
 
     a: str
@@ -275,11 +279,20 @@ class Tile(Step):
     name = "tile"
 
     def apply(self, kernel, names):
+        outer = self.find(kernel, self.a)
+        inner = outer.body
+        if not (isinstance(inner, For) and inner.var.name == self.b):
+            self.fail(kernel, f"loop {self.b} must be the only statement directly inside {self.a}")
         k = kernel
-        for step in (Split(self.a, self.fa), Split(self.b, self.fb)):
-            k = replace(k, body=step.apply(k, names))
-        order = (f"{self.a}.o", f"{self.b}.o", f"{self.a}.i", f"{self.b}.i")
-        return Reorder(order).apply(k, names)
+        # Rows first; then, in the full row blocks, columns outside the tile's rows, so that splitting
+        # them leaves full tiles (b.o, a.i, b.i) and one column remainder (b.t over a copy of a.i).
+        steps = (Split(self.a, self.fa), Reorder((self.b, f"{self.a}.i")), Split(self.b, self.fb))
+        try:
+            for step in steps:
+                k = replace(k, body=step.apply(k, names))
+            return Reorder((f"{self.b}.o", f"{self.a}.i", f"{self.b}.i")).apply(k, names)
+        except ScheduleError as exc:  # say it in the step the user wrote
+            self.fail(kernel, str(exc).split(": ", 2)[-1])
 
 
 def _set_kind(step, kernel, name: str, kind: str):
