@@ -199,8 +199,11 @@ class PassManager:
             info = get_pass(name)
             if self.progress is not None:
                 self.progress(f"pass {i}/{len(self.pipeline)}: {name}")
+            before = None
+            if self._wants(self.print_before, name) or self._wants(self.print_after, name):
+                before = program.text()
             if self._wants(self.print_before, name):
-                print(f"// ----- before {name} -----\n{program.text()}", file=self.stream)
+                print(f"// ----- before {name} -----\n{before}", file=self.stream)
             t0 = time.perf_counter()
             if info.kind == "graph":
                 if program.groups is not None:
@@ -224,7 +227,10 @@ class PassManager:
                 except MinicompError as exc:
                     raise type(exc)(f"after pass '{name}': {exc}") from exc
             if self._wants(self.print_after, name):
-                print(f"// ----- after {name} -----\n{program.text()}", file=self.stream)
+                after = program.text()
+                # A pass that matched nothing says so: a rewrite looking at the wrong objects is silent otherwise.
+                note = " (changed nothing)" if after == before else ""
+                print(f"// ----- after {name}{note} -----\n{after}", file=self.stream)
             self._dump(i, name, program)
         return program
 

@@ -36,6 +36,14 @@ def test_print_after_and_timings():
     assert len(program.kernels) == 1
 
 
+def test_a_pass_that_changed_nothing_says_so():
+    out = io.StringIO()
+    # simplify removes x * 1.0; dce then has nothing left to do.
+    PassManager("simplify,dce", print_after="all", stream=out).run(Program(graph()))
+    text = out.getvalue()
+    assert "// ----- after simplify -----" in text and "// ----- after dce (changed nothing) -----" in text
+
+
 def test_dump_dir_writes_numbered_files(tmp_path):
     mc.compile(graph(), dump_dir=str(tmp_path))
     files = sorted(os.listdir(tmp_path))
