@@ -401,7 +401,7 @@ def _write(key: str, tuned: Tuned) -> None:
 
 def tune_kernels(kernels: list[Kernel], target, threads: int, constants: dict, *,
                  max_candidates: int = MAX_CANDIDATES, use_cache: bool = True, progress=None,
-                 timer=KernelTimer, other_load=OtherLoad) -> list[Tuned]:
+                 timer=KernelTimer, other_load=None) -> list[Tuned]:
     """Tune every kernel (unscheduled), one :class:`Tuned` each, in order.
     Kernels with the same key are tuned once; tunings are read from and
     written to the compile cache unless ``use_cache`` is False.
@@ -415,6 +415,7 @@ def tune_kernels(kernels: list[Kernel], target, threads: int, constants: dict, *
 
         raise MinicompError(f"max_candidates must be at least 1, got {max_candidates}")
     use_cache = use_cache and cache.enabled()
+    other_load = other_load or OtherLoad  # looked up now, so that tests can give the module an idle reader
     run_threads = target.num_threads
     done: dict[str, Tuned] = {}
     out = []
