@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minicomp.backends.cuda_codegen import NVCC_FLAGS
 from minicomp.errors import MinicompError
 from minicomp.passes.memory import ALIGNMENT
 from minicomp.runtime import contiguous
@@ -52,7 +53,7 @@ class GPUDevice:
         driver, compiler, gpuarray = import_pycuda()
         self.driver, self.gpuarray, self.model = driver, gpuarray, model
         try:
-            self.module = compiler.SourceModule(source, no_extern_c=True, options=["-std=c++17", "-O3"])
+            self.module = compiler.SourceModule(source, no_extern_c=True, options=list(NVCC_FLAGS))
         except Exception as exc:
             raise MinicompError(f"nvcc rejected the generated CUDA C: {exc}") from None
         self.functions = {}

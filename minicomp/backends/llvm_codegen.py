@@ -23,15 +23,22 @@ from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.dtypes import DType
 from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store, top_statements
+from minicomp.ir.numerics import accumulated_product, extremum_keeps_first_on_tie
 
-# Fast-math flags. Every float operation may contract into an FMA and ignore
-# the sign of zero; only the combining operation of an accumulation
-# (``acc = acc + x``) may also reassociate, which LLVM needs to vectorize a
-# reduction. Reassociating elsewhere breaks cancellation guards
-# (``x - max - log(sum)`` in log_softmax) and ``arcp`` turns ``1 / sqrt(x)``
-# into an estimate that is NaN at 0 and inf; no-NaN/no-inf flags are left out
-# because -inf is a real value here (max-reduction init, padding).
-FMF = "nsz contract"
+# Fast-math flags. Float operations ignore the sign of zero but never
+# contract into an FMA on their own: an expression that a kernel computes in
+# several places (an inlined ``x*x`` read by a max loop and by an exp loop)
+# must give the same bits in each, and ``fma(x, x, -m)`` is not
+# ``round(x*x) - m`` (a softmax of it rose above 1, or to inf). Only an
+# accumulation (``acc = acc + a*b``) contracts its product, whose rounding no
+# other place observes, and only its combining operation may reassociate,
+# which LLVM needs to vectorize a reduction. Reassociating elsewhere breaks
+# cancellation guards (``x - max - log(sum)`` in log_softmax) and ``arcp``
+# turns ``1 / sqrt(x)`` into an estimate that is NaN at 0 and inf; no-NaN/
+# no-inf flags are left out because -inf is a real value here (max-reduction
+# init, padding).
+FMF = "nsz"
+FMF_CONTRACT = "nsz contract"
 FMF_ACCUMULATE = "reassoc nsz contract"
 MAX_UNROLL = 64  # unrolled loops up to this extent are replicated in the IR
 NUM_THREADS_GLOBAL = "mc_num_threads"
@@ -138,7 +145,7 @@ class FunctionGen:
         self.vars: dict[ex.Var, str] = {}
         self.ptrs: dict[Buffer, str] = {}
         self.memo: dict[int, tuple[str, str]] = {}
-        self.accumulations: set[int] = set()  # ids of combining ops of accumulations
+        self.accumulations: dict[int, str] = {}  # fast-math flags of an accumulation's ops, by id
 
     def tmp(self, hint: str = "t") -> str:
         self.counter += 1
@@ -231,7 +238,7 @@ class FunctionGen:
         return raw if st == ty else self._from_storage(raw, buf.dtype)
 
     def store(self, s: Store):
-        self.accumulations = accumulation_ops(s)
+        self.accumulations = accumulation_flags(s)
         val = self.value(s.value)
         if s.value.dtype != s.buffer.dtype:
             val = self._cast(val, s.value.dtype, s.buffer.dtype)
@@ -250,14 +257,10 @@ class FunctionGen:
             return out
         if dt.is_float:
             if op in ("add", "sub", "mul", "div"):
-                flags = FMF_ACCUMULATE if id(e) in self.accumulations else FMF
-                self.emit(f"{out} = f{op} {flags} {ty} {a}, {b}")
+                self.emit(f"{out} = f{op} {self.accumulations.get(id(e), FMF)} {ty} {a}, {b}")
                 return out
             if op in ("max", "min"):
-                # llvm.maximum propagates NaN like numpy; (llvm.maxnum also trips an
-                # assertion in LLVM 20's vectorizer on nested reductions).
-                fn = "maximum" if op == "max" else "minimum"
-                return self._call(ty, f"llvm.{fn}.{_suffix(ty)}", [(ty, a), (ty, b)])
+                return float_extremum(self, op, e.dtype, ty, a, b)
             if op == "pow":
                 return self._call(ty, f"llvm.pow.{_suffix(ty)}", [(ty, a), (ty, b)])
             if op == "mod":
@@ -454,18 +457,35 @@ class FunctionGen:
         del self.vars[var]
 
 
-def accumulation_ops(s: Store) -> set[int]:
-    """Ids of the expressions that combine an accumulator with a new term in
-    ``s`` (``buf[i] = buf[i] + x``): the only float operations that may be
-    reassociated."""
-    v = s.value
-    if not (isinstance(v, ex.BinOp) and v.op in ("add", "mul") and v.dtype.is_float):
-        return set()
-    key = [ex.format_expr(i) for i in s.indices]
-    for side in (v.a, v.b):
-        if isinstance(side, ex.Load) and side.tensor is s.buffer and [ex.format_expr(i) for i in side.indices] == key:
-            return {id(v)}
-    return set()
+def float_extremum(fn, op: str, dt: DType, ty: str, a: str, b: str, mask: str = "i1") -> str:
+    """numpy's ``max(a, b)``/``min(a, b)`` of floats (scalars, or vectors with ``mask`` ``<w x i1>``): NaN
+    if either is NaN, else the larger (smaller), the tie (+0, -0) as numpy answers it
+    (:func:`~minicomp.passes.legalize.extremum_keeps_first_on_tie`). Compares and selects, which x86
+    runs as one ``vmaxps`` (it returns ``b`` when either is NaN), an unordered compare and a masked
+    move; ``llvm.maximum`` orders -0 below +0, which numpy does not, and takes six instructions."""
+    strict = not extremum_keeps_first_on_tie(dt)
+    cmp = {("max", True): "ogt", ("max", False): "oge", ("min", True): "olt", ("min", False): "ole"}[op, strict]
+    wins, larger, nan, out = fn.tmp("c"), fn.tmp("v"), fn.tmp("c"), fn.tmp("v")
+    fn.emit(f"{wins} = fcmp {cmp} {ty} {a}, {b}")
+    fn.emit(f"{larger} = select {mask} {wins}, {ty} {a}, {ty} {b}")
+    fn.emit(f"{nan} = fcmp uno {ty} {a}, {a}")
+    fn.emit(f"{out} = select {mask} {nan}, {ty} {a}, {ty} {larger}")
+    return out
+
+
+def accumulation_flags(s: Store) -> dict[int, str]:
+    """Fast-math flags, by expression id, of the accumulation in ``s``
+    (:func:`~minicomp.passes.legalize.accumulated_product`): its combining
+    operation may reassociate and contract, the product it adds may contract
+    into an FMA. Every other float operation keeps :data:`FMF`."""
+    found = accumulated_product(s)
+    if found is None:
+        return {}
+    combine, product = found
+    flags = {id(combine): FMF_ACCUMULATE}
+    if product is not None:
+        flags[id(product)] = FMF_CONTRACT
+    return flags
 
 
 def vectorizable(s: Stmt) -> bool:
@@ -685,4 +705,19 @@ def emit_module(kernels: list[Kernel], calls: list[list[int]]) -> str:
         lines.append(f"  call void @{name}({', '.join(args)})")
     lines += ["  ret void", "}", ""]
     module.functions.append("\n".join(lines))
+    module.functions.append(_slot_signature(kernels, calls))
     return module.text()
+
+
+def _slot_signature(kernels: list[Kernel], calls: list[list[int]]) -> str:
+    """``@mc_slot_bytes``: the bytes each table slot's buffer must hold, as the code reads and writes it
+    (0 for a slot no kernel uses), and ``@mc_slot_count``. A saved model's description of its buffers is
+    checked against these on load, so an edited one cannot make the code write past an array."""
+    sizes: dict[int, int] = {}
+    for k, slots in zip(kernels, calls):
+        for b, s in zip(k.params, slots):
+            sizes[s] = max(sizes.get(s, 0), b.size * b.dtype.itemsize)
+    n = max(sizes, default=-1) + 1
+    values = ", ".join(f"i64 {sizes.get(i, 0)}" for i in range(n))
+    return (f"@mc_slot_count = constant i64 {n}\n"
+            f"@mc_slot_bytes = constant [{n} x i64] [{values}]\n")

@@ -22,6 +22,7 @@ import ctypes
 import functools
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -99,18 +100,35 @@ def host_cpu() -> tuple[str, str]:
     if "llvmlite.binding" in sys.modules or fingerprint is None or not disk.enabled():
         return _ask_llvm_here()
     name = "host-" + disk.key(fingerprint, llvm_version())
-    data = disk.read("llvm", name)
+    cached = _host_entry(disk.read("llvm", name))
+    if cached is not None:
+        return cached
+    # Absent or damaged: ask LLVM again, in a child, and store the answer.
+    try:
+        proc = subprocess.run([sys.executable, "-c", _ASK_LLVM], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return _ask_llvm_here()
+    lines = proc.stdout.split("\n")
+    data = f"{lines[0]}\n{lines[1]}".encode() if proc.returncode == 0 and len(lines) >= 2 else None
+    answer = _host_entry(data)
+    if answer is None:
+        return _ask_llvm_here()
+    disk.write("llvm", name, data)
+    return answer
+
+
+def _host_entry(data: bytes | None) -> tuple[str, str] | None:
+    """(cpu, features) from a host-CPU cache entry, or None when it is absent or not that: a CPU name
+    and a comma-separated list of +feature/-feature words."""
     if data is None:
-        try:
-            proc = subprocess.run([sys.executable, "-c", _ASK_LLVM], capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError):
-            return _ask_llvm_here()
-        lines = proc.stdout.split("\n")
-        if proc.returncode != 0 or len(lines) < 2 or not lines[0]:
-            return _ask_llvm_here()
-        data = f"{lines[0]}\n{lines[1]}".encode()
-        disk.write("llvm", name, data)
-    cpu, features = data.decode().split("\n")
+        return None
+    try:
+        cpu, features = data.decode("ascii").split("\n")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    words = features.split(",") if features else []
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cpu) or not all(re.fullmatch(r"[+-][A-Za-z0-9_.-]+", w) for w in words):
+        return None
     return cpu, features
 
 
@@ -254,7 +272,9 @@ def split_module(ir_text: str, parts: int) -> list[str]:
             elsewhere = [d.replace("define ", "declare ", 1).rstrip(" {") for g in groups[1:] for d, _ in g]
             texts.append("\n".join(head + elsewhere) + "\n" + body + main + shared)
         else:
-            own_head = [ln.replace(" = global i32 1,", " = external global i32,") for ln in head]
+            # The slot signature (@mc_slot_*) is defined once, in the first part; no code reads it.
+            own_head = [ln.replace(" = global i32 1,", " = external global i32,") for ln in head
+                        if not ln.startswith("@mc_slot_")]
             texts.append("\n".join(own_head) + "\n" + body + shared)
     return texts
 

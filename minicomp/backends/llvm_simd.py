@@ -38,6 +38,8 @@ def simd_supported(body: Stmt, var: ex.Var | None = None) -> bool:
                 return False
             if isinstance(n, ex.Bitcast) or isinstance(n, ex.Cast) and not (n.dtype.is_float and n.x.dtype.is_float):
                 return False
+            if isinstance(n, ex.Cast) and (n.dtype.is_narrow_float or n.x.dtype.is_narrow_float):
+                return False  # 16-bit rounding has no vector form here
             if isinstance(n, ex.Load) and n.dtype.is_narrow_float:
                 return False
     return True
@@ -75,7 +77,7 @@ class SimdEmitter:
         self.var = var
         self.w = width
         self.memo: dict[int, tuple[str, bool]] = {}
-        self.accumulations: set[int] = set()
+        self.accumulations: dict[int, str] = {}
 
     def vty(self, scalar_ty: str) -> str:
         return f"<{self.w} x {scalar_ty}>"
@@ -157,7 +159,7 @@ class SimdEmitter:
         return out
 
     def _binop(self, e: ex.BinOp) -> str:
-        from minicomp.backends.llvm_codegen import FMF, FMF_ACCUMULATE, compare_instruction, int_instruction
+        from minicomp.backends.llvm_codegen import FMF, compare_instruction, float_extremum, int_instruction
 
         fn = self.fn
         a, b = self.vector(e.a), self.vector(e.b)
@@ -170,10 +172,10 @@ class SimdEmitter:
             return out
         suffix = f"v{self.w}{_sfx(dt.llvm)}"
         if dt.is_float and op in ("add", "sub", "mul", "div"):
-            fn.emit(f"{out} = f{op} {FMF_ACCUMULATE if id(e) in self.accumulations else FMF} {ty} {a}, {b}")
+            fn.emit(f"{out} = f{op} {self.accumulations.get(id(e), FMF)} {ty} {a}, {b}")
             return out
         if op in ("max", "min") and dt.is_float:
-            return self._float_extremum(op, ty, a, b)
+            return float_extremum(fn, op, dt, ty, a, b, f"<{self.w} x i1>")
         if op in ("max", "min"):
             name = f"llvm.{'u' if dt.is_unsigned else 's'}{op}.{suffix}"
             return self._intrinsic(name, ty, [a, b])
@@ -181,24 +183,6 @@ class SimdEmitter:
             fn.emit(f"{out} = {int_instruction(op, dt)} {ty} {a}, {b}")
             return out
         raise CompileError(f"simd loop: no vector form of {op} on {dt.name}")
-
-    def _float_extremum(self, op: str, ty: str, a: str, b: str) -> str:
-        """max(a, b) or min(a, b) of float vectors as numpy computes them: NaN
-        if either is NaN, else the larger (smaller) one, ``b`` on a tie.
-
-        Spelled as compares and selects, which x86 runs as one ``vmaxps``
-        (that returns ``b`` when either is NaN), one ``vcmpunordps`` and one
-        masked move; ``llvm.maximum`` takes six instructions there, since it
-        also orders -0 below +0 (numpy does not), and made max pooling half
-        as fast as ONNX Runtime's."""
-        fn = self.fn
-        mask = f"<{self.w} x i1>"
-        wins, larger, nan, out = fn.tmp("c"), fn.tmp("v"), fn.tmp("c"), fn.tmp("v")
-        fn.emit(f"{wins} = fcmp {'ogt' if op == 'max' else 'olt'} {ty} {a}, {b}")
-        fn.emit(f"{larger} = select {mask} {wins}, {ty} {a}, {ty} {b}")
-        fn.emit(f"{nan} = fcmp uno {ty} {a}, {a}")
-        fn.emit(f"{out} = select {mask} {nan}, {ty} {a}, {ty} {larger}")
-        return out
 
     # -- memory ------------------------------------------------------------------
     def _flat(self, buf, indices) -> ex.Expr:
@@ -261,9 +245,9 @@ class SimdEmitter:
         return vec
 
     def store(self, s: Store):
-        from minicomp.backends.llvm_codegen import accumulation_ops
+        from minicomp.backends.llvm_codegen import accumulation_flags
 
-        self.accumulations = accumulation_ops(s)
+        self.accumulations = accumulation_flags(s)
         fn = self.fn
         buf = s.buffer
         ty = buf.dtype.llvm

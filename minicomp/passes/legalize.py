@@ -14,10 +14,19 @@ directly onto an instruction:
 
 What stays, and every emitter must provide as it is:
 
-- float ``max``/``min`` propagate NaN, as numpy does (LLVM: ``llvm.maximum``);
+- float ``max``/``min`` are numpy's: NaN if either operand is NaN, else the
+  larger (smaller); on a tie (+0 and -0) the second operand, but for
+  float16 the first, as numpy's float16 loops answer
+  (``ir/numerics.py``);
 - float-to-int casts saturate, and NaN becomes 0;
 - float16 and bfloat16 values are computed in float32 and rounded to 16 bits
-  (to nearest even) at every store and every cast to them.
+  (to nearest even) at every store and every cast to them; lowering rounds
+  each op's result (``ir/numerics.round16``), so a value kept in a register inside a
+  fused kernel is the value numpy would have stored;
+- a float operation is never contracted into an FMA, except the product an
+  accumulation adds (``acc = acc + a*b``: ``ir/numerics.accumulated_product``). An
+  expression computed in several places of a kernel then gives the same bits
+  in each (``fma(x, x, -m)`` is not ``round(x*x) - m``).
 
 ``compile()`` legalizes every kernel after the pass pipeline, whatever the
 pipeline, so an emitter never sees an integer ``div``.
@@ -84,3 +93,4 @@ def _safe_shift(e: ex.BinOp) -> ex.Expr:
 def legalize_kernel(kernel: Kernel) -> Kernel:
     """``kernel`` with every expression legalized (see the module docs)."""
     return replace(kernel, body=map_exprs(kernel.body, legalize_expr))
+

@@ -32,6 +32,7 @@ from minicomp.ir import expr as ex
 from minicomp.ir.compute import Stage, compute, reduce_identity, stage_dag
 from minicomp.ir.graph import Node, Value
 from minicomp.ir.loops import Allocate, Buffer, For, Kernel, Store, seq
+from minicomp.ir.numerics import round16
 from minicomp.ir.ops import get_op
 from minicomp.passes.schedules.analysis import LOCAL_ROW_BYTES, group_axis, rows_axis, spatial_innermost
 
@@ -62,6 +63,17 @@ def kernel_name(group: Group, index: int) -> str:
     ops = group.ops
     shown = "_".join(ops[:4]) + ("_etc" if len(ops) > 4 else "")
     return f"{'fused_' if len(ops) > 1 else ''}{shown}_{index}"
+
+
+def _rounded_to_its_dtype(st):
+    """An op's float16/bfloat16 result as numpy has it: rounded to 16 bits, also where it stays in a register
+    inside the kernel (``round16``). A reduction accumulates in float32 (``accumulator_dtype``), so its
+    readers get a rounding stage of their own; other stages round their body."""
+    if not isinstance(st, Stage) or not st.dtype.is_narrow_float:
+        return st
+    if st.reduce is not None:
+        return compute(st.shape, lambda *i: round16(st[i]), st.name)
+    return Stage(st.name, st.shape, st.axes, round16(st.body))
 
 
 def accumulator_dtype(dt):
@@ -101,7 +113,7 @@ class _Lowerer:
             opdef = get_op(node.op, node.name)
             outs = opdef.build_compute([tensors[v] for v in node.inputs], node.attrs)
             for v, st in zip(node.outputs, outs):
-                tensors[v] = st
+                tensors[v] = _rounded_to_its_dtype(st)
         return tensors
 
     def lower(self) -> Kernel:

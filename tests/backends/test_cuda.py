@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 
 import minicomp as mc
+from minicomp.backends.cuda_codegen import NVCC_FLAGS
 from minicomp.ir.loops import Barrier
 from minicomp.ir.ops import all_ops
 from minicomp.passes.manager import register_pass
@@ -250,7 +251,7 @@ def _ptx(source: str) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.cu"
         path.write_text(source)
-        proc = subprocess.run([NVCC, "-arch=sm_90", "--ptx", "-std=c++17", str(path), "-o", str(path) + ".ptx"],
+        proc = subprocess.run([NVCC, "-arch=sm_90", "--ptx", *NVCC_FLAGS, str(path), "-o", str(path) + ".ptx"],
                               capture_output=True, text=True)
         return proc.returncode == 0, proc.stderr[-3000:]
 

@@ -66,7 +66,7 @@ def test_attribute_errors():
         x.reshape(4, 2)
     with pytest.raises(mc.ShapeError, match="out of range for axis 0"):
         x[7]
-    with pytest.raises(mc.ShapeError, match="takes 1 inputs, got 2"):
+    with pytest.raises(mc.ShapeError, match="takes 1 input, got 2"):
         g.relu(x, x)
 
 

@@ -77,7 +77,10 @@ def register_unary_function(name: str, numpy_fn, c_name: str | None = None, doc:
     _unary(name, numpy_fn, lambda x: ex.call(name, x), doc=doc or f"{name}(x), elementwise (C's {c_name or name}).")
 
 
-def _unary(name: str, np_fn, expr_fn, kind: str = "float", attrs=None, doc: str = ""):
+def _unary(name: str, np_fn, expr_fn, kind: str = "float", attrs=None, doc: str = "", widen16: bool = True):
+    """Register an elementwise op. ``widen16``: the reference computes a 16-bit float input in float32 and
+    rounds once, as compiled code does; False where numpy's own 16-bit loop is the rule (relu's max keeps
+    numpy's float16 tie, see ir/numerics.py)."""
     attrs = attrs or {}
 
     def infer(types, a):
@@ -85,8 +88,11 @@ def _unary(name: str, np_fn, expr_fn, kind: str = "float", attrs=None, doc: str 
         return [types[0]]
 
     def reference(x, **a):
+        # A 16-bit float op is computed in float32 and rounded once, as the compiled code does (numpy's
+        # bfloat16 would round 1 / sqrt(x) twice).
+        wide = x.astype(np.float32) if widen16 and dtypes.as_dtype(x.dtype).is_narrow_float else x
         with np.errstate(all="ignore"):
-            return np.asarray(np_fn(x, **a)).astype(x.dtype)
+            return np.asarray(np_fn(wide, **a)).astype(x.dtype)
 
     def comp(x, **a):
         return compute(x.shape, lambda *i: expr_fn(x[i], **a), name)
@@ -140,7 +146,7 @@ def _register_unary():
     _unary("reciprocal", lambda x: 1.0 / x, lambda x: 1.0 / x)
     _unary("tanh", np.tanh, lambda x: ex.call("tanh", x))
     _unary("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)), lambda x: 1.0 / (ex.call("exp", -x) + 1.0))
-    _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype), lambda x: ex.maximum(x, 0), "numeric")
+    _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype), lambda x: ex.maximum(x, 0), "numeric", widen16=False)
     _unary("leaky_relu", lambda x, alpha: np.where(x >= 0, x, x * x.dtype.type(alpha)),
            lambda x, alpha: ex.select(ex.ge(x, 0), x, x * alpha), attrs={"alpha": 0.01})
     _unary("clip", _clip_np, _clip_expr, "numeric", attrs={"min": None, "max": None})
@@ -173,7 +179,8 @@ def cast_np(x: np.ndarray, dtype) -> np.ndarray:
     """numpy's astype, except float to integer: NaN gives 0 and values out of
     range saturate to the integer limits (the rule generated code follows)."""
     target = dtypes.as_dtype(dtype).numpy
-    if x.dtype.kind == "f" and target.kind in "iu":
+    # bfloat16 (ml_dtypes) has numpy kind "V", not "f": ask minicomp's dtype.
+    if dtypes.as_dtype(x.dtype).is_float and target.kind in "iu":
         info = np.iinfo(target)
         xd = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
         high, low = xd >= float(info.max), xd <= float(info.min)  # float64 cannot hold int64's maximum

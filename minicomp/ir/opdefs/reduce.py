@@ -111,6 +111,8 @@ def _arg_infer(types, a):
     t = types[0]
     if t.dtype.is_bool:
         raise ShapeError("input has dtype bool, but this op needs a numeric dtype")
+    if t.rank == 0:
+        raise ShapeError("a 0-d tensor has no axis to take the arg-extreme along")
     if t.shape[a["axis"]] == 0:
         raise ShapeError(f"cannot take the arg-extreme of an empty axis {a['axis']}")
     return [TensorType(reduced_shape(t.shape, (a["axis"],), a["keepdims"]), dtypes.int64)]
@@ -247,7 +249,10 @@ def _topk_compute(x, k, axis, largest):
             src = at(p, r)
             hit = ex.eq(rank[src], ex.cast(dtypes.int64, p[axis]))
             v = value(src, r)
-            return reduce("sum", ex.select(hit, v, ex.const(0, v.dtype)), [raxis])
+            # One element has the rank: a max over the others' identity (-inf, the integer minimum)
+            # gives it back untouched, -0.0 included (a sum with 0.0 made it +0.0).
+            fill = reduce_identity("max", v.dtype)
+            return reduce("max", ex.select(hit, v, fill), [raxis])
         return fn
 
     values = compute(shape, pick(lambda src, r: x[src]), "topk_values")

@@ -173,7 +173,7 @@ def conv_reference(x, w, bias=None, strides=None, padding=None, dilations=None, 
     R = x.ndim - 2
     co, cg = w.shape[:2]
     K = w.shape[2:]
-    acc_t = np.float64 if x.dtype.kind == "f" else np.int64
+    acc_t = np.float64 if dtypes.as_dtype(x.dtype).is_float else np.int64
     xp = np.pad(x.astype(acc_t), [(0, 0), (0, 0)] + [(padding[d], padding[R + d]) for d in range(R)])
     out_sp = [window_out(x.shape[2 + d], K[d], strides[d], padding[d], padding[R + d], dilations[d])
               for d in range(R)]
@@ -379,7 +379,7 @@ def pool_reference(x, kernel, strides, padding, dilations, ceil_mode, mode, coun
             for d in range(R)]
     widths = [(0, 0), (0, 0)] + [(padding[d], ends[d]) for d in range(R)]
     if mode == "max":
-        fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+        fill = -np.inf if dtypes.as_dtype(x.dtype).is_float else np.iinfo(x.dtype).min
         xp = np.pad(x, widths, constant_values=fill)
         out = None
     else:
