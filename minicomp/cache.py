@@ -7,7 +7,9 @@ the hash of everything the compiled bytes depend on: the generated source
 versions of minicomp and LLVM, and a format number. Writes are atomic
 (another process may write the same entry); an entry that cannot be read is
 compiled again; a cache folder that cannot be written is skipped silently,
-so compiling never fails for the cache's sake. ``MINICOMP_CACHE=0`` or
+so compiling never fails for the cache's sake. A folder that other users
+may write, or that is not yours, is not used at all (entries are machine
+code that runs): see :func:`trusted_folder`. ``MINICOMP_CACHE=0`` or
 ``compile(..., cache=False)`` turns it off; ``minicomp cache --clear`` empties it.
 """
 
@@ -17,6 +19,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import warnings
 import zlib
 from pathlib import Path
 
@@ -37,13 +40,42 @@ def enabled() -> bool:
 
 
 def folder(kind: str) -> Path | None:
-    """The folder of one kind of entry, created; None when it cannot be."""
-    path = root() / kind
+    """The folder of one kind of entry, created; None when it cannot be, or
+    when it cannot be trusted (:func:`trusted_folder`)."""
+    base = root()
+    path = base / kind
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for d in (base, path):
+            d.mkdir(mode=0o700, exist_ok=True)  # only its owner may plant code in a new folder
     except OSError:
         return None
-    return path
+    return path if trusted_folder(base) and trusted_folder(path) else None
+
+
+_warned: set[str] = set()
+
+
+def trusted_folder(path: Path) -> bool:
+    """Whether code kept in ``path`` may be run: the folder belongs to this
+    user and no one else may write it (the rule ssh applies to its keys).
+    A cache entry is machine code, loaded and run on the next compile of its
+    model: in a folder others can write, anyone could plant one. An
+    untrusted folder is neither read nor written, with one warning."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    owner_ok = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+    if owner_ok and not st.st_mode & 0o022:
+        return True
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        why = "is not owned by you" if not owner_ok else "may be written by other users (group or others)"
+        warnings.warn(f"minicomp does not use the compile cache at {path}: the folder {why}, so the machine code "
+                      f"in it could be anyone's. Make it yours alone (chmod go-w; chown) or set "
+                      f"MINICOMP_CACHE_DIR to a folder of your own", RuntimeWarning, stacklevel=3)
+    return False
 
 
 # Text is encoded this many characters at a time, so that hashing or

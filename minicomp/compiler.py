@@ -87,6 +87,8 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
 
     from minicomp.runtime import make_model
 
+    if isinstance(opt_level, bool) or opt_level not in (0, 1, 2, 3):
+        raise MinicompError(f"opt_level must be 0, 1, 2 or 3 (LLVM's optimization levels), got {opt_level!r}")
     program, stages, backend, tgt, pm = _run_passes(
         graph, target, num_threads=num_threads, pipeline=pipeline, fusion=fusion, schedules=schedules,
         device=device, memory=memory, memory_budget=memory_budget, cache=cache, tune=tune, progress=progress,
@@ -157,7 +159,8 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
     tgt = as_target(target, num_threads, device)
     backend = get_backend(tgt.name)
     stages = Stages(input=print_graph(graph))
-    if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget < 0):
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                      or memory_budget < 0):
         raise MinicompError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
     options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget,
                "cache": bool(cache), "tune": _tune_option(tune, tgt, progress)}

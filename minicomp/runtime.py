@@ -32,6 +32,10 @@ from minicomp.wording import count
 # libgomp's worker threads do not survive fork(): a child that starts a
 # parallel region waits for them forever. Models in a forked child (those the
 # parent made, and those made later) run their parallel loops on one thread.
+# Nor does another thread's hold on a model's lock: a fork taken while a
+# thread was inside model(...) copied the lock locked, and the child's first
+# call waited forever. The child gets fresh locks (no thread of its own holds
+# one: fork copies only the forking thread).
 _LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
 _IN_FORKED_CHILD = False
 
@@ -40,6 +44,7 @@ def _after_fork_in_child() -> None:
     global _IN_FORKED_CHILD
     _IN_FORKED_CHILD = True
     for model in list(_LIVE_MODELS):
+        model._lock = threading.Lock()
         model.set_num_threads(model.num_threads)
 
 
@@ -107,6 +112,8 @@ class CompiledModel:
         self._slots = slots or {}
         self._lock = threading.Lock()
         self._output_values = list(dict.fromkeys(graph.outputs))
+        self.num_threads = getattr(target, "num_threads", 1) or 1
+        _LIVE_MODELS.add(self)
         if jit is None:
             return
         self._table = (ctypes.c_void_p * max(n_slots, 1))()
@@ -114,18 +121,20 @@ class CompiledModel:
         self._main = jit.function("mc_main", ctypes.c_void_p)
         self._threads_addr = jit.global_address("mc_num_threads")
         self.set_num_threads(target.num_threads)
-        _LIVE_MODELS.add(self)
 
     def save(self, path: str) -> None:
         """Write the compiled model to ``path`` (``.mcm``); ``mc.load(path)``
-        runs it again without compiling (see ``minicomp/saved.py``)."""
+        runs it again without compiling (see ``minicomp/saved.py``). The file
+        holds machine code: whoever loads it runs that code, so share it only
+        with people who trust you, and load only files you trust."""
         from minicomp.saved import save_model
 
         save_model(self, path)
 
     def export_library(self, path: str) -> str:
         """Link a shared library (``model.so``) that C programs can call, with
-        its header beside it (``libmlp.so`` -> ``mlp.h``); returns the header's path."""
+        its header beside it (``libmlp.so`` -> ``mlp.h``); returns the header's path.
+        Like any library, it runs its machine code when loaded: trust it as you would any other."""
         from minicomp.saved import export_library
 
         return export_library(self, path)

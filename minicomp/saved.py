@@ -1,12 +1,16 @@
 """Compiled models on disk: ``model.save(path)`` / ``mc.load(path)``, and a
 shared library with a C header (``model.export_library(path)``).
 
-A saved model (``.mcm``) is a zip archive: ``meta.json`` (format, minicomp
-and LLVM versions, the CPU and features the code was made for, the input
-and output signature, the table slots, the memory plan, the kernel calls),
-``code.o`` (the machine code), ``optimized.ll`` (for ``--emit`` and
-inspection) and one ``.npy`` per constant. Loading runs no pass and no
-LLVM optimization: the object file goes straight into MCJIT. A file from
+A saved model (``.mcm``) is native machine code: loading one runs it, so
+load only files you trust (as with pickle). It is a zip archive:
+``meta.json`` (format, minicomp and LLVM versions, the CPU and features the
+code was made for, the input and output signature, the table slots, the
+memory plan, the kernel calls), ``code.o`` (the machine code),
+``optimized.ll`` (for ``--emit`` and inspection), one ``.npy`` per
+constant, and ``SHA256SUMS``, a digest of every other member. Loading runs
+no pass and no LLVM optimization: the object file goes straight into MCJIT,
+after every member matched its digest and the description matched itself
+and the buffer sizes built into the code (``@mc_slot_bytes``). A file from
 another minicomp version or format, or for a CPU whose instruction set this
 machine lacks, is refused with a clear error.
 
@@ -22,6 +26,7 @@ own), declares::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -63,15 +68,18 @@ def save_model(model, path: str) -> None:
         "calls": [[c.name, c.function, list(c.slots)] for c in model._calls],
         "num_threads": model.num_threads,
     }
+    members = {"meta.json": json.dumps(meta, indent=1).encode(), "code.o": jit.object_code,
+               "optimized.ll": jit.optimized_ir.encode()}
+    for c in meta["constants"]:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(graph.constants[_by_name(graph.constants, c["name"])]))
+        members[f"const/{c['slot']}.npy"] = buf.getvalue()
+    sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in members.items())
     try:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-            z.writestr("meta.json", json.dumps(meta, indent=1))
-            z.writestr("code.o", jit.object_code)
-            z.writestr("optimized.ll", jit.optimized_ir)
-            for c in meta["constants"]:
-                buf = io.BytesIO()
-                np.save(buf, np.ascontiguousarray(graph.constants[_by_name(graph.constants, c["name"])]))
-                z.writestr(f"const/{c['slot']}.npy", buf.getvalue())
+            for name, data in members.items():
+                z.writestr(name, data)
+            z.writestr(DIGESTS, sums)
     except OSError as exc:
         raise MinicompError(f"cannot write {path}: {exc}") from None
 
@@ -81,7 +89,13 @@ def _by_name(values, name):
 
 
 def load_model(path: str):
-    """A CompiledModel from a file written by ``model.save``."""
+    """A CompiledModel from a file written by ``model.save``.
+
+    Nothing in the file is trusted to the point of a crash: every member must
+    match the digest the file lists for it, the description (``meta.json``)
+    must agree with itself and with the buffer sizes the machine code was made
+    for (``@mc_slot_bytes``), and every failure is a MinicompError. Loading
+    still runs the file's machine code: load only files you trust."""
     from minicomp import __version__
     from minicomp.backends.llvm import JitModule, KernelCall, host_cpu
     from minicomp.ir.graph import Graph, TensorType, Value
@@ -89,14 +103,17 @@ def load_model(path: str):
     from minicomp.runtime import CompiledModel
     from minicomp.target import Target
 
+    members = _read_members(path)
     try:
-        z = zipfile.ZipFile(path)
-        meta = json.loads(z.read("meta.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise MinicompError(f"{path} is not a saved minicomp model: {exc}") from None
-    if meta.get("format") != FORMAT or meta.get("minicomp") != __version__:
-        raise MinicompError(f"{path} was saved by minicomp {meta.get('minicomp')} (format {meta.get('format')}); "
+        meta = json.loads(members["meta.json"])
+    except ValueError as exc:
+        raise MinicompError(f"{path} is not a saved minicomp model: meta.json: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("minicomp") != __version__:
+        got = meta if isinstance(meta, dict) else {}
+        raise MinicompError(f"{path} was saved by minicomp {got.get('minicomp')} (format {got.get('format')}); "
                             f"this is minicomp {__version__} (format {FORMAT}): compile the model again")
+    _check_digests(members, path)
+    _check_meta(meta, members, path)
     _, host_features = host_cpu()
     have = set(host_features.split(","))
     missing = [f[1:] for f in meta["features"].split(",") if f.startswith("+") and f not in have]
@@ -116,7 +133,7 @@ def load_model(path: str):
     graph = Graph(name=meta["name"])
     graph.inputs, graph.outputs = inputs, outputs
     for s, v in zip(meta["constants"], constants):
-        graph.constants[v] = np.load(io.BytesIO(z.read(f"const/{s['slot']}.npy")))
+        graph.constants[v] = _constant(members, s, v, path)
     slots = {v: slot for slot, v in by_slot.items()}
     offsets = {}
     for slot, off in meta["offsets"]:
@@ -124,13 +141,149 @@ def load_model(path: str):
         slots[key] = slot
         offsets[key] = off
     plan = MemoryPlan(offsets=offsets, arena_bytes=meta["arena_bytes"])
-    jit = JitModule.from_object(z.read("code.o"), z.read("optimized.ll").decode(), meta["cpu"], meta["features"])
+    try:
+        optimized = members["optimized.ll"].decode()
+    except UnicodeDecodeError:
+        raise MinicompError(f"{path}: optimized.ll is not text") from None
+    jit = JitModule.from_object(members["code.o"], optimized, meta["cpu"], meta["features"])
+    _check_against_the_code(jit, meta, path)
     target = Target.host("llvm", meta["num_threads"])
     calls = [KernelCall(name, fn, list(sl)) for name, fn, sl in meta["calls"]]
     model = CompiledModel(graph, target, {"llvm_opt": jit.optimized_ir}, plan, jit, calls, slots, meta["n_slots"],
                           graph.constants)
     model.loaded_from = path
     return model
+
+
+DIGESTS = "SHA256SUMS"
+
+
+def _read_members(path: str) -> dict[str, bytes]:
+    """Every member of the archive (checked by :func:`_check_digests` once the version is known)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {name: z.read(name) for name in z.namelist()}
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, RuntimeError) as exc:
+        raise MinicompError(f"{path} is not a saved minicomp model (or it is damaged): {exc}") from None
+    if "meta.json" not in members:
+        raise MinicompError(f"{path} is not a saved minicomp model: it has no meta.json")
+    return members
+
+
+def _check_digests(members: dict[str, bytes], path: str) -> None:
+    """Each member matches the digest the archive lists for it, and none is missing or extra."""
+    listed = {}
+    try:
+        for line in members[DIGESTS].decode("ascii").splitlines():
+            digest, name = line.split("  ", 1)
+            listed[name] = digest
+    except (KeyError, UnicodeDecodeError, ValueError):
+        raise MinicompError(f"{path} is damaged: its list of digests ({DIGESTS}) is missing or unreadable") from None
+    names = set(members) - {DIGESTS}
+    if set(listed) != names:
+        odd = sorted(set(listed) ^ names)
+        raise MinicompError(f"{path} is damaged: members {', '.join(odd[:5])} are missing or not listed")
+    for name in names:
+        if hashlib.sha256(members[name]).hexdigest() != listed[name]:
+            raise MinicompError(f"{path} is damaged: {name} does not match its digest")
+
+
+def _check_meta(meta: dict, members: dict, path: str) -> None:
+    """The description agrees with itself: every field of the right kind, slots inside the table, buffers
+    inside the arena, a constant member for every constant."""
+    from minicomp.ir.dtypes import ALL_DTYPES
+
+    dtype_names = {d.name for d in ALL_DTYPES}
+
+    def bad(what: str):
+        raise MinicompError(f"{path} is damaged: meta.json: {what}")
+
+    def whole(x, lo=0, hi=None) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= lo and (hi is None or x <= hi)
+
+    for key, kind in (("cpu", str), ("features", str), ("name", str), ("inputs", list), ("outputs", list),
+                      ("constants", list), ("offsets", list), ("calls", list)):
+        if not isinstance(meta.get(key), kind):
+            bad(f"'{key}' is missing or not a {kind.__name__}")
+    n_slots = meta.get("n_slots")
+    if not whole(n_slots, 1, 1 << 24) or not whole(meta.get("arena_bytes"), 0, 1 << 46) or \
+            not whole(meta.get("num_threads"), 1, 4096):
+        bad("n_slots, arena_bytes or num_threads is not a whole number in range")
+    used = set()
+    for kind in ("inputs", "outputs", "constants"):
+        for s in meta[kind]:
+            if not (isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("dtype") in dtype_names
+                    and isinstance(s.get("shape"), list) and all(whole(d, 0, 1 << 40) for d in s["shape"])
+                    and whole(s.get("slot"), 0, n_slots - 1)):
+                bad(f"{kind}: {str(s)[:80]} is not a buffer description")
+            if kind != "outputs" and s["slot"] in used:
+                bad(f"slot {s['slot']} is given twice")
+            used.add(s["slot"])
+    for s in meta["constants"]:
+        if f"const/{s['slot']}.npy" not in members:
+            bad(f"constant {s['name']} has no member const/{s['slot']}.npy")
+    for entry in meta["offsets"]:
+        if not (isinstance(entry, list) and len(entry) == 2 and whole(entry[0], 0, n_slots - 1)
+                and whole(entry[1], 0, meta["arena_bytes"])) or entry[0] in used:
+            bad(f"arena entry {str(entry)[:40]}: a slot inside the table and an offset inside the arena")
+        used.add(entry[0])
+    for call in meta["calls"]:
+        if not (isinstance(call, list) and len(call) == 3 and isinstance(call[0], str) and isinstance(call[1], str)
+                and isinstance(call[2], list) and all(whole(x, 0, n_slots - 1) for x in call[2])):
+            bad(f"kernel call {str(call)[:60]}")
+    if not {"code.o", "optimized.ll"} <= set(members):
+        bad("the machine code (code.o) or its IR (optimized.ll) is missing")
+
+
+def _constant(members: dict, desc: dict, value, path: str) -> np.ndarray:
+    """A constant's array, of exactly the shape and dtype the description gives (no pickles)."""
+    try:
+        arr = np.load(io.BytesIO(members[f"const/{desc['slot']}.npy"]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MinicompError(f"{path} is damaged: constant {desc['name']}: {exc}") from None
+    if arr.shape != value.shape or arr.dtype != value.dtype.numpy:
+        raise MinicompError(f"{path} is damaged: constant {desc['name']} holds {arr.dtype}{list(arr.shape)}, "
+                            f"not the {value.type} the model declares")
+    return np.ascontiguousarray(arr)
+
+
+def _check_against_the_code(jit, meta: dict, path: str) -> None:
+    """Every buffer the description gives is as large as the machine code reads and writes it, and every
+    slot the code uses is given one: checked against ``@mc_slot_bytes``, which the code generator put in
+    the code itself (an edited description once made the code write 1 MiB into a 4-byte output)."""
+    import ctypes
+
+    from minicomp.ir.dtypes import as_dtype
+
+    try:
+        n = ctypes.c_int64.from_address(jit.global_address("mc_slot_count")).value
+        code_bytes = list((ctypes.c_int64 * n).from_address(jit.global_address("mc_slot_bytes")))
+    except (ValueError, OSError, RuntimeError):
+        raise MinicompError(f"{path}: the machine code lacks its buffer sizes (@mc_slot_bytes): save it "
+                            f"again with this minicomp") from None
+    if n > meta["n_slots"]:
+        raise MinicompError(f"{path} is damaged: the code uses {n} table slots, the description has "
+                            f"{meta['n_slots']}")
+    given = {}
+    for kind in ("inputs", "outputs", "constants"):
+        for s in meta[kind]:
+            size = as_dtype(s["dtype"]).itemsize
+            for d in s["shape"]:
+                size *= d
+            given[s["slot"]] = (size, f"{kind[:-1]} {s['name']}")
+    for slot, nbytes in enumerate(code_bytes):
+        if slot in given and nbytes and given[slot][0] != nbytes:
+            raise MinicompError(f"{path} is damaged: {given[slot][1]} is described as {given[slot][0]} bytes, "
+                                f"but the code reads and writes {nbytes}")
+    planned = dict((slot, off) for slot, off in meta["offsets"])
+    for slot, off in planned.items():
+        nbytes = code_bytes[slot] if slot < n else 0
+        if off + nbytes > meta["arena_bytes"]:
+            raise MinicompError(f"{path} is damaged: the buffer of slot {slot} ({nbytes} bytes at offset {off}) "
+                                f"does not fit the arena of {meta['arena_bytes']} bytes")
+    unbound = [slot for slot, nbytes in enumerate(code_bytes) if nbytes and slot not in given and slot not in planned]
+    if unbound:
+        raise MinicompError(f"{path} is damaged: table slots {unbound[:5]} that the code uses have no buffer")
 
 
 HEADER = """/* {name}: compiled by minicomp {version} for CPU {cpu}. */

@@ -1,6 +1,8 @@
 """Saved models and shared libraries: what runs after loading or linking
 equals what the compiler made, and files that cannot run here are refused."""
 
+import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -37,15 +39,28 @@ def test_save_and_load_give_the_same_outputs(tmp_path):
     assert [name for name, _ in loaded.profile(X, repeat=1)] == [name for name, _ in model.profile(X, repeat=1)]
 
 
+def rewrite_members(src, dst, edit):
+    """Copy a saved model, ``edit(name, data) -> data`` applied to each member, its digests made again
+    (as someone who edits a file on purpose would): what is left to catch it is the checks on load."""
+    with zipfile.ZipFile(src) as zin:
+        members = {name: edit(name, zin.read(name)) for name in zin.namelist() if name != "SHA256SUMS"}
+    sums = "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in members.items() if d is not None)
+    with zipfile.ZipFile(dst, "w") as zout:
+        for name, data in members.items():
+            if data is not None:
+                zout.writestr(name, data)
+        zout.writestr("SHA256SUMS", sums)
+
+
 def rewrite_meta(src, dst, **changes):
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "meta.json":
-                meta = json.loads(data)
-                meta.update(changes)
-                data = json.dumps(meta).encode()
-            zout.writestr(item, data)
+    def edit(name, data):
+        if name != "meta.json":
+            return data
+        meta = json.loads(data)
+        meta.update(changes)
+        return json.dumps(meta).encode()
+
+    rewrite_members(src, dst, edit)
 
 
 def test_files_from_another_version_or_cpu_are_refused(tmp_path):
@@ -100,3 +115,81 @@ def test_cli_saves_runs_and_links(tmp_path, capsys):
     assert "loaded for" in capsys.readouterr().out
     assert main(["compile", str(src), "--target", "cuda", "-o", str(saved)]) == 2
     assert main(["compile", str(saved)]) == 2  # compile takes the source, not the compiled file
+
+
+def _saved(tmp_path):
+    path = tmp_path / "dense.mcm"
+    mc.compile(dense()).save(str(path))
+    return path
+
+
+def _meta_edit(**change):
+    def edit(name, data):
+        if name != "meta.json":
+            return data
+        meta = json.loads(data)
+        for key, fn in change.items():
+            meta[key] = fn(meta[key])
+        return json.dumps(meta).encode()
+    return edit
+
+
+def _bigger_output(outputs):
+    outputs[0]["shape"] = [512, 512]
+    return outputs
+
+
+@pytest.mark.parametrize("what, edit, message", [
+    ("a lied output shape", _meta_edit(outputs=_bigger_output), "the code reads and writes"),
+    ("offsets past the arena", _meta_edit(offsets=lambda offs: [[s, o + 10**6] for s, o in offs]),
+     "arena entry|does not fit the arena"),
+    ("no arena", _meta_edit(arena_bytes=lambda n: 0), "arena entry|does not fit the arena"),
+    ("a shorter constant", lambda name, data: (
+        data if not name.startswith("const/") else _npy(np.zeros((3, 24), np.float32))), "holds float32\\[3, 24\\]"),
+    ("a slot outside the table", _meta_edit(calls=lambda calls: [[c[0], c[1], [9999] + c[2][1:]] for c in calls]),
+     "kernel call"),
+    ("a missing member", lambda name, data: None if name.startswith("const/") else data, "has no member"),
+    ("a string for a number", _meta_edit(n_slots=lambda n: "three"), "not a whole number"),
+    ("a pickled constant", lambda name, data: data if not name.startswith("const/") else _npy(
+        np.array([{"x": 1}], dtype=object)), "damaged"),
+])
+def test_an_edited_saved_model_is_refused_before_it_runs(tmp_path, what, edit, message):
+    path = _saved(tmp_path)
+    rewrite_members(path, tmp_path / "edited.mcm", edit)
+    with pytest.raises(mc.MinicompError, match=message):
+        mc.load(str(tmp_path / "edited.mcm"))
+
+
+def _npy(arr):
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_any_flipped_bit_or_missing_member_is_a_clear_error(tmp_path):
+    path = _saved(tmp_path)
+    raw = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for k, at in enumerate(sorted(rng.choice(len(raw), 40, replace=False))):
+        flipped = bytearray(raw)
+        flipped[at] ^= 1 << int(rng.integers(8))
+        bad = tmp_path / f"flip{k}.mcm"
+        bad.write_bytes(bytes(flipped))
+        try:
+            model = mc.load(str(bad))
+        except mc.MinicompError:
+            continue
+        # A flip that changed nothing the archive holds (zip metadata such as a timestamp) loads intact.
+        for a, b in zip(model(X), mc.compile(dense())(X)):
+            np.testing.assert_array_equal(a, b)
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    for name in names:
+        rewrite = tmp_path / "without.mcm"
+        with zipfile.ZipFile(path) as zin, zipfile.ZipFile(rewrite, "w") as zout:
+            for other in names:
+                if other != name:
+                    zout.writestr(other, zin.read(other))
+        with pytest.raises(mc.MinicompError):
+            mc.load(str(rewrite))

@@ -10,6 +10,7 @@ of their text, so a source compiled once is not compiled again.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -29,10 +30,16 @@ def cache_dir() -> Path:
     from minicomp import cache
 
     path = cache.folder("cuda-emu") if cache.enabled() else None
-    if path is None:
-        path = Path(tempfile.gettempdir()) / f"minicomp-{os.getuid()}" / "cuda-emu"
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return path if path is not None else _private_folder()
+
+
+@functools.lru_cache(maxsize=1)
+def _private_folder() -> Path:
+    """A folder of this process alone (made by mkdtemp: mode 0700), removed at exit. Not a fixed name
+    under /tmp, where another user could have made it first and planted a library in it."""
+    folder = tempfile.TemporaryDirectory(prefix="minicomp-cuda-emu-")
+    _private_folder.keep = folder  # removed when the process ends
+    return Path(folder.name)
 
 
 def driver_source(source: str, launches: list[Launch]) -> str:
@@ -87,18 +94,22 @@ def build_library(source: str, launches: list[Launch]) -> ctypes.CDLL:
     text = driver_source(source, launches)
     digest = hashlib.sha256((text + HEADER.read_text()).encode()).hexdigest()[:24]
     lib = cache_dir() / f"{digest}.so"
-    if not lib.exists():
-        include = header_dir()
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "model.cpp"
-            src.write_text(text)
-            out = Path(tmp) / f"model-{os.getpid()}.so"
-            cmd = [compiler(), *FLAGS, "-shared", f"-I{include}", str(src), "-o", str(out), "-lpthread"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise CompileError(f"cuda-emu: the host compiler rejected the generated CUDA C:\n"
-                                   f"{proc.stderr[-4000:]}")
-            os.replace(out, lib)  # atomic: another process may build the same library
+    if lib.exists():
+        try:
+            return ctypes.CDLL(str(lib))
+        except OSError:  # a damaged library (a full disk, a truncated copy): build it again
+            lib.unlink(missing_ok=True)
+    include = header_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model.cpp"
+        src.write_text(text)
+        out = Path(tmp) / f"model-{os.getpid()}.so"
+        cmd = [compiler(), *FLAGS, "-shared", f"-I{include}", str(src), "-o", str(out), "-lpthread"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CompileError(f"cuda-emu: the host compiler rejected the generated CUDA C:\n"
+                               f"{proc.stderr[-4000:]}")
+        os.replace(out, lib)  # atomic: another process may build the same library
     return ctypes.CDLL(str(lib))
 
 

@@ -107,7 +107,6 @@ class JitModule:
 
     def __init__(self, ir_text: str, opt_level: int = 3, cpu: str = "", features: str = "",
                  cache: bool = True):
-        import zlib
 
         from minicomp import cache as disk
 
@@ -124,15 +123,16 @@ class JitModule:
         cache = cache and disk.enabled()
         name = native.code_key(ir_text, cpu, features, opt_level) if cache else ""
         if cache:
+            # Every part of the entry is checked before any machine code is loaded: an engine left
+            # half-made by an entry found damaged late crashed the compile that followed.
             obj, opt_ir = disk.read("llvm", name + ".o"), disk.read("llvm", name + ".ll.z")
-            if obj is not None and opt_ir is not None and self._load_object(obj):
-                try:
-                    self.optimized_ir = zlib.decompress(opt_ir).decode()
-                    self.cache_hit = True
-                    self.object_code = obj
-                    return
-                except (zlib.error, UnicodeDecodeError):
-                    pass  # a damaged entry: compile again (and overwrite it)
+            optimized = _decompressed_text(opt_ir)
+            if obj is not None and optimized is not None and self._load_object(obj):
+                self.optimized_ir = optimized
+                self.cache_hit = True
+                self.object_code = obj
+                return
+            # a damaged entry: compile again (and overwrite it)
         try:
             mod = llvm.parse_assembly(ir_text)
             mod.verify()
@@ -177,14 +177,20 @@ class JitModule:
         return tm.emit_object(llvm.parse_assembly(self.optimized_ir))
 
     def _load_object(self, obj: bytes) -> bool:
-        """Run cached machine code: an empty module's engine plus the object file."""
+        """Run cached machine code: an empty module's engine plus the object file. False (and no engine
+        kept) when LLVM refuses the bytes as an object file of this machine."""
         llvm = _llvm()
+        if not _looks_like_an_object_file(obj):
+            return False
         try:
-            self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.target_machine)
-            self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-            self.engine.finalize_object()
+            engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.target_machine)
+            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            engine.finalize_object()
         except RuntimeError:
             return False
+        if not engine.get_function_address("mc_main"):
+            return False
+        self.engine = engine
         return True
 
     def function(self, name: str, *argtypes):
@@ -265,22 +271,42 @@ def _emitter_digest() -> str:
     return h.hexdigest()
 
 
+def _decompressed_text(data: bytes | None) -> str | None:
+    """The text a cache entry compressed, or None when it is absent or not compressed text."""
+    import zlib
+
+    if data is None:
+        return None
+    try:
+        return zlib.decompress(data).decode()
+    except (zlib.error, UnicodeDecodeError):
+        return None
+
+
+def _looks_like_an_object_file(data: bytes) -> bool:
+    """An ELF relocatable object for this machine's word size and byte order (what MCJIT hands out):
+    the header is checked before LLVM parses the bytes, which it does not do safely for any input."""
+    import sys
+
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        return False
+    word_size, byte_order = data[4], data[5]
+    return word_size == 2 and byte_order == (1 if sys.byteorder == "little" else 2) and \
+        int.from_bytes(data[16:18], sys.byteorder) == 1  # ET_REL
+
+
 def _module_text(program, stages: dict, slots: list, emit) -> str:
     """The LLVM IR of the program: from the cache when the same kernels (their
     loop IR and table slots) were emitted before by this code generator."""
-    import zlib
 
     from minicomp import cache as disk
 
     if not (program.options.get("cache", True) and disk.enabled() and "loops" in stages):
         return emit(program.kernels, slots)
     name = disk.key(stages["loops"], slots, _emitter_digest()) + ".ir.z"
-    data = disk.read("llvm", name)
-    if data is not None:
-        try:
-            return zlib.decompress(data).decode()
-        except (zlib.error, UnicodeDecodeError):
-            pass
+    text = _decompressed_text(disk.read("llvm", name))
+    if text is not None and "define void @mc_main(" in text:  # junk that passed the checksum is emitted again
+        return text
     text = emit(program.kernels, slots)
     disk.write("llvm", name, disk.compress_text(text))
     return text

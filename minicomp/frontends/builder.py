@@ -25,6 +25,9 @@ from minicomp.ir.dtypes import as_dtype
 from minicomp.ir.graph import Graph, Node, TensorType, Value
 from minicomp.ir.ops import all_ops, get_op
 
+# The most elements one constant may hold (arange, filled tensors): larger ones are surely a mistake.
+MAX_CONSTANT_ELEMENTS = 1 << 31
+
 
 class Tensor:
     """A handle on a value being built; operators record new nodes."""
@@ -266,6 +269,11 @@ class GraphBuilder:
             start, stop = 0, start
         if step == 0:
             raise MinicompError("arange: step must not be 0")
+        length = max(0, -(-(stop - start) // step)) if all(isinstance(v, int) for v in (start, stop, step)) else \
+            max(0, int(np.ceil((stop - start) / step)))
+        if length > MAX_CONSTANT_ELEMENTS:
+            raise MinicompError(f"arange({start}, {stop}, {step}) would hold {length:,} elements; a constant may "
+                                f"hold at most {MAX_CONSTANT_ELEMENTS:,}")
         return self.constant(np.arange(start, stop, step, dtype=as_dtype(dtype).numpy), name=name)
 
     def einsum(self, equation: str, *operands) -> Tensor:
@@ -345,7 +353,15 @@ class GraphBuilder:
     def constant(self, array, name: str | None = None, dtype=None) -> Tensor:
         """Add a constant holding a copy of ``array``."""
         # np.array copies (once): the graph owns its constants, C-ordered.
-        arr = np.array(array, dtype=as_dtype(dtype).numpy if dtype is not None else None, order="C")
+        try:
+            arr = np.array(array, dtype=as_dtype(dtype).numpy if dtype is not None else None, order="C")
+        except (ValueError, TypeError, OverflowError) as exc:  # ragged lists, strings, ints out of range
+            raise MinicompError(f"constant{' ' + name if name else ''}: {str(array)[:60]} is not a rectangular "
+                                f"array of numbers"
+                                f"{' of ' + as_dtype(dtype).name if dtype is not None else ''}: {exc}") from None
+        if arr.dtype == object or arr.dtype.kind in "USMm":
+            raise MinicompError(f"constant{' ' + name if name else ''}: {str(array)[:60]} holds {arr.dtype} values, "
+                                f"not numbers")
         if arr.dtype == np.float64 and dtype is None and not isinstance(array, np.ndarray):
             arr = arr.astype(np.float32)  # Python floats default to float32, numpy arrays keep theirs
         if arr.dtype == np.int64 and dtype is None and not isinstance(array, np.ndarray):
@@ -368,7 +384,10 @@ class GraphBuilder:
             return self.constant(np.array(x, dtype=like.dtype.numpy))
         if isinstance(x, np.ndarray):
             return self.constant(x)
-        return self.constant(np.asarray(x, dtype=like.dtype.numpy if like is not None else None))
+        if x is None:
+            raise MinicompError("an op input is None: pass a Tensor, a number or an array (an optional input "
+                                "cannot be left out by passing None)")
+        return self.constant(x, dtype=like.dtype if like is not None else None)
 
     def op(self, op: str, *inputs, name: str | None = None, **attrs):
         """Record one node of ``op``; returns its output Tensor (a tuple if several)."""

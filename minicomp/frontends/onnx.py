@@ -180,9 +180,7 @@ def load_model(model, base_dir: str | None = None):
         raise MinicompError("ONNX import needs the onnx package: pip install 'minicomp[onnx]'") from None
     if isinstance(model, onnx.ModelProto):
         if base_dir:
-            from onnx.external_data_helper import load_external_data_for_model
-
-            load_external_data_for_model(model, base_dir)
+            load_external_data(model, base_dir)
         return model
     if isinstance(model, (bytes, bytearray)):
         proto = onnx.ModelProto()
@@ -197,12 +195,68 @@ def load_model(model, base_dir: str | None = None):
     if not os.path.exists(path):
         raise MinicompError(f"no such ONNX file: {path}")
     try:
-        proto = onnx.load(path)
-    except Exception as exc:  # protobuf DecodeError, truncated files, bad external data...
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, truncated files...
         raise MinicompError(f"cannot read ONNX model {path}: {type(exc).__name__}: {exc}") from None
     if not proto.HasField("graph") or not proto.graph.node and not proto.graph.output:
         raise MinicompError(f"{path} holds no ONNX graph (is it an ONNX model file?)")
+    load_external_data(proto, os.path.dirname(os.path.abspath(path)))
     return proto
+
+
+def load_external_data(proto, base_dir: str) -> None:
+    """Read every initializer kept in an external file into the model, in place.
+
+    minicomp's own reader, whatever the onnx version: a location must name a
+    file inside ``base_dir`` once links are resolved (a model may not read
+    ``../../etc/passwd``, nor a link pointing out of its folder), and its offset
+    and length must lie inside that file. Any problem is a MinicompError
+    naming the tensor."""
+    from onnx import TensorProto
+
+    root = os.path.realpath(base_dir)
+    tensors = [t for t in _all_tensors(proto.graph) if t.data_location == TensorProto.EXTERNAL]
+    for t in tensors:
+        info = {e.key: e.value for e in t.external_data}
+        where = f"initializer '{t.name}': external data"
+        location = info.get("location", "")
+        if not location or os.path.isabs(location):
+            raise MinicompError(f"{where} needs a location relative to the model's folder, got {location!r}")
+        path = os.path.realpath(os.path.join(root, location))
+        if os.path.commonpath([root, path]) != root:
+            raise MinicompError(f"{where} {location!r} lies outside the model's folder {root}: refused")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+            size = os.path.getsize(path)
+        except (ValueError, OSError) as exc:
+            raise MinicompError(f"{where} {location!r}: {exc}") from None
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise MinicompError(f"{where} {location!r}: bytes {offset}..{offset + length} are not inside the "
+                                f"file ({size} bytes)")
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                t.raw_data = f.read(length)
+        except OSError as exc:
+            raise MinicompError(f"{where} {location!r}: {exc}") from None
+        t.data_location = TensorProto.DEFAULT
+        del t.external_data[:]
+
+
+def _all_tensors(graph):
+    """Initializers and constant attributes of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _all_tensors(a.g)
+            for g in a.graphs:
+                yield from _all_tensors(g)
 
 
 def load_for_import(model, base_dir: str | None = None):
@@ -217,7 +271,6 @@ def load_for_import(model, base_dir: str | None = None):
         scanned = scan_model(path)
         if scanned is not None:
             import onnx
-            from onnx.external_data_helper import load_external_data_for_model
 
             proto = onnx.ModelProto()
             try:
@@ -225,7 +278,7 @@ def load_for_import(model, base_dir: str | None = None):
             except Exception:
                 return load_model(path), WeightReader()  # its own error, or a model read the usual way
             if proto.HasField("graph") and (proto.graph.node or proto.graph.output):
-                load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
+                load_external_data(proto, os.path.dirname(os.path.abspath(path)))
                 return proto, WeightReader(path, scanned[1])
     return load_model(model, base_dir), WeightReader()
 
@@ -357,10 +410,16 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
                                 f"from_onnx(..., shapes={{'{vi.name}': (...)}})")
         ctx.values[vi.name] = builder.input(vi.name, tuple(dims), dtype)
 
+    writers = {name: "a graph input or initializer" for name in ctx.values}
     for i, n in enumerate(g.node):
         node = OnnxNode(n.op_type, n.name or (n.output[0] if n.output else f"{n.op_type}_{i}"),
                         list(n.input), list(n.output), {a.name: _attr_value(a) for a in n.attribute},
                         "" if n.domain in ("", "ai.onnx") else n.domain)
+        for out in filter(None, node.outputs):  # ONNX graphs are SSA: one writer per name
+            if out in writers:
+                raise MinicompError(f"{node.describe()} writes '{out}', which {writers[out]} already "
+                                    f"produces: an ONNX value has exactly one producer")
+            writers[out] = f"node '{node.name}' ({node.op_type})"
         _import_node(ctx, node)
 
     outs = []

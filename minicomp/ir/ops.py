@@ -153,6 +153,11 @@ class OpDef:
             out = self.infer(list(input_types), dict(attrs))
         except ShapeError as exc:
             raise self._wrap(exc, input_types, node) from None
+        except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            # An op's type rule that did not foresee these inputs (a 0-d tensor, say) still answers in the
+            # user's terms, never with a bare IndexError.
+            raise self._wrap(ShapeError(f"these inputs do not fit the op ({type(exc).__name__}: {exc})"),
+                             input_types, node) from None
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def _wrap(self, exc, input_types, node):

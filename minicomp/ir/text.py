@@ -241,6 +241,15 @@ def _parse_literal(t: _Tokens, depth: int = 0):
     raise t.error("expected a value")
 
 
+def _flat_literal(lit):
+    """The numbers of a (nested list) literal."""
+    if isinstance(lit, list):
+        for x in lit:
+            yield from _flat_literal(x)
+    else:
+        yield lit
+
+
 def _parse_constant(t: _Tokens, vtype: TensorType, vname: str):
     if t.accept("ident", "dense"):
         t.take("punct", "<")
@@ -262,6 +271,10 @@ def _parse_constant(t: _Tokens, vtype: TensorType, vname: str):
         arr = np.array(lit, dtype=vtype.dtype.numpy)
     except (ValueError, TypeError, OverflowError) as exc:
         raise t.error(f"constant %{vname}: {exc}") from None
+    if not vtype.dtype.is_float and not vtype.dtype.is_bool and any(
+            isinstance(x, float) and not float(x).is_integer() for x in _flat_literal(lit)):
+        # As '300' is refused for u8: a literal the dtype cannot hold is an error, not truncated.
+        raise t.error(f"constant %{vname}: {vtype.dtype.name} cannot hold the fraction in {str(lit)[:40]}")
     if arr.shape != vtype.shape:
         raise t.error(f"constant %{vname} has shape {list(arr.shape)}, declared {vtype}")
     return arr, None

@@ -129,6 +129,51 @@ def test_external_data_loads(tmp_path):
     np.testing.assert_allclose(mc.compile(graph)(xs)[0], xs @ w)
 
 
+def _external_model(tmp_path, location):
+    """A MatMul model whose weight lies in an external file at ``location`` (weights.bin holds it)."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    tensor = numpy_helper.from_array(w, "w")
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(w.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [vi("x", [2, 3])],
+                       [vi("y", [2, 4])], [tensor])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(w.tobytes())
+    path = folder / "m.onnx"
+    path.write_bytes(model.SerializeToString())  # onnx.save would write (and check) the location itself
+    return path
+
+
+@pytest.mark.parametrize("escape", ["../secret.bin", "link.bin", "/etc/hostname"])
+def test_external_data_must_stay_inside_the_models_folder(tmp_path, escape):
+    (tmp_path / "secret.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    path = _external_model(tmp_path, escape)
+    if escape == "link.bin":  # a link inside the folder that points outside it
+        (path.parent / "link.bin").symlink_to(tmp_path / "secret.bin")
+    with pytest.raises(mc.MinicompError, match="initializer 'w': external data"):
+        mc.from_onnx(str(path))
+    with pytest.raises(mc.MinicompError, match="initializer 'w': external data"):
+        mc.from_onnx(onnx.load(str(path), load_external_data=False), base_dir=str(path.parent))
+
+
+def test_external_data_errors_are_clear(tmp_path):
+    path = _external_model(tmp_path, "missing.bin")
+    with pytest.raises(mc.MinicompError, match="initializer 'w': external data 'missing.bin'"):
+        mc.from_onnx(str(path))
+    (tmp_path / "b").mkdir()
+    path = _external_model(tmp_path / "b", "weights.bin")
+    (path.parent / "weights.bin").write_bytes(b"short")
+    with pytest.raises(mc.MinicompError, match="not inside the file"):
+        mc.from_onnx(str(path))
+    (path.parent / "weights.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    graph = mc.from_onnx(str(path))  # the same model, whole again, loads
+    np.testing.assert_array_equal(next(iter(graph.constants.values())).ravel(), np.arange(12))
+
+
 @pytest.mark.parametrize("axis, shape", [(-4, (1, 120)), (-3, (2, 60)), (-2, (6, 20)), (-1, (24, 5)),
                                          (0, (1, 120)), (2, (6, 20)), (4, (120, 1))])
 def test_flatten_counts_a_negative_axis_from_the_rank(axis, shape):
