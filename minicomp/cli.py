@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import minicomp as mc
+from minicomp.cpu_load import OtherLoad, busy_warning
 from minicomp.errors import MinicompError
 from minicomp.wording import count
 
@@ -208,10 +209,12 @@ def cmd_run(args) -> int:
     inputs = parse_inputs(graph, args.input or [], args.seed, args.cast)
     compile_s = time.perf_counter() - t0
     model(**inputs)  # warm up
+    load = OtherLoad()
     t0 = time.perf_counter()
     for _ in range(args.repeat):
         outs = model(**inputs)
     run_s = (time.perf_counter() - t0) / args.repeat
+    warn_if_busy(load, model.num_threads)
     how = "loaded" if is_saved(args.model) else "compiled"
     print(f"{graph.name}: {how} for {model.target} in {compile_s:.3f} s; "
           f"one run {run_s * 1e3:.3f} ms (mean of {args.repeat})")
@@ -345,7 +348,9 @@ def cmd_profile(args) -> int:
     inputs = parse_inputs(graph, args.input or [], args.seed, args.cast)
     model = compile_with_progress(graph, warm_up=True, target=args.target, num_threads=args.threads,
                                   tune=args.tune)
+    load = OtherLoad()
     rows = model.profile(repeat=args.repeat, **inputs)
+    warn_if_busy(load, model.num_threads)
     total = sum(t for _, t in rows) or 1.0
     print(f"{graph.name} on {model.target}: {count(len(rows), 'kernel')}, {total * 1e3:.3f} ms in all "
           f"(each kernel alone, mean of {args.repeat})")
@@ -440,6 +445,7 @@ def cmd_bench(args) -> int:
     print(f"{graph.name}: {count(len(graph.nodes), 'node')}, {count(len(model.kernels), 'kernel')}, "
           f"compiled in {compile_s:.2f} s")
     print(f"{'threads':>7}  {'minicomp ms':>12}  {'onnxruntime ms':>14}  {'ratio':>6}")
+    load = OtherLoad()
     for threads in args.threads:
         model.set_num_threads(threads)
         t_mc = _median_time(lambda: model(**inputs), args.repeat)
@@ -452,7 +458,15 @@ def cmd_bench(args) -> int:
             feeds = {k: v for k, v in inputs.items()}
             t_ort = _median_time(lambda: sess.run(None, feeds), args.repeat)
         print(f"{threads:>7}  {t_mc * 1e3:>12.3f}  {t_ort * 1e3:>14.3f}  {t_mc / t_ort:>6.2f}")
+    warn_if_busy(load, max(args.threads))
     return 0
+
+
+def warn_if_busy(load: OtherLoad, threads: int) -> None:
+    """Say on stderr when other programs shared the CPUs while a command timed (cpu_load.busy_warning)."""
+    message = busy_warning(load.share(), threads)
+    if message:
+        print(f"minicomp: {message}", file=sys.stderr)
 
 
 def cmd_ops(args) -> int:

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from minicomp import cache
+from minicomp.cpu_load import BUSY_SHARE, OtherLoad
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import For, Kernel, Store, format_stmt, stmt_children, walk_stmts
 from minicomp.passes.schedules.cpu import DEFAULT_CHOICES, Choices, cpu_schedule, iterations
@@ -66,11 +67,6 @@ TILE_ROWS = (4, 6, 8)
 TILE_VECTORS = (1, 2)
 # Kernels with fewer innermost iterations than this also try one thread.
 SERIAL_WORK = 1 << 21
-# A kernel's timings are not trusted when other programs (or the hypervisor)
-# took more than this share of the CPUs while it was tuned: on 2 cores, a
-# second program's threads slowed parallel kernels a hundredfold and made
-# one thread look best everywhere.
-BUSY_SHARE = 0.10
 
 
 @dataclass
@@ -263,38 +259,6 @@ def best_block(fn, calls: int, blocks: int = BLOCKS) -> float:
             fn()
         best = min(best, (time.perf_counter() - t0) / calls)
     return best
-
-
-class OtherLoad:
-    """The share of the CPUs that other programs, and the hypervisor's steal
-    time, used from this object's creation until :meth:`share` is asked
-    (Linux's ``/proc``; elsewhere always 0)."""
-
-    def __init__(self):
-        self._start = _cpu_ticks()
-
-    def share(self) -> float:
-        end = _cpu_ticks()
-        if self._start is None or end is None:
-            return 0.0
-        total = end[1] - self._start[1]
-        others = (end[0] - self._start[0]) - (end[2] - self._start[2])
-        # Under 0.2 s of ticks (100 per second per CPU) the share is too coarse to judge.
-        return max(0.0, others / total) if total >= 20 else 0.0
-
-
-def _cpu_ticks() -> tuple[int, int, int] | None:
-    """(busy ticks of all CPUs, all ticks, this process's ticks), or None."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-        with open("/proc/self/stat") as f:
-            own = f.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = v + [0] * (8 - len(v))
-    busy = user + nice + system + irq + softirq + steal
-    return busy, busy + idle + iowait, int(own[11]) + int(own[12])
 
 
 # -- tuning one kernel -------------------------------------------------------------

@@ -216,3 +216,28 @@ def test_run_check_uses_stored_onnx_test_outputs(capsys):
     assert main(["run", case.model_path, "--check"]) == 0
     out = capsys.readouterr().out
     assert "test_data_set_0" in out and "stored ONNX test outputs: passed" in out
+
+
+class _Busy:
+    """A load reader that reports other programs on half the CPUs."""
+
+    def share(self):
+        return 0.5
+
+
+class _Idle:
+    def share(self):
+        return 0.0
+
+
+@pytest.mark.parametrize("command", [["run", "--repeat", "2"], ["profile", "--repeat", "1"]])
+def test_timing_commands_warn_when_other_programs_share_the_cpus(model_file, capsys, monkeypatch, command):
+    import minicomp.cli as cli
+
+    monkeypatch.setattr(cli, "OtherLoad", _Busy)
+    assert main([command[0], str(model_file), "--threads", "2", *command[1:]]) == 0
+    err = capsys.readouterr().err
+    assert "other programs used 50% of the CPUs" in err and "--threads 1" in err
+    monkeypatch.setattr(cli, "OtherLoad", _Idle)
+    assert main([command[0], str(model_file), *command[1:]]) == 0
+    assert "other programs" not in capsys.readouterr().err
