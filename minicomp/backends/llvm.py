@@ -43,6 +43,14 @@ def _gomp_library() -> str | None:
     return ctypes.util.find_library("gomp")
 
 
+# libgomp's threads spin this many times waiting for the next parallel loop before they sleep (its
+# default is 300,000 when no wait policy is set). On cores shared with other programs a spinning thread
+# burns the time slice the others need, and a parallel loop waits for its slowest thread: on 2 cores
+# with 3 busy programs an MLP took 3.5 ms a call by default, 2.3 ms with 10,000; idle, both 0.42 ms,
+# while OMP_WAIT_POLICY=PASSIVE cost 1.5x there (docs/threads.md). A user's own setting wins.
+GOMP_SPINCOUNT = "10000"
+
+
 def openmp_available() -> bool:
     """Load libgomp into the process (once); False if it is not installed."""
     global _gomp_loaded
@@ -50,6 +58,10 @@ def openmp_available() -> bool:
         try:
             if _gomp_library() is None:
                 raise OSError("libgomp not found")
+            import os
+
+            if "OMP_WAIT_POLICY" not in os.environ:  # read once, when libgomp loads
+                os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
             ctypes.CDLL(_gomp_library(), mode=ctypes.RTLD_GLOBAL)
             _gomp_loaded = True
         except OSError:

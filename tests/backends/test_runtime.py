@@ -147,3 +147,18 @@ def test_parallel_loops_give_every_iteration_to_one_thread_at_any_thread_count(e
         (got,) = model(xs)
         np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(want, mc.run_reference(graph, xs)[0], rtol=1e-5)
+
+
+def test_libgomp_spins_briefly_unless_the_user_chose_a_wait_policy():
+    import subprocess
+    import sys
+
+    code = ("import os, numpy as np, minicomp as mc\n"
+            "g = mc.GraphBuilder(); x = g.input('x', (4,)); g.output(g.relu(x)); mc.compile(g.build(), cache=False)\n"
+            "print(os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "10000", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "None", out.stderr
