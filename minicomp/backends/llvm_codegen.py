@@ -260,6 +260,9 @@ class FunctionGen:
                 self.emit(f"{out} = f{op} {self.accumulations.get(id(e), FMF)} {ty} {a}, {b}")
                 return out
             if op in ("max", "min"):
+                if id(e) in self.accumulations:  # a reduction: an intrinsic LLVM vectorizes (ir/numerics.py)
+                    fn = "maximum" if op == "max" else "minimum"
+                    return self._call(ty, f"llvm.{fn}.{_suffix(ty)}", [(ty, a), (ty, b)])
                 return float_extremum(self, op, e.dtype, ty, a, b)
             if op == "pow":
                 return self._call(ty, f"llvm.pow.{_suffix(ty)}", [(ty, a), (ty, b)])
@@ -475,7 +478,7 @@ def float_extremum(fn, op: str, dt: DType, ty: str, a: str, b: str, mask: str = 
 
 def accumulation_flags(s: Store) -> dict[int, str]:
     """Fast-math flags, by expression id, of the accumulation in ``s``
-    (:func:`~minicomp.passes.legalize.accumulated_product`): its combining
+    (:func:`~minicomp.ir.numerics.accumulated_product`): its combining
     operation may reassociate and contract, the product it adds may contract
     into an FMA. Every other float operation keeps :data:`FMF`."""
     found = accumulated_product(s)

@@ -30,11 +30,15 @@ def extremum_keeps_first_on_tie(dt: DType) -> bool:
 
 
 def accumulated_product(s: Store) -> tuple[ex.BinOp, ex.BinOp | None] | None:
-    """``(combine, product)`` of an accumulation ``buf[i] = buf[i] + term`` (or ``*``) in ``s``:
-    the combining operation, which may reassociate, and the term when it is a product ``a*b`` added on,
-    the only multiplication that may contract into an FMA. None if ``s`` accumulates nothing."""
+    """``(combine, product)`` of an accumulation ``buf[i] = buf[i] + term`` (or ``*``, ``max``, ``min``) in
+    ``s``: the combining operation, which may reassociate, and the term when it is a product ``a*b`` added
+    on, the only multiplication that may contract into an FMA. None if ``s`` accumulates nothing.
+
+    A max/min reduction's combine keeps NaN but may order -0 below +0 (LLVM's ``llvm.maximum``, which its
+    vectorizer reduces in vector registers): which zero a row of zeros reduces to is not numpy's promise
+    either, while elementwise max/min keep numpy's tie rule."""
     v = s.value
-    if not (isinstance(v, ex.BinOp) and v.op in ("add", "mul") and v.dtype.is_float):
+    if not (isinstance(v, ex.BinOp) and v.op in ("add", "mul", "max", "min") and v.dtype.is_float):
         return None
     key = [ex.format_expr(i) for i in s.indices]
     for side, term in ((v.a, v.b), (v.b, v.a)):
