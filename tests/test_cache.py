@@ -96,7 +96,6 @@ def test_entries_with_a_good_checksum_but_junk_inside_are_compiled_again(cache_d
     import zlib
 
     from minicomp import cache
-
     from minicomp.backends import llvm_native
 
     mc.compile(graph())  # fills the cache
