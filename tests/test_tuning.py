@@ -194,6 +194,7 @@ class CheckingTimer(tuning.KernelTimer):
             assert_close(got, want, scale=10, what=f"{kernel.name}: {' '.join(kernel.notes)}")
 
 
+@pytest.mark.slow  # 13 s: every candidate of each drawn convolution is compiled and run
 @given(cin=st.integers(1, 20), cout=st.integers(1, 70), size=st.integers(3, 20), kernel=st.sampled_from([1, 3]),
        stride=st.sampled_from([1, 2]))
 def test_every_candidate_computes_what_the_rules_compute(cin, cout, size, kernel, stride):

@@ -111,6 +111,11 @@ def ctype(dt: DType) -> str:
     return "float" if dt.is_narrow_float else dt.c
 
 
+def unsigned_of(dt: DType) -> str:
+    """The unsigned C type of a signed integer dtype's width."""
+    return "unsigned long long" if dt.itemsize == 8 else "unsigned int"
+
+
 def storage_type(dt: DType) -> str:
     """The C type of ``dt`` in memory."""
     return {"float16": "__half", "bfloat16": "unsigned short"}.get(dt.name) or ctype(dt)
@@ -519,6 +524,9 @@ class _Writer:
         dt, op = e.a.dtype, e.op
         infix = {"add": "+", "sub": "-", "mul": "*", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==",
                  "ne": "!="}
+        if op in ("add", "sub", "mul") and self._wraps_in_unsigned(e):
+            u = unsigned_of(dt)
+            return f"(({ctype(dt)})(({u})({a}) {infix[op]} ({u})({b})))"
         if op in infix:
             return self.wrap_narrow(f"({a} {infix[op]} {b})", e.dtype)
         if op in ("max", "min"):
@@ -549,6 +557,15 @@ class _Writer:
             return f"({a} % {b})"
         self.fail(f"no CUDA for {op} on {dt.name}")
 
+    def _wraps_in_unsigned(self, e: ex.Expr) -> bool:
+        """Signed 32- and 64-bit data arithmetic is done in unsigned C types: it wraps, as numpy's does,
+        where C's signed overflow is undefined and the compiler may assume it away (g++ turned
+        ``a + b > a`` into ``b > 0``). Index arithmetic (no loads) keeps its signed type."""
+        dt = e.dtype
+        if not dt.is_int or dt.is_unsigned or dt.itemsize < 4:
+            return False
+        return dt != dtypes.int64 or any(isinstance(n, ex.Load) for n in ex.walk(e))
+
     @staticmethod
     def wrap_narrow(text: str, dt: DType) -> str:
         """C computes 8- and 16-bit integers in int: cast back so they wrap as stored."""
@@ -560,12 +577,17 @@ class _Writer:
         if e.fn == "shfl_xor":
             return f"__shfl_xor_sync(0xffffffffu, {x}, {self.render(e.args[1])})"
         if e.fn == "neg":
+            if self._wraps_in_unsigned(e):
+                return f"(({ctype(dt)})(({unsigned_of(dt)})0 - ({unsigned_of(dt)})({x})))"
             return self.wrap_narrow(f"(-{x})", dt)
         if e.fn == "not":
             return f"(!{x})"
         if e.fn == "abs":
             if dt.is_float:
                 return f"fabs{'f' if ctype(dt) == 'float' else ''}({x})"
+            if self._wraps_in_unsigned(e):
+                u = unsigned_of(dt)
+                return f"({x} < 0 ? (({ctype(dt)})(({u})0 - ({u})({x}))) : {x})"
             return x if dt.is_unsigned else self.wrap_narrow(f"({x} < 0 ? -{x} : {x})", dt)
         if not dt.is_float:
             self.fail(f"{e.fn} needs a float operand, got {dt.name}")

@@ -32,14 +32,16 @@ from minicomp.ir.numerics import accumulated_product, extremum_keeps_first_on_ti
 # ``round(x*x) - m`` (a softmax of it rose above 1, or to inf). Only an
 # accumulation (``acc = acc + a*b``) contracts its product, whose rounding no
 # other place observes, and only its combining operation may reassociate,
-# which LLVM needs to vectorize a reduction. Reassociating elsewhere breaks
+# which LLVM needs to vectorize a reduction; it does not also ignore the sign
+# of zero, since the two together let LLVM fold ``acc + (x - x)`` to ``acc``
+# (NaN for an infinite x). Reassociating elsewhere breaks
 # cancellation guards (``x - max - log(sum)`` in log_softmax) and ``arcp``
 # turns ``1 / sqrt(x)`` into an estimate that is NaN at 0 and inf; no-NaN/
 # no-inf flags are left out because -inf is a real value here (max-reduction
 # init, padding).
 FMF = "nsz"
 FMF_CONTRACT = "nsz contract"
-FMF_ACCUMULATE = "reassoc nsz contract"
+FMF_ACCUMULATE = "reassoc contract"
 MAX_UNROLL = 64  # unrolled loops up to this extent are replicated in the IR
 NUM_THREADS_GLOBAL = "mc_num_threads"
 

@@ -256,6 +256,7 @@ def _ptx(source: str) -> tuple[bool, str]:
         return proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # 20 s of nvcc
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 def test_nvcc_compiles_the_cuda_of_every_op_and_the_transformer_to_ptx_without_warnings():
     """Also without a warning: no index or temporary is declared and left

@@ -12,7 +12,8 @@ onnx = pytest.importorskip("onnx")
 from tests.onnx.reference_check import check_against_reference  # noqa: E402
 
 
-@settings(max_examples=12)  # each example compiles up to 16 gathers per mode: seconds, not milliseconds
+@pytest.mark.slow  # 30 s: each example compiles up to 16 gathers per mode
+@settings(max_examples=12)
 @given(st.data())
 def test_grid_sample(data):
     d = data.draw

@@ -462,6 +462,7 @@ def _run_case(c: Case, module, inputs, target: str):
 EXAMPLES = 5 if os.environ.get("CI") else 40
 
 
+@pytest.mark.slow  # the sweep (2-3 minutes); the fast suite keeps test_op_compiled_matches_torch, one per case
 @pytest.mark.parametrize("c", CASES, ids=[c.name for c in CASES])
 @settings(max_examples=EXAMPLES)
 @given(data=st.data())
