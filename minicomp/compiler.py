@@ -8,6 +8,8 @@ CompiledModel. Every stage's text is kept in ``model.stages``.
 
 from __future__ import annotations
 
+import dataclasses
+
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.ir.graph import Graph
 from minicomp.ir.text import print_graph
@@ -23,11 +25,9 @@ def as_target(target, num_threads: int | None = None, device: str | None = None)
     from minicomp.target import CPUS
 
     if isinstance(target, Target):
-        if num_threads:
-            target.num_threads = num_threads
-        if device:
-            target.device = device
-        return target
+        # A copy: compiling never changes the caller's Target (the backend may still adjust its own).
+        changes = {k: v for k, v in (("num_threads", num_threads), ("device", device)) if v}
+        return dataclasses.replace(target, **changes)
     if target in ("cuda", "cuda-emu"):
         return Target.cuda(device=device or ("emu" if target == "cuda-emu" else "gpu"))
     if device:

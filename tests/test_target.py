@@ -99,3 +99,12 @@ def test_constant_right_operands_are_packed_into_panels_once():
     assert (packed[2, :, 7:] == 0).all()  # the last panel is zero-padded past column 71
     xs = rng.standard_normal((37, 64)).astype(np.float32)
     assert_close(model(xs)[0], np.maximum(xs @ w, 0), scale=10)
+
+
+def test_compile_leaves_the_callers_target_as_it_was():
+    target = mc.Target.host("llvm", 2)
+    before = repr(target)
+    g = mc.GraphBuilder()
+    g.output(g.input("x", (2,)) + 1.0)
+    model = mc.compile(g.build(), target=target, num_threads=1)
+    assert repr(target) == before and target.num_threads == 2 and model.num_threads == 1
