@@ -184,12 +184,12 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
         if program.memory_plan is None:
             program = plan_pass(program, PassContext(pm.options))
         program.kernels = [legalize_kernel(k) for k in program.kernels]
-        stages["graph"] = print_fused_graph(program.graph, program.groups)
-        stages["fusion"] = program.options["fusion_result"].explain()
-        stages["loops"] = "\n\n".join(str(k) for k in program.kernels) + "\n"
-        stages["memory"] = str(program.memory_plan)
+        stages.set("graph", print_fused_graph(program.graph, program.groups))
+        stages.set("fusion", program.options["fusion_result"].explain())
+        stages.set("loops", "\n\n".join(str(k) for k in program.kernels) + "\n")
+        stages.set("memory", str(program.memory_plan))
     else:
-        stages["graph"] = print_graph(program.graph)
+        stages.set("graph", print_graph(program.graph))
     pm.timings.insert(0, ("verify and print the input", t_passes - t_start))
     pm.timings.append(("legalize and print the stages", time.perf_counter() - t_after))
     return program, stages, backend, tgt, pm

@@ -1,9 +1,10 @@
-"""The text of each compile stage (``model.stages``): a dict whose large
-entries may be made only when read."""
+"""The text of each compile stage (``model.stages``): a read-only mapping
+whose large entries may be made only when read."""
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator, Mapping
 
 
 class _Deferred:
@@ -13,13 +14,21 @@ class _Deferred:
         self.make = make
 
 
-class Stages(dict):
-    """Stage name -> text. An entry set by :meth:`defer` is made by its function
-    at each read; :meth:`compress` keeps a text zlib-compressed until read
-    (a large module's LLVM IR takes a tenth of the memory so)."""
+class Stages(Mapping):
+    """Stage name -> text, read-only for users (``dict(model.stages)`` gives
+    plain strings). The compiler and the backends fill it while compiling:
+    :meth:`set` a text, :meth:`defer` one made by a function at each read, or
+    :meth:`compress` one kept zlib-compressed until read (a large module's
+    LLVM IR takes a tenth of the memory so)."""
+
+    def __init__(self, **texts: str):
+        self._entries: dict = dict(texts)
+
+    def set(self, key: str, text: str) -> None:
+        self._entries[key] = text
 
     def defer(self, key: str, make) -> None:
-        super().__setitem__(key, _Deferred(make))
+        self._entries[key] = _Deferred(make)
 
     def compress(self, key: str, text: str) -> None:
         from minicomp.cache import compress_text
@@ -27,18 +36,19 @@ class Stages(dict):
         data = compress_text(text)
         self.defer(key, lambda: zlib.decompress(data).decode())
 
-    def __getitem__(self, key):
-        value = super().__getitem__(key)
+    def __getitem__(self, key: str) -> str:
+        value = self._entries[key]
         return value.make() if isinstance(value, _Deferred) else value
 
-    def get(self, key, default=None):
-        return self[key] if key in self else default
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
 
-    def items(self):
-        return [(k, self[k]) for k in self]
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    def values(self):
-        return [self[k] for k in self]
+    def __repr__(self) -> str:
+        return f"Stages({', '.join(self._entries)})"
 
     def copy(self) -> dict:
+        """Every stage's text in a plain dict."""
         return dict(self.items())

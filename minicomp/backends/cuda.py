@@ -44,7 +44,7 @@ class CudaExecutable:
 def build_cuda(program, stages: dict, opt_level: int) -> CudaExecutable:
     """Render the program's kernels as one CUDA C source; bind launch parameters to slots."""
     source, launches = render_module(program.kernels)
-    stages["cuda"] = source
+    stages.set("cuda", source)
     slots = buffer_slots(program.graph, program.memory_plan)
     by_kernel = {}
     for k in program.kernels:

@@ -329,7 +329,7 @@ def prepare_llvm(target, options: dict, stages: dict) -> None:
     check_runs_here(target)
     if not openmp_available():
         target.num_threads = 1
-        stages["note"] = "libgomp was not found: parallel loops run on one thread"
+        stages.set("note", "libgomp was not found: parallel loops run on one thread")
     # Schedules plan for at least 2 threads so that a model can later be told to use more.
     options["schedule_threads"] = max(target.num_threads, 2) if openmp_available() else 1
 

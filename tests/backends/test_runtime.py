@@ -162,3 +162,13 @@ def test_libgomp_spins_briefly_unless_the_user_chose_a_wait_policy():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "None", out.stderr
+
+
+def test_stages_read_as_a_plain_mapping_of_texts():
+    g = mc.GraphBuilder()
+    g.output(g.relu(g.input("x", (4,))))
+    stages = mc.compile(g.build()).stages
+    plain = dict(stages)
+    assert all(isinstance(text, str) for text in plain.values()) and "llvm" in plain and "loops" in plain
+    with pytest.raises(TypeError):
+        stages["loops"] = "edited"  # read-only for users
