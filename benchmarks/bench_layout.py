@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import minicomp as mc  # noqa: E402
 from benchmarks.bench_onnx import load  # noqa: E402
 from benchmarks.harness import best_blocks, describe_machine, print_table  # noqa: E402
+from minicomp.backends.registry import default_pipeline  # noqa: E402
 from minicomp.frontends.onnx_testdata import LIGHT_MODELS  # noqa: E402
-from minicomp.passes.manager import default_pipeline  # noqa: E402
 
 WITHOUT = [p for p in default_pipeline("llvm") if p != "nchwc"]
 

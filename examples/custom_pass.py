@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 import minicomp as mc
-from minicomp.passes.manager import default_pipeline, register_pass
+from minicomp.passes.manager import register_pass
 from minicomp.passes.rewrite import Rewriter
 
 
@@ -40,7 +40,7 @@ def build() -> mc.Graph:
 
 
 def main() -> int:
-    pipeline = default_pipeline("llvm")
+    pipeline = mc.default_pipeline("llvm")
     pipeline.insert(pipeline.index("fuse"), "square_to_mul")
     print("pipeline:", ",".join(pipeline))
     graph = build()

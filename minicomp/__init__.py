@@ -4,7 +4,7 @@ Public API:
 
 - :class:`GraphBuilder` / :class:`Tensor`: write a model in Python;
 - :func:`compile`: compile a Graph for a target, returning a callable
-  :class:`CompiledModel`;
+  :class:`CompiledModel`; :func:`default_pipeline` lists a target's passes;
 - :func:`run_reference`: run a Graph with the numpy reference interpreter;
 - :func:`load`: a model saved with ``model.save(path)``, ready to run;
 - :func:`parse_graph` / :func:`print_graph`: the IR text format;
@@ -15,6 +15,7 @@ Public API:
 """
 
 from minicomp.backends.reference import run_reference
+from minicomp.backends.registry import default_pipeline
 from minicomp.compiler import Target, compile
 from minicomp.errors import (
     CompileError,
@@ -48,6 +49,6 @@ if "torch" in __import__("sys").modules:
 __all__ = [
     "CompileError", "CompiledModel", "Graph", "GraphBuilder", "MinicompError", "Node", "ParseError",
     "RuntimeInputError", "ShapeError", "Target", "Tensor", "TensorType", "UnsupportedError", "Value",
-    "VerifyError", "compile", "from_onnx", "load", "parse_graph", "print_graph", "register_onnx_importer",
-    "register_torch_op", "register_unary_function", "run_reference", "from_torch",
+    "VerifyError", "compile", "default_pipeline", "from_onnx", "load", "parse_graph", "print_graph",
+    "register_onnx_importer", "register_torch_op", "register_unary_function", "run_reference", "from_torch",
 ]

@@ -149,13 +149,6 @@ def parse_pipeline(pipeline) -> list[str]:
     return names
 
 
-def default_pipeline(target: str = "llvm") -> list[str]:
-    """The default pipeline of a target's backend, as a list you may edit."""
-    from minicomp.backends.registry import default_pipeline as backend_pipeline
-
-    return backend_pipeline(target)
-
-
 @dataclass
 class PassContext:
     """What a program pass may read: the manager's options."""

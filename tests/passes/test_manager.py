@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import minicomp as mc
-from minicomp.passes.manager import PassManager, Program, default_pipeline, parse_pipeline, register_pass
+from minicomp.backends.registry import default_pipeline
+from minicomp.passes.manager import PassManager, Program, parse_pipeline, register_pass
 
 
 def graph():

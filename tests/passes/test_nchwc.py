@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 
 import minicomp as mc
+from minicomp.backends.registry import default_pipeline
 from minicomp.errors import ShapeError
-from minicomp.passes.manager import default_pipeline, get_pass
+from minicomp.passes.manager import get_pass
 from minicomp.passes.nchwc import channel_block
 from tests.strategies import conv_networks, random_dags
 from tests.tolerances import assert_close
