@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from minicomp.backends.compute_eval import evaluate_compute
 from minicomp.ir.compute import Placeholder
 from minicomp.ir.dtypes import as_dtype
 from minicomp.ir.graph import TensorType
 from minicomp.ir.ops import all_ops
+from tests.compute_eval import evaluate_compute
 from tests.numpy_formulations import FORMULATIONS
 from tests.strategies import OP_CASES
 from tests.tolerances import assert_close
