@@ -7,17 +7,6 @@ import minicomp as mc
 from minicomp.cli import main
 
 
-@pytest.fixture()
-def model_file(tmp_path):
-    g = mc.GraphBuilder("tiny")
-    x = g.input("x", (4, 20))
-    w = g.constant(np.arange(60, dtype=np.float32).reshape(20, 3) / 60, name="w")
-    g.output(g.softmax(x @ w, axis=-1))
-    path = tmp_path / "tiny.mcir"
-    path.write_text(mc.print_graph(g.build(), full_constants=True))
-    return path
-
-
 def test_run_with_given_input_and_save(model_file, tmp_path, capsys):
     x = np.ones((4, 20), np.float32)
     np.save(tmp_path / "x.npy", x)

@@ -27,17 +27,6 @@ def minicomp(*args, cwd=None, stdin=None, check_rc=None) -> subprocess.Completed
     return proc
 
 
-@pytest.fixture()
-def model_file(tmp_path):
-    g = mc.GraphBuilder("tiny")
-    x = g.input("x", (4, 20))
-    w = g.constant(np.arange(60, dtype=np.float32).reshape(20, 3) / 60, name="w")
-    g.output(g.softmax(x @ w, axis=-1))
-    path = tmp_path / "tiny.mcir"
-    path.write_text(mc.print_graph(g.build(), full_constants=True))
-    return path
-
-
 def test_a_closed_pipe_ends_quietly():
     # 'minicomp ops | head -1': the reader leaves early; no BrokenPipeError traceback.
     proc = subprocess.run(f"{sys.executable} -m minicomp.cli ops | head -1", shell=True, capture_output=True,
