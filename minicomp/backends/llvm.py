@@ -10,7 +10,6 @@ one. Parallel loops call libgomp, which is loaded into the process once.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -18,6 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from minicomp.backends import llvm_native as native
+from minicomp.backends.llvm_worker import without_vectorizer_remarks
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import CompileError
 
@@ -79,34 +79,6 @@ def _gomp_for_mcjit() -> None:
 host_cpu = native.host_cpu
 
 
-@contextlib.contextmanager
-def _without_vectorizer_remarks():
-    """LLVM prints 'loop not vectorized' to the process's stderr when a loop we
-    hinted cannot be vectorized: a remark, not an error. Catch what LLVM
-    writes to file descriptor 2 meanwhile and pass on every other line."""
-    import os
-    import sys
-    import tempfile
-
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile(mode="w+b") as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines():
-                if "loop not vectorized" not in line:
-                    print(line, file=sys.stderr)
-
-
 class JitModule:
     """One optimized, JIT-compiled LLVM module; keeps the engine alive.
 
@@ -145,6 +117,11 @@ class JitModule:
                 self.object_code = obj
                 return
             # a damaged entry: compile again (and overwrite it)
+        if self._compile_in_helper(ir_text, opt_level):
+            if cache:
+                disk.write("llvm", name + ".o", self.object_code)
+                disk.write("llvm", name + ".ll.z", disk.compress_text(self.optimized_ir))
+            return
         try:
             mod = llvm.parse_assembly(ir_text)
             mod.verify()
@@ -155,7 +132,7 @@ class JitModule:
         pto.slp_vectorization = opt_level >= 2
         pb = llvm.create_pass_builder(self.target_machine, pto)
         objects = []  # MCJIT hands over the object code it makes (for the cache and model.save)
-        with _without_vectorizer_remarks():
+        with without_vectorizer_remarks():
             pb.getModulePassManager().run(mod, pb)
             self.optimized_ir = str(mod)
             self.engine = llvm.create_mcjit_compiler(mod, self.target_machine)
@@ -187,6 +164,19 @@ class JitModule:
         tm = llvm.Target.from_default_triple().create_target_machine(
             cpu=self.cpu, features=self.features, opt=3, reloc="pic")
         return tm.emit_object(llvm.parse_assembly(self.optimized_ir))
+
+    def _compile_in_helper(self, ir_text: str, opt_level: int) -> bool:
+        """Optimize and make the machine code in the helper process (``llvm_server.py``: LLVM's leaks stay
+        there) and load it here; False when there is no helper (or MINICOMP_LLVM_WORKER=never)."""
+        from minicomp.backends.llvm_server import compile_in_helper
+
+        if native.worker_mode() == "never":
+            return False
+        made = compile_in_helper(ir_text, self.cpu, self.features, opt_level)
+        if made is None or not self._load_object(made[0]):
+            return False
+        self.object_code, self.optimized_ir = made
+        return True
 
     def _load_object(self, obj: bytes) -> bool:
         """Run cached machine code: an empty module's engine plus the object file. False (and no engine
