@@ -120,9 +120,9 @@ def test_llvm_vectorizer_remarks_do_not_reach_stderr(capfd):
     while it optimizes; they are dropped, every other line is passed on."""
     import os
 
-    from minicomp.backends.llvm import _without_vectorizer_remarks
+    from minicomp.backends.llvm_worker import without_vectorizer_remarks
 
-    with _without_vectorizer_remarks():
+    with without_vectorizer_remarks():
         os.write(2, b"warning: <unknown>:0:0: loop not vectorized: the optimizer was unable to ...\n")
         os.write(2, b"something else LLVM said\n")
     err = capfd.readouterr().err
