@@ -495,7 +495,10 @@ def _convert_node(ctx: TorchContext, n) -> None:
         out = fn(ctx, _bind_args(n, ctx.values))
     except MinicompError as exc:
         msg = str(exc)
-        raise type(exc)(msg if n.name in msg else f"{ctx.describe()}: {msg}") from None
+        # Errors of the ops a converter made name their node after this one ("node 'index_2' (op take..."):
+        # a bare mention of the name ("indexing") is not that.
+        named = f"node '{n.name}'" in msg or f"node '{n.name}_" in msg
+        raise type(exc)(msg if named else f"{ctx.describe()} (inputs {_shapes_of(n)}): {msg}") from None
     except Exception as exc:  # a converter bug must still name the node
         raise MinicompError(f"{ctx.describe()}: conversion failed: {type(exc).__name__}: {exc}") from exc
     _check_against_torch(ctx, n, out)

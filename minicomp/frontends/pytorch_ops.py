@@ -612,9 +612,23 @@ def _squeeze(ctx, a):
     return ctx.op("squeeze", x, axes=axes) if axes else x
 
 
-@register_torch_op("aten.clone")
+@register_torch_op("aten.clone", "aten.alias")
 def _identity(ctx, a):
+    """A copy, or a view of the whole tensor (``x[:, 0:]``): the same values."""
     return _same(ctx, a.get("self", a.get("input")))
+
+
+@register_torch_op("aten.as_strided")
+def _as_strided(ctx, a):
+    """Only the form decompositions leave on a channels-last tensor: the same shape with the contiguous
+    strides (values in their logical order) and no offset, which is the tensor itself."""
+    x = a["self"]
+    size, stride, offset = list(a["size"]), list(a["stride"]), a.get("storage_offset") or 0
+    contiguous = [int(np.prod(size[k + 1:], dtype=np.int64)) for k in range(len(size))]
+    if list(x.shape) == size and offset == 0 and all(s == c or n == 1 for s, c, n in zip(stride, contiguous, size)):
+        return _same(ctx, x)
+    raise UnsupportedError(f"as_strided to size {size}, strides {stride}, offset {offset} of a "
+                           f"{list(x.shape)} tensor: only the same shape with contiguous strides is supported")
 
 
 @register_torch_op("aten._assert_tensor_metadata")
@@ -712,15 +726,31 @@ def _index_select(ctx, a):
 
 @register_torch_op("aten.index.Tensor")
 def _index(ctx, a):
+    """``x[i, j]`` with index tensors (None where a dimension is taken whole): the index tensors broadcast
+    together; their dimensions stand where the indexed ones were when those are adjacent, first when not
+    (numpy's rule). Several index tensors become one flat index into the indexed dimensions merged: one
+    ``take``."""
     x = a["self"]
     picked = [(k, t) for k, t in enumerate(a["indices"]) if t is not None]
-    if len(picked) != 1:
-        raise UnsupportedError("indexing with more than one index tensor is not supported (one is)")
-    axis, idx = picked[0]
-    if idx.dtype.name == "bool":
+    if any(t.dtype.name == "bool" for _, t in picked):
         raise UnsupportedError("indexing with a boolean mask is not supported (its result has a data-dependent "
                                "shape)")
-    return ctx.op("take", x, idx, axis=axis)
+    if len(picked) == 1:
+        axis, idx = picked[0]
+        return ctx.op("take", x, idx, axis=axis)
+    axes = [k for k, _ in picked]
+    first = axes[0]
+    if axes != list(range(first, first + len(axes))):  # apart: the indexed dimensions go first
+        x = x.transpose(axes + [d for d in range(x.ndim) if d not in axes])
+        first = 0
+    sizes = [x.shape[first + j] for j in range(len(axes))]
+    flat = None
+    for (_, idx), n in zip(picked, sizes):
+        idx = idx.astype("int64")
+        idx = ctx.op("where", idx < 0, idx + n, idx)  # negative indices count from the end
+        flat = idx if flat is None else flat * n + idx
+    merged = x.reshape(x.shape[:first] + (int(np.prod(sizes)),) + x.shape[first + len(axes):])
+    return ctx.op("take", merged, flat, axis=first)
 
 
 @register_torch_op("aten.gather")

@@ -408,3 +408,27 @@ def test_bfloat16_model_through_both_entries():
         out = fast(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), want, rtol=0.05, atol=0.05)
+
+
+def test_a_converter_error_names_the_node_and_its_input_shapes():
+    # The message holds the node's name ("sin" in "sinusoidal") but does not name the node: it gets the
+    # node's description and input shapes all the same.
+    from minicomp.frontends.pytorch import torch_converters
+
+    builtin = torch_converters()["aten.sin"]
+
+    def refuse(ctx, a):
+        raise UnsupportedError("sinusoidal inputs are not supported here")
+
+    mc.register_torch_op("aten.sin", replace=True)(refuse)
+    try:
+        with pytest.raises(UnsupportedError, match=r"node 'sin' \(aten.sin.default\) \(inputs float32\[3, 4\]\): "
+                                                   r"sinusoidal"):
+            mc.from_torch(_Sin().eval(), (torch.randn(3, 4),))
+    finally:
+        mc.register_torch_op("aten.sin", replace=True)(builtin)
+
+
+class _Sin(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)

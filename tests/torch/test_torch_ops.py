@@ -356,6 +356,25 @@ def _index(d):
     return Fn(lambda m, x, i: x[:, i]), [_array(d, (3, 5)), _array(d, (2, 2), np.int64, -5, 4)]
 
 
+@case("index_two_tensors", "aten.index.Tensor")
+def _index_two(d):
+    # transformers' mask building: a padding mask indexed by two broadcast arange tensors, adjacent or apart
+    apart = d(st.booleans())
+    fn = (lambda m, x, i, j: x[i, :, j]) if apart else (lambda m, x, i, j: x[:, i, j])
+    return Fn(fn), [_array(d, (3, 4, 5)), _array(d, (2, 1), np.int64, -3, 2), _array(d, (1, 3), np.int64, -4, 3)]
+
+
+@case("alias", "aten.alias")
+def _alias(d):
+    return Fn(lambda m, x: x[:, -0:, :] * 2), [_array(d, (2, 3, 4))]
+
+
+@case("as_strided_channels_last", "aten.as_strided")
+def _as_strided(d):
+    return (Fn(lambda m, x: F.adaptive_avg_pool2d(x.to(memory_format=torch.channels_last), 1)),
+            [_array(d, (1, 4, 5, 5))])
+
+
 @case("gather", "aten.gather")
 def _gather(d):
     return Fn(lambda m, x, i: x.gather(1, i)), [_array(d, (3, 5)), _array(d, (3, 4), np.int64, 0, 4)]
