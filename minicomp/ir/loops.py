@@ -12,7 +12,7 @@ generators flatten the indices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike
@@ -248,3 +248,74 @@ def format_kernel(k: Kernel) -> str:
     lines += format_stmt(k.body, 1)
     lines.append("}")
     return "\n".join(lines)
+
+
+# -- rewriting and searching statement trees (new trees; the given one is unchanged) --------------------
+
+def map_exprs(s: Stmt, fn) -> Stmt:
+    """A copy of ``s`` with every expression passed through ``fn``."""
+    if isinstance(s, Store):
+        return Store(s.buffer, tuple(fn(i) for i in s.indices), fn(s.value))
+    if isinstance(s, For):
+        return replace(s, body=map_exprs(s.body, fn))
+    if isinstance(s, Seq):
+        return Seq([map_exprs(c, fn) for c in s.stmts])
+    if isinstance(s, Allocate):
+        return Allocate(s.buffer, map_exprs(s.body, fn))
+    if isinstance(s, If):
+        return If(fn(s.cond), map_exprs(s.then, fn), map_exprs(s.otherwise, fn) if s.otherwise else None)
+    return s
+
+
+def map_stmts(s: Stmt, fn) -> Stmt:
+    """Rebuild ``s`` bottom-up, passing every statement through ``fn`` (which
+    returns a replacement, or None to keep it)."""
+    if isinstance(s, For):
+        s = replace(s, body=map_stmts(s.body, fn))
+    elif isinstance(s, Seq):
+        s = flat_seq([map_stmts(c, fn) for c in s.stmts])
+    elif isinstance(s, Allocate):
+        s = Allocate(s.buffer, map_stmts(s.body, fn))
+    elif isinstance(s, If):
+        s = If(s.cond, map_stmts(s.then, fn), map_stmts(s.otherwise, fn) if s.otherwise else None)
+    out = fn(s)
+    return s if out is None else out
+
+
+def flat_seq(stmts) -> Seq:
+    """A Seq of ``stmts`` with nested Seqs spliced in (a split loop becomes
+    two siblings, never a sequence inside a sequence)."""
+    flat = []
+    for c in stmts:
+        flat.extend(c.stmts if isinstance(c, Seq) else [c])
+    return Seq(flat)
+
+
+def loop_ranges(s: Stmt) -> dict:
+    """Every loop variable under ``s`` and its extent (for the simplifier)."""
+    return {lp.var: lp.extent for lp in loops(s)}
+
+
+def find_loop(body: Stmt, name: str) -> For | None:
+    """The loop called ``name`` under ``body``, or None."""
+    return next((s for s in walk_stmts(body) if isinstance(s, For) and s.var.name == name), None)
+
+
+def enclosing_ranges(body: Stmt, target: Stmt) -> dict:
+    """Extents of the loops around ``target`` (by identity) in ``body``."""
+    path: list[For] = []
+
+    def go(s) -> bool:
+        if s is target:
+            return True
+        if isinstance(s, For):
+            path.append(s)
+        for c in stmt_children(s):
+            if go(c):
+                return True
+        if isinstance(s, For):
+            path.pop()
+        return False
+
+    go(body)
+    return {lp.var: lp.extent for lp in path}

@@ -37,8 +37,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from minicomp.ir import expr as ex
-from minicomp.ir.loops import Kernel
-from minicomp.passes.schedules.step import map_exprs
+from minicomp.ir.loops import Kernel, map_exprs
 
 
 def legalize_expr(e: ex.Expr) -> ex.Expr:
