@@ -266,10 +266,11 @@ def unsupported_nodes(gm, const_placeholders: set[str]) -> list[str]:
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target is not operator.getitem and n not in known:
             if not hasattr(n.target, "_schema"):
-                missing.append(f"node '{n.name}' (Python function {getattr(n.target, '__name__', n.target)})")
+                function = getattr(n.target, "__name__", n.target)
+                missing.append(f"node '{n.name}' (Python function {function}){_source_line(n)}")
             elif converter_for(n.target) is None:
                 why = ", random" if _is_random(n.target) else ""
-                missing.append(f"node '{n.name}' (op {n.target}{why}; inputs {_shapes_of(n)})")
+                missing.append(f"node '{n.name}' (op {n.target}{why}; inputs {_shapes_of(n)}){_source_line(n)}")
         elif n.op in ("call_module", "call_method"):
             missing.append(f"node '{n.name}' ({n.op} {n.target})")
     return missing
@@ -498,11 +499,20 @@ def _convert_node(ctx: TorchContext, n) -> None:
         # Errors of the ops a converter made name their node after this one ("node 'index_2' (op take..."):
         # a bare mention of the name ("indexing") is not that.
         named = f"node '{n.name}'" in msg or f"node '{n.name}_" in msg
-        raise type(exc)(msg if named else f"{ctx.describe()} (inputs {_shapes_of(n)}): {msg}") from None
+        msg = msg if named else f"{ctx.describe()} (inputs {_shapes_of(n)}): {msg}"
+        raise type(exc)(msg + _source_line(n)) from None
     except Exception as exc:  # a converter bug must still name the node
         raise MinicompError(f"{ctx.describe()}: conversion failed: {type(exc).__name__}: {exc}") from exc
     _check_against_torch(ctx, n, out)
     ctx.values[n] = out
+
+
+def _source_line(n) -> str:
+    """``; at File "model.py", line 12, in forward``: where in the user's code torch recorded the node
+    (the innermost frame of its stack trace), or nothing."""
+    trace = (n.meta.get("stack_trace") or "").strip()
+    frames = [ln.strip() for ln in trace.splitlines() if ln.strip().startswith("File ")]
+    return f"; at {frames[-1]}" if frames else ""
 
 
 def _check_against_torch(ctx: TorchContext, n, out) -> None:
