@@ -44,6 +44,15 @@ def decoders(attn):
     }
 
 
+def through_torch_compile(model, *args, **kwargs):
+    """The model's output through torch.compile(backend="minicomp"); an eager fallback (it warns) fails."""
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with torch.no_grad():
+            return torch.compile(model, backend="minicomp")(*args, **kwargs)
+
+
 def relative_error(got, want) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
@@ -62,11 +71,7 @@ def test_encoders_with_an_attention_mask(attn, seq):
         graph = mc.from_torch(model, (ids,), example_kwargs={"attention_mask": mask})
         got = mc.compile(graph)(ids.numpy(), mask.numpy())[0]
         assert relative_error(got, want) <= 1e-5, name
-        torch._dynamo.reset()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # an eager fallback warns: fail on it
-            with torch.no_grad():
-                compiled = torch.compile(model, backend="minicomp")(ids, attention_mask=mask).last_hidden_state
+        compiled = through_torch_compile(model, ids, attention_mask=mask).last_hidden_state
         assert relative_error(compiled.numpy(), want) <= 1e-5, name
 
 
@@ -80,9 +85,5 @@ def test_causal_lms(attn):
             want = model(ids, use_cache=False).logits.numpy()
         graph = mc.from_torch(model, (ids,), example_kwargs={"use_cache": False})
         assert relative_error(mc.compile(graph)(ids.numpy())[0], want) <= 1e-5, name
-        torch._dynamo.reset()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # an eager fallback warns: fail on it
-            with torch.no_grad():
-                compiled = torch.compile(model, backend="minicomp")(ids, use_cache=False).logits
+        compiled = through_torch_compile(model, ids, use_cache=False).logits
         assert relative_error(compiled.numpy(), want) <= 1e-5, name
