@@ -465,7 +465,7 @@ class FunctionGen:
 def float_extremum(fn, op: str, dt: DType, ty: str, a: str, b: str, mask: str = "i1") -> str:
     """numpy's ``max(a, b)``/``min(a, b)`` of floats (scalars, or vectors with ``mask`` ``<w x i1>``): NaN
     if either is NaN, else the larger (smaller), the tie (+0, -0) as numpy answers it
-    (:func:`~minicomp.passes.legalize.extremum_keeps_first_on_tie`). Compares and selects, which x86
+    (:func:`~minicomp.ir.numerics.extremum_keeps_first_on_tie`). Compares and selects, which x86
     runs as one ``vmaxps`` (it returns ``b`` when either is NaN), an unordered compare and a masked
     move; ``llvm.maximum`` orders -0 below +0, which numpy does not, and takes six instructions."""
     strict = not extremum_keeps_first_on_tie(dt)
