@@ -45,9 +45,9 @@ def _gomp_library() -> str | None:
 
 # libgomp's threads spin this many times waiting for the next parallel loop before they sleep (its
 # default is 300,000 when no wait policy is set). On cores shared with other programs a spinning thread
-# burns the time slice the others need, and a parallel loop waits for its slowest thread: on 2 cores
-# with 3 busy programs an MLP took 3.5 ms a call by default, 2.3 ms with 10,000; idle, both 0.42 ms,
-# while OMP_WAIT_POLICY=PASSIVE cost 1.5x there (docs/threads.md). A user's own setting wins.
+# burns the time slice the others need, and a parallel loop waits for its slowest thread; idle, the
+# shorter spin costs nothing, while sleeping at once (OMP_WAIT_POLICY=PASSIVE) would (docs/threads.md).
+# A user's own setting wins.
 GOMP_SPINCOUNT = "10000"
 
 

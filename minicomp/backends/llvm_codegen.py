@@ -615,9 +615,8 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
     a time from its counter with an atomic add; when its share is done it
     claims grains from the other threads' counters. On a machine whose
     cores are not equally free (a shared VM, another process), the threads
-    finish closer together instead of all waiting for the slowest: with a
-    third of one core taken by another process, ResNet-50 ran in 34.6 ms
-    instead of 37.7 ms with fixed shares.
+    finish closer together instead of all waiting for the slowest
+    (docs/measurements.md).
 
     The loop itself lives in ``name_range(ptr noalias..., lo, hi)``: passing
     the buffers as ``noalias`` arguments (rather than loading them from

@@ -221,7 +221,7 @@ class SimdEmitter:
             # touched), then a shuffle that keeps every stride-th element. The
             # wide vector is a whole number of vectors (the last lanes masked off):
             # an odd width (31 lanes for stride 2) was split into pieces down to
-            # single elements, and a stride-2 depthwise convolution ran 1.7x slower.
+            # single elements (docs/measurements.md).
             need = (self.w - 1) * stride + 1
             span = stride * self.w
             wide = f"<{span} x {ty}>"

@@ -105,9 +105,9 @@ def _moves_last_axis(producer: Node, matmul: Node) -> bool:
     that operand's last axis taken from another axis of its source? Then the
     product's columns, the vector lanes of its register tile, would read
     that source with a long stride. Attention's Q @ K^T read K with stride
-    768, so the schedule fell back to one 64-long dot product per score:
-    BERT-base's scores and softmax took 0.26 ms; with K^T copied first (a
-    0.03 ms kernel), 0.10 ms."""
+    768, so the schedule fell back to one 64-long dot product per score;
+    copying K^T first costs a small kernel and saves more than it costs
+    (docs/measurements.md)."""
     if producer.op != "transpose" or len(matmul.inputs) < 2 or matmul.inputs[1] is not producer.output:
         return False
     perm = producer.attrs["perm"]

@@ -48,8 +48,8 @@ WHOLE_MAX = 64
 def channel_block(channels: int) -> int | None:
     """The block for ``channels``: the largest of :data:`BLOCKS` that divides
     it; else, for up to :data:`WHOLE_MAX` channels in multiples of 8, all of
-    them (one block: NHWC). MobileNetV2's 144->24 projection took 53 us
-    plain, 130 in blocks of 8 (half a vector) and 85 as one block of 24."""
+    them (one block: NHWC): blocks of 8 are half a vector, and one block of
+    all the channels measured faster (docs/measurements.md)."""
     block = next((b for b in BLOCKS if channels % b == 0), None)
     if block is None and channels % 8 == 0 and channels <= WHOLE_MAX:
         return channels
@@ -204,15 +204,14 @@ def _readers(graph: Graph, kinds: dict) -> tuple[dict[str, int], set[str]]:
       norm) pass the wish on to their input. A depthwise convolution is one
       vector load per multiply-add, so it gains nothing from a two-vector
       block, and 16-channel blocks give it twice the blocks to share between
-      threads: MobileNetV2's 96-channel stride-2 one took 111 us in blocks of
-      32, 86 in blocks of 16 (99 plain). A convolution that writes the block
+      threads (docs/measurements.md). A convolution that writes the block
       its reader wants saves a re-blocking pass;
     - the plain layout (``plain``): a value all of whose readers need it (LRN,
       a reshape, a graph output), directly or through pointwise ops and pools
       (a pool before the LRN; not a global pool or a concatenation, after
       which converting costs next to nothing). The convolution writing it
-      stays plain: fused into the plain convolution, ZFNet's first LRN and
-      pool cost 4 ms; read through a conversion after a blocked one, 6.4 ms."""
+      stays plain, so that the LRN and pool fuse into it instead of reading
+      through a conversion (docs/measurements.md)."""
     readers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     wishes: dict[str, int] = {}

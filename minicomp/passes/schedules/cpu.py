@@ -120,10 +120,9 @@ def register_tile(target, dtype, choices: Choices = DEFAULT_CHOICES) -> tuple[in
     rows (at most 8) as leave four registers for the operands; ``choices``
     may set either.
 
-    8 rows against 6 (AVX-512): convolutions with output rows as lanes ran
-    1.07-1.3x faster (a 7x7 stride-2 one 619 -> 542 us, a 1x1 one of 256
-    channels on 56x56 287 -> 219 us), matrix products the same or up to 3%
-    faster."""
+    8 rows rather than 6 on 32-register targets: convolutions with output
+    rows as lanes ran faster, matrix products no slower
+    (docs/measurements.md)."""
     lanes = max(1, target.vector_bits // 8 // dtype.itemsize)
     rows = max(1, min(8, (target.vector_registers - 4) // 2))
     return choices.rows or rows, (choices.vectors or 2) * lanes
@@ -364,13 +363,12 @@ def _channel_lanes(term, chain: list[For], inner, depth: int, constants, target,
 
     The short axis leaves lanes idle (7 of 16 on a 7x7 map) and small
     remainder tiles; the channels fill the lanes, and the pixels become the
-    tile's rows, each a broadcast of one input value. On this machine a 3x3
-    convolution on a 7x7 map went from 54 to 460 GFLOP/s so, and one of 64
-    channels on a 224x224 map from 84 to 279; with a shallow reduction (an
+    tile's rows, each a broadcast of one input value (several times the
+    speed on small maps: docs/measurements.md); with a shallow reduction (an
     RGB image's 27) the rows' broadcasts cost more than the lanes save.
     The first convolutions of image models (stride 2 on 224x224: rows of
-    111 or 112) ran faster with rows as lanes, 1.1-1.5x, once stride-2
-    loads were one masked load and a shuffle, hence 4 vectors and not 8.
+    111 or 112) ran faster with rows as lanes once stride-2 loads were one
+    masked load and a shuffle, hence 4 vectors and not 8.
     ``force``: whenever a channel loop qualifies, however long the axis."""
     lanes = target.vector_lanes(dtype)
     extents = {id(lp.var): lp.extent for lp in chain}
@@ -444,9 +442,7 @@ def _lane_tiles(k, chain: list[For], channel: str, buf, target, outer: bool,
     # At most a register tile's rows (8, 16 accumulator vectors, on AVX-512):
     # 14, all that 32 registers hold, measured slower on every convolution
     # tried, with more code. A divisor of the pixel count near 8 leaves no
-    # remainder tile; without one, the most rows (SqueezeNet's last
-    # convolution, 169 pixels in tiles of 8 and one of 1: 422 -> 396 us
-    # against tiles of 6).
+    # remainder tile; without one, the most rows (docs/measurements.md).
     n = rows.extent
     rows_tile = min(n, choices.rows) if choices.rows else dividing_rows(n, register_tile(target, buf.dtype)[0])
     cols_tile = register_tile(target, buf.dtype, choices)[1]
@@ -502,8 +498,8 @@ def _matvec_panels(k: Kernel, lp: For, rs, buf, target, choices: Choices = DEFAU
 
     Accumulating a whole thread's block of columns in memory instead (the
     reduction outside a long vector loop) read the weights as thousands of
-    short runs and stored every partial sum: AlexNet's 9216 x 4096 layer took
-    4.7 ms (32 GB/s) where ONNX Runtime took 3.3 ms."""
+    short runs and stored every partial sum, well below the machine's
+    bandwidth (docs/measurements.md)."""
     cols = register_tile(target, buf.dtype, choices)[1]
     name = lp.var.name
     k = apply_step(k, Split(name, cols))
