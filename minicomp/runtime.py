@@ -26,7 +26,7 @@ from minicomp.backends.llvm import KernelCall  # noqa: F401  (re-exported for ca
 from minicomp.backends.reference import bind_inputs, run_reference
 from minicomp.errors import MinicompError, RuntimeInputError
 from minicomp.ir.graph import Graph, Value
-from minicomp.passes.memory import ALIGNMENT, MemoryPlan
+from minicomp.passes.memory import ALIGNMENT, MemoryPlan, arena_base
 from minicomp.wording import count
 
 # libgomp's worker threads do not survive fork(): a child that starts a
@@ -79,8 +79,7 @@ def host_buffers(table, slots: dict, constants: dict, plan: MemoryPlan):
         keep.append(arr)
         table[slots[v]] = arr.ctypes.data
     arena = allocate(plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
-    base = arena.ctypes.data
-    base += (-base) % ALIGNMENT
+    base = arena_base(arena.ctypes.data)
     for key, off in plan.offsets.items():
         table[slots[key]] = base + off
     return keep, arena

@@ -22,7 +22,7 @@ from minicomp.backends.cuda_codegen import Launch, render_module
 from minicomp.backends.reference import bind_inputs
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
-from minicomp.passes.memory import buffer_slots
+from minicomp.passes.memory import buffer_slots, kernel_slots
 from minicomp.runtime import CompiledModel, bind_host_io, contiguous, host_buffers
 
 DEVICES = ("gpu", "emu")
@@ -46,11 +46,7 @@ def build_cuda(program, stages: dict, opt_level: int) -> CudaExecutable:
     source, launches = render_module(program.kernels)
     stages.set("cuda", source)
     slots = buffer_slots(program.graph, program.memory_plan)
-    by_kernel = {}
-    for k in program.kernels:
-        ws = iter(k.workspace)
-        by_kernel[k.name] = {b: slots[v] if v is not None else slots[next(ws)]
-                             for b, v in zip(k.params, k.param_values)}
+    by_kernel = {k.name: dict(zip(k.params, kernel_slots(k, slots))) for k in program.kernels}
     bound = [(ln, [by_kernel[ln.kernel][b] for b in ln.params]) for ln in launches]
     return CudaExecutable(source, bound, slots, len(slots))
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from minicomp.backends.cuda_codegen import NVCC_FLAGS
 from minicomp.errors import MinicompError
-from minicomp.passes.memory import ALIGNMENT
+from minicomp.passes.memory import ALIGNMENT, arena_base
 from minicomp.runtime import contiguous
 
 
@@ -69,8 +69,7 @@ class GPUDevice:
             self.keep.append(d)
             self.table[ex.slots[v]] = address(d)
         self.arena = driver.mem_alloc(max(plan.arena_bytes, 1) + ALIGNMENT)
-        base = int(self.arena)
-        base += (-base) % ALIGNMENT
+        base = arena_base(int(self.arena))
         for key, off in plan.offsets.items():
             self.table[ex.slots[key]] = base + off
         self.stream = driver.Stream()

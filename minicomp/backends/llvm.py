@@ -327,14 +327,12 @@ def prepare_llvm(target, options: dict, stages: dict) -> None:
 def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
     """Kernels and plan -> one LLVM module -> JIT-compiled code and its pointer table."""
     from minicomp.backends.llvm_codegen import emit_module
-    from minicomp.passes.memory import buffer_slots
+    from minicomp.passes.memory import buffer_slots, kernel_slots
 
     slots = buffer_slots(program.graph, program.memory_plan)
     calls = []
     for k in program.kernels:
-        ws = iter(k.workspace)
-        call_slots = [slots[v] if v is not None else slots[next(ws)] for v in k.param_values]
-        calls.append(KernelCall(k.name, f"k_{k.name}", call_slots))
+        calls.append(KernelCall(k.name, f"k_{k.name}", kernel_slots(k, slots)))
     import time
 
     timings = program.options.setdefault("build_timings", [])

@@ -29,6 +29,12 @@ def align(n: int, a: int = ALIGNMENT) -> int:
     return (n + a - 1) // a * a
 
 
+def arena_base(address: int) -> int:
+    """Where the arena starts in memory allocated at ``address`` (with :data:`ALIGNMENT` bytes to spare):
+    the first aligned byte. Every runtime, host or device, places the plan's offsets from there."""
+    return align(address)
+
+
 @dataclass
 class Lifetime:
     """One buffer to place: written at step ``start``, last read at ``end``."""
@@ -296,6 +302,13 @@ def buffer_slots(graph, plan: MemoryPlan) -> dict:
     for key in plan.aliases:
         slots[key] = len(slots)
     return slots
+
+
+def kernel_slots(kernel, slots: dict) -> list[int]:
+    """The table slot of each of ``kernel``'s parameters, in order: its graph value's, or for a workspace
+    the planned buffer's (:func:`buffer_slots`). The code generators bind their calls and launches so."""
+    workspaces = iter(kernel.workspace)
+    return [slots[v] if v is not None else slots[next(workspaces)] for v in kernel.param_values]
 
 
 def check_plan(plan: MemoryPlan) -> None:
