@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from minicomp.backends import llvm_native as native
-from minicomp.backends.llvm_worker import without_vectorizer_remarks
+from minicomp.backends.llvm_worker import optimize, without_vectorizer_remarks
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import CompileError
 
@@ -127,13 +127,9 @@ class JitModule:
             mod.verify()
         except RuntimeError as exc:
             raise CompileError(f"generated LLVM IR is invalid: {exc}") from exc
-        pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
-        pto.loop_vectorization = opt_level >= 2
-        pto.slp_vectorization = opt_level >= 2
-        pb = llvm.create_pass_builder(self.target_machine, pto)
         objects = []  # MCJIT hands over the object code it makes (for the cache and model.save)
         with without_vectorizer_remarks():
-            pb.getModulePassManager().run(mod, pb)
+            optimize(llvm, mod, self.target_machine, opt_level)
             self.optimized_ir = str(mod)
             self.engine = llvm.create_mcjit_compiler(mod, self.target_machine)
             self.engine.set_object_cache(notify_func=lambda module, data: objects.append(bytes(data)))

@@ -30,6 +30,16 @@ def _write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def optimize(llvm, mod, tm, opt: int) -> None:
+    """Run LLVM's default pipeline for ``opt`` (vectorizers from O2) on ``mod``, in place: the one pipeline
+    every way of compiling uses (in the parent, a part's child, the helper)."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt)
+    pto.loop_vectorization = opt >= 2
+    pto.slp_vectorization = opt >= 2
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+
+
 def main(argv: list[str]) -> int:
     folder, name, cpu, features, opt_level = argv
     opt = int(opt_level)
@@ -48,11 +58,7 @@ def main(argv: list[str]) -> int:
         return 2
     del text
     tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=opt, reloc="pic")
-    pto = llvm.create_pipeline_tuning_options(speed_level=opt)
-    pto.loop_vectorization = opt >= 2
-    pto.slp_vectorization = opt >= 2
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    optimize(llvm, mod, tm, opt)
     _write(base + ".ll.z", zlib.compress(str(mod).encode(), 1))
     _write(base + ".pic.o", tm.emit_object(mod))
     return 0
@@ -96,11 +102,7 @@ def compile_for_mcjit(llvm, text: str, cpu: str, features: str, opt: int) -> tup
     mod = llvm.parse_assembly(text)
     mod.verify()
     tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=opt, jit=True)
-    pto = llvm.create_pipeline_tuning_options(speed_level=opt)
-    pto.loop_vectorization = opt >= 2
-    pto.slp_vectorization = opt >= 2
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    optimize(llvm, mod, tm, opt)
     optimized = str(mod)
     objects = []
     engine = llvm.create_mcjit_compiler(mod, tm)
