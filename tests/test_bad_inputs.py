@@ -153,14 +153,15 @@ def test_a_fork_taken_while_another_thread_runs_the_model_does_not_hang_the_chil
     inside, stop = threading.Event(), threading.Event()
 
     def busy():
+        inside.set()
         while not stop.is_set():
-            with model._lock:  # hold the lock as a call does, so the fork certainly copies it held
-                inside.set()
-                model._main(mc.runtime.ctypes.addressof(model._table))
+            model(x)  # the lock is held for nearly all of a call: the fork copies it held
 
     worker = threading.Thread(target=busy, daemon=True)
     worker.start()
     inside.wait(10)
+    while not model._lock.locked():  # fork while the other thread is inside a call
+        pass
     pid = os.fork()
     if pid == 0:  # the child: a hang is turned into a failure by the alarm
         signal.alarm(20)
