@@ -183,7 +183,7 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
             program = lower_pass(program, PassContext(pm.options))
         if program.memory_plan is None:
             program = plan_pass(program, PassContext(pm.options))
-        program.kernels = [legalize_kernel(k) for k in program.kernels]
+        program.kernels = [legalize_kernel(k, backend.numerics) for k in program.kernels]
         stages.set("graph", print_fused_graph(program.graph, program.groups))
         stages.set("fusion", program.options["fusion_result"].explain())
         stages.set("loops", "\n\n".join(str(k) for k in program.kernels) + "\n")

@@ -10,16 +10,15 @@ of their text, so a source compiled once is not compiled again.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from minicomp.backends import host_cc
 from minicomp.backends.cuda_codegen import Launch, storage_type
-from minicomp.errors import CompileError, MinicompError
+from minicomp.errors import MinicompError
 
 HEADER = Path(__file__).with_name("cuda_emu.h")
 
@@ -27,19 +26,7 @@ HEADER = Path(__file__).with_name("cuda_emu.h")
 def cache_dir() -> Path:
     """Where compiled emulator libraries are kept: the compile cache's
     ``cuda-emu`` folder (``minicomp/cache.py``), else a temporary folder."""
-    from minicomp import cache
-
-    path = cache.folder("cuda-emu") if cache.enabled() else None
-    return path if path is not None else _private_folder()
-
-
-@functools.lru_cache(maxsize=1)
-def _private_folder() -> Path:
-    """A folder of this process alone (made by mkdtemp: mode 0700), removed at exit. Not a fixed name
-    under /tmp, where another user could have made it first and planted a library in it."""
-    folder = tempfile.TemporaryDirectory(prefix="minicomp-cuda-emu-")
-    _private_folder.keep = folder  # removed when the process ends
-    return Path(folder.name)
+    return host_cc.cache_dir("cuda-emu")
 
 
 def driver_source(source: str, launches: list[Launch]) -> str:
@@ -61,10 +48,8 @@ def driver_source(source: str, launches: list[Launch]) -> str:
 
 def compiler() -> str:
     """The host C++ compiler (``CXX``, else g++ or c++)."""
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise MinicompError("cuda-emu needs a C++ compiler (g++): install it (e.g. apt install g++) or set CXX")
-    return cxx
+    return host_cc.find_compiler("CXX", ("g++", "c++"), "cuda-emu needs a C++ compiler: install one "
+                                                         "(e.g. apt install g++)")
 
 
 # No _FORTIFY_SOURCE: its longjmp check refuses jumps between fiber stacks.
@@ -91,26 +76,10 @@ def header_dir() -> Path:
 
 def build_library(source: str, launches: list[Launch]) -> ctypes.CDLL:
     """Compile (or reuse) the emulator library for this source."""
-    text = driver_source(source, launches)
-    digest = hashlib.sha256((text + HEADER.read_text()).encode()).hexdigest()[:24]
-    lib = cache_dir() / f"{digest}.so"
-    if lib.exists():
-        try:
-            return ctypes.CDLL(str(lib))
-        except OSError:  # a damaged library (a full disk, a truncated copy): build it again
-            lib.unlink(missing_ok=True)
-    include = header_dir()
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "model.cpp"
-        src.write_text(text)
-        out = Path(tmp) / f"model-{os.getpid()}.so"
-        cmd = [compiler(), *FLAGS, "-shared", f"-I{include}", str(src), "-o", str(out), "-lpthread"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise CompileError(f"cuda-emu: the host compiler rejected the generated CUDA C:\n"
-                               f"{proc.stderr[-4000:]}")
-        os.replace(out, lib)  # atomic: another process may build the same library
-    return ctypes.CDLL(str(lib))
+    lib, _ = host_cc.build_library(driver_source(source, launches), compiler(), [*FLAGS, f"-I{header_dir()}"],
+                                   "cuda-emu", ".cpp", "cuda-emu", key_extra=HEADER.read_text(),
+                                   libraries=("-lpthread",))
+    return lib
 
 
 class EmuDevice:

@@ -347,4 +347,7 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
 
 
 register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
-                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan"), build_llvm, prepare=prepare_llvm))
+                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan"), build_llvm, prepare=prepare_llvm,
+                         numerics={"nan_extremum": "llvm.maximum/llvm.minimum in reductions, fcmp and select "
+                                                   "elsewhere (llvm_codegen.float_extremum)",
+                                   "saturating_cast": "llvm.fptosi.sat / llvm.fptoui.sat"}))

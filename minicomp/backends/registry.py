@@ -9,8 +9,8 @@ backend registers itself with :func:`register_backend`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from minicomp.errors import UnsupportedError
 
@@ -34,6 +34,9 @@ class Backend:
     runs_kernels: bool = True
     prepare: Callable | None = None
     model: Callable | None = None  # (program, target, stages, executable) -> model; default runtime.make_model
+    # The numeric rules of passes/legalize.py (NUMERIC_RULES) this target spells with an instruction of its
+    # own, and how; legalization writes out the others for it.
+    numerics: Mapping[str, str] = field(default_factory=dict)
 
 
 _BACKENDS: dict[str, Backend] = {}

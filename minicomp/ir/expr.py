@@ -149,6 +149,14 @@ class Cast(Expr):
 
 
 @dataclass(eq=False, repr=False)
+class InRangeCast(Cast):
+    """A float-to-int conversion defined only for values inside the integer
+    range (C's cast, LLVM's ``fptosi``): legalization makes it, behind the
+    selects that saturate a :class:`Cast` on targets without a saturating
+    instruction (``passes/legalize.py``)."""
+
+
+@dataclass(eq=False, repr=False)
 class Bitcast(Expr):
     """The bits of ``x`` read as another type of the same size (float32 <-> int32,
     int8 <-> uint8, bool -> uint8...): no conversion of the value."""
@@ -419,6 +427,8 @@ def format_expr(e: Expr) -> str:
         return f"{e.fn}({', '.join(format_expr(a) for a in e.args)})"
     if isinstance(e, Select):
         return f"select({format_expr(e.cond)}, {format_expr(e.a)}, {format_expr(e.b)})"
+    if isinstance(e, InRangeCast):
+        return f"{e.dtype.short}_in_range({format_expr(e.x)})"
     if isinstance(e, Cast):
         return f"{e.dtype.short}({format_expr(e.x)})"
     if isinstance(e, Bitcast):

@@ -12,13 +12,22 @@ directly onto an instruction:
   signed ``shr`` the sign (0 or -1), as numpy does; the hardware's shift is
   defined only inside that range, so a select guards it.
 
+Two rules a target may spell with an instruction of its own; where it has
+none, legalization writes them out (:data:`NUMERIC_RULES`; each backend names
+the rules it spells in ``Backend.numerics``, and ``minicomp targets`` prints
+the table):
+
+- ``nan_extremum``: float ``max``/``min`` are numpy's: NaN if either operand
+  is NaN, else the larger (smaller); on a tie (+0 and -0) the second operand,
+  but for float16 the first, as numpy's float16 loops answer
+  (``ir/numerics.py``). Written out: ``select(a > b || a != a, a, b)``;
+  integer ``max``/``min`` become ``select(a > b, a, b)``;
+- ``saturating_cast``: float-to-int casts saturate, and NaN becomes 0.
+  Written out: selects around an :class:`~minicomp.ir.expr.InRangeCast`, the
+  plain conversion (C's cast), which is then only reached in range.
+
 What stays, and every emitter must provide as it is:
 
-- float ``max``/``min`` are numpy's: NaN if either operand is NaN, else the
-  larger (smaller); on a tie (+0 and -0) the second operand, but for
-  float16 the first, as numpy's float16 loops answer
-  (``ir/numerics.py``);
-- float-to-int casts saturate, and NaN becomes 0;
 - float16 and bfloat16 values are computed in float32 and rounded to 16 bits
   (to nearest even) at every store and every cast to them; lowering rounds
   each op's result (``ir/numerics.round16``), so a value kept in a register inside a
@@ -36,12 +45,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import Kernel, map_exprs
+from minicomp.ir.numerics import extremum_keeps_first_on_tie
+
+# The rules a target may spell natively (Backend.numerics names them, with how); legalization writes
+# out the others for it.
+NUMERIC_RULES = {
+    "nan_extremum": "float max/min propagate NaN and keep numpy's operand on a tie",
+    "saturating_cast": "float-to-int casts saturate, and NaN becomes 0",
+}
 
 
-def legalize_expr(e: ex.Expr) -> ex.Expr:
-    """``e`` with every integer ``div`` guarded and made a ``tdiv``."""
+def legalize_expr(e: ex.Expr, native=frozenset(NUMERIC_RULES)) -> ex.Expr:
+    """``e`` with every integer ``div`` guarded and made a ``tdiv``, and the
+    numeric rules not in ``native`` written out (see the module docs)."""
     memo: dict[int, ex.Expr] = {}
 
     def go(n: ex.Expr) -> ex.Expr:
@@ -53,6 +73,11 @@ def legalize_expr(e: ex.Expr) -> ex.Expr:
             out = _safe_int_div(out.a, out.b)
         elif isinstance(out, ex.BinOp) and out.op in ("shl", "shr") and not _shift_in_range(out.b):
             out = _safe_shift(out)
+        elif isinstance(out, ex.BinOp) and out.op in ("max", "min") and "nan_extremum" not in native:
+            out = _extremum_as_select(out)
+        elif (type(out) is ex.Cast and out.x.dtype.is_float and out.dtype.is_int
+              and "saturating_cast" not in native):
+            out = _saturating_cast(out)
         memo[key] = out
         return out
 
@@ -89,7 +114,33 @@ def _safe_shift(e: ex.BinOp) -> ex.Expr:
     return ex.select(outside, fill, ex.BinOp(e.op, e.a, ex.select(outside, zero, e.b)))
 
 
-def legalize_kernel(kernel: Kernel) -> Kernel:
-    """``kernel`` with every expression legalized (see the module docs)."""
-    return replace(kernel, body=map_exprs(kernel.body, legalize_expr))
+def _extremum_as_select(e: ex.BinOp) -> ex.Expr:
+    """``max(a, b)`` as ``select(a > b || a != a, a, b)`` (``min``: ``<``): NaN in ``a`` keeps ``a``, NaN in
+    ``b`` fails the compare and keeps ``b``; float16 keeps ``a`` on a tie (``>=``)."""
+    a, b = e.a, e.b
+    op = ("gt" if e.op == "max" else "lt") if not extremum_keeps_first_on_tie(e.dtype) else \
+        ("ge" if e.op == "max" else "le")
+    wins = ex.BinOp(op, a, b)
+    if e.dtype.is_float:
+        wins = ex.BinOp("or", wins, ex.BinOp("ne", a, a))
+    return ex.Select(wins, a, b)
+
+
+def _saturating_cast(e: ex.Cast) -> ex.Expr:
+    """A float-to-int cast as selects around the plain conversion: NaN gives 0, values at or beyond the
+    integer range give its ends. The ends are compared in the float type, where the top one rounds up
+    (2**31 - 1 is 2.0**31 in float32), so every value that reaches the conversion fits."""
+    x, dt = e.x, e.dtype
+    info = np.iinfo(dt.numpy)
+    lo, hi = ex.const(float(info.min), x.dtype), ex.const(float(info.max), x.dtype)
+    return ex.Select(ex.BinOp("ne", x, x), ex.const(0, dt),
+                     ex.Select(ex.BinOp("le", x, lo), ex.const(info.min, dt),
+                               ex.Select(ex.BinOp("ge", x, hi), ex.const(info.max, dt), ex.InRangeCast(dt, x))))
+
+
+def legalize_kernel(kernel: Kernel, native=frozenset(NUMERIC_RULES)) -> Kernel:
+    """``kernel`` with every expression legalized (see the module docs); ``native``: the numeric rules
+    the target spells itself (the others are written out)."""
+    native = frozenset(native)
+    return replace(kernel, body=map_exprs(kernel.body, lambda e: legalize_expr(e, native)))
 

@@ -39,3 +39,41 @@ def test_compiled_integer_division_by_zero_and_minus_one(dtype):
     np.testing.assert_array_equal(got, mc.run_reference(graph, xs, ys)[0])
     np.testing.assert_array_equal(got[:4], np.array([3, -3, 0, 7], dtype))
     assert got[5] == info.min  # -INT_MIN wraps
+
+
+SPECIAL = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -1.5, 2.5e9, -2.5e9, 3e19, -3e19, 127.9,
+                    -128.9, 255.5, 65535.9, 2147483520.0, -2147483648.0, 9.2e18, 1e-40], np.float32)
+
+
+@pytest.mark.parametrize("target", ["llvm", "cuda-emu"])
+@pytest.mark.parametrize("src", ["float32", "float64", "float16"])
+def test_written_out_numeric_rules_give_the_bits_of_the_native_ones(target, src):
+    """NaN-propagating max/min and saturating casts, written out as selects for CUDA and spelled
+    natively by LLVM, give numpy's bits on NaN, signed zeros, infinities and values beyond every range."""
+    with np.errstate(over="ignore"):  # beyond float16's range: its infinities
+        a = SPECIAL.astype(src)
+    b = np.roll(a, 3)
+    g = mc.GraphBuilder()
+    x, y = g.input("x", a.shape, src), g.input("y", a.shape, src)
+    ints = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+    g.output(g.maximum(x, y), g.minimum(x, y), g.maximum(x, x * 0.0), g.max(x, axes=[0]),
+             *(x.astype(d) for d in ints))
+    graph = g.build()
+    model = mc.compile(graph, target=target, cache=False)
+    for got, want in zip(model(a, b), mc.run_reference(graph, a, b), strict=True):
+        np.testing.assert_array_equal(got, want)
+        if got.dtype.kind == "f":  # the sign of zero too (a NaN's sign is nobody's promise)
+            real = ~np.isnan(want)
+            np.testing.assert_array_equal(np.signbit(got[real]), np.signbit(want[real]))
+    written_out = "in_range(" in model.stages["loops"]
+    assert written_out == (target != "llvm")
+
+
+def test_a_backend_names_the_rules_it_spells_and_legalization_writes_out_the_rest():
+    x, y = ex.Var("x", dtypes.float32), ex.Var("y", dtypes.float32)
+    e = ex.cast(dtypes.int32, ex.maximum(x, y))
+    assert legalize_expr(e) is e  # by default every rule is native: nothing to write out
+    out = ex.format_expr(legalize_expr(e, native=frozenset()))
+    assert "max(" not in out and "i32_in_range(" in out and "(x != x)" in out
+    kept = ex.format_expr(legalize_expr(e, native=frozenset({"saturating_cast"})))
+    assert "max(" not in kept and "in_range" not in kept
