@@ -1,13 +1,13 @@
 """The ``minicomp`` command.
 
     minicomp run MODEL.{mcir,onnx,pt2} [--input NAME=FILE.npy ...] [--shape NAME=1,3,224,224]
-                                   [--target llvm|cuda|cuda-emu|reference|CPU]
+                                   [--target llvm|c|cuda|cuda-emu|reference|CPU]
                                    [--threads N] [--repeat N] [--save DIR] [--check]
     minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
     minicomp profile MODEL.{mcir,onnx,pt2} [--repeat N] [--top N]
     minicomp tune MODEL.{mcir,onnx,pt2} [--threads N] [--max-candidates N] [-o MODEL.mcm]
-    minicomp compile MODEL.{mcir,onnx,pt2} [--target llvm|cuda|CPU] [-o MODEL.mcm] [--shared-lib MODEL.so]
-                                [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|cuda]
+    minicomp compile MODEL.{mcir,onnx,pt2} [--target llvm|c|cuda|CPU] [-o MODEL.mcm] [--shared-lib MODEL.so]
+                                [--emit graph|fusion|loops|memory|llvm|llvm-opt|asm|c|cuda] [--export-c DIR]
                                 [--print-after PASS] [--dump-dir DIR] [--explain-fusion]
                                 [--time-passes] [--graph-png FILE] [--pipeline P1,P2,...]
     minicomp plan MODEL.{mcir,onnx,pt2} [--png plan.png] [--order auto|fusion|greedy|exact] [--pipeline P,...]
@@ -15,6 +15,7 @@
     minicomp cache [--clear]
     minicomp ops
     minicomp passes
+    minicomp targets
 
 MODEL.mcir is a graph in the IR text format (docs/ir.md); MODEL.onnx an ONNX
 model; MODEL.pt2 a PyTorch program saved by torch.export.save (needs torch).
@@ -39,13 +40,37 @@ from minicomp.cpu_load import OtherLoad, busy_warning
 from minicomp.errors import MinicompError
 from minicomp.wording import count
 
-EMITS = ("graph", "fusion", "loops", "memory", "llvm", "llvm-opt", "asm", "cuda")
-LLVM_ONLY = ("llvm", "llvm-opt", "asm")
 PASS_STAGES = ("graph", "fusion", "loops", "memory")  # ready before code generation
-CPU_TARGETS = ("llvm", "x86-64", "haswell", "skylake-avx512", "znver4", "znver5")
 TUNE_HELP = ("use the tuner's schedules (CPU targets): kernels tuned before come from the compile cache, the "
              "others are measured now (see 'minicomp tune')")
-TARGETS = ["llvm", "cuda", "cuda-emu", "reference"]
+
+
+def target_names() -> list[str]:
+    """Every --target the registered backends accept."""
+    from minicomp.backends.registry import target_names as names
+
+    return names()
+
+
+def emit_names() -> list[str]:
+    """Every --emit stage: the passes' stages, then each backend's own."""
+    from minicomp.backends.registry import backend_names, get_backend
+
+    return list(PASS_STAGES) + [e for b in backend_names() for e in get_backend(b).emits]
+
+
+def backend_name(target: str) -> str | None:
+    """The backend a --target name belongs to."""
+    from minicomp.backends.registry import backend_for_name
+
+    backend = backend_for_name(target)
+    return backend.name if backend is not None else None
+
+
+def is_cpu_target(name: str) -> bool:
+    """Does ``name`` compile with the llvm backend (whose machine code can be saved and tuned)?"""
+
+    return backend_name(name) == "llvm"
 
 
 def parse_shapes(specs) -> dict[str, tuple[int, ...]]:
@@ -290,14 +315,19 @@ def cmd_compile(args) -> int:
     args.started = time.perf_counter()
     graph = load_model(args.model, parse_shapes(args.shape))
     args.loaded = time.perf_counter() - args.started
-    cuda = args.target.startswith("cuda")
-    if args.emit in LLVM_ONLY and cuda or args.emit == "cuda" and not cuda:
-        raise MinicompError(f"--emit {args.emit} needs --target {'llvm' if cuda else 'cuda'}")
+    if args.emit and args.emit not in PASS_STAGES:
+        from minicomp.backends.registry import backend_for_name, backend_names, get_backend
+
+        if args.emit not in backend_for_name(args.target).emits:
+            owner = next(b for b in backend_names() if args.emit in get_backend(b).emits)
+            raise MinicompError(f"--emit {args.emit} needs --target {owner}")
+    if args.export_c and backend_name(args.target) != "c":
+        raise MinicompError("--export-c writes the C of target c: add --target c")
     options = dict(target=args.target, num_threads=args.threads, pipeline=args.pipeline, tune=args.tune,
                    print_after=args.print_after or (), print_before=args.print_before or (), dump_dir=args.dump_dir)
-    if (args.output or args.shared_lib) and args.target not in CPU_TARGETS:
+    if (args.output or args.shared_lib) and not is_cpu_target(args.target):
         raise MinicompError("-o and --shared-lib save code for a CPU: use --target llvm or a CPU name")
-    if args.emit in PASS_STAGES and not (args.graph_png or args.output or args.shared_lib):
+    if args.emit in PASS_STAGES and not (args.graph_png or args.output or args.shared_lib or args.export_c):
         # The stage is ready before code generation: stop there.
         stages, timings = mc.compiler.compile_stages(graph, **options)
         model = None
@@ -323,8 +353,12 @@ def cmd_compile(args) -> int:
     if args.shared_lib:
         header = model.export_library(args.shared_lib)
         print(f"wrote {args.shared_lib} and {header}")
+    if args.export_c:
+        folder = model.export_c(args.export_c)
+        print(f"wrote {folder / 'model.c'}, {folder / 'model.h'} and {folder / 'model.bin'}")
     if args.emit or not (args.explain_fusion or args.time_passes or args.graph_png or args.print_after
-                         or args.print_before or args.dump_dir or args.output or args.shared_lib):
+                         or args.print_before or args.dump_dir or args.output or args.shared_lib
+                         or args.export_c):
         key = (args.emit or "loops").replace("-", "_")
         text = model._jit.assembly() if key == "asm" else stages[key]
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -364,7 +398,7 @@ def cmd_tune(args) -> int:
     from minicomp.passes.schedules.cpu import DEFAULT_CHOICES
     from minicomp.tuning import format_tunings
 
-    if args.target not in CPU_TARGETS:
+    if not is_cpu_target(args.target):
         raise MinicompError(f"tune measures code on this CPU: use --target llvm or a CPU name, not {args.target}")
     graph = load_model(args.model, parse_shapes(args.shape))
     t0 = time.perf_counter()
@@ -489,6 +523,24 @@ def cmd_passes(args) -> int:
     return 0
 
 
+def cmd_targets(args) -> int:
+    from minicomp.backends.registry import backend_names, get_backend, numerics_table
+
+    for name in backend_names():
+        b = get_backend(name)
+        print(f"{name:<10} {b.description}")
+        if b.aliases:
+            print(f"{'':<10} also: {', '.join(b.aliases)}")
+        if b.emits:
+            print(f"{'':<10} --emit {', '.join(b.emits)}")
+    print("\nnumeric rules (passes/legalize.py): spelled by the target, else written out by legalization")
+    for rule, spellings in numerics_table().items():
+        print(f"  {rule}:")
+        for name, how in spellings.items():
+            print(f"    {name:<10} {how}")
+    return 0
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (repeats, threads)."""
     try:
@@ -501,7 +553,6 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minicomp.target import CPUS
 
     p = argparse.ArgumentParser(prog="minicomp", description="minicomp: a small deep-learning compiler.",
                                 epilog="Examples:\n  minicomp run model.onnx\n"
@@ -522,9 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input array (repeatable); inputs not given are random")
     r.add_argument("--cast", action="store_true",
                    help="convert each --input array to its input's dtype (e.g. a float64 .npy for a float32 input)")
-    r.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS),
-                   help="where to run: llvm (this CPU), cuda (an NVIDIA GPU, needs pycuda), cuda-emu (the CUDA C "
-                        "on this CPU, slow: for testing), reference (numpy), or a named CPU for llvm (default llvm)")
+    r.add_argument("--target", default="llvm", choices=target_names(),
+                   help="where to run: llvm (this CPU), c (C99 built by the system C compiler), cuda (an NVIDIA "
+                        "GPU, needs pycuda), cuda-emu (the CUDA C on this CPU, slow: for testing), reference "
+                        "(numpy), or a named CPU for llvm (default llvm)")
     r.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops (default: all cores)")
     r.add_argument("--repeat", type=positive_int, default=1, help="timed runs to average (default 1)")
     r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
@@ -539,12 +591,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
     c.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                    help="fix a dynamic input shape of an ONNX model (repeatable)")
-    c.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS),
-                   help="what to compile for: llvm (this CPU), a named CPU, or cuda (needs no GPU to compile) "
-                        "(default llvm)")
-    c.add_argument("--emit", default=None, choices=EMITS,
+    c.add_argument("--target", default="llvm", choices=target_names(),
+                   help="what to compile for: llvm (this CPU), a named CPU, c (portable C99), or cuda (needs no "
+                        "GPU to compile) (default llvm)")
+    c.add_argument("--emit", default=None, choices=emit_names(),
                    help="stage to print (default: loops, unless another output is asked for); llvm, llvm-opt "
-                        "and asm are for CPU targets, cuda for --target cuda")
+                        "and asm are for CPU targets, c for --target c, cuda for --target cuda")
+    c.add_argument("--export-c", metavar="DIR",
+                   help="with --target c: write DIR/model.c, model.h and model.bin, C99 that builds with any C "
+                        "compiler and runs without minicomp (see docs/adding-a-backend.md)")
     c.add_argument("--threads", type=positive_int, default=None, help="threads the schedule plans for")
     c.add_argument("--tune", action="store_true", help=TUNE_HELP)
     c.add_argument("-o", "--output", metavar="FILE.mcm",
@@ -585,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fix a dynamic input shape of an ONNX model (repeatable)")
     pr.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)")
     pr.add_argument("--cast", action="store_true", help="convert each --input array to its input's dtype")
-    pr.add_argument("--target", default="llvm", choices=TARGETS + list(CPUS), help="where to run (default llvm)")
+    pr.add_argument("--target", default="llvm", choices=target_names(), help="where to run (default llvm)")
     pr.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops")
     pr.add_argument("--repeat", type=positive_int, default=10, help="runs of each kernel to average (default 10)")
     pr.add_argument("--top", type=positive_int, default=30, help="show the slowest N kernels (default 30)")
@@ -602,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
     tu.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
                     help="fix a dynamic input shape of an ONNX model (repeatable)")
-    tu.add_argument("--target", default="llvm", choices=CPU_TARGETS,
+    tu.add_argument("--target", default="llvm", choices=[t for t in target_names() if is_cpu_target(t)],
                     help="the CPU to tune for (default llvm: this one)")
     tu.add_argument("--threads", type=positive_int, default=None,
                     help="threads the model will run with (tunings are kept per thread count; default: all cores)")
@@ -629,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(func=cmd_ops)
     ps = sub.add_parser("passes", help="list the registered passes and the default pipelines")
     ps.set_defaults(func=cmd_passes)
+    tg = sub.add_parser("targets", help="list the backends, their target names and --emit stages, and which "
+                                        "numeric rules each spells itself")
+    tg.set_defaults(func=cmd_targets)
     # --plugin may also come after the command (minicomp compile m.mcir --plugin p.py); main() merges both.
     for command in sub.choices.values():
         command.add_argument("--plugin", action="append", dest="plugin_after", metavar="FILE.py|MODULE",

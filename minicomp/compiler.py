@@ -19,33 +19,30 @@ from minicomp.wording import count
 
 
 def as_target(target, num_threads: int | None = None, device: str | None = None) -> Target:
-    """A Target from a Target, a backend name ("llvm", "cuda", "reference"),
-    ``"cuda-emu"`` (CUDA run on the CPU) or a CPU name ("haswell")."""
-    from minicomp.backends.registry import backend_names
-    from minicomp.target import CPUS
+    """A Target from a Target or a name ``compile(target=...)`` accepts: a backend's name ("llvm",
+    "c", "cuda", "reference") or one of its aliases ("cuda-emu", a CPU name such as "haswell")."""
+    from minicomp.backends.registry import backend_for_name
 
     if isinstance(target, Target):
         # A copy: compiling never changes the caller's Target (the backend may still adjust its own).
         changes = {k: v for k, v in (("num_threads", num_threads), ("device", device)) if v}
         return dataclasses.replace(target, **changes)
-    if target in ("cuda", "cuda-emu"):
-        return Target.cuda(device=device or ("emu" if target == "cuda-emu" else "gpu"))
-    if device:
-        raise MinicompError(f"device={device!r} is for CUDA targets, not {target!r}")
-    if isinstance(target, str) and target in CPUS:
-        return Target.cpu(target, num_threads)
-    if not isinstance(target, str) or target not in backend_names():
+    backend = backend_for_name(target) if isinstance(target, str) else None
+    if backend is None:
         raise UnsupportedError(f"unknown target {target!r}; choose one of {', '.join(target_names())}, "
                                f"or pass a Target")
+    if backend.make_target is not None:
+        return backend.make_target(target, num_threads, device)
+    if device:
+        raise MinicompError(f"device={device!r} is for CUDA targets, not {target!r}")
     return Target.host(target, num_threads)
 
 
 def target_names() -> list[str]:
-    """Every name ``compile(target=...)`` accepts: backends, cuda-emu, then the named CPUs."""
-    from minicomp.backends.registry import backend_names
-    from minicomp.target import CPUS
+    """Every name ``compile(target=...)`` accepts: backends, then their aliases (cuda-emu, named CPUs)."""
+    from minicomp.backends.registry import target_names as names
 
-    return sorted(set(backend_names()) | {"cuda-emu"}) + [c for c in CPUS if c not in backend_names()]
+    return names()
 
 
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,

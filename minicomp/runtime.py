@@ -138,6 +138,14 @@ class CompiledModel:
 
         return export_library(self, path)
 
+    def export_c(self, folder: str, name: str | None = None):
+        """Write ``model.c``, ``model.h`` and ``model.bin`` into ``folder`` (a model compiled for target
+        ``c``): C99 that builds with any C compiler and runs without minicomp, LLVM or Python
+        (``minicomp/backends/c_export.py``); returns the folder's Path. ``name`` prefixes the C API."""
+        from minicomp.backends.c_export import export_c
+
+        return export_c(self, folder, name)
+
     @property
     def cache_hit(self) -> bool:
         """Did the native code come from the compile cache on disk?"""

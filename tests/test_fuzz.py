@@ -2,7 +2,7 @@
 
 Every dtype minicomp computes in, inputs full of the values that break code
 (NaN, inf, -0.0, subnormals, the integer extremes, zero divisors), sizes 1 to
-257, and both targets that run here (llvm and cuda-emu). The test wants zero
+257, and the targets that run here (llvm, c and cuda-emu). The test wants zero
 mismatches; where numerics may legitimately differ the tolerance is derived,
 not widened until it passes:
 
@@ -28,7 +28,7 @@ import minicomp as mc
 
 pytestmark = pytest.mark.slow
 
-TARGETS = ("llvm", "cuda-emu")
+TARGETS = ("llvm", "c", "cuda-emu")
 FLOATS = ("float32", "float64", "float16", "bfloat16")
 INTS = ("int8", "int32", "int64", "uint8", "uint32")
 DTYPES = FLOATS + INTS

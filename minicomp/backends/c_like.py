@@ -2,7 +2,8 @@
 
 :class:`CRenderer` walks one kernel's statements and expressions and writes
 C text; a target is a subclass that sets the spellings below and overrides
-the few hooks where its language differs (CUDA C: ``cuda_codegen.py``). The loop IR reaching a renderer is legalized
+the few hooks where its language differs (CUDA C: ``cuda_codegen.py``;
+portable C99: ``c.py``). The loop IR reaching a renderer is legalized
 (``passes/legalize.py``): integer division and shifts are guarded, and the
 numeric rules a target has no instruction for (NaN-propagating max/min,
 saturating casts) are written out as selects, so a renderer only spells

@@ -157,6 +157,14 @@ def launch_summary(launches: list[Launch]) -> str:
     return "\n".join(f"{ln.function}<<<{ln.grid}, {ln.block}>>>" for ln in launches)
 
 
+def make_cuda_target(name: str, num_threads: int | None, device: str | None):
+    """``cuda`` runs on the GPU (or ``device``), ``cuda-emu`` on this CPU through cuda-emu."""
+    from minicomp.target import Target
+
+    return Target.cuda(device=device or ("emu" if name == "cuda-emu" else "gpu"))
+
+
 register_backend(Backend("cuda", "CUDA C for NVIDIA GPUs (pycuda), or the CPU through cuda-emu",
                          ("simplify", "fuse", "lower", "schedule", "plan"), build_cuda, prepare=prepare_cuda,
-                         model=make_cuda_model))
+                         model=make_cuda_model, emits=("cuda",), aliases=("cuda-emu",),
+                         make_target=make_cuda_target))

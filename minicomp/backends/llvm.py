@@ -20,6 +20,7 @@ from minicomp.backends import llvm_native as native
 from minicomp.backends.llvm_worker import optimize, without_vectorizer_remarks
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import CompileError
+from minicomp.target import CPUS
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -310,6 +311,15 @@ def _module_text(program, stages: dict, slots: list, emit) -> str:
     return text
 
 
+def make_llvm_target(name: str, num_threads: int | None, device: str | None):
+    """This CPU (``llvm``), or a named one (``haswell``...) whose code runs on any host with its instructions."""
+    from minicomp.target import Target
+
+    if device:
+        raise CompileError(f"device={device!r} is for CUDA targets, not {name!r}")
+    return Target.host("llvm", num_threads) if name == "llvm" else Target.cpu(name, num_threads)
+
+
 def prepare_llvm(target, options: dict, stages: dict) -> None:
     """Before the passes: threads the schedule plans for, and the host check."""
     check_runs_here(target)
@@ -350,4 +360,5 @@ register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
                          ("simplify", "nchwc", "fuse", "lower", "schedule", "plan"), build_llvm, prepare=prepare_llvm,
                          numerics={"nan_extremum": "llvm.maximum/llvm.minimum in reductions, fcmp and select "
                                                    "elsewhere (llvm_codegen.float_extremum)",
-                                   "saturating_cast": "llvm.fptosi.sat / llvm.fptoui.sat"}))
+                                   "saturating_cast": "llvm.fptosi.sat / llvm.fptoui.sat"},
+                         emits=("llvm", "llvm-opt", "asm"), aliases=tuple(CPUS), make_target=make_llvm_target))

@@ -37,6 +37,12 @@ class Backend:
     # The numeric rules of passes/legalize.py (NUMERIC_RULES) this target spells with an instruction of its
     # own, and how; legalization writes out the others for it.
     numerics: Mapping[str, str] = field(default_factory=dict)
+    # The stages ``--emit`` may print from this backend's build (e.g. "c" for stages["c"]).
+    emits: tuple[str, ...] = ()
+    # Other names ``compile(target=...)`` accepts for this backend ("cuda-emu", CPU names).
+    aliases: tuple[str, ...] = ()
+    # (name, num_threads, device) -> Target: the target a name means (default: Target.host(name)).
+    make_target: Callable | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -52,7 +58,7 @@ def register_backend(backend: Backend, replace: bool = False) -> Backend:
 
 def _load_builtin():
     # Importing registers them (once; another module may have imported one already).
-    from minicomp.backends import cuda, llvm, reference  # noqa: F401
+    from minicomp.backends import c, cuda, llvm, reference  # noqa: F401
 
 
 def get_backend(name: str) -> Backend:
@@ -67,6 +73,30 @@ def backend_names() -> list[str]:
     """Names of every registered backend."""
     _load_builtin()
     return sorted(_BACKENDS)
+
+
+def backend_for_name(name: str) -> Backend | None:
+    """The backend a target name (its own or an alias) belongs to, or None."""
+    _load_builtin()
+    return next((b for b in _BACKENDS.values() if name == b.name or name in b.aliases), None)
+
+
+def target_names() -> list[str]:
+    """Every name ``compile(target=...)`` accepts: the backends' names, then their aliases."""
+    _load_builtin()
+    aliases = [a for b in _BACKENDS.values() for a in b.aliases]
+    return sorted(_BACKENDS) + [a for a in dict.fromkeys(aliases) if a not in _BACKENDS]
+
+
+def numerics_table() -> dict[str, dict[str, str]]:
+    """Rule -> backend -> how it spells the rule: its own instruction, or "legalize" (written out as
+    selects by ``passes/legalize.py``). Only backends that run kernels are listed."""
+    from minicomp.passes.legalize import NUMERIC_RULES
+
+    _load_builtin()
+    kernels = [b for _, b in sorted(_BACKENDS.items()) if b.runs_kernels]
+    return {rule: {b.name: b.numerics.get(rule, "legalize: written out as selects") for b in kernels}
+            for rule in NUMERIC_RULES}
 
 
 def default_pipeline(target: str = "llvm") -> list[str]:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import minicomp as mc
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-TARGETS = [("llvm", None), ("cuda", "emu")]
+TARGETS = [("llvm", None), ("c", None), ("cuda", "emu")]
 
 
 def _compile(graph, target, device):

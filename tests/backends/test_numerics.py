@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import minicomp as mc
 
-TARGETS = ["llvm", "cuda-emu"]
+TARGETS = ["llvm", "c", "cuda-emu"]
 BF16 = ml_dtypes.bfloat16
 
 

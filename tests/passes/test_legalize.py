@@ -45,10 +45,10 @@ SPECIAL = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -1.5, 2.5e
                     -128.9, 255.5, 65535.9, 2147483520.0, -2147483648.0, 9.2e18, 1e-40], np.float32)
 
 
-@pytest.mark.parametrize("target", ["llvm", "cuda-emu"])
+@pytest.mark.parametrize("target", ["llvm", "c", "cuda-emu"])
 @pytest.mark.parametrize("src", ["float32", "float64", "float16"])
 def test_written_out_numeric_rules_give_the_bits_of_the_native_ones(target, src):
-    """NaN-propagating max/min and saturating casts, written out as selects for CUDA and spelled
+    """NaN-propagating max/min and saturating casts, written out as selects for C and CUDA and spelled
     natively by LLVM, give numpy's bits on NaN, signed zeros, infinities and values beyond every range."""
     with np.errstate(over="ignore"):  # beyond float16's range: its infinities
         a = SPECIAL.astype(src)
