@@ -14,6 +14,7 @@ Public API:
 - :class:`MinicompError` and its subclasses.
 """
 
+from minicomp.backends.llvm_saved import load_model as load
 from minicomp.backends.reference import run_reference
 from minicomp.backends.registry import default_pipeline
 from minicomp.compiler import Target, compile
@@ -33,7 +34,6 @@ from minicomp.ir.graph import Graph, Node, TensorType, Value
 from minicomp.ir.opdefs.elementwise import register_unary_function
 from minicomp.ir.text import parse_graph, print_graph
 from minicomp.runtime import CompiledModel
-from minicomp.saved import load_model as load
 
 __version__ = "0.1.0"
 

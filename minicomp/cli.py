@@ -360,7 +360,7 @@ def cmd_compile(args) -> int:
                          or args.print_before or args.dump_dir or args.output or args.shared_lib
                          or args.export_c):
         key = (args.emit or "loops").replace("-", "_")
-        text = model._jit.assembly() if key == "asm" else stages[key]
+        text = model.assembly() if key == "asm" else stages[key]
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
@@ -395,8 +395,8 @@ def cmd_profile(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from minicomp.backends.llvm_tuning import format_tunings
     from minicomp.passes.schedules.cpu import DEFAULT_CHOICES
-    from minicomp.tuning import format_tunings
 
     if not is_cpu_target(args.target):
         raise MinicompError(f"tune measures code on this CPU: use --target llvm or a CPU name, not {args.target}")
@@ -426,7 +426,7 @@ def cmd_tune(args) -> int:
 
 def time_tuned_against_rules(graph, tuned, args) -> None:
     """Print the whole model's time by the rules and tuned, each timed in blocks."""
-    from minicomp.tuning import best_block, calls_per_block
+    from minicomp.backends.llvm_tuning import best_block, calls_per_block
 
     rules = mc.compile(graph, target=args.target, num_threads=args.threads)
     inputs = parse_inputs(graph, [], args.seed)

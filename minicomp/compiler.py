@@ -67,7 +67,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     - ``cache``: reuse compiled code kept on disk (``minicomp/cache.py``;
       ``model.cache_hit`` says whether it was);
     - ``tune``: measure a few schedules of each kernel on this machine and
-      keep the fastest (``minicomp/tuning.py``; llvm targets only); tunings
+      keep the fastest (``backends/llvm_tuning.py``; llvm targets only); tunings
       are kept in the compile cache, so a kernel is measured once. A dict
       sets ``max_candidates`` (default 20) per kernel. ``model.tunings``
       lists what was found;
@@ -82,8 +82,6 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     """
     import time
 
-    from minicomp.runtime import make_model
-
     if isinstance(opt_level, bool) or opt_level not in (0, 1, 2, 3):
         raise MinicompError(f"opt_level must be 0, 1, 2 or 3 (LLVM's optimization levels), got {opt_level!r}")
     program, stages, backend, tgt, pm = _run_passes(
@@ -95,7 +93,8 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     program.options["build_timings"] = build_timings = []
     t0 = time.perf_counter()
     executable = backend.build(program, stages, opt_level)
-    model = (backend.model or make_model)(program, tgt, stages, executable)
+    model = backend.model(program, tgt, stages, executable)
+    model.fusion = program.options.get("fusion_result")
     rest = time.perf_counter() - t0 - sum(t for _, t in build_timings)
     model.pass_timings = pm.timings + build_timings + [(f"build: {backend.name} (other)", rest)]
     model.tunings = program.options.get("tunings", [])
@@ -111,7 +110,7 @@ def compile_stages(graph: Graph, target="llvm", **options) -> tuple[dict, list]:
     return stages, pm.timings
 
 
-def _tune_option(tune, target, progress) -> dict | None:
+def _tune_option(tune, target, backend, progress) -> dict | None:
     """The schedule pass's ``tune`` option: None, or the tuner's settings."""
     if tune is False or tune is None:
         return None
@@ -124,9 +123,9 @@ def _tune_option(tune, target, progress) -> dict | None:
     n = settings.get("max_candidates")
     if "max_candidates" in settings and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise MinicompError(f"tune max_candidates must be a whole number >= 1, got {n!r}")
-    if target.name != "llvm":
-        raise MinicompError(f"tuning measures kernels compiled by LLVM on this CPU; target {target} cannot be "
-                            f"tuned (compile it without tune=True)")
+    if backend.tune is None:
+        raise MinicompError(f"tuning measures kernels on this CPU; target {target} cannot be tuned: it has "
+                            f"no tuner (compile it without tune=True, or for target llvm)")
     settings["progress"] = progress
     return settings
 
@@ -160,7 +159,7 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
                                       or memory_budget < 0):
         raise MinicompError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
     options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget,
-               "cache": bool(cache), "tune": _tune_option(tune, tgt, progress)}
+               "cache": bool(cache), "tune": _tune_option(tune, tgt, backend, progress), "tuner": backend.tune}
     pm = PassManager(pipeline if pipeline is not None else list(backend.pipeline),
                      print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify,
                      options=options, progress=progress)

@@ -1,10 +1,17 @@
-"""CompiledModel: the callable result of :func:`minicomp.compile`.
+"""The model every backend shares: the callable result of :func:`minicomp.compile`.
 
-A compiled model owns its native code, one arena for every intermediate
-buffer (allocated once), the bound weights, and one table of buffer pointers.
-A call checks each input at the boundary (shape, dtype, contiguity), writes
-the input and output pointers into the table, and runs every kernel with one
-native call.
+:class:`CompiledModel` is what every target's model has: the compiled graph,
+its target, stage texts and memory plan; the checks at the boundary (shape,
+dtype, contiguity); one lock, since calls share the arena; threads; and the
+outputs of a call collected in the graph's order. Each backend subclasses it
+(``backends/llvm.py: LLVMModel``, ``backends/c.py: CModel``,
+``backends/cuda.py: CudaModel``, ``backends/reference.py: ReferenceModel``).
+
+:class:`TableModel` runs native code that takes one table of buffer
+pointers (``mc_main(void **table)``, as the llvm and c targets build it): a
+call checks each input, writes the input and output pointers into the table
+and runs every kernel with one native call. The helpers below bind a table
+(constants, one aligned arena, inputs, fresh outputs) for any device.
 
 Threads: a model is safe to call from several Python threads; calls are
 serialized by a lock because they share the arena. Use one model per thread
@@ -19,11 +26,10 @@ import os
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
-from minicomp.backends.llvm import KernelCall  # noqa: F401  (re-exported for callers)
-from minicomp.backends.reference import bind_inputs, run_reference
 from minicomp.errors import MinicompError, RuntimeInputError
 from minicomp.ir.graph import Graph, Value
 from minicomp.passes.memory import ALIGNMENT, MemoryPlan, arena_base
@@ -52,9 +58,80 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# -- the boundary -------------------------------------------------------------------
+
+def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict[Value, np.ndarray]:
+    """Match positional/keyword arrays to graph inputs, checking shape and dtype.
+
+    ``device_arrays``: also accept arrays in GPU memory (pycuda ``GPUArray``) as they are."""
+    if len(args) > len(graph.inputs):
+        raise RuntimeInputError(f"graph '{graph.name}' takes {count(len(graph.inputs), 'input')}, got {len(args)}")
+    env: dict[Value, np.ndarray] = {}
+    by_name = {v.name: v for v in graph.inputs}
+    for v, a in zip(graph.inputs, args):
+        env[v] = a
+    for k, a in kwargs.items():
+        if k not in by_name:
+            raise RuntimeInputError(f"graph '{graph.name}' has no input named '{k}'; "
+                                    f"inputs: {', '.join(by_name)}")
+        if by_name[k] in env:
+            raise RuntimeInputError(f"input '{k}' given twice")
+        env[by_name[k]] = a
+    for v in graph.inputs:
+        if v not in env:
+            raise RuntimeInputError(f"input '{v.name}' ({v.type}) is missing")
+        a = env[v]
+        if not isinstance(a, np.ndarray) and not (device_arrays and hasattr(a, "gpudata")):
+            try:
+                a = np.asarray(a)
+            except (ValueError, TypeError) as exc:  # ragged lists, objects numpy cannot hold
+                raise RuntimeInputError(f"input '{v.name}' ({v.type}) is not an array: {exc}") from None
+        if tuple(a.shape) != v.shape or a.dtype != v.dtype.numpy:
+            raise RuntimeInputError(
+                f"input '{v.name}' expects {v.type} ({v.dtype.numpy}{list(v.shape)}), "
+                f"got {a.dtype}{list(a.shape)}"
+            )
+        env[v] = a
+    return env
+
+
 def contiguous(a: np.ndarray) -> np.ndarray:
     """``a`` in C order (0-d arrays stay 0-d, unlike ``np.ascontiguousarray``)."""
     return a if a.flags.c_contiguous else a.copy(order="C")
+
+
+def allocate(shape, what: str, dtype=np.uint8) -> np.ndarray:
+    """``np.empty``, with a MinicompError that names the buffer when memory runs out."""
+    try:
+        return np.empty(shape, dtype=dtype)
+    except (MemoryError, ValueError) as exc:
+        n = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+        raise MinicompError(f"cannot allocate {what}: {n:,} bytes ({type(exc).__name__})") from None
+
+
+# -- a table of buffer pointers, on any device ------------------------------------------
+
+@dataclass
+class KernelCall:
+    """One kernel in the sequence and the table slots of its parameters."""
+
+    name: str
+    function: str
+    slots: list[int]
+
+
+def fresh_outputs(graph: Graph, slots: dict, env: dict) -> list[Value]:
+    """The outputs a call must give the kernels new memory for: each once, and not the inputs or
+    constants that are also outputs (those are copied by :func:`collect_outputs`)."""
+    return [v for v in dict.fromkeys(graph.outputs) if v in slots and v not in env and v not in graph.constants]
+
+
+def place_arena(table, slots: dict, plan: MemoryPlan, address: int) -> None:
+    """Point ``table``'s planned slots into an arena allocated at ``address`` (with ``ALIGNMENT`` spare
+    bytes): offsets count from its first aligned byte."""
+    base = arena_base(address)
+    for key, off in plan.offsets.items():
+        table[slots[key]] = base + off
 
 
 def bind_host_io(table, slots: dict, graph: Graph, env: dict) -> dict:
@@ -63,10 +140,9 @@ def bind_host_io(table, slots: dict, graph: Graph, env: dict) -> dict:
     for v, a in env.items():
         table[slots[v]] = a.ctypes.data
     outs = {}
-    for v in dict.fromkeys(graph.outputs):
-        if v in slots and v not in env and v not in graph.constants:
-            outs[v] = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
-            table[slots[v]] = outs[v].ctypes.data
+    for v in fresh_outputs(graph, slots, env):
+        outs[v] = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
+        table[slots[v]] = outs[v].ctypes.data
     return outs
 
 
@@ -79,95 +155,133 @@ def host_buffers(table, slots: dict, constants: dict, plan: MemoryPlan):
         keep.append(arr)
         table[slots[v]] = arr.ctypes.data
     arena = allocate(plan.arena_bytes + ALIGNMENT, "the arena of intermediate buffers")
-    base = arena_base(arena.ctypes.data)
-    for key, off in plan.offsets.items():
-        table[slots[key]] = base + off
+    place_arena(table, slots, plan, arena.ctypes.data)
     return keep, arena
 
 
-def allocate(shape, what: str, dtype=np.uint8) -> np.ndarray:
-    """``np.empty``, with a MinicompError that names the buffer when memory runs out."""
-    try:
-        return np.empty(shape, dtype=dtype)
-    except (MemoryError, ValueError) as exc:
-        n = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
-        raise MinicompError(f"cannot allocate {what}: {n:,} bytes ({type(exc).__name__})") from None
+def collect_outputs(graph: Graph, env: dict, outs: dict, fetch=None, inputs_as_given: bool = False) -> list:
+    """The call's results in the graph's order: the arrays the kernels wrote (``fetch`` brings one to
+    the host), a copy for an output listed again, a copy of an input or constant that is an output
+    (``inputs_as_given``: the input itself, for arrays left on a device)."""
+    result, seen = [], set()
+    for v in graph.outputs:
+        if v in outs:
+            arr = fetch(outs[v]) if fetch is not None else outs[v]
+            result.append(arr.copy() if v in seen else arr)
+        elif v in env:
+            result.append(env[v] if inputs_as_given else np.array(env[v]))
+        else:
+            result.append(np.array(graph.constants[v]))
+        seen.add(v)
+    return result
 
+
+@dataclass(frozen=True)
+class TableLayout:
+    """How a table model's buffers are laid out: what ``model.save``, ``export_library`` and
+    ``export_c`` read. ``slots``: graph Value or plan key -> table index."""
+
+    slots: dict
+    n_slots: int
+    calls: tuple[KernelCall, ...]
+    memory_plan: MemoryPlan
+
+    def weights(self, constants: dict) -> tuple[bytes, list[tuple[int, int]]]:
+        """The constants the kernels read as one block, each at an ``ALIGNMENT`` boundary, and the
+        (slot, offset) of each in it."""
+        blob, placed = bytearray(), []
+        for v, arr in constants.items():
+            if v not in self.slots:
+                continue
+            blob += bytes(-len(blob) % ALIGNMENT)
+            placed.append((self.slots[v], len(blob)))
+            blob += np.ascontiguousarray(arr).tobytes()
+        return bytes(blob), placed
+
+
+# -- the models ---------------------------------------------------------------------------
 
 class CompiledModel:
-    """Run a compiled graph: ``model(x)``, ``model(x=...)``; see module docs."""
+    """A compiled graph: ``model(x)``, ``model(x=...)``; what every target's model has (module docs)."""
 
-    def __init__(self, graph: Graph, target, stages: dict[str, str], memory_plan: MemoryPlan | None = None,
-                 jit=None, calls: list[KernelCall] | None = None, slots: dict | None = None,
-                 n_slots: int = 0, constants: dict | None = None, kernels=None):
+    def __init__(self, graph: Graph, target, stages, memory_plan: MemoryPlan | None = None, kernels=None):
         self.graph = graph
         self.target = target
         self.stages = stages
         self.memory_plan = memory_plan
         self.kernels = kernels or []
         self.tunings = []  # what the tuner found, per kernel (compile(tune=True))
-        self._jit = jit
-        self._calls = calls or []
-        self._slots = slots or {}
+        self.fusion = None  # the fusion decisions (compile sets them)
         self._lock = threading.Lock()
-        self._output_values = list(dict.fromkeys(graph.outputs))
         self.num_threads = getattr(target, "num_threads", 1) or 1
         _LIVE_MODELS.add(self)
-        if jit is None:
-            return
-        self._table = (ctypes.c_void_p * max(n_slots, 1))()
-        self._keep_alive, self._arena = host_buffers(self._table, self._slots, constants or {}, memory_plan)
-        self._main = jit.function("mc_main", ctypes.c_void_p)
-        self._threads_addr = jit.global_address("mc_num_threads")
-        self.set_num_threads(target.num_threads)
 
-    def save(self, path: str) -> None:
-        """Write the compiled model to ``path`` (``.mcm``); ``mc.load(path)``
-        runs it again without compiling (see ``minicomp/saved.py``). The file
-        holds machine code: whoever loads it runs that code, so share it only
-        with people who trust you, and load only files you trust."""
-        from minicomp.saved import save_model
-
-        save_model(self, path)
-
-    def export_library(self, path: str) -> str:
-        """Link a shared library (``model.so``) that C programs can call, with
-        its header beside it (``libmlp.so`` -> ``mlp.h``); returns the header's path.
-        Like any library, it runs its machine code when loaded: trust it as you would any other."""
-        from minicomp.saved import export_library
-
-        return export_library(self, path)
-
-    def export_c(self, folder: str, name: str | None = None):
-        """Write ``model.c``, ``model.h`` and ``model.bin`` into ``folder`` (a model compiled for target
-        ``c``): C99 that builds with any C compiler and runs without minicomp, LLVM or Python
-        (``minicomp/backends/c_export.py``); returns the folder's Path. ``name`` prefixes the C API."""
-        from minicomp.backends.c_export import export_c
-
-        return export_c(self, folder, name)
+    @property
+    def input_names(self) -> list[str]:
+        return [v.name for v in self.graph.inputs]
 
     @property
     def cache_hit(self) -> bool:
         """Did the native code come from the compile cache on disk?"""
-        return bool(getattr(self._jit, "cache_hit", False))
+        return False
 
-    # -- threads ------------------------------------------------------------------
     def warm_up(self, progress=None) -> None:
-        """Do now the work a first call would do (nothing for code compiled by LLVM: it is ready)."""
+        """Do now the work a first call would do (nothing, for code that is ready when compiled)."""
 
     def set_num_threads(self, n: int) -> None:
         """Use ``n`` threads for parallel loops from the next call on."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise MinicompError(f"number of threads must be a whole number >= 1, got {n!r}")
         self.num_threads = n
-        if self._jit is not None:
-            # In a forked child only one thread can run (see _after_fork_in_child).
-            ctypes.c_int32.from_address(self._threads_addr).value = 1 if _IN_FORKED_CHILD else n
 
-    # -- calling -----------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write the compiled model to a ``.mcm`` file (llvm targets; see LLVMModel.save)."""
+        raise MinicompError(f"only models compiled for the llvm target can be saved, not {self._target_name()}")
+
+    def export_library(self, path: str) -> str:
+        """Link a shared library with its header (llvm targets; see LLVMModel.export_library)."""
+        raise MinicompError(f"only models compiled for the llvm target can be exported as a library, not "
+                            f"{self._target_name()}; target c has export_c")
+
+    def export_c(self, folder: str, name: str | None = None):
+        """Write portable C for the model (target c; see CModel.export_c)."""
+        raise MinicompError(f"export_c writes the C of a model compiled for target 'c', not "
+                            f"{self._target_name()!r}: compile it with mc.compile(graph, target='c')")
+
+    def _target_name(self) -> str:
+        return getattr(self.target, "name", str(self.target))
+
+    def _code_summary(self) -> str:
+        return count(len(self.kernels), "kernel")
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
+        return f"<CompiledModel {self.graph.name}({ins}) target={self._target_name()}, {self._code_summary()}>"
+
+
+class TableModel(CompiledModel):
+    """Native code run through one table of buffer pointers (``mc_main``), with one arena allocated
+    once and the weights bound; ``native`` looks up its functions (module docs)."""
+
+    def __init__(self, graph: Graph, target, stages, memory_plan: MemoryPlan, native, layout: TableLayout,
+                 constants: dict | None = None, kernels=None):
+        super().__init__(graph, target, stages, memory_plan, kernels)
+        self.native = native
+        self.layout = layout
+        self._table = (ctypes.c_void_p * max(layout.n_slots, 1))()
+        self._keep_alive, self._arena = host_buffers(self._table, layout.slots, constants or {}, memory_plan)
+        self._main = native.function("mc_main", ctypes.c_void_p)
+        self._threads_addr = native.global_address("mc_num_threads")
+        self.set_num_threads(target.num_threads)
+
     @property
-    def input_names(self) -> list[str]:
-        return [v.name for v in self.graph.inputs]
+    def cache_hit(self) -> bool:
+        return bool(getattr(self.native, "cache_hit", False))
+
+    def set_num_threads(self, n: int) -> None:
+        super().set_num_threads(n)
+        # In a forked child only one thread can run (see _after_fork_in_child).
+        ctypes.c_int32.from_address(self._threads_addr).value = 1 if _IN_FORKED_CHILD else n
 
     def _check_inputs(self, args, kwargs) -> dict[Value, np.ndarray]:
         env = bind_inputs(self.graph, args, kwargs)
@@ -182,28 +296,10 @@ class CompiledModel:
         """Run on numpy arrays (by position or input name); returns the outputs."""
         env = self._check_inputs(args, kwargs)
         with self._lock:
-            outs = self._prepare(env)
+            outs = bind_host_io(self._table, self.layout.slots, self.graph, env)
             self._main(ctypes.addressof(self._table))
-        return self._collect(env, outs)
+        return collect_outputs(self.graph, env, outs)
 
-    def _prepare(self, env) -> dict[Value, np.ndarray]:
-        return bind_host_io(self._table, self._slots, self.graph, env)
-
-    def _collect(self, env, outs) -> list[np.ndarray]:
-        result, seen = [], set()
-        for v in self.graph.outputs:
-            if v in outs and v not in seen:
-                result.append(outs[v])
-            elif v in outs:
-                result.append(outs[v].copy())
-            elif v in env:
-                result.append(np.array(env[v]))
-            else:
-                result.append(np.array(self.graph.constants[v]))
-            seen.add(v)
-        return result
-
-    # -- inspection --------------------------------------------------------------
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
         """Time each kernel alone on these inputs: ``[(kernel, seconds per call)]``.
 
@@ -213,9 +309,9 @@ class CompiledModel:
         env = self._check_inputs(args, kwargs)
         timings = []
         with self._lock:
-            outs = self._prepare(env)
-            for call in self._calls:
-                fn = self._jit.function(call.function, *([ctypes.c_void_p] * len(call.slots)))
+            outs = bind_host_io(self._table, self.layout.slots, self.graph, env)
+            for call in self.layout.calls:
+                fn = self.native.function(call.function, *([ctypes.c_void_p] * len(call.slots)))
                 ptrs = [self._table[s] for s in call.slots]
                 fn(*ptrs)
                 t0 = time.perf_counter()
@@ -225,34 +321,5 @@ class CompiledModel:
         del outs
         return timings
 
-    def __repr__(self) -> str:
-        ins = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
-        kernels = count(len(self._calls), "kernel")
-        return f"<CompiledModel {self.graph.name}({ins}) target={self.target.name}, {kernels}>"
-
-
-class ReferenceModel(CompiledModel):
-    """The same interface over the numpy reference interpreter (target "reference")."""
-
-    def __call__(self, *args, **kwargs) -> list[np.ndarray]:
-        return run_reference(self.graph, *args, **kwargs)
-
-    def set_num_threads(self, n: int) -> None:
-        self.num_threads = n
-
-    def profile(self, *args, repeat: int = 10, **kwargs):
-        t0 = time.perf_counter()
-        for _ in range(repeat):
-            self(*args, **kwargs)
-        return [("reference", (time.perf_counter() - t0) / repeat)]
-
-
-def make_model(program, target, stages: dict, executable) -> CompiledModel:
-    """The runtime model for a compiled program: the interpreter's when the
-    backend built no native code, else one that runs the executable."""
-    if executable is None:
-        return ReferenceModel(program.graph, target, stages)
-    model = CompiledModel(program.graph, target, stages, program.memory_plan, executable.jit, executable.calls,
-                          executable.slots, executable.n_slots, program.graph.constants, program.kernels)
-    model.fusion = program.options.get("fusion_result")
-    return model
+    def _code_summary(self) -> str:
+        return count(len(self.layout.calls), "kernel")

@@ -100,7 +100,7 @@ class Target:
         t = cls(name=name, num_threads=num_threads or _cpu_count(),
                 l1_bytes=_cache_size(1), l2_bytes=_cache_size(2), l3_bytes=_cache_size(3))
         if name == "llvm":
-            from minicomp.backends.llvm import host_cpu
+            from minicomp.host_cpu import host_cpu
 
             t.llvm_cpu, t.features = host_cpu()
             t.vector_bits = 512 if "+avx512f" in t.features else 256 if "+avx" in t.features else 128

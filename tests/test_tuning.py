@@ -1,4 +1,4 @@
-"""The tuner (minicomp/tuning.py): candidates, the pre-filter, the choice,
+"""The tuner (minicomp/backends/llvm_tuning.py): candidates, the pre-filter, the choice,
 the cache, compile(tune=True) and `minicomp tune`."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minicomp as mc
-from minicomp import tuning
+from minicomp.backends import llvm_tuning as tuning
 from minicomp.compiler import _run_passes
 from minicomp.errors import MinicompError
 from minicomp.passes.schedules.cpu import DEFAULT_CHOICES, Choices, cpu_schedule
@@ -166,7 +166,7 @@ def test_tunings_are_cached_and_identical_kernels_share_one(fake_timer, cache_di
 
 def test_the_cache_key_covers_the_steps_and_the_emitters_not_only_the_rules():
     names = {p.name for p in tuning.schedule_sources()}
-    assert {"tuning.py", "cpu.py", "primitives.py", "buffer_steps.py", "llvm_codegen.py", "llvm_simd.py"} <= names
+    assert {"llvm_tuning.py", "cpu.py", "primitives.py", "buffer_steps.py", "llvm_codegen.py", "llvm_simd.py"} <= names
     assert all(p.exists() for p in tuning.schedule_sources())
 
 

@@ -21,20 +21,7 @@ import numpy as np
 
 from minicomp.backends.c import C99Renderer, render_module
 from minicomp.backends.c_like import c_identifier
-from minicomp.errors import MinicompError
 from minicomp.passes.memory import ALIGNMENT
-
-
-def _weights(constants: dict, slots: dict) -> tuple[bytes, list[tuple[int, int]]]:
-    """The weights file and the (slot, offset) of each constant in it."""
-    blob, placed = bytearray(), []
-    for v, arr in constants.items():
-        if v not in slots:
-            continue
-        blob += bytes(-len(blob) % ALIGNMENT)
-        placed.append((slots[v], len(blob)))
-        blob += np.ascontiguousarray(arr).tobytes()
-    return bytes(blob), placed
 
 
 def _describe(v) -> str:
@@ -44,14 +31,12 @@ def _describe(v) -> str:
 def export_c(model, folder: str, name: str | None = None) -> Path:
     """Write ``model.c``, ``model.h`` and ``model.bin`` for ``model`` (compiled for target ``c``) into
     ``folder``; returns the folder. ``name`` prefixes the API's functions (default: the graph's name)."""
-    if getattr(model.target, "name", None) != "c":
-        raise MinicompError(f"export_c writes the C of a model compiled for target 'c', not "
-                            f"{model.target.name!r}: compile it with mc.compile(graph, target='c')")
-    graph, slots, plan = model.graph, model._slots, model.memory_plan
+    graph, layout = model.graph, model.layout
+    slots, plan = layout.slots, layout.memory_plan
     api = c_identifier(name or graph.name, "m_", ())
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    blob, placed = _weights(graph.constants, slots)
+    blob, placed = layout.weights(graph.constants)
     n_slots = max(len(slots), 1)
 
     ins = [f"const {C99Renderer.storage_type(v.dtype)} *in{i}" for i, v in enumerate(graph.inputs)]
@@ -86,7 +71,7 @@ def export_c(model, folder: str, name: str | None = None) -> Path:
             seen[v] = f"out{i}"
     offsets = "".join(f"  m->table[{s}] = m->weights + {off};\n" for s, off in placed)
     arena = "".join(f"  m->table[{slots[key]}] = m->arena + {off};\n" for key, off in plan.offsets.items())
-    calls = [c.slots for c in model._calls]
+    calls = [c.slots for c in layout.calls]
     source = render_module(model.kernels, calls, linkage="static ") + f"""
 /* ---- the API (model.h) ---- */
 #include <stdint.h>

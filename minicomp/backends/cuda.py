@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from minicomp.backends.cuda_codegen import Launch, render_module
-from minicomp.backends.reference import bind_inputs
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
 from minicomp.passes.memory import buffer_slots, kernel_slots
-from minicomp.runtime import CompiledModel, bind_host_io, contiguous, host_buffers
+from minicomp.runtime import CompiledModel, bind_host_io, bind_inputs, collect_outputs, contiguous, host_buffers
+from minicomp.wording import count
 
 DEVICES = ("gpu", "emu")
 INSTALL_HINT = ('pip install -e ".[cuda]" on a machine with the CUDA toolkit (nvcc) and an NVIDIA driver, '
@@ -67,7 +67,6 @@ class CudaModel(CompiledModel):
         self.launches = [ln for ln, _ in executable.launches]
         self.device_name = target.device
         self._device = None
-        self.fusion = program.options.get("fusion_result")
 
     # -- the device, made on first use --------------------------------------------
     @property
@@ -92,11 +91,6 @@ class CudaModel(CompiledModel):
             progress(f"{how} (once; kept in the compile cache)")
         self.device  # noqa: B018 -- made on first use
 
-    def set_num_threads(self, n: int) -> None:
-        if n < 1:
-            raise MinicompError(f"number of threads must be >= 1, got {n}")
-        self.num_threads = n  # the GPU decides; kept for the common interface
-
     def __call__(self, *args, **kwargs):
         """Run on numpy arrays (or, on a GPU, pycuda GPUArrays: then outputs stay on the device)."""
         env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu")
@@ -109,10 +103,11 @@ class CudaModel(CompiledModel):
         with self._lock:
             return self.device.profile(env, repeat)
 
-    def __repr__(self) -> str:
-        ins = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
-        return (f"<CompiledModel {self.graph.name}({ins}) target=cuda ({self.device_name}), "
-                f"{len(self.launches)} launches>")
+    def _target_name(self) -> str:
+        return f"cuda ({self.device_name})"
+
+    def _code_summary(self) -> str:
+        return count(len(self.launches), "launch", "launches")
 
 
 class HostMemory:
@@ -132,7 +127,7 @@ class HostMemory:
         env, outs = self._bind(env)
         for ln, slots in self.model.executable.launches:
             self.emu.launch(ln, [self.table[s] for s in slots])
-        return self.model._collect(env, outs)
+        return collect_outputs(self.model.graph, env, outs)
 
     def profile(self, env, repeat: int):
         env, outs = self._bind(env)

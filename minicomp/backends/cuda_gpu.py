@@ -10,12 +10,10 @@ stream; ``profile`` times each with CUDA events.
 
 from __future__ import annotations
 
-import numpy as np
-
 from minicomp.backends.cuda_codegen import NVCC_FLAGS
 from minicomp.errors import MinicompError
-from minicomp.passes.memory import ALIGNMENT, arena_base
-from minicomp.runtime import contiguous
+from minicomp.passes.memory import ALIGNMENT
+from minicomp.runtime import collect_outputs, contiguous, fresh_outputs, place_arena
 
 
 def import_pycuda():
@@ -69,9 +67,7 @@ class GPUDevice:
             self.keep.append(d)
             self.table[ex.slots[v]] = address(d)
         self.arena = driver.mem_alloc(max(plan.arena_bytes, 1) + ALIGNMENT)
-        base = arena_base(int(self.arena))
-        for key, off in plan.offsets.items():
-            self.table[ex.slots[key]] = base + off
+        place_arena(self.table, ex.slots, plan, int(self.arena))
         self.stream = driver.Stream()
         from pycuda.tools import DeviceMemoryPool
 
@@ -87,10 +83,9 @@ class GPUDevice:
             dev[v] = d
             self.table[ex.slots[v]] = address(d)
         outs = {}
-        for v in dict.fromkeys(graph.outputs):
-            if v in ex.slots and v not in env and v not in graph.constants:
-                outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy, allocator=self.pool.allocate)
-                self.table[ex.slots[v]] = address(outs[v])
+        for v in fresh_outputs(graph, ex.slots, env):
+            outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy, allocator=self.pool.allocate)
+            self.table[ex.slots[v]] = address(outs[v])
         return dev, outs, on_device
 
     def _launch(self, ln, slots):
@@ -102,17 +97,8 @@ class GPUDevice:
         for ln, slots in self.model.executable.launches:
             self._launch(ln, slots)
         self.stream.synchronize()
-        result, seen = [], set()
-        for v in self.model.graph.outputs:
-            if v in outs:
-                arr = outs[v] if on_device else outs[v].get()
-                result.append(arr.copy() if v in seen else arr)
-            elif v in env:
-                result.append(env[v] if on_device else np.array(env[v]))
-            else:
-                result.append(np.array(self.model.graph.constants[v]))
-            seen.add(v)
-        return result
+        return collect_outputs(self.model.graph, env, outs, fetch=None if on_device else (lambda d: d.get()),
+                               inputs_as_given=on_device)
 
     def profile(self, env, repeat: int):
         dev, outs, _ = self._bind(env)

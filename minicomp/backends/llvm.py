@@ -20,6 +20,7 @@ from minicomp.backends import llvm_native as native
 from minicomp.backends.llvm_worker import optimize, without_vectorizer_remarks
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import CompileError
+from minicomp.runtime import KernelCall, TableLayout, TableModel
 from minicomp.target import CPUS
 
 _init_lock = threading.Lock()
@@ -231,21 +232,42 @@ def compile_module(ir_text: str, opt_level: int, cpu: str, features: str, cache:
 
 @dataclass
 class LLVMExecutable:
-    """What the runtime needs to run a model compiled by this backend."""
+    """The machine code of a model and how its pointer table is laid out."""
 
     jit: JitModule | native.NativeModule
-    calls: list  # KernelCall per kernel, in execution order
-    slots: dict  # graph Value / plan key -> index in the pointer table
-    n_slots: int
+    layout: TableLayout
 
 
-@dataclass
-class KernelCall:
-    """One kernel in the sequence and the table slots of its parameters."""
+class LLVMModel(TableModel):
+    """A model compiled by LLVM: the shared table model, plus what LLVM's machine code allows, saving it
+    (``.mcm``), linking it into a shared library and showing its assembly."""
 
-    name: str
-    function: str
-    slots: list[int]
+    def save(self, path: str) -> None:
+        """Write the compiled model to ``path`` (``.mcm``); ``mc.load(path)``
+        runs it again without compiling (see ``backends/llvm_saved.py``). The file
+        holds machine code: whoever loads it runs that code, so share it only
+        with people who trust you, and load only files you trust."""
+        from minicomp.backends.llvm_saved import save_model
+
+        save_model(self, path)
+
+    def export_library(self, path: str) -> str:
+        """Link a shared library (``model.so``) that C programs can call, with
+        its header beside it (``libmlp.so`` -> ``mlp.h``); returns the header's path.
+        Like any library, it runs its machine code when loaded: trust it as you would any other."""
+        from minicomp.backends.llvm_saved import export_library
+
+        return export_library(self, path)
+
+    def assembly(self) -> str:
+        """The machine code as assembly text (``--emit asm``)."""
+        return self.native.assembly()
+
+
+def make_llvm_model(program, target, stages, executable: LLVMExecutable) -> LLVMModel:
+    """The runtime model of a program compiled by LLVM."""
+    return LLVMModel(program.graph, target, stages, program.memory_plan, executable.jit, executable.layout,
+                     program.graph.constants, program.kernels)
 
 
 def check_runs_here(target) -> None:
@@ -320,6 +342,13 @@ def make_llvm_target(name: str, num_threads: int | None, device: str | None):
     return Target.host("llvm", num_threads) if name == "llvm" else Target.cpu(name, num_threads)
 
 
+def _tune(kernels, target, threads, constants, settings, use_cache):
+    """The tuner (``llvm_tuning.py``): measured on this CPU, so loaded only when asked for."""
+    from minicomp.backends.llvm_tuning import tune_for_backend
+
+    return tune_for_backend(kernels, target, threads, constants, settings, use_cache)
+
+
 def prepare_llvm(target, options: dict, stages: dict) -> None:
     """Before the passes: threads the schedule plans for, and the host check."""
     check_runs_here(target)
@@ -353,7 +382,7 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
     # Kept compressed or read when asked for: a large model's IR is tens of MB.
     stages.compress("llvm", ir_text)
     stages.defer("llvm_opt", lambda: jit.optimized_ir)
-    return LLVMExecutable(jit, calls, slots, len(slots))
+    return LLVMExecutable(jit, TableLayout(slots, len(slots), tuple(calls), program.memory_plan))
 
 
 register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
@@ -361,4 +390,5 @@ register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
                          numerics={"nan_extremum": "llvm.maximum/llvm.minimum in reductions, fcmp and select "
                                                    "elsewhere (llvm_codegen.float_extremum)",
                                    "saturating_cast": "llvm.fptosi.sat / llvm.fptoui.sat"},
-                         emits=("llvm", "llvm-opt", "asm"), aliases=tuple(CPUS), make_target=make_llvm_target))
+                         emits=("llvm", "llvm-opt", "asm"), aliases=tuple(CPUS), make_target=make_llvm_target,
+                         model=make_llvm_model, tune=_tune))

@@ -4,50 +4,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import numpy as np
 
 from minicomp.backends.registry import Backend, register_backend
-from minicomp.errors import MinicompError, RuntimeInputError
+from minicomp.errors import MinicompError
 from minicomp.ir.graph import Graph, Value
 from minicomp.ir.ops import get_op
-from minicomp.wording import count
-
-
-def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict[Value, np.ndarray]:
-    """Match positional/keyword arrays to graph inputs, checking shape and dtype.
-
-    ``device_arrays``: also accept arrays in GPU memory (pycuda ``GPUArray``) as they are."""
-    if len(args) > len(graph.inputs):
-        raise RuntimeInputError(f"graph '{graph.name}' takes {count(len(graph.inputs), 'input')}, got {len(args)}")
-    env: dict[Value, np.ndarray] = {}
-    by_name = {v.name: v for v in graph.inputs}
-    for v, a in zip(graph.inputs, args):
-        env[v] = a
-    for k, a in kwargs.items():
-        if k not in by_name:
-            raise RuntimeInputError(f"graph '{graph.name}' has no input named '{k}'; "
-                                    f"inputs: {', '.join(by_name)}")
-        if by_name[k] in env:
-            raise RuntimeInputError(f"input '{k}' given twice")
-        env[by_name[k]] = a
-    for v in graph.inputs:
-        if v not in env:
-            raise RuntimeInputError(f"input '{v.name}' ({v.type}) is missing")
-        a = env[v]
-        if not isinstance(a, np.ndarray) and not (device_arrays and hasattr(a, "gpudata")):
-            try:
-                a = np.asarray(a)
-            except (ValueError, TypeError) as exc:  # ragged lists, objects numpy cannot hold
-                raise RuntimeInputError(f"input '{v.name}' ({v.type}) is not an array: {exc}") from None
-        if tuple(a.shape) != v.shape or a.dtype != v.dtype.numpy:
-            raise RuntimeInputError(
-                f"input '{v.name}' expects {v.type} ({v.dtype.numpy}{list(v.shape)}), "
-                f"got {a.dtype}{list(a.shape)}"
-            )
-        env[v] = a
-    return env
+from minicomp.runtime import CompiledModel, bind_inputs
 
 
 def run_reference(graph: Graph, *args, **kwargs) -> list[np.ndarray]:
@@ -88,9 +54,30 @@ def evaluate(graph: Graph, env: Mapping[Value, np.ndarray], keep: bool = False):
     return [np.array(env[v]) for v in graph.outputs]
 
 
+class ReferenceModel(CompiledModel):
+    """The common model interface over the interpreter (target "reference")."""
+
+    def __call__(self, *args, **kwargs) -> list[np.ndarray]:
+        return run_reference(self.graph, *args, **kwargs)
+
+    def profile(self, *args, repeat: int = 10, **kwargs):
+        """The whole graph's time per call, as one entry."""
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            self(*args, **kwargs)
+        return [("reference", (time.perf_counter() - t0) / repeat)]
+
+    def _code_summary(self) -> str:
+        return "the interpreter"
+
+
 def _build_reference(program, stages, opt_level):
     return None  # the interpreter runs the graph itself
 
 
+def _reference_model(program, target, stages, executable) -> ReferenceModel:
+    return ReferenceModel(program.graph, target, stages)
+
+
 register_backend(Backend("reference", "the numpy interpreter (the oracle)", ("simplify",), _build_reference,
-                         runs_kernels=False))
+                         runs_kernels=False, model=_reference_model))

@@ -20,11 +20,11 @@ class Backend:
     """A code generator: ``build(program, stages, opt_level) -> executable``.
 
     ``stages`` is the dict of stage texts the build adds to (its source, its
-    optimized form); the executable is whatever the runtime model for this
-    backend needs (None for the interpreter). ``prepare(target, options,
-    stages)`` may adjust the target and the pass options before the passes run;
-    ``model(program, target, stages, executable)`` makes the runtime model
-    (by default :func:`minicomp.runtime.make_model`).
+    optimized form); the executable is whatever the backend's model needs
+    (None for the interpreter). ``model(program, target, stages,
+    executable)`` makes that model, a subclass of
+    :class:`minicomp.runtime.CompiledModel`. ``prepare(target, options,
+    stages)`` may adjust the target and the pass options before the passes run.
     """
 
     name: str
@@ -33,7 +33,7 @@ class Backend:
     build: Callable
     runs_kernels: bool = True
     prepare: Callable | None = None
-    model: Callable | None = None  # (program, target, stages, executable) -> model; default runtime.make_model
+    model: Callable | None = None  # (program, target, stages, executable) -> a runtime.CompiledModel
     # The numeric rules of passes/legalize.py (NUMERIC_RULES) this target spells with an instruction of its
     # own, and how; legalization writes out the others for it.
     numerics: Mapping[str, str] = field(default_factory=dict)
@@ -43,6 +43,9 @@ class Backend:
     aliases: tuple[str, ...] = ()
     # (name, num_threads, device) -> Target: the target a name means (default: Target.host(name)).
     make_target: Callable | None = None
+    # compile(tune=True): (kernels, target, threads, constants, settings, use_cache) -> the tunings; the schedule
+    # pass calls it. None: the backend cannot be tuned.
+    tune: Callable | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -50,6 +53,9 @@ _BACKENDS: dict[str, Backend] = {}
 
 def register_backend(backend: Backend, replace: bool = False) -> Backend:
     """Add ``backend`` to the registry (``replace=True`` to override one)."""
+    if backend.model is None:
+        raise UnsupportedError(f"backend {backend.name!r} names no model: give Backend(model=...), a function "
+                               f"(program, target, stages, executable) -> CompiledModel")
     if backend.name in _BACKENDS and not replace:
         raise UnsupportedError(f"a backend named {backend.name!r} is already registered")
     _BACKENDS[backend.name] = backend

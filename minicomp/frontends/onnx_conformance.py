@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-import minicomp as mc
+from minicomp.compiler import compile as compile_graph
+from minicomp.errors import MinicompError
+from minicomp.frontends.onnx import from_onnx
 
 CONTROL_FLOW = "control flow (If, Loop, Scan): minicomp compiles static graphs"
 SEQUENCES = "sequence or optional types: minicomp compiles tensors only"
@@ -100,8 +102,8 @@ def _import(model, feeds: dict, first: str):
     the integer inputs but the first as constants, then (scales, say) every input
     but the first, then every integer or bool input, then every input."""
     try:
-        return mc.from_onnx(model, shapes={n: a.shape for n, a in feeds.items()}), {}
-    except mc.MinicompError as exc:
+        return from_onnx(model, shapes={n: a.shape for n, a in feeds.items()}), {}
+    except MinicompError as exc:
         error = exc
     for pick in (lambda n, a: a.dtype.kind in "iu" and n != first, lambda n, a: n != first,
                  lambda n, a: a.dtype.kind in "iub", lambda n, a: True):
@@ -110,8 +112,8 @@ def _import(model, feeds: dict, first: str):
             continue
         shapes = {n: a.shape for n, a in feeds.items() if n not in bound}
         try:
-            return mc.from_onnx(model, shapes=shapes, constants=bound), bound
-        except mc.MinicompError as exc:
+            return from_onnx(model, shapes=shapes, constants=bound), bound
+        except MinicompError as exc:
             error = exc
     raise error
 
@@ -128,7 +130,7 @@ def run_case(case) -> CaseResult:
         for inputs, outputs in case.data_sets:
             feeds = dict(zip(names, (_array(a) for a in inputs)))
             graph, bound = _import(case.model, feeds, names[0] if names else "")
-            got = mc.compile(graph, num_threads=1)(**{n: a for n, a in feeds.items() if n not in bound})
+            got = compile_graph(graph, num_threads=1)(**{n: a for n, a in feeds.items() if n not in bound})
             for k, (a, b) in enumerate(zip(got, (_array(o) for o in outputs))):
                 if a.shape != b.shape:
                     return CaseResult(case.name, op, "wrong", f"output {k}: shape {a.shape} != {b.shape}")
@@ -136,7 +138,7 @@ def run_case(case) -> CaseResult:
                 same = _close(a, b, case.rtol, case.atol) if floating else np.array_equal(a, b)
                 if not same:
                     return CaseResult(case.name, op, "wrong", f"output {k} differs")
-    except mc.MinicompError as exc:
+    except MinicompError as exc:
         return CaseResult(case.name, op, "error", str(exc).split("\n")[0][:200])
     except Exception as exc:  # noqa: BLE001  (any other exception is a bug to report)
         return CaseResult(case.name, op, "raw", f"{type(exc).__name__}: {exc}"[:200])

@@ -99,7 +99,7 @@ class MemoryPlan:
     def draw(self, path: str) -> None:
         """Draw the plan to ``path`` (.png, .svg, .pdf): buffers as rectangles,
         steps across and arena offset up, the live-bytes curve and the bound."""
-        from minicomp.viz_memory import draw_plan
+        from minicomp.passes.memory_viz import draw_plan
 
         draw_plan(self, path)
 

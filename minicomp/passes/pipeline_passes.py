@@ -60,18 +60,14 @@ def schedule_pass(program, ctx):
 
 
 def _tune(program, ctx, target, threads: int, kernels) -> dict:
-    """With the ``tune`` option (``compile(tune=True)``): the tuner's choices
-    by kernel name (``minicomp/tuning.py``), also kept in
-    ``program.options["tunings"]``; else nothing."""
-    tune = ctx.options.get("tune")
-    if not tune:
+    """With the ``tune`` option (``compile(tune=True)``): the choices of the
+    backend's tuner (``Backend.tune``, given as the ``tuner`` option) by kernel
+    name, also kept in ``program.options["tunings"]``; else nothing."""
+    tune, tuner = ctx.options.get("tune"), ctx.options.get("tuner")
+    if not tune or tuner is None:
         return {}
-    from minicomp.tuning import MAX_CANDIDATES, tune_kernels
-
-    tune = tune if isinstance(tune, dict) else {}
-    tunings = tune_kernels(kernels, target, threads, program.graph.constants,
-                           max_candidates=tune.get("max_candidates", MAX_CANDIDATES),
-                           use_cache=ctx.options.get("cache", True), progress=tune.get("progress"))
+    tunings = tuner(kernels, target, threads, program.graph.constants, tune if isinstance(tune, dict) else {},
+                    ctx.options.get("cache", True))
     program.options["tunings"] = tunings
     return {t.kernel: t.choices for t in tunings}
 

@@ -37,14 +37,14 @@ X = np.linspace(-3, 3, 240, dtype=np.float32).reshape(6, 40)
 
 def test_a_module_compiled_by_the_worker_runs_from_a_library(worker):
     first = mc.compile(graph())
-    assert isinstance(first._jit, llvm_native.NativeModule) and not first.cache_hit
+    assert isinstance(first.native, llvm_native.NativeModule) and not first.cache_hit
     np.testing.assert_allclose(first(X)[0], mc.run_reference(graph(), X)[0], rtol=1e-5, atol=1e-6)
     assert "define" in first.stages["llvm_opt"] and "define" in first.stages["llvm"]
-    assert "ret" in first._jit.assembly()
+    assert "ret" in first.assembly()
     first.set_num_threads(1)
     np.testing.assert_allclose(first(X)[0], mc.run_reference(graph(), X)[0], rtol=1e-5, atol=1e-6)
     second = mc.compile(graph())
-    assert isinstance(second._jit, llvm_native.NativeModule) and second.cache_hit
+    assert isinstance(second.native, llvm_native.NativeModule) and second.cache_hit
     np.testing.assert_array_equal(second(X)[0], first(X)[0])
     assert len(first.profile(X)) == len(first.kernels)
 
@@ -64,7 +64,7 @@ def test_a_module_split_over_two_workers_links_into_one_library(worker, monkeypa
     monkeypatch.setattr(llvm_native, "worker_count", lambda ir_bytes: 2)
     graph = two_kernels()
     model = mc.compile(graph)
-    assert len(model.kernels) >= 2 and isinstance(model._jit, llvm_native.NativeModule)
+    assert len(model.kernels) >= 2 and isinstance(model.native, llvm_native.NativeModule)
     assert model.stages["llvm_opt"].count("; ---- module part") == 2
     for threads in (1, 2):
         model.set_num_threads(threads)
@@ -73,7 +73,7 @@ def test_a_module_split_over_two_workers_links_into_one_library(worker, monkeypa
     path = worker / "two.mcm"
     model.save(str(path))  # the parts' objects as one relocatable object
     np.testing.assert_array_equal(mc.load(str(path))(X)[0], model(X)[0])
-    assert "ret" in model._jit.assembly()
+    assert "ret" in model.assembly()
 
 
 def test_save_load_and_export_from_a_library(worker):
@@ -106,7 +106,7 @@ def test_invalid_ir_is_a_compile_error_and_a_failed_link_falls_back(worker, monk
         llvm_native.compile_in_worker("define nonsense", "", "", 3, "")
     monkeypatch.setattr(llvm_native, "linker", lambda: "/nonexistent/cc")
     model = mc.compile(graph())
-    assert not isinstance(model._jit, llvm_native.NativeModule)
+    assert not isinstance(model.native, llvm_native.NativeModule)
     np.testing.assert_allclose(model(X)[0], mc.run_reference(graph(), X)[0], rtol=1e-5, atol=1e-6)
 
 

@@ -88,7 +88,7 @@ MIN_PARALLEL_WORK = 1 << 15
 @dataclass(frozen=True)
 class Choices:
     """Decisions of the CPU schedule that a tuner may take instead of its
-    rules (``minicomp/tuning.py``); a field left None keeps the rule's answer.
+    rules (``backends/llvm_tuning.py``); a field left None keeps the rule's answer.
 
     - ``lanes``: for a convolution, ``"channels"`` runs output channels as the
       vector lanes (see :func:`_channel_lanes`), ``"spatial"`` the last output axis;

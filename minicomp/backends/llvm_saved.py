@@ -51,21 +51,21 @@ def save_model(model, path: str) -> None:
     """Write ``model`` (compiled for a CPU) to ``path``."""
     from minicomp import __version__
 
-    jit = model._jit
-    if jit is None or getattr(jit, "object_code", None) is None:
-        raise MinicompError("only models compiled for the llvm target can be saved")
+    jit, layout = model.native, model.layout
+    if getattr(jit, "object_code", None) is None:
+        raise MinicompError("this model's machine code was not kept (compile it again to save it)")
     import llvmlite.binding as llvm
 
-    graph, slots = model.graph, model._slots
+    graph, slots = model.graph, layout.slots
     meta = {
         "format": FORMAT, "minicomp": __version__, "llvm": list(llvm.llvm_version_info),
         "cpu": jit.cpu, "features": jit.features, "name": graph.name,
         "inputs": [dict(s, slot=slots[v]) for s, v in zip(_signature(graph.inputs), graph.inputs)],
         "outputs": [dict(s, slot=slots[v]) for s, v in zip(_signature(graph.outputs), graph.outputs)],
         "constants": [dict(s, slot=slots[v]) for s, v in zip(_signature(graph.constants), graph.constants)],
-        "n_slots": len(model._table), "arena_bytes": model.memory_plan.arena_bytes,
-        "offsets": [[slots[key], off] for key, off in model.memory_plan.offsets.items()],
-        "calls": [[c.name, c.function, list(c.slots)] for c in model._calls],
+        "n_slots": max(layout.n_slots, 1), "arena_bytes": layout.memory_plan.arena_bytes,
+        "offsets": [[slots[key], off] for key, off in layout.memory_plan.offsets.items()],
+        "calls": [[c.name, c.function, list(c.slots)] for c in layout.calls],
         "num_threads": model.num_threads,
     }
     members = {"meta.json": json.dumps(meta, indent=1).encode(), "code.o": jit.object_code,
@@ -97,10 +97,10 @@ def load_model(path: str):
     for (``@mc_slot_bytes``), and every failure is a MinicompError. Loading
     still runs the file's machine code: load only files you trust."""
     from minicomp import __version__
-    from minicomp.backends.llvm import JitModule, KernelCall, host_cpu
+    from minicomp.backends.llvm import JitModule, LLVMModel, host_cpu
     from minicomp.ir.graph import Graph, TensorType, Value
     from minicomp.passes.memory import MemoryPlan
-    from minicomp.runtime import CompiledModel
+    from minicomp.runtime import KernelCall, TableLayout
     from minicomp.target import Target
 
     members = _read_members(path)
@@ -148,9 +148,9 @@ def load_model(path: str):
     jit = JitModule.from_object(members["code.o"], optimized, meta["cpu"], meta["features"])
     _check_against_the_code(jit, meta, path)
     target = Target.host("llvm", meta["num_threads"])
-    calls = [KernelCall(name, fn, list(sl)) for name, fn, sl in meta["calls"]]
-    model = CompiledModel(graph, target, {"llvm_opt": jit.optimized_ir}, plan, jit, calls, slots, meta["n_slots"],
-                          graph.constants)
+    calls = tuple(KernelCall(name, fn, list(sl)) for name, fn, sl in meta["calls"])
+    model = LLVMModel(graph, target, {"llvm_opt": jit.optimized_ir}, plan, jit,
+                      TableLayout(slots, meta["n_slots"], calls, plan), graph.constants)
     model.loaded_from = path
     return model
 
@@ -350,26 +350,18 @@ def export_library(model, path: str) -> str:
     (``CC``, else cc/gcc)."""
     from minicomp import __version__
 
-    jit = model._jit
-    if jit is None:
-        raise MinicompError("only models compiled for the llvm target can be exported")
+    jit, layout = model.native, model.layout
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise MinicompError("exporting a shared library needs a C compiler (cc or gcc) on PATH, or CC set")
-    graph, slots = model.graph, model._slots
+    graph, slots = model.graph, layout.slots
     inputs = list(graph.inputs)
     outputs = list(graph.outputs)
     if set(outputs) & (set(inputs) | set(graph.constants)):
         raise MinicompError("a model whose outputs are its inputs or constants cannot be exported yet")
-    blob, const_slots, const_offsets = bytearray(), [], []
-    for v, arr in graph.constants.items():
-        if v not in slots:
-            continue
-        blob += b"\0" * ((-len(blob)) % 64)
-        const_slots.append(slots[v])
-        const_offsets.append(len(blob))
-        blob += np.ascontiguousarray(arr).tobytes()
-    offsets = list(model.memory_plan.offsets.items())
+    blob, placed = layout.weights(graph.constants)
+    const_slots, const_offsets = [s for s, _ in placed], [off for _, off in placed]
+    offsets = list(layout.memory_plan.offsets.items())
 
     def describe(vs):
         return "\n".join(f"     [{k}] {v.name}: {'uint16' if v.dtype.is_narrow_float else v.dtype.c} "
@@ -383,7 +375,7 @@ def export_library(model, path: str) -> str:
         input_slots=_c_list(slots[v] for v in inputs), output_slots=_c_list(slots[v] for v in outputs),
         const_slots=_c_list(const_slots), const_offsets=_c_list(const_offsets),
         arena_slots=_c_list(slots[k] for k, _ in offsets), arena_offsets=_c_list(o for _, o in offsets),
-        n_slots=max(len(model._table), 1), arena_alloc=-(-(model.memory_plan.arena_bytes + 64) // 64) * 64,
+        n_slots=max(layout.n_slots, 1), arena_alloc=-(-(layout.memory_plan.arena_bytes + 64) // 64) * 64,
         n_const=len(const_slots), n_arena=len(offsets), n_in=len(inputs), n_out=len(outputs))
     with tempfile.TemporaryDirectory() as tmp:
         files = {"model.h": header, "wrapper.c": wrapper,

@@ -338,9 +338,10 @@ def schedule_sources() -> list[Path]:
     """The source files that decide what a tuning's choices produce and how
     fast it runs: the tuner, every schedule module (the CPU rules and the
     primitives and buffer steps they apply) and the LLVM emitters."""
-    here = Path(__file__).parent
-    return [here / "tuning.py", *sorted((here / "passes" / "schedules").glob("*.py")),
-            *sorted((here / "backends").glob("llvm*.py"))]
+    package = Path(__file__).parents[1]
+    backends = package / "backends"
+    return [Path(__file__), *sorted((package / "passes" / "schedules").glob("*.py")),
+            *(backends / f"llvm_{name}.py" for name in ("codegen", "simd", "math"))]
 
 
 def _read(key: str) -> Tuned | None:
@@ -434,3 +435,12 @@ def format_tunings(tunings: list[Tuned]) -> str:
         rows.append(f"  {count(busy, 'kernel')} were timed while other programs used the CPUs: they keep the rules' "
                     f"schedule and are measured again next time (tune on an idle machine)")
     return "\n".join(rows)
+
+
+def tune_for_backend(kernels: list[Kernel], target, threads: int, constants: dict, settings: dict,
+                     use_cache: bool) -> list[Tuned]:
+    """The llvm backend's tuner (``Backend.tune``), as the schedule pass calls it: ``settings`` are
+    ``compile(tune=...)``'s (``max_candidates``) and the progress callback."""
+    return tune_kernels(kernels, target, threads, constants,
+                        max_candidates=settings.get("max_candidates", MAX_CANDIDATES), use_cache=use_cache,
+                        progress=settings.get("progress"))
