@@ -90,14 +90,13 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
         print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
     if progress is not None:
         progress(f"code generation ({backend.name}, {count(len(program.kernels or []), 'kernel')})")
-    program.options["build_timings"] = build_timings = []
     t0 = time.perf_counter()
     executable = backend.build(program, stages, opt_level)
     model = backend.model(program, tgt, stages, executable)
-    model.fusion = program.options.get("fusion_result")
+    model.fusion, model.tunings = program.fusion_result, program.tunings
+    build_timings = list(getattr(executable, "timings", []))
     rest = time.perf_counter() - t0 - sum(t for _, t in build_timings)
     model.pass_timings = pm.timings + build_timings + [(f"build: {backend.name} (other)", rest)]
-    model.tunings = program.options.get("tunings", [])
     return model
 
 
@@ -130,6 +129,26 @@ def _tune_option(tune, target, backend, progress) -> dict | None:
     return settings
 
 
+# What code generation needs from the passes: kernels, a memory plan, legal loop IR.
+FINISHING_PASSES = ("lower", "plan", "legalize")
+
+
+def _pipeline(pipeline, backend) -> list[str]:
+    """The passes to run: ``pipeline`` (default: the backend's) and, for a backend that runs kernels, the
+    finishing passes it lacks, so that a pipeline of one's own may stop early (``--print-after`` and
+    ``--time-passes`` see them like the others). ``legalize`` runs last: code generators read its output."""
+    from minicomp.passes.manager import parse_pipeline
+
+    names = parse_pipeline(pipeline if pipeline is not None else backend.pipeline)
+    if not backend.runs_kernels:
+        return names
+    if "legalize" in names[:-1]:
+        raise MinicompError("pass 'legalize' must be the last of a pipeline: code generators read its output "
+                            "(compile() adds it when it is missing)")
+    lowered = any(p in names for p in ("lower", "schedule", "plan"))  # schedule and plan lower when they must
+    return names + [p for p in FINISHING_PASSES if p not in names and (p != "lower" or not lowered)]
+
+
 def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, schedules=None, device=None,
                 memory=None, memory_budget=None, cache=True, tune=False, progress=None, print_before=(),
                 print_after=(), dump_dir=None, verify=True):
@@ -139,9 +158,7 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
 
     from minicomp.backends.registry import get_backend
     from minicomp.passes.fusion import print_fused_graph
-    from minicomp.passes.legalize import legalize_kernel
-    from minicomp.passes.manager import PassContext, PassManager, Program
-    from minicomp.passes.pipeline_passes import lower_pass, plan_pass
+    from minicomp.passes.manager import CompileOptions, PassManager, Program
 
     t_start = time.perf_counter()
     if not isinstance(graph, Graph):
@@ -158,34 +175,28 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
                                       or memory_budget < 0):
         raise MinicompError(f"memory_budget must be a number of bytes >= 0, got {memory_budget!r}")
-    options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget,
-               "cache": bool(cache), "tune": _tune_option(tune, tgt, backend, progress), "tuner": backend.tune}
-    pm = PassManager(pipeline if pipeline is not None else list(backend.pipeline),
-                     print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify,
-                     options=options, progress=progress)
     if backend.runs_kernels:
         for v, arr in graph.constants.items():
             if arr is None:
                 raise MinicompError(f"constant %{v.name} has no data (read from text that showed only its "
                                     f"digest); print graphs with full_constants=True to run them")
+    options = {"fusion": fusion, "schedules": schedules, "memory": memory, "memory_budget": memory_budget,
+               "cache": bool(cache), "tune": _tune_option(tune, tgt, backend, progress), "tuner": backend.tune,
+               "schedule_kind": backend.schedule, "native_numerics": frozenset(backend.numerics)}
     if backend.prepare is not None:
-        backend.prepare(tgt, pm.options, stages)
+        options.update(backend.prepare(tgt, stages) or {})
+    pm = PassManager(_pipeline(pipeline, backend), print_before=print_before, print_after=print_after,
+                     dump_dir=dump_dir, verify=verify, options=CompileOptions(**options), progress=progress)
     t_passes = time.perf_counter()
-    program = pm.run(Program(graph, tgt, options=options))
+    program = pm.run(Program(graph, tgt))
     t_after = time.perf_counter()
     if backend.runs_kernels:
-        # Code generation needs kernels and a plan even when the pipeline stops early.
-        if program.kernels is None:
-            program = lower_pass(program, PassContext(pm.options))
-        if program.memory_plan is None:
-            program = plan_pass(program, PassContext(pm.options))
-        program.kernels = [legalize_kernel(k, backend.numerics) for k in program.kernels]
         stages.set("graph", print_fused_graph(program.graph, program.groups))
-        stages.set("fusion", program.options["fusion_result"].explain())
+        stages.set("fusion", program.fusion_result.explain())
         stages.set("loops", "\n\n".join(str(k) for k in program.kernels) + "\n")
         stages.set("memory", str(program.memory_plan))
     else:
         stages.set("graph", print_graph(program.graph))
     pm.timings.insert(0, ("verify and print the input", t_passes - t_start))
-    pm.timings.append(("legalize and print the stages", time.perf_counter() - t_after))
+    pm.timings.append(("print the stages", time.perf_counter() - t_after))
     return program, stages, backend, tgt, pm

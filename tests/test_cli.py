@@ -81,7 +81,8 @@ def test_compile_without_fusion(model_file, capsys):
 def test_passes_lists_pipelines(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
-    assert "fold_batch_norm" in out and "default pipeline for llvm: simplify,nchwc,fuse,lower,schedule,plan" in out
+    assert "fold_batch_norm" in out
+    assert "default pipeline for llvm: simplify,nchwc,fuse,lower,schedule,plan,legalize" in out
 
 
 def test_graph_picture_with_graphviz(model_file, tmp_path, capsys):

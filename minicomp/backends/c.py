@@ -157,9 +157,9 @@ def build_c(program, stages, opt_level: int) -> CExecutable:
     return CExecutable(CLibrary(lib, hit), TableLayout(slots, len(slots), tuple(calls), program.memory_plan))
 
 
-def prepare_c(target, options: dict, stages) -> None:
+def prepare_c(target, stages) -> dict:
     """Before the passes: schedules plan for at least 2 threads, so a model can later be told to use more."""
-    options["schedule_threads"] = max(target.num_threads, 2)
+    return {"schedule_threads": max(target.num_threads, 2)}
 
 
 def make_c_target(name: str, num_threads: int | None, device: str | None):
@@ -170,5 +170,5 @@ def make_c_target(name: str, num_threads: int | None, device: str | None):
 
 
 register_backend(Backend("c", "portable C99 with OpenMP, built by the system C compiler",
-                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan"), build_c,
+                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"), build_c,
                          prepare=prepare_c, emits=("c",), make_target=make_c_target, model=make_c_model))

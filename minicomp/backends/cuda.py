@@ -51,11 +51,11 @@ def build_cuda(program, stages: dict, opt_level: int) -> CudaExecutable:
     return CudaExecutable(source, bound, slots, len(slots))
 
 
-def prepare_cuda(target, options: dict, stages: dict) -> None:
+def prepare_cuda(target, stages) -> dict:
     """Before the passes: a CUDA target has no CPU threads to plan for."""
     if target.device not in DEVICES:
         raise MinicompError(f"unknown CUDA device {target.device!r}; choose one of {', '.join(DEVICES)}")
-    options["schedule_threads"] = 1
+    return {"schedule_threads": 1}
 
 
 class CudaModel(CompiledModel):
@@ -160,6 +160,6 @@ def make_cuda_target(name: str, num_threads: int | None, device: str | None):
 
 
 register_backend(Backend("cuda", "CUDA C for NVIDIA GPUs (pycuda), or the CPU through cuda-emu",
-                         ("simplify", "fuse", "lower", "schedule", "plan"), build_cuda, prepare=prepare_cuda,
-                         model=make_cuda_model, emits=("cuda",), aliases=("cuda-emu",),
-                         make_target=make_cuda_target))
+                         ("simplify", "fuse", "lower", "schedule", "plan", "legalize"), build_cuda,
+                         prepare=prepare_cuda, model=make_cuda_model, schedule="gpu", emits=("cuda",),
+                         aliases=("cuda-emu",), make_target=make_cuda_target))

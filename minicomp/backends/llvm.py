@@ -236,6 +236,7 @@ class LLVMExecutable:
 
     jit: JitModule | native.NativeModule
     layout: TableLayout
+    timings: list  # (build step, seconds), for model.pass_timings
 
 
 class LLVMModel(TableModel):
@@ -349,14 +350,14 @@ def _tune(kernels, target, threads, constants, settings, use_cache):
     return tune_for_backend(kernels, target, threads, constants, settings, use_cache)
 
 
-def prepare_llvm(target, options: dict, stages: dict) -> None:
-    """Before the passes: threads the schedule plans for, and the host check."""
+def prepare_llvm(target, stages) -> dict:
+    """Before the passes: the host check, and the threads the schedule plans for."""
     check_runs_here(target)
     if not openmp_available():
         target.num_threads = 1
         stages.set("note", "libgomp was not found: parallel loops run on one thread")
     # Schedules plan for at least 2 threads so that a model can later be told to use more.
-    options["schedule_threads"] = max(target.num_threads, 2) if openmp_available() else 1
+    return {"schedule_threads": max(target.num_threads, 2) if openmp_available() else 1}
 
 
 def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
@@ -370,23 +371,23 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
         calls.append(KernelCall(k.name, f"k_{k.name}", kernel_slots(k, slots)))
     import time
 
-    timings = program.options.setdefault("build_timings", [])
     t0 = time.perf_counter()
     ir_text = _module_text(program, stages, [c.slots for c in calls], emit_module)
     target = program.target
     t1 = time.perf_counter()
     jit = compile_module(ir_text, opt_level, target.llvm_cpu, target.features, program.options.get("cache", True))
-    timings += [("build: emit LLVM IR", t1 - t0),
-                ("build: LLVM " + ("(from the cache)" if jit.cache_hit else "optimize + machine code"),
-                 time.perf_counter() - t1)]
+    timings = [("build: emit LLVM IR", t1 - t0),
+               ("build: LLVM " + ("(from the cache)" if jit.cache_hit else "optimize + machine code"),
+                time.perf_counter() - t1)]
     # Kept compressed or read when asked for: a large model's IR is tens of MB.
     stages.compress("llvm", ir_text)
     stages.defer("llvm_opt", lambda: jit.optimized_ir)
-    return LLVMExecutable(jit, TableLayout(slots, len(slots), tuple(calls), program.memory_plan))
+    return LLVMExecutable(jit, TableLayout(slots, len(slots), tuple(calls), program.memory_plan), timings)
 
 
 register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
-                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan"), build_llvm, prepare=prepare_llvm,
+                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"), build_llvm,
+                         prepare=prepare_llvm,
                          numerics={"nan_extremum": "llvm.maximum/llvm.minimum in reductions, fcmp and select "
                                                    "elsewhere (llvm_codegen.float_extremum)",
                                    "saturating_cast": "llvm.fptosi.sat / llvm.fptoui.sat"},

@@ -226,8 +226,10 @@ class KernelTimer:
     def __init__(self, kernel: Kernel, arrays: list[np.ndarray], target, threads: int):
         from minicomp.backends.llvm import JitModule
         from minicomp.backends.llvm_codegen import emit_module
+        from minicomp.passes.legalize import legalize_kernel
 
-        ir = emit_module([kernel], [list(range(len(arrays)))])
+        # Legalized as compile() would: an integer division by the zeros kernel_arrays gives must not trap.
+        ir = emit_module([legalize_kernel(kernel)], [list(range(len(arrays)))])
         self._jit = JitModule(ir, 3, target.llvm_cpu, target.features, cache=False)
         ctypes.c_int32.from_address(self._jit.global_address("mc_num_threads")).value = threads
         self._fn = self._jit.function(f"k_{kernel.name}", *([ctypes.c_void_p] * len(arrays)))

@@ -23,8 +23,12 @@ class Backend:
     optimized form); the executable is whatever the backend's model needs
     (None for the interpreter). ``model(program, target, stages,
     executable)`` makes that model, a subclass of
-    :class:`minicomp.runtime.CompiledModel`. ``prepare(target, options,
-    stages)`` may adjust the target and the pass options before the passes run.
+    :class:`minicomp.runtime.CompiledModel`. ``prepare(target, stages)`` runs
+    before the passes: it may adjust the target (compile's own copy) and
+    returns compile options to set (``passes.manager.CompileOptions`` fields,
+    such as ``schedule_threads``). ``schedule`` names the default schedules
+    that fit the backend's code: ``"cpu"`` or ``"gpu"``
+    (``passes/pipeline_passes.py``).
     """
 
     name: str
@@ -32,7 +36,8 @@ class Backend:
     pipeline: tuple[str, ...]
     build: Callable
     runs_kernels: bool = True
-    prepare: Callable | None = None
+    prepare: Callable | None = None  # (target, stages) -> {compile option: value}
+    schedule: str = "cpu"
     model: Callable | None = None  # (program, target, stages, executable) -> a runtime.CompiledModel
     # The numeric rules of passes/legalize.py (NUMERIC_RULES) this target spells with an instruction of its
     # own, and how; legalization writes out the others for it.

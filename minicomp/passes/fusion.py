@@ -316,7 +316,7 @@ def fuse_pass(program, ctx):
     """Group nodes into kernels (options: ctx.options['fusion'])."""
     result = fuse_graph(program.graph, ctx.options.get("fusion"))
     program.groups = result.groups
-    program.options["fusion_result"] = result
+    program.fusion_result = result
     return program
 
 

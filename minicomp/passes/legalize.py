@@ -37,8 +37,10 @@ What stays, and every emitter must provide as it is:
   expression computed in several places of a kernel then gives the same bits
   in each (``fma(x, x, -m)`` is not ``round(x*x) - m``).
 
-``compile()`` legalizes every kernel after the pass pipeline, whatever the
-pipeline, so an emitter never sees an integer ``div``.
+The ``legalize`` pass runs last in every pipeline of a backend that runs
+kernels (``compile()`` adds it, with ``lower`` and ``plan``, when a
+pipeline of your own stops early), so an emitter never sees an integer
+``div``; ``--print-after legalize`` shows what it wrote out.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import numpy as np
 from minicomp.ir import expr as ex
 from minicomp.ir.loops import Kernel, map_exprs
 from minicomp.ir.numerics import extremum_keeps_first_on_tie
+from minicomp.passes.manager import register_pass
 
 # The rules a target may spell natively (Backend.numerics names them, with how); legalization writes
 # out the others for it.
@@ -144,3 +147,11 @@ def legalize_kernel(kernel: Kernel, native=frozenset(NUMERIC_RULES)) -> Kernel:
     native = frozenset(native)
     return replace(kernel, body=map_exprs(kernel.body, lambda e: legalize_expr(e, native)))
 
+
+@register_pass("legalize", kind="program", shows="loops")
+def legalize_pass(program, ctx):
+    """Make target semantics explicit on every kernel: guarded integer division and shifts, and the
+    numeric rules the backend does not spell written out (ctx.options.native_numerics)."""
+    native = ctx.options.get("native_numerics", frozenset(NUMERIC_RULES))
+    program.kernels = [legalize_kernel(k, native) for k in program.kernels or []]
+    return program

@@ -19,12 +19,33 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from minicomp.errors import MinicompError
 from minicomp.ir.graph import Graph
 from minicomp.registries import LazyRegistry
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What ``compile()`` was asked for, as the passes read it: inputs only, never written (what the
+    passes find goes on the :class:`Program`). ``get(name, default)`` reads a field as a dict would."""
+
+    fusion: Mapping | None = None  # FusionOptions fields
+    schedules: Mapping | None = None  # {kernel name or key: steps}
+    memory: Mapping | None = None  # the plan's order, offsets, in_place
+    memory_budget: int | None = None
+    cache: bool = True
+    tune: Mapping | None = None  # the tuner's settings (max_candidates, progress), or None
+    tuner: Callable | None = None  # the backend's tuner (Backend.tune)
+    schedule_threads: int | None = None  # threads the CPU schedule plans for (default: the target's)
+    schedule_kind: str | None = None  # "cpu" or "gpu": the backend's schedules (default: from the target)
+    native_numerics: frozenset | None = None  # the numeric rules the backend spells (None: all of them)
+
+    def get(self, name: str, default=None):
+        value = getattr(self, name)
+        return default if value is None else value
 
 
 @dataclass
@@ -34,7 +55,9 @@ class Program:
     ``groups`` are in execution order (the order fusion left them, or the
     one a pass chose); ``kernels[i]`` is the kernel of ``groups[i]``, and
     :meth:`kernel_for` finds a group's kernel by identity.
-    :meth:`dependencies` gives the edges between groups.
+    :meth:`dependencies` gives the edges between groups. ``options`` are
+    compile()'s (read only); ``fusion_result`` (fusion's decisions and their
+    reasons) and ``tunings`` (what the tuner measured) are results.
     """
 
     graph: Graph
@@ -42,7 +65,9 @@ class Program:
     groups: list | None = None
     kernels: list | None = None
     memory_plan: object = None
-    options: dict = field(default_factory=dict)
+    options: CompileOptions = field(default_factory=CompileOptions)
+    fusion_result: object = None
+    tunings: list = field(default_factory=list)
 
     def kernel_for(self, group):
         """The kernel lowered from ``group`` (the same object, not an equal one)."""
@@ -71,8 +96,11 @@ class Program:
                 producer[v] = i
         return dag
 
-    def text(self) -> str:
-        """The program at its current stage, as text (for dumps)."""
+    def text(self, stage: str | None = None) -> str:
+        """The program at its current stage, as text (for dumps); ``stage="loops"``: its kernels even
+        when it has a memory plan (what a pass that rewrites kernels late, such as legalize, shows)."""
+        if stage == "loops" and self.kernels is not None:
+            return "\n\n".join(str(k) for k in self.kernels) + "\n"
         if self.memory_plan is not None:
             return str(self.memory_plan) + "\n"
         if self.kernels is not None:
@@ -85,7 +113,9 @@ class Program:
 
         return print_graph(self.graph)
 
-    def stage_extension(self) -> str:
+    def stage_extension(self, stage: str | None = None) -> str:
+        if stage == "loops" and self.kernels is not None:
+            return "loops"
         if self.memory_plan is not None:
             return "memory.txt"
         if self.kernels is not None:
@@ -101,26 +131,28 @@ class PassInfo:
     run: Callable
     kind: str  # "graph" or "program"
     doc: str = ""
+    shows: str | None = None  # the stage its result is printed as: "loops" for a pass over kernels after plan
 
 
 def _load_builtin_passes():
-    from minicomp.passes import fusion, nchwc, pipeline_passes, simplify  # noqa: F401
+    from minicomp.passes import fusion, legalize, nchwc, pipeline_passes, simplify  # noqa: F401
 
 
 _PASSES = LazyRegistry("a pass named", _load_builtin_passes)
 
 
-def register_pass(name: str, kind: str = "graph", replace: bool = False):
+def register_pass(name: str, kind: str = "graph", replace: bool = False, shows: str | None = None):
     """Decorator: register ``fn`` as pass ``name``.
 
     ``kind="graph"``: ``fn(graph) -> graph``. ``kind="program"``:
-    ``fn(program, context) -> program``.
+    ``fn(program, context) -> program``. ``shows="loops"``: print and dump
+    the pass's result as kernels even once the program has a memory plan.
     """
     if kind not in ("graph", "program"):
         raise MinicompError(f"pass kind must be 'graph' or 'program', got {kind!r}")
 
     def wrap(fn):
-        info = PassInfo(name, fn, kind, (fn.__doc__ or "").strip().split("\n")[0])
+        info = PassInfo(name, fn, kind, (fn.__doc__ or "").strip().split("\n")[0], shows)
         _PASSES.register(name, info, replace=replace, label=f"'{name}'")
         return fn
 
@@ -151,16 +183,29 @@ def parse_pipeline(pipeline) -> list[str]:
 
 @dataclass
 class PassContext:
-    """What a program pass may read: the manager's options."""
+    """What a program pass may read: compile()'s options."""
 
-    options: dict = field(default_factory=dict)
+    options: CompileOptions = field(default_factory=CompileOptions)
+
+
+def as_options(options) -> CompileOptions:
+    """``options`` as CompileOptions (a dict of its fields is accepted: ``PassManager(options={...})``)."""
+    if options is None:
+        return CompileOptions()
+    if isinstance(options, CompileOptions):
+        return options
+    unknown = set(options) - set(CompileOptions.__dataclass_fields__)
+    if unknown:
+        raise MinicompError(f"unknown compile option(s) {', '.join(sorted(unknown))}; known: "
+                            f"{', '.join(CompileOptions.__dataclass_fields__)}")
+    return CompileOptions(**options)
 
 
 class PassManager:
     """Runs a pipeline with instruments; see the module docstring."""
 
     def __init__(self, pipeline, *, print_before=(), print_after=(), dump_dir: str | None = None,
-                 verify: bool = True, stream=None, options: dict | None = None, progress=None):
+                 verify: bool = True, stream=None, options=None, progress=None):
         self.pipeline = parse_pipeline(pipeline)
         self.print_before = set(print_before) if not isinstance(print_before, str) else {print_before}
         self.print_after = set(print_after) if not isinstance(print_after, str) else {print_after}
@@ -169,23 +214,24 @@ class PassManager:
         self.dump_dir = dump_dir
         self.verify = verify
         self.stream = stream or sys.stdout
-        self.options = dict(options or {})
+        self.options = as_options(options)
         self.progress = progress
         self.timings: list[tuple[str, float]] = []
 
     def _wants(self, which: set, name: str) -> bool:
         return "all" in which or name in which
 
-    def _dump(self, index: int, name: str, program: Program):
+    def _dump(self, index: int, name: str, program: Program, stage: str | None = None):
         if self.dump_dir is None:
             return
         os.makedirs(self.dump_dir, exist_ok=True)
-        path = os.path.join(self.dump_dir, f"{index:02d}-{name}.{program.stage_extension()}")
+        path = os.path.join(self.dump_dir, f"{index:02d}-{name}.{program.stage_extension(stage)}")
         with open(path, "w", encoding="utf-8") as f:
-            f.write(program.text())
+            f.write(program.text(stage))
 
     def run(self, program: Program) -> Program:
         """Run every pass in order; returns the final program."""
+        program.options = self.options
         ctx = PassContext(self.options)
         self._dump(0, "input", program)
         for i, name in enumerate(self.pipeline, start=1):
@@ -194,7 +240,7 @@ class PassManager:
                 self.progress(f"pass {i}/{len(self.pipeline)}: {name}")
             before = None
             if self._wants(self.print_before, name) or self._wants(self.print_after, name):
-                before = program.text()
+                before = program.text(info.shows)
             if self._wants(self.print_before, name):
                 print(f"// ----- before {name} -----\n{before}", file=self.stream)
             t0 = time.perf_counter()
@@ -205,7 +251,7 @@ class PassManager:
                 new_graph = info.run(program.graph)
                 if not isinstance(new_graph, Graph):
                     raise MinicompError(f"pass '{name}' returned {type(new_graph).__name__}, not a Graph")
-                program = Program(new_graph, program.target, None, None, None, program.options)
+                program = Program(new_graph, program.target, options=program.options)
             else:
                 program = info.run(program, ctx)
             self.timings.append((name, time.perf_counter() - t0))
@@ -220,11 +266,11 @@ class PassManager:
                 except MinicompError as exc:
                     raise type(exc)(f"after pass '{name}': {exc}") from exc
             if self._wants(self.print_after, name):
-                after = program.text()
+                after = program.text(info.shows)
                 # A pass that matched nothing says so: a rewrite looking at the wrong objects is silent otherwise.
                 note = " (changed nothing)" if after == before else ""
                 print(f"// ----- after {name}{note} -----\n{after}", file=self.stream)
-            self._dump(i, name, program)
+            self._dump(i, name, program, info.shows)
         return program
 
     def timing_report(self) -> str:

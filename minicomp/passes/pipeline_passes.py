@@ -28,7 +28,7 @@ def lower_pass(program, ctx):
     if program.groups is None:
         result = single_node_groups(program.graph)
         program.groups = result.groups
-        program.options["fusion_result"] = result
+        program.fusion_result = result
     program.kernels = [lower_group(g, g.name, program.graph.constants) for g in program.groups]
     return program
 
@@ -48,8 +48,12 @@ def schedule_pass(program, ctx):
     constants = program.graph.constants
     tuned = _tune(program, ctx, target, threads, [k for k in program.kernels if k.name not in user])
 
+    # The backend says which schedules fit its code (Backend.schedule); a program run without one
+    # (a PassManager of its own) follows the target.
+    kind = ctx.options.get("schedule_kind") or ("gpu" if target.gpu is not None else "cpu")
+
     def default(k):
-        if target.gpu is not None:
+        if kind == "gpu":
             return gpu_schedule(k, target)
         return cpu_schedule(k, target, threads, k.constant_names(constants), tuned.get(k.name, DEFAULT_CHOICES))
 
@@ -62,13 +66,12 @@ def schedule_pass(program, ctx):
 def _tune(program, ctx, target, threads: int, kernels) -> dict:
     """With the ``tune`` option (``compile(tune=True)``): the choices of the
     backend's tuner (``Backend.tune``, given as the ``tuner`` option) by kernel
-    name, also kept in ``program.options["tunings"]``; else nothing."""
+    name, also kept in ``program.tunings``; else nothing."""
     tune, tuner = ctx.options.get("tune"), ctx.options.get("tuner")
     if not tune or tuner is None:
         return {}
-    tunings = tuner(kernels, target, threads, program.graph.constants, tune if isinstance(tune, dict) else {},
-                    ctx.options.get("cache", True))
-    program.options["tunings"] = tunings
+    tunings = tuner(kernels, target, threads, program.graph.constants, dict(tune), ctx.options.get("cache", True))
+    program.tunings = tunings
     return {t.kernel: t.choices for t in tunings}
 
 

@@ -77,3 +77,21 @@ def test_a_backend_names_the_rules_it_spells_and_legalization_writes_out_the_res
     assert "max(" not in out and "i32_in_range(" in out and "(x != x)" in out
     kept = ex.format_expr(legalize_expr(e, native=frozenset({"saturating_cast"})))
     assert "max(" not in kept and "in_range" not in kept
+
+
+def test_legalize_is_a_pass_the_instruments_see_and_a_short_pipeline_gets_it():
+    import contextlib
+    import io
+
+    g = mc.GraphBuilder()
+    x = g.input("x", (4,))
+    g.output(g.maximum(x, x * 2.0))
+    graph = g.build()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        model = mc.compile(graph, target="c", pipeline="simplify,fuse", print_after=["legalize"])
+    printed = out.getvalue()
+    assert "after legalize" in printed and "select(" in printed and "max(" not in printed.split("after legalize")[1]
+    assert [name for name, _ in model.pass_timings][1:6] == ["simplify", "fuse", "lower", "plan", "legalize"]
+    with pytest.raises(mc.MinicompError, match="must be the last"):
+        mc.compile(graph, pipeline="simplify,fuse,lower,legalize,plan")
