@@ -32,7 +32,6 @@ from minicomp.ir.loops import (
     Buffer,
     For,
     Kernel,
-    Seq,
     Stmt,
     Store,
     does_nothing,
@@ -41,6 +40,7 @@ from minicomp.ir.loops import (
     top_statements,
     walk_stmts,
 )
+from minicomp.passes.schedules.analysis import vector_lanes
 
 # Calls that exist only on GPU targets: ``shfl_xor(value, lane_mask)`` is a
 # warp shuffle (every lane of the warp must make it).
@@ -211,31 +211,20 @@ class CudaRenderer(CRenderer):
 
     def vector_loop(self, s: For, depth: int) -> bool:
         """A ``vectorized`` loop of 4 float32 lanes whose stores and loads are
-        aligned and contiguous along it: float4 loads and stores, one store
+        aligned and contiguous along it (``schedules/analysis.vector_lanes``, the
+        check the GPU schedule made): float4 loads and stores, one store
         statement at a time (in order). False, writing nothing, otherwise."""
-        stores = [st for st in walk_stmts(s.body)]
-        if s.extent != 4 or s.start or not all(isinstance(st, (Store, Seq)) for st in stores):
+        if not vector_lanes(s, 4, dtypes.float32):
             return False
         lanes = [ex.Const(k, dtypes.int64) for k in range(4)]
 
         def at(e, k):
             return ex.simplify(ex.substitute(e, {s.var: lanes[k]}))
 
-        def contiguous(buf, indices) -> bool:
-            if buf.dtype != dtypes.float32:
-                return False
-            flats = [at(ex.flat_index(indices, buf.shape), k) for k in range(4)]
-            diffs = [ex.simplify(ex.BinOp("sub", flats[k], flats[0])) for k in range(4)]
-            return all(isinstance(d, ex.Const) and d.value == k for k, d in enumerate(diffs))
-
         plan = []
-        for st in (x for x in stores if isinstance(x, Store)):
-            if not contiguous(st.buffer, st.indices):
-                return False
+        for st in (x for x in walk_stmts(s.body) if isinstance(x, Store)):
             moving = [n for n in ex.walk(st.value) if isinstance(n, ex.Load) and s.var in ex.free_vars(
                 ex.flat_index(n.indices, n.tensor.shape))]
-            if not all(contiguous(n.tensor, n.indices) for n in moving):
-                return False
             plan.append((st, moving))
         self.emit(depth, "{")
         for st, moving in plan:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
-from minicomp.ir.loops import SIMD_CALLS
+from minicomp.ir.loops import SIMD_CALLS, For, Store, only_stores, walk_stmts
 
 # Per-row intermediates up to this size can live on the stack of their row
 # loop (one copy per thread): lowering materializes a shared transcendental
@@ -31,6 +31,48 @@ def flat_stride(load: ex.Load, v: ex.Var) -> int | None:
         elif v in ex.free_vars(t):
             return None
     return total
+
+
+def aligned_unit_stride(load: ex.Load, v: ex.Var, lanes: int) -> bool | None:
+    """True if ``load`` moves one element per step of ``v`` and starts on a multiple of ``lanes`` elements
+    whenever ``v`` does; False if it does not move along ``v``; None otherwise.
+
+    The flat index is read as a sum of terms times constants: every term but ``v`` itself (a variable,
+    or an integer expression such as ``t // 24 % 4`` that does not hold ``v``) must step by a multiple of
+    ``lanes``."""
+    aff = ex._affine(ex.flat_index(load.indices, load.tensor.shape))
+    if aff is None:
+        return None
+    terms, const = aff
+    coeff = sum(c for t, c in terms.items() if t is v)
+    others = [(t, c) for t, c in terms.items() if t is not v]
+    if coeff == 0 and not any(v in ex.free_vars(t) for t, _ in others):
+        return False
+    if coeff != 1 or const % lanes or any(c % lanes or v in ex.free_vars(t) for t, c in others):
+        return None
+    return True
+
+
+def vector_lanes(loop: For, lanes: int, dtype=dtypes.float32) -> bool:
+    """Can ``loop`` (of ``lanes`` iterations from 0) run as one vector of ``lanes`` elements of ``dtype``
+    per statement: only stores, each writing ``lanes`` consecutive elements from a multiple of ``lanes``,
+    and every load that moves with the loop reading so too (a load that does not move is one value for
+    every lane)? What the GPU schedule asks before it makes a ``vectorized`` loop, and the CUDA renderer
+    before it writes one as float4 loads and stores."""
+    if loop.extent != lanes or loop.start or not only_stores(loop.body):
+        return False
+    v = loop.var
+    for st in walk_stmts(loop.body):
+        if not isinstance(st, Store):
+            continue
+        if st.buffer.dtype != dtype or aligned_unit_stride(ex.Load(st.buffer, st.indices), v, lanes) is not True:
+            return False
+        for n in ex.walk(st.value):
+            if isinstance(n, ex.Load):
+                moves = aligned_unit_stride(n, v, lanes)
+                if moves is None or moves and n.tensor.dtype != dtype:
+                    return False
+    return True
 
 
 def access_cost(e: ex.Expr, v: ex.Var) -> int:

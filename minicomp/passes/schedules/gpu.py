@@ -38,12 +38,11 @@ from minicomp.ir.loops import (
     Stmt,
     Store,
     loops,
-    only_stores,
     seq,
     top_statements,
     walk_stmts,
 )
-from minicomp.passes.schedules.analysis import flat_stride
+from minicomp.passes.schedules.analysis import flat_stride, vector_lanes
 from minicomp.passes.schedules.buffer_steps import ReverseComputeInline
 from minicomp.passes.schedules.primitives import apply_step
 from minicomp.passes.schedules.step import ScheduleError, accesses
@@ -220,53 +219,19 @@ def _threads_for(n: int, most: int = 256) -> int:
 VECTOR = 4  # float32 lanes of one 16-byte load or store (float4)
 
 
-def _aligned_unit_stride(load: ex.Load, v: ex.Var) -> bool | None:
-    """True if ``load`` moves one element per step of ``v`` and starts on a
-    multiple of VECTOR elements whenever ``v`` does; False if it does not move
-    along ``v``; None otherwise."""
-    aff = ex._affine(ex.flat_index(load.indices, load.tensor.shape))
-    if aff is None:
-        return None
-    terms, const = aff
-    coeff = sum(c for t, c in terms.items() if t is v)
-    if coeff == 0 and not any(v in ex.free_vars(t) for t in terms):
-        return False
-    others_aligned = all(c % VECTOR == 0 for t, c in terms.items() if t is not v and isinstance(t, ex.Var))
-    if coeff != 1 or const % VECTOR or not others_aligned or any(
-            not isinstance(t, ex.Var) for t in terms):
-        return None
-    return True
-
-
-def _vectorizable(chain: list, inner: Stmt) -> bool:
-    """Can each thread take VECTOR consecutive points of the innermost loop as float4 loads and stores?"""
-    if not chain or chain[-1].extent % VECTOR or chain[-1].start or not only_stores(inner):
-        return False
-    v = chain[-1].var
-    for st in walk_stmts(inner):
-        if not isinstance(st, Store):
-            continue
-        target = ex.Load(st.buffer, st.indices)
-        if st.buffer.dtype != dtypes.float32 or _aligned_unit_stride(target, v) is not True:
-            return False
-        for n in ex.walk(st.value):
-            if isinstance(n, ex.Load):
-                if n.tensor.dtype != dtypes.float32 or _aligned_unit_stride(n, v) is None:
-                    return False
-    return True
-
-
 def thread_per_point(top: Stmt, name: str) -> Stmt:
     """One thread per iteration of the nest's outer loops; the rest runs in that
     thread. A plain elementwise nest gives each thread VECTOR consecutive points
     of its innermost loop (a ``vectorized`` loop: float4 loads and stores)."""
     chain, inner = spatial_chain(top)
-    if _vectorizable(chain, inner):
+    if chain and chain[-1].extent % VECTOR == 0 and not chain[-1].start:
         last = chain[-1]
         quad, lane = ex.Var(f"{last.var.name}.v"), ex.Var(f"{last.var.name}.l")
         point = ex.BinOp("add", ex.BinOp("mul", quad, _i(VECTOR)), lane)
-        inner = For(lane, VECTOR, substitute_stmt(inner, {last.var: point}), "vectorized")
-        chain = chain[:-1] + [For(quad, last.extent // VECTOR, last.body)]
+        lanes = For(lane, VECTOR, substitute_stmt(inner, {last.var: point}), "vectorized")
+        if vector_lanes(lanes, VECTOR):  # the renderer asks the same of it before it writes float4
+            inner = lanes
+            chain = chain[:-1] + [For(quad, last.extent // VECTOR, last.body)]
     total = _product(chain)
     threads = _threads_for(total)
     blocks = max(1, -(-total // threads))
