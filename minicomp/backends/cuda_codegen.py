@@ -2,9 +2,10 @@
 
 A kernel's top-level statements run one after another and may depend on each
 other through global memory, so each becomes its own launch (launches on one
-stream are ordered). Inside a launch, loops bound to ``blockIdx``/``threadIdx``
-read the built-in indices; a bound loop shorter than the launch's dimension is
-guarded by an ``if``. Every other loop is a plain ``for``.
+stream are ordered). Inside a launch, loops bound to a block or thread axis
+(``block.x`` ... ``thread.z``) read CUDA's built-in indices (``blockIdx.x``
+...); a bound loop shorter than the launch's dimension is guarded by an
+``if``. Every other loop is a plain ``for``.
 
 The same text compiles with nvcc for a GPU and with g++ plus
 ``cuda_emu.h`` for the CPU (the tests): it uses only CUDA built-ins the
@@ -47,6 +48,7 @@ from minicomp.passes.schedules.analysis import vector_lanes
 GPU_CALLS = ("shfl_xor",)
 
 AXES = ("x", "y", "z")
+CUDA_INDEX = {"block": "blockIdx", "thread": "threadIdx"}  # how CUDA spells the loop IR's GPU axes
 
 # nvcc's flags for the generated source. --fmad=false: nvcc contracts a*b+c into an FMA wherever it
 # sees one, so an expression computed in two places of a kernel could give two values; only an
@@ -102,7 +104,7 @@ def launch_dims(s: Stmt) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     for lp in loops(s):
         if lp.kind in GPU_LOOP_KINDS:
             space, axis = lp.kind.split(".")
-            dims = grid if space == "blockIdx" else block
+            dims = grid if space == "block" else block
             d = AXES.index(axis)
             dims[d] = max(dims[d], lp.extent)
     return tuple(grid), tuple(block)
@@ -192,13 +194,13 @@ class CudaRenderer(CRenderer):
         the launch's dimension); a ``vectorized`` loop of 4 floats may become float4 loads and stores."""
         if s.kind in GPU_LOOP_KINDS:
             space, axis = s.kind.split(".")
-            dims = self.grid if space == "blockIdx" else self.block
+            dims = self.grid if space == "block" else self.block
             offset = f" + {s.start}" if s.start else ""
             guarded = s.extent < dims[AXES.index(axis)]
             it = self.index_type
             self.emit(depth, "{")
             if guarded or uses_var(s.body, s.var):  # a grid of one block may not need its index
-                self.emit(depth + 1, f"const {it} {name} = ({it}){s.kind}{offset};")
+                self.emit(depth + 1, f"const {it} {name} = ({it}){CUDA_INDEX[space]}.{axis}{offset};")
             if guarded:
                 self.emit(depth + 1, f"if ({name} < {s.start + s.extent}) {{")
                 self.stmt(s.body, depth + 2)

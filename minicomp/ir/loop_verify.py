@@ -6,7 +6,7 @@
 - indices stay inside their buffer wherever the bounds can be proven;
 - loop kinds suit the target: GPU axes only for a GPU target, ``parallel``
   only at the top level of a CPU kernel, ``simd`` loops hold only stores;
-- a ``Barrier`` appears only inside a loop bound to ``threadIdx``; in a GPU
+- a ``Barrier`` appears only inside a loop bound to a thread axis; in a GPU
   nest that binds threads, every store to memory is inside a thread loop.
 """
 
@@ -17,6 +17,7 @@ from minicomp.ir import expr as ex
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
     LOOP_KINDS,
+    THREAD_AXES,
     Allocate,
     Barrier,
     For,
@@ -58,14 +59,14 @@ class _Verifier:
     def threads_cover_stores(self, top: Stmt):
         """In a nest that binds threads, a store to memory outside every
         thread loop would run once per thread of the block: refuse it."""
-        if not any(isinstance(n, For) and n.kind.startswith("threadIdx") for n in walk_stmts(top)):
+        if not any(isinstance(n, For) and n.kind in THREAD_AXES for n in walk_stmts(top)):
             return
 
         def go(s: Stmt):
-            if isinstance(s, For) and s.kind.startswith("threadIdx"):
+            if isinstance(s, For) and s.kind in THREAD_AXES:
                 return
             if isinstance(s, Store) and s.buffer.scope != "local":
-                self.fail(f"{s.buffer.name}[...] is stored outside every loop bound to threadIdx, in a nest that "
+                self.fail(f"{s.buffer.name}[...] is stored outside every loop bound to a thread axis, in a nest that "
                           f"binds threads: every thread of the block would run it (bind or split that loop too)")
             for c in stmt_children(s):
                 go(c)
@@ -92,7 +93,7 @@ class _Verifier:
             if s.extent < 0:
                 self.fail(f"loop {name} has extent {s.extent}")
             inner = {**ranges, s.var: (s.start, s.start + s.extent - 1)}
-            self.stmt(s.body, buffers, inner, thread_bound or s.kind.startswith("threadIdx"))
+            self.stmt(s.body, buffers, inner, thread_bound or s.kind in THREAD_AXES)
         elif isinstance(s, Allocate):
             self.stmt(s.body, buffers | {s.buffer}, ranges, thread_bound, top)
         elif isinstance(s, Store):
@@ -107,7 +108,7 @@ class _Verifier:
                 self.stmt(s.otherwise, buffers, ranges, thread_bound)
         elif isinstance(s, Barrier):
             if not thread_bound:
-                self.fail("a barrier outside every loop bound to threadIdx")
+                self.fail("a barrier outside every loop bound to a thread axis")
         else:
             self.fail(f"unknown statement {type(s).__name__}")
 

@@ -2,7 +2,7 @@
 
 A :class:`Kernel` has buffer parameters and a body statement. Statements:
 :class:`For` (kind serial, parallel, vectorized, unrolled, simd — explicit
-vector lanes — or a GPU axis),
+vector lanes — or a GPU axis: ``block.x/y/z``, ``thread.x/y/z``),
 :class:`Seq`, :class:`Store`, :class:`Allocate` (scope local or shared),
 :class:`If` and :class:`Barrier`. Expressions are those of
 :mod:`minicomp.ir.expr`; a Load of a :class:`Buffer` reads memory.
@@ -18,7 +18,10 @@ from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike
 from minicomp.ir.dtypes import DType
 
-GPU_LOOP_KINDS = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
+# GPU axes, abstract: a loop's iterations run as the blocks of a launch (block.x/y/z) or the threads of a
+# block (thread.x/y/z). Each GPU renderer spells them (CUDA: blockIdx.x ... threadIdx.z).
+GPU_LOOP_KINDS = ("block.x", "block.y", "block.z", "thread.x", "thread.y", "thread.z")
+BLOCK_AXES, THREAD_AXES = GPU_LOOP_KINDS[:3], GPU_LOOP_KINDS[3:]
 # The calls a ``simd`` loop body may make: every explicit-vector code
 # generator provides these (anything else runs as scalar code).
 SIMD_CALLS = ("neg", "abs", "sqrt")
@@ -94,7 +97,7 @@ class If(Stmt):
 
 @dataclass(eq=False)
 class Barrier(Stmt):
-    """``__syncthreads()`` on GPU targets."""
+    """Every thread of a block waits here for the others (CUDA: ``__syncthreads()``)."""
 
 
 @dataclass(eq=False)

@@ -289,12 +289,12 @@ def test_user_schedule_binds_loops_to_blocks_and_threads():
     g.output(g.relu(x) * 3.0)
     graph = g.build()
     xs = np.random.default_rng(0).standard_normal((40, 70)).astype(np.float32)
-    steps = "split(i1, 35); bind(i0, blockIdx.x); bind(i1.o, threadIdx.y); bind(i1.i, threadIdx.x)"
+    steps = "split(i1, 35); bind(i0, block.x); bind(i1.o, thread.y); bind(i1.i, threadIdx.x)"  # CUDA names too
     model = mc.compile(graph, target="cuda", device="emu", schedules={"fused_relu_mul": steps})
     assert [(ln.grid, ln.block) for ln in model.launches] == [((40, 1, 1), (35, 2, 1))]
     assert_close(model(xs)[0], np.maximum(xs, 0) * 3)
     # A remainder loop left outside the thread loop would run once per thread: refused.
-    with pytest.raises(mc.MinicompError, match="outside every loop bound to threadIdx"):
+    with pytest.raises(mc.MinicompError, match="outside every loop bound to a thread axis"):
         mc.compile(graph, target="cuda", schedules={"fused_relu_mul": "split(i1, 32); bind(i0, blockIdx.x); "
                                                                       "bind(i1.i, threadIdx.x)"})
 

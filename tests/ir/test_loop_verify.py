@@ -31,9 +31,9 @@ def test_a_well_formed_kernel_passes():
     (lambda x, y, i: For(i, 8, Store(Buffer("z", (8,), dtypes.float32), (i,), ex.Load(x, (i,)))),
      "buffer z is used where it is not a parameter or allocation"),
     (lambda x, y, i: Seq([plain(x, y, i), plain(x, y, i)]), "two loops are named i0"),
-    (lambda x, y, i: plain(x, y, i, kind="threadIdx.x"), "bound to threadIdx.x, which needs a GPU target"),
+    (lambda x, y, i: plain(x, y, i, kind="thread.x"), "bound to thread.x, which needs a GPU target"),
     (lambda x, y, i: For(ex.Var("o"), 1, plain(x, y, i, kind="parallel")), "parallel loop i0 is not at the top"),
-    (lambda x, y, i: Seq([Barrier(), plain(x, y, i)]), "barrier outside every loop bound to threadIdx"),
+    (lambda x, y, i: Seq([Barrier(), plain(x, y, i)]), "barrier outside every loop bound to a thread axis"),
     (lambda x, y, i: For(i, 8, Store(y, (i, i), ex.Load(x, (i,)))), "has 1 dimensions, indexed with 2"),
 ])
 def test_malformed_kernels_are_rejected(build, message):
@@ -47,7 +47,7 @@ def test_gpu_kernels_bind_threads_and_synchronise_inside_them():
         tile = Buffer("t", (8,), dtypes.float32, "shared")
         body = Allocate(tile, Seq([Store(tile, (i,), ex.Load(x, (i,))), Barrier(),
                                    Store(y, (i,), ex.Load(tile, (7 - i,)))]))
-        return For(i, 8, body, "threadIdx.x")
+        return For(i, 8, body, "thread.x")
 
     verify_kernel(copy_kernel(gpu), Target.cuda())
     with pytest.raises(VerifyError, match="parallel: a GPU kernel binds loops"):

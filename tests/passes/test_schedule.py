@@ -201,7 +201,7 @@ def test_bad_steps_raise_naming_kernel_step_and_loop(text, message):
 def test_reduction_steps_check_legality():
     k = lowered(matmul_graph(epilogue=False))
     with pytest.raises(ScheduleError, match="r0 is a reduction"):
-        apply_schedule(k, "bind(r0, threadIdx.x)")
+        apply_schedule(k, "bind(r0, thread.x)")
     with pytest.raises(ScheduleError, match="not perfectly nested"):
         apply_schedule(k, "reorder(r0, i1)")  # the initialisation sits between them
     copied = apply_schedule(k, "decompose_reduction(i0); reorder(r0, i1); cache_write(matmul_0, r0)")
@@ -226,7 +226,7 @@ def test_schedule_text_round_trips():
 def test_every_step_prints_and_parses():
     steps = [Split("i0", 4), Split("i0", 4, "widen"), Reorder(("a", "b", "c")), Fuse("a", "b"),
              Tile("a", "b", 6, 32), Parallel("a"),
-             Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "threadIdx.x"), CacheWrite("buf", "a", "shared"),
+             Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "thread.x"), CacheWrite("buf", "a", "shared"),
              CacheRead("buf", "a", "local"), DecomposeReduction("a"), ComputeAt("a", "b"), ReverseComputeInline("a"),
              Pack("w", 1, 16), Localize("buf", "a"), Partition("a", 3)]
     assert parse_schedule(format_schedule(steps)) == steps

@@ -28,6 +28,7 @@ from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import reduce_identity
 from minicomp.ir.loops import (
+    GPU_LOOP_KINDS,
     Allocate,
     Barrier,
     Buffer,
@@ -141,7 +142,7 @@ def _drop_workspace(k: Kernel, gone: list) -> Kernel:
 
 
 def _is_mapped(s: Stmt) -> bool:
-    return any(lp.kind.startswith(("blockIdx", "threadIdx")) for lp in loops(s))
+    return any(lp.kind in GPU_LOOP_KINDS for lp in loops(s))
 
 
 def _inline_epilogues(k: Kernel, outputs) -> Kernel:
@@ -240,7 +241,7 @@ def thread_per_point(top: Stmt, name: str) -> Stmt:
     body = substitute_stmt(inner, decompose(flat, chain)) if chain else inner
     if blocks * threads > total:
         body = If(ex.BinOp("lt", flat, _i(total)), body)
-    return For(bx, blocks, For(tx, threads, body, "threadIdx.x"), "blockIdx.x")
+    return For(bx, blocks, For(tx, threads, body, "thread.x"), "block.x")
 
 
 # -- one block per row ----------------------------------------------------------------
@@ -321,7 +322,7 @@ def block_per_row(top: Stmt, gpu, name: str, workspace=()) -> tuple[Stmt, list] 
     row = spread.stmt(body)
     for local in list(registers.values()) + list(scalars.values()):
         row = Allocate(local, row)
-    return For(bx, max(rows, 1), For(tx, threads, row, "threadIdx.x"), "blockIdx.x"), \
+    return For(bx, max(rows, 1), For(tx, threads, row, "thread.x"), "block.x"), \
         list(registers) + list(scalars)
 
 
@@ -649,8 +650,8 @@ def tile_contraction(kernel: Kernel, top: Stmt, gpu) -> tuple[Stmt, str, Buffer]
     base = top.var.name
     v = lambda what: ex.Var(f"{base}.{what}")  # noqa: E731
     bz, by, bx, tid = v("bz"), v("by"), v("bx"), v("tx")
-    # The larger tile count goes on blockIdx.x (y and z stop at 65535).
-    m_axis, n_axis = ("blockIdx.y", "blockIdx.x") if mt <= 65535 else ("blockIdx.x", "blockIdx.y")
+    # The larger tile count goes on block.x (y and z stop at 65535).
+    m_axis, n_axis = ("block.y", "block.x") if mt <= 65535 else ("block.x", "block.y")
     cols = tile.bn // tile.rn
     ty_, tx_ = ex.BinOp("floordiv", tid, _i(cols)), ex.BinOp("mod", tid, _i(cols))
     batch_map = decompose(bz, c.batch) if c.batch else {}
@@ -715,11 +716,11 @@ def tile_contraction(kernel: Kernel, top: Stmt, gpu) -> tuple[Stmt, str, Buffer]
     guard = ex.BinOp("and", ex.BinOp("lt", m_e, _i(M)), ex.BinOp("lt", n_e, _i(N)))
     write = For(a_, tile.rm, For(b_, tile.rn, If(guard, Store(c.out, out_idx, value)), "unrolled"), "unrolled")
     body = Allocate(acc, Allocate(ra, Allocate(rb, Allocate(a_sh, Allocate(b_sh, seq(zero, main, write))))))
-    nest = For(tid, tile.threads, body, "threadIdx.x")
-    nest = For(by, mt, For(bx, nt, nest, n_axis), m_axis) if m_axis == "blockIdx.y" else \
+    nest = For(tid, tile.threads, body, "thread.x")
+    nest = For(by, mt, For(bx, nt, nest, n_axis), m_axis) if m_axis == "block.y" else \
         For(bx, nt, For(by, mt, nest, m_axis), n_axis)
     if c.batch:
-        nest = For(bz, B, nest, "blockIdx.z")
+        nest = For(bz, B, nest, "block.z")
     note = (f"gpu gemm {base}: M={M} N={N} K={K} batch={B}; block tile {tile.bm}x{tile.bn}x{tile.bk}, thread tile "
             f"{tile.rm}x{tile.rn}, {tile.threads} threads, {est['blocks']} blocks in {est['waves']} wave(s) "
             f"({est['per_sm']}/SM); est. {est['traffic'] / 1e6:.2f} MB global traffic, "

@@ -22,7 +22,7 @@ The primitives, in the spirit of TVM's TIR schedule:
 - ``fuse(outer, inner)``: one loop over both (``outer_inner``);
 - ``tile(a, b, fa, fb)``: split both and order ``a.o, b.o, a.i, b.i``;
 - ``parallel``, ``vectorize`` (a hint), ``simd`` (explicit vector lanes),
-  ``unroll``, ``bind(loop, "threadIdx.x")``: set a loop's kind;
+  ``unroll``, ``bind(loop, "thread.x")``: set a loop's kind;
 - ``cache_write(buffer, loop, scope)``: accumulate a buffer's elements
   written under ``loop`` in a new ``local``/``shared`` buffer and copy them
   out once at the end of ``loop``'s body (copied in first when they are read
@@ -380,16 +380,23 @@ def _contains(outer: For, inner: For) -> bool:
 
 @dataclass(frozen=True)
 class Bind(Step):
-    """Run a loop's iterations as GPU blocks or threads along ``axis`` (``blockIdx.x``, ``threadIdx.y`` ...)."""
+    """Run a loop's iterations as GPU blocks or threads along ``axis`` (``block.x``, ``thread.y`` ...; CUDA's
+    own names, ``blockIdx.x`` and ``threadIdx.y``, are read as those)."""
 
     loop: str
     axis: str
     name = "bind"
 
     def apply(self, kernel, names):
-        if self.axis not in GPU_LOOP_KINDS:
+        axis = CUDA_AXIS_NAMES.get(self.axis, self.axis)
+        if axis not in GPU_LOOP_KINDS:
             self.fail(kernel, f"unknown axis {self.axis!r}; choose one of {', '.join(GPU_LOOP_KINDS)}")
-        return _set_kind(self, kernel, self.loop, self.axis)
+        return _set_kind(self, kernel, self.loop, axis)
+
+
+# The names CUDA programmers write, as the abstract axes they mean.
+CUDA_AXIS_NAMES = {f"{cuda}.{d}": f"{axis}.{d}" for cuda, axis in (("blockIdx", "block"), ("threadIdx", "thread"))
+                   for d in "xyz"}
 
 
 STEPS = {cls.name: cls for cls in (Split, Partition, Reorder, Fuse, Tile, Parallel, Vectorize, Simd, Unroll, Bind,
