@@ -7,7 +7,7 @@ import pytest
 
 import minicomp as mc
 from minicomp.ir import dtypes
-from minicomp.passes.schedules.cpu import register_tile
+from minicomp.passes.schedules.cpu_choices import register_tile
 from minicomp.target import Target
 from tests.tolerances import assert_close
 

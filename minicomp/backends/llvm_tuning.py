@@ -7,7 +7,7 @@ rules are right on most kernels and a little off on some; the tuner asks the
 machine instead:
 
 1. **Candidates.** The decisions the rules make are varied
-   (:class:`~minicomp.passes.schedules.cpu.Choices`) in two rounds: first
+   (:class:`~minicomp.passes.schedules.cpu_choices.Choices`) in two rounds: first
    the structure (the lanes, the channel blocks, one thread or all), then
    the register tile's shape around the fastest structure. Choices that
    give the same loop IR are one candidate; the rules' own schedule is

@@ -371,7 +371,7 @@ def test_random_legal_schedules_keep_results(data):
 
 
 def test_register_tile_rows_divide_the_row_count_where_they_can():
-    from minicomp.passes.schedules.cpu import dividing_rows
+    from minicomp.passes.schedules.cpu_tiles import dividing_rows
 
     assert [dividing_rows(n, 8) for n in (5, 8, 14, 28, 56, 13, 169)] == [5, 8, 7, 7, 8, 8, 8]
     assert [dividing_rows(n, 6) for n in (12, 10, 25)] == [6, 6, 6], "16-register targets keep tiles of 6"
