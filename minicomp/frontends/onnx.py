@@ -11,8 +11,8 @@ Shape -> Gather -> Concat -> Reshape, and weights made by ConstantOfShape).
 
 Each ONNX op has an importer function registered with
 :func:`register_onnx_importer`; the built-in ones live in
-``minicomp/frontends/onnx_ops.py``, and ``docs/adding-an-op.md`` shows how to
-add one.
+``minicomp/frontends/onnx_*_ops.py`` (by family), and ``docs/adding-an-op.md``
+shows how to add one.
 """
 
 from __future__ import annotations
@@ -63,10 +63,13 @@ Importer = Callable[["ImportContext", OnnxNode], list]
 def _load_builtin():
     from minicomp.frontends import (  # noqa: F401
         onnx_attention,
+        onnx_elementwise_ops,
         onnx_grid_ops,
+        onnx_layout_ops,
         onnx_math_ops,
-        onnx_ops,
+        onnx_nn_ops,
         onnx_quant_ops,
+        onnx_reduce_ops,
         onnx_rnn_ops,
         onnx_scatter_ops,
         onnx_sequence_ops,

@@ -1,4 +1,4 @@
-"""ONNX GridSample and AffineGrid, composed from minicomp ops.
+"""ONNX GridSample, AffineGrid, Resize and Upsample, composed from minicomp ops.
 
 GridSample reads each output element from positions the grid holds (data, not
 shapes), so it is written as gathers: per spatial axis, the grid's coordinate
@@ -179,3 +179,70 @@ def _affine_grid(ctx, node):
     points = ctx.const(base.astype(theta.dtype.numpy))  # (positions, r + 1)
     grid = ctx.op("matmul", points, ctx.op("transpose", theta, perm=(0, 2, 1)))  # (n, positions, r)
     return [ctx.op("reshape", grid, shape=(size[0], *spatial, r))]
+
+
+@register_onnx_importer("Upsample")
+def _upsample(ctx, node):
+    """Resize's predecessor (opsets 7 to 9): scales, asymmetric coordinates, nearest floors."""
+    x = ctx.input(0)
+    scales = ctx.attr("scales") if ctx.opset < 9 else ctx.required_constant(1, "scales")
+    scales = [float(s) for s in np.asarray(scales).reshape(-1)]
+    if len(scales) != x.ndim:
+        raise ShapeError(f"{node.describe()}: {len(scales)} scales for rank {x.ndim}")
+    mode = ctx.attr("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise UnsupportedError(f"{node.describe()}: mode {mode!r} is not supported")
+    sizes = [int(np.floor(d * s)) for d, s in zip(x.shape, scales)]
+    return [ctx.op("resize", x, sizes=sizes, scales=scales, mode=mode, coordinate_mode="asymmetric",
+                   nearest_mode="floor")]
+
+
+@register_onnx_importer("Resize")
+def _resize(ctx, node):
+    x = ctx.input(0)
+    if ctx.opset < 11:
+        raise UnsupportedError(f"{node.describe()}: Resize before opset 11 is not supported")
+    mode = ctx.attr("mode", "nearest")
+    coord = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if ctx.attr("antialias", 0):
+        raise UnsupportedError(f"{node.describe()}: antialiased Resize is not supported")
+    policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+    if policy not in ("stretch", "not_larger", "not_smaller"):
+        raise UnsupportedError(f"{node.describe()}: keep_aspect_ratio_policy {policy!r} is not supported")
+    axes = ctx.attr("axes")
+    axes = [int(a) % x.ndim for a in axes] if axes is not None else list(range(x.ndim))
+    roi = None
+    if coord == "tf_crop_and_resize":  # the region: starts then ends (fractions of each axis), for ``axes``
+        given = ctx.required_constant(1, "roi").reshape(-1).astype(np.float64)
+        if given.size != 2 * len(axes):
+            raise ShapeError(f"{node.describe()}: roi has {given.size} values for {len(axes)} axes")
+        roi = [0.0] * x.ndim + [1.0] * x.ndim
+        for k, a in enumerate(axes):
+            roi[a], roi[x.ndim + a] = float(given[k]), float(given[len(axes) + k])
+    scales_in = ctx.constant(2) if ctx.input(2) is not None else None
+    sizes_in = ctx.constant(3) if ctx.input(3) is not None else None
+    if ctx.input(2) is not None and scales_in is None or ctx.input(3) is not None and sizes_in is None:
+        raise UnsupportedError(f"{node.describe()}: scales and sizes must be constants known at import time")
+    scales, sizes = [1.0] * x.ndim, list(x.shape)
+    if sizes_in is not None and sizes_in.size and policy != "stretch":
+        # One scale for every resized axis, the smallest or largest the sizes ask for.
+        ratios = [int(s) / x.shape[a] for a, s in zip(axes, sizes_in.reshape(-1))]
+        scale = min(ratios) if policy == "not_larger" else max(ratios)
+        for a in axes:
+            sizes[a], scales[a] = int(scale * x.shape[a] + 0.5), scale
+    elif sizes_in is not None and sizes_in.size:
+        for a, s in zip(axes, sizes_in.reshape(-1)):
+            sizes[a] = int(s)
+            scales[a] = sizes[a] / x.shape[a] if x.shape[a] else 1.0
+    elif scales_in is not None and scales_in.size:
+        for a, s in zip(axes, scales_in.reshape(-1)):
+            scales[a] = float(s)
+            extent = (roi[x.ndim + a] - roi[a]) if roi is not None else 1.0
+            sizes[a] = int(np.floor(x.shape[a] * extent * float(s)))
+    else:
+        raise UnsupportedError(f"{node.describe()}: Resize needs scales or sizes")
+    return [ctx.op("resize", x, sizes=sizes, scales=scales, mode=mode, coordinate_mode=coord,
+                   nearest_mode=ctx.attr("nearest_mode", "round_prefer_floor"),
+                   cubic_coeff_a=float(ctx.attr("cubic_coeff_a", -0.75)),
+                   exclude_outside=bool(ctx.attr("exclude_outside", 0)), roi=roi,
+                   extrapolation_value=float(ctx.attr("extrapolation_value", 0.0)))]

@@ -8,10 +8,10 @@ import numpy as np
 from minicomp.errors import ShapeError, UnsupportedError
 from minicomp.frontends.compose import group_norm
 from minicomp.frontends.onnx import ONNX_DTYPES, register_onnx_importer
-from minicomp.frontends.onnx_ops import _scalar, _simple, _softplus
+from minicomp.frontends.onnx_elementwise_ops import scalar, simple, softplus
 
 for _t in ("Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Ceil", "Round"):
-    _simple(_t, _t.lower())
+    simple(_t, _t.lower())
 
 
 @register_onnx_importer("IsNaN")
@@ -25,9 +25,9 @@ def _is_inf(ctx, node):
     x = ctx.input(0)
     found = []
     if ctx.attr("detect_positive", 1):
-        found.append(ctx.op("equal", x, _scalar(ctx, np.inf, x)))
+        found.append(ctx.op("equal", x, scalar(ctx, np.inf, x)))
     if ctx.attr("detect_negative", 1):
-        found.append(ctx.op("equal", x, _scalar(ctx, -np.inf, x)))
+        found.append(ctx.op("equal", x, scalar(ctx, -np.inf, x)))
     if not found:
         return [ctx.op("broadcast_to", ctx.const(np.array(False)), shape=x.shape)]
     return [found[0] if len(found) == 1 else ctx.op("logical_or", *found)]
@@ -37,7 +37,7 @@ def _is_inf(ctx, node):
 def _swish(ctx, node):
     x = ctx.input(0)
     alpha = float(ctx.attr("alpha", 1.0))
-    return [ctx.op("mul", x, ctx.op("sigmoid", ctx.op("mul", x, _scalar(ctx, alpha, x))))]
+    return [ctx.op("mul", x, ctx.op("sigmoid", ctx.op("mul", x, scalar(ctx, alpha, x))))]
 
 
 @register_onnx_importer("SwiGLU")
@@ -47,14 +47,14 @@ def _swiglu(ctx, node):
     if a.shape != b.shape:
         raise ShapeError(f"{node.describe()}: SwiGLU needs equal shapes, got {list(a.shape)} and {list(b.shape)}")
     alpha = float(ctx.attr("alpha", 1.0))
-    gate = ctx.op("mul", a, ctx.op("sigmoid", ctx.op("mul", a, _scalar(ctx, alpha, a))))
+    gate = ctx.op("mul", a, ctx.op("sigmoid", ctx.op("mul", a, scalar(ctx, alpha, a))))
     return [ctx.op("mul", gate, b)]
 
 
 @register_onnx_importer("HardSwish")
 def _hard_swish(ctx, node):
     x = ctx.input(0)
-    gate = ctx.op("clip", ctx.op("add", ctx.op("mul", x, _scalar(ctx, 1 / 6, x)), _scalar(ctx, 0.5, x)),
+    gate = ctx.op("clip", ctx.op("add", ctx.op("mul", x, scalar(ctx, 1 / 6, x)), scalar(ctx, 0.5, x)),
                   min=0.0, max=1.0)
     return [ctx.op("mul", x, gate)]
 
@@ -62,8 +62,8 @@ def _hard_swish(ctx, node):
 @register_onnx_importer("Mish")
 def _mish(ctx, node):
     x = ctx.input(0)
-    softplus = _softplus(ctx, node)[0]
-    return [ctx.op("mul", x, ctx.op("tanh", softplus))]
+    soft = softplus(ctx, node)[0]
+    return [ctx.op("mul", x, ctx.op("tanh", soft))]
 
 
 @register_onnx_importer("Celu")
@@ -71,8 +71,8 @@ def _celu(ctx, node):
     # max(0, x) + min(0, alpha * (exp(x / alpha) - 1))
     x = ctx.input(0)
     alpha = float(ctx.attr("alpha", 1.0))
-    inner = ctx.op("sub", ctx.op("exp", ctx.op("div", x, _scalar(ctx, alpha, x))), _scalar(ctx, 1.0, x))
-    neg = ctx.op("minimum", ctx.op("mul", inner, _scalar(ctx, alpha, x)), _scalar(ctx, 0.0, x))
+    inner = ctx.op("sub", ctx.op("exp", ctx.op("div", x, scalar(ctx, alpha, x))), scalar(ctx, 1.0, x))
+    neg = ctx.op("minimum", ctx.op("mul", inner, scalar(ctx, alpha, x)), scalar(ctx, 0.0, x))
     return [ctx.op("add", ctx.op("relu", x), neg)]
 
 
@@ -80,7 +80,7 @@ def _celu(ctx, node):
 def _thresholded_relu(ctx, node):
     x = ctx.input(0)
     alpha = float(ctx.attr("alpha", 1.0))
-    return [ctx.op("where", ctx.op("greater", x, _scalar(ctx, alpha, x)), x, _scalar(ctx, 0.0, x))]
+    return [ctx.op("where", ctx.op("greater", x, scalar(ctx, alpha, x)), x, scalar(ctx, 0.0, x))]
 
 
 @register_onnx_importer("GroupNormalization")
@@ -105,7 +105,7 @@ def _mean_variance_normalization(ctx, node):
     mean = ctx.op("mean", x, axes=axes, keepdims=True)
     mean_sq = ctx.op("mean", ctx.op("mul", x, x), axes=axes, keepdims=True)
     std = ctx.op("sqrt", ctx.op("sub", mean_sq, ctx.op("mul", mean, mean)))
-    return [ctx.op("div", ctx.op("sub", x, mean), ctx.op("add", std, _scalar(ctx, 1e-9, x)))]
+    return [ctx.op("div", ctx.op("sub", x, mean), ctx.op("add", std, scalar(ctx, 1e-9, x)))]
 
 
 def _window(coefficients):

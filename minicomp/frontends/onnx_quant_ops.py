@@ -14,7 +14,7 @@ import numpy as np
 
 from minicomp.errors import ShapeError, UnsupportedError
 from minicomp.frontends.onnx import ONNX_DTYPES, register_onnx_importer
-from minicomp.frontends.onnx_ops import _conv
+from minicomp.frontends.onnx_nn_ops import conv
 
 
 def _along(ctx, param, x, axis: int, block: int):
@@ -154,7 +154,7 @@ class _ShiftedInputs:
 def _conv_integer(ctx, node):
     x, w = ctx.input(0), ctx.input(1)
     shifted = [_shifted(ctx, x, ctx.input(2)), _shifted(ctx, w, ctx.input(3), 0)]
-    return _conv(_ShiftedInputs(ctx, shifted), node)
+    return conv(_ShiftedInputs(ctx, shifted), node)
 
 
 @register_onnx_importer("QLinearConv")
@@ -163,5 +163,5 @@ def _qlinear_conv(ctx, node):
     shifted = [_shifted(ctx, x, x_zp), _shifted(ctx, w, w_zp, 0)]
     if bias is not None:
         shifted.append(ctx.op("cast", bias, dtype="int32"))
-    (acc,) = _conv(_ShiftedInputs(ctx, shifted), node)
+    (acc,) = conv(_ShiftedInputs(ctx, shifted), node)
     return [_requantize(ctx, acc, x_scale, w_scale, y_scale, y_zp, w.ndim, 1)]
