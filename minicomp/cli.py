@@ -552,8 +552,127 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _arg(*flags, **kwargs) -> tuple:
+    """One argument of a command: argparse's flags and keywords."""
+    return flags, kwargs
 
+
+def _shared_args() -> dict[str, tuple]:
+    """Arguments several commands take, by a short name."""
+    return {
+        "model": _arg("model", help="model file (.mcir, .onnx or .pt2)"),
+        "shape": _arg("--shape", action="append", metavar="NAME=D1,D2,...",
+                      help="fix a dynamic input shape of an ONNX model (repeatable)"),
+        "input": _arg("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)"),
+        "cast": _arg("--cast", action="store_true", help="convert each --input array to its input's dtype"),
+        "threads": _arg("--threads", type=positive_int, default=None, help="threads for parallel loops"),
+        "seed": _arg("--seed", type=int, default=0, help="seed for random inputs"),
+        "tune": _arg("--tune", action="store_true", help=TUNE_HELP),
+    }
+
+
+def _commands() -> list[tuple]:
+    """The command table: (name, handler, help, description or None, arguments). An argument is the name
+    of one in :func:`_shared_args`, or an :func:`_arg` of the command's own."""
+    cpu_targets = [t for t in target_names() if is_cpu_target(t)]
+    return [
+        ("run", cmd_run, "compile a model and run it, printing output shapes, checksums and time", None, [
+            _arg("model", help="model file (.mcir, .onnx or .pt2, or .mcm saved by 'compile -o')"), "shape",
+            _arg("--input", "-i", action="append", metavar="NAME=FILE.npy",
+                 help="an input array (repeatable); inputs not given are random"),
+            _arg("--cast", action="store_true",
+                 help="convert each --input array to its input's dtype (e.g. a float64 .npy for a float32 input)"),
+            _arg("--target", default="llvm", choices=target_names(),
+                 help="where to run: llvm (this CPU), c (C99 built by the system C compiler), cuda (an NVIDIA "
+                      "GPU, needs pycuda), cuda-emu (the CUDA C on this CPU, slow: for testing), reference "
+                      "(numpy), or a named CPU for llvm (default llvm)"),
+            _arg("--threads", type=positive_int, default=None, help="threads for parallel loops (default: all cores)"),
+            _arg("--repeat", type=positive_int, default=1, help="timed runs to average (default 1)"), "seed",
+            _arg("--save", metavar="DIR", help="save each output as DIR/NAME.npy"), "tune",
+            _arg("--check", action="store_true",
+                 help="compare the outputs with the reference interpreter, or, for a model.onnx beside ONNX "
+                      "test data (test_data_set_*), with the stored outputs (exit 1 on a mismatch)"),
+        ]),
+        ("compile", cmd_compile, "compile a model and print one stage", None, [
+            "model", "shape",
+            _arg("--target", default="llvm", choices=target_names(),
+                 help="what to compile for: llvm (this CPU), a named CPU, c (portable C99), or cuda (needs no "
+                      "GPU to compile) (default llvm)"),
+            _arg("--emit", default=None, choices=emit_names(),
+                 help="stage to print (default: loops, unless another output is asked for); llvm, llvm-opt "
+                      "and asm are for CPU targets, c for --target c, cuda for --target cuda"),
+            _arg("--export-c", metavar="DIR",
+                 help="with --target c: write DIR/model.c, model.h and model.bin, C99 that builds with any C "
+                      "compiler and runs without minicomp (see docs/adding-a-backend.md)"),
+            _arg("--threads", type=positive_int, default=None, help="threads the schedule plans for"), "tune",
+            _arg("-o", "--output", metavar="FILE.mcm",
+                 help="save the compiled model; 'minicomp run FILE.mcm' and mc.load(FILE) run it without compiling"),
+            _arg("--shared-lib", metavar="FILE.so",
+                 help="link a shared library with its header beside it (libNAME.so -> NAME.h: "
+                      "int mc_run(inputs, outputs)) for C programs"),
+            _arg("--pipeline", default=None, help="passes to run, e.g. 'simplify,fuse,lower,schedule,plan'"),
+            _arg("--print-after", action="append", metavar="PASS",
+                 help="print the IR after this pass (repeatable; 'all' for every pass)"),
+            _arg("--print-before", action="append", metavar="PASS", help="print the IR before this pass"),
+            _arg("--dump-dir", metavar="DIR", help="write the IR after every pass to numbered files in DIR"),
+            _arg("--explain-fusion", action="store_true", help="list the kernels and why each boundary is there"),
+            _arg("--time-passes", action="store_true", help="print the time each pass took"),
+            _arg("--graph-png", metavar="FILE",
+                 help="draw the graph with fused groups (.png/.svg/.dot; needs Graphviz for pictures)"),
+        ]),
+        ("plan", cmd_plan, "plan a model's memory: execution order, arena offsets, figures, a picture", None, [
+            "model", "shape",
+            _arg("--order", default="auto", choices=["auto", "fusion", "greedy", "exact"],
+                 help="how to choose the kernel order (default auto: the least peak found)"),
+            _arg("--offsets", default="best", choices=["best", "size", "breadth", "search"],
+                 help="how to place buffers in the arena (default best: the smallest arena)"),
+            _arg("--budget", type=int, default=None, metavar="BYTES", help="fail unless the arena fits"),
+            _arg("--no-in-place", action="store_true",
+                 help="no elementwise kernel writes over an input that dies there (by default they may)"),
+            _arg("--pipeline", default=None, help="passes to run (default: the llvm pipeline, which fuses)"),
+            _arg("--png", metavar="FILE", help="draw the plan (.png/.svg/.pdf; needs matplotlib)"),
+            _arg("--verbose", "-v", action="store_true", help="also list every buffer and its offset"),
+        ]),
+        ("profile", cmd_profile, "compile a model and time each kernel alone on random inputs", None, [
+            "model", "shape", "input", "cast",
+            _arg("--target", default="llvm", choices=target_names(), help="where to run (default llvm)"), "threads",
+            _arg("--repeat", type=positive_int, default=10, help="runs of each kernel to average (default 10)"),
+            _arg("--top", type=positive_int, default=30, help="show the slowest N kernels (default 30)"),
+            "seed", "tune",
+        ]),
+        ("tune", cmd_tune, "measure a few schedules of every kernel on this CPU and keep the fastest",
+         "Tune a model's kernels on this CPU: for each kernel, up to --max-candidates schedules are compiled and "
+         "timed and the fastest is kept in the compile cache; prints each kernel's figures and the whole model's "
+         "time by the rules and tuned. Later compiles with --tune (or mc.compile(..., tune=True)) reuse the "
+         "tunings without measuring.", [
+            "model", "shape",
+            _arg("--target", default="llvm", choices=cpu_targets, help="the CPU to tune for (default llvm: this one)"),
+            _arg("--threads", type=positive_int, default=None,
+                 help="threads the model will run with (tunings are kept per thread count; default: all cores)"),
+            _arg("--max-candidates", type=positive_int, default=20,
+                 help="schedules measured per kernel, at most (default 20)"),
+            _arg("-o", "--output", metavar="FILE.mcm", help="also save the tuned model"),
+            _arg("--seed", type=int, default=0, help="seed for the random inputs of the whole-model timing"),
+        ]),
+        ("cache", cmd_cache, "where the compile cache is and how big; --clear empties it", None, [
+            _arg("--clear", action="store_true", help="remove every cached entry"),
+        ]),
+        ("bench", cmd_bench, "latency of minicomp beside ONNX Runtime on an .onnx model", None, [
+            _arg("model", help="model file (.onnx)"),
+            _arg("--shape", action="append", metavar="NAME=D1,D2,...", help="fix a dynamic input shape"),
+            _arg("--threads", type=positive_int, nargs="+", default=[1, 2], help="thread counts (default 1 2)"),
+            _arg("--repeat", type=positive_int, default=10, help="timed runs per measurement (median; default 10)"),
+            _arg("--seed", type=int, default=0, help="seed for the random inputs"), "tune",
+        ]),
+        ("ops", cmd_ops, "list the registered ops and their attributes", None, []),
+        ("passes", cmd_passes, "list the registered passes and the default pipelines", None, []),
+        ("targets", cmd_targets, "list the backends, their target names and --emit stages, and which numeric rules "
+                                 "each spells itself", None, []),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``minicomp`` argument parser, built from the command table (:func:`_commands`)."""
     p = argparse.ArgumentParser(prog="minicomp", description="minicomp: a small deep-learning compiler.",
                                 epilog="Examples:\n  minicomp run model.onnx\n"
                                        "  minicomp run model.mcir --input x=x.npy\n"
@@ -564,133 +683,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", metavar="FILE.py|MODULE",
                    help="load a Python file or module first (it may register ops, importers, passes); repeatable")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    r = sub.add_parser("run", help="compile a model and run it, printing output shapes, checksums and time")
-    r.add_argument("model", help="model file (.mcir, .onnx or .pt2, or .mcm saved by 'compile -o')")
-    r.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
-                   help="fix a dynamic input shape of an ONNX model (repeatable)")
-    r.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy",
-                   help="an input array (repeatable); inputs not given are random")
-    r.add_argument("--cast", action="store_true",
-                   help="convert each --input array to its input's dtype (e.g. a float64 .npy for a float32 input)")
-    r.add_argument("--target", default="llvm", choices=target_names(),
-                   help="where to run: llvm (this CPU), c (C99 built by the system C compiler), cuda (an NVIDIA "
-                        "GPU, needs pycuda), cuda-emu (the CUDA C on this CPU, slow: for testing), reference "
-                        "(numpy), or a named CPU for llvm (default llvm)")
-    r.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops (default: all cores)")
-    r.add_argument("--repeat", type=positive_int, default=1, help="timed runs to average (default 1)")
-    r.add_argument("--seed", type=int, default=0, help="seed for random inputs")
-    r.add_argument("--save", metavar="DIR", help="save each output as DIR/NAME.npy")
-    r.add_argument("--tune", action="store_true", help=TUNE_HELP)
-    r.add_argument("--check", action="store_true",
-                   help="compare the outputs with the reference interpreter, or, for a model.onnx beside ONNX "
-                        "test data (test_data_set_*), with the stored outputs (exit 1 on a mismatch)")
-    r.set_defaults(func=cmd_run)
-
-    c = sub.add_parser("compile", help="compile a model and print one stage")
-    c.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
-    c.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
-                   help="fix a dynamic input shape of an ONNX model (repeatable)")
-    c.add_argument("--target", default="llvm", choices=target_names(),
-                   help="what to compile for: llvm (this CPU), a named CPU, c (portable C99), or cuda (needs no "
-                        "GPU to compile) (default llvm)")
-    c.add_argument("--emit", default=None, choices=emit_names(),
-                   help="stage to print (default: loops, unless another output is asked for); llvm, llvm-opt "
-                        "and asm are for CPU targets, c for --target c, cuda for --target cuda")
-    c.add_argument("--export-c", metavar="DIR",
-                   help="with --target c: write DIR/model.c, model.h and model.bin, C99 that builds with any C "
-                        "compiler and runs without minicomp (see docs/adding-a-backend.md)")
-    c.add_argument("--threads", type=positive_int, default=None, help="threads the schedule plans for")
-    c.add_argument("--tune", action="store_true", help=TUNE_HELP)
-    c.add_argument("-o", "--output", metavar="FILE.mcm",
-                   help="save the compiled model; 'minicomp run FILE.mcm' and mc.load(FILE) run it without compiling")
-    c.add_argument("--shared-lib", metavar="FILE.so",
-                   help="link a shared library with its header beside it (libNAME.so -> NAME.h: "
-                        "int mc_run(inputs, outputs)) for C programs")
-    c.add_argument("--pipeline", default=None, help="passes to run, e.g. 'simplify,fuse,lower,schedule,plan'")
-    c.add_argument("--print-after", action="append", metavar="PASS",
-                   help="print the IR after this pass (repeatable; 'all' for every pass)")
-    c.add_argument("--print-before", action="append", metavar="PASS", help="print the IR before this pass")
-    c.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass to numbered files in DIR")
-    c.add_argument("--explain-fusion", action="store_true", help="list the kernels and why each boundary is there")
-    c.add_argument("--time-passes", action="store_true", help="print the time each pass took")
-    c.add_argument("--graph-png", metavar="FILE", help="draw the graph with fused groups (.png/.svg/.dot; "
-                                                       "needs Graphviz for pictures)")
-    c.set_defaults(func=cmd_compile)
-
-    pl = sub.add_parser("plan", help="plan a model's memory: execution order, arena offsets, figures, a picture")
-    pl.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
-    pl.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
-                    help="fix a dynamic input shape of an ONNX model (repeatable)")
-    pl.add_argument("--order", default="auto", choices=["auto", "fusion", "greedy", "exact"],
-                    help="how to choose the kernel order (default auto: the least peak found)")
-    pl.add_argument("--offsets", default="best", choices=["best", "size", "breadth", "search"],
-                    help="how to place buffers in the arena (default best: the smallest arena)")
-    pl.add_argument("--budget", type=int, default=None, metavar="BYTES", help="fail unless the arena fits")
-    pl.add_argument("--no-in-place", action="store_true",
-                    help="no elementwise kernel writes over an input that dies there (by default they may)")
-    pl.add_argument("--pipeline", default=None, help="passes to run (default: the llvm pipeline, which fuses)")
-    pl.add_argument("--png", metavar="FILE", help="draw the plan (.png/.svg/.pdf; needs matplotlib)")
-    pl.add_argument("--verbose", "-v", action="store_true", help="also list every buffer and its offset")
-    pl.set_defaults(func=cmd_plan)
-
-    pr = sub.add_parser("profile", help="compile a model and time each kernel alone on random inputs")
-    pr.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
-    pr.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
-                    help="fix a dynamic input shape of an ONNX model (repeatable)")
-    pr.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)")
-    pr.add_argument("--cast", action="store_true", help="convert each --input array to its input's dtype")
-    pr.add_argument("--target", default="llvm", choices=target_names(), help="where to run (default llvm)")
-    pr.add_argument("--threads", type=positive_int, default=None, help="threads for parallel loops")
-    pr.add_argument("--repeat", type=positive_int, default=10, help="runs of each kernel to average (default 10)")
-    pr.add_argument("--top", type=positive_int, default=30, help="show the slowest N kernels (default 30)")
-    pr.add_argument("--seed", type=int, default=0, help="seed for random inputs")
-    pr.add_argument("--tune", action="store_true", help=TUNE_HELP)
-    pr.set_defaults(func=cmd_profile)
-
-    tu = sub.add_parser("tune", help="measure a few schedules of every kernel on this CPU and keep the fastest",
-                        description="Tune a model's kernels on this CPU: for each kernel, up to --max-candidates "
-                                    "schedules are compiled and timed and the fastest is kept in the compile "
-                                    "cache; prints each kernel's figures and the whole model's time by the rules "
-                                    "and tuned. Later compiles with --tune (or mc.compile(..., tune=True)) reuse "
-                                    "the tunings without measuring.")
-    tu.add_argument("model", help="model file (.mcir, .onnx or .pt2)")
-    tu.add_argument("--shape", action="append", metavar="NAME=D1,D2,...",
-                    help="fix a dynamic input shape of an ONNX model (repeatable)")
-    tu.add_argument("--target", default="llvm", choices=[t for t in target_names() if is_cpu_target(t)],
-                    help="the CPU to tune for (default llvm: this one)")
-    tu.add_argument("--threads", type=positive_int, default=None,
-                    help="threads the model will run with (tunings are kept per thread count; default: all cores)")
-    tu.add_argument("--max-candidates", type=positive_int, default=20,
-                    help="schedules measured per kernel, at most (default 20)")
-    tu.add_argument("-o", "--output", metavar="FILE.mcm", help="also save the tuned model")
-    tu.add_argument("--seed", type=int, default=0, help="seed for the random inputs of the whole-model timing")
-    tu.set_defaults(func=cmd_tune)
-
-    ca = sub.add_parser("cache", help="where the compile cache is and how big; --clear empties it")
-    ca.add_argument("--clear", action="store_true", help="remove every cached entry")
-    ca.set_defaults(func=cmd_cache)
-
-    b = sub.add_parser("bench", help="latency of minicomp beside ONNX Runtime on an .onnx model")
-    b.add_argument("model", help="model file (.onnx)")
-    b.add_argument("--shape", action="append", metavar="NAME=D1,D2,...", help="fix a dynamic input shape")
-    b.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
-    b.add_argument("--repeat", type=positive_int, default=10, help="timed runs per measurement (median; default 10)")
-    b.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
-    b.add_argument("--tune", action="store_true", help=TUNE_HELP)
-    b.set_defaults(func=cmd_bench)
-
-    o = sub.add_parser("ops", help="list the registered ops and their attributes")
-    o.set_defaults(func=cmd_ops)
-    ps = sub.add_parser("passes", help="list the registered passes and the default pipelines")
-    ps.set_defaults(func=cmd_passes)
-    tg = sub.add_parser("targets", help="list the backends, their target names and --emit stages, and which "
-                                        "numeric rules each spells itself")
-    tg.set_defaults(func=cmd_targets)
-    # --plugin may also come after the command (minicomp compile m.mcir --plugin p.py); main() merges both.
-    for command in sub.choices.values():
+    shared = _shared_args()
+    for name, handler, help_text, description, args in _commands():
+        command = sub.add_parser(name, help=help_text, description=description)
+        for arg in args:
+            flags, kwargs = shared[arg] if isinstance(arg, str) else arg
+            command.add_argument(*flags, **kwargs)
+        # --plugin may also come after the command (minicomp compile m.mcir --plugin p.py); main() merges both.
         command.add_argument("--plugin", action="append", dest="plugin_after", metavar="FILE.py|MODULE",
                              help="load a Python file or module first (as 'minicomp --plugin ... COMMAND')")
+        command.set_defaults(func=handler)
     return p
 
 
