@@ -22,7 +22,15 @@ from minicomp.backends.cuda_codegen import Launch, render_module
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
 from minicomp.passes.memory import buffer_slots, kernel_slots
-from minicomp.runtime import CompiledModel, bind_host_io, bind_inputs, collect_outputs, contiguous, host_buffers
+from minicomp.runtime import (
+    CompiledModel,
+    bind_host_io,
+    bind_inputs,
+    collect_outputs,
+    contiguous,
+    fresh_outputs,
+    host_buffers,
+)
 from minicomp.wording import count
 
 DEVICES = ("gpu", "emu")
@@ -118,10 +126,11 @@ class HostMemory:
         ex, plan, graph = model.executable, model.memory_plan, model.graph
         self.table = [0] * max(ex.n_slots, 1)
         self.keep, self.arena = host_buffers(self.table, ex.slots, graph.constants, plan)
+        self.fresh = fresh_outputs(graph, ex.slots)
 
     def _bind(self, env) -> dict:
         env = {v: contiguous(a) for v, a in env.items()}
-        return env, bind_host_io(self.table, self.model.executable.slots, self.model.graph, env)
+        return env, bind_host_io(self.table, self.model.executable.slots, env, self.fresh)
 
     def run(self, env) -> list[np.ndarray]:
         env, outs = self._bind(env)

@@ -68,6 +68,7 @@ class GPUDevice:
             self.table[ex.slots[v]] = address(d)
         self.arena = driver.mem_alloc(max(plan.arena_bytes, 1) + ALIGNMENT)
         place_arena(self.table, ex.slots, plan, int(self.arena))
+        self.fresh = fresh_outputs(graph, ex.slots)
         self.stream = driver.Stream()
         from pycuda.tools import DeviceMemoryPool
 
@@ -76,14 +77,14 @@ class GPUDevice:
     def _bind(self, env):
         ga = self.gpuarray
         on_device = any(hasattr(a, "gpudata") for a in env.values())
-        ex, graph = self.model.executable, self.model.graph
+        ex = self.model.executable
         dev = {}
         for v, a in env.items():
             d = a if hasattr(a, "gpudata") else ga.to_gpu(contiguous(a))
             dev[v] = d
             self.table[ex.slots[v]] = address(d)
         outs = {}
-        for v in fresh_outputs(graph, ex.slots, env):
+        for v in self.fresh:
             outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy, allocator=self.pool.allocate)
             self.table[ex.slots[v]] = address(outs[v])
         return dev, outs, on_device
