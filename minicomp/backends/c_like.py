@@ -74,7 +74,7 @@ class CRenderer:
     language = "C"  # for error messages
     restrict = "restrict "
     helper_qualifier = "static inline"
-    fuse_accumulation = False  # spell an accumulation's product with mc_fma (the prelude defines it)
+    fuse_accumulation = False  # fuse an accumulation's product into one FMA (spelled by fma_function)
     unroll_pragma = ""  # written before a loop the schedule unrolled
     narrow_storage = {"float16": "unsigned short", "bfloat16": "unsigned short"}
     to_narrow = {"float16": "mc_to_f16", "bfloat16": "mc_to_bf16"}
@@ -300,7 +300,8 @@ class CRenderer:
         product = self.fused.get(id(e))
         if product is not None and id(product) not in self.shared:  # acc + a*b of an accumulation: one FMA
             acc = e.b if product is e.a else e.a
-            return f"mc_fma({self.render(product.a)}, {self.render(product.b)}, {self.render(acc)})"
+            fma = self.fma_function(e.dtype)
+            return f"{fma}({self.render(product.a)}, {self.render(product.b)}, {self.render(acc)})"
         a, b = self.render(e.a), self.render(e.b)
         dt, op = e.a.dtype, e.op
         if op in ("add", "sub", "mul") and self._wraps_in_unsigned(e):
@@ -332,6 +333,10 @@ class CRenderer:
         if op == "mod" and dt.is_int:
             return f"({a} % {b})"
         self.fail(f"no {self.language} for {op} on {dt.name} (is the kernel legalized?)")
+
+    def fma_function(self, dt: DType) -> str:
+        """The fused multiply-add of ``dt``'s compute type (C99's ``fmaf``/``fma``: one rounding)."""
+        return "fmaf" if self.compute_type(dt) == "float" else "fma"
 
     def _wraps_in_unsigned(self, e: ex.Expr) -> bool:
         """Signed 32- and 64-bit data arithmetic is done in unsigned C types: it wraps, as numpy's does,

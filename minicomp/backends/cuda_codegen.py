@@ -268,6 +268,9 @@ class CudaRenderer(CRenderer):
         self.emit(depth, "}")
         return True
 
+    def fma_function(self, dt) -> str:
+        return "mc_fma"  # the prelude's: __fmaf_rn on a GPU, a * b + c under cuda-emu
+
     def call(self, e: ex.Call) -> str:
         if e.fn == "shfl_xor":
             return f"__shfl_xor_sync(0xffffffffu, {self.render(e.args[0])}, {self.render(e.args[1])})"
