@@ -31,7 +31,12 @@ What stays, and every emitter must provide as it is:
 - float16 and bfloat16 values are computed in float32 and rounded to 16 bits
   (to nearest even) at every store and every cast to them; lowering rounds
   each op's result (``ir/numerics.round16``), so a value kept in a register inside a
-  fused kernel is the value numpy would have stored;
+  fused kernel is the value numpy would have stored. Where the rounding
+  happens is already explicit in the loop IR (a cast to the 16-bit type, a
+  store into a 16-bit buffer); what is left to an emitter is how its
+  language converts float to the 16 bits and back, a spelling of the type
+  like an integer's width, not a rule to write out (``c_like.CRenderer``:
+  ``to_narrow``/``from_narrow``; LLVM's ``fptrunc`` to ``half``);
 - a float operation is never contracted into an FMA, except the product an
   accumulation adds (``acc = acc + a*b``: ``ir/numerics.accumulated_product``). An
   expression computed in several places of a kernel then gives the same bits
