@@ -9,6 +9,7 @@ CompiledModel. Every stage's text is kept in ``model.stages``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.ir.graph import Graph
@@ -16,6 +17,10 @@ from minicomp.ir.text import print_graph
 from minicomp.stages import Stages
 from minicomp.target import Target
 from minicomp.wording import count
+
+# One INFO record per compile (README, "Seeing every compile"): a user sees every compile, and so every
+# recompile (torch.compile's per-shape ones among them).
+log = logging.getLogger("minicomp")
 
 
 def as_target(target, num_threads: int | None = None, device: str | None = None) -> Target:
@@ -82,6 +87,7 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     """
     import time
 
+    started = time.perf_counter()
     if isinstance(opt_level, bool) or opt_level not in (0, 1, 2, 3):
         raise MinicompError(f"opt_level must be 0, 1, 2 or 3 (LLVM's optimization levels), got {opt_level!r}")
     program, stages, backend, tgt, pm = _run_passes(
@@ -97,6 +103,11 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     build_timings = list(getattr(executable, "timings", []))
     rest = time.perf_counter() - t0 - sum(t for _, t in build_timings)
     model.pass_timings = pm.timings + build_timings + [(f"build: {backend.name} (other)", rest)]
+    ins = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
+    code = (f"{count(len(program.kernels), 'kernel')}, compile cache {'hit' if model.cache_hit else 'miss'}"
+            if backend.runs_kernels else "no native code")
+    log.info("compiled %s(%s) for %s in %.3f s (%s)", graph.name, ins, tgt.name, time.perf_counter() - started,
+             code)
     return model
 
 

@@ -172,3 +172,19 @@ def test_stages_read_as_a_plain_mapping_of_texts():
     assert all(isinstance(text, str) for text in plain.values()) and "llvm" in plain and "loops" in plain
     with pytest.raises(TypeError):
         stages["loops"] = "edited"  # read-only for users
+
+
+def test_every_compile_logs_one_info_record(caplog):
+    import logging
+
+    g = mc.GraphBuilder("logged")
+    x = g.input("x", (3, 5))
+    g.output(g.exp(x))
+    graph = g.build()
+    with caplog.at_level(logging.INFO, logger="minicomp"):
+        mc.compile(graph, cache=False)
+        mc.compile(graph, target="reference")
+    records = [r.getMessage() for r in caplog.records if r.name == "minicomp"]
+    assert len(records) == 2
+    assert records[0].startswith("compiled logged(x: f32[3, 5]) for llvm in ") and "1 kernel" in records[0]
+    assert "compile cache miss" in records[0] and "for reference" in records[1]
