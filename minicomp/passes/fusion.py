@@ -9,6 +9,8 @@ group, under these rules:
   anything: lowering turns it into index arithmetic on the reader's loads;
   except a transpose that gives a matmul its right operand with another
   axis last (K^T in attention): copied once, its columns load as vectors;
+  and a chain that joins inputs and moves axes (a concat, then a channel
+  shuffle) into a convolution's data input: copied once, in plain order;
 - other elementwise/broadcast/injective producers merge into any consumer
   group, except into a matmul/conv's own inputs (they would be recomputed for
   every multiply-add);
@@ -114,6 +116,19 @@ def _moves_last_axis(producer: Node, matmul: Node) -> bool:
     return perm is not None and len(perm) >= 2 and perm[-1] != len(perm) - 1
 
 
+def _shuffles_into_convolution(layout_nodes: list, producer: Node, conv: Node) -> bool:
+    """Does a layout chain that both joins inputs and moves axes (a concat, then a channel shuffle:
+    reshape, transpose, reshape) give ``conv`` its data input? Read through such a chain, every
+    multiply-add of the convolution pays a select between the joined inputs and div/mod index arithmetic,
+    and its reduction runs scalar: ShuffleNet v2's 1x1 convolutions took 3.7-4.1 ms each, the last one
+    25 ms, of a model torch runs in 13 ms. Copied once, the data is in plain order and the convolution
+    gets register tiles. A shuffle alone (ShuffleNet v1's, into a depthwise convolution) reads well
+    enough: copying it made that model 3-7% slower (docs/measurements.md)."""
+    ops = {n.op for n in layout_nodes}
+    return (conv.op.startswith("conv") and bool(conv.inputs) and conv.inputs[0] is producer.output
+            and "transpose" in ops and "concat" in ops)
+
+
 class _Fuser:
     def __init__(self, graph: Graph, options: FusionOptions):
         self.graph = graph
@@ -202,6 +217,9 @@ class _Fuser:
         if self.layout_only(gp) and consumer.op == "matmul" and _moves_last_axis(producer, consumer):
             return (f"a transposed right operand of matmul '{consumer.name}' is copied once, so that the "
                     f"product's columns load as vectors")
+        if self.layout_only(gp) and _shuffles_into_convolution(self.nodes_of(gp), producer, consumer):
+            return (f"the input of {consumer.op} '{consumer.name}' passes a transpose: it is copied once, so that "
+                    f"the convolution's tiles read it in plain order")
         if self.params(nodes) > self.opt.max_params:
             return f"limit: more than {self.opt.max_params} buffers per kernel"
         others = self.successors(gp) - {gc}
