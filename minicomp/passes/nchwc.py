@@ -6,9 +6,12 @@ Every 2-D convolution with constant weights, dense or depthwise, becomes a
 keep it:
 
 - pointwise ops (relu, clip, add of a residual, a per-channel scale: any op
-  whose compute reads each non-constant input at the output's own position);
-  their constants are re-laid once;
-- max and average pooling, global average pooling, inference batch norm;
+  whose compute reads each non-constant input at the output's own position,
+  or, for a gate of one value per channel, at its channel); their constants
+  are re-laid once;
+- max and average pooling, global average pooling (and a mean over both
+  spatial axes, as squeeze-and-excitation blocks write it), inference batch
+  norm;
 - concatenation of channels, when the inputs' channel counts fit one block;
 - the next convolution, which reads the blocks directly.
 
@@ -122,6 +125,8 @@ class _Layout:
         b = self.lanes(x)
         if node.op in ("max_pool2d", "avg_pool2d", "global_avg_pool"):
             return self.rw.add(f"{node.op}_nchwc", [self.blocked[x]], node.name, **dict(node.attrs))
+        if _is_global_mean(node):  # a squeeze-and-excitation's pool, written as ReduceMean
+            return self.rw.add("global_avg_pool_nchwc", [self.blocked[x]], node.name)
         if node.op == "batch_norm":
             return self._batch_norm(node, b)
         if node.op == "concat":
@@ -185,7 +190,7 @@ def _layout_kind(node, constants) -> str | None:
         if not all(v in constants for v in node.inputs[1:]) or channel_block(co) is None:
             return None
         return "conv" if groups == 1 or groups == x.shape[1] == co else None
-    if node.op in ("max_pool2d", "avg_pool2d", "global_avg_pool"):
+    if node.op in ("max_pool2d", "avg_pool2d", "global_avg_pool") or _is_global_mean(node):
         return "keeps"
     if node.op == "batch_norm":
         return "keeps" if all(v in constants for v in node.inputs[1:]) else None
@@ -244,10 +249,17 @@ def _readers(graph: Graph, kinds: dict) -> tuple[dict[str, int], set[str]]:
 
 # Readers whose input blocks are their own choice, so a wish for their output
 # does not pass to their input: pools change the map, concatenation the channels.
-_WISH_STOPS = ("max_pool2d", "avg_pool2d", "global_avg_pool", "concat")
+_WISH_STOPS = ("max_pool2d", "avg_pool2d", "global_avg_pool", "mean", "concat")
 # Readers after which the plain layout costs next to nothing: one conversion
 # of a global pool's C values, or of a concatenation's output instead of each input.
-_SHRINKING = ("global_avg_pool", "concat")
+_SHRINKING = ("global_avg_pool", "mean", "concat")
+
+
+def _is_global_mean(node) -> bool:
+    """A mean over both spatial axes of an (N, C, H, W) value, kept 4-D: a global average pool."""
+    if node.op != "mean" or not node.attrs["keepdims"] or node.inputs[0].type.rank != 4:
+        return False
+    return sorted(a % 4 for a in (node.attrs["axes"] or ())) == [2, 3]
 
 
 def common_block(values) -> int | None:
@@ -271,7 +283,8 @@ def _is_pointwise(node, constants) -> bool:
     layout of the output."""
     opdef = get_op(node.op)
     holders = [Placeholder(v.name, v.shape, v.dtype) for v in node.inputs]
-    if any(v.shape != node.output.shape for v in node.inputs if v not in constants):
+    per_channel = node.output.shape[:2] + (1, 1)  # a gate of one value per channel (squeeze-and-excitation)
+    if any(v.shape not in (node.output.shape, per_channel) for v in node.inputs if v not in constants):
         return False
     if any(v in constants and v.type.rank > 4 for v in node.inputs):
         return False
@@ -288,7 +301,9 @@ def _is_pointwise(node, constants) -> bool:
         k = next((i for i, h in enumerate(holders) if load.tensor is h), None)
         if k is None or not _trailing_broadcast(load.indices, st.axes):
             return False
-        if node.inputs[k] not in constants and not all(i is a for i, a in zip(load.indices, st.axes)):
+        moving = node.inputs[k] not in constants
+        if moving and node.inputs[k].shape == node.output.shape and not all(
+                i is a for i, a in zip(load.indices, st.axes)):
             return False
         in_loads += sum(1 for i in load.indices for n in ex.walk(i) if isinstance(n, ex.Var))
     return uses == in_loads  # no axis is used outside a load's index

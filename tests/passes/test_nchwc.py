@@ -110,6 +110,28 @@ def test_depthwise_convolutions_and_concatenations_keep_the_blocks():
     assert after.nodes[3].output.shape == (1, 3, 8, 8, 16)
 
 
+def test_a_squeeze_and_excitation_block_keeps_the_blocks():
+    """EfficientNet's block: SiLU, a mean over the map (ReduceMean, not a global pool), two small
+    convolutions and a sigmoid, the per-channel gate multiplied in: the map never leaves the blocks."""
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 16, 8, 8))
+    a = g.conv2d(x, g.constant(weights(32, 16, 1, 1)))
+    a = a * g.sigmoid(a)
+    d = g.conv2d(a, g.constant(weights(32, 1, 3, 3)), padding=1, groups=32)
+    s = g.mean(d, axes=[2, 3], keepdims=True)
+    s = g.relu(g.conv2d(s, g.constant(weights(8, 32, 1, 1))))
+    gate = g.sigmoid(g.conv2d(s, g.constant(weights(32, 8, 1, 1))))
+    g.output(g.conv2d(d * gate, g.constant(weights(16, 32, 1, 1))))
+    graph = g.build()
+    after = nchwc(graph)
+    plain_again = [n for n in after.nodes if n.op == "from_nchwc"]
+    assert all(n.output.shape[2:] == (1, 1) for n in plain_again[:-1]), "only the gate's few values leave the blocks"
+    assert "global_avg_pool_nchwc" in ops(after) and ops(after).count("conv2d_nchwc") == 4  # the last is read plain
+    xs = [RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)]
+    assert_close(mc.run_reference(after, *xs)[0], mc.run_reference(graph, *xs)[0], scale=10)
+    assert_close(mc.compile(graph)(*xs)[0], mc.run_reference(graph, *xs)[0], scale=10)
+
+
 def test_convolutions_that_no_block_divides_stay_plain():
     g = mc.GraphBuilder()
     x = g.input("x", (1, 3, 8, 8))
