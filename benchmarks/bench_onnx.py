@@ -1,6 +1,7 @@
 """The nine light/ ONNX models (seeded random weights), MobileNetV2
-(``mobilenet_v2``, built by ``mobilenet_onnx.py``) and a BERT-base layer
-(the transformer block example at sequence 128, ``bert_layer``) compiled by
+(``mobilenet_v2``, built by ``mobilenet_onnx.py``), a BERT-base layer
+(the transformer block example at sequence 128, ``bert_layer``) and, where
+torch is installed, ShuffleNet v2 and EfficientNet-B0 (``torch_onnx_models.py``) compiled by
 minicomp, beside ONNX Runtime, with 1 and 2 threads, plus the compile time
 and the geometric mean of the speeds. Every model is compiled first; then
 three rounds each time every model once, and each side's time is its best
@@ -25,7 +26,14 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import minicomp as mc  # noqa: E402
-from benchmarks.harness import best_blocks, describe_machine, onnxruntime_module, print_table  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    best_blocks,
+    describe_machine,
+    onnxruntime_module,
+    print_table,
+    torch_module,
+)
+from benchmarks.torch_onnx_models import TORCH_MODELS, torch_model_onnx  # noqa: E402
 from minicomp.frontends.onnx_testdata import LIGHT_MODELS, light_input, light_model, randomize_weights  # noqa: E402
 
 
@@ -36,6 +44,8 @@ def load(name: str):
 
         x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
         return mobilenet_v2_onnx(), {"input": x}
+    if name in TORCH_MODELS:
+        return torch_model_onnx(name)
     if name == "bert_layer":
         from benchmarks.transformer_onnx import BERT_BASE, transformer_onnx
 
@@ -63,7 +73,8 @@ ROUNDS = 3
 def main(argv=None) -> int:
     argv = list(argv or [])
     tune = "--tune" in argv
-    names = [a for a in argv if a != "--tune"] or list(LIGHT_MODELS) + ["mobilenet_v2", "bert_layer"]
+    names = [a for a in argv if a != "--tune"] or list(LIGHT_MODELS) + ["mobilenet_v2", "bert_layer"] + [
+        m for m in TORCH_MODELS if torch_module() is not None]
     print(describe_machine())
     ort = onnxruntime_module()
     loaded = []
