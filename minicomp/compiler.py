@@ -1,9 +1,10 @@
 """``minicomp.compile``: Graph -> CompiledModel.
 
 The flow: verify the graph, find the target's backend in the registry, run
-its pass pipeline (for llvm: simplify, nchwc, fuse, lower, schedule, plan), let the
-backend build an executable (LLVM IR, JIT-compiled), and bind it into a
-CompiledModel. Every stage's text is kept in ``model.stages``.
+its pass pipeline (for llvm: simplify, nchwc, fuse, lower, schedule, plan,
+legalize) on frozen CompileOptions, let the backend build an executable (for
+llvm: LLVM IR, JIT-compiled) and make its model, a CompiledModel. Every
+stage's text is kept in ``model.stages``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """The backend registry: one entry per code generator.
 
 A :class:`Backend` names its default pass pipeline, says whether it runs
-loop-IR kernels (then ``compile()`` makes sure the program has kernels and a
-memory plan), and builds an executable from the program. ``compile()`` asks
-this registry for the target's backend and never branches on names; a new
-backend registers itself with :func:`register_backend`.
+loop-IR kernels (then ``compile()`` makes sure the program has kernels, a
+memory plan and legal loop IR), builds an executable from the program and
+makes its model. It also owns what is its own: the target names it answers
+to, the stages ``--emit`` prints, the schedules that fit it, its tuner and
+the numeric rules it spells. ``compile()`` and the CLI ask this registry and
+never branch on names; a new backend registers itself with
+:func:`register_backend` (docs/adding-a-backend.md).
 """
 
 from __future__ import annotations
