@@ -21,10 +21,15 @@ from pathlib import Path
 from minicomp.errors import CompileError, MinicompError
 
 
-def find_compiler(variable: str, names: tuple[str, ...], install: str) -> str:
+def which_compiler(variable: str, names: tuple[str, ...]) -> str | None:
     """The compiler named by the environment ``variable`` (``CC``, ``CXX``), else the first of ``names``
-    on the PATH; a MinicompError says how to install one."""
-    found = os.environ.get(variable) or next((shutil.which(n) for n in names if shutil.which(n)), None)
+    on the PATH, else None."""
+    return os.environ.get(variable) or next((shutil.which(n) for n in names if shutil.which(n)), None)
+
+
+def find_compiler(variable: str, names: tuple[str, ...], install: str) -> str:
+    """:func:`which_compiler`, or a MinicompError that says how to install one."""
+    found = which_compiler(variable, names)
     if not found:
         raise MinicompError(f"no {' or '.join(names)} was found: {install}, or set {variable}")
     return found

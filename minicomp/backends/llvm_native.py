@@ -22,7 +22,6 @@ import ctypes
 import functools
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,9 @@ def worker_mode() -> str:
 @functools.lru_cache(maxsize=1)
 def linker() -> str | None:
     """The C compiler that links shared libraries, or None."""
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    from minicomp.backends.host_cc import which_compiler
+
+    return which_compiler("CC", ("cc", "gcc"))
 
 
 def use_worker(ir_bytes: int) -> bool:

@@ -351,7 +351,9 @@ def export_library(model, path: str) -> str:
     from minicomp import __version__
 
     jit, layout = model.native, model.layout
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    from minicomp.backends.host_cc import which_compiler
+
+    cc = which_compiler("CC", ("cc", "gcc"))
     if not cc:
         raise MinicompError("exporting a shared library needs a C compiler (cc or gcc) on PATH, or CC set")
     graph, slots = model.graph, layout.slots
