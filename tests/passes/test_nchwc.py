@@ -164,3 +164,19 @@ def test_blocked_ops_name_the_bad_layout():
         g.op("conv2d_nchwc", x, g.constant(np.zeros((1, 2, 1, 1, 4, 16), np.float32)))
     with pytest.raises(ShapeError, match="block 3 does not divide 8 channels"):
         g.op("to_nchwc", g.input("y", (1, 8, 2, 2)), block=3)
+
+
+def test_a_wide_squeeze_and_excitation_fc_compiles_for_two_threads():
+    """EfficientNet-V2's SE: 1,536 blocked channels into a 64-wide FC with SiLU. The FC's nest runs
+    inside its output's unit loops, where no thread loop can go; splitting its columns over the
+    threads there failed the schedule (efficientnet_v2_s, maxvit_t)."""
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 64, 2, 2))
+    h = g.conv2d(x, g.constant(weights(1536, 64, 1, 1)))
+    s = g.silu(g.conv2d(g.mean(h, axes=(2, 3), keepdims=True), g.constant(weights(64, 1536, 1, 1))))
+    gate = g.sigmoid(g.conv2d(s, g.constant(weights(1536, 64, 1, 1))))
+    g.output(g.conv2d(h * gate, g.constant(weights(64, 1536, 1, 1))))
+    graph = g.build()
+    xs = [RNG.standard_normal((1, 64, 2, 2)).astype(np.float32)]
+    compiled = mc.compile(graph, target=mc.Target.host(num_threads=2))
+    assert_close(compiled(*xs)[0], mc.run_reference(graph, *xs)[0], scale=10)

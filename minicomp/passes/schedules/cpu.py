@@ -206,6 +206,9 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
     rs, update = reduction_update(rloop)
     if update is None or update.buffer is not init.buffer:
         return k, None
+    # Threads split only a nest at the top level: a blocked squeeze-and-excitation
+    # FC runs inside the unit loops of its output, and a thread loop cannot.
+    at_top = any(t is chain[0] for t in top_statements(k.body))
     buf = update.buffer
     grouped = split_groups(k, chain, update)
     if grouped is not None:
@@ -236,7 +239,7 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
     if rows is None or chain[-1].var is not inner:
         k = apply_step(k, DecomposeReduction(chain[-1].var.name))
         k = apply_step(k, Reorder(tuple(r.var.name for r in rs) + (chain[-1].var.name,)))
-        if len(chain) == 1:
+        if len(chain) == 1 and at_top:
             k = split_columns_over_threads(k, chain[0], rs, threads, target)
         return k, None
     lanes_over = None if choices.lanes == "spatial" else channel_lanes(
