@@ -3,6 +3,7 @@
     python benchmarks/run.py            # all suites
     python benchmarks/run.py models     # one suite by name (see --help for the list)
     python benchmarks/run.py onnx --tune  # the onnx suite also times each model tuned (compile(tune=True))
+    python benchmarks/run.py torch --zoo  # the torch suite also times torchvision's and transformers' models
     python benchmarks/run.py --help     # this text and a line on each suite
 
 Set ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`` on the command, so that
@@ -32,7 +33,7 @@ SUITES = {
 
 
 # Options passed on to the one suite that takes them.
-OPTIONS = {"--tune": "onnx"}
+OPTIONS = {"--tune": "onnx", "--zoo": "torch"}
 
 
 def main(argv=None) -> int:

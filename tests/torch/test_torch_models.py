@@ -239,8 +239,12 @@ def test_backend_falls_back_to_eager_on_unsupported_ops():
     torch._dynamo.reset()
     compiled = torch.compile(Odd(), backend="minicomp")
     x = torch.randn(5)
-    with pytest.warns(UserWarning, match="eagerly.*lgamma"):
+    with pytest.warns(UserWarning, match="eagerly") as caught:
         got = compiled(x)
+    # The warning says which node, which ATen op, on what shapes, and where in the user's code.
+    message = str(caught[0].message)
+    for part in ("node 'lgamma'", "aten.lgamma.default", "float32[5]", "test_torch_models.py", "in forward"):
+        assert part in message, (part, message)
     torch.testing.assert_close(got, torch.lgamma(x) + 1)
 
 
