@@ -561,6 +561,27 @@ def _from_affine(terms: dict, c: int, dtype: DType) -> Expr:
     return BinOp("add", out, Const(c, dtype)) if c else out
 
 
+def _divmod_by_common_factor(e: BinOp, terms: dict, c: int, ranges: dict) -> Expr | None:
+    """``(g*A + s) // (g*k) -> A // k`` and ``% (g*k) -> (A % k)*g + s`` when
+    ``0 <= s < g`` and ``A >= 0``: the index of an axis that a reshape split
+    and a broadcast repeated (grouped-query attention's K/V heads,
+    ``(h*16384 + r*128 + i) // 32768`` is ``h // 2``)."""
+    d = e.b.value
+    for g in sorted({math.gcd(k, d) for k in terms.values()} - {1, d}, reverse=True):
+        big = {t: k // g for t, k in terms.items() if k % g == 0}
+        small = _from_affine({t: k for t, k in terms.items() if k % g}, c % g, e.dtype)
+        quotient = _from_affine(big, c // g, e.dtype)
+        bs, bq = bounds(small, ranges), bounds(quotient, ranges)
+        if not big or bs is None or bq is None or bs[0] < 0 or bs[1] >= g or bq[0] < 0:
+            continue
+        inner = BinOp(e.op, quotient, Const(d // g, e.dtype))
+        inner = _simplify_divmod(inner, ranges) or inner
+        if e.op == "floordiv":
+            return inner
+        return BinOp("add", BinOp("mul", inner, Const(g, e.dtype)), small)
+    return None
+
+
 def _simplify_divmod(e: BinOp, ranges: dict) -> Expr | None:
     """``(d*q + r) // d -> q`` and ``% d -> r`` when ``0 <= r < d``; when
     ``r`` may reach ``d``, ``-> q + r // d`` and ``-> r % d`` (both sides
@@ -583,7 +604,7 @@ def _simplify_divmod(e: BinOp, ranges: dict) -> Expr | None:
         # agree because everything is non-negative.
         total = bounds(e.a, ranges)
         if not whole or total is None or total[0] < 0:
-            return None
+            return _divmod_by_common_factor(e, terms, c, ranges)
         inner = BinOp(e.op, rest_expr, e.b)
         inner = _simplify_divmod(inner, ranges) or inner
         if e.op == "mod":

@@ -53,6 +53,32 @@ def test_splitting_whole_multiples_keeps_value(ni, nj, m, b, c, d):
                 assert _evaluate(s, env) == _evaluate(e, env)
 
 
+def test_div_mod_by_a_common_factor():
+    """Grouped-query attention reads K/V heads through a reshape and a broadcast:
+    ``(h*16384 + r*128 + i) // 32768`` is ``h // 2`` (r*128 + i < 16384)."""
+    h, r, i = v("h"), v("r"), v("i")
+    ranges = {h: 4, r: 128, i: 128}
+    flat = h * 16384 + r * 128 + i
+    assert ex.format_expr(ex.simplify(flat // 32768, ranges)) == "(h // 2)"
+    assert ex.format_expr(ex.simplify(flat % 32768, ranges)) == "(((h % 2) * 16384) + ((r * 128) + i))"
+    # A remainder that reaches the factor keeps the division.
+    assert "//" in ex.format_expr(ex.simplify((h * 16384 + r * 129) // 32768, ranges))
+
+
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4), st.integers(1, 4), st.integers(0, 9),
+       st.integers(1, 5))
+def test_dividing_by_a_common_factor_keeps_value(ni, nj, g, k, c, m):
+    """``(g*m*i + j + c) // (g*k)`` and ``%``, j below g or not: each simplified form keeps its value."""
+    i, j = v("i"), v("j")
+    ranges = {i: ni, j: nj}
+    for e in ((i * (g * m) + j + c) // (g * k), (i * (g * m) + j + c) % (g * k)):
+        s = ex.simplify(e, ranges)
+        for x in range(ni):
+            for y in range(nj):
+                env = {i: x, j: y}
+                assert _evaluate(s, env) == _evaluate(e, env), (ex.format_expr(e), ex.format_expr(s))
+
+
 def _evaluate(expr, env):
     if isinstance(expr, ex.Const):
         return expr.value
