@@ -70,7 +70,7 @@ def test_compile_instruments(model_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "// ----- after fuse -----" in out and "# group fused_matmul_softmax_0" in out
     assert "1 kernel\n" in out and "total" in out
-    assert (dump / "03-fuse.mcir").exists() and (dump / "06-plan.memory.txt").exists()
+    assert (dump / "04-fuse.mcir").exists() and (dump / "07-plan.memory.txt").exists()
 
 
 def test_compile_without_fusion(model_file, capsys):
@@ -82,7 +82,7 @@ def test_passes_lists_pipelines(capsys):
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
     assert "fold_batch_norm" in out
-    assert "default pipeline for llvm: simplify,nchwc,fuse,lower,schedule,plan,legalize" in out
+    assert "default pipeline for llvm: simplify,patches,nchwc,fuse,lower,schedule,plan,legalize" in out
 
 
 def test_graph_picture_with_graphviz(model_file, tmp_path, capsys):

@@ -173,5 +173,5 @@ def make_c_target(name: str, num_threads: int | None, device: str | None):
 
 
 register_backend(Backend("c", "portable C99 with OpenMP, built by the system C compiler",
-                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"), build_c,
+                         ("simplify", "patches", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"), build_c,
                          prepare=prepare_c, emits=("c",), make_target=make_c_target, model=make_c_model))

@@ -386,7 +386,7 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
 
 
 register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
-                         ("simplify", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"), build_llvm,
+                         ("simplify", "patches", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"), build_llvm,
                          prepare=prepare_llvm,
                          numerics={"nan_extremum": "llvm.maximum/llvm.minimum in reductions, fcmp and select "
                                                    "elsewhere (llvm_codegen.float_extremum)",

@@ -10,7 +10,7 @@ Pipelines are lists of names, or strings like ``"simplify,fuse,lower,schedule,pl
 Each backend names its default pipeline (``backends/registry.py``).
 
 Instruments: ``print_before``/``print_after`` (pass names, or "all"),
-``dump_dir`` (numbered files such as ``03-fuse.mcir``), timing of every pass
+``dump_dir`` (numbered files such as ``04-fuse.mcir``), timing of every pass
 (``PassManager.timings``) and ``verify`` (check the graph after every pass).
 """
 
@@ -135,7 +135,7 @@ class PassInfo:
 
 
 def _load_builtin_passes():
-    from minicomp.passes import fusion, legalize, nchwc, pipeline_passes, simplify  # noqa: F401
+    from minicomp.passes import fusion, legalize, nchwc, patches, pipeline_passes, simplify  # noqa: F401
 
 
 _PASSES = LazyRegistry("a pass named", _load_builtin_passes)

@@ -20,7 +20,7 @@ def graph():
 
 def test_pipelines_from_strings_and_lists():
     assert parse_pipeline("simplify, fuse,lower") == ["simplify", "fuse", "lower"]
-    assert default_pipeline("llvm") == ["simplify", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"]
+    assert default_pipeline("llvm") == ["simplify", "patches", "nchwc", "fuse", "lower", "schedule", "plan", "legalize"]
     with pytest.raises(mc.MinicompError, match="unknown pass 'nope'"):
         parse_pipeline("simplify,nope")
 
@@ -48,10 +48,10 @@ def test_a_pass_that_changed_nothing_says_so():
 def test_dump_dir_writes_numbered_files(tmp_path):
     mc.compile(graph(), dump_dir=str(tmp_path))
     files = sorted(os.listdir(tmp_path))
-    assert files == ["00-input.mcir", "01-simplify.mcir", "02-nchwc.mcir", "03-fuse.mcir", "04-lower.loops",
-                     "05-schedule.loops", "06-plan.memory.txt", "07-legalize.loops"]
-    assert "parallel" in (tmp_path / "05-schedule.loops").read_text() or "vectorized" in (
-        tmp_path / "05-schedule.loops").read_text()
+    assert files == ["00-input.mcir", "01-simplify.mcir", "02-patches.mcir", "03-nchwc.mcir", "04-fuse.mcir",
+                     "05-lower.loops", "06-schedule.loops", "07-plan.memory.txt", "08-legalize.loops"]
+    assert "parallel" in (tmp_path / "06-schedule.loops").read_text() or "vectorized" in (
+        tmp_path / "06-schedule.loops").read_text()
 
 
 def test_custom_pass_inserted_by_name():
