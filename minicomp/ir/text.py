@@ -82,9 +82,16 @@ def _array_literal(arr: np.ndarray) -> str:
     return "[" + ", ".join(_array_literal(a) for a in arr) + "]"
 
 
+def constant_bytes(arr: np.ndarray) -> np.ndarray:
+    """A constant's bytes as a flat uint8 view, for hashing: no copy of a
+    contiguous array (hashing a large model's weights through ``tobytes``
+    copied each one, twice per print)."""
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+
+
 def constant_digest(arr: np.ndarray) -> str:
     """A short, stable digest of a constant's bytes."""
-    return "sha256:" + hashlib.sha256(np.array(arr, order="C").tobytes()).hexdigest()[:16]
+    return "sha256:" + hashlib.sha256(constant_bytes(arr)).hexdigest()[:16]
 
 
 def _format_constant(v: Value, arr, full: bool, digests: dict) -> str:

@@ -108,7 +108,8 @@ def pack_array(arr, axis: int, factor: int):
     blocks = -(-n // factor)
     pad = [(0, 0)] * arr.ndim
     pad[axis] = (0, blocks * factor - n)
-    a = np.pad(arr, pad).reshape(arr.shape[:axis] + (blocks, factor) + arr.shape[axis + 1:])
+    padded = np.pad(arr, pad) if blocks * factor != n else arr  # np.pad copies even when it adds nothing
+    a = padded.reshape(arr.shape[:axis] + (blocks, factor) + arr.shape[axis + 1:])
     return np.moveaxis(np.moveaxis(a, axis, 0), axis + 1, -1)
 
 

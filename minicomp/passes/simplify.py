@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from minicomp.ir.graph import Graph
 from minicomp.ir.ops import get_op
+from minicomp.ir.text import constant_bytes
 from minicomp.passes.manager import register_pass
 from minicomp.passes.rewrite import Rewriter
 
@@ -46,7 +48,11 @@ def fold_constants(graph: Graph) -> Graph:
                 results = result if isinstance(result, (list, tuple)) else [result]
                 for v, r in zip(node.outputs, results):
                     v.producer = None
-                    g.constants[v] = np.array(r, dtype=v.dtype.numpy, order="C")
+                    folded = np.asarray(r, dtype=v.dtype.numpy, order="C")
+                    # A new constant owns its data (a reshape's result is a view of its input).
+                    if any(np.may_share_memory(folded, a) for a in arrays):
+                        folded = folded.copy()
+                    g.constants[v] = folded
                 continue
         rw.keep(node)
     return rw.finish()
@@ -70,8 +76,7 @@ def dce(graph: Graph) -> Graph:
 def _constant_key(v, arr):
     if arr is None:
         return None
-    digest = hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()
-    return (v.type, digest)
+    return (v.type, hashlib.sha1(constant_bytes(arr)).hexdigest())
 
 
 @register_pass("cse")
@@ -80,8 +85,10 @@ def cse(graph: Graph) -> Graph:
     rw = Rewriter(graph)
     g = rw.graph
     by_bytes: dict = {}
+    # Only constants of one type can be equal: hash those (a network's large weights have their own shapes).
+    types = collections.Counter(v.type for v in g.constants)
     for v, arr in list(g.constants.items()):
-        key = _constant_key(v, arr)
+        key = _constant_key(v, arr) if types[v.type] > 1 else None
         if key is None:
             continue
         if key in by_bytes:
