@@ -115,7 +115,7 @@ def zoo_table(torch) -> None:
     torch.set_num_threads(ZOO_THREADS)
     rows, speed_eager, speed_inductor = [], [], []
     for label, model, args, kwargs in _zoo_cases():
-        arrays = [a.numpy() for a in args] + [v.numpy() for v in kwargs.values() if hasattr(v, "numpy")]
+        arrays = zoo.input_arrays(args, kwargs)
         with torch.no_grad():
             want = zoo.eager(model, args, kwargs)
             t0 = time.perf_counter()

@@ -79,7 +79,8 @@ TORCHVISION_FAMILIES = {
 
 def torchvision_names() -> list[str]:
     """Every classification model torchvision lists."""
-    return list(import_torchvision().models.list_models(module=import_torchvision().models))
+    models = import_torchvision().models
+    return list(models.list_models(module=models))
 
 
 def _randomize(model, generator) -> None:
@@ -270,14 +271,18 @@ def relative_error(got, want) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
+def input_arrays(args, kwargs=None) -> list:
+    """The numpy arrays a graph from ``mc.from_torch(model, args, example_kwargs=kwargs)`` takes, in order:
+    the positional tensors, then the keyword tensors (keyword flags such as ``use_cache`` are not inputs)."""
+    return [a.numpy() for a in args] + [v.numpy() for v in (kwargs or {}).values() if hasattr(v, "numpy")]
+
+
 def through_from_torch(model, args, kwargs=None, **compile_options) -> np.ndarray:
     """The model's first output through mc.from_torch and mc.compile."""
     import minicomp as mc
 
-    kwargs = kwargs or {}
     graph = mc.from_torch(model, args, example_kwargs=kwargs or None)
-    arrays = [a.numpy() for a in args] + [v.numpy() for v in kwargs.values() if hasattr(v, "numpy")]
-    return mc.compile(graph, **compile_options)(*arrays)[0]
+    return mc.compile(graph, **compile_options)(*input_arrays(args, kwargs))[0]
 
 
 def through_torch_compile(model, args, kwargs=None) -> np.ndarray:

@@ -1,8 +1,8 @@
 """``minicomp.compile``: Graph -> CompiledModel.
 
 The flow: verify the graph, find the target's backend in the registry, run
-its pass pipeline (for llvm: simplify, nchwc, fuse, lower, schedule, plan,
-legalize) on frozen CompileOptions, let the backend build an executable (for
+its pass pipeline (for llvm: simplify, patches, nchwc, fuse, lower,
+schedule, plan, legalize) on frozen CompileOptions, let the backend build an executable (for
 llvm: LLVM IR, JIT-compiled) and make its model, a CompiledModel. Every
 stage's text is kept in ``model.stages``.
 """
