@@ -39,6 +39,17 @@ def test_save_and_load_give_the_same_outputs(tmp_path):
     assert [name for name, _ in loaded.profile(X, repeat=1)] == [name for name, _ in model.profile(X, repeat=1)]
 
 
+def test_a_scalar_constant_stays_a_scalar(tmp_path):
+    # np.ascontiguousarray makes a 0-d array 1-d; the load then called the file damaged.
+    g = mc.GraphBuilder("scaled")
+    g.output(g.tanh(g.input("x", (4,))) * 0.5)
+    model = mc.compile(g.build())
+    assert any(a.ndim == 0 for a in model.graph.constants.values())
+    model.save(str(tmp_path / "scaled.mcm"))
+    x = np.linspace(-2, 2, 4, dtype=np.float32)
+    np.testing.assert_array_equal(mc.load(str(tmp_path / "scaled.mcm"))(x)[0], model(x)[0])
+
+
 def rewrite_members(src, dst, edit):
     """Copy a saved model, ``edit(name, data) -> data`` applied to each member, its digests made again
     (as someone who edits a file on purpose would): what is left to catch it is the checks on load."""

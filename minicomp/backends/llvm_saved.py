@@ -39,6 +39,7 @@ import zipfile
 import numpy as np
 
 from minicomp.errors import MinicompError
+from minicomp.runtime import contiguous
 
 FORMAT = 1
 
@@ -72,7 +73,7 @@ def save_model(model, path: str) -> None:
                "optimized.ll": jit.optimized_ir.encode()}
     for c in meta["constants"]:
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(graph.constants[_by_name(graph.constants, c["name"])]))
+        np.save(buf, contiguous(graph.constants[_by_name(graph.constants, c["name"])]))  # a scalar stays 0-d
         members[f"const/{c['slot']}.npy"] = buf.getvalue()
     sums = "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in members.items())
     try:
@@ -244,7 +245,7 @@ def _constant(members: dict, desc: dict, value, path: str) -> np.ndarray:
     if arr.shape != value.shape or arr.dtype != value.dtype.numpy:
         raise MinicompError(f"{path} is damaged: constant {desc['name']} holds {arr.dtype}{list(arr.shape)}, "
                             f"not the {value.type} the model declares")
-    return np.ascontiguousarray(arr)
+    return contiguous(arr)
 
 
 def _check_against_the_code(jit, meta: dict, path: str) -> None:
