@@ -362,17 +362,18 @@ def prepare_llvm(target, stages) -> dict:
 
 def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
     """Kernels and plan -> one LLVM module -> JIT-compiled code and its pointer table."""
-    from minicomp.backends.llvm_codegen import emit_module
-    from minicomp.passes.memory import buffer_slots, kernel_slots
-
-    slots = buffer_slots(program.graph, program.memory_plan)
-    calls = []
-    for k in program.kernels:
-        calls.append(KernelCall(k.name, f"k_{k.name}", kernel_slots(k, slots)))
     import time
 
+    from minicomp.backends.llvm_codegen import emit_module
+    from minicomp.ir.loops import kernel_functions
+    from minicomp.passes.memory import buffer_slots, kernel_slots
+
     t0 = time.perf_counter()
-    ir_text = _module_text(program, stages, [c.slots for c in calls], emit_module)
+    slots = buffer_slots(program.graph, program.memory_plan)
+    functions = kernel_functions(program.kernels)  # identical kernels share one function
+    calls = [KernelCall(k.name, fn, kernel_slots(k, slots)) for k, fn in zip(program.kernels, functions)]
+    ir_text = _module_text(program, stages, [c.slots for c in calls],
+                           lambda kernels, call_slots: emit_module(kernels, call_slots, functions))
     target = program.target
     t1 = time.perf_counter()
     jit = compile_module(ir_text, opt_level, target.llvm_cpu, target.features, program.options.get("cache", True))

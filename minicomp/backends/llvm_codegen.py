@@ -22,7 +22,19 @@ from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.dtypes import DType
-from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store, top_statements
+from minicomp.ir.loops import (
+    Allocate,
+    Barrier,
+    Buffer,
+    For,
+    If,
+    Kernel,
+    Seq,
+    Stmt,
+    Store,
+    kernel_functions,
+    top_statements,
+)
 from minicomp.ir.numerics import accumulated_product, extremum_keeps_first_on_tie
 
 # Fast-math flags. Float operations ignore the sign of zero but never
@@ -692,11 +704,16 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
     module.functions.append(fn.finish(f"internal void @{name}(ptr %data)"))
 
 
-def emit_module(kernels: list[Kernel], calls: list[list[int]]) -> str:
+def emit_module(kernels: list[Kernel], calls: list[list[int]], functions: list[str] | None = None) -> str:
     """The whole module: kernels plus ``mc_main(ptr table)`` calling each kernel
-    with pointers from the table slots listed in ``calls``."""
+    with pointers from the table slots listed in ``calls``. ``functions`` (from
+    :func:`~minicomp.ir.loops.kernel_functions`, computed when not given) names the function each
+    kernel runs; a kernel whose function another emitted is not emitted again."""
     module = Module()
-    names = [emit_kernel(module, k) for k in kernels]
+    names = functions or kernel_functions(kernels)
+    for k, name in zip(kernels, names):
+        if name == f"k_{k.name}":
+            emit_kernel(module, k)
     lines = ["define void @mc_main(ptr %table) {", "entry:"]
     c = 0
     for name, slots in zip(names, calls):

@@ -12,7 +12,8 @@ generators flatten the indices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import hashlib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike
@@ -251,6 +252,51 @@ def format_kernel(k: Kernel) -> str:
     lines += format_stmt(k.body, 1)
     lines.append("}")
     return "\n".join(lines)
+
+
+def structure_key(k: Kernel) -> str:
+    """A digest of what the code of ``k`` depends on: its body and parameters with every buffer and
+    variable named by where it first appears, so two kernels that differ only in names (the layers of a
+    transformer) have the same key and can share one compiled function."""
+    names: dict[int, str] = {}
+    out: list[str] = []
+
+    def name(obj, prefix: str) -> str:
+        return names.setdefault(id(obj), f"{prefix}{len(names)}")
+
+    def go(x) -> None:
+        if isinstance(x, Buffer):
+            out.append(f"{name(x, 'b')}:{x.dtype.short}{list(x.shape)}{x.scope}")
+        elif isinstance(x, ex.Var):
+            out.append(f"{name(x, 'v')}:{x.dtype.short}")
+        elif isinstance(x, DType):
+            out.append(x.short)
+        elif isinstance(x, (list, tuple)):
+            out.append("(")
+            for item in x:
+                go(item)
+            out.append(")")
+        elif is_dataclass(x):
+            out.append(type(x).__name__ + "{")
+            for f in fields(x):
+                go(getattr(x, f.name))
+            out.append("}")
+        else:  # a number, a string or None: its type too (1 and 1.0 make different code)
+            out.append(f"{type(x).__name__}:{x!r}")
+
+    for b in k.params:
+        go(b)
+        out.append("a" if k.may_alias(b) else "n")
+    go(k.body)
+    return hashlib.sha256("|".join(out).encode()).hexdigest()
+
+
+def kernel_functions(kernels: list[Kernel]) -> list[str]:
+    """The function each kernel runs: ``k_{name}`` of the first kernel with the same structure
+    (:func:`structure_key`). Code generators emit each such function once: the twelve layers of a
+    transformer compile as one, in a twelfth of the time and the code."""
+    first: dict[str, str] = {}
+    return [first.setdefault(structure_key(k), f"k_{k.name}") for k in kernels]
 
 
 # -- rewriting and searching statement trees (new trees; the given one is unchanged) --------------------
