@@ -5,6 +5,7 @@ Public API:
 - :class:`GraphBuilder` / :class:`Tensor`: write a model in Python;
 - :func:`compile`: compile a Graph for a target, returning a callable
   :class:`CompiledModel`; :func:`default_pipeline` lists a target's passes;
+- :class:`Dim`: a symbolic size with a range, wherever a size goes (``docs/dynamic.md``);
 - :func:`run_reference`: run a Graph with the numpy reference interpreter;
 - :func:`load`: a model saved with ``model.save(path)``, ready to run;
 - :func:`parse_graph` / :func:`print_graph`: the IR text format;
@@ -30,6 +31,7 @@ from minicomp.errors import (
 from minicomp.frontends.builder import GraphBuilder, Tensor
 from minicomp.frontends.onnx import from_onnx, register_onnx_importer
 from minicomp.frontends.pytorch import from_torch, register_torch_op
+from minicomp.ir.dims import Dim
 from minicomp.ir.graph import Graph, Node, TensorType, Value
 from minicomp.ir.opdefs.elementwise import register_unary_function
 from minicomp.ir.text import parse_graph, print_graph
@@ -47,7 +49,7 @@ if "torch" in __import__("sys").modules:
     _register_torch_backend()
 
 __all__ = [
-    "CompileError", "CompiledModel", "Graph", "GraphBuilder", "MinicompError", "Node", "ParseError",
+    "CompileError", "CompiledModel", "Dim", "Graph", "GraphBuilder", "MinicompError", "Node", "ParseError",
     "RuntimeInputError", "ShapeError", "Target", "Tensor", "TensorType", "UnsupportedError", "Value",
     "VerifyError", "compile", "default_pipeline", "from_onnx", "load", "parse_graph", "print_graph",
     "register_onnx_importer", "register_torch_op", "register_unary_function", "run_reference", "from_torch",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from minicomp.errors import MinicompError, UnsupportedError
+from minicomp.errors import CompileError, MinicompError, UnsupportedError
 from minicomp.ir.graph import Graph
 from minicomp.ir.text import print_graph
 from minicomp.stages import Stages
@@ -183,6 +183,10 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
     graph.verify()
     tgt = as_target(target, num_threads, device)
     backend = get_backend(tgt.name)
+    if graph.dims() and not backend.symbolic:
+        dims = ", ".join(f"{name} ({lo}..{hi})" for name, lo, hi in graph.dims())
+        raise CompileError(f"target {tgt.name} does not compile symbolic sizes yet ({dims}); compile for llvm or c, "
+                           f"or give the inputs static shapes")
     stages = Stages(input=print_graph(graph))
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
                                       or memory_budget < 0):

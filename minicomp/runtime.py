@@ -31,7 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minicomp.errors import MinicompError, RuntimeInputError
+from minicomp.ir.dims import Size, SizeReader, concrete
 from minicomp.ir.graph import Graph, Value
+from minicomp.ir.loops import DIM_SIZES
 from minicomp.passes.memory import ALIGNMENT, MemoryPlan, arena_base
 from minicomp.wording import count
 
@@ -86,13 +88,45 @@ def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict
                 a = np.asarray(a)
             except (ValueError, TypeError) as exc:  # ragged lists, objects numpy cannot hold
                 raise RuntimeInputError(f"input '{v.name}' ({v.type}) is not an array: {exc}") from None
-        if tuple(a.shape) != v.shape or a.dtype != v.dtype.numpy:
+        if not _shape_fits(v.shape, a.shape) or a.dtype != v.dtype.numpy:
             raise RuntimeInputError(
                 f"input '{v.name}' expects {v.type} ({v.dtype.numpy}{list(v.shape)}), "
                 f"got {a.dtype}{list(a.shape)}"
             )
         env[v] = a
+    if graph_is_symbolic(graph):
+        call_sizes(graph, env)  # each dimension in its range, the same wherever it appears
     return env
+
+
+def _shape_fits(shape, got) -> bool:
+    """Same rank, and every static size equal (symbolic ones are checked by :func:`call_sizes`)."""
+    return len(shape) == len(got) and all(isinstance(d, Size) or d == n for d, n in zip(shape, got))
+
+
+def graph_is_symbolic(graph: Graph) -> bool:
+    """Do the graph's inputs have symbolic sizes (``mc.Dim``)?"""
+    return _size_reader(graph) is not None
+
+
+def call_sizes(graph: Graph, env) -> dict[str, int]:
+    """The size of each symbolic dimension at this call, read from the inputs in ``env`` and checked."""
+    reader = _size_reader(graph)
+    return reader.read([env[v] for v in graph.inputs]) if reader is not None else {}
+
+
+_SIZE_READERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _size_reader(graph: Graph) -> SizeReader | None:
+    """How a call's sizes are read from the graph's inputs (None for a static graph), planned once per
+    graph and inputs."""
+    key = tuple(graph.inputs)
+    found = _SIZE_READERS.get(graph)
+    if found is None or found[0] != key:
+        reader = SizeReader(graph.inputs) if any(v.type.is_symbolic for v in graph.inputs) else None
+        found = _SIZE_READERS[graph] = (key, reader)
+    return found[1]
 
 
 def contiguous(a: np.ndarray) -> np.ndarray:
@@ -136,14 +170,15 @@ def place_arena(table, slots: dict, plan: MemoryPlan, address: int) -> None:
         table[slots[key]] = base + off
 
 
-def bind_host_io(table, slots: dict, env: dict, fresh: list[Value]) -> dict:
+def bind_host_io(table, slots: dict, env: dict, fresh: list[Value], sizes: dict | None = None) -> dict:
     """Point ``table`` at the input arrays of ``env`` and at new arrays for the
-    ``fresh`` outputs (:func:`fresh_outputs`); returns those output arrays by value."""
+    ``fresh`` outputs (:func:`fresh_outputs`, shaped by the ``sizes`` of the
+    call's symbolic dimensions); returns those output arrays by value."""
     for v, a in env.items():
         table[slots[v]] = a.ctypes.data
     outs = {}
     for v in fresh:
-        outs[v] = allocate(v.shape, f"output '{v.name}' ({v.type})", v.dtype.numpy)
+        outs[v] = allocate(concrete(v.shape, sizes or {}), f"output '{v.name}' ({v.type})", v.dtype.numpy)
         table[slots[v]] = outs[v].ctypes.data
     return outs
 
@@ -275,6 +310,11 @@ class TableModel(CompiledModel):
         self._fresh = fresh_outputs(graph, layout.slots)
         # Every output written by the kernels once, in order: the call returns the arrays as they are.
         self._outputs_as_written = self._fresh == list(graph.outputs)
+        # The sizes of the symbolic dimensions at each call, in the slot the kernels read them from.
+        self._dim_names = [name for name, _, _ in graph.dims()]
+        self._dim_sizes = np.zeros(max(len(self._dim_names), 1), np.int64)
+        if DIM_SIZES in layout.slots:
+            self._table[layout.slots[DIM_SIZES]] = self._dim_sizes.ctypes.data
         self._main = native.function("mc_main", ctypes.c_void_p)
         self._threads_addr = native.global_address("mc_num_threads")
         self.set_num_threads(target.num_threads)
@@ -301,9 +341,17 @@ class TableModel(CompiledModel):
         """Run on numpy arrays (by position or input name); returns the outputs."""
         env = self._check_inputs(args, kwargs)
         with self._lock:
-            outs = bind_host_io(self._table, self.layout.slots, env, self._fresh)
+            outs = self._bind(env)
             self._main(ctypes.addressof(self._table))
         return list(outs.values()) if self._outputs_as_written else collect_outputs(self.graph, env, outs)
+
+    def _bind(self, env: dict) -> dict:
+        """Bind a call's inputs, its new outputs and the sizes of its symbolic dimensions (under the lock)."""
+        sizes = {}
+        if self._dim_names:
+            sizes = call_sizes(self.graph, env)
+            self._dim_sizes[:] = [sizes[name] for name in self._dim_names]
+        return bind_host_io(self._table, self.layout.slots, env, self._fresh, sizes)
 
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
         """Time each kernel alone on these inputs: ``[(kernel, seconds per call)]``.
@@ -314,7 +362,7 @@ class TableModel(CompiledModel):
         env = self._check_inputs(args, kwargs)
         timings = []
         with self._lock:
-            outs = bind_host_io(self._table, self.layout.slots, env, self._fresh)
+            outs = self._bind(env)
             for call in self.layout.calls:
                 fn = self.native.function(call.function, *([ctypes.c_void_p] * len(call.slots)))
                 ptrs = [self._table[s] for s in call.slots]

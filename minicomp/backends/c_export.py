@@ -21,6 +21,7 @@ import numpy as np
 
 from minicomp.backends.c import C99Renderer, render_module
 from minicomp.backends.c_like import c_identifier
+from minicomp.errors import MinicompError
 from minicomp.passes.memory import ALIGNMENT
 
 
@@ -32,6 +33,9 @@ def export_c(model, folder: str, name: str | None = None) -> Path:
     """Write ``model.c``, ``model.h`` and ``model.bin`` for ``model`` (compiled for target ``c``) into
     ``folder``; returns the folder. ``name`` prefixes the API's functions (default: the graph's name)."""
     graph, layout = model.graph, model.layout
+    if graph.dims():
+        raise MinicompError("a model with symbolic sizes (mc.Dim) cannot be exported as C yet; compile it with "
+                            "static shapes for that")
     slots, plan = layout.slots, layout.memory_plan
     api = c_identifier(name or graph.name, "m_", ())
     out = Path(folder)

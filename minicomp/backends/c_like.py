@@ -29,6 +29,7 @@ import numpy as np
 from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import upper
 from minicomp.ir.dtypes import DType
 from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store, stmt_exprs, walk_stmts
 from minicomp.ir.numerics import accumulated_product
@@ -139,7 +140,8 @@ class CRenderer:
         elif isinstance(s, Store):
             self.store(s, depth)
         elif isinstance(s, Allocate):
-            self.emit(depth, f"{self.allocation(s.buffer)} {self.buffer_name(s.buffer)}[{max(s.buffer.size, 1)}];")
+            size = max(upper(s.buffer.size), 1)
+            self.emit(depth, f"{self.allocation(s.buffer)} {self.buffer_name(s.buffer)}[{size}];")
             self.stmt(s.body, depth)
         elif isinstance(s, If):
             self.emit(depth, f"if ({self.expr_in_place(s.cond, depth)}) {{")
@@ -170,11 +172,15 @@ class CRenderer:
             pragma = self.loop_pragma(s)
             if pragma:
                 self.emit(depth, pragma)
-            self.emit(depth, f"for ({self.index_type} {name} = {s.start}; {name} < {s.start + s.extent}; "
-                             f"++{name}) {{")
+            self.emit(depth, f"for ({self.index_type} {name} = {self.size(s.start)}; "
+                             f"{name} < {self.size(s.start + s.extent)}; ++{name}) {{")
             self.stmt(s.body, depth + 1)
             self.emit(depth, "}")
         del self.names[s.var]
+
+    def size(self, n) -> str:
+        """A loop bound: a literal, or the expression of a symbolic one."""
+        return str(n) if isinstance(n, int) else self.render(ex.simplify(ex.as_expr(n)))
 
     def special_loop(self, s: For, name: str, depth: int) -> bool:
         """Write ``s`` in a language's own way (GPU axes, vector types); False to write a plain ``for``."""
@@ -275,6 +281,8 @@ class CRenderer:
             return name
         if isinstance(e, ex.Const):
             return self.literal(e)
+        if isinstance(e, ex.DimVar):  # a symbolic size: the kernel's mc_dims input holds it
+            return self.render(ex.Load(self.kernel.inputs[-1], (ex.const(self.kernel.dims.index(e.name), "int64"),)))
         if isinstance(e, ex.Var):
             if e not in self.names:
                 self.fail(f"index variable {e.name} is not bound")

@@ -365,15 +365,16 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
     import time
 
     from minicomp.backends.llvm_codegen import emit_module
-    from minicomp.ir.loops import kernel_functions
+    from minicomp.ir.loops import code_kernels, kernel_functions
     from minicomp.passes.memory import buffer_slots, kernel_slots
 
     t0 = time.perf_counter()
     slots = buffer_slots(program.graph, program.memory_plan)
-    functions = kernel_functions(program.kernels)  # identical kernels share one function
-    calls = [KernelCall(k.name, fn, kernel_slots(k, slots)) for k, fn in zip(program.kernels, functions)]
+    kernels = code_kernels(program)
+    functions = kernel_functions(kernels)  # identical kernels share one function
+    calls = [KernelCall(k.name, fn, kernel_slots(k, slots)) for k, fn in zip(kernels, functions)]
     ir_text = _module_text(program, stages, [c.slots for c in calls],
-                           lambda kernels, call_slots: emit_module(kernels, call_slots, functions))
+                           lambda _, call_slots: emit_module(kernels, call_slots, functions))
     target = program.target
     t1 = time.perf_counter()
     jit = compile_module(ir_text, opt_level, target.llvm_cpu, target.features, program.options.get("cache", True))
@@ -393,4 +394,4 @@ register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
                                                    "elsewhere (llvm_codegen.float_extremum)",
                                    "saturating_cast": "llvm.fptosi.sat / llvm.fptoui.sat"},
                          emits=("llvm", "llvm-opt", "asm"), aliases=tuple(CPUS), make_target=make_llvm_target,
-                         model=make_llvm_model, tune=_tune))
+                         model=make_llvm_model, tune=_tune, symbolic=True))

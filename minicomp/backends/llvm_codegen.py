@@ -21,6 +21,7 @@ from minicomp.backends.llvm_simd import emit_simd_loop, simd_supported
 from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import upper
 from minicomp.ir.dtypes import DType
 from minicomp.ir.loops import (
     Allocate,
@@ -160,6 +161,7 @@ class FunctionGen:
         self.ptrs: dict[Buffer, str] = {}
         self.memo: dict[int, tuple[str, str]] = {}
         self.accumulations: dict[int, str] = {}  # fast-math flags of an accumulation's ops, by id
+        self.dim_sizes: tuple = (None, ())  # (the mc_dims buffer, the names of its sizes)
 
     def tmp(self, hint: str = "t") -> str:
         self.counter += 1
@@ -201,6 +203,8 @@ class FunctionGen:
     def _value(self, e: ex.Expr) -> str:
         if isinstance(e, ex.Const):
             return self._const(e)
+        if isinstance(e, ex.DimVar):  # a symbolic size: the kernel's mc_dims input holds it
+            return self._load(self.dim_sizes[0], (ex.const(self.dim_sizes[1].index(e.name), "int64"),))
         if isinstance(e, ex.Var):
             try:
                 return self.vars[e]
@@ -232,6 +236,10 @@ class FunctionGen:
                 v = float(c.dtype.numpy.type(v))
             return float_literal(v, c.dtype.llvm)
         return int_literal(int(c.value), c.dtype)
+
+    def size(self, n) -> str:
+        """A loop bound or count: a literal, or the code that computes a symbolic one (here, before the loop)."""
+        return str(n) if isinstance(n, int) else self.value(ex.simplify(ex.as_expr(n)))
 
     def _flat_index(self, buf, indices) -> str:
         return self.value(ex.simplify(ex.flat_index(indices, buf.shape)))
@@ -417,7 +425,8 @@ class FunctionGen:
             self.store(s)
         elif isinstance(s, For) and s.kind == "simd" and s.start == 0 and simd_supported(s.body, s.var):
             emit_simd_loop(self, s)
-        elif isinstance(s, For) and (s.kind == "unrolled" and s.extent <= MAX_UNROLL or s.extent == 1):
+        elif isinstance(s, For) and isinstance(s.extent, int) and (
+                s.kind == "unrolled" and s.extent <= MAX_UNROLL or s.extent == 1):
             for k in range(s.extent):  # replicate the body with the index as a constant
                 self.vars[s.var] = str(s.start + k)
                 self.stmt(s.body)
@@ -426,11 +435,11 @@ class FunctionGen:
             hint = "unroll" if s.kind == "unrolled" else None
             if s.kind in ("vectorized", "simd") and vectorizable(s.body):
                 hint = "vectorize"
-            self.loop(s.var, str(s.start), str(s.start + s.extent), s.body, hint)
+            self.loop(s.var, self.size(s.start), self.size(s.start + s.extent), s.body, hint)
         elif isinstance(s, Allocate):
             b = s.buffer
             p = self.tmp(b.name + ".")  # unique even when an unrolled body allocates again
-            self.allocas.append(f"{p} = alloca {b.dtype.llvm_storage}, i64 {max(b.size, 1)}, align 64")
+            self.allocas.append(f"{p} = alloca {b.dtype.llvm_storage}, i64 {max(upper(b.size), 1)}, align 64")
             self.ptrs[b] = p
             self.stmt(s.body)
         elif isinstance(s, If):
@@ -537,6 +546,7 @@ def emit_kernel(module: Module, kernel: Kernel) -> str:
     fn = FunctionGen(module, fname)
     for k, b in enumerate(params):
         fn.ptrs[b] = f"%arg{k}"
+    fn.dim_sizes = _dim_sizes(kernel)
     tops = top_statements(kernel.body)
     n_par = 0
     for top in tops:
@@ -544,7 +554,7 @@ def emit_kernel(module: Module, kernel: Kernel) -> str:
             outlined = f"{fname}_par{n_par}"
             n_par += 1
             _emit_parallel_body(module, outlined, kernel, top)
-            _emit_parallel_call(fn, outlined, len(params), top.extent)
+            _emit_parallel_call(fn, outlined, len(params), fn.size(top.extent))
         else:
             fn.stmt(top)
     sig = ", ".join(f"ptr {_noalias(kernel, b)}%arg{k}" for k, b in enumerate(params))
@@ -559,8 +569,14 @@ def emit_kernel(module: Module, kernel: Kernel) -> str:
 GRAINS_PER_SHARE = 16
 
 
-def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int, extent: int):
-    """Pack the parameters into an array and run ``outlined`` on the threads.
+def _dim_sizes(kernel: Kernel) -> tuple:
+    """(the buffer of the sizes of the kernel's symbolic dimensions, their names), or (None, ())."""
+    return (kernel.inputs[-1], kernel.dims) if kernel.dims else (None, ())
+
+
+def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int, extent: str):
+    """Pack the parameters into an array and run ``outlined`` on the threads
+    (``extent``: the loop's iteration count, a literal or a value computed before).
 
     Beside the parameters goes a table of work counters, one cache line per
     thread: line 0 holds the share size and the thread count, line ``1 + t``
@@ -578,8 +594,9 @@ def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int, extent: i
     fn.emit(f"{lines} = add i64 {nt64}, 1")
     # Not in the entry block: sized by the thread count, freed when the kernel returns.
     fn.emit(f"{work} = alloca [8 x i64], i64 {lines}, align 64")
-    whole = fn.tmp("whole")  # the share is ceil(extent / threads)
-    fn.emit(f"{whole} = sdiv i64 {extent - 1}, {nt64}")
+    whole, last = fn.tmp("whole"), fn.tmp("last")  # the share is ceil(extent / threads)
+    fn.emit(f"{last} = sub i64 {extent}, 1")
+    fn.emit(f"{whole} = sdiv i64 {last}, {nt64}")
     fn.emit(f"{share} = add i64 {whole}, 1")
     fn.emit(f"store i64 {share}, ptr {work}, align 64")
     ntslot = fn.tmp("slot")
@@ -600,10 +617,13 @@ def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int, extent: i
     wslot = fn.tmp("slot")
     fn.emit(f"{wslot} = getelementptr [{n_params + 1} x ptr], ptr {arr}, i64 0, i64 {n_params}")
     fn.emit(f"store ptr {work}, ptr {wslot}, align 8")
-    one = fn.tmp()
+    # One thread, or at most one iteration (a symbolic loop's count can be that at a call): no team.
+    one, single, alone = fn.tmp(), fn.tmp(), fn.tmp()
     fn.emit(f"{one} = icmp sle i32 {nt}, 1")
+    fn.emit(f"{single} = icmp sle i64 {extent}, 1")
+    fn.emit(f"{alone} = or i1 {one}, {single}")
     serial, par, done = fn.label("serial"), fn.label("par"), fn.label("pardone")
-    fn.emit(f"br i1 {one}, label %{serial}, label %{par}")
+    fn.emit(f"br i1 {alone}, label %{serial}, label %{par}")
     fn.start_block(serial)
     fn.emit(f"call void @{outlined}(ptr {arr})")
     fn.emit(f"br label %{done}")
@@ -639,6 +659,7 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
     rng = FunctionGen(module, f"{name}_range")
     for k, b in enumerate(params):
         rng.ptrs[b] = f"%arg{k}"
+    rng.dim_sizes = _dim_sizes(kernel)
     inner = not _has_loop(loop.body) and vectorizable(loop.body)
     rng.loop(loop.var, "%lo", "%hi", loop.body, "vectorize" if inner else None)
     sig = ", ".join([f"ptr {_noalias(kernel, b)}%arg{k}" for k, b in enumerate(params)] + ["i64 %lo", "i64 %hi"])
@@ -652,6 +673,8 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
         fn.emit(f"{p} = load ptr, ptr {slot}, align 8")
         loaded.append(p)
     *args, work = loaded
+    fn.ptrs.update(zip(params, args))  # (a symbolic extent reads its size through them)
+    fn.dim_sizes = _dim_sizes(kernel)
     args = [f"ptr {a}" for a in args]
     module.declare("omp_get_thread_num", "declare i32 @omp_get_thread_num()")
     module.declare("llvm.smin.i64", "declare i64 @llvm.smin.i64(i64, i64)")
@@ -664,7 +687,7 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
     fn.emit(f"{nt} = load i64, ptr {ntslot}, align 8")
     fn.emit(f"{g0} = sdiv i64 {share}, {GRAINS_PER_SHARE}")
     fn.emit(f"{grain} = call i64 @llvm.smax.i64(i64 {g0}, i64 1)")
-    n = loop.extent
+    n = fn.size(loop.extent)
     # for k in 0..nt: v = (tid + k) % nt; claim grains of v's share until it is done
     entry = fn.block
     owner, claim, run, next_owner, finished = (fn.label(h) for h in ("owner", "claim", "run", "nextowner", "finished"))
@@ -691,8 +714,9 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
     hi0, hi, lo_s, hi_s = (fn.tmp(h) for h in ("hi", "hi", "lo", "hi"))
     fn.emit(f"{hi0} = add i64 {lo}, {grain}")
     fn.emit(f"{hi} = call i64 @llvm.smin.i64(i64 {hi0}, i64 {end})")
-    fn.emit(f"{lo_s} = add i64 {lo}, {loop.start}")
-    fn.emit(f"{hi_s} = add i64 {hi}, {loop.start}")
+    start = fn.size(loop.start)
+    fn.emit(f"{lo_s} = add i64 {lo}, {start}")
+    fn.emit(f"{hi_s} = add i64 {hi}, {start}")
     fn.emit(f"call void @{name}_range({', '.join(args + [f'i64 {lo_s}', f'i64 {hi_s}'])})")
     fn.emit(f"br label %{claim}")
     fn.start_block(next_owner)
@@ -737,7 +761,7 @@ def _slot_signature(kernels: list[Kernel], calls: list[list[int]]) -> str:
     sizes: dict[int, int] = {}
     for k, slots in zip(kernels, calls):
         for b, s in zip(k.params, slots):
-            sizes[s] = max(sizes.get(s, 0), b.size * b.dtype.itemsize)
+            sizes[s] = max(sizes.get(s, 0), b.max_bytes)
     n = max(sizes, default=-1) + 1
     values = ", ".join(f"i64 {sizes.get(i, 0)}" for i in range(n))
     return (f"@mc_slot_count = constant i64 {n}\n"

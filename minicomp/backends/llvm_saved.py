@@ -44,6 +44,14 @@ from minicomp.runtime import contiguous
 FORMAT = 1
 
 
+def _refuse_symbolic(model, what: str) -> None:
+    """A model with symbolic sizes (mc.Dim) cannot be saved or exported yet: say so before anything is written."""
+    if model.graph.dims():
+        dims = ", ".join(f"{name} ({lo}..{hi})" for name, lo, hi in model.graph.dims())
+        raise MinicompError(f"a model with symbolic sizes ({dims}) cannot be {what} yet; compile it with static "
+                            f"shapes for that")
+
+
 def _signature(values) -> list[dict]:
     return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.name} for v in values]
 
@@ -53,6 +61,7 @@ def save_model(model, path: str) -> None:
     from minicomp import __version__
 
     jit, layout = model.native, model.layout
+    _refuse_symbolic(model, "saved")
     if getattr(jit, "object_code", None) is None:
         raise MinicompError("this model's machine code was not kept (compile it again to save it)")
     import llvmlite.binding as llvm
@@ -352,6 +361,7 @@ def export_library(model, path: str) -> str:
     from minicomp import __version__
 
     jit, layout = model.native, model.layout
+    _refuse_symbolic(model, "exported as a library")
     from minicomp.backends.host_cc import which_compiler
 
     cc = which_compiler("CC", ("cc", "gcc"))

@@ -11,9 +11,10 @@ import numpy as np
 
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
+from minicomp.ir.dims import concrete, concrete_attrs
 from minicomp.ir.graph import Graph, Value
 from minicomp.ir.ops import get_op
-from minicomp.runtime import CompiledModel, bind_inputs
+from minicomp.runtime import CompiledModel, bind_inputs, call_sizes, graph_is_symbolic
 
 
 def run_reference(graph: Graph, *args, **kwargs) -> list[np.ndarray]:
@@ -28,6 +29,7 @@ def evaluate(graph: Graph, env: Mapping[Value, np.ndarray], keep: bool = False):
     Returns the graph outputs, or with ``keep=True`` the dict of every value.
     """
     env = dict(env)
+    sizes = call_sizes(graph, env) if graph_is_symbolic(graph) else {}
     for v, arr in graph.constants.items():
         if arr is None:
             raise MinicompError(f"constant %{v.name} has no data (it was read from text that "
@@ -37,7 +39,7 @@ def evaluate(graph: Graph, env: Mapping[Value, np.ndarray], keep: bool = False):
         opdef = get_op(node.op, node.name)
         arrays = [env[v] for v in node.inputs]
         try:
-            result = opdef.reference(*arrays, **dict(node.attrs))
+            result = opdef.reference(*arrays, **(concrete_attrs(node.attrs, sizes) if sizes else dict(node.attrs)))
         except MinicompError:
             raise
         except Exception as exc:  # a bug in a reference must still name the node
@@ -45,7 +47,7 @@ def evaluate(graph: Graph, env: Mapping[Value, np.ndarray], keep: bool = False):
         results = result if isinstance(result, (list, tuple)) else [result]
         for v, r in zip(node.outputs, results):
             r = np.asarray(r)
-            if r.shape != v.shape or r.dtype != v.dtype.numpy:
+            if r.shape != concrete(v.shape, sizes) or r.dtype != v.dtype.numpy:
                 raise MinicompError(f"{node.describe()}: reference returned {r.dtype}{list(r.shape)}, "
                                     f"expected {v.type}")
             env[v] = r
@@ -80,4 +82,4 @@ def _reference_model(program, target, stages, executable) -> ReferenceModel:
 
 
 register_backend(Backend("reference", "the numpy interpreter (the oracle)", ("simplify",), _build_reference,
-                         runs_kernels=False, model=_reference_model))
+                         runs_kernels=False, model=_reference_model, symbolic=True))

@@ -54,6 +54,8 @@ class Backend:
     # compile(tune=True): (kernels, target, threads, constants, settings, use_cache) -> the tunings; the schedule
     # pass calls it. None: the backend cannot be tuned.
     tune: Callable | None = None
+    # Does it compile graphs with symbolic sizes (mc.Dim) into code that reads them at each call?
+    symbolic: bool = False
 
 
 _BACKENDS: dict[str, Backend] = {}

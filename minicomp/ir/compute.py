@@ -19,6 +19,7 @@ import numpy as np
 
 from minicomp.errors import MinicompError
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import static_or_symbolic
 from minicomp.ir.dtypes import DType
 
 _stage_ids = itertools.count()
@@ -50,7 +51,7 @@ class Placeholder(TensorLike):
 
     def __init__(self, name: str, shape, dtype: DType):
         self.name = name
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = static_or_symbolic(shape)
         self.dtype = dtype
 
     def __repr__(self):
@@ -62,7 +63,7 @@ class Stage(TensorLike):
 
     def __init__(self, name: str, shape, axes: tuple[ex.Var, ...], body: ex.Expr):
         self.name = name
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = static_or_symbolic(shape)
         self.axes = tuple(axes)
         self.body = body
         self.dtype = body.dtype
@@ -81,7 +82,7 @@ class Stage(TensorLike):
 
 def compute(shape, fn, name: str = "t") -> Stage:
     """A stage of ``shape`` whose element at ``idx`` is ``fn(*idx)``."""
-    shape = tuple(int(d) for d in shape)
+    shape = static_or_symbolic(shape)
     axes = tuple(ex.fresh_var(f"{name[:1] or 'i'}{k}_") for k in range(len(shape)))
     body = ex.as_expr(fn(*axes))
     if isinstance(body, ex.Reduce) is False and any(isinstance(n, ex.Reduce) for n in ex.walk(body)):
@@ -91,7 +92,7 @@ def compute(shape, fn, name: str = "t") -> Stage:
 
 def reduce_axis(extent: int, name: str = "r") -> tuple[ex.Var, int]:
     """A reduction axis ``(var, extent)`` for :func:`reduce`."""
-    return (ex.fresh_var(name), int(extent))
+    return (ex.fresh_var(name), static_or_symbolic([extent])[0])
 
 
 def reduce(op: str, body, axes) -> ex.Reduce:

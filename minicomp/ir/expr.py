@@ -21,6 +21,7 @@ import numpy as np
 
 from minicomp.errors import MinicompError
 from minicomp.ir import dtypes
+from minicomp.ir.dims import Size, SymbolicSizeError, upper
 from minicomp.ir.dtypes import DType
 
 # ``tdiv``: truncating integer division for divisors other than 0 and -1 (the
@@ -111,6 +112,66 @@ class Var(Expr):
 
 
 @dataclass(eq=False, repr=False)
+class DimVar(Var):
+    """A symbolic dimension in an expression: the size a call gives it, from ``lo`` to ``hi``
+    (see :mod:`minicomp.ir.dims`). One object per dimension (:func:`dim_var`), so it compares
+    by identity like any variable; code generators read its value from the kernel's arguments."""
+
+    lo: int = 0
+    hi: int = 0
+
+
+_dim_vars: dict = {}
+
+
+def dim_var(name: str, lo: int, hi: int) -> DimVar:
+    """The variable of dimension ``name`` declared ``lo..hi`` (the same object every time)."""
+    key = (name, lo, hi)
+    if key not in _dim_vars:
+        _dim_vars[key] = DimVar(name, dtypes.int64, lo, hi)
+    return _dim_vars[key]
+
+
+def size_expr(size) -> Expr:
+    """A size (an int, or a :class:`~minicomp.ir.dims.Size` over dimensions) as an int64 expression."""
+    if isinstance(size, Size):
+        total: Expr | None = None
+        for key, c in sorted(size.terms.items()):
+            term: Expr = Const(c, dtypes.int64)
+            for name, lo, hi in key:
+                term = dim_var(name, lo, hi) if _is_const(term, 1) else BinOp("mul", term, dim_var(name, lo, hi))
+            total = term if total is None else BinOp("add", total, term)
+        return total
+    return Const(int(size), dtypes.int64)
+
+
+def size_div(size, k: int):
+    """``size // k`` for a positive int ``k``: an int, an exact :class:`~minicomp.ir.dims.Size`, or an
+    int64 expression (a loop over the whole blocks of a symbolic extent)."""
+    if isinstance(size, Size):
+        try:
+            return size // k
+        except SymbolicSizeError:
+            return simplify(BinOp("floordiv", size_expr(size), Const(k, dtypes.int64)))
+    if isinstance(size, Expr):
+        return simplify(BinOp("floordiv", size, Const(k, dtypes.int64)))
+    return size // k
+
+
+def size_mod(size, k: int):
+    """``size % k`` for a positive int ``k``: an int, or an int64 expression (what a symbolic extent
+    leaves after its whole blocks)."""
+    if isinstance(size, Size):
+        try:
+            return size % k
+        except SymbolicSizeError:
+            return simplify(BinOp("mod", size_expr(size), Const(k, dtypes.int64)))
+    if isinstance(size, Expr):
+        return simplify(BinOp("mod", size, Const(k, dtypes.int64)))
+    return size % k
+
+
+@dataclass(eq=False, repr=False)
 class BinOp(Expr):
     op: str
     a: Expr
@@ -194,6 +255,8 @@ def as_expr(x, dtype: DType | None = None) -> Expr:
     """Wrap a Python or numpy scalar as a Const (of ``dtype`` when given)."""
     if isinstance(x, Expr):
         return x
+    if isinstance(x, Size):
+        return size_expr(x)
     if isinstance(x, (bool, np.bool_)):
         return Const(bool(x), dtype or dtypes.bool_)
     if isinstance(x, (int, np.integer)):
@@ -476,9 +539,11 @@ def bounds(e: Expr, ranges: dict) -> tuple[int, int] | None:
     """Inclusive integer bounds of an index expression, or None if unknown."""
     if isinstance(e, Const) and e.dtype.is_int:
         return (e.value, e.value)
+    if isinstance(e, DimVar):
+        return (e.lo, e.hi)
     if isinstance(e, Var):
         ext = ranges.get(e)
-        return (0, ext - 1) if ext is not None else None
+        return (0, upper(ext) - 1) if ext is not None else None
     if isinstance(e, BinOp) and e.dtype.is_int:
         ba, bb = bounds(e.a, ranges), bounds(e.b, ranges)
         if ba is None or bb is None:
@@ -496,6 +561,9 @@ def bounds(e: Expr, ranges: dict) -> tuple[int, int] | None:
             return (min(ba[0], bb[0]), min(ba[1], bb[1]))
         if e.op in ("floordiv", "mod") and bb[0] == bb[1] and bb[0] > 0 and ba[0] >= 0:
             d = bb[0]
+            if ba[0] == ba[1]:  # both known: the value itself
+                v = ba[0] // d if e.op == "floordiv" else ba[0] % d
+                return (v, v)
             if e.op == "floordiv":
                 return (ba[0] // d, ba[1] // d)
             return (0, d - 1) if ba[1] >= d else ba

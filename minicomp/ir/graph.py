@@ -13,22 +13,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minicomp.errors import ShapeError, VerifyError, describe_types
+from minicomp.ir.dims import Size, bounds, symbolic_dims, upper
 from minicomp.ir.dtypes import DType, as_dtype
 
 MAX_TENSOR_BYTES = 1 << 47  # 128 TiB: past any address space a model's buffers can live in
 
 
-def check_shape(shape) -> tuple[int, ...]:
-    """``shape`` as a tuple of non-negative Python ints; anything else (a
+def check_shape(shape) -> tuple:
+    """``shape`` as a tuple of non-negative Python ints and symbolic sizes
+    (:mod:`minicomp.ir.dims`, never below 0 in their ranges); anything else (a
     negative, fractional, boolean or non-numeric dimension) is a ShapeError."""
     try:
         dims = tuple(shape)
     except TypeError:
         raise ShapeError(f"a shape must be a sequence of dimensions, got {shape!r}") from None
     for d in dims:
-        if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 0:
+        if isinstance(d, Size):
+            if bounds(d)[0] < 0:
+                raise ShapeError(f"shape {list(dims)!r}: dimension {d} can be negative")
+        elif isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 0:
             raise ShapeError(f"shape {list(dims)!r}: dimensions must be integers >= 0, got {d!r}")
-    return tuple(int(d) for d in dims)
+    return tuple(d if isinstance(d, Size) else int(d) for d in dims)
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,8 @@ class TensorType:
     def __post_init__(self):
         object.__setattr__(self, "shape", check_shape(self.shape))
         object.__setattr__(self, "dtype", as_dtype(self.dtype))
-        if self.size * self.dtype.itemsize > MAX_TENSOR_BYTES:
-            raise ShapeError(f"shape {list(self.shape)} of {self.dtype.name} needs {self.size * self.dtype.itemsize:,} "
+        if self.max_bytes > MAX_TENSOR_BYTES:
+            raise ShapeError(f"shape {list(self.shape)} of {self.dtype.name} needs {self.max_bytes:,} "
                              f"bytes, more than any machine can address")
 
     @property
@@ -59,6 +64,15 @@ class TensorType:
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
+
+    @property
+    def max_bytes(self) -> int:
+        """The bytes of the largest tensor of this type (its ``nbytes`` when the shape is static)."""
+        return upper(self.size) * self.dtype.itemsize
+
+    @property
+    def is_symbolic(self) -> bool:
+        return any(isinstance(d, Size) for d in self.shape)
 
     def __str__(self) -> str:
         return f"{self.dtype.short}[{', '.join(str(d) for d in self.shape)}]"
@@ -90,7 +104,7 @@ def freeze_attr(value):
         return tuple(freeze_attr(v) for v in value)
     if isinstance(value, np.generic):
         return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, int, float, str, Size)):
         return value
     raise VerifyError(f"attribute value {value!r} is not a plain Python value")
 
@@ -200,6 +214,11 @@ class Graph:
                 if node not in users[v]:
                     users[v].append(node)
         return users
+
+    def dims(self) -> list[tuple]:
+        """The symbolic dimensions ``(name, min, max)`` of the inputs' shapes, by name: a call gives
+        each a size (``mc.Dim``; empty for a static graph)."""
+        return symbolic_dims([d for v in self.inputs for d in v.shape])
 
     def is_constant(self, value: Value) -> bool:
         return value in self.constants

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from minicomp.errors import VerifyError
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import at_sizes, corners
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
     LOOP_KINDS,
@@ -26,6 +27,7 @@ from minicomp.ir.loops import (
     Seq,
     Stmt,
     Store,
+    kernel_dims,
     only_stores,
     stmt_children,
     top_statements,
@@ -43,6 +45,8 @@ class _Verifier:
         self.k = kernel
         self.gpu = getattr(target, "gpu", None) is not None
         self.names: set[str] = set()
+        # A kernel with symbolic sizes has its bounds checked at every corner of their ranges.
+        self.corners = corners(kernel_dims(kernel)) if kernel_dims(kernel) else []
 
     def fail(self, message: str):
         raise VerifyError(f"kernel {self.k.name}: {message}")
@@ -90,7 +94,7 @@ class _Verifier:
                 self.fail(f"parallel loop {name} is not at the top level")
             if s.kind == "simd" and not only_stores(s.body):
                 self.fail(f"simd loop {name} must hold only stores")
-            if s.extent < 0:
+            if any(at_sizes(s.extent, c) < 0 for c in self.corners or [{}]):
                 self.fail(f"loop {name} has extent {s.extent}")
             inner = {**ranges, s.var: (s.start, s.start + s.extent - 1)}
             self.stmt(s.body, buffers, inner, thread_bound or s.kind in THREAD_AXES)
@@ -114,7 +118,7 @@ class _Verifier:
 
     def expr(self, e: ex.Expr, buffers: set, ranges: dict):
         for n in ex.walk(e):
-            if isinstance(n, ex.Var) and n not in ranges:
+            if isinstance(n, ex.Var) and n not in ranges and not isinstance(n, ex.DimVar):
                 self.fail(f"index variable {n.name} is used outside its loop")
             if isinstance(n, ex.Load) and hasattr(n.tensor, "scope"):
                 self.access(n.tensor, n.indices, buffers, ranges)
@@ -124,12 +128,27 @@ class _Verifier:
             self.fail(f"buffer {buf.name} is used where it is not a parameter or allocation")
         if len(indices) != len(buf.shape):
             self.fail(f"buffer {buf.name} has {len(buf.shape)} dimensions, indexed with {len(indices)}")
-        extents = {v: hi + 1 for v, (lo, hi) in ranges.items() if lo == 0}
+        for sizes in self.corners or [None]:
+            self.access_at(buf, indices, ranges, sizes)
+
+    def access_at(self, buf, indices, ranges: dict, sizes: dict | None):
+        """Check the indices with every symbolic size at ``sizes`` (None: a static kernel)."""
+        def fix(x):
+            return x if sizes is None else at_sizes(x, sizes)
+
+        def fix_expr(e):
+            if sizes is None:
+                return e
+            return ex.simplify(ex.substitute(e, {v: ex.const(sizes[v.name], "int64") for v in ex.walk(e)
+                                                 if isinstance(v, ex.DimVar)}))
+
+        extents = {v: fix(hi) + 1 for v, (lo, hi) in ranges.items() if fix(lo) == 0}
         if len(extents) != len(ranges) or any(n < 1 for n in extents.values()):
             return  # loops that do not start at 0 (bounds() assumes they do), or code that never runs
         for d, (i, n) in enumerate(zip(indices, buf.shape)):
-            b = ex.bounds(i, extents)
+            b, n = ex.bounds(fix_expr(i), extents), fix(n)
             if b is not None and (b[0] < 0 or b[1] >= n):
+                at = "" if sizes is None else f" (at {', '.join(f'{k} = {v}' for k, v in sizes.items())})"
                 self.fail(f"{buf.name}[{', '.join(ex.format_expr(x) for x in indices)}]: index {d} runs over "
-                          f"{b[0]}..{b[1]}, outside 0..{n - 1}")
+                          f"{b[0]}..{b[1]}, outside 0..{n - 1}{at}")
 

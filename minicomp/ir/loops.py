@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 
+from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike
+from minicomp.ir.dims import Size, static_or_symbolic, upper
 from minicomp.ir.dtypes import DType
 
 # GPU axes, abstract: a loop's iterations run as the blocks of a launch (block.x/y/z) or the threads of a
@@ -35,7 +37,7 @@ class Buffer(TensorLike):
 
     def __init__(self, name: str, shape, dtype: DType, scope: str = "global"):
         self.name = name
-        self.shape = tuple(int(d) for d in shape)
+        self.shape = static_or_symbolic(shape)  # symbolic sizes (mc.Dim) are their largest in memory
         self.dtype = dtype
         self.scope = scope
 
@@ -49,6 +51,11 @@ class Buffer(TensorLike):
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
+
+    @property
+    def max_bytes(self) -> int:
+        """The bytes it takes at the largest sizes of its symbolic dimensions (its memory)."""
+        return upper(self.size) * self.dtype.itemsize
 
     def __repr__(self):
         return f"Buffer({self.name}: {self.dtype.short}{list(self.shape)}, {self.scope})"
@@ -121,6 +128,7 @@ class Kernel:
     packs: list = field(default_factory=list)  # (input position, Pack step): constants re-laid at compile time
     notes: list = field(default_factory=list)  # why the schedule chose what it did (tiles, blocks), for dumps
     in_place: list = field(default_factory=list)  # (output, input) buffer names that share memory: not noalias
+    dims: tuple = ()  # names of the symbolic dimensions whose sizes its last input holds (with_dim_sizes)
 
     def may_alias(self, b: Buffer) -> bool:
         """Does ``b`` share its memory with another parameter (see ``in_place``)?"""
@@ -210,7 +218,9 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
     pad = "  " * depth
     if isinstance(s, For):
         kind = "" if s.kind == "serial" else f"{s.kind} "
-        head = f"{pad}{kind}for ({s.var.name} = {s.start}; {s.var.name} < {s.start + s.extent}; {s.var.name}++) {{"
+        end = s.extent if _is_zero(s.start) else s.start + s.extent
+        v = s.var.name
+        head = f"{pad}{kind}for ({v} = {_size_text(s.start)}; {v} < {_size_text(end)}; {v}++) {{"
         return [head] + format_stmt(s.body, depth + 1) + [f"{pad}}}"]
     if isinstance(s, Seq):
         out: list[str] = []
@@ -234,6 +244,14 @@ def format_stmt(s: Stmt, depth: int) -> list[str]:
     return [f"{pad}<{type(s).__name__}>"]
 
 
+def _is_zero(x) -> bool:
+    return isinstance(x, int) and x == 0
+
+
+def _size_text(x) -> str:
+    return ex.format_expr(x) if isinstance(x, ex.Expr) else str(x)
+
+
 def format_kernel(k: Kernel) -> str:
     """C-like text of a kernel, with its schedule and source nodes as comments."""
     def param(b: Buffer, role: str) -> str:
@@ -248,6 +266,9 @@ def format_kernel(k: Kernel) -> str:
         lines.append(f"// schedule: {'; '.join(str(step) for step in k.schedule)}")
     lines += [f"// {note}" for note in k.notes]
     lines += [f"// in place: {out} is written over {inp}" for out, inp in k.in_place]
+    dims = kernel_dims(k)
+    if dims:  # (also part of the compile cache's key: another range makes other code)
+        lines.append("// sizes known at the call: " + ", ".join(f"{name} in {lo}..{hi}" for name, lo, hi in dims))
     lines.append(f"kernel {k.name}({', '.join(params)}) {{")
     lines += format_stmt(k.body, 1)
     lines.append("}")
@@ -289,6 +310,67 @@ def structure_key(k: Kernel) -> str:
         out.append("a" if k.may_alias(b) else "n")
     go(k.body)
     return hashlib.sha256("|".join(out).encode()).hexdigest()
+
+
+def kernel_dims(k: Kernel) -> list[tuple]:
+    """The symbolic dimensions ``(name, min, max)`` the code of ``k`` depends on: in its loop bounds,
+    buffer shapes and expressions, sorted by name (an empty list for a static kernel)."""
+    found: set = set()
+
+    def size(x) -> None:
+        if isinstance(x, Size):
+            found.update(x.dims())
+        elif isinstance(x, ex.Expr):
+            expr(x)
+
+    def expr(e: ex.Expr) -> None:
+        for n in ex.walk(e):
+            if isinstance(n, ex.DimVar):
+                found.add((n.name, n.lo, n.hi))
+            elif isinstance(n, ex.Load) and isinstance(n.tensor, Buffer):
+                for d in n.tensor.shape:
+                    size(d)
+
+    for b in k.params:
+        for d in b.shape:
+            size(d)
+    for s in walk_stmts(k.body):
+        if isinstance(s, For):
+            size(s.extent)
+            size(s.start)
+        elif isinstance(s, Allocate):
+            for d in s.buffer.shape:
+                size(d)
+        for e in stmt_exprs(s):
+            expr(e)
+        if isinstance(s, Store):
+            for d in s.buffer.shape:
+                size(d)
+    return sorted(found)
+
+
+# The table slot (a key of passes.memory.buffer_slots) of the int64 sizes of a call's symbolic
+# dimensions, which every kernel that depends on them takes as its last input.
+DIM_SIZES = "<sizes of the symbolic dimensions>"
+
+
+def with_dim_sizes(k: Kernel, names: list[str]) -> Kernel:
+    """``k`` with one more input, ``mc_dims``: the sizes of the dimensions ``names`` at the call,
+    which code generators read wherever a symbolic size appears (loop bounds, strides). A kernel
+    that depends on no symbolic size is returned as it is."""
+    if not kernel_dims(k):
+        return k
+    sizes = Buffer("mc_dims", (len(names),), dtypes.int64)
+    values = list(k.param_values)
+    values.insert(len(k.inputs), DIM_SIZES)
+    return replace(k, inputs=[*k.inputs, sizes], param_values=values, dims=tuple(names))
+
+
+def code_kernels(program) -> list[Kernel]:
+    """The program's kernels as code generators take them: with the sizes of the graph's symbolic
+    dimensions as an input where they use any (:func:`with_dim_sizes`)."""
+    names = [name for name, _, _ in program.graph.dims()]
+    return [with_dim_sizes(k, names) for k in program.kernels] if names else list(program.kernels)
 
 
 def kernel_functions(kernels: list[Kernel]) -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np
 from minicomp.errors import MinicompError, ShapeError, UnsupportedError, describe_types
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Placeholder, Stage, stage_dag
+from minicomp.ir.dims import Size, SymbolicSizeError
 from minicomp.ir.graph import FrozenAttrs, TensorType
 from minicomp.registries import LazyRegistry
 from minicomp.wording import count
@@ -48,7 +49,8 @@ INT_LIST_ATTRS = {"axes", "perm", "shape", "starts", "ends", "steps", "pads", "s
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    """An integer, or a symbolic size (mc.Dim arithmetic), which stands wherever a size goes."""
+    return isinstance(v, (int, np.integer, Size)) and not isinstance(v, (bool, np.bool_))
 
 
 def _is_number(v) -> bool:
@@ -140,6 +142,9 @@ class OpDef:
                 full = self.normalize(list(input_types), full)
             except ShapeError as exc:
                 raise self._wrap(exc, input_types, node) from None
+            except SymbolicSizeError as exc:
+                raise self._wrap(ShapeError(f"this op needs a static size here: {exc}"), input_types,
+                                 node) from None
             except (TypeError, ValueError) as exc:
                 raise ShapeError(
                     f"node '{node}' (op {self.name}): bad attributes {full}: {exc}"
@@ -153,6 +158,8 @@ class OpDef:
             out = self.infer(list(input_types), dict(attrs))
         except ShapeError as exc:
             raise self._wrap(exc, input_types, node) from None
+        except SymbolicSizeError as exc:
+            raise self._wrap(ShapeError(f"this op needs a static size here: {exc}"), input_types, node) from None
         except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             # An op's type rule that did not foresee these inputs (a 0-d tensor, say) still answers in the
             # user's terms, never with a bare IndexError.

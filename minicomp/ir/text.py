@@ -27,6 +27,7 @@ import ml_dtypes
 import numpy as np
 
 from minicomp.errors import MinicompError, ParseError
+from minicomp.ir.dims import Dim, Size
 from minicomp.ir.dtypes import as_dtype
 from minicomp.ir.graph import Graph, Node, TensorType, Value
 from minicomp.ir.ops import get_op
@@ -42,6 +43,8 @@ def _name(n: str) -> str:
 
 
 def _scalar(v) -> str:
+    if isinstance(v, Size):
+        return str(v)
     if isinstance(v, (bool, np.bool_)):
         return "true" if v else "false"
     if isinstance(v, (int, np.integer)):
@@ -112,7 +115,8 @@ def print_graph(graph: Graph, full_constants: bool = False, annotate=None) -> st
     """
     digests = getattr(graph, "constant_digests", {})
     params = ", ".join(f"%{_name(v.name)}: {v.type}" for v in graph.inputs)
-    lines = [f"graph {_name(graph.name)}({params}) {{"]
+    lines = [f"dim {name} = [{lo}, {hi}]" for name, lo, hi in graph.dims()]
+    lines.append(f"graph {_name(graph.name)}({params}) {{")
     for v, arr in graph.constants.items():
         lines.append(f"  %{_name(v.name)}: {v.type} = constant {_format_constant(v, arr, full_constants, digests)}")
     for node in graph.nodes:
@@ -141,7 +145,7 @@ _TOKEN = re.compile(r"""
   | (?P<at>@(?:[A-Za-z_][A-Za-z0-9_./:-]*|"(?:[^"\\]|\\.)*"))
   | (?P<number>-?(?:inf|nan|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)(?![A-Za-z_]))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<punct>[()\[\]{},:=<>])
+  | (?P<punct>[()\[\]{},:=<>*+])
 """, re.VERBOSE)
 
 
@@ -149,6 +153,7 @@ class _Tokens:
     def __init__(self, text: str):
         self.text = text
         self.toks: list[tuple[str, str, int]] = []
+        self.dims: dict[str, Dim] = {}  # declared by "dim name = [min, max]" lines
         pos = 0
         while pos < len(text):
             m = _TOKEN.match(text, pos)
@@ -206,11 +211,14 @@ def _parse_type(t: _Tokens) -> TensorType:
     t.take("punct", "[")
     dims = []
     while not t.accept("punct", "]"):
-        text = t.take("number")
-        if not text.isdigit():
-            t.i -= 1
-            raise t.error("a dimension must be a whole number >= 0")
-        dims.append(int(text))
+        if _starts_size(t):
+            dims.append(_parse_size(t))
+        else:
+            text = t.take("number")
+            if not text.isdigit():
+                t.i -= 1
+                raise t.error("a dimension must be a whole number >= 0")
+            dims.append(int(text))
         if not t.accept("punct", ","):
             t.take("punct", "]")
             break
@@ -218,6 +226,44 @@ def _parse_type(t: _Tokens) -> TensorType:
         return TensorType(tuple(dims), dtype)
     except MinicompError as exc:
         raise t.error(str(exc)) from None
+
+
+def _starts_size(t: _Tokens) -> bool:
+    """Does a symbolic size start here: a name (not a keyword) or a number times something?"""
+    kind, text, _ = t.peek()
+    following = t.toks[t.i + 1] if t.i + 1 < len(t.toks) else ("eof", "", 0)
+    return (kind == "ident" and text not in ("true", "false", "none")) or (
+        kind == "number" and following[:2] == ("punct", "*"))
+
+
+def _parse_size(t: _Tokens):
+    """A symbolic size: a sum of products of declared dimensions and integers (``12*batch*seq-1``)."""
+    def factor():
+        kind, text, _ = t.peek()
+        if kind == "ident":
+            if text not in t.dims:
+                raise t.error(f"dimension {text} is not declared (dim {text} = [min, max] before the graph)")
+            t.i += 1
+            return t.dims[text]
+        if kind == "number" and text.lstrip("-").isdigit():
+            t.i += 1
+            return int(text)
+        raise t.error("expected a dimension or a whole number")
+
+    def term():
+        value = factor()
+        while t.accept("punct", "*"):
+            value = value * factor()
+        return value
+
+    total = term()
+    while True:
+        if t.accept("punct", "+"):
+            total = total + term()
+        elif t.peek()[0] == "number" and t.peek()[1].startswith("-"):
+            total = total + term()  # "batch-1": the minus belongs to the number
+        else:
+            return total
 
 
 MAX_NESTING = 64  # lists nested deeper than any tensor's rank
@@ -236,6 +282,8 @@ def _parse_literal(t: _Tokens, depth: int = 0):
                 t.take("punct", "]")
                 break
         return items
+    if _starts_size(t):
+        return _parse_size(t)
     if kind == "number":
         t.i += 1
         return _parse_number(text)
@@ -290,6 +338,16 @@ def _parse_constant(t: _Tokens, vtype: TensorType, vname: str):
 def parse_graph(text: str) -> Graph:
     """Read a graph from its text form (see :func:`print_graph`); verified."""
     t = _Tokens(text)
+    while t.accept("ident", "dim"):  # dim batch = [1, 256]
+        dim_name = t.take("ident")
+        t.take("punct", "=")
+        lo_hi = _parse_literal(t)
+        if not (isinstance(lo_hi, list) and len(lo_hi) == 2 and all(isinstance(x, int) for x in lo_hi)):
+            raise t.error(f"dim {dim_name}: expected [min, max]")
+        try:
+            t.dims[dim_name] = Dim(dim_name, *lo_hi)
+        except MinicompError as exc:
+            raise t.error(str(exc)) from None
     t.take("ident", "graph")
     kind, name, _ = t.peek()
     if kind not in ("ident", "string"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from minicomp.ir.loops import DIM_SIZES
 from minicomp.wording import count
 
 ALIGNMENT = 64  # bytes: a cache line, and enough for any vector load
@@ -297,6 +298,8 @@ def buffer_slots(graph, plan: MemoryPlan) -> dict:
     slots: dict = {}
     for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
         slots.setdefault(v, len(slots))
+    if graph.dims():  # the sizes of the symbolic dimensions at the call (loops.DIM_SIZES)
+        slots[DIM_SIZES] = len(slots)
     for lt in plan.lifetimes:
         slots[lt.key] = len(slots)
     for key in plan.aliases:

@@ -65,8 +65,8 @@ def order_problem(program) -> OrderProblem:
         writes.append([v for v in dict.fromkeys(g.outputs) if v not in external])
         reads.append([v for v in dict.fromkeys(g.inputs) if v not in external and v in producer])
         for v in writes[-1]:
-            size[v] = align(v.type.nbytes)
-    ws = [sum(align(b.nbytes) for b in k.workspace) for k in program.kernels]
+            size[v] = align(v.type.max_bytes)
+    ws = [sum(align(b.max_bytes) for b in k.workspace) for k in program.kernels]
     return OrderProblem([k.name for k in program.kernels], preds, writes, reads, size, ws)
 
 

@@ -147,11 +147,11 @@ def buffer_lifetimes(program) -> list[Lifetime]:
             last_read.setdefault(v, step)
         for v in g.inputs:
             last_read[v] = step
-    lifetimes = [Lifetime(v, v.name, v.type.nbytes, s, last_read[v])
+    lifetimes = [Lifetime(v, v.name, v.type.max_bytes, s, last_read[v])
                  for v, s in first_write.items() if v not in external]
     for step, k in enumerate(program.kernels):
         for b in k.workspace:
-            lifetimes.append(Lifetime(b, f"{k.name}/{b.name}", b.nbytes, step, step))
+            lifetimes.append(Lifetime(b, f"{k.name}/{b.name}", b.max_bytes, step, step))
     return lifetimes
 
 

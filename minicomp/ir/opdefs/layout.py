@@ -6,12 +6,15 @@ mapping; fusion inlines them into their neighbours for free.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minicomp.errors import ShapeError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import compute
+from minicomp.ir.dims import static_or_symbolic
 from minicomp.ir.graph import TensorType
 from minicomp.ir.ops import OpDef, broadcast_index, normalize_axis, normalize_axis_attr, register_op
 
@@ -28,17 +31,17 @@ def row_major_strides(shape) -> tuple[int, ...]:
 
 def _reshape_normalize(types, a):
     size = types[0].size
-    shape = [int(d) for d in a["shape"]]
+    shape = list(static_or_symbolic(a["shape"]))  # (symbolic sizes compare and divide exactly, or refuse)
     if shape.count(-1) > 1:
         raise ShapeError(f"shape {shape} has more than one -1")
     if any(d < -1 for d in shape):
         raise ShapeError(f"shape {shape} has a negative dimension")
     if -1 in shape:
-        known = int(np.prod([d for d in shape if d != -1], dtype=np.int64))
+        known = math.prod(d for d in shape if d != -1)
         if known == 0 or size % known:
             raise ShapeError(f"cannot infer -1 in shape {shape} for {size} elements")
         shape[shape.index(-1)] = size // known
-    if int(np.prod(shape, dtype=np.int64)) != size:
+    if math.prod(shape) != size:
         raise ShapeError(f"cannot reshape {size} elements into shape {shape}")
     a["shape"] = tuple(shape)
     return a

@@ -3,12 +3,15 @@ running sums and products, top-k."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minicomp.errors import ShapeError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import TensorLike, compute, reduce, reduce_axis, reduce_identity
+from minicomp.ir.dims import Size
 from minicomp.ir.graph import TensorType
 from minicomp.ir.ops import REQUIRED, OpDef, normalize_axis, normalize_axis_attr, register_op
 
@@ -73,7 +76,9 @@ def _infer(kind: str):
 
 def _mean_compute(x, axes, keepdims):
     total = reduce_stage("sum", x, axes, keepdims, "mean_sum")
-    n = int(np.prod([x.shape[k] for k in axes], dtype=np.int64))
+    n = math.prod(x.shape[k] for k in axes)
+    if isinstance(n, Size):  # a count known at the call: divide by it as a float
+        return compute(total.shape, lambda *i: total[i] / ex.cast(x.dtype, ex.size_expr(n)), "mean")
     return compute(total.shape, lambda *i: total[i] / ex.const(n, x.dtype) if n else total[i] * np.nan, "mean")
 
 

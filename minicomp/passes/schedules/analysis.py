@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import upper
 from minicomp.ir.loops import SIMD_CALLS, For, Store, only_stores, walk_stmts
 
 # Per-row intermediates up to this size can live on the stack of their row
@@ -118,7 +119,7 @@ def tile_axis(body: ex.Expr, dtype, inner: ex.Var, axes) -> ex.Var | None:
     moving = [ld for ld in loads if flat_stride(ld, inner) != 0]
     best, best_score = None, 0
     for a, n in axes:
-        if a is inner or n < 2:
+        if a is inner or upper(n) < 2:  # a symbolic extent is judged at its largest
             continue
         score = sum(1 for ld in moving if flat_stride(ld, a) == 0)
         if score > best_score:
@@ -147,7 +148,7 @@ def window_axis(body: ex.Expr, dtype, inner: ex.Var, axes, depth: int) -> ex.Var
     loads = [n for n in ex.walk(body) if isinstance(n, ex.Load)]
     if any(flat_stride(ld, inner) not in (0, 1, 2, 3, 4) for ld in loads):
         return None
-    outer = [a for a, n in axes if a is not inner and n > 1]
+    outer = [a for a, n in axes if a is not inner and upper(n) > 1]
     return outer[-1] if outer else None
 
 
@@ -158,7 +159,7 @@ def rows_axis(body: ex.Expr, dtype, inner: ex.Var, axes, raxes) -> ex.Var | None
     of a shallow window, else None."""
     depth = 1
     for _, n in raxes:
-        depth *= n
+        depth *= upper(n)
     return tile_axis(body, dtype, inner, axes) or window_axis(body, dtype, inner, axes, depth)
 
 
@@ -181,8 +182,8 @@ def spatial_innermost(body: ex.Expr, dtype, axes, raxes) -> ex.Var | None:
     ``axes`` (pairs of Var and extent): the spatial axis to run innermost,
     accumulating into memory (as matmul's i-k-j order), or None to keep the
     reduction innermost with a scalar accumulator."""
-    inner = next((a for a, n in reversed(list(axes)) if n > 1), None)
-    last_r = next((v for v, n in reversed(list(raxes)) if n > 1), None)
+    inner = next((a for a, n in reversed(list(axes)) if upper(n) > 1), None)
+    last_r = next((v for v, n in reversed(list(raxes)) if upper(n) > 1), None)
     if inner is None:
         return None
     if last_r is None or rows_axis(body, dtype, inner, axes, raxes) is not None:
@@ -192,5 +193,5 @@ def spatial_innermost(body: ex.Expr, dtype, axes, raxes) -> ex.Var | None:
     cost_reduce = access_cost(body, last_r)
     if cost_spatial != cost_reduce:
         return inner if cost_spatial < cost_reduce else None
-    extents = dict((id(v), n) for v, n in list(axes) + list(raxes))
+    extents = dict((id(v), upper(n)) for v, n in list(axes) + list(raxes))
     return inner if extents[id(inner)] > extents[id(last_r)] else None

@@ -43,6 +43,7 @@ import math
 from dataclasses import replace
 
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import lower, upper
 from minicomp.ir.loops import (
     Allocate,
     For,
@@ -170,7 +171,7 @@ def _producers_per_slice(k: Kernel) -> Kernel:
         except ScheduleError:
             continue
         slices = top_statements(find_loop(trial.body, consumer.var.name).body)[0]
-        if iterations(slices) * consumer.extent > buf.size:  # it would compute elements twice
+        if iterations(slices) * upper(consumer.extent) > upper(buf.size):  # it would compute elements twice
             continue
         note = f"{buf.name} computed per slice at {consumer.var.name}"
         k = replace(_localize_rows(trial), notes=trial.notes + [note])
@@ -231,7 +232,7 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
         term = accumulated_term(update)
         axes = [(lp.var, lp.extent) for lp in chain]
         inner = chain[-1].var
-    depth = math.prod(r.extent for r in rs)
+    depth = math.prod(upper(r.extent) for r in rs)
     product_rows = tile_axis(term, buf.dtype, inner, axes)
     rows = product_rows or window_axis(term, buf.dtype, inner, axes, depth)
     if len(chain) == 1 and rows is None and matvec_panels_fit(k, chain[0], rs, buf, constants, target, choices):
@@ -300,7 +301,7 @@ def _select_points(lp: For):
                 if aff[0][lp.var] == -1:  # c - i < 0 is i - c > 0
                     op, c = FLIPPED[op], -c
                 at = -c + (1 if op in ("le", "gt") else 0)  # i + c < 0 changes at -c, i + c <= 0 at -c + 1
-                if 0 < at < lp.extent:
+                if 0 < at < lower(lp.extent):  # (a symbolic loop may end before it)
                     yield at
 
 
@@ -313,7 +314,7 @@ FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
 def iterations(s: Stmt) -> int:
     """Rough count of innermost iterations under ``s``."""
     if isinstance(s, For):
-        return s.extent * max(1, iterations(s.body))
+        return upper(s.extent) * max(1, iterations(s.body))
     kids = stmt_children(s)
     return sum(iterations(c) for c in kids) if kids else 1
 
@@ -334,14 +335,15 @@ def _parallelize(k: Kernel, num_threads: int) -> Kernel:
     for nest in top_statements(k.body):
         if not isinstance(nest, For) or nest.kind != "serial":
             continue
-        name, extent, inner = nest.var.name, nest.extent, nest.body
+        # (a symbolic extent is judged at its largest)
+        name, extent, inner = nest.var.name, upper(nest.extent), nest.body
         fused = {name}
         while (num_threads > 1 and extent < 4 * num_threads and isinstance(inner, For)
                and inner.kind == "serial" and not inner.is_reduction and not nest.is_reduction):
             k = apply_step(k, Fuse(name, inner.var.name))
             name = f"{name}_{inner.var.name}"
             fused.add(inner.var.name)
-            extent *= inner.extent
+            extent *= upper(inner.extent)
             inner = inner.body
         fused.add(name)
         top = find_loop(k.body, name)
@@ -353,6 +355,6 @@ def _parallelize(k: Kernel, num_threads: int) -> Kernel:
         if not holds_loops and not parallel and extent >= 4:
             k = apply_step(k, Vectorize(name))  # the fused loop itself is innermost
         for loop in innermost:
-            if loop.extent >= 4:
+            if upper(loop.extent) >= 4:
                 k = apply_step(k, Vectorize(loop.var.name))
     return k

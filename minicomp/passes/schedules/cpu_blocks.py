@@ -11,7 +11,7 @@ from minicomp.passes.schedules.analysis import (
     flat_stride,
 )
 from minicomp.passes.schedules.cpu_choices import register_tile
-from minicomp.passes.schedules.cpu_tiles import column_tiles
+from minicomp.passes.schedules.cpu_tiles import column_tiles, row_tiles
 from minicomp.passes.schedules.nests import only_child_loop, reduction_update
 from minicomp.passes.schedules.primitives import (
     CacheRead,
@@ -42,6 +42,8 @@ def cache_blocks(target, chain, rows_axis, rs, dtype, threads: int = 1, cols: in
     if len(chain) != 2 or len(rs) != 1 or chain[0].var is not rows_axis:
         return None
     K, N = rs[0].extent, chain[1].extent
+    if not (isinstance(K, int) and isinstance(N, int)):
+        return None  # blocks that divide a count known only at the call: not yet
     # The slice is copied to the stack of each thread: at most 512 KiB of it.
     l2 = min(target.l2_bytes or 1 << 20, 1 << 20)
     if K * N * dtype.itemsize <= l2 // 2:
@@ -73,10 +75,7 @@ def cache_blocked_tiles(k, chain, rloop, buf, blocks, tile: tuple[int, int]) -> 
         except ScheduleError:  # the operand is also read another way (x @ x): no copy, same tiles
             pass
     rows_tile, cols_tile = tile
-    row_loops = [ai]
-    if chain[0].extent > rows_tile:
-        k = apply_step(k, Split(ai, rows_tile))
-        row_loops = [f"{ai}.i"] + ([f"{ai}.t"] if chain[0].extent % rows_tile else [])
+    k, row_loops = row_tiles(k, ai, chain[0].extent, rows_tile)
     for rows in row_loops:
         cols = only_child_loop(k, rows)
         k = apply_step(k, Reorder((cols, rows)))

@@ -7,6 +7,7 @@ import math
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import upper
 from minicomp.ir.loops import (
     For,
     Kernel,
@@ -35,7 +36,7 @@ def panel_operand(k: Kernel, root: str, constants) -> str | None:
     that the register tiles read contiguously; None if there is none."""
     chain, _, rloop = find_nest(k.body, root)
     rs, update = reduction_update(rloop)
-    if update is None or chain[-1].extent < 8:
+    if update is None or upper(chain[-1].extent) < 8:
         return None
     rvars = {id(r.var) for r in rs}
     for n in ex.walk(update.value):
@@ -50,7 +51,7 @@ def matvec_panels_fit(k: Kernel, lp: For, rs, buf, constants, target, choices: C
     """Is this a matrix-vector product ``out[j] += x[r] * B[r, j]`` with a
     constant ``B`` and whole tiles of columns (see :func:`matvec_panels`)?"""
     cols = register_tile(target, buf.dtype, choices)[1]
-    if lp.extent % cols or len(rs) != 1 or lp.extent < 2 * cols:
+    if not isinstance(lp.extent, int) or lp.extent % cols or len(rs) != 1 or lp.extent < 2 * cols:
         return False
     if panel_operand(k, lp.var.name, constants) is None:
         return False
@@ -85,8 +86,10 @@ def split_columns_over_threads(k: Kernel, lp: For, rs, threads: int, target) -> 
     columns): give each thread an equal block of columns, outside the
     reduction, so that both cores stream the weights (batch-1 classifiers)."""
     n = lp.extent
+    if not isinstance(n, int):
+        return k  # (equal blocks of a count known only at the call: not yet)
     lanes = target.vector_lanes(dtypes.float32)
-    work = n * math.prod(r.extent for r in rs)
+    work = n * math.prod(upper(r.extent) for r in rs)
     if threads < 2 or n % threads or (n // threads) % lanes or work < MIN_PARALLEL_WORK:
         return k
     name = lp.var.name

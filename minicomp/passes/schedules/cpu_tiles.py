@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import upper
 from minicomp.ir.loops import (
     For,
     Kernel,
@@ -65,13 +66,13 @@ def channel_lanes(term, chain: list[For], inner, depth: int, constants, target, 
     masked load and a shuffle, hence 4 vectors and not 8.
     ``force``: whenever a channel loop qualifies, however long the axis."""
     lanes = target.vector_lanes(dtype)
-    extents = {id(lp.var): lp.extent for lp in chain}
+    extents = {id(lp.var): upper(lp.extent) for lp in chain}
     if extents[id(inner)] >= 4 * lanes and depth < 256 and not force:
         return None
     loads = [n for n in ex.walk(term) if isinstance(n, ex.Load)]
     for lp in chain:
-        if lp.var is inner or lp.extent < 2 * lanes:
-            continue
+        if lp.var is inner or not isinstance(lp.extent, int) or lp.extent < 2 * lanes:
+            continue  # (lanes over a count known only at the call would need a remainder per call)
         moving = [ld for ld in loads if flat_stride(ld, lp.var) != 0]
         if len(moving) != 1 or moving[0].tensor.name not in constants or flat_stride(moving[0], inner) != 0:
             continue
@@ -176,6 +177,8 @@ def dividing_rows(n: int, most: int) -> int:
     else a divisor of ``n`` from ``most`` down to 6 (no remainder tile: 14
     rows as two tiles of 7, not one of 8 and one of 6, each tile its own
     unrolled copy of the loop body), else ``most``."""
+    if not isinstance(n, int):
+        return most  # a symbolic count: whole tiles, and remainder tiles of half, a quarter...
     if n <= most:
         return n
     return next((r for r in range(most, min(most, 6) - 1, -1) if n % r == 0), most)
@@ -187,16 +190,38 @@ def register_tiles(k, chain, rows_axis, buf, tile: tuple[int, int], lanes_stride
     in the output, see :func:`_tile`)."""
     rows_tile, cols_tile = tile
     ai = chain[[lp.var for lp in chain].index(rows_axis)]
-    row_loops = [ai.var.name]
-    if ai.extent > rows_tile:
-        k = apply_step(k, Split(ai.var.name, rows_tile))
-        row_loops = [f"{ai.var.name}.i"] + ([f"{ai.var.name}.t"] if ai.extent % rows_tile else [])
+    k, row_loops = row_tiles(k, ai.var.name, ai.extent, rows_tile)
     for rows in row_loops:
         below = [lp.var.name for lp in chain_below(k, rows)]
         if len(below) > 1:  # the rows loop goes innermost of the spatial loops
             k = apply_step(k, Reorder(tuple(below[1:]) + (rows,)))
         k = column_tiles(k, below[-1], rows, cols_tile, lanes_strided)
     return k
+
+
+def row_tiles(k, rows: str, n, rows_tile: int) -> tuple[Kernel, list[str]]:
+    """Split the loop ``rows`` (``n`` iterations) into the row loops of register tiles: (kernel, their
+    names). ``n`` rows up to ``rows_tile``: one tile; more: tiles of ``rows_tile`` and one of the
+    remainder. A symbolic ``n`` (mc.Dim) has its remainder only at the call: tiles of ``rows_tile``,
+    then one tile each of half, a quarter... of it, which runs when the remainder holds it (7 rows
+    are 4 + 2 + 1), so every tile is unrolled code of a static size."""
+    if isinstance(n, int):
+        if n <= rows_tile:
+            return k, [rows]
+        k = apply_step(k, Split(rows, rows_tile))
+        return k, [f"{rows}.i"] + ([f"{rows}.t"] if n % rows_tile else [])
+    k = apply_step(k, Split(rows, rows_tile)) if upper(n) >= rows_tile else k
+    names, tail, width = ([f"{rows}.i"], f"{rows}.t", rows_tile // 2) if upper(n) >= rows_tile else \
+        ([], rows, rows_tile // 2)
+    while width >= 1:
+        lp = find_loop(k.body, tail)
+        if lp is None or upper(lp.extent) < width:
+            width //= 2
+            continue
+        k = apply_step(k, Split(tail, width))
+        names.append(f"{tail}.i")
+        tail, width = f"{tail}.t", width // 2
+    return k, names
 
 
 def column_tiles(k, cols: str, rows: str, width: int, lanes_strided: bool = False) -> Kernel:

@@ -50,6 +50,7 @@ import re
 from dataclasses import MISSING, dataclass, fields, replace
 
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import lower, upper
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
     Allocate,
@@ -108,11 +109,17 @@ class Split(Step):
     def apply(self, kernel, names):
         lp = self.loop_checked(kernel)
         n, f = lp.extent, self.factor
-        if not 1 <= f <= n:
+        # A symbolic extent (mc.Dim) gets a block loop over n // f and a remainder loop of n % f,
+        # both counted at run time; either may run no iteration.
+        symbolic = not isinstance(n, int)
+        if not 1 <= f <= upper(n):
             self.fail(kernel, f"factor {f} must be between 1 and the extent of {self.loop} ({n})")
         if self.tail not in ("exact", "widen"):
             self.fail(kernel, f"tail must be exact or widen, not {self.tail!r}")
-        widen = self.tail == "widen" and n % f != 0
+        widen = self.tail == "widen" and (symbolic or n % f != 0)
+        if widen and lower(n) < f:
+            self.fail(kernel, f"a widened remainder needs at least {f} iterations, and {self.loop} may have "
+                              f"{lower(n)}")
         if widen:
             reread = _rereads_what_it_writes(lp)
             if reread is not None:
@@ -122,17 +129,18 @@ class Split(Step):
         outside = enclosing_ranges(kernel.body, lp)
         inside = loop_ranges(lp.body)
         parts = []
-        if n // f:
+        blocks = ex.size_div(n, f)
+        if upper(n) // f:
             o, i = ex.Var(names.fresh(base + ".o")), ex.Var(names.fresh(base + ".i"))
             # One block: its index is 0 (the loop stays, as an anchor for later steps).
-            index = o * f + i if n // f > 1 else i
-            ranges = {**outside, **inside, o: n // f, i: f}
+            index = o * f + i if upper(n) // f > 1 else i
+            ranges = {**outside, **inside, o: blocks, i: f}
             body = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: index}), ranges))
             inner = For(i, f, body, "serial", 0, lp.is_reduction)
-            parts.append(For(o, n // f, inner, "serial", 0, lp.is_reduction))
-        if n % f:
+            parts.append(For(o, blocks, inner, "serial", 0, lp.is_reduction))
+        if f > 1 if symbolic else n % f:  # (a symbolic extent may leave a remainder, unless f is 1)
             t = ex.Var(names.fresh(base + ".t"))
-            size, first = (f, n - f) if widen else (n % f, (n // f) * f)
+            size, first = (f, n - f) if widen else (ex.size_mod(n, f), blocks * f)
             ranges = {**outside, **inside, t: size}
             body = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: t + first}), ranges))
             parts.append(For(t, size, copy_loops(body, names), "serial", 0, lp.is_reduction))
@@ -157,8 +165,9 @@ class Partition(Step):
         lp = self.find(kernel, self.loop)
         if lp.kind in ("parallel", "simd", "unrolled") or lp.kind in GPU_LOOP_KINDS or lp.start:
             self.fail(kernel, f"loop {self.loop} must be a serial or vectorized loop starting at 0")
-        if not 0 < self.at < lp.extent:
-            self.fail(kernel, f"the point must be inside the loop (1 to {lp.extent - 1})")
+        if not 0 < self.at < lower(lp.extent):
+            self.fail(kernel, f"the point must be inside the loop (1 to {lp.extent - 1}"
+                              f"{'' if isinstance(lp.extent, int) else f', at its smallest {lower(lp.extent) - 1}'})")
         outside = enclosing_ranges(kernel.body, lp)
         inside = loop_ranges(lp.body)
         first = map_exprs(lp.body, lambda e: ex.simplify(e, {**outside, **inside, lp.var: self.at}))
@@ -341,6 +350,9 @@ class Simd(Step):
         lp = self.find(kernel, self.loop)
         if not only_stores(lp.body):
             self.fail(kernel, f"loop {self.loop} must hold only stores to run as vector lanes")
+        if not isinstance(lp.extent, int):
+            self.fail(kernel, f"loop {self.loop} runs {lp.extent} times, fixed only at the call: lanes need a "
+                              f"static count (split it first)")
         if lp.extent > 64:
             self.fail(kernel, f"loop {self.loop} has {lp.extent} iterations; at most 64 lanes")
         for st in walk_stmts(lp.body):
@@ -358,6 +370,9 @@ class Unroll(Step):
 
     def apply(self, kernel, names):
         lp = self.find(kernel, self.loop)
+        if not isinstance(lp.extent, int):
+            self.fail(kernel, f"loop {self.loop} runs {lp.extent} times, fixed only at the call: unrolling "
+                              f"needs a static count (split it first)")
         copies = lp.extent
         for other in loops(kernel.body):  # unrolled loops around it or inside it multiply the copies
             if other.kind == "unrolled" and (_contains(other, lp) or _contains(lp, other)):

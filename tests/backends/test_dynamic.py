@@ -1,0 +1,117 @@
+"""Symbolic sizes end to end: one compile serves every size in the declared range (docs/dynamic.md)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minicomp as mc
+from minicomp.errors import CompileError, RuntimeInputError
+from tests.strategies import _CHAIN_BINARY, _CHAIN_UNARY, _apply_unary, _rng
+
+BATCH = mc.Dim("batch", 1, 256)
+
+
+def mlp(batch) -> mc.Graph:
+    rng = np.random.default_rng(1)
+    g = mc.GraphBuilder("mlp")
+    x = g.input("x", (batch, 784))
+    h = g.relu(x @ g.constant(rng.standard_normal((784, 256)).astype(np.float32) / 28)
+               + g.constant(rng.standard_normal(256).astype(np.float32)))
+    g.output(g.softmax(h @ g.constant(rng.standard_normal((256, 10)).astype(np.float32) / 16), axis=-1))
+    return g.build()
+
+
+@pytest.mark.parametrize("target", ["llvm", "c"])
+def test_an_mlp_compiled_once_is_right_at_every_size_and_refuses_the_rest(target):
+    graph = mlp(BATCH)
+    model = mc.compile(graph, target=target)
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 64, 256, 3):
+        x = rng.standard_normal((n, 784)).astype(np.float32)
+        (got,) = model(x)
+        assert got.shape == (n, 10)
+        np.testing.assert_allclose(got, mc.run_reference(graph, x)[0], rtol=1e-5, atol=1e-6)
+    for n in (257, 0):
+        with pytest.raises(RuntimeInputError, match=rf"has {n} at axis 0, dimension batch, which is declared 1\.\.256"):
+            model(np.zeros((n, 784), np.float32))
+
+
+def test_the_loops_show_the_symbols_and_memory_is_planned_at_the_largest_size():
+    model = mc.compile(mlp(BATCH))
+    loops = model.stages["loops"]
+    assert "sizes known at the call: batch in 1..256" in loops and "(batch // 8)" in loops
+    # The hidden layer, 256 x 256 floats at the largest batch, has its place in the arena.
+    assert model.memory_plan.arena_bytes >= 256 * 256 * 4
+    assert len(model.profile(np.ones((5, 784), np.float32), repeat=1)) == len(model.layout.calls)
+
+
+def test_what_does_not_take_symbolic_sizes_yet_says_so(tmp_path):
+    with pytest.raises(CompileError, match=r"target cuda does not compile symbolic sizes yet \(batch \(1\.\.256\)\)"):
+        mc.compile(mlp(BATCH), target="cuda", device="emu")
+    model = mc.compile(mlp(BATCH))
+    with pytest.raises(mc.MinicompError, match="symbolic sizes .* cannot be saved yet"):
+        model.save(str(tmp_path / "m.mcm"))
+    assert not (tmp_path / "m.mcm").exists()
+    with pytest.raises(mc.MinicompError, match="cannot be exported as a library yet"):
+        model.export_library(str(tmp_path / "libm.so"))
+    with pytest.raises(mc.MinicompError, match="cannot be exported as C yet"):
+        mc.compile(mlp(BATCH), target="c").export_c(str(tmp_path / "c"))
+
+
+@st.composite
+def symbolic_dags(draw, max_nodes=7):
+    """A random DAG over inputs whose first axis is the symbolic dimension ``n`` (or 1, broadcast),
+    with elementwise ops, products with constants and of a tensor with its transpose, reductions
+    and softmax over any axis (the symbolic one too), transposes and flattening. Returns (graph,
+    the sizes of ``n`` to call it at)."""
+    n = mc.Dim("n", 1, draw(st.sampled_from([5, 17, 64])))
+    rest = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=2)))
+    rng = _rng(draw)
+    g = mc.GraphBuilder("symbolic")
+    pool = [g.input("in0", (n,) + rest)]
+    if draw(st.booleans()):
+        pool.append(g.input("in1", (1,) + rest if draw(st.booleans()) else (n,) + rest))
+    for _ in range(draw(st.integers(1, max_nodes))):
+        kind = draw(st.sampled_from(["unary", "binary", "dense", "contract", "reduce", "softmax", "layout"]))
+        x = draw(st.sampled_from(pool))
+        try:
+            if kind == "unary":
+                y = _apply_unary(g, x, draw(st.sampled_from(_CHAIN_UNARY)))
+            elif kind == "binary":
+                y = g.op(draw(st.sampled_from(_CHAIN_BINARY)), x, draw(st.sampled_from(pool)))
+            elif kind == "dense":
+                w = rng.uniform(-1, 1, size=(x.shape[-1], draw(st.integers(1, 40)))).astype(np.float32)
+                y = x @ g.constant(w)
+            elif kind == "contract":  # x^T x: a product over the axes of x, the symbolic one too
+                y = x.transpose(list(reversed(range(x.ndim)))) @ x
+            elif kind == "reduce":
+                y = g.op(draw(st.sampled_from(["sum", "max", "mean"])), x, axes=[draw(st.integers(0, x.ndim - 1))],
+                         keepdims=draw(st.booleans()))
+            elif kind == "softmax":
+                y = g.softmax(x, axis=draw(st.integers(0, x.ndim - 1)))
+            else:
+                y = x.transpose(list(reversed(range(x.ndim)))) if draw(st.booleans()) else x.reshape(-1)
+        except mc.MinicompError:
+            continue  # shapes that do not join, an op that needs a static size
+        if y.ndim:
+            pool.append(y)
+    g.output(pool[-1])
+    sizes = draw(st.lists(st.integers(1, n.max), min_size=1, max_size=3)) + [n.max]
+    return g.build(), sizes
+
+
+@settings(max_examples=40, deadline=None)
+@given(symbolic_dags())
+def test_random_symbolic_graphs_compiled_once_match_the_reference_at_every_size(case):
+    graph, sizes = case
+    model = mc.compile(graph)
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        arrays = [rng.uniform(-2, 2, size=tuple(n if isinstance(d, mc.Dim) else d for d in v.shape))
+                  .astype(np.float32) for v in graph.inputs]
+        want = mc.run_reference(graph, *arrays)
+        for got, ref in zip(model(*arrays), want):
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-5)
+
