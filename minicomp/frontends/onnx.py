@@ -25,6 +25,7 @@ import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.ir.dims import Dim
 from minicomp.ir.dtypes import ALL_DTYPES
 from minicomp.ir.graph import Graph, Value, check_shape, drop_unused_constants
 from minicomp.ir.ops import get_op
@@ -343,11 +344,28 @@ def _onnx_dtype(elem_type: int, what: str) -> str:
     return ONNX_DTYPES[elem_type]
 
 
+def _declared_dims(dims: dict | None, input_shapes: list) -> dict:
+    """``dims`` ({dim_param: (min, max)}) as mc.Dim objects, each checked to name a dimension of an input."""
+    named = sorted({d for shape in input_shapes for d in shape if isinstance(d, str) and d != "?"})
+    out = {}
+    for key, span in (dims or {}).items():
+        if key not in named:
+            raise MinicompError(f"dims names {key!r}, which no input's shape has; the model's named dimensions are "
+                                f"{', '.join(named) or 'none'}")
+        if not (isinstance(span, (tuple, list)) and len(span) == 2):
+            raise MinicompError(f"dims[{key!r}] must be a (min, max) pair, got {span!r}")
+        out[key] = Dim(key, *span)
+    return out
+
+
 def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, name: str | None = None,
-              constants: dict | None = None) -> Graph:
+              constants: dict | None = None, dims: dict | None = None) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) as a verified Graph.
 
     ``shapes`` fixes dynamic input dimensions: ``{"input": (1, 3, 224, 224)}``.
+    ``dims`` keeps named ones symbolic over a range: ``{"batch": (1, 128)}``
+    makes every ``dim_param`` called ``batch`` an ``mc.Dim("batch", 1, 128)``,
+    so that one compile serves every batch in the range (docs/dynamic.md).
     ``constants`` binds inputs to fixed values, which become constants of the
     graph; that is how a model whose output shape depends on an input's
     *value* (a target shape fed to Expand or Reshape) gets static shapes.
@@ -380,6 +398,7 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
             inits.add(t.name)
 
     constants = dict(constants or {})
+    symbolic = _declared_dims(dims, [_value_info_shape(vi)[0] for vi in g.input if vi.name not in inits])
     # A misspelled name is reported first: otherwise the input it meant to fix would fail as "dynamic".
     input_names = [vi.name for vi in g.input if vi.name not in inits]
     unknown = [k for k in list(shapes) + list(constants) if k not in input_names]
@@ -390,6 +409,7 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
         if vi.name in inits:
             continue  # older models list initializers as inputs too
         dims, elem = _value_info_shape(vi)
+        dims = [symbolic.get(d, d) if isinstance(d, str) else d for d in dims]
         dtype = _onnx_dtype(elem, f"input '{vi.name}'")
         if vi.name in constants:
             shapes.pop(vi.name, None)  # the constant's own shape decides
@@ -408,9 +428,10 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
                 raise MinicompError(f"shapes['{vi.name}'] = {list(fixed)} does not fit the model's input "
                                     f"shape {dims}")
             dims = list(fixed)
-        if any(not isinstance(d, int) for d in dims):
+        if any(isinstance(d, str) for d in dims):
             raise MinicompError(f"input '{vi.name}' has dynamic dimensions {dims}; fix them with "
-                                f"from_onnx(..., shapes={{'{vi.name}': (...)}})")
+                                f"from_onnx(..., shapes={{'{vi.name}': (...)}}), or give a named one a range "
+                                f"with dims={{'name': (min, max)}}")
         ctx.values[vi.name] = builder.input(vi.name, tuple(dims), dtype)
 
     writers = {name: "a graph input or initializer" for name in ctx.values}

@@ -115,3 +115,34 @@ def test_random_symbolic_graphs_compiled_once_match_the_reference_at_every_size(
             assert got.shape == ref.shape
             np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-5)
 
+
+def onnx_mlp():
+    """An ONNX MLP whose batch is the dim_param ``batch``."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) / 8, name)
+             for name, s in (("w1", (64, 48)), ("b1", (48,)), ("w2", (48, 10)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h2"]), helper.make_node("MatMul", ["h2", "w2"], ["h3"]),
+             helper.make_node("Softmax", ["h3"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_onnx_dim_param_with_a_range_stays_symbolic_and_matches_onnx_runtime():
+    ort = pytest.importorskip("onnxruntime")
+    model = onnx_mlp()
+    graph = mc.from_onnx(model, dims={"batch": (1, 128)})
+    assert graph.inputs[0].shape == (mc.Dim("batch", 1, 128), 64)
+    compiled = mc.compile(graph)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 3, 128):
+        x = np.random.default_rng(n).standard_normal((n, 64)).astype(np.float32)
+        np.testing.assert_allclose(compiled(x)[0], session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(mc.MinicompError, match=r"dims names 'N', which no input's shape has; .* are batch"):
+        mc.from_onnx(model, dims={"N": (1, 4)})
+    with pytest.raises(mc.MinicompError, match=r"give a named one a range with dims="):
+        mc.from_onnx(model)
