@@ -501,6 +501,7 @@ FORMULATIONS = {
     "silu": _per_element(lambda v: v / (1 + math.exp(-v))),
     "floor_div": _pairwise(_py_floor_div), "mod": _pairwise(_py_mod),
     "bitcast": lambda x, dtype: np.frombuffer(x.tobytes(), dtype=dtype).reshape(x.shape),
+    "iota": lambda length, start, step, dtype: np.array([start + k * step for k in range(length)], dtype=dtype),
     "fmod": _pairwise(lambda p, q: math.fmod(p, q) if isinstance(p, float) else (0 if q == 0 else
                                                                                int(math.fmod(p, q)))),
     "logical_and": _pairwise(lambda p, q: p and q), "logical_or": _pairwise(lambda p, q: p or q),

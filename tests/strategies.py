@@ -353,6 +353,13 @@ BITCAST_GROUPS = [[np.int8, np.uint8, np.bool_], [np.int16, np.uint16, np.float1
 
 
 @st.composite
+def _iota_case(draw):
+    return [], {"length": draw(st.integers(0, 40)), "start": draw(st.integers(-5, 5)),
+                "step": draw(st.sampled_from([1, 2, -1, 3])), "dtype": draw(st.sampled_from(["int64", "float32",
+                                                                                            "int32"]))}
+
+
+@st.composite
 def _bitcast_case(draw):
     group = draw(st.sampled_from(BITCAST_GROUPS))
     src = draw(st.sampled_from(group))
@@ -470,6 +477,7 @@ OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), g
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), cumprod=_cumsum_case(),
                 trilu=_trilu_case(), rms_norm=_rms_norm_case(), topk=_topk_case(),
                 gather_elements=_gather_elements_case(), resize=_resize_case(), bitcast=_bitcast_case(),
+                iota=_iota_case(),
                 **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")},
                 **{op: _bitwise_case(op) for op in ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
                                                     "shift_left", "shift_right")})

@@ -41,7 +41,9 @@ def fold_constants(graph: Graph) -> Graph:
     g = rw.graph
     for node in rw.nodes():
         arrays = [g.constants.get(v) for v in node.inputs]
-        if node.inputs and all(a is not None for a in arrays) and all(v in g.constants for v in node.inputs):
+        # (a result whose shape depends on a symbolic size, mc.Dim, is known only at the call)
+        if node.inputs and all(a is not None for a in arrays) and all(v in g.constants for v in node.inputs) \
+                and not any(v.type.is_symbolic for v in node.outputs):
             out_size = sum(v.type.size for v in node.outputs)
             if out_size <= max(sum(a.size for a in arrays), 1) + FOLD_GROWTH_LIMIT:
                 result = get_op(node.op).reference(*arrays, **dict(node.attrs))

@@ -59,6 +59,25 @@ def test_what_does_not_take_symbolic_sizes_yet_says_so(tmp_path):
         mc.compile(mlp(BATCH), target="c").export_c(str(tmp_path / "c"))
 
 
+def test_positions_and_the_last_row_of_a_symbolic_axis():
+    n = mc.Dim("n", 2, 40)
+    g = mc.GraphBuilder("last")
+    x = g.input("x", (n, 4))
+    positions = g.iota(length=n, dtype="float32").reshape(n, 1)  # 0, 1, ... n - 1
+    shifted = x + positions
+    last = g.slice(shifted, starts=[n - 1], ends=[n], axes=[0])  # x[-1:]
+    g.output(last, g.broadcast_to(last, shape=(n, 4)))
+    graph = g.build()
+    model = mc.compile(graph)
+    for size in (2, 3, 40):
+        a = np.random.default_rng(size).standard_normal((size, 4)).astype(np.float32)
+        for got, want in zip(model(a), mc.run_reference(graph, a)):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(model(a)[0], a[-1:] + np.float32(size - 1))
+    with pytest.raises(mc.ShapeError, match="slice bound .* outside an axis of n elements"):
+        g.slice(x, starts=[n], ends=[n + 1], axes=[0])
+
+
 @st.composite
 def symbolic_dags(draw, max_nodes=7):
     """A random DAG over inputs whose first axis is the symbolic dimension ``n`` (or 1, broadcast),

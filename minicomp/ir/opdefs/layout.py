@@ -14,9 +14,9 @@ from minicomp.errors import ShapeError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import compute
-from minicomp.ir.dims import static_or_symbolic
+from minicomp.ir.dims import Size, SymbolicSizeError, static_or_symbolic
 from minicomp.ir.graph import TensorType
-from minicomp.ir.ops import OpDef, broadcast_index, normalize_axis, normalize_axis_attr, register_op
+from minicomp.ir.ops import REQUIRED, OpDef, broadcast_index, normalize_axis, normalize_axis_attr, register_op
 
 
 def row_major_strides(shape) -> tuple[int, ...]:
@@ -159,6 +159,9 @@ def _slice_normalize(types, a):
         seen.add(ax)
         if int(st) == 0:
             raise ShapeError(f"step on axis {ax} is 0")
+        if any(isinstance(v, Size) for v in (s, e, shape[ax])):
+            full_s[ax], full_e[ax] = _symbolic_bounds(shape[ax], s, e, int(st))
+            continue
         # Python slice semantics clamp out-of-range starts and ends, as ONNX does.
         r = range(*slice(int(s), int(e), int(st)).indices(shape[ax]))
         if len(r) == 0:
@@ -169,8 +172,29 @@ def _slice_normalize(types, a):
     return a
 
 
+def _symbolic_bounds(size, start, end, step: int) -> tuple:
+    """(start, end) of a unit-step slice of an axis of ``size`` where a size or a bound is symbolic:
+    negative ints count from the end, and the bounds must lie inside the axis at every size in the
+    ranges (clamping would depend on the size)."""
+    if step != 1:
+        raise SymbolicSizeError(f"a slice with step {step} of an axis of {size} elements")
+
+    def place(b):
+        b = size + b if isinstance(b, int) and b < 0 else b
+        b = size if isinstance(b, int) and not isinstance(size, int) and b >= (1 << 62) else b
+        if not (b >= 0 and b <= size):  # decided by the ranges, or SymbolicSizeError
+            raise ShapeError(f"slice bound {b} is outside an axis of {size} elements")
+        return b
+
+    start, end = place(start), place(end)
+    if not end >= start:
+        raise ShapeError(f"slice {start}:{end} of an axis of {size} elements is empty at some sizes")
+    return start, end
+
+
 def _slice_shape(shape, starts, ends, steps):
-    return tuple(len(range(*slice(s, e, st).indices(d))) for d, s, e, st in zip(shape, starts, ends, steps))
+    return tuple(e - s if any(isinstance(v, Size) for v in (d, s, e)) else len(range(*slice(s, e, st).indices(d)))
+                 for d, s, e, st in zip(shape, starts, ends, steps))
 
 
 def _slice_reference(x, starts, ends, axes, steps):
@@ -291,7 +315,7 @@ register_op(OpDef(
     "broadcast_to", _broadcast_to_infer, lambda x, shape: np.broadcast_to(x, shape).copy(),
     lambda x, shape: compute(shape, lambda *i: x[broadcast_index(i, x.shape, shape)], "broadcast_to"),
     attrs={"shape": None},
-    normalize=lambda types, a: dict(a, shape=tuple(int(d) for d in a["shape"])),
+    normalize=lambda types, a: dict(a, shape=static_or_symbolic(a["shape"])),
     doc="Repeat size-1 (and missing leading) axes up to ``shape``.",
 ))
 
@@ -487,4 +511,30 @@ register_op(OpDef(
     attrs={"axis": 0}, normalize=normalize_axis_attr, num_inputs=2, check_constants=_take_check,
     doc="out[i] = x[i with its ``axis`` coordinate replaced by indices[i]] (ONNX GatherElements; negative "
         "indices count from the end; constant indices out of range are refused, others clamp).",
+))
+
+# -- iota ---------------------------------------------------------------------------
+
+
+def _iota_normalize(types, a):
+    a["dtype"] = dtypes.as_dtype(a["dtype"]).name
+    if not isinstance(a["length"], (int, Size)) or (isinstance(a["length"], int) and a["length"] < 0):
+        raise ShapeError(f"length must be a size >= 0, got {a['length']!r}")
+    if not isinstance(a["start"], (int, Size)) or not isinstance(a["step"], int):
+        raise ShapeError(f"start must be an integer or a size and step an integer, got {a['start']!r}, "
+                         f"{a['step']!r}")
+    return a
+
+
+register_op(OpDef(
+    "iota",
+    lambda types, a: [TensorType((a["length"],), dtypes.as_dtype(a["dtype"]))],
+    lambda length, start, step, dtype: (start + np.arange(length, dtype=np.int64) * step).astype(
+        dtypes.as_dtype(dtype).numpy),
+    lambda length, start, step, dtype: compute(
+        (length,), lambda i: ex.cast(dtypes.as_dtype(dtype), i * step + start), "iota"),
+    attrs={"length": REQUIRED, "start": 0, "step": 1, "dtype": "int64"}, normalize=_iota_normalize,
+    num_inputs=0,
+    doc="start, start + step, ... (length values): numpy's arange, whose length and start may be symbolic "
+        "(mc.Dim) where a constant could not be (iota(length=1, start=n) holds the size n at the call).",
 ))
