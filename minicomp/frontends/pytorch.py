@@ -28,6 +28,7 @@ The ``torch.compile`` backend built on this lives in
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable
 
@@ -35,6 +36,7 @@ import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
+from minicomp.ir.dims import Dim, SymbolicSizeError
 from minicomp.ir.dtypes import ALL_DTYPES
 from minicomp.ir.graph import Graph, drop_unused_constants
 from minicomp.registries import LazyRegistry
@@ -142,6 +144,15 @@ class TorchContext:
         self.values: dict = {}  # fx node -> Tensor, tuple of Tensors, or a Python value
         self.node = None
         self._module_path = ""
+        self.dims: dict = {}  # torch's size symbols (sympy) -> mc.Dim, for programs exported with dynamic shapes
+
+    def size(self, d):
+        """A size torch recorded (an int, or a SymInt over the exported dimensions) as an int or a
+        symbolic :class:`~minicomp.ir.dims.Size`."""
+        torch = _torch()
+        if isinstance(d, torch.SymInt):
+            return _sympy_size(d.node.expr, self.dims)
+        return int(d)
 
     # -- the node being converted ------------------------------------------------
     def describe(self, node=None) -> str:
@@ -152,10 +163,10 @@ class TorchContext:
         """The FakeTensor (or tuple of them) torch recorded for the node's output."""
         return (node or self.node).meta.get("val")
 
-    def out_shape(self, k: int | None = None) -> tuple[int, ...]:
+    def out_shape(self, k: int | None = None) -> tuple:
         val = self.meta()
         val = val[k] if k is not None else val
-        return tuple(int(d) for d in val.shape)
+        return tuple(self.size(d) for d in val.shape)
 
     def out_dtype(self, k: int | None = None) -> str:
         val = self.meta()
@@ -191,6 +202,30 @@ class TorchContext:
         if isinstance(x, Tensor):
             return x if x.dtype.name == dtype else self.op("cast", x, dtype=dtype)
         return self.const(np.array(x, dtype=dtype))
+
+
+def _sympy_size(e, dims: dict):
+    """torch's symbolic size ``e`` (a sympy expression over the exported dimensions) as an mc size."""
+    import sympy
+
+    if isinstance(e, (int, sympy.Integer)):
+        return int(e)
+    if isinstance(e, sympy.Symbol):
+        if e not in dims:
+            raise UnsupportedError(f"size {e} is not a dimension of the inputs (torch made it inside the model)")
+        return dims[e]
+    args = [_sympy_size(a, dims) for a in e.args]
+    if isinstance(e, sympy.Add):
+        return sum(args[1:], args[0])
+    if isinstance(e, sympy.Mul):
+        return math.prod(args[1:], start=args[0])
+    if isinstance(e, sympy.Pow) and isinstance(args[1], int) and args[1] >= 0:
+        return math.prod([args[0]] * args[1], start=1)
+    if type(e).__name__ == "FloorDiv":
+        return args[0] // args[1]
+    if type(e).__name__ in ("Mod", "PythonMod"):
+        return args[0] % args[1]
+    raise SymbolicSizeError(f"the size {e} is not a sum of products of dimensions, which minicomp carries")
 
 
 def _bind_args(node, values: dict) -> dict:
@@ -264,7 +299,8 @@ def unsupported_nodes(gm, const_placeholders: set[str]) -> list[str]:
     known = _constant_nodes(gm, const_placeholders)
     missing = []
     for n in gm.graph.nodes:
-        if n.op == "call_function" and n.target is not operator.getitem and n not in known:
+        if n.op == "call_function" and n.target is not operator.getitem and n not in known and \
+                not _is_size_node(n):
             if not hasattr(n.target, "_schema"):
                 function = getattr(n.target, "__name__", n.target)
                 missing.append(f"node '{n.name}' (Python function {function}){_source_line(n)}")
@@ -296,8 +332,9 @@ def _without_torch_deprecations():
         yield
 
 
-def export_module(module, example_inputs, example_kwargs=None):
-    """``torch.export`` of the module on the examples, decomposed to core ATen."""
+def export_module(module, example_inputs, example_kwargs=None, dynamic_shapes=None):
+    """``torch.export`` of the module on the examples (``dynamic_shapes`` as torch.export takes them),
+    decomposed to core ATen."""
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
         raise MinicompError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
@@ -305,7 +342,8 @@ def export_module(module, example_inputs, example_kwargs=None):
         example_inputs = (example_inputs,)
     try:
         with torch.no_grad(), _without_torch_deprecations():
-            ep = torch.export.export(module, tuple(example_inputs), kwargs=example_kwargs)
+            ep = torch.export.export(module, tuple(example_inputs), kwargs=example_kwargs,
+                                     dynamic_shapes=dynamic_shapes)
             return ep.run_decompositions(_decomposition_table())
     except MinicompError:
         raise
@@ -321,28 +359,29 @@ def _train_mode_layers():
 
 
 def from_torch(module, example_inputs=None, dynamic=None, example_kwargs: dict | None = None,
-               name: str | None = None) -> Graph:
+               name: str | None = None, dynamic_shapes=None) -> Graph:
     """Import a ``torch.nn.Module`` (in eval mode) as a verified Graph.
 
     ``example_inputs`` (a tuple of tensors, or one tensor) fix the input
     shapes and dtypes; the graph's inputs are named after ``forward``'s
     arguments. ``module`` may also be a ``torch.export.ExportedProgram``
     (``torch.export.load("model.pt2")``), taken with the shapes it was
-    exported with (no example inputs then). minicomp graphs have static shapes, so
-    ``dynamic`` must be None or False: for many shapes, compile once per
-    shape, or use ``torch.compile(model, backend="minicomp")``, which does
-    that itself.
+    exported with (no example inputs then).
+
+    ``dynamic_shapes`` is ``torch.export``'s own: ``{"x": {0: Dim("batch",
+    min=1, max=256)}}`` keeps that axis symbolic (an ``mc.Dim`` of the same
+    name and range), so that one compile serves every size in the range
+    (docs/dynamic.md); each dimension needs a maximum. ``dynamic`` must be
+    None or False (name the dimensions with ``dynamic_shapes`` instead).
     """
     torch = _torch()
     if dynamic not in (None, False):
-        raise MinicompError("from_torch makes graphs of static shapes (those of the example inputs); "
-                            "dynamic shapes are not supported: use torch.compile(model, backend='minicomp'), "
-                            "which compiles once per input shape")
+        raise MinicompError("from_torch(dynamic=True) does not say which sizes vary, nor over what range: pass "
+                            "torch.export's dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, max=256)}}")
     if isinstance(module, torch.export.ExportedProgram):
         if example_inputs is not None or example_kwargs is not None:
             raise MinicompError("an exported program keeps the shapes it was exported with: call "
                                 "from_torch(program) without example inputs, or export again for new shapes")
-        _check_static(module)
         with _without_torch_deprecations():
             ep = module.run_decompositions(_decomposition_table())
         return from_exported_program(ep, name=name or "exported_program")
@@ -353,29 +392,46 @@ def from_torch(module, example_inputs=None, dynamic=None, example_kwargs: dict |
         if trains:
             raise MinicompError(f"{type(module).__name__} is in training mode, where its {', '.join(trains)} "
                                 f"layers train; minicomp compiles inference: call module.eval() first")
-    ep = export_module(module, example_inputs, example_kwargs)
-    return from_exported_program(ep, name=name or type(module).__name__)
+    ep = export_module(module, example_inputs, example_kwargs, dynamic_shapes)
+    return from_exported_program(ep, name=name or type(module).__name__, dim_names=_dim_names(ep, dynamic_shapes))
 
 
-def _check_static(ep) -> None:
-    """Refuse an exported program with symbolic input sizes, naming them."""
+def _dim_names(ep, dynamic_shapes) -> dict:
+    """torch's size symbol -> the name of the ``torch.export.Dim`` the user gave for it (the exported
+    program keeps only the symbols: ``s77``), found where a named Dim stands for a whole input axis."""
     torch = _torch()
-    dynamic = []
-    for n in ep.graph.nodes:
-        val = n.meta.get("val") if n.op == "placeholder" else None
-        if isinstance(val, torch.Tensor) and any(not isinstance(d, int) for d in val.shape):
-            dynamic.append(f"{n.name}{[str(d) for d in val.shape]}")
-    if dynamic:
-        raise MinicompError(f"the exported program has dynamic dimensions ({', '.join(dynamic)}); minicomp "
-                            f"compiles static shapes: export with static shapes (no dynamic_shapes=)")
+    if not dynamic_shapes:
+        return {}
+    from torch.export.graph_signature import InputKind
+
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    user = [placeholders.get(getattr(s.arg, "name", None)) for s in ep.graph_signature.input_specs
+            if s.kind == InputKind.USER_INPUT]  # (None for a constant input, a number)
+    specs = list(dynamic_shapes.values()) if isinstance(dynamic_shapes, dict) else list(dynamic_shapes)
+    names = {}
+    for node, spec in zip(user, specs):
+        if node is None or not spec:
+            continue
+        axes = spec.items() if isinstance(spec, dict) else enumerate(spec)
+        val = node.meta.get("val")
+        for axis, dim in axes:
+            name = getattr(dim, "__name__", None)
+            size = val.shape[axis] if isinstance(val, torch.Tensor) and axis < val.dim() else None
+            if name and isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
+                names[size.node.expr] = name
+    return names
 
 
-def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict | None = None) -> Graph:
+def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict | None = None,
+                          dim_names: dict | None = None) -> Graph:
     """Convert a core-ATen ``ExportedProgram`` to a Graph.
 
     ``constant_inputs`` maps user-input placeholder names to ``(name, tensor)``:
     those inputs become constants of that name (the torch.compile backend
-    passes the module's parameters so).
+    passes the module's parameters so). A program exported with dynamic
+    shapes gets symbolic dimensions (``mc.Dim``) with the ranges torch
+    recorded, named by ``dim_names`` (torch's symbol -> name) or after the
+    symbol (``s77``).
     """
     _torch()
     from torch.export.graph_signature import InputKind, OutputKind
@@ -407,11 +463,14 @@ def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict |
 
     builder = GraphBuilder(name)
     ctx = TorchContext(builder)
+    ctx.dims = _exported_dims(ep, dim_names or {})
     known = _constant_nodes(gm, set(state))
     eager: dict = {}  # fx node -> its torch value, for the nodes known at import time
     for n in gm.graph.nodes:
         ctx.node = n
-        if n.op == "placeholder":
+        if _is_size_node(n):  # a size computed from the inputs' symbolic shapes (sym_size, operator.mul)
+            ctx.values[n] = _size_value(ctx, n)
+        elif n.op == "placeholder":
             _convert_placeholder(ctx, n, state, eager)
         elif n.op == "get_attr":
             eager[n] = getattr(gm, n.target)
@@ -423,6 +482,46 @@ def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict |
         elif n.op == "output":
             _set_outputs(ctx, n)
     return drop_unused_constants(builder.build())
+
+
+# Nodes that only assert facts about sizes (torch.export's runtime checks): nothing to compute.
+SIZE_ASSERTIONS = ("_assert_scalar", "sym_constrain_range", "sym_constrain_range_for_size", "_assert_async")
+
+
+def _is_size_node(n) -> bool:
+    """Does the FX node compute a size (a SymInt) or assert one, rather than a tensor?"""
+    torch = _torch()
+    if n.op != "call_function":
+        return False
+    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymBool)) or \
+        getattr(n.target, "__name__", "").split(".")[0] in SIZE_ASSERTIONS
+
+
+def _size_value(ctx: TorchContext, n):
+    """The size a node computes (from what torch recorded), or None for an assertion."""
+    torch = _torch()
+    val = n.meta.get("val")
+    if not isinstance(val, torch.SymInt):
+        return None
+    try:
+        return ctx.size(val)
+    except SymbolicSizeError as exc:
+        raise UnsupportedError(f"{ctx.describe()}: {exc}{_source_line(n)}") from None
+
+
+def _exported_dims(ep, names: dict) -> dict:
+    """torch's size symbols -> mc.Dim, with the ranges torch.export recorded; each must be bounded."""
+    dims = {}
+    for sym, vr in getattr(ep, "range_constraints", {}).items():
+        name = names.get(sym, str(sym))
+        try:
+            lo, hi = int(vr.lower), int(vr.upper)
+        except (TypeError, ValueError, OverflowError, AttributeError):  # torch's int_oo has no int
+            raise MinicompError(f"dimension {name} has the range {vr.lower}..{vr.upper}: minicomp plans memory "
+                                f"for the largest size, so give it a maximum (torch.export.Dim('{name}', "
+                                f"min=1, max=...))") from None
+        dims[sym] = Dim(name if name.isidentifier() else f"s_{name}", max(lo, 0), hi)
+    return dims
 
 
 def _convert_placeholder(ctx: TorchContext, n, state: dict, eager: dict) -> None:
@@ -439,7 +538,7 @@ def _convert_placeholder(ctx: TorchContext, n, state: dict, eager: dict) -> None
     if not isinstance(val, torch.Tensor):
         raise UnsupportedError(f"input '{n.name}' is a {type(val).__name__}; minicomp graphs take tensors")
     dtype = minicomp_dtype(val.dtype, f"input '{n.name}'")
-    ctx.values[n] = ctx.builder.input(n.name, tuple(int(d) for d in val.shape), dtype)
+    ctx.values[n] = ctx.builder.input(n.name, tuple(ctx.size(d) for d in val.shape), dtype)
 
 
 def _as_constant(ctx: TorchContext, value, name: str):
@@ -523,7 +622,7 @@ def _check_against_torch(ctx: TorchContext, n, out) -> None:
     for got, want in pairs:
         if got is None or not isinstance(want, torch.Tensor):
             continue
-        shape = tuple(int(d) for d in want.shape)
+        shape = tuple(ctx.size(d) for d in want.shape)
         dtype = minicomp_dtype(want.dtype, ctx.describe())
         if not isinstance(got, Tensor) or got.shape != shape or got.dtype.name != dtype:
             desc = f"{got.dtype.name}{list(got.shape)}" if isinstance(got, Tensor) else repr(got)

@@ -16,6 +16,7 @@ from minicomp.errors import UnsupportedError
 from minicomp.frontends.builder import Tensor
 from minicomp.frontends.compose import attend, group_norm, moments, repeat_heads
 from minicomp.frontends.pytorch import register_torch_op
+from minicomp.ir.dims import Size, lower, upper
 
 
 def _axis(dim, ndim: int) -> int:
@@ -288,6 +289,16 @@ def _addmm(ctx, a):
     return _scaled_sum(ctx, ctx.op("matmul", a["mat1"], a["mat2"]), a["self"], a["alpha"], a["beta"])
 
 
+def _causal_bias(ctx, L, S, dt: str):
+    """0 where query i may see key j (j <= i, torch's top-left alignment), -inf elsewhere: a constant,
+    or for symbolic lengths a comparison of two ``iota`` positions."""
+    if not isinstance(L, Size) and not isinstance(S, Size):
+        return ctx.const(np.where(np.tril(np.ones((L, S), dtype=bool)), 0.0, -np.inf).astype(dt))
+    rows = ctx.op("iota", length=L).reshape(L, 1)
+    cols = ctx.op("iota", length=S).reshape(1, S)
+    return ctx.op("where", ctx.op("less_equal", cols, rows), ctx.tensor(0.0, dt), ctx.tensor(-np.inf, dt))
+
+
 @register_torch_op("aten.scaled_dot_product_attention")
 def _sdpa(ctx, a):
     """softmax(q k^T * scale + mask) v, with torch's causal mask (top-left aligned)."""
@@ -302,7 +313,7 @@ def _sdpa(ctx, a):
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(E)
     bias, mask = None, a["attn_mask"]
     if a["is_causal"]:
-        bias = ctx.const(np.where(np.tril(np.ones((L, S), dtype=bool)), 0.0, -np.inf).astype(dt))
+        bias = _causal_bias(ctx, L, S, dt)
     if isinstance(mask, Tensor):
         if mask.dtype.name == "bool":
             mask = ctx.op("where", mask, ctx.tensor(0.0, dt), ctx.tensor(-np.inf, dt))
@@ -646,6 +657,11 @@ def _slice(ctx, a):
     x = a["self"]
     axis = _axis(a["dim"], x.ndim)
     size = x.shape[axis]
+    if any(isinstance(v, Size) for v in (size, a["start"], a["end"])):  # the slice op places symbolic bounds
+        start, end = a["start"] or 0, size if a["end"] is None else a["end"]
+        if start == 0 and end is size and int(a["step"]) == 1:
+            return x
+        return ctx.op("slice", x, starts=[start], ends=[end], axes=[axis], steps=[int(a["step"])])
     start = 0 if a["start"] is None else max(min(int(a["start"]), size), -size)
     end = size if a["end"] is None else max(min(int(a["end"]), size), -size - 1)
     if start == 0 and end == size and int(a["step"]) == 1:
@@ -653,11 +669,22 @@ def _slice(ctx, a):
     return ctx.op("slice", x, starts=[start], ends=[end], axes=[axis], steps=[int(a["step"])])
 
 
+def _position(i: int, size):
+    """Index ``i`` (negative from the end) of an axis of ``size``: an int, or for a symbolic size
+    (mc.Dim) a position counted from its end (``seq - 1``), valid at every size in the range."""
+    if not isinstance(size, Size):
+        return i % size
+    if (i < 0 and lower(size) < -i) or (i >= 0 and lower(size) <= i):
+        raise UnsupportedError(f"index {i} of an axis of {size} elements: out of range at some sizes "
+                               f"({lower(size)}..{upper(size)})")
+    return size + i if i < 0 else i
+
+
 @register_torch_op("aten.select.int")
 def _select(ctx, a):
     x = a["self"]
     axis = _axis(a["dim"], x.ndim)
-    i = int(a["index"]) % x.shape[axis]
+    i = _position(int(a["index"]), x.shape[axis])
     y = ctx.op("slice", x, starts=[i], ends=[i + 1], axes=[axis])
     return ctx.op("squeeze", y, axes=[axis])
 
@@ -747,10 +774,18 @@ def _index(ctx, a):
     flat = None
     for (_, idx), n in zip(picked, sizes):
         idx = idx.astype("int64")
+        n = _size_tensor(ctx, n)
         idx = ctx.op("where", idx < 0, idx + n, idx)  # negative indices count from the end
         flat = idx if flat is None else flat * n + idx
-    merged = x.reshape(x.shape[:first] + (int(np.prod(sizes)),) + x.shape[first + len(axes):])
+    merged = x.reshape(x.shape[:first] + (math.prod(sizes),) + x.shape[first + len(axes):])
     return ctx.op("take", merged, flat, axis=first)
+
+
+def _size_tensor(ctx, n):
+    """A size as an operand: the int itself, or for a symbolic size a scalar tensor holding it at the call."""
+    if not isinstance(n, Size):
+        return n
+    return ctx.op("iota", length=1, start=n).reshape(())
 
 
 @register_torch_op("aten.gather")
@@ -782,3 +817,13 @@ def _resize(mode: str):
 register_torch_op("aten.upsample_nearest2d")(_resize("nearest"))
 register_torch_op("aten.upsample_bilinear2d")(_resize("linear"))
 register_torch_op("aten.upsample_bicubic2d")(_resize("cubic"))
+
+
+@register_torch_op("aten.arange")
+def _arange(ctx, a):
+    """``arange`` whose end is a symbolic size (torch.export with dynamic shapes: positions over the
+    sequence); with known ends it was computed at import time."""
+    start, step = a.get("start") or 0, a.get("step") or 1
+    if not all(isinstance(v, int) for v in (start, step)):
+        raise UnsupportedError(f"arange from {start!r} by {step!r} over a symbolic length: integer steps only")
+    return ctx.op("iota", length=ctx.out_shape()[0], start=start, step=step, dtype=ctx.out_dtype())
