@@ -26,6 +26,7 @@ SUITES = {
     "layout": "benchmarks.bench_layout",
     "gemm": "benchmarks.bench_gemm",
     "memory": "benchmarks.bench_memory",
+    "dynamic": "benchmarks.bench_dynamic",
     "targets": "benchmarks.bench_targets",
     "torch": "benchmarks.bench_torch",  # skipped without torch
     "gpu": "benchmarks.bench_gpu",  # skipped without a GPU, pycuda and torch

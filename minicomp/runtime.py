@@ -62,10 +62,12 @@ if hasattr(os, "register_at_fork"):
 
 # -- the boundary -------------------------------------------------------------------
 
-def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict[Value, np.ndarray]:
+def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False,
+                sizes: dict | None = None) -> dict[Value, np.ndarray]:
     """Match positional/keyword arrays to graph inputs, checking shape and dtype.
 
-    ``device_arrays``: also accept arrays in GPU memory (pycuda ``GPUArray``) as they are."""
+    ``device_arrays``: also accept arrays in GPU memory (pycuda ``GPUArray``) as they are.
+    ``sizes``: filled with the size of each symbolic dimension at this call (checked here)."""
     if len(args) > len(graph.inputs):
         raise RuntimeInputError(f"graph '{graph.name}' takes {count(len(graph.inputs), 'input')}, got {len(args)}")
     env: dict[Value, np.ndarray] = {}
@@ -94,8 +96,10 @@ def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False) -> dict
                 f"got {a.dtype}{list(a.shape)}"
             )
         env[v] = a
-    if graph_is_symbolic(graph):
-        call_sizes(graph, env)  # each dimension in its range, the same wherever it appears
+    if graph_is_symbolic(graph):  # each dimension in its range, the same wherever it appears
+        found = call_sizes(graph, env)
+        if sizes is not None:
+            sizes.update(found)
     return env
 
 
@@ -328,8 +332,8 @@ class TableModel(CompiledModel):
         # In a forked child only one thread can run (see _after_fork_in_child).
         ctypes.c_int32.from_address(self._threads_addr).value = 1 if _IN_FORKED_CHILD else n
 
-    def _check_inputs(self, args, kwargs) -> dict[Value, np.ndarray]:
-        env = bind_inputs(self.graph, args, kwargs)
+    def _check_inputs(self, args, kwargs, sizes: dict | None = None) -> dict[Value, np.ndarray]:
+        env = bind_inputs(self.graph, args, kwargs, sizes=sizes)
         for v, a in env.items():
             if not a.flags.c_contiguous or not a.flags.aligned:
                 raise RuntimeInputError(
@@ -339,17 +343,16 @@ class TableModel(CompiledModel):
 
     def __call__(self, *args, **kwargs) -> list[np.ndarray]:
         """Run on numpy arrays (by position or input name); returns the outputs."""
-        env = self._check_inputs(args, kwargs)
+        sizes: dict = {}
+        env = self._check_inputs(args, kwargs, sizes)
         with self._lock:
-            outs = self._bind(env)
+            outs = self._bind(env, sizes)
             self._main(ctypes.addressof(self._table))
         return list(outs.values()) if self._outputs_as_written else collect_outputs(self.graph, env, outs)
 
-    def _bind(self, env: dict) -> dict:
-        """Bind a call's inputs, its new outputs and the sizes of its symbolic dimensions (under the lock)."""
-        sizes = {}
+    def _bind(self, env: dict, sizes: dict) -> dict:
+        """Bind a call's inputs, its new outputs and the ``sizes`` of its symbolic dimensions (under the lock)."""
         if self._dim_names:
-            sizes = call_sizes(self.graph, env)
             self._dim_sizes[:] = [sizes[name] for name in self._dim_names]
         return bind_host_io(self._table, self.layout.slots, env, self._fresh, sizes)
 
@@ -359,10 +362,11 @@ class TableModel(CompiledModel):
         Kernels run in order, each ``repeat`` times, so every one sees the
         buffers its predecessors wrote.
         """
-        env = self._check_inputs(args, kwargs)
+        sizes: dict = {}
+        env = self._check_inputs(args, kwargs, sizes)
         timings = []
         with self._lock:
-            outs = self._bind(env)
+            outs = self._bind(env, sizes)
             for call in self.layout.calls:
                 fn = self.native.function(call.function, *([ctypes.c_void_p] * len(call.slots)))
                 ptrs = [self._table[s] for s in call.slots]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Stage, compute, reduce_identity, stage_dag
+from minicomp.ir.dims import upper
 from minicomp.ir.graph import Node, Value
 from minicomp.ir.loops import Allocate, Buffer, For, Kernel, Store, seq
 from minicomp.ir.numerics import round16
@@ -203,7 +204,7 @@ class _Lowerer:
             trial = [s for s in stages if s in bodies or s is cand]
             t_bodies, t_order, t_prefix = analyse(trial)
             row_bytes = _prod(cand.shape[t_prefix:]) * accumulator_dtype(cand.dtype).itemsize
-            if t_prefix >= prefix and row_bytes <= LOCAL_ROW_BYTES:
+            if t_prefix >= prefix and upper(row_bytes) <= LOCAL_ROW_BYTES:  # (at the largest sizes)
                 materialized, bodies, order, prefix = trial, t_bodies, t_order, t_prefix
         return materialized, bodies, order, prefix
 

@@ -237,7 +237,9 @@ def _box_nest(kernel, lp: For, names: Names, buf: Buffer, base, lo, shape, make_
         b = ex.bounds(e, ranges)
         if b is None or b[0] < 0:
             conds.append(ex.ge(e, ex.const(0, "int64")))
-        if b is None or b[1] >= n:
+        if not isinstance(n, int):  # a symbolic extent (mc.Dim): the edge moves with the call
+            conds.append(ex.lt(e, ex.size_expr(n)))
+        elif b is None or b[1] >= n:
             conds.append(ex.lt(e, ex.const(n, "int64")))
     if conds:  # the box may reach past the buffer's edge: only what exists
         cond = conds[0]

@@ -141,7 +141,7 @@ def _localize_rows(k: Kernel) -> Kernel:
         except ScheduleError:
             continue
         local = next(s.buffer for s in walk_stmts(trial.body) if isinstance(s, Allocate) and s.buffer.name == buf.name)
-        if local.nbytes <= LOCAL_ROW_BYTES:
+        if local.max_bytes <= LOCAL_ROW_BYTES:
             k = trial
     return k
 
