@@ -39,13 +39,16 @@ import zipfile
 import numpy as np
 
 from minicomp.errors import MinicompError
+from minicomp.ir.dims import Dim, upper
+from minicomp.ir.loops import DIM_SIZES
+from minicomp.ir.text import parse_size
 from minicomp.runtime import contiguous
 
 FORMAT = 1
 
 
 def _refuse_symbolic(model, what: str) -> None:
-    """A model with symbolic sizes (mc.Dim) cannot be saved or exported yet: say so before anything is written."""
+    """A model with symbolic sizes (mc.Dim) cannot be exported yet: say so before anything is written."""
     if model.graph.dims():
         dims = ", ".join(f"{name} ({lo}..{hi})" for name, lo, hi in model.graph.dims())
         raise MinicompError(f"a model with symbolic sizes ({dims}) cannot be {what} yet; compile it with static "
@@ -53,7 +56,9 @@ def _refuse_symbolic(model, what: str) -> None:
 
 
 def _signature(values) -> list[dict]:
-    return [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.name} for v in values]
+    """Name, shape and dtype of each value; a symbolic size is written as the IR text writes it (batch*seq)."""
+    return [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape], "dtype": v.dtype.name}
+            for v in values]
 
 
 def save_model(model, path: str) -> None:
@@ -61,7 +66,6 @@ def save_model(model, path: str) -> None:
     from minicomp import __version__
 
     jit, layout = model.native, model.layout
-    _refuse_symbolic(model, "saved")
     if getattr(jit, "object_code", None) is None:
         raise MinicompError("this model's machine code was not kept (compile it again to save it)")
     import llvmlite.binding as llvm
@@ -77,6 +81,9 @@ def save_model(model, path: str) -> None:
         "offsets": [[slots[key], off] for key, off in layout.memory_plan.offsets.items()],
         "calls": [[c.name, c.function, list(c.slots)] for c in layout.calls],
         "num_threads": model.num_threads,
+        # Symbolic sizes (mc.Dim): each dimension's range, and the slot of the sizes the kernels read.
+        "dims": [list(d) for d in graph.dims()],
+        "dim_sizes_slot": slots.get(DIM_SIZES),
     }
     members = {"meta.json": json.dumps(meta, indent=1).encode(), "code.o": jit.object_code,
                "optimized.ll": jit.optimized_ir.encode()}
@@ -131,12 +138,20 @@ def load_model(path: str):
         raise MinicompError(f"{path} holds code for CPU {meta['cpu']}, which needs {', '.join(missing[:6])}"
                             f"{'...' if len(missing) > 6 else ''}; this machine lacks them: compile it here")
 
+    dims = {name: Dim(name, lo, hi) for name, lo, hi in meta["dims"]}
+
+    def shape(desc):
+        try:
+            return tuple(d if isinstance(d, int) else parse_size(d, dims) for d in desc["shape"])
+        except MinicompError as exc:
+            raise MinicompError(f"{path} is damaged: {desc['name']}'s shape {desc['shape']}: {exc}") from None
+
     def values(kind):
-        return [Value(s["name"], TensorType(tuple(s["shape"]), s["dtype"])) for s in meta[kind]]
+        return [Value(s["name"], TensorType(shape(s), s["dtype"])) for s in meta[kind]]
 
     inputs, constants = values("inputs"), values("constants")
     by_slot = {s["slot"]: v for s, v in zip(meta["inputs"] + meta["constants"], inputs + constants)}
-    outputs = [by_slot.get(s["slot"]) or Value(s["name"], TensorType(tuple(s["shape"]), s["dtype"]))
+    outputs = [by_slot.get(s["slot"]) or Value(s["name"], TensorType(shape(s), s["dtype"]))
                for s in meta["outputs"]]
     for s, v in zip(meta["outputs"], outputs):
         by_slot.setdefault(s["slot"], v)
@@ -145,6 +160,8 @@ def load_model(path: str):
     for s, v in zip(meta["constants"], constants):
         graph.constants[v] = _constant(members, s, v, path)
     slots = {v: slot for slot, v in by_slot.items()}
+    if meta["dims"]:
+        slots[DIM_SIZES] = meta["dim_sizes_slot"]
     offsets = {}
     for slot, off in meta["offsets"]:
         key = ("planned", slot)
@@ -219,11 +236,24 @@ def _check_meta(meta: dict, members: dict, path: str) -> None:
     if not whole(n_slots, 1, 1 << 24) or not whole(meta.get("arena_bytes"), 0, 1 << 46) or \
             not whole(meta.get("num_threads"), 1, 4096):
         bad("n_slots, arena_bytes or num_threads is not a whole number in range")
+    dims = meta.get("dims")
+    if not isinstance(dims, list) or not all(
+            isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and d[0].isidentifier()
+            and whole(d[1], 0, 1 << 40) and whole(d[2], d[1], 1 << 40) for d in dims):
+        bad("'dims' is not a list of [name, min, max]")
     used = set()
+    if dims:
+        if not whole(meta.get("dim_sizes_slot"), 0, n_slots - 1):
+            bad("the slot of the symbolic sizes is missing or outside the table")
+        used.add(meta["dim_sizes_slot"])
+    names = {d[0] for d in dims}
     for kind in ("inputs", "outputs", "constants"):
         for s in meta[kind]:
             if not (isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("dtype") in dtype_names
-                    and isinstance(s.get("shape"), list) and all(whole(d, 0, 1 << 40) for d in s["shape"])
+                    and isinstance(s.get("shape"), list)
+                    and all(whole(d, 0, 1 << 40) or (kind != "constants" and isinstance(d, str)
+                                                     and set(re.findall(r"[A-Za-z_]\w*", d)) <= names)
+                            for d in s["shape"])
                     and whole(s.get("slot"), 0, n_slots - 1)):
                 bad(f"{kind}: {str(s)[:80]} is not a buffer description")
             if kind != "outputs" and s["slot"] in used:
@@ -275,11 +305,14 @@ def _check_against_the_code(jit, meta: dict, path: str) -> None:
         raise MinicompError(f"{path} is damaged: the code uses {n} table slots, the description has "
                             f"{meta['n_slots']}")
     given = {}
+    dims = {name: Dim(name, lo, hi) for name, lo, hi in meta["dims"]}
+    if dims:
+        given[meta["dim_sizes_slot"]] = (8 * len(dims), "the symbolic sizes")
     for kind in ("inputs", "outputs", "constants"):
         for s in meta[kind]:
             size = as_dtype(s["dtype"]).itemsize
-            for d in s["shape"]:
-                size *= d
+            for d in s["shape"]:  # a symbolic size at its largest, as the code was planned
+                size *= d if isinstance(d, int) else upper(parse_size(d, dims))
             given[s["slot"]] = (size, f"{kind[:-1]} {s['name']}")
     for slot, nbytes in enumerate(code_bytes):
         if slot in given and nbytes and given[slot][0] != nbytes:

@@ -228,6 +228,17 @@ def _parse_type(t: _Tokens) -> TensorType:
         raise t.error(str(exc)) from None
 
 
+def parse_size(text: str, dims: dict):
+    """A size written as the IR text writes one (``784``, ``batch*seq-1``) over the dimensions ``dims``
+    (name -> mc.Dim): an int or a Size; a ParseError for anything else."""
+    t = _Tokens(text)
+    t.dims = dict(dims)
+    size = _parse_size(t)
+    if t.peek()[0] != "eof":
+        raise t.error("expected the end of the size")
+    return size
+
+
 def _starts_size(t: _Tokens) -> bool:
     """Does a symbolic size start here: a name (not a keyword) or a number times something?"""
     kind, text, _ = t.peek()
