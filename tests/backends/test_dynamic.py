@@ -6,20 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicomp as mc
+from benchmarks.bench_dynamic import mlp  # 784-256-10 with relu and softmax
 from minicomp.errors import CompileError, RuntimeInputError
 from tests.strategies import _CHAIN_BINARY, _CHAIN_UNARY, _apply_unary, _rng
 
 BATCH = mc.Dim("batch", 1, 256)
-
-
-def mlp(batch) -> mc.Graph:
-    rng = np.random.default_rng(1)
-    g = mc.GraphBuilder("mlp")
-    x = g.input("x", (batch, 784))
-    h = g.relu(x @ g.constant(rng.standard_normal((784, 256)).astype(np.float32) / 28)
-               + g.constant(rng.standard_normal(256).astype(np.float32)))
-    g.output(g.softmax(h @ g.constant(rng.standard_normal((256, 10)).astype(np.float32) / 16), axis=-1))
-    return g.build()
 
 
 @pytest.mark.parametrize("target", ["llvm", "c"])
@@ -93,7 +84,8 @@ def symbolic_dags(draw, max_nodes=7):
     with elementwise ops, products with constants and of a tensor with its transpose, reductions
     and softmax over any axis (the symbolic one too), transposes and flattening. Returns (graph,
     the sizes of ``n`` to call it at)."""
-    n = mc.Dim("n", 1, draw(st.sampled_from([5, 17, 64])))
+    hi = draw(st.sampled_from([5, 17, 64]))
+    n = mc.Dim("n", draw(st.sampled_from([1, min(8, hi)])), hi)  # (from 8 up, whole tiles and a widened one)
     rest = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=2)))
     rng = _rng(draw)
     g = mc.GraphBuilder("symbolic")
@@ -125,7 +117,7 @@ def symbolic_dags(draw, max_nodes=7):
         if y.ndim:
             pool.append(y)
     g.output(pool[-1])
-    sizes = draw(st.lists(st.integers(1, n.max), min_size=1, max_size=3)) + [n.max]
+    sizes = draw(st.lists(st.integers(n.min, n.max), min_size=1, max_size=3)) + [n.max]
     return g.build(), sizes
 
 

@@ -121,8 +121,10 @@ def tile_axis(body: ex.Expr, dtype, inner: ex.Var, axes) -> ex.Var | None:
     for a, n in axes:
         if a is inner or upper(n) < 2:  # a symbolic extent is judged at its largest
             continue
-        score = sum(1 for ld in moving if flat_stride(ld, a) == 0)
-        if score > best_score:
+        # On a tie a static axis wins over a symbolic one (a batch of images): rows of a count
+        # known only at the call need remainder tiles of every smaller size, which is more code.
+        score = sum(1 for ld in moving if flat_stride(ld, a) == 0) + (0.5 if isinstance(n, int) else 0)
+        if score > best_score and score >= 1:
             best, best_score = a, score
     return best
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from minicomp.ir import expr as ex
-from minicomp.ir.dims import upper
+from minicomp.ir.dims import lower, upper
 from minicomp.ir.loops import (
     For,
     Kernel,
@@ -202,14 +202,21 @@ def register_tiles(k, chain, rows_axis, buf, tile: tuple[int, int], lanes_stride
 def row_tiles(k, rows: str, n, rows_tile: int) -> tuple[Kernel, list[str]]:
     """Split the loop ``rows`` (``n`` iterations) into the row loops of register tiles: (kernel, their
     names). ``n`` rows up to ``rows_tile``: one tile; more: tiles of ``rows_tile`` and one of the
-    remainder. A symbolic ``n`` (mc.Dim) has its remainder only at the call: tiles of ``rows_tile``,
-    then one tile each of half, a quarter... of it, which runs when the remainder holds it (7 rows
-    are 4 + 2 + 1), so every tile is unrolled code of a static size."""
+    remainder. A symbolic ``n`` (mc.Dim) has its remainder only at the call: when the range holds at
+    least one tile, tiles of ``rows_tile`` and, when rows are left, one more that ends at the last
+    row (``split(..., widen)``); else tiles of ``rows_tile`` and one tile each of half, a quarter...
+    of it, which runs when the remainder holds it (7 rows are 4 + 2 + 1). Every tile is unrolled
+    code of a static size."""
     if isinstance(n, int):
         if n <= rows_tile:
             return k, [rows]
         k = apply_step(k, Split(rows, rows_tile))
         return k, [f"{rows}.i"] + ([f"{rows}.t"] if n % rows_tile else [])
+    if lower(n) >= rows_tile:  # whole tiles, and one more that ends at the last row (recomputing a few)
+        try:
+            return apply_step(k, Split(rows, rows_tile, "widen")), [f"{rows}.i", f"{rows}.t"]
+        except ScheduleError:  # its body adds onto what it wrote: rows computed twice would count twice
+            pass
     k = apply_step(k, Split(rows, rows_tile)) if upper(n) >= rows_tile else k
     names, tail, width = ([f"{rows}.i"], f"{rows}.t", rows_tile // 2) if upper(n) >= rows_tile else \
         ([], rows, rows_tile // 2)

@@ -143,7 +143,11 @@ class Split(Step):
             size, first = (f, n - f) if widen else (ex.size_mod(n, f), blocks * f)
             ranges = {**outside, **inside, t: size}
             body = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: t + first}), ranges))
-            parts.append(For(t, size, copy_loops(body, names), "serial", 0, lp.is_reduction))
+            tail = For(t, size, copy_loops(body, names), "serial", 0, lp.is_reduction)
+            if widen and symbolic:  # the widened tile runs only when whole blocks leave a remainder
+                w = ex.Var(names.fresh(base + ".w"))
+                tail = For(w, ex.simplify(ex.minimum(ex.size_mod(n, f), 1)), tail, "serial", 0, lp.is_reduction)
+            parts.append(tail)
         return replace_stmt(kernel.body, lp, seq(*parts))
 
     def loop_checked(self, kernel):
