@@ -282,14 +282,17 @@ def check_runs_here(target) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _emitter_digest() -> str:
-    """A hash of the code generator's own source: cached IR made by another version is never used."""
+    """A hash of the code generator's own source, and of the loop IR module that decides which kernels
+    share a function and what inputs a kernel takes (``kernel_functions``, ``with_dim_sizes``): cached
+    IR made by another version is never used."""
     import hashlib
     from pathlib import Path
 
     here = Path(__file__).parent
     h = hashlib.sha256()
-    for name in ("llvm_codegen.py", "llvm_simd.py", "llvm_math.py"):
-        h.update((here / name).read_bytes())
+    sources = [here / name for name in ("llvm_codegen.py", "llvm_simd.py", "llvm_math.py")]
+    for path in sources + [here.parent / "ir" / "loops.py"]:
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 
