@@ -96,10 +96,9 @@ def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False,
                 f"got {a.dtype}{list(a.shape)}"
             )
         env[v] = a
-    if graph_is_symbolic(graph):  # each dimension in its range, the same wherever it appears
-        found = call_sizes(graph, env)
-        if sizes is not None:
-            sizes.update(found)
+    found = call_sizes(graph, env)  # each dimension in its range, the same wherever it appears
+    if sizes is not None:
+        sizes.update(found)
     return env
 
 
@@ -108,13 +107,9 @@ def _shape_fits(shape, got) -> bool:
     return len(shape) == len(got) and all(isinstance(d, Size) or d == n for d, n in zip(shape, got))
 
 
-def graph_is_symbolic(graph: Graph) -> bool:
-    """Do the graph's inputs have symbolic sizes (``mc.Dim``)?"""
-    return _size_reader(graph) is not None
-
-
 def call_sizes(graph: Graph, env) -> dict[str, int]:
-    """The size of each symbolic dimension at this call, read from the inputs in ``env`` and checked."""
+    """The size of each symbolic dimension at this call, read from the inputs in ``env`` and checked
+    (none for a static graph)."""
     reader = _size_reader(graph)
     return reader.read([env[v] for v in graph.inputs]) if reader is not None else {}
 

@@ -31,7 +31,20 @@ from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.dims import upper
 from minicomp.ir.dtypes import DType
-from minicomp.ir.loops import Allocate, Barrier, Buffer, For, If, Kernel, Seq, Stmt, Store, stmt_exprs, walk_stmts
+from minicomp.ir.loops import (
+    Allocate,
+    Barrier,
+    Buffer,
+    For,
+    If,
+    Kernel,
+    Seq,
+    Stmt,
+    Store,
+    dim_size,
+    stmt_exprs,
+    walk_stmts,
+)
 from minicomp.ir.numerics import accumulated_product
 
 INFIX = {"add": "+", "sub": "-", "mul": "*", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
@@ -282,7 +295,7 @@ class CRenderer:
         if isinstance(e, ex.Const):
             return self.literal(e)
         if isinstance(e, ex.DimVar):  # a symbolic size: the kernel's mc_dims input holds it
-            return self.render(ex.Load(self.kernel.inputs[-1], (ex.const(self.kernel.dims.index(e.name), "int64"),)))
+            return self.render(dim_size(self.kernel, e))
         if isinstance(e, ex.Var):
             if e not in self.names:
                 self.fail(f"index variable {e.name} is not bound")

@@ -322,17 +322,18 @@ def _looks_like_an_object_file(data: bytes) -> bool:
 
 def _module_text(program, stages: dict, slots: list, emit) -> str:
     """The LLVM IR of the program: from the cache when the same kernels (their
-    loop IR and table slots) were emitted before by this code generator."""
+    loop IR and table slots) were emitted before by this code generator, else
+    ``emit()``."""
 
     from minicomp import cache as disk
 
     if not (program.options.get("cache", True) and disk.enabled() and "loops" in stages):
-        return emit(program.kernels, slots)
+        return emit()
     name = disk.key(stages["loops"], slots, _emitter_digest()) + ".ir.z"
     text = _decompressed_text(disk.read("llvm", name))
     if text is not None and "define void @mc_main(" in text:  # junk that passed the checksum is emitted again
         return text
-    text = emit(program.kernels, slots)
+    text = emit()
     disk.write("llvm", name, disk.compress_text(text))
     return text
 
@@ -377,7 +378,7 @@ def build_llvm(program, stages: dict, opt_level: int) -> LLVMExecutable:
     functions = kernel_functions(kernels)  # identical kernels share one function
     calls = [KernelCall(k.name, fn, kernel_slots(k, slots)) for k, fn in zip(kernels, functions)]
     ir_text = _module_text(program, stages, [c.slots for c in calls],
-                           lambda _, call_slots: emit_module(kernels, call_slots, functions))
+                           lambda: emit_module(kernels, [c.slots for c in calls], functions))
     target = program.target
     t1 = time.perf_counter()
     jit = compile_module(ir_text, opt_level, target.llvm_cpu, target.features, program.options.get("cache", True))

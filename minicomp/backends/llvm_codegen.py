@@ -33,6 +33,7 @@ from minicomp.ir.loops import (
     Seq,
     Stmt,
     Store,
+    dim_size,
     kernel_functions,
     top_statements,
 )
@@ -161,7 +162,7 @@ class FunctionGen:
         self.ptrs: dict[Buffer, str] = {}
         self.memo: dict[int, tuple[str, str]] = {}
         self.accumulations: dict[int, str] = {}  # fast-math flags of an accumulation's ops, by id
-        self.dim_sizes: tuple = (None, ())  # (the mc_dims buffer, the names of its sizes)
+        self.kernel: Kernel | None = None  # whose symbolic sizes the function reads (loops.dim_size)
 
     def tmp(self, hint: str = "t") -> str:
         self.counter += 1
@@ -204,7 +205,7 @@ class FunctionGen:
         if isinstance(e, ex.Const):
             return self._const(e)
         if isinstance(e, ex.DimVar):  # a symbolic size: the kernel's mc_dims input holds it
-            return self._load(self.dim_sizes[0], (ex.const(self.dim_sizes[1].index(e.name), "int64"),))
+            return self.value(dim_size(self.kernel, e))
         if isinstance(e, ex.Var):
             try:
                 return self.vars[e]
@@ -546,7 +547,7 @@ def emit_kernel(module: Module, kernel: Kernel) -> str:
     fn = FunctionGen(module, fname)
     for k, b in enumerate(params):
         fn.ptrs[b] = f"%arg{k}"
-    fn.dim_sizes = _dim_sizes(kernel)
+    fn.kernel = kernel
     tops = top_statements(kernel.body)
     n_par = 0
     for top in tops:
@@ -567,11 +568,6 @@ def emit_kernel(module: Module, kernel: Kernel) -> str:
 # grains, so that a thread that finishes early (its core was less busy, or
 # its iterations cheaper) takes grains from the others' shares.
 GRAINS_PER_SHARE = 16
-
-
-def _dim_sizes(kernel: Kernel) -> tuple:
-    """(the buffer of the sizes of the kernel's symbolic dimensions, their names), or (None, ())."""
-    return (kernel.inputs[-1], kernel.dims) if kernel.dims else (None, ())
 
 
 def _emit_parallel_call(fn: FunctionGen, outlined: str, n_params: int, extent: str):
@@ -659,7 +655,7 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
     rng = FunctionGen(module, f"{name}_range")
     for k, b in enumerate(params):
         rng.ptrs[b] = f"%arg{k}"
-    rng.dim_sizes = _dim_sizes(kernel)
+    rng.kernel = kernel
     inner = not _has_loop(loop.body) and vectorizable(loop.body)
     rng.loop(loop.var, "%lo", "%hi", loop.body, "vectorize" if inner else None)
     sig = ", ".join([f"ptr {_noalias(kernel, b)}%arg{k}" for k, b in enumerate(params)] + ["i64 %lo", "i64 %hi"])
@@ -674,7 +670,7 @@ def _emit_parallel_body(module: Module, name: str, kernel: Kernel, loop: For):
         loaded.append(p)
     *args, work = loaded
     fn.ptrs.update(zip(params, args))  # (a symbolic extent reads its size through them)
-    fn.dim_sizes = _dim_sizes(kernel)
+    fn.kernel = kernel
     args = [f"ptr {a}" for a in args]
     module.declare("omp_get_thread_num", "declare i32 @omp_get_thread_num()")
     module.declare("llvm.smin.i64", "declare i64 @llvm.smin.i64(i64, i64)")

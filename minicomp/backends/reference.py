@@ -14,7 +14,7 @@ from minicomp.errors import MinicompError
 from minicomp.ir.dims import concrete, concrete_attrs
 from minicomp.ir.graph import Graph, Value
 from minicomp.ir.ops import get_op
-from minicomp.runtime import CompiledModel, bind_inputs, call_sizes, graph_is_symbolic
+from minicomp.runtime import CompiledModel, bind_inputs, call_sizes
 
 
 def run_reference(graph: Graph, *args, **kwargs) -> list[np.ndarray]:
@@ -29,7 +29,7 @@ def evaluate(graph: Graph, env: Mapping[Value, np.ndarray], keep: bool = False):
     Returns the graph outputs, or with ``keep=True`` the dict of every value.
     """
     env = dict(env)
-    sizes = call_sizes(graph, env) if graph_is_symbolic(graph) else {}
+    sizes = call_sizes(graph, env)
     for v, arr in graph.constants.items():
         if arr is None:
             raise MinicompError(f"constant %{v.name} has no data (it was read from text that "

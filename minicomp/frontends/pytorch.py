@@ -509,17 +509,24 @@ def _size_value(ctx: TorchContext, n):
         raise UnsupportedError(f"{ctx.describe()}: {exc}{_source_line(n)}") from None
 
 
+def size_range(vr) -> tuple[int, int | None]:
+    """The least and greatest value of a torch symbol's range (``ValueRanges``); None for no maximum."""
+    try:
+        return int(vr.lower), int(vr.upper)
+    except (TypeError, ValueError, OverflowError, AttributeError):  # torch's int_oo has no int
+        return int(vr.lower), None
+
+
 def _exported_dims(ep, names: dict) -> dict:
     """torch's size symbols -> mc.Dim, with the ranges torch.export recorded; each must be bounded."""
     dims = {}
     for sym, vr in getattr(ep, "range_constraints", {}).items():
         name = names.get(sym, str(sym))
-        try:
-            lo, hi = int(vr.lower), int(vr.upper)
-        except (TypeError, ValueError, OverflowError, AttributeError):  # torch's int_oo has no int
+        lo, hi = size_range(vr)
+        if hi is None:
             raise MinicompError(f"dimension {name} has the range {vr.lower}..{vr.upper}: minicomp plans memory "
                                 f"for the largest size, so give it a maximum (torch.export.Dim('{name}', "
-                                f"min=1, max=...))") from None
+                                f"min=1, max=...))")
         dims[sym] = Dim(name if name.isidentifier() else f"s_{name}", max(lo, 0), hi)
     return dims
 

@@ -164,7 +164,7 @@ class MinicompGraph:
         from minicomp.compiler import compile as mc_compile
         from minicomp.frontends.pytorch import _dim_names, export_module, from_exported_program
 
-        gm, spec, names = (self.gm, None, None) if self.symbolic is None else self.symbolic
+        gm, spec = (self.gm, None) if self.symbolic is None else self.symbolic
         try:
             with _sizes_not_specialized():
                 ep = export_module(gm, tuple(args), dynamic_shapes=spec)
@@ -204,10 +204,12 @@ class MinicompGraph:
 
 def symbolic_plan(gm, max_size: int | None = None):
     """For a dynamo graph with symbolic sizes: (a copy of the graph whose size inputs are read from the
-    tensors instead, torch.export's dynamic_shapes for it, the dimension names), or None when a size
+    tensors instead, and torch.export's dynamic_shapes for it), or None when a size
     has no finite maximum (memory is planned for the largest sizes) and ``max_size`` gives none."""
     import torch
     from torch.export import Dim
+
+    from minicomp.frontends.pytorch import size_range
 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     axes: dict = {}  # symbol -> (placeholder, axis) where it stands alone
@@ -220,10 +222,8 @@ def symbolic_plan(gm, max_size: int | None = None):
     dims = {}
     for sym, (n, k) in axes.items():
         vr = n.meta["example_value"].shape[k].node.shape_env.var_to_range.get(sym)
-        lo = int(vr.lower)
-        try:
-            hi = int(vr.upper)
-        except (TypeError, ValueError, OverflowError, AttributeError):  # int_oo: no maximum
+        lo, hi = size_range(vr)
+        if hi is None:  # no maximum
             if max_size is None:
                 return None
             hi = max_size
@@ -245,7 +245,7 @@ def symbolic_plan(gm, max_size: int | None = None):
         spec.append({k: dims[d.node.expr] for k, d in enumerate(val.shape)
                      if isinstance(d, torch.SymInt) and d.node.expr in dims}
                     if isinstance(val, torch.Tensor) else None)
-    return torch.fx.GraphModule(gm, graph), spec, {sym: str(sym) for sym in dims}
+    return torch.fx.GraphModule(gm, graph), spec
 
 
 @contextlib.contextmanager

@@ -258,9 +258,7 @@ def at_sizes(size, sizes: dict) -> int:
         return int(size)
     from minicomp.ir import expr as ex
 
-    fixed = ex.substitute(size, {v: ex.const(sizes[v.name], "int64") for v in ex.walk(size)
-                                 if isinstance(v, ex.DimVar)})
-    folded = ex.simplify(fixed)
+    folded = ex.with_sizes(size, sizes)
     if not isinstance(folded, ex.Const):
         raise SymbolicSizeError(f"{ex.format_expr(size)} is not a size")
     return int(folded.value)
@@ -278,10 +276,6 @@ def corners(dims: list[tuple], limit: int = 64) -> list[dict]:
 def static_or_symbolic(shape) -> tuple:
     """``shape`` with each size a Python int or a symbolic :class:`Size` (numpy ints become ints)."""
     return tuple(d if isinstance(d, Size) else int(d) for d in shape)
-
-
-def is_symbolic(size) -> bool:
-    return isinstance(size, Size)
 
 
 def symbolic_dims(shape) -> list[tuple]:
@@ -369,12 +363,6 @@ class SizeReader:
                 raise RuntimeInputError(f"input '{self.names[k]}' has {n} at axis {axis}, where {d} is "
                                         f"{d.value(sizes)} ({_show(sizes)})")
         return sizes
-
-
-def read_sizes(values, arrays) -> dict[str, int]:
-    """The size of each dimension, read from the arrays given for graph ``values`` (see
-    :class:`SizeReader`)."""
-    return SizeReader(values).read(arrays)
 
 
 def _show(sizes: dict) -> str:

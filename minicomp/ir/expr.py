@@ -145,6 +145,11 @@ def size_expr(size) -> Expr:
     return Const(int(size), dtypes.int64)
 
 
+def with_sizes(e: Expr, sizes: dict) -> Expr:
+    """``e`` with every dimension variable replaced by its size in ``sizes`` (name -> int), simplified."""
+    return simplify(substitute(e, {v: Const(sizes[v.name], dtypes.int64) for v in walk(e) if isinstance(v, DimVar)}))
+
+
 def size_div(size, k: int):
     """``size // k`` for a positive int ``k``: an int, an exact :class:`~minicomp.ir.dims.Size`, or an
     int64 expression (a loop over the whole blocks of a symbolic extent)."""

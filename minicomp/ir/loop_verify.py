@@ -46,7 +46,8 @@ class _Verifier:
         self.gpu = getattr(target, "gpu", None) is not None
         self.names: set[str] = set()
         # A kernel with symbolic sizes has its bounds checked at every corner of their ranges.
-        self.corners = corners(kernel_dims(kernel)) if kernel_dims(kernel) else []
+        dims = kernel_dims(kernel)
+        self.corners = corners(dims) if dims else []
 
     def fail(self, message: str):
         raise VerifyError(f"kernel {self.k.name}: {message}")
@@ -137,10 +138,7 @@ class _Verifier:
             return x if sizes is None else at_sizes(x, sizes)
 
         def fix_expr(e):
-            if sizes is None:
-                return e
-            return ex.simplify(ex.substitute(e, {v: ex.const(sizes[v.name], "int64") for v in ex.walk(e)
-                                                 if isinstance(v, ex.DimVar)}))
+            return e if sizes is None else ex.with_sizes(e, sizes)
 
         extents = {v: fix(hi) + 1 for v, (lo, hi) in ranges.items() if fix(lo) == 0}
         if len(extents) != len(ranges) or any(n < 1 for n in extents.values()):

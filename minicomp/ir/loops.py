@@ -366,6 +366,12 @@ def with_dim_sizes(k: Kernel, names: list[str]) -> Kernel:
     return replace(k, inputs=[*k.inputs, sizes], param_values=values, dims=tuple(names))
 
 
+def dim_size(k: Kernel, var: ex.DimVar) -> ex.Load:
+    """Where the code of ``k`` (made by :func:`with_dim_sizes`) reads the size of dimension ``var``:
+    its element of the ``mc_dims`` input."""
+    return ex.Load(k.inputs[-1], (ex.const(k.dims.index(var.name), "int64"),))
+
+
 def code_kernels(program) -> list[Kernel]:
     """The program's kernels as code generators take them: with the sizes of the graph's symbolic
     dimensions as an input where they use any (:func:`with_dim_sizes`)."""

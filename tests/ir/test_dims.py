@@ -6,7 +6,7 @@ import pytest
 import minicomp as mc
 from minicomp.errors import RuntimeInputError, ShapeError
 from minicomp.ir import expr as ex
-from minicomp.ir.dims import Size, SymbolicSizeError, bounds, concrete, corners, read_sizes, upper
+from minicomp.ir.dims import Size, SizeReader, SymbolicSizeError, bounds, concrete, corners, upper
 
 B = mc.Dim("batch", 1, 256)
 S = mc.Dim("seq", 1, 512)
@@ -70,11 +70,11 @@ def test_sizes_are_read_from_the_inputs_and_checked():
     x, y = g.input("x", (B, 4)), g.input("y", (2 * B,))
     g.output(x, y)
     graph = g.build()
-    assert read_sizes(graph.inputs, [np.zeros((3, 4)), np.zeros(6)]) == {"batch": 3}
+    assert SizeReader(graph.inputs).read([np.zeros((3, 4)), np.zeros(6)]) == {"batch": 3}
     with pytest.raises(RuntimeInputError, match=r"257 at axis 0, dimension batch, which is declared 1\.\.256"):
-        read_sizes(graph.inputs, [np.zeros((257, 4)), np.zeros(514)])
+        SizeReader(graph.inputs).read([np.zeros((257, 4)), np.zeros(514)])
     with pytest.raises(RuntimeInputError, match=r"where 2\*batch is 6"):
-        read_sizes(graph.inputs, [np.zeros((3, 4)), np.zeros(5)])
+        SizeReader(graph.inputs).read([np.zeros((3, 4)), np.zeros(5)])
     assert isinstance(2 * B, Size)
 
 

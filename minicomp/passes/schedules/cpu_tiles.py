@@ -217,9 +217,10 @@ def row_tiles(k, rows: str, n, rows_tile: int) -> tuple[Kernel, list[str]]:
             return apply_step(k, Split(rows, rows_tile, "widen")), [f"{rows}.i", f"{rows}.t"]
         except ScheduleError:  # its body adds onto what it wrote: rows computed twice would count twice
             pass
-    k = apply_step(k, Split(rows, rows_tile)) if upper(n) >= rows_tile else k
-    names, tail, width = ([f"{rows}.i"], f"{rows}.t", rows_tile // 2) if upper(n) >= rows_tile else \
-        ([], rows, rows_tile // 2)
+    names, tail, width = [], rows, rows_tile // 2
+    if upper(n) >= rows_tile:
+        k = apply_step(k, Split(rows, rows_tile))
+        names, tail = [f"{rows}.i"], f"{rows}.t"
     while width >= 1:
         lp = find_loop(k.body, tail)
         if lp is None or upper(lp.extent) < width:
