@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minicomp.errors import MinicompError
-from minicomp.ir import dtypes
+from minicomp.ir import dtypes, index_symbolic
 from minicomp.ir.dims import Size, SymbolicSizeError, upper
 from minicomp.ir.dtypes import DType
 
@@ -738,6 +738,8 @@ def _simplify_node(e: Expr, ranges: dict) -> Expr:
             return Const(0, e.dtype)
         if e.dtype.is_int and op in ("floordiv", "mod"):
             r = _simplify_divmod(e, ranges)
+            if r is None and index_symbolic.mentions_dim(e):  # strides or divisor over dimensions
+                r = index_symbolic.simplify_divmod(e, ranges)
             if r is not None:
                 return simplify(r, ranges) if r is not e else r
         if e.dtype.is_int and op in ("add", "sub", "mul"):
