@@ -519,8 +519,17 @@ def size_range(vr) -> tuple[int, int | None]:
 
 def _exported_dims(ep, names: dict) -> dict:
     """torch's size symbols -> mc.Dim, with the ranges torch.export recorded; each must be bounded."""
+    torch = _torch()
+    used = set()  # the symbols of the inputs' shapes (torch may record others that no input has)
+    for n in ep.graph.nodes:
+        val = n.meta.get("val") if n.op == "placeholder" else None
+        for d in (val.shape if isinstance(val, torch.Tensor) else ()):
+            if isinstance(d, torch.SymInt):
+                used |= d.node.expr.free_symbols
     dims = {}
     for sym, vr in getattr(ep, "range_constraints", {}).items():
+        if sym not in used:
+            continue
         name = names.get(sym, str(sym))
         lo, hi = size_range(vr)
         if hi is None:

@@ -29,12 +29,17 @@ Options pass through ``torch.compile(..., options={...})``: ``threads``,
 ``target``, ``max_size`` (below), and any other :func:`minicomp.compile` keyword.
 
 Dynamic shapes: a graph dynamo traces with symbolic sizes
-(``torch._dynamo.mark_dynamic(x, 1, min=1, max=512)``, or ``dynamic=True``
-with ``options={"max_size": 512}`` for every size torch leaves unbounded)
-compiles once for every size in the ranges (docs/dynamic.md). Without a
-maximum it compiles once per shape, with one warning. torch itself
+(``torch._dynamo.mark_dynamic(x, 1, min=1, max=512)``, ``dynamic=True``, or
+torch's automatic dynamic shapes at the second size) compiles once for every
+size in the ranges (docs/dynamic.md). A size torch leaves without a maximum
+takes ``options={"max_size": N}``, else a default one
+(:mod:`~minicomp.frontends.pytorch_dynamo_graph`); a call past a default
+maximum compiles again for twice the range, with a warning. torch itself
 specializes sizes 0 and 1 unless ``torch.fx.experimental._config.
-backed_size_oblivious`` is set: then a call at size 1 runs the same compile.
+backed_size_oblivious`` is set; under ``dynamic=True`` a graph dynamo traced
+so (an input with a size of 0 or 1) runs eagerly at its first call and
+compiles at its second, since dynamo traces again with symbolic sizes at the
+next size, and that compile serves all of them.
 """
 
 from __future__ import annotations
@@ -91,17 +96,21 @@ class MinicompGraph:
     """One dynamo graph compiled by minicomp, once per input signature."""
 
     def __init__(self, gm, compile_options: dict, max_size: int | None = None):
+        from minicomp.frontends.pytorch_dynamo_graph import scalar_slots
+
         self.gm = gm
         self.max_size = max_size  # the largest size of a dynamic dimension torch leaves unbounded
         self.compile_options = compile_options
         self.constant_slots = self._find_constant_slots(gm)
+        self.scalar_slots = scalar_slots(gm)  # Python floats dynamo passes as 0-d tensors
         self._models: dict = {}
         self._weights: dict[int, tuple] = {}  # slot -> (tensor, version) the models were compiled with
         self._warned_grad = False
         self.eager = False  # set when minicomp cannot convert the graph
-        # With dynamic shapes (torch.compile(dynamic=True), mark_dynamic): the dimensions and their
-        # ranges, to compile once for all sizes (None: one compile per shape, as for a static graph).
+        # With dynamic shapes (torch.compile(dynamic=True), mark_dynamic): how the graph is exported to
+        # compile once for all sizes (a SymbolicPlan; None for a graph of static shapes).
         self.symbolic = None
+        self.eager_first_call = False  # (prepare)
 
     @staticmethod
     def _find_constant_slots(gm) -> dict[int, str]:
@@ -121,24 +130,35 @@ class MinicompGraph:
         dynamic shapes, dynamo's examples hold symbolic sizes: then the first call compiles)."""
         import torch
 
-        if not any(isinstance(a, torch.SymInt) for a in args):
+        from minicomp.frontends.pytorch_dynamo_graph import symbolic_plan
+
+        if any(isinstance(a, torch.SymInt) for a in args):
+            self.symbolic = symbolic_plan(self.gm, self.max_size)
+        if not torch._dynamo.config.assume_static_by_default and self._has_size_zero_or_one(args):
+            # dynamic=True, and torch specialized a size of 0 or 1: if it was one that varies, dynamo
+            # traces again with it symbolic at the next size, and that compile serves every size.
+            # This graph runs eagerly once and compiles only if it is called again.
+            self.eager_first_call = True
+        elif self.symbolic is None:
             self._model_for(list(args))
-            return
-        self.symbolic = symbolic_plan(self.gm, self.max_size)
-        if self.symbolic is None:
-            warnings.warn("minicomp compiles this graph once per input shape: its dynamic sizes have no maximum. "
-                          "Give each one (torch._dynamo.mark_dynamic(x, 1, min=1, max=512)), or all of them "
-                          "(options={'max_size': 512}), to compile once for every size in the range", stacklevel=3)
+
+    def _has_size_zero_or_one(self, args) -> bool:
+        import torch
+
+        return any(isinstance(a, torch.Tensor) and any(isinstance(d, int) and d in (0, 1) for d in a.shape)
+                   for i, a in enumerate(args) if i not in self.constant_slots)
 
     def _signature(self, args) -> tuple:
         import torch
 
+        scalars = tuple(("value", args[i].item()) for i in self.scalar_slots)
         if self.symbolic is not None:  # one compile: the sizes are read at each call
-            return ("symbolic",) + tuple(a.dtype for i, a in enumerate(args)
-                                         if i not in self.constant_slots and isinstance(a, torch.Tensor))
-        key = []
+            return ("symbolic",) + scalars + tuple(
+                a.dtype for i, a in enumerate(args)
+                if i not in self.constant_slots and i not in self.scalar_slots and isinstance(a, torch.Tensor))
+        key = list(scalars)
         for i, a in enumerate(args):
-            if i in self.constant_slots:
+            if i in self.constant_slots or i in self.scalar_slots:
                 continue
             key.append((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else ("value", a))
         return tuple(key)
@@ -150,32 +170,61 @@ class MinicompGraph:
                 return True
         return False
 
+    def _widen_past_default_maximum(self, args) -> None:
+        """A call past the maximum minicomp chose for sizes torch leaves unbounded: plan again for
+        room to double, and compile again (with a warning; a maximum the user gave refuses instead)."""
+        plan = self.symbolic
+        if plan is None or not plan.unbounded or self.max_size is not None:
+            return
+        largest = max(args[slot].shape[axis] for slot, axis in plan.unbounded.values())
+        if largest <= plan.max_size:
+            return
+        from minicomp.frontends.pytorch_dynamo_graph import symbolic_plan, widened_max
+
+        wider = widened_max(largest)
+        warnings.warn(f"minicomp compiles this graph again, for sizes up to {wider}: a call has a size of "
+                      f"{largest}, past the default maximum {plan.max_size} (options={{'max_size': N}} "
+                      f"gives one)", stacklevel=3)
+        self.symbolic = symbolic_plan(self.gm, wider)
+        self._models.clear()
+
     def _model_for(self, args):
         if self._weights_changed(args):
             self._models.clear()
             self._weights = {i: (args[i], args[i]._version) for i in self.constant_slots}
+        self._widen_past_default_maximum(args)
         key = self._signature(args)
         if key not in self._models:
             self._models[key] = self._compile(args)
         return self._models[key]
 
     def _compile(self, args):
-
         from minicomp.compiler import compile as mc_compile
         from minicomp.frontends.pytorch import _dim_names, export_module, from_exported_program
+        from minicomp.frontends.pytorch_dynamo_graph import fold_scalars
 
-        gm, spec = (self.gm, None) if self.symbolic is None else self.symbolic
+        gm, spec, sizes = self.gm, None, set()
+        if self.symbolic is not None:
+            gm, spec, sizes = self.symbolic.module, self.symbolic.spec, self.symbolic.sizes
+        inputs = [i for i in range(len(args)) if i not in sizes]  # the input slots of gm
+        if self.scalar_slots:
+            gm = fold_scalars(gm, {inputs.index(i): args[i].item() for i in self.scalar_slots})
+        kept = [i for i in inputs if i not in self.scalar_slots]  # the inputs of gm now
+        spec = spec and [spec[i] for i in kept]
         try:
             with _sizes_not_specialized():
-                ep = export_module(gm, tuple(args), dynamic_shapes=spec)
+                ep = export_module(gm, tuple(args[i] for i in kept), dynamic_shapes=spec)
         except MinicompError as exc:  # a graph torch.export cannot take runs eagerly
             raise UnsupportedError(str(exc)) from exc
         user = ep.graph_signature.user_inputs
-        constants = {user[i]: (name, args[i]) for i, name in self.constant_slots.items()}
-        graph = from_exported_program(ep, name="dynamo_graph", constant_inputs=constants,
-                                      dim_names=_dim_names(ep, spec) if spec else None)
+        constants = {user[kept.index(i)]: (name, args[i]) for i, name in self.constant_slots.items()}
+        try:
+            graph = from_exported_program(ep, name="dynamo_graph", constant_inputs=constants,
+                                          dim_names=_dim_names(ep, spec) if spec else None)
+        except MinicompError as exc:  # torch runs it, so it runs eagerly (with a warning) rather than fail
+            raise UnsupportedError(str(exc)) from exc
         model = mc_compile(graph, **self.compile_options)
-        return model, ep.call_spec.out_spec, [i for i in range(len(args)) if i not in self.constant_slots]
+        return model, ep.call_spec.out_spec, [i for i in kept if i not in self.constant_slots]
 
     def __call__(self, *args):
         import torch
@@ -187,7 +236,8 @@ class MinicompGraph:
                               "eagerly (call the model under torch.no_grad() to use minicomp)", stacklevel=2)
                 self._warned_grad = True
             return self.gm.forward(*args)
-        if self.eager:
+        if self.eager or self.eager_first_call:
+            self.eager_first_call = False
             return self.gm.forward(*args)
         try:
             model, out_spec, user_slots = self._model_for(list(args))
@@ -198,54 +248,8 @@ class MinicompGraph:
         from minicomp.frontends.pytorch import from_numpy, to_numpy
 
         arrays = [to_numpy(args[i].contiguous()) for i in user_slots if isinstance(args[i], torch.Tensor)]
-        outs = [from_numpy(o) for o in model(*arrays)]
-        return torch.utils._pytree.tree_unflatten(outs, out_spec)
-
-
-def symbolic_plan(gm, max_size: int | None = None):
-    """For a dynamo graph with symbolic sizes: (a copy of the graph whose size inputs are read from the
-    tensors instead, and torch.export's dynamic_shapes for it), or None when a size
-    has no finite maximum (memory is planned for the largest sizes) and ``max_size`` gives none."""
-    import torch
-    from torch.export import Dim
-
-    from minicomp.frontends.pytorch import size_range
-
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    axes: dict = {}  # symbol -> (placeholder, axis) where it stands alone
-    for n in placeholders:
-        val = n.meta.get("example_value")
-        if isinstance(val, torch.Tensor):
-            for k, d in enumerate(val.shape):
-                if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol:
-                    axes.setdefault(d.node.expr, (n, k))
-    dims = {}
-    for sym, (n, k) in axes.items():
-        vr = n.meta["example_value"].shape[k].node.shape_env.var_to_range.get(sym)
-        lo, hi = size_range(vr)
-        if hi is None:  # no maximum
-            if max_size is None:
-                return None
-            hi = max_size
-        # (dynamic=True leaves 0 in the range: a tensor of no elements is no model's input)
-        dims[sym] = Dim(str(sym), min=max(lo, 1), max=max(hi, 1))
-    graph = torch.fx.Graph()
-    copied: dict = {}
-    graph.output(graph.graph_copy(gm.graph, copied))
-    for n in placeholders:  # a size given as its own input: read it from the tensor that has it
-        val = n.meta.get("example_value")
-        if isinstance(val, torch.SymInt) and val.node.expr in axes:
-            source, axis = axes[val.node.expr]
-            with graph.inserting_after(copied[source]):
-                size = graph.call_function(torch.ops.aten.sym_size.int, (copied[source], axis))
-            copied[n].replace_all_uses_with(size)
-    spec = []
-    for n in placeholders:
-        val = n.meta.get("example_value")
-        spec.append({k: dims[d.node.expr] for k, d in enumerate(val.shape)
-                     if isinstance(d, torch.SymInt) and d.node.expr in dims}
-                    if isinstance(val, torch.Tensor) else None)
-    return torch.fx.GraphModule(gm, graph), spec
+        outs = torch.utils._pytree.tree_unflatten([from_numpy(o) for o in model(*arrays)], out_spec)
+        return outs if self.symbolic is None else self.symbolic.outputs(outs, args)
 
 
 @contextlib.contextmanager

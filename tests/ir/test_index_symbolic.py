@@ -84,4 +84,4 @@ def test_a_simplified_division_keeps_its_value_at_every_size(case):
             fixed = ex.substitute(x, {v: ex.Const(k, x.dtype) for v, k in values.items()})
             return ex.with_sizes(fixed, at).value
 
-        assert value(simple) == value(e), (ex.format_expr(e), ex.format_expr(simple), size, values)
+        assert value(simple) == value(e), (ex.format_expr(e), ex.format_expr(simple), at, values)
