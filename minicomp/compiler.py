@@ -168,7 +168,7 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
     stages, backend, target, pass manager) ready for code generation."""
     import time
 
-    from minicomp.backends.registry import get_backend
+    from minicomp.backends.registry import backend_names, get_backend
     from minicomp.passes.fusion import print_fused_graph
     from minicomp.passes.manager import CompileOptions, PassManager, Program
 
@@ -185,8 +185,9 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
     backend = get_backend(tgt.name)
     if graph.dims() and not backend.symbolic:
         dims = ", ".join(f"{name} ({lo}..{hi})" for name, lo, hi in graph.dims())
-        raise CompileError(f"target {tgt.name} does not compile symbolic sizes yet ({dims}); compile for llvm or c, "
-                           f"or give the inputs static shapes")
+        able = ", ".join(name for name in backend_names() if get_backend(name).symbolic)
+        raise CompileError(f"target {tgt.name} does not compile symbolic sizes yet ({dims}); compile for one of "
+                           f"{able}, or give the inputs static shapes")
     stages = Stages(input=print_graph(graph))
     if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
                                       or memory_budget < 0):

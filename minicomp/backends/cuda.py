@@ -21,6 +21,7 @@ import numpy as np
 from minicomp.backends.cuda_codegen import Launch, render_module
 from minicomp.backends.registry import Backend, register_backend
 from minicomp.errors import MinicompError
+from minicomp.ir.loops import DIM_SIZES, code_kernels
 from minicomp.passes.memory import buffer_slots, kernel_slots
 from minicomp.runtime import (
     CompiledModel,
@@ -51,10 +52,11 @@ class CudaExecutable:
 
 def build_cuda(program, stages: dict, opt_level: int) -> CudaExecutable:
     """Render the program's kernels as one CUDA C source; bind launch parameters to slots."""
-    source, launches = render_module(program.kernels)
+    kernels = code_kernels(program)  # (with the sizes of symbolic dimensions where they use any)
+    source, launches = render_module(kernels)
     stages.set("cuda", source)
     slots = buffer_slots(program.graph, program.memory_plan)
-    by_kernel = {k.name: dict(zip(k.params, kernel_slots(k, slots))) for k in program.kernels}
+    by_kernel = {k.name: dict(zip(k.params, kernel_slots(k, slots))) for k in kernels}
     bound = [(ln, [by_kernel[ln.kernel][b] for b in ln.params]) for ln in launches]
     return CudaExecutable(source, bound, slots, len(slots))
 
@@ -101,15 +103,21 @@ class CudaModel(CompiledModel):
 
     def __call__(self, *args, **kwargs):
         """Run on numpy arrays (or, on a GPU, pycuda GPUArrays: then outputs stay on the device)."""
-        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu")
+        sizes: dict = {}
+        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu", sizes=sizes)
         with self._lock:
-            return self.device.run(env)
+            return self.device.run(env, sizes)
 
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
         """Time each launch alone: ``[(function, seconds per launch)]`` (CUDA events on a GPU)."""
-        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu")
+        sizes: dict = {}
+        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu", sizes=sizes)
         with self._lock:
-            return self.device.profile(env, repeat)
+            return self.device.profile(env, repeat, sizes)
+
+    def dim_sizes(self, sizes: dict) -> np.ndarray:
+        """The call's sizes of the symbolic dimensions, in the order the kernels' ``mc_dims`` holds them."""
+        return np.array([sizes[name] for name, _, _ in self.graph.dims()] or [0], np.int64)
 
     def _target_name(self) -> str:
         return f"cuda ({self.device_name})"
@@ -127,26 +135,30 @@ class HostMemory:
         self.table = [0] * max(ex.n_slots, 1)
         self.keep, self.arena = host_buffers(self.table, ex.slots, graph.constants, plan)
         self.fresh = fresh_outputs(graph, ex.slots)
+        self.sizes = model.dim_sizes({name: 0 for name, _, _ in graph.dims()})
+        if DIM_SIZES in ex.slots:
+            self.table[ex.slots[DIM_SIZES]] = self.sizes.ctypes.data
 
-    def _bind(self, env) -> dict:
+    def _bind(self, env, sizes: dict) -> dict:
         env = {v: contiguous(a) for v, a in env.items()}
-        return env, bind_host_io(self.table, self.model.executable.slots, env, self.fresh)
+        self.sizes[:] = self.model.dim_sizes(sizes)
+        return env, bind_host_io(self.table, self.model.executable.slots, env, self.fresh, sizes)
 
-    def run(self, env) -> list[np.ndarray]:
-        env, outs = self._bind(env)
+    def run(self, env, sizes: dict) -> list[np.ndarray]:
+        env, outs = self._bind(env, sizes)
         for ln, slots in self.model.executable.launches:
-            self.emu.launch(ln, [self.table[s] for s in slots])
+            self.emu.launch(ln, [self.table[s] for s in slots], ln.grid_at(sizes))
         return collect_outputs(self.model.graph, env, outs)
 
-    def profile(self, env, repeat: int):
-        env, outs = self._bind(env)
+    def profile(self, env, repeat: int, sizes: dict):
+        env, outs = self._bind(env, sizes)
         timings = []
         for ln, slots in self.model.executable.launches:
-            ptrs = [self.table[s] for s in slots]
-            self.emu.launch(ln, ptrs)
+            ptrs, grid = [self.table[s] for s in slots], ln.grid_at(sizes)
+            self.emu.launch(ln, ptrs, grid)
             t0 = time.perf_counter()
             for _ in range(repeat):
-                self.emu.launch(ln, ptrs)
+                self.emu.launch(ln, ptrs, grid)
             timings.append((ln.function, (time.perf_counter() - t0) / repeat))
         return timings
 
@@ -171,4 +183,4 @@ def make_cuda_target(name: str, num_threads: int | None, device: str | None):
 register_backend(Backend("cuda", "CUDA C for NVIDIA GPUs (pycuda), or the CPU through cuda-emu",
                          ("simplify", "fuse", "lower", "schedule", "plan", "legalize"), build_cuda,
                          prepare=prepare_cuda, model=make_cuda_model, schedule="gpu", emits=("cuda",),
-                         aliases=("cuda-emu",), make_target=make_cuda_target))
+                         aliases=("cuda-emu",), make_target=make_cuda_target, symbolic=True))

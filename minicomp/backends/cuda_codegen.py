@@ -26,6 +26,7 @@ from minicomp.backends.c_like import BF16_HELPERS, CRenderer, buffers_used, uses
 from minicomp.errors import CompileError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
+from minicomp.ir.dims import Size, upper
 from minicomp.ir.dtypes import DType
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
@@ -89,7 +90,7 @@ class Launch:
     function: str
     kernel: str
     params: list[Buffer]
-    grid: tuple[int, int, int]
+    grid: tuple  # three ints, or int64 expressions over the symbolic dimensions (see grid_at)
     block: tuple[int, int, int]
     syncs: bool
 
@@ -97,17 +98,40 @@ class Launch:
     def threads(self) -> int:
         return self.block[0] * self.block[1] * self.block[2]
 
+    def grid_at(self, sizes: dict) -> tuple[int, int, int]:
+        """The grid at a call with these sizes of the symbolic dimensions (name -> int)."""
+        return tuple(d if isinstance(d, int) else ex.with_sizes(d, sizes).value for d in self.grid)
 
-def launch_dims(s: Stmt) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Grid and block sizes: per axis, the longest loop bound to it."""
+
+def launch_dims(s: Stmt) -> tuple[tuple, tuple[int, int, int]]:
+    """Grid and block sizes: per axis, the longest loop bound to it. A block is static; a grid
+    dimension may be an expression over the symbolic dimensions (a loop over ``batch`` rows)."""
     grid, block = [1, 1, 1], [1, 1, 1]
     for lp in loops(s):
         if lp.kind in GPU_LOOP_KINDS:
             space, axis = lp.kind.split(".")
             dims = grid if space == "block" else block
             d = AXES.index(axis)
-            dims[d] = max(dims[d], lp.extent)
+            if isinstance(lp.extent, int) and isinstance(dims[d], int):
+                dims[d] = max(dims[d], lp.extent)
+            elif space == "thread":
+                raise CompileError(f"a loop over {lp.var.name} bound to {lp.kind} has the symbolic extent "
+                                   f"{lp.extent}: a block's threads are static")
+            else:
+                extent = ex.size_expr(lp.extent) if isinstance(lp.extent, Size) else lp.extent
+                dims[d] = extent if dims[d] == 1 else ex.simplify(ex.maximum(ex.size_expr(dims[d])
+                                                                             if isinstance(dims[d], Size)
+                                                                             else dims[d], extent))
     return tuple(grid), tuple(block)
+
+
+def _shorter(extent, dim) -> bool:
+    """Is a loop of ``extent`` bound to an axis of ``dim`` shorter than it (so guarded)? Where either
+    is symbolic, unless they are the same expression."""
+    if isinstance(extent, int) and isinstance(dim, int):
+        return extent < dim
+    as_expr = [ex.size_expr(x) if isinstance(x, (int, Size)) else x for x in (extent, dim)]
+    return ex.format_expr(as_expr[0]) != ex.format_expr(as_expr[1])
 
 
 def _uses_sync(s: Stmt) -> bool:
@@ -130,8 +154,10 @@ def render_kernel(kernel: Kernel, helpers: dict) -> tuple[str, list[Launch]]:
     for n, top in enumerate(tops):
         fname = f"k_{kernel.name}" + (f"_{n}" if len(tops) > 1 else "")
         params = buffers_used(top, kernel.params)
+        if kernel.dims:  # a kernel of symbolic sizes: each launch takes them (bounds, guards, strides)
+            params = [b for b in kernel.params if b in params or b is kernel.inputs[-1]]
         grid, block = launch_dims(top)
-        if grid[1] > 65535 or grid[2] > 65535:
+        if upper(grid[1]) > 65535 or upper(grid[2]) > 65535:
             raise CompileError(f"kernel {kernel.name}: grid {grid} is larger than CUDA allows in y or z (65535)")
         if block[0] * block[1] * block[2] > 1024:
             raise CompileError(f"kernel {kernel.name}: {block} is more than 1024 threads per block")
@@ -161,7 +187,7 @@ def render_module(kernels: list[Kernel]) -> tuple[str, list[Launch]]:
 
 def _index_type(kernel: Kernel) -> str:
     """``int`` indices when every buffer is small enough (faster on a GPU)."""
-    biggest = max((b.size for b in kernel.params), default=0)
+    biggest = max((upper(b.size) for b in kernel.params), default=0)
     return "int" if biggest < 2**31 - 1 else "long long"
 
 
@@ -196,13 +222,16 @@ class CudaRenderer(CRenderer):
             space, axis = s.kind.split(".")
             dims = self.grid if space == "block" else self.block
             offset = f" + {s.start}" if s.start else ""
-            guarded = s.extent < dims[AXES.index(axis)]
+            guarded = _shorter(s.extent, dims[AXES.index(axis)])
             it = self.index_type
             self.emit(depth, "{")
             if guarded or uses_var(s.body, s.var):  # a grid of one block may not need its index
                 self.emit(depth + 1, f"const {it} {name} = ({it}){CUDA_INDEX[space]}.{axis}{offset};")
             if guarded:
-                self.emit(depth + 1, f"if ({name} < {s.start + s.extent}) {{")
+                end = s.start + s.extent if isinstance(s.extent, int) else self.render(ex.simplify(
+                    ex.BinOp("add", ex.size_expr(s.extent) if isinstance(s.extent, Size) else s.extent,
+                             ex.Const(s.start, dtypes.int64))))
+                self.emit(depth + 1, f"if ({name} < {end}) {{")
                 self.stmt(s.body, depth + 2)
                 self.emit(depth + 1, "}")
             else:

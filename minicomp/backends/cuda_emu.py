@@ -97,8 +97,11 @@ class EmuDevice:
             fn.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_void_p]
             self.functions[ln.function] = fn
 
-    def launch(self, ln: Launch, pointers: list[int]) -> None:
-        """Run one launch over the buffers at ``pointers`` (host addresses)."""
+    def launch(self, ln: Launch, pointers: list[int], grid: tuple[int, int, int]) -> None:
+        """Run one launch over the buffers at ``pointers`` (host addresses), on ``grid`` (the launch's
+        grid at the call's sizes)."""
+        if 0 in grid:  # no block to run (a symbolic count that is 0 at this call)
+            return
         args = (ctypes.c_void_p * max(len(pointers), 1))(*pointers)
-        if self.functions[ln.function](*ln.grid, *ln.block, args):
+        if self.functions[ln.function](*grid, *ln.block, args):
             raise MinicompError(f"cuda-emu: launch {ln.function} failed: {self.lib.mc_emu_failure().decode()}")

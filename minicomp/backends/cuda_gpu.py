@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from minicomp.backends.cuda_codegen import NVCC_FLAGS
 from minicomp.errors import MinicompError
+from minicomp.ir.dims import concrete
+from minicomp.ir.loops import DIM_SIZES
 from minicomp.passes.memory import ALIGNMENT
 from minicomp.runtime import collect_outputs, contiguous, fresh_outputs, place_arena
 
@@ -69,12 +71,16 @@ class GPUDevice:
         self.arena = driver.mem_alloc(max(plan.arena_bytes, 1) + ALIGNMENT)
         place_arena(self.table, ex.slots, plan, int(self.arena))
         self.fresh = fresh_outputs(graph, ex.slots)
+        # The sizes of the symbolic dimensions, copied to the device at each call (the kernels read them).
+        self.sizes = gpuarray.to_gpu(model.dim_sizes({name: 0 for name, _, _ in graph.dims()}))
+        if DIM_SIZES in ex.slots:
+            self.table[ex.slots[DIM_SIZES]] = address(self.sizes)
         self.stream = driver.Stream()
         from pycuda.tools import DeviceMemoryPool
 
         self.pool = DeviceMemoryPool()  # outputs per call without a cudaMalloc each time
 
-    def _bind(self, env):
+    def _bind(self, env, sizes: dict):
         ga = self.gpuarray
         on_device = any(hasattr(a, "gpudata") for a in env.values())
         ex = self.model.executable
@@ -83,26 +89,32 @@ class GPUDevice:
             d = a if hasattr(a, "gpudata") else ga.to_gpu(contiguous(a))
             dev[v] = d
             self.table[ex.slots[v]] = address(d)
+        if sizes:
+            self.sizes.set(self.model.dim_sizes(sizes))
         outs = {}
         for v in self.fresh:
-            outs[v] = ga.empty(v.shape, dtype=v.dtype.numpy, allocator=self.pool.allocate)
+            outs[v] = ga.empty(concrete(v.shape, sizes), dtype=v.dtype.numpy, allocator=self.pool.allocate)
             self.table[ex.slots[v]] = address(outs[v])
+        self.grids = {ln.function: ln.grid_at(sizes) for ln, _ in ex.launches}
         return dev, outs, on_device
 
     def _launch(self, ln, slots):
-        grid, block = ln.grid, ln.block
-        self.functions[ln.function].prepared_async_call(grid, block, self.stream, *[self.table[s] for s in slots])
+        grid = self.grids[ln.function]
+        if 0 in grid:  # no block to run at this call's sizes
+            return
+        self.functions[ln.function].prepared_async_call(grid, ln.block, self.stream,
+                                                        *[self.table[s] for s in slots])
 
-    def run(self, env):
-        dev, outs, on_device = self._bind(env)
+    def run(self, env, sizes: dict):
+        dev, outs, on_device = self._bind(env, sizes)
         for ln, slots in self.model.executable.launches:
             self._launch(ln, slots)
         self.stream.synchronize()
         return collect_outputs(self.model.graph, env, outs, fetch=None if on_device else (lambda d: d.get()),
                                inputs_as_given=on_device)
 
-    def profile(self, env, repeat: int):
-        dev, outs, _ = self._bind(env)
+    def profile(self, env, repeat: int, sizes: dict):
+        dev, outs, _ = self._bind(env, sizes)
         timings = []
         for ln, slots in self.model.executable.launches:
             self._launch(ln, slots)  # warm up

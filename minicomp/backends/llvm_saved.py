@@ -47,14 +47,6 @@ from minicomp.runtime import contiguous
 FORMAT = 1
 
 
-def _refuse_symbolic(model, what: str) -> None:
-    """A model with symbolic sizes (mc.Dim) cannot be exported yet: say so before anything is written."""
-    if model.graph.dims():
-        dims = ", ".join(f"{name} ({lo}..{hi})" for name, lo, hi in model.graph.dims())
-        raise MinicompError(f"a model with symbolic sizes ({dims}) cannot be {what} yet; compile it with static "
-                            f"shapes for that")
-
-
 def _signature(values) -> list[dict]:
     """Name, shape and dtype of each value; a symbolic size is written as the IR text writes it (batch*seq)."""
     return [{"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape], "dtype": v.dtype.name}
@@ -339,7 +331,7 @@ extern "C" {{
 {inputs}
    Outputs, in order (the caller allocates them):
 {outputs} */
-int mc_run(const void* const* inputs, void* const* outputs); /* 0 on success, 1 if memory runs out */
+{run}
 void mc_set_num_threads(int n);                              /* threads for parallel loops (default {threads}) */
 #ifdef __cplusplus
 }}
@@ -360,9 +352,9 @@ static const long long const_offsets[] = {{{const_offsets}}};
 static const int arena_slots[] = {{{arena_slots}}};
 static const long long arena_offsets[] = {{{arena_offsets}}};
 void mc_set_num_threads(int n) {{ mc_num_threads = n > 0 ? n : 1; }}
-int mc_run(const void* const* inputs, void* const* outputs) {{
+{run_head} {{
   void* table[{n_slots}];
-  unsigned char* arena = aligned_alloc(64, {arena_alloc});
+{check_sizes}  unsigned char* arena = aligned_alloc(64, {arena_alloc});
   if (!arena) return 1;
   for (int i = 0; i < {n_const}; ++i) table[const_slots[i]] = (void*)(mc_weights + const_offsets[i]);
   for (int i = 0; i < {n_arena}; ++i) table[arena_slots[i]] = arena + arena_offsets[i];
@@ -373,6 +365,26 @@ int mc_run(const void* const* inputs, void* const* outputs) {{
   return 0;
 }}
 """
+
+
+def _run_function(dims: list, sizes_slot: int | None) -> tuple[str, str, str]:
+    """``mc_run``'s head, its declaration for the header (with what it returns), and the lines that
+    check and bind the sizes of a model's symbolic dimensions (none for a static model). A symbolic
+    model takes them first: ``sizes[k]`` is the size of dimension ``k`` at this call (the header lists
+    them); the buffers are allocated at the largest sizes."""
+    if not dims:
+        head = "int mc_run(const void* const* inputs, void* const* outputs)"
+        return head, f"{head}; /* 0 on success, 1 if memory runs out */", ""
+    head = "int mc_run(const int64_t* sizes, const void* const* inputs, void* const* outputs)"
+    listed = "\n".join(f"     sizes[{k}]: {name}, from {lo} to {hi}" for k, (name, lo, hi) in enumerate(dims))
+    decl = (f"/* The sizes of the symbolic dimensions at this call, in order (the shapes above name them):\n"
+            f"{listed} */\n#include <stdint.h>\n#define MC_NUM_DIMS {len(dims)}\n"
+            f"{head};\n/* 0 on success, 1 if memory runs out, 2 if a size is outside its range */")
+    los, his = _c_list(lo for _, lo, _ in dims), _c_list(hi for _, _, hi in dims)
+    check = (f"  static const int64_t lo[] = {{{los}}}, hi[] = {{{his}}};\n"
+             f"  for (int k = 0; k < {len(dims)}; ++k) if (sizes[k] < lo[k] || sizes[k] > hi[k]) return 2;\n"
+             f"  table[{sizes_slot}] = (void*)sizes;\n")
+    return head, decl, check
 
 
 def _c_list(xs) -> str:
@@ -394,7 +406,6 @@ def export_library(model, path: str) -> str:
     from minicomp import __version__
 
     jit, layout = model.native, model.layout
-    _refuse_symbolic(model, "exported as a library")
     from minicomp.backends.host_cc import which_compiler
 
     cc = which_compiler("CC", ("cc", "gcc"))
@@ -411,13 +422,14 @@ def export_library(model, path: str) -> str:
 
     def describe(vs):
         return "\n".join(f"     [{k}] {v.name}: {'uint16' if v.dtype.is_narrow_float else v.dtype.c} "
-                         f"{list(v.shape)}" for k, v in enumerate(vs)) or "     (none)"
+                         f"[{', '.join(map(str, v.shape))}]" for k, v in enumerate(vs)) or "     (none)"
 
     header_path = os.path.join(os.path.dirname(os.path.abspath(path)), header_name(path))
     guard = "MC_" + re.sub(r"\W", "_", os.path.basename(header_path)).upper()
+    run_head, run_decl, check_sizes = _run_function(graph.dims(), layout.slots.get(DIM_SIZES))
     header = HEADER.format(guard=guard, name=graph.name, version=__version__, cpu=jit.cpu, inputs=describe(inputs),
-                           outputs=describe(outputs), threads=model.num_threads)
-    wrapper = WRAPPER.format(
+                           outputs=describe(outputs), threads=model.num_threads, run=run_decl)
+    wrapper = WRAPPER.format(run_head=run_head, check_sizes=check_sizes,
         input_slots=_c_list(slots[v] for v in inputs), output_slots=_c_list(slots[v] for v in outputs),
         const_slots=_c_list(const_slots), const_offsets=_c_list(const_offsets),
         arena_slots=_c_list(slots[k] for k, _ in offsets), arena_offsets=_c_list(o for _, o in offsets),

@@ -374,7 +374,8 @@ def dim_size(k: Kernel, var: ex.DimVar) -> ex.Load:
 
 def code_kernels(program) -> list[Kernel]:
     """The program's kernels as code generators take them: with the sizes of the graph's symbolic
-    dimensions as an input where they use any (:func:`with_dim_sizes`)."""
+    dimensions as an input where they use any (:func:`with_dim_sizes`). ``program``: anything with a
+    ``graph`` and its ``kernels`` (a compiled model too)."""
     names = [name for name, _, _ in program.graph.dims()]
     return [with_dim_sizes(k, names) for k in program.kernels] if names else list(program.kernels)
 

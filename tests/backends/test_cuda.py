@@ -262,6 +262,9 @@ def test_nvcc_compiles_the_cuda_of_every_op_and_the_transformer_to_ptx_without_w
     """Also without a warning: no index or temporary is declared and left
     unused (pycuda shows nvcc's warnings to the user on every compile)."""
     sources = {"transformer": mc.compile(_transformer(), target="cuda").stages["cuda"]}
+    from benchmarks.bench_dynamic import mlp  # symbolic sizes: grids and guards read mc_dims
+
+    sources["mlp, batch 1..256"] = mc.compile(mlp(mc.Dim("batch", 1, 256)), target="cuda").stages["cuda"]
     for dtype in ("uint64", "uint8", "int32"):  # integer // and % take a sign test only where signed
         g = mc.GraphBuilder()
         a, b = g.input("a", (5, 3), dtype), g.input("b", (5, 3), dtype)

@@ -1,5 +1,8 @@
 """Symbolic sizes end to end: one compile serves every size in the declared range (docs/dynamic.md)."""
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,7 +16,7 @@ from tests.strategies import _CHAIN_BINARY, _CHAIN_UNARY, _apply_unary, _rng
 BATCH = mc.Dim("batch", 1, 256)
 
 
-@pytest.mark.parametrize("target", ["llvm", "c"])
+@pytest.mark.parametrize("target", ["llvm", "c", "cuda-emu"])
 def test_an_mlp_compiled_once_is_right_at_every_size_and_refuses_the_rest(target):
     graph = mlp(BATCH)
     model = mc.compile(graph, target=target)
@@ -49,14 +52,102 @@ def test_a_saved_model_keeps_its_dims_and_their_ranges(tmp_path):
         loaded(np.zeros((257, 784), np.float32))
 
 
+def test_the_cuda_grid_follows_the_sizes_of_the_call():
+    model = mc.compile(mlp(BATCH), target="cuda-emu")
+    grids = [ln.grid for ln in model.launches]
+    assert any(not isinstance(d, int) for grid in grids for d in grid)  # blocks over the batch
+    assert "mc_dims" in model.stages["cuda"]
+    assert {ln.grid_at({"batch": 1}) for ln in model.launches} != {ln.grid_at({"batch": 256}) for ln in model.launches}
+
+
+SIZED_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "mlp.h"
+int main(int argc, char** argv) {
+  int64_t sizes[MC_NUM_DIMS] = {atoll(argv[1])};
+  int64_t n = sizes[0];
+  float* x = malloc(n * 784 * sizeof(float));
+  float* y = malloc(n * 10 * sizeof(float));
+  for (int64_t i = 0; i < n * 784; ++i) x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+  const void* in[] = {x};
+  void* out[] = {y};
+  int rc = mc_run(sizes, in, out);
+  if (rc) return 10 + rc;
+  for (int64_t i = 0; i < n * 10; ++i) printf("%.8g\n", y[i]);
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
+def test_an_exported_library_takes_the_sizes_of_each_call(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    graph = mlp(BATCH)
+    header = open(mc.compile(graph).export_library(str(tmp_path / "libmlp.so"))).read()
+    assert "sizes[0]: batch, from 1 to 256" in header and "[0] x: float [batch, 784]" in header
+    (tmp_path / "main.c").write_text(SIZED_PROGRAM)
+    subprocess.run([cc, "main.c", "-I.", "-L.", "-lmlp", "-Wl,-rpath,.", "-o", "main"], cwd=tmp_path, check=True)
+    for n in (1, 7, 256):
+        out = subprocess.run(["./main", str(n)], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        x = (((np.arange(n * 784) * 37) % 101).astype(np.float32) / 50.0 - 1.0).reshape(n, 784)
+        np.testing.assert_allclose(np.array(out.split(), np.float32).reshape(n, 10),
+                                   mc.run_reference(graph, x)[0], rtol=1e-5, atol=1e-6)
+    assert subprocess.run(["./main", "257"], cwd=tmp_path).returncode == 12  # outside 1..256: mc_run says 2
+
+
+EXPORTED_C_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "model.h"
+int main(int argc, char** argv) {
+  int64_t sizes[1] = {atoll(argv[1])};
+  int64_t n = sizes[0];
+  float* x = malloc(n * 784 * sizeof(float));
+  float* y = malloc(n * 10 * sizeof(float));
+  for (int64_t i = 0; i < n * 784; ++i) x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+  net_model* m = net_load("model.bin");
+  if (!m) return 1;
+  int rc = net_run(m, sizes, x, y);
+  if (rc) return 10 + rc;
+  for (int64_t i = 0; i < n * 10; ++i) printf("%.8g\n", y[i]);
+  net_free(m);
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler")
+def test_exported_c_takes_the_sizes_of_each_call(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    graph = mlp(BATCH)
+    mc.compile(graph, target="c").export_c(str(tmp_path), name="net")
+    header = (tmp_path / "model.h").read_text()
+    assert "sizes[0]: batch, from 1 to 256" in header and "in0: x, float32[batch, 784]" in header
+    (tmp_path / "main.c").write_text(EXPORTED_C_DRIVER)
+    subprocess.run([cc, "-std=c99", "-O2", "-fopenmp", "-Wall", "-Werror", "main.c", "model.c", "-o", "main", "-lm"],
+                   cwd=tmp_path, check=True)
+    for n in (1, 7, 256):
+        out = subprocess.run(["./main", str(n)], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        x = (((np.arange(n * 784) * 37) % 101).astype(np.float32) / 50.0 - 1.0).reshape(n, 784)
+        np.testing.assert_allclose(np.array(out.split(), np.float32).reshape(n, 10),
+                                   mc.run_reference(graph, x)[0], rtol=1e-5, atol=1e-6)
+    assert subprocess.run(["./main", "0"], cwd=tmp_path).returncode == 12  # outside 1..256: net_run says 2
+
+
 def test_what_does_not_take_symbolic_sizes_yet_says_so(tmp_path):
-    with pytest.raises(CompileError, match=r"target cuda does not compile symbolic sizes yet \(batch \(1\.\.256\)\)"):
-        mc.compile(mlp(BATCH), target="cuda", device="emu")
-    model = mc.compile(mlp(BATCH))
-    with pytest.raises(mc.MinicompError, match="cannot be exported as a library yet"):
-        model.export_library(str(tmp_path / "libm.so"))
-    with pytest.raises(mc.MinicompError, match="cannot be exported as C yet"):
-        mc.compile(mlp(BATCH), target="c").export_c(str(tmp_path / "c"))
+    from dataclasses import replace
+
+    from minicomp.backends import registry
+
+    registry.register_backend(replace(registry.get_backend("c"), name="c-static-only", symbolic=False,
+                                       make_target=None, aliases=()))
+    try:
+        with pytest.raises(CompileError, match=r"target c-static-only does not compile symbolic sizes yet "
+                                               r"\(batch \(1\.\.256\)\); compile for one of c, cuda, llvm, reference"):
+            mc.compile(mlp(BATCH), target="c-static-only")
+    finally:
+        del registry._BACKENDS["c-static-only"]
 
 
 def test_positions_and_the_last_row_of_a_symbolic_axis():
@@ -122,10 +213,10 @@ def symbolic_dags(draw, max_nodes=7):
 
 
 @settings(max_examples=40, deadline=None)
-@given(symbolic_dags())
-def test_random_symbolic_graphs_compiled_once_match_the_reference_at_every_size(case):
+@given(symbolic_dags(), st.sampled_from(["llvm", "cuda-emu"]))
+def test_random_symbolic_graphs_compiled_once_match_the_reference_at_every_size(case, target):
     graph, sizes = case
-    model = mc.compile(graph)
+    model = mc.compile(graph, target=target)
     rng = np.random.default_rng(0)
     for n in sizes:
         arrays = [rng.uniform(-2, 2, size=tuple(n if isinstance(d, mc.Dim) else d for d in v.shape))

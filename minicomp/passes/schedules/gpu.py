@@ -21,12 +21,12 @@ CUDA launch, mapped to blocks and threads by its shape.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import reduce_identity
+from minicomp.ir.dims import Size, upper
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
     Allocate,
@@ -61,7 +61,7 @@ def gpu_schedule(kernel: Kernel, target) -> Kernel:
     notes, contractions = list(kernel.notes), []
     new_tops = []
     for top in [piece for nest in tops for piece in _split_for_contractions(nest)]:
-        tiled = tile_contraction(kernel, top, gpu)
+        tiled = None if is_symbolic(top) else tile_contraction(kernel, top, gpu)
         if tiled is not None:
             stmt, note, buf = tiled
             new_tops.append(stmt)
@@ -79,7 +79,9 @@ def gpu_schedule(kernel: Kernel, target) -> Kernel:
             continue
         name = f"g{n}"  # unique in the kernel: lowering names loops i0.., r0..
         only_here = [b for b in k.workspace if len(accesses(top, b)) == len(accesses(k.body, b))]
-        mapped = block_per_row(top, gpu, name, only_here)
+        # A nest with a symbolic extent gets one thread per point: its extents enter the grid and the
+        # guard as expressions; the tiles and row blocks above count in ints.
+        mapped = None if is_symbolic(top) else block_per_row(top, gpu, name, only_here)
         if mapped is None:
             out.append(thread_per_point(top, name))
             continue
@@ -184,22 +186,42 @@ def decompose(flat: ex.Expr, chain: list[For]) -> dict:
     for lp in reversed(chain):
         # Even the outermost digit keeps its modulo: flat indices past the end
         # (guarded by the caller) then still index inside every buffer.
-        digit = ex.BinOp("floordiv", flat, _i(stride)) if stride > 1 else flat
+        digit = ex.BinOp("floordiv", flat, _i(stride)) if not _is_one(stride) else flat
         mapping[lp.var] = _plus(ex.BinOp("mod", digit, _i(lp.extent)), lp.start)
-        stride *= lp.extent
+        stride = _times(stride, lp.extent)
     return mapping
 
 
-def _i(v: int) -> ex.Const:
-    return ex.Const(int(v), dtypes.int64)
+def is_symbolic(s: Stmt) -> bool:
+    """Does a loop of ``s`` have a symbolic extent (a size over dimensions, ``mc.Dim``)?"""
+    return any(not isinstance(lp.extent, int) for lp in loops(s))
+
+
+def _i(v) -> ex.Expr:
+    """An extent or a count as an int64 expression (a symbolic one reads the call's sizes)."""
+    return ex.Const(int(v), dtypes.int64) if isinstance(v, int) else ex.size_expr(v) if isinstance(v, Size) else v
+
+
+def _is_one(v) -> bool:
+    return isinstance(v, int) and v == 1
+
+
+def _times(a, b):
+    """``a * b`` for extents: ints and Sizes multiply as they are, an expression as an expression."""
+    if isinstance(a, ex.Expr) or isinstance(b, ex.Expr):
+        return ex.simplify(ex.BinOp("mul", _i(a), _i(b)))
+    return a * b
 
 
 def _plus(e: ex.Expr, c: int) -> ex.Expr:
     return ex.BinOp("add", e, _i(c)) if c else e
 
 
-def _product(xs) -> int:
-    return math.prod(lp.extent for lp in xs)
+def _product(xs):
+    out = 1
+    for lp in xs:
+        out = _times(out, lp.extent)
+    return out
 
 
 def substitute_stmt(s: Stmt, mapping: dict, ranges: dict | None = None) -> Stmt:
@@ -225,7 +247,7 @@ def thread_per_point(top: Stmt, name: str) -> Stmt:
     thread. A plain elementwise nest gives each thread VECTOR consecutive points
     of its innermost loop (a ``vectorized`` loop: float4 loads and stores)."""
     chain, inner = spatial_chain(top)
-    if chain and chain[-1].extent % VECTOR == 0 and not chain[-1].start:
+    if chain and isinstance(chain[-1].extent, int) and chain[-1].extent % VECTOR == 0 and not chain[-1].start:
         last = chain[-1]
         quad, lane = ex.Var(f"{last.var.name}.v"), ex.Var(f"{last.var.name}.l")
         point = ex.BinOp("add", ex.BinOp("mul", quad, _i(VECTOR)), lane)
@@ -234,12 +256,17 @@ def thread_per_point(top: Stmt, name: str) -> Stmt:
             inner = lanes
             chain = chain[:-1] + [For(quad, last.extent // VECTOR, last.body)]
     total = _product(chain)
-    threads = _threads_for(total)
-    blocks = max(1, -(-total // threads))
+    threads = _threads_for(upper(total))  # (a symbolic count: by its largest)
     bx, tx = ex.Var(f"{name}.bx"), ex.Var(f"{name}.tx")
     flat = ex.BinOp("add", ex.BinOp("mul", bx, _i(threads)), tx)
     body = substitute_stmt(inner, decompose(flat, chain)) if chain else inner
-    if blocks * threads > total:
+    if isinstance(total, int):
+        blocks = max(1, -(-total // threads))
+        guarded = blocks * threads > total
+    else:  # as many blocks as the call's sizes need; the last one guarded
+        blocks = ex.simplify(ex.BinOp("floordiv", ex.BinOp("add", _i(total), _i(threads - 1)), _i(threads)))
+        guarded = True
+    if guarded:
         body = If(ex.BinOp("lt", flat, _i(total)), body)
     return For(bx, blocks, For(tx, threads, body, "thread.x"), "block.x")
 
