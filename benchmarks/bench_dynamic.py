@@ -84,7 +84,7 @@ def _tokens(n):
 MODELS = {
     "mlp (batch 1..256)": (mlp, mc.Dim("batch", 1, 256), (1, 7, 33, 64, 200, 256),
                            lambda n: [np.random.default_rng(n).standard_normal((n, 784)).astype(np.float32)]),
-    "resnet50 (batch 2..32)": (resnet50, mc.Dim("batch", 2, 32), (2, 7, 16, 32), _images),
+    "resnet50 (batch 1..32)": (resnet50, mc.Dim("batch", 1, 32), (1, 2, 7, 16, 32), _images),
     "bert-base layer (seq 16..512)": (bert_base_layer, mc.Dim("seq", 16, 512), (16, 33, 128, 200, 512), _tokens),
 }
 

@@ -1,6 +1,7 @@
 """The ``minicomp`` command.
 
     minicomp run MODEL.{mcir,onnx,pt2} [--input NAME=FILE.npy ...] [--shape NAME=1,3,224,224]
+                                   [--dim NAME=MIN:MAX] [--size NAME=N]
                                    [--target llvm|c|cuda|cuda-emu|reference|CPU]
                                    [--threads N] [--repeat N] [--save DIR] [--check]
     minicomp bench MODEL.onnx [--threads 1 2] [--repeat N]
@@ -22,7 +23,9 @@ model; MODEL.pt2 a PyTorch program saved by torch.export.save (needs torch).
 ``minicomp --plugin my_ops.py COMMAND ...`` loads user ops, importers and
 passes first. ``run``, ``compile``, ``profile`` and ``bench`` take ``--tune``
 (measure schedules, or reuse the tunings ``minicomp tune`` kept in the cache).
-``run`` uses random inputs for any input not given. Errors are reported
+``run`` uses random inputs for any input not given (a symbolic dimension at
+its largest size, or ``--size``). ``--dim batch=1:128`` keeps an ONNX
+``dim_param`` symbolic (one compile for every size in the range). Errors are reported
 in one line and exit 2.
 """
 
@@ -38,6 +41,7 @@ import numpy as np
 import minicomp as mc
 from minicomp.cpu_load import OtherLoad, busy_warning
 from minicomp.errors import MinicompError
+from minicomp.ir.dims import concrete
 from minicomp.wording import count
 
 PASS_STAGES = ("graph", "fusion", "loops", "memory")  # ready before code generation
@@ -85,6 +89,35 @@ def parse_shapes(specs) -> dict[str, tuple[int, ...]]:
         except ValueError:
             raise MinicompError(f"--shape expects NAME=D1,D2,..., got '{spec}'") from None
     return shapes
+
+
+def parse_dims(specs) -> dict[str, tuple[int, int]]:
+    """``NAME=MIN:MAX`` pairs for --dim."""
+    dims = {}
+    for spec in specs or []:
+        name, sep, rng = spec.partition("=")
+        lo, colon, hi = rng.partition(":")
+        try:
+            if not sep or not colon or not name:
+                raise ValueError
+            dims[name] = (int(lo), int(hi))
+        except ValueError:
+            raise MinicompError(f"--dim expects NAME=MIN:MAX (batch=1:128), got '{spec}'") from None
+    return dims
+
+
+def parse_sizes(specs) -> dict[str, int]:
+    """``NAME=N`` pairs for --size."""
+    sizes = {}
+    for spec in specs or []:
+        name, sep, n = spec.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            sizes[name] = int(n)
+        except ValueError:
+            raise MinicompError(f"--size expects NAME=N (batch=7), got '{spec}'") from None
+    return sizes
 
 
 def terminal_progress():
@@ -141,30 +174,38 @@ def is_saved(path: str) -> bool:
     return os.path.splitext(path)[1].lower() == ".mcm"
 
 
-def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
-    """Read a model file: ``.mcir`` text, ``.onnx``, or a ``.pt2`` saved by ``torch.export.save``."""
+def load_args_model(args) -> mc.Graph:
+    """The model a command's arguments name, with its --shape and --dim."""
+    return load_model(args.model, parse_shapes(args.shape), parse_dims(args.dim))
+
+
+def load_model(path: str, shapes: dict | None = None, dims: dict | None = None) -> mc.Graph:
+    """Read a model file: ``.mcir`` text, ``.onnx``, or a ``.pt2`` saved by ``torch.export.save``.
+    ``shapes`` fix an ONNX model's dynamic inputs; ``dims`` keep the ``dim_param`` of each name symbolic, with
+    a range (name -> (min, max))."""
     if not os.path.exists(path):
         raise MinicompError(f"no such file: {path}")
     if is_saved(path):
         raise MinicompError(f"{path} is a compiled model: only 'minicomp run' takes one")
     ext = os.path.splitext(path)[1].lower()
+    if ext != ".onnx" and (shapes or dims):
+        flag = "--shape" if shapes else "--dim"
+        where = {".pt2": " (a .pt2 program keeps the shapes it was exported with)",
+                 ".mcir": " (a .mcir file declares its dims: 'dim batch = [1, 256]')"}.get(ext, "")
+        raise MinicompError(f"{flag} applies to .onnx models only{where}")
     if ext in (".mcir", ".txt"):
-        if shapes:
-            raise MinicompError("--shape applies to .onnx models only")
         with open(path, encoding="utf-8") as f:
             return mc.parse_graph(f.read())
     if ext == ".onnx":
         try:
-            return mc.from_onnx(path, shapes=shapes)
+            return mc.from_onnx(path, shapes=shapes, dims=dims or None)
         except MinicompError as exc:
             if "dynamic dimensions" not in str(exc):
                 raise
             name = str(exc).split("'")[1] if "'" in str(exc) else "NAME"
-            raise MinicompError(f"{str(exc).split(';')[0]}; fix them with --shape {name}=D1,D2,...") from None
+            raise MinicompError(f"{str(exc).split(';')[0]}; fix them with --shape {name}=D1,D2,..., or keep a "
+                                f"dim_param symbolic with --dim NAME=MIN:MAX") from None
     if ext == ".pt2":
-        if shapes:
-            raise MinicompError("--shape applies to .onnx models only (a .pt2 program keeps the shapes it was "
-                                "exported with)")
         try:
             import torch
         except ImportError:
@@ -179,19 +220,33 @@ def load_model(path: str, shapes: dict | None = None) -> mc.Graph:
     raise MinicompError(f"{path}: unknown model format '{ext}'; expected .mcir, .onnx or .pt2")
 
 
-def random_input(v, rng) -> np.ndarray:
-    """A random array for graph input ``v`` (standard normal, small ints, or bools)."""
-    dt = v.dtype
+def random_input(v, rng, sizes: dict | None = None) -> np.ndarray:
+    """A random array for graph input ``v`` (standard normal, small ints, or bools); a symbolic
+    dimension takes its size in ``sizes``."""
+    dt, shape = v.dtype, concrete(v.shape, sizes or {})
     if dt.is_float:
-        return rng.standard_normal(v.shape).astype(dt.numpy)
+        return rng.standard_normal(shape).astype(dt.numpy)
     if dt.is_bool:
-        return rng.integers(0, 2, v.shape).astype(bool)
-    return rng.integers(0, 10, v.shape).astype(dt.numpy)
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, 10, shape).astype(dt.numpy)
 
 
-def parse_inputs(graph: mc.Graph, specs: list[str], seed: int, cast: bool = False) -> dict[str, np.ndarray]:
-    """``NAME=FILE.npy`` pairs, plus random arrays for the inputs not named; ``cast``
-    converts each given array to its input's dtype (--cast)."""
+def call_sizes_of(graph: mc.Graph, specs) -> dict[str, int]:
+    """The size of each symbolic dimension in random inputs: --size NAME=N, else its largest."""
+    sizes = {name: hi for name, _, hi in graph.dims()}
+    for name, n in parse_sizes(specs).items():
+        if name not in sizes:
+            known = ", ".join(sizes) or "none"
+            raise MinicompError(f"--size {name}: the model has no symbolic dimension '{name}' (its dimensions: "
+                                f"{known})")
+        sizes[name] = n
+    return sizes
+
+
+def parse_inputs(graph: mc.Graph, specs: list[str], seed: int, cast: bool = False,
+                 sizes: dict | None = None) -> dict[str, np.ndarray]:
+    """``NAME=FILE.npy`` pairs, plus random arrays for the inputs not named (symbolic dimensions at
+    ``sizes``, else their largest); ``cast`` converts each given array to its input's dtype (--cast)."""
     given: dict[str, np.ndarray] = {}
     names = {v.name for v in graph.inputs}
     for spec in specs:
@@ -211,9 +266,10 @@ def parse_inputs(graph: mc.Graph, specs: list[str], seed: int, cast: bool = Fals
             raise MinicompError(f"--input {name}: {path} holds {given[name].dtype}, but input '{name}' is "
                                 f"{want.numpy}; add --cast to convert it")
     rng = np.random.default_rng(seed)
+    sizes = sizes if sizes is not None else call_sizes_of(graph, [])
     for v in graph.inputs:
         if v.name not in given:
-            given[v.name] = random_input(v, rng)
+            given[v.name] = random_input(v, rng, sizes)
     return given
 
 
@@ -227,11 +283,11 @@ def cmd_run(args) -> int:
         if args.check:
             raise MinicompError("--check needs the model's graph: run the .mcir or .onnx file")
     else:
-        graph = load_model(args.model, parse_shapes(args.shape))
+        graph = load_args_model(args)
         t0 = time.perf_counter()
         model = compile_with_progress(graph, warm_up=True, target=args.target, num_threads=args.threads,
                                       tune=args.tune)
-    inputs = parse_inputs(graph, args.input or [], args.seed, args.cast)
+    inputs = parse_inputs(graph, args.input or [], args.seed, args.cast, call_sizes_of(graph, args.size))
     compile_s = time.perf_counter() - t0
     model(**inputs)  # warm up
     load = OtherLoad()
@@ -313,7 +369,7 @@ def check_outputs(graph, inputs: dict, outs) -> int:
 
 def cmd_compile(args) -> int:
     args.started = time.perf_counter()
-    graph = load_model(args.model, parse_shapes(args.shape))
+    graph = load_args_model(args)
     args.loaded = time.perf_counter() - args.started
     if args.emit and args.emit not in PASS_STAGES:
         from minicomp.backends.registry import backend_for_name, backend_names, get_backend
@@ -366,7 +422,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    graph = load_model(args.model, parse_shapes(args.shape))
+    graph = load_args_model(args)
     model = mc.compile(graph, target="llvm", pipeline=args.pipeline,
                        memory={"order": args.order, "offsets": args.offsets, "in_place": not args.no_in_place},
                        memory_budget=args.budget)
@@ -378,8 +434,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    graph = load_model(args.model, parse_shapes(args.shape))
-    inputs = parse_inputs(graph, args.input or [], args.seed, args.cast)
+    graph = load_args_model(args)
+    inputs = parse_inputs(graph, args.input or [], args.seed, args.cast, call_sizes_of(graph, args.size))
     model = compile_with_progress(graph, warm_up=True, target=args.target, num_threads=args.threads,
                                   tune=args.tune)
     load = OtherLoad()
@@ -400,7 +456,7 @@ def cmd_tune(args) -> int:
 
     if not is_cpu_target(args.target):
         raise MinicompError(f"tune measures code on this CPU: use --target llvm or a CPU name, not {args.target}")
-    graph = load_model(args.model, parse_shapes(args.shape))
+    graph = load_args_model(args)
     t0 = time.perf_counter()
     tuned = compile_with_progress(graph, target=args.target, num_threads=args.threads,
                                   tune={"max_candidates": args.max_candidates})
@@ -563,6 +619,11 @@ def _shared_args() -> dict[str, tuple]:
         "model": _arg("model", help="model file (.mcir, .onnx or .pt2)"),
         "shape": _arg("--shape", action="append", metavar="NAME=D1,D2,...",
                       help="fix a dynamic input shape of an ONNX model (repeatable)"),
+        "dim": _arg("--dim", action="append", metavar="NAME=MIN:MAX",
+                    help="keep an ONNX dim_param symbolic, with this range: one compile for every size in it "
+                         "(repeatable; docs/dynamic.md)"),
+        "size": _arg("--size", action="append", metavar="NAME=N",
+                     help="the size of a symbolic dimension in the random inputs (default: its largest)"),
         "input": _arg("--input", "-i", action="append", metavar="NAME=FILE.npy", help="an input array (repeatable)"),
         "cast": _arg("--cast", action="store_true", help="convert each --input array to its input's dtype"),
         "threads": _arg("--threads", type=positive_int, default=None, help="threads for parallel loops"),
@@ -579,7 +640,7 @@ def _commands() -> list[tuple]:
         ("run", cmd_run, "compile a model and run it, printing output shapes, checksums and time", None, [
             _arg("model", help="model file (.mcir, .onnx or .pt2, or .mcm saved by 'compile -o')"), "shape",
             _arg("--input", "-i", action="append", metavar="NAME=FILE.npy",
-                 help="an input array (repeatable); inputs not given are random"),
+                 help="an input array (repeatable); inputs not given are random"), "size",
             _arg("--cast", action="store_true",
                  help="convert each --input array to its input's dtype (e.g. a float64 .npy for a float32 input)"),
             _arg("--target", default="llvm", choices=target_names(),
@@ -634,7 +695,7 @@ def _commands() -> list[tuple]:
             _arg("--verbose", "-v", action="store_true", help="also list every buffer and its offset"),
         ]),
         ("profile", cmd_profile, "compile a model and time each kernel alone on random inputs", None, [
-            "model", "shape", "input", "cast",
+            "model", "shape", "input", "cast", "size",
             _arg("--target", default="llvm", choices=target_names(), help="where to run (default llvm)"), "threads",
             _arg("--repeat", type=positive_int, default=10, help="runs of each kernel to average (default 10)"),
             _arg("--top", type=positive_int, default=30, help="show the slowest N kernels (default 30)"),
@@ -689,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
         for arg in args:
             flags, kwargs = shared[arg] if isinstance(arg, str) else arg
             command.add_argument(*flags, **kwargs)
+            if arg == "shape":  # where a dynamic shape may be fixed, it may be kept symbolic
+                command.add_argument(*shared["dim"][0], **shared["dim"][1])
         # --plugin may also come after the command (minicomp compile m.mcir --plugin p.py); main() merges both.
         command.add_argument("--plugin", action="append", dest="plugin_after", metavar="FILE.py|MODULE",
                              help="load a Python file or module first (as 'minicomp --plugin ... COMMAND')")

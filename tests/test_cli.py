@@ -231,3 +231,40 @@ def test_timing_commands_warn_when_other_programs_share_the_cpus(model_file, cap
     monkeypatch.setattr(cli, "OtherLoad", _Idle)
     assert main([command[0], str(model_file), *command[1:]]) == 0
     assert "other programs" not in capsys.readouterr().err
+
+
+def test_a_dim_param_kept_symbolic_from_the_command_line(tmp_path, capsys):
+    """--dim batch=1:128 keeps an ONNX model's batch symbolic; --size picks the random inputs' batch."""
+    import onnx
+
+    from tests.backends.test_dynamic import onnx_mlp  # the batch is the dim_param "batch"
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(onnx_mlp(), str(path))
+    assert main(["run", str(path), "--dim", "batch=1:128", "--size", "batch=3", "--check"]) == 0
+    assert "float32[3, 10]" in capsys.readouterr().out
+    assert main(["run", str(path), "--dim", "batch=1:128"]) == 0
+    assert "float32[128, 10]" in capsys.readouterr().out  # at its largest
+    assert main(["compile", str(path), "--dim", "batch=1:128", "--emit", "loops"]) == 0
+    assert "batch in 1..128" in capsys.readouterr().out
+    assert main(["run", str(path)]) == 2
+    assert "--dim NAME=MIN:MAX" in capsys.readouterr().err
+    for argv, message in ((["--dim", "batch=1"], "--dim expects NAME=MIN:MAX"),
+                          (["--dim", "batch=1:128", "--size", "rows=3"], "no symbolic dimension 'rows'"),
+                          (["--dim", "batch=1:128", "--size", "batch=200"], "declared 1..128")):
+        assert main(["run", str(path), *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_text_model_with_dims_runs_at_its_largest_size_or_the_one_given(tmp_path, capsys):
+    g = mc.GraphBuilder("scale")
+    x = g.input("x", (mc.Dim("rows", 1, 9), 4))
+    g.output(x * 2.0)
+    path = tmp_path / "scale.mcir"
+    path.write_text(mc.print_graph(g.build()))
+    assert main(["run", str(path), "--check"]) == 0
+    assert "float32[9, 4]" in capsys.readouterr().out
+    assert main(["run", str(path), "--size", "rows=2", "--check"]) == 0
+    assert "float32[2, 4]" in capsys.readouterr().out
+    assert main(["run", str(path), "--dim", "rows=1:4"]) == 2
+    assert "declares its dims" in capsys.readouterr().err
