@@ -8,7 +8,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import minicomp as mc
-from minicomp.ir.loops import loops, walk_stmts
+from minicomp.ir.loops import loops, top_statements, walk_stmts
 from minicomp.passes.manager import PassManager, Program
 from minicomp.passes.schedules import (
     Bind,
@@ -16,6 +16,7 @@ from minicomp.passes.schedules import (
     CacheWrite,
     ComputeAt,
     DecomposeReduction,
+    Distribute,
     Fuse,
     Localize,
     Pack,
@@ -224,7 +225,7 @@ def test_schedule_text_round_trips():
 
 
 def test_every_step_prints_and_parses():
-    steps = [Split("i0", 4), Split("i0", 4, "widen"), Reorder(("a", "b", "c")), Fuse("a", "b"),
+    steps = [Split("i0", 4), Split("i0", 4, "widen"), Reorder(("a", "b", "c")), Fuse("a", "b"), Distribute("a"),
              Tile("a", "b", 6, 32), Parallel("a"),
              Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "thread.x"), CacheWrite("buf", "a", "shared"),
              CacheRead("buf", "a", "local"), DecomposeReduction("a"), ComputeAt("a", "b"), ReverseComputeInline("a"),
@@ -257,6 +258,40 @@ def padded_conv():
     x = g.input("x", (1, 4, 9, 9))
     g.output(g.conv2d(x, g.constant(rng.standard_normal((5, 4, 3, 3)).astype(np.float32)), padding=1))
     return g.build(), [rng.standard_normal((1, 4, 9, 9)).astype(np.float32)]
+
+
+def test_distribute_gives_each_nest_of_a_loop_its_own_loop():
+    """A padded convolution at batch 3 is one loop over the images holding the padding and the
+    convolution; distributed, each is its own loop over the images, and the results stay."""
+    rng = np.random.default_rng(5)
+    g = mc.GraphBuilder()
+    x = g.input("x", (3, 4, 9, 9))
+    g.output(g.conv2d(x, g.constant(rng.standard_normal((5, 4, 3, 3)).astype(np.float32)), padding=1))
+    graph, xs = g.build(), rng.standard_normal((3, 4, 9, 9)).astype(np.float32)
+    k = lowered(graph)
+    assert len(top_statements(k.body)) == 1
+    split = apply_schedule(k, "distribute(i0)")
+    assert [lp.var.name for lp in top_statements(split.body)] == ["i0_0", "i0_1"]
+    model = mc.compile(graph, schedules={k.name: "distribute(i0); fuse(i0_1, i4); parallel(i0_1_i4)"})
+    assert_close(model(xs)[0], mc.run_reference(graph, xs)[0])
+    with pytest.raises(ScheduleError, match="its body is one statement"):
+        apply_schedule(lowered(exp_graph()), "distribute(i0)")
+
+
+def test_distribute_refuses_iterations_that_share_a_buffer():
+    """``for i: {t[0] = x[i]; y[i] = t[0]}``: t is one element for every iteration, so the first
+    statement of all iterations cannot run before the second of any."""
+    from minicomp.ir import dtypes
+    from minicomp.ir import expr as ex
+    from minicomp.ir.loops import Buffer, For, Kernel, Seq, Store
+
+    i = ex.Var("i")
+    xb, tb, yb = Buffer("x", (4,), dtypes.float32), Buffer("t", (1,), dtypes.float32), Buffer("y", (4,), dtypes.float32)
+    zero = ex.Const(0, dtypes.int64)
+    body = Seq([Store(tb, (zero,), ex.Load(xb, (i,))), Store(yb, (i,), ex.Load(tb, (zero,)))])
+    k = Kernel("shared", [xb], [yb], For(i, 4, body), workspace=[tb])
+    with pytest.raises(ScheduleError, match="not touched only at index i"):
+        apply_schedule(k, "distribute(i)")
 
 
 def test_compute_at_pads_only_the_rows_each_output_row_reads():
@@ -320,8 +355,8 @@ def test_gpu_bindings_need_a_gpu_target():
 
 # -- random legal step sequences --------------------------------------------------
 
-STEP_KINDS = ("split", "partition", "reorder", "fuse", "unroll", "vectorize", "simd", "parallel", "cache_write",
-              "decompose_reduction", "tile", "compute_at")
+STEP_KINDS = ("split", "partition", "reorder", "fuse", "distribute", "unroll", "vectorize", "simd", "parallel",
+              "cache_write", "decompose_reduction", "tile", "compute_at")
 
 
 @st.composite
@@ -341,6 +376,7 @@ def random_steps(draw, kernel, max_steps=6):
             "partition": lambda: Partition(a, draw(st.integers(1, 8))),
             "reorder": lambda: Reorder((a, b)),
             "fuse": lambda: Fuse(a, b),
+            "distribute": lambda: Distribute(a),
             "unroll": lambda: Unroll(a),
             "vectorize": lambda: Vectorize(a),
             "simd": lambda: Simd(a),

@@ -14,6 +14,7 @@ from minicomp.passes.schedules.primitives import (
     CacheWrite,
     ComputeAt,
     DecomposeReduction,
+    Distribute,
     Fuse,
     Localize,
     Pack,
@@ -34,7 +35,7 @@ from minicomp.passes.schedules.primitives import (
 from minicomp.passes.schedules.step import ScheduleError, Step
 
 __all__ = [
-    "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Fuse", "Localize", "Pack",
-    "Parallel", "Partition", "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step", "Tile",
-    "Unroll", "Vectorize", "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
+    "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Distribute", "Fuse", "Localize",
+    "Pack", "Parallel", "Partition", "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step",
+    "Tile", "Unroll", "Vectorize", "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
 ]

@@ -48,6 +48,7 @@ from minicomp.ir.loops import (
     Allocate,
     For,
     Kernel,
+    Seq,
     Stmt,
     Store,
     loops,
@@ -90,6 +91,7 @@ from minicomp.passes.schedules.primitives import (
     CacheWrite,
     ComputeAt,
     DecomposeReduction,
+    Distribute,
     Fuse,
     Localize,
     Pack,
@@ -98,6 +100,7 @@ from minicomp.passes.schedules.primitives import (
     Reorder,
     Vectorize,
     apply_step,
+    iterations_independent,
 )
 from minicomp.passes.schedules.step import ScheduleError, accesses, find_loop
 
@@ -328,22 +331,39 @@ def _innermost_loops(s: Stmt) -> list[For]:
     return out
 
 
+def _distribute_short_symbolic_loops(k: Kernel, num_threads: int) -> Kernel:
+    """Distribute each top-level loop over a symbolic extent that may be too short to fill the threads
+    (a batch from 1) whose body is several nests (a convolution's padding, then the convolution), so
+    that each nest can fuse the loop with its own inner loop and run that in parallel."""
+    if num_threads < 2:
+        return k
+    for nest in top_statements(k.body):
+        if (isinstance(nest, For) and nest.kind == "serial" and not nest.is_reduction
+                and not isinstance(nest.extent, int) and lower(nest.extent) < 4 * num_threads
+                and isinstance(nest.body, Seq) and len(nest.body.stmts) > 1 and iterations_independent(nest)):
+            k = apply_step(k, Distribute(nest.var.name))
+    return k
+
+
 def _parallelize(k: Kernel, num_threads: int) -> Kernel:
     """Fuse outer spatial loops until there is enough parallelism, run the
     outermost loop in parallel when the nest has enough work, and vectorize
     every innermost serial loop."""
+    k = _distribute_short_symbolic_loops(k, num_threads)
     for nest in top_statements(k.body):
         if not isinstance(nest, For) or nest.kind != "serial":
             continue
-        # (a symbolic extent is judged at its largest)
-        name, extent, inner = nest.var.name, upper(nest.extent), nest.body
+        # A symbolic extent is judged at its largest for the work, at its least for the parallelism: a
+        # batch of 1..32 fuses with the loop inside it, so that one image still fills the threads.
+        name, extent, least, inner = nest.var.name, upper(nest.extent), lower(nest.extent), nest.body
         fused = {name}
-        while (num_threads > 1 and extent < 4 * num_threads and isinstance(inner, For)
+        while (num_threads > 1 and least < 4 * num_threads and isinstance(inner, For)
                and inner.kind == "serial" and not inner.is_reduction and not nest.is_reduction):
             k = apply_step(k, Fuse(name, inner.var.name))
             name = f"{name}_{inner.var.name}"
             fused.add(inner.var.name)
             extent *= upper(inner.extent)
+            least *= lower(inner.extent)
             inner = inner.body
         fused.add(name)
         top = find_loop(k.body, name)

@@ -45,7 +45,7 @@ from minicomp.ir.loops import (
 )
 from minicomp.passes.schedules.analysis import flat_stride, vector_lanes
 from minicomp.passes.schedules.buffer_steps import ReverseComputeInline
-from minicomp.passes.schedules.primitives import apply_step
+from minicomp.passes.schedules.primitives import apply_step, iterations_independent
 from minicomp.passes.schedules.step import ScheduleError, accesses
 
 WARP = 32
@@ -112,25 +112,13 @@ def distribute_loop(top: Stmt) -> list[Stmt]:
     if not (isinstance(top, For) and top.kind == "serial" and not top.is_reduction):
         return [top]
     inner = list(top.body.stmts) if isinstance(top.body, Seq) else distribute_loop(top.body)
-    if len(inner) < 2 or not _iterations_independent(top):
+    if len(inner) < 2 or not iterations_independent(top):
         return [top]
     pieces = []
     for n, st in enumerate(inner):
         v = ex.Var(f"{top.var.name}_{n}", top.var.dtype)
         pieces.append(replace(top, var=v, body=substitute_stmt(st, {top.var: v})))
     return pieces
-
-
-def _iterations_independent(lp: For) -> bool:
-    written = {st.buffer for st in walk_stmts(lp.body) if isinstance(st, Store)}
-    for buf in written:
-        axes = None
-        for _, idx, _ in accesses(lp.body, buf):
-            here = {p for p, i in enumerate(idx) if i is lp.var}
-            axes = here if axes is None else axes & here
-            if not axes:
-                return False
-    return True
 
 
 def _drop_workspace(k: Kernel, gone: list) -> Kernel:

@@ -20,6 +20,9 @@ The primitives, in the spirit of TVM's TIR schedule:
   concatenation) and its index clamps fold away;
 - ``reorder(a, b, ...)``: permute loops of one perfect nest;
 - ``fuse(outer, inner)``: one loop over both (``outer_inner``);
+- ``distribute(loop)``: loop fission, ``for v: {a; b}`` as ``for v_0: a;
+  for v_1: b``, where every buffer the body writes is touched only at index
+  ``v`` of some axis (each iteration its own slice, so they are independent);
 - ``tile(a, b, fa, fb)``: split both and order ``a.o, b.o, a.i, b.i``;
 - ``parallel``, ``vectorize`` (a hint), ``simd`` (explicit vector lanes),
   ``unroll``, ``bind(loop, "thread.x")``: set a loop's kind;
@@ -56,6 +59,7 @@ from minicomp.ir.loops import (
     Allocate,
     For,
     Kernel,
+    Seq,
     Store,
     loops,
     only_stores,
@@ -78,6 +82,7 @@ from minicomp.passes.schedules.step import (
     Names,
     ScheduleError,
     Step,
+    accesses,
     copy_loops,
     enclosing_ranges,
     loop_ranges,
@@ -275,6 +280,46 @@ class Fuse(Step):
 
 
 @dataclass(frozen=True)
+class Distribute(Step):
+    """Loop fission: ``for v: {a; b}`` as ``for v_0: a; for v_1: b`` (one loop per statement of the
+    body), where the iterations are independent (:func:`iterations_independent`)."""
+
+    loop: str
+    name = "distribute"
+
+    def apply(self, kernel, names):
+        lp = self.find(kernel, self.loop)
+        if lp.kind != "serial" or lp.is_reduction:
+            self.fail(kernel, "only a serial spatial loop can be distributed")
+        if not isinstance(lp.body, Seq) or len(lp.body.stmts) < 2:
+            self.fail(kernel, "its body is one statement: nothing to distribute")
+        if not iterations_independent(lp):
+            self.fail(kernel, f"a buffer its body writes is not touched only at index {lp.var.name}: its "
+                              f"iterations may depend on each other")
+        pieces = []
+        for n, st in enumerate(lp.body.stmts):
+            v = ex.Var(names.fresh(f"{lp.var.name}_{n}"), lp.var.dtype)
+            pieces.append(replace(lp, var=v, body=map_exprs(st, lambda e, v=v: ex.substitute(e, {lp.var: v}))))
+        return replace_stmt(kernel.body, lp, seq(*pieces))
+
+
+def iterations_independent(lp: For) -> bool:
+    """Does each iteration of ``lp`` have its own slice of every buffer its body writes (each access
+    to the buffer indexes ``lp``'s variable at one same axis)? Then its iterations may run in any
+    order, or statement by statement. A buffer the body allocates is its own in every iteration."""
+    own = {st.buffer for st in walk_stmts(lp.body) if isinstance(st, Allocate)}
+    written = {st.buffer for st in walk_stmts(lp.body) if isinstance(st, Store)} - own
+    for buf in written:
+        axes = None
+        for _, idx, _ in accesses(lp.body, buf):
+            here = {p for p, i in enumerate(idx) if i is lp.var}
+            axes = here if axes is None else axes & here
+            if not axes:
+                return False
+    return True
+
+
+@dataclass(frozen=True)
 class Tile(Step):
     """Split ``a`` and ``b`` by ``fa`` and ``fb`` and order the full tiles ``a.o, b.o, a.i, b.i``.
 
@@ -418,9 +463,9 @@ CUDA_AXIS_NAMES = {f"{cuda}.{d}": f"{axis}.{d}" for cuda, axis in (("blockIdx", 
                    for d in "xyz"}
 
 
-STEPS = {cls.name: cls for cls in (Split, Partition, Reorder, Fuse, Tile, Parallel, Vectorize, Simd, Unroll, Bind,
-                                   CacheWrite, CacheRead, DecomposeReduction, ComputeAt, ReverseComputeInline, Pack,
-                                   Localize)}
+STEPS = {cls.name: cls for cls in (Split, Partition, Reorder, Fuse, Distribute, Tile, Parallel, Vectorize, Simd,
+                                   Unroll, Bind, CacheWrite, CacheRead, DecomposeReduction, ComputeAt,
+                                   ReverseComputeInline, Pack, Localize)}
 
 
 def apply_step(kernel: Kernel, step: Step) -> Kernel:
