@@ -796,4 +796,10 @@ def _simplify_node(e: Expr, ranges: dict) -> Expr:
 
 
 def _size(e: Expr) -> int:
-    return sum(1 for _ in walk(e))
+    """The number of nodes of ``e`` (kept on each node: the simplifier asks it of every sum and
+    product it rebuilds, bottom up, so each node is counted once)."""
+    n = getattr(e, "_node_count", None)
+    if n is None:
+        n = 1 + sum(_size(c) for c in children(e))
+        e._node_count = n
+    return n

@@ -197,8 +197,13 @@ def simplify_divmod(e, ranges: dict):
 
 
 def mentions_dim(e) -> bool:
-    """Whether a dimension variable appears in ``e``."""
+    """Whether a dimension variable appears in ``e`` (kept on each node: the simplifier asks it of
+    every division it cannot simplify, bottom up, so each node is looked at once)."""
     from minicomp.ir import expr as ex
 
-    return any(isinstance(n, ex.DimVar) for n in ex.walk(e))
+    found = getattr(e, "_mentions_dim", None)
+    if found is None:
+        found = isinstance(e, ex.DimVar) or any(mentions_dim(c) for c in ex.children(e))
+        e._mentions_dim = found
+    return found
 

@@ -117,6 +117,22 @@ def test_a_widened_tail_is_one_full_block_ending_at_the_last_iteration():
         apply_schedule(lowered(graph), "split(i2, 3, wide)")
 
 
+def test_a_widened_tail_over_a_symbolic_extent_shorter_than_a_block_repeats_the_last_iteration():
+    """split(i0, 8, widen) over rows 1..20: at 3 rows the tail runs 0, 1, 2, 2, 2, 2, 2, 2 (the last
+    row again, the same value written again); at 13, blocks 0-7 and a tail over 5-12."""
+    rows = mc.Dim("rows", 1, 20)
+    g = mc.GraphBuilder()
+    x = g.input("x", (rows, 6))
+    g.output(g.exp(x))
+    graph = g.build()
+    k = apply_schedule(lowered(graph), "split(i0, 8, widen)")
+    assert "min((max((rows - 8), 0) + i0.t), (rows - 1))" in str(k)
+    model = mc.compile(graph, schedules={k.name: k.schedule})
+    for n in (1, 3, 8, 13, 20):
+        xs = np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32)
+        np.testing.assert_allclose(model(xs)[0], np.exp(xs), rtol=1e-6)
+
+
 def test_partition_runs_the_same_iterations_in_two_loops():
     k = apply_schedule(lowered(exp_graph()), "partition(i2, 3)")
     first, rest = (next(lp for lp in loops(k.body) if lp.var.name == n) for n in ("i2", "i2.p"))

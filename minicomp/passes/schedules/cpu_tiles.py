@@ -205,8 +205,10 @@ def row_tiles(k, rows: str, n, rows_tile: int) -> tuple[Kernel, list[str]]:
     remainder. A symbolic ``n`` (mc.Dim) has its remainder only at the call: when the range holds at
     least one tile, tiles of ``rows_tile`` and, when rows are left, one more that ends at the last
     row (``split(..., widen)``); else tiles of ``rows_tile`` and one tile each of half, a quarter...
-    of it, which runs when the remainder holds it (7 rows are 4 + 2 + 1). Every tile is unrolled
-    code of a static size."""
+    of it, which runs when the remainder holds it (7 rows are 4 + 2 + 1). (A widened tile over a
+    range from fewer rows than a tile would compute its last row again in the spare rows: at one row
+    of a 784-256 product, 35 us against 19, AMD EPYC Zen 4.) Every tile is unrolled code of a
+    static size."""
     if isinstance(n, int):
         if n <= rows_tile:
             return k, [rows]

@@ -53,7 +53,7 @@ import re
 from dataclasses import MISSING, dataclass, fields, replace
 
 from minicomp.ir import expr as ex
-from minicomp.ir.dims import lower, upper
+from minicomp.ir.dims import Size, lower, upper
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
     Allocate,
@@ -98,7 +98,9 @@ class Split(Step):
     ``tail``: ``exact`` (the remainder's iterations), or ``widen``: ``loop.t``
     runs ``factor`` iterations that end at the last one, recomputing some
     that the blocks ran, so a narrow remainder becomes one full register
-    tile. Widening needs a body that writes the same values when run again:
+    tile (on a symbolic extent that may hold fewer than ``factor`` iterations,
+    the tile starts at 0 and its iterations past the last repeat the last).
+    Widening needs a body that writes the same values when run again:
     it reads no buffer it writes (but those it allocates), or it is a
     reduction whose initialisation resets each element before updating it.
     A tile that adds onto an earlier block's results is refused."""
@@ -122,9 +124,6 @@ class Split(Step):
         if self.tail not in ("exact", "widen"):
             self.fail(kernel, f"tail must be exact or widen, not {self.tail!r}")
         widen = self.tail == "widen" and (symbolic or n % f != 0)
-        if widen and lower(n) < f:
-            self.fail(kernel, f"a widened remainder needs at least {f} iterations, and {self.loop} may have "
-                              f"{lower(n)}")
         if widen:
             reread = _rereads_what_it_writes(lp)
             if reread is not None:
@@ -146,8 +145,14 @@ class Split(Step):
         if f > 1 if symbolic else n % f:  # (a symbolic extent may leave a remainder, unless f is 1)
             t = ex.Var(names.fresh(base + ".t"))
             size, first = (f, n - f) if widen else (ex.size_mod(n, f), blocks * f)
+            index = t + first
+            if widen and lower(n) < f:
+                # A symbolic extent that may be shorter than one tile: the tile starts at max(n - f, 0)
+                # and its iterations past the last one repeat the last (the same values, written again).
+                whole = ex.size_expr(n) if isinstance(n, (int, Size)) else n
+                index = ex.minimum(ex.maximum(whole - f, 0) + t, whole - 1)
             ranges = {**outside, **inside, t: size}
-            body = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: t + first}), ranges))
+            body = map_exprs(lp.body, lambda e: ex.simplify(ex.substitute(e, {lp.var: index}), ranges))
             tail = For(t, size, copy_loops(body, names), "serial", 0, lp.is_reduction)
             if widen and symbolic:  # the widened tile runs only when whole blocks leave a remainder
                 w = ex.Var(names.fresh(base + ".w"))
