@@ -102,3 +102,15 @@ def test_cuda_emu_run_counts_the_library_build_in_the_compile_time(model_file, t
     # g++ built the library (a fresh cache) before the clock for the run started.
     assert compile_s > run_ms / 1e3
     assert any((tmp_path / "cache").rglob("*.so"))
+
+
+def test_importing_minicomp_loads_no_large_optional_module():
+    """``import minicomp`` stays quick: ml_dtypes (half a second, for bfloat16), networkx, onnx and torch
+    load where they are used."""
+    code = ("import sys, minicomp; print(','.join(m for m in ('ml_dtypes', 'networkx', 'onnx', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+    bf16 = subprocess.run([sys.executable, "-c", "import minicomp as mc; print(mc.ir.dtypes.bfloat16.numpy)"],
+                          capture_output=True, text=True, check=True).stdout
+    assert bf16.strip() == "bfloat16"

@@ -38,7 +38,7 @@ ONNX_TYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16
                    7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE", 12: "UINT32", 13: "UINT64",
                    14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16"}
 
-SUPPORTED_NUMPY = tuple(d.numpy for d in ALL_DTYPES)
+SUPPORTED_NAMES = frozenset(d.name for d in ALL_DTYPES)  # (numpy's dtype names are minicomp's)
 
 # A folded constant may grow this much beyond its inputs (weights made by
 # ConstantOfShape are the point of folding, so the limit is generous).
@@ -391,7 +391,7 @@ def from_onnx(model, shapes: dict | None = None, base_dir: str | None = None, na
                 arr = weights.array(t)
             except Exception as exc:
                 raise MinicompError(f"initializer '{t.name}' cannot be read: {exc}") from None
-            if arr.dtype not in SUPPORTED_NUMPY:
+            if arr.dtype.name not in SUPPORTED_NAMES:
                 raise UnsupportedError(f"initializer '{t.name}' has dtype {arr.dtype}, which minicomp does not "
                                        f"support")
             ctx.values[t.name] = builder.constant(arr, name=t.name)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 
 from minicomp.errors import MinicompError
@@ -22,11 +21,20 @@ class DType:
 
     name: str
     short: str
-    numpy: np.dtype
+    # The numpy dtype, or a function that makes it (bfloat16's comes from ml_dtypes, whose import takes
+    # half a second: it is made on first use). Not part of equality or the hash, which the name fixes.
+    numpy_spec: object = field(compare=False, hash=False)
     llvm: str
     llvm_storage: str
     c: str
     itemsize: int
+
+    @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype of this element type."""
+        if callable(self.numpy_spec):
+            object.__setattr__(self, "numpy_spec", np.dtype(self.numpy_spec()))
+        return self.numpy_spec
 
     @property
     def is_float(self) -> bool:
@@ -89,7 +97,13 @@ uint32 = DType("uint32", "u32", np.dtype(np.uint32), "i32", "i32", "unsigned int
 uint64 = DType("uint64", "u64", np.dtype(np.uint64), "i64", "i64", "unsigned long long", 8)
 # bfloat16 is float32's upper half: computed in float, kept in memory as its 16
 # bits (an ``i16``), rounded to nearest even on every store and cast.
-bfloat16 = DType("bfloat16", "bf16", np.dtype(ml_dtypes.bfloat16), "float", "i16", "unsigned short", 2)
+def _ml_dtypes_bfloat16():
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+bfloat16 = DType("bfloat16", "bf16", _ml_dtypes_bfloat16, "float", "i16", "unsigned short", 2)
 
 ALL_DTYPES = (float32, float64, float16, int32, int64, bool_, int8, int16, uint8, uint16, uint32, uint64, bfloat16)
 FLOAT_DTYPES = (float32, float64, float16, bfloat16)
@@ -114,7 +128,7 @@ def as_dtype(spec) -> DType:
     except TypeError as exc:
         raise MinicompError(f"unknown dtype {spec!r}") from exc
     for d in ALL_DTYPES:
-        if d.numpy == npd:
+        if d.name == npd.name and d.numpy == npd:  # (by name first: bfloat16's numpy dtype loads a module)
             return d
     raise MinicompError(
         f"unsupported dtype {npd}; minicomp supports "

@@ -23,7 +23,6 @@ import json
 import math
 import re
 
-import ml_dtypes
 import numpy as np
 
 from minicomp.errors import MinicompError, ParseError
@@ -57,7 +56,7 @@ def _scalar(v) -> str:
             return "inf" if f > 0 else "-inf"
         text = str(v)  # numpy prints the shortest text that reads back to the same value
         return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(v, ml_dtypes.bfloat16):  # not an np.floating: print its exact value as a float
+    if type(v).__name__ == "bfloat16":  # ml_dtypes' scalar is not an np.floating: print its exact value as a float
         v = float(v)
     if isinstance(v, float):
         if math.isnan(v):
