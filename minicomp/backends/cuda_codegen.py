@@ -119,9 +119,8 @@ def launch_dims(s: Stmt) -> tuple[tuple, tuple[int, int, int]]:
                                    f"{lp.extent}: a block's threads are static")
             else:
                 extent = ex.size_expr(lp.extent) if isinstance(lp.extent, Size) else lp.extent
-                dims[d] = extent if dims[d] == 1 else ex.simplify(ex.maximum(ex.size_expr(dims[d])
-                                                                             if isinstance(dims[d], Size)
-                                                                             else dims[d], extent))
+                dims[d] = extent if isinstance(dims[d], int) and dims[d] == 1 else ex.simplify(
+                    ex.maximum(dims[d], extent))
     return tuple(grid), tuple(block)
 
 

@@ -342,3 +342,14 @@ def test_a_kernel_written_in_place_drops_restrict_for_its_pair():
     assert "__restrict__" not in head and "const" not in head
     xs = np.random.default_rng(0).standard_normal((24, 40)).astype(np.float32)
     assert_close(model(xs)[0], mc.run_reference(graph, xs)[0], scale=10)
+
+
+def test_one_compile_with_a_symbolic_batch_runs_every_size():
+    """mc.Dim sizes on CUDA: the grid follows each call's batch (on the GPU when gpu_check.sh runs this)."""
+    from benchmarks.bench_dynamic import mlp
+
+    graph = mlp(mc.Dim("batch", 1, 300))
+    model = mc.compile(graph, target="cuda", device=DEVICE)
+    for n in (1, 5, 257, 300):
+        x = np.random.default_rng(n).standard_normal((n, 784)).astype(np.float32)
+        assert_close(model(x)[0], mc.run_reference(graph, x)[0], scale=10)
