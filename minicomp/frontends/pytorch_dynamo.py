@@ -152,8 +152,9 @@ class MinicompGraph:
         import torch
 
         scalars = tuple(("value", args[i].item()) for i in self.scalar_slots)
-        if self.symbolic is not None:  # one compile: the sizes are read at each call
-            return ("symbolic",) + scalars + tuple(
+        if self.symbolic is not None:  # one compile: the sizes are read at each call (but the fixed ones)
+            fixed = tuple(args[slot].shape[axis] for slot, axis in self.symbolic.fixed_axes.values())
+            return ("symbolic",) + scalars + fixed + tuple(
                 a.dtype for i, a in enumerate(args)
                 if i not in self.constant_slots and i not in self.scalar_slots and isinstance(a, torch.Tensor))
         key = list(scalars)
@@ -195,10 +196,26 @@ class MinicompGraph:
         self._widen_past_default_maximum(args)
         key = self._signature(args)
         if key not in self._models:
-            self._models[key] = self._compile(args)
+            model = self._compile(args)
+            self._models[self._signature(args)] = model  # (compiling may have fixed some sizes: a new key)
+            return model
         return self._models[key]
 
     def _compile(self, args):
+        """Compile for ``args``. A graph with symbolic sizes that minicomp cannot convert with some of
+        them symbolic (an opaque fused op that needs its feature width, which dynamic=True left
+        symbolic) is converted again with the sizes its error names fixed at this call's values."""
+        from minicomp.frontends.pytorch_dynamo_graph import symbolic_plan
+
+        while True:
+            try:
+                return self._compile_once(args)
+            except _SizesNotKeptError as exc:
+                if not exc.symbols:
+                    raise
+                self.symbolic = symbolic_plan(self.gm, self.max_size, self.symbolic.fixed | exc.symbols)
+
+    def _compile_once(self, args):
         from minicomp.compiler import compile as mc_compile
         from minicomp.frontends.pytorch import _dim_names, export_module, from_exported_program
         from minicomp.frontends.pytorch_dynamo_graph import fold_scalars
@@ -222,9 +239,32 @@ class MinicompGraph:
             graph = from_exported_program(ep, name="dynamo_graph", constant_inputs=constants,
                                           dim_names=_dim_names(ep, spec) if spec else None)
         except MinicompError as exc:  # torch runs it, so it runs eagerly (with a warning) rather than fail
-            raise UnsupportedError(str(exc)) from exc
+            raise _SizesNotKeptError(str(exc), self._symbols_named(ep, kept, str(exc))) from exc
         model = mc_compile(graph, **self.compile_options)
         return model, ep.call_spec.out_spec, [i for i in kept if i not in self.constant_slots]
+
+    def _symbols_named(self, ep, kept: list, message: str) -> frozenset:
+        """Dynamo's symbols for the sizes a conversion error names: the exported program's symbols
+        (its own names, which the error shows) found at an input's axis, taken back to the symbol
+        dynamo has there."""
+        import torch
+
+        plan = self.symbolic
+        if plan is None:
+            return frozenset()
+        # The reason, after the nodes and input types the error names first ("node 'x' (op matmul,
+        # inputs f32[1, s98, s82], ...): contracted dimensions differ: s82 ..."): only its sizes.
+        message = message.rsplit("): ", 1)[-1]
+        at = {where: sym for sym, where in plan.symbolic.items()}
+        placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+        found = set()
+        for position, name in enumerate(ep.graph_signature.user_inputs):
+            val = placeholders[name].meta.get("val") if name in placeholders else None
+            for axis, d in enumerate(val.shape if isinstance(val, torch.Tensor) else ()):
+                if (isinstance(d, torch.SymInt) and re.search(rf"\b{re.escape(str(d.node.expr))}\b", message)
+                        and (kept[position], axis) in at):
+                    found.add(at[kept[position], axis])
+        return frozenset(found)
 
     def __call__(self, *args):
         import torch
@@ -250,6 +290,15 @@ class MinicompGraph:
         arrays = [to_numpy(args[i].contiguous()) for i in user_slots if isinstance(args[i], torch.Tensor)]
         outs = torch.utils._pytree.tree_unflatten([from_numpy(o) for o in model(*arrays)], out_spec)
         return outs if self.symbolic is None else self.symbolic.outputs(outs, args)
+
+
+class _SizesNotKeptError(UnsupportedError):
+    """A graph minicomp could not convert; ``symbols``: dynamo's symbols for the sizes the error
+    names, which a conversion with them static may get past."""
+
+    def __init__(self, message: str, symbols: frozenset):
+        super().__init__(message)
+        self.symbols = symbols
 
 
 @contextlib.contextmanager

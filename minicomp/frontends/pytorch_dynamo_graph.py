@@ -93,6 +93,11 @@ class SymbolicPlan:
     # size, {symbol: (input slot, axis)}). ``module`` returns only the tensors; a call computes these.
     size_outputs: dict = field(default_factory=dict)
     output_count: int = 0  # of dynamo's graph, sizes included
+    # Symbols kept static (minicomp could not convert the graph with them symbolic), and where a call
+    # gives their sizes: symbol -> (input slot, axis). Their sizes are part of the compile's signature.
+    fixed: frozenset = frozenset()
+    fixed_axes: dict = field(default_factory=dict)
+    symbolic: dict = field(default_factory=dict)  # symbol -> (input slot, axis), each one kept symbolic
 
     def outputs(self, tensors, args) -> tuple:
         """Dynamo's outputs: ``tensors`` (what ``module`` returns) with the sizes put back in place."""
@@ -108,9 +113,10 @@ class SymbolicPlan:
         return tuple(out)
 
 
-def symbolic_plan(gm, max_size: int | None = None) -> SymbolicPlan:
+def symbolic_plan(gm, max_size: int | None = None, fixed=frozenset()) -> SymbolicPlan:
     """The plan for a dynamo graph with symbolic sizes. A size with no maximum from torch takes
-    ``max_size``, or :func:`default_max_size` when that is None."""
+    ``max_size``, or :func:`default_max_size` when that is None. The symbols in ``fixed`` are kept
+    static at the size of the call (one compile per size of theirs)."""
     import torch
     from torch.export import Dim
 
@@ -127,13 +133,16 @@ def symbolic_plan(gm, max_size: int | None = None) -> SymbolicPlan:
     ranges = {}
     for sym, (_, n, k) in axes.items():
         ranges[sym] = size_range(n.meta["example_value"].shape[k].node.shape_env.var_to_range.get(sym))
-    unbounded = {sym: (i, k) for sym, (i, _, k) in axes.items() if ranges[sym][1] is None}
+    fixed_axes = {sym: (i, k) for sym, (i, _, k) in axes.items() if sym in fixed}
+    unbounded = {sym: (i, k) for sym, (i, _, k) in axes.items() if ranges[sym][1] is None and sym not in fixed}
     if unbounded and max_size is None:
-        max_size = default_max_size(gm, {s: hi for s, (_, hi) in ranges.items() if hi is not None}, unbounded)
+        known = {s: hi for s, (_, hi) in ranges.items() if hi is not None and s not in fixed}
+        known.update({s: _hint(gm, s) or 1 for s in fixed_axes})
+        max_size = default_max_size(gm, known, unbounded)
     # AUTO: torch.export keeps a size static where the graph needs one value (a reshape to a width
     # dynamo traced as a symbol). (dynamic=True leaves 0 in the range: no model's input is empty.)
     dims = {sym: Dim.AUTO(min=max(lo, 1), max=max(hi if hi is not None else max_size, 1))
-            for sym, (lo, hi) in ranges.items()}
+            for sym, (lo, hi) in ranges.items() if sym not in fixed}
     graph = torch.fx.Graph()
     copied: dict = {}
     graph.output(graph.graph_copy(gm.graph, copied))
@@ -159,7 +168,8 @@ def symbolic_plan(gm, max_size: int | None = None) -> SymbolicPlan:
                      if isinstance(d, torch.SymInt) and d.node.expr in dims}
                     if isinstance(val, torch.Tensor) else None)
     return SymbolicPlan(torch.fx.GraphModule(gm, graph), spec, sizes, max_size if unbounded else None, unbounded,
-                        size_outputs, count)
+                        size_outputs, count, frozenset(fixed), fixed_axes,
+                        {sym: (i, k) for sym, (i, _, k) in axes.items() if sym not in fixed})
 
 
 def _sizes_returned(graph, axes: dict) -> tuple[dict, int]:

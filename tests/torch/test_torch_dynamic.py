@@ -272,3 +272,22 @@ def test_a_graph_that_returns_a_size_compiles(monkeypatch, caplog):
     assert any(p.size_outputs for p in plans)
     assert compiles(caplog) == 2  # the graphs before and after the break, once each
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_a_fused_encoder_layer_under_dynamic_true_keeps_its_width_static(batch_first, caplog):
+    """nn.TransformerEncoderLayer in eval mode calls one fused ATen op, which ties nothing to the
+    width: dynamic=True leaves it a symbol, the conversion needs it at the weights' size, and the
+    backend converts again with that size fixed. The length stays symbolic: one compile."""
+    caplog.set_level("INFO", logger="minicomp")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=batch_first).eval()
+    fast = torch.compile(layer, backend="minicomp", dynamic=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no graph may fall back to eager with a warning
+        for n in (1, 8, 33, 100):
+            x = torch.randn(1, n, 64) if batch_first else torch.randn(n, 1, 64)
+            np.testing.assert_allclose(fast(x).numpy(), layer(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert compiles(caplog) == 1
+    torch._dynamo.reset()
