@@ -577,10 +577,22 @@ def bounds(e: Expr, ranges: dict) -> tuple[int, int] | None:
 
 def _affine(e: Expr):
     """``e`` as ({atom: coeff}, const) if it is affine in its atoms, else None."""
-    if isinstance(e, Const) and e.dtype.is_int:
-        return {}, e.value
+    return affine_terms(e, _int_value, _recombine_divmod)
+
+
+def _int_value(e: Expr):
+    return e.value if isinstance(e, Const) and e.dtype.is_int else None
+
+
+def affine_terms(e: Expr, constant, merge=None):
+    """``e`` as ({atom: coefficient}, constant) if it is affine in its atoms, else None.
+    ``constant(x)``: the value of a subexpression that is a constant (an int; or, for symbolic sizes,
+    a polynomial over the dimensions), else None; ``merge`` rewrites the terms of a sum."""
+    value = constant(e)
+    if value is not None:
+        return {}, value
     if isinstance(e, BinOp) and e.dtype.is_int and e.op in ("add", "sub", "mul"):
-        la, lb = _affine(e.a), _affine(e.b)
+        la, lb = affine_terms(e.a, constant, merge), affine_terms(e.b, constant, merge)
         if la is None or lb is None:
             return None
         if e.op in ("add", "sub"):
@@ -588,16 +600,22 @@ def _affine(e: Expr):
             terms = dict(la[0])
             for t, c in lb[0].items():
                 terms[t] = terms.get(t, 0) + sign * c
-            return _recombine_divmod({t: c for t, c in terms.items() if c}), la[1] + sign * lb[1]
+            terms = {t: c for t, c in terms.items() if not _is_zero(c)}
+            return (merge(terms) if merge else terms), la[1] + sign * lb[1]
         if not la[0]:
             la, lb = lb, la
         if lb[0]:
             return None  # product of two non-constants is not affine
         k = lb[1]
-        return {t: c * k for t, c in la[0].items() if c * k}, la[1] * k
+        return {t: c * k for t, c in la[0].items() if not _is_zero(c * k)}, la[1] * k
     if e.dtype.is_int:
         return {e: 1}, 0
     return None
+
+
+def _is_zero(c) -> bool:
+    """A coefficient that is 0 (an int; a polynomial over dimensions is never 0: it would be an int)."""
+    return not isinstance(c, Size) and c == 0
 
 
 def _recombine_divmod(terms: dict) -> dict:

@@ -51,32 +51,7 @@ def _affine(e):
     """``e`` as ({atom: coefficient}, constant) with polynomial coefficients, or None."""
     from minicomp.ir import expr as ex
 
-    p = dim_poly(e)
-    if p is not None:
-        return {}, p
-    if isinstance(e, ex.BinOp) and e.dtype.is_int and e.op in ("add", "sub", "mul"):
-        la, lb = _affine(e.a), _affine(e.b)
-        if la is None or lb is None:
-            return None
-        if e.op in ("add", "sub"):
-            sign = 1 if e.op == "add" else -1
-            terms = dict(la[0])
-            for t, k in lb[0].items():
-                terms[t] = terms.get(t, 0) + sign * k
-            return {t: k for t, k in terms.items() if not _is_zero(k)}, la[1] + sign * lb[1]
-        if not la[0]:
-            la, lb = lb, la
-        if lb[0]:
-            return None  # a product of two atoms
-        k = lb[1]
-        return {t: c * k for t, c in la[0].items() if not _is_zero(c * k)}, la[1] * k
-    if e.dtype.is_int:
-        return {e: 1}, 0
-    return None
-
-
-def _is_zero(p) -> bool:
-    return not isinstance(p, Size) and p == 0
+    return ex.affine_terms(e, dim_poly)
 
 
 def _at_least(p, q) -> bool:
@@ -119,6 +94,12 @@ def _affine_bounds(terms: dict, const, ranges: dict):
         else:
             return None
     return lo, hi
+
+
+def _is_zero(p) -> bool:
+    from minicomp.ir import expr as ex
+
+    return ex._is_zero(p)
 
 
 def _exact_quotient(p, d):

@@ -88,12 +88,18 @@ def test_an_exported_library_takes_the_sizes_of_each_call(tmp_path):
     assert "sizes[0]: batch, from 1 to 256" in header and "[0] x: float [batch, 784]" in header
     (tmp_path / "main.c").write_text(SIZED_PROGRAM)
     subprocess.run([cc, "main.c", "-I.", "-L.", "-lmlp", "-Wl,-rpath,.", "-o", "main"], cwd=tmp_path, check=True)
+    run_sized_program(tmp_path, graph, out_of_range=257)
+
+
+def run_sized_program(folder, graph, out_of_range: int):
+    """Run ``folder/main N`` (an MLP of batch N on inputs it makes) at batch 1, 7 and 256 against the
+    reference; at ``out_of_range`` it must exit with 12 (the model's run said 2: a size out of range)."""
     for n in (1, 7, 256):
-        out = subprocess.run(["./main", str(n)], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["./main", str(n)], cwd=folder, capture_output=True, text=True, check=True).stdout
         x = (((np.arange(n * 784) * 37) % 101).astype(np.float32) / 50.0 - 1.0).reshape(n, 784)
         np.testing.assert_allclose(np.array(out.split(), np.float32).reshape(n, 10),
                                    mc.run_reference(graph, x)[0], rtol=1e-5, atol=1e-6)
-    assert subprocess.run(["./main", "257"], cwd=tmp_path).returncode == 12  # outside 1..256: mc_run says 2
+    assert subprocess.run(["./main", str(out_of_range)], cwd=folder).returncode == 12
 
 
 EXPORTED_C_DRIVER = r"""
@@ -127,12 +133,7 @@ def test_exported_c_takes_the_sizes_of_each_call(tmp_path):
     (tmp_path / "main.c").write_text(EXPORTED_C_DRIVER)
     subprocess.run([cc, "-std=c99", "-O2", "-fopenmp", "-Wall", "-Werror", "main.c", "model.c", "-o", "main", "-lm"],
                    cwd=tmp_path, check=True)
-    for n in (1, 7, 256):
-        out = subprocess.run(["./main", str(n)], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-        x = (((np.arange(n * 784) * 37) % 101).astype(np.float32) / 50.0 - 1.0).reshape(n, 784)
-        np.testing.assert_allclose(np.array(out.split(), np.float32).reshape(n, 10),
-                                   mc.run_reference(graph, x)[0], rtol=1e-5, atol=1e-6)
-    assert subprocess.run(["./main", "0"], cwd=tmp_path).returncode == 12  # outside 1..256: net_run says 2
+    run_sized_program(tmp_path, graph, out_of_range=0)
 
 
 def test_what_does_not_take_symbolic_sizes_yet_says_so(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -85,6 +86,14 @@ def sizes_not_specialized():
     with fx_config.patch(backed_size_oblivious=True):
         yield
     torch._dynamo.reset()
+
+
+@contextlib.contextmanager
+def no_eager_fallback():
+    """Inference, with any warning an error: no graph may fall back to eager (it warns when it does)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
 
 
 def compiles(caplog) -> int:
@@ -182,8 +191,7 @@ def test_floats_dynamo_passes_as_tensors_are_compiled_in_and_recompile_when_chan
     torch._dynamo.reset()
     model = Normed().eval()
     fast = torch.compile(model, backend="minicomp", dynamic=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")  # no graph may fall back to eager with a warning
+    with no_eager_fallback():
         for t in (3, 5, 9):
             x = torch.randn(2, t, 16)
             np.testing.assert_allclose(fast(x).numpy(), eager(model, x), rtol=1e-5, atol=1e-6)
@@ -229,8 +237,7 @@ def test_a_bert_base_layer_under_dynamic_true_compiles_once_for_lengths_1_to_512
     torch.manual_seed(0)
     layer = BertLayer(tf.BertConfig(attn_implementation=attention)).eval()
     fast = torch.compile(layer, backend="minicomp", dynamic=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")  # no graph may fall back to eager with a warning
+    with no_eager_fallback():
         for n in (1, 8, 33, 128, 200, 512):
             x = torch.randn(1, n, 768, generator=torch.Generator().manual_seed(n))
             got, want = fast(x), layer(x)
@@ -264,8 +271,7 @@ def test_a_graph_that_returns_a_size_compiles(monkeypatch, caplog):
     torch._dynamo.reset()
     model = SizesAcrossABreak().eval()
     fast = torch.compile(model, backend="minicomp", dynamic=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")  # no graph may fall back to eager with a warning
+    with no_eager_fallback():
         for b, t in ((2, 5), (2, 9), (3, 7), (4, 30)):
             x = torch.randn(b, t, 16)
             np.testing.assert_allclose(fast(x).numpy(), eager(model, x), rtol=1e-5, atol=1e-6)
@@ -284,8 +290,7 @@ def test_a_fused_encoder_layer_under_dynamic_true_keeps_its_width_static(batch_f
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=batch_first).eval()
     fast = torch.compile(layer, backend="minicomp", dynamic=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("error")  # no graph may fall back to eager with a warning
+    with no_eager_fallback():
         for n in (1, 8, 33, 100):
             x = torch.randn(1, n, 64) if batch_first else torch.randn(n, 1, 64)
             np.testing.assert_allclose(fast(x).numpy(), layer(x).numpy(), rtol=1e-4, atol=1e-5)
