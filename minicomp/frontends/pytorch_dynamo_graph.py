@@ -1,6 +1,6 @@
 """What a graph TorchDynamo hands the backend needs before ``torch.export`` can take it.
 
-Two things dynamo does for its own reasons stop ``torch.export``:
+Three things dynamo does for its own reasons stop ``torch.export``:
 
 - **Python floats as inputs.** Dynamo passes a module's float attributes (a
   layer norm's eps, a dropout's p, an attention's scale) as 0-d float64
@@ -11,6 +11,13 @@ Two things dynamo does for its own reasons stop ``torch.export``:
 - **Sizes as inputs.** With dynamic shapes dynamo passes each size symbol as
   an input of its own, beside the tensors that have it. :func:`symbolic_plan`
   reads each one from a tensor instead and gives ``torch.export`` the ranges.
+- **Sizes as outputs.** At a graph break dynamo's graph may return a size
+  beside its tensors; the plan takes it out and computes it from the inputs'
+  shapes at each call (:meth:`SymbolicPlan.outputs`).
+
+``dynamic=True`` makes every size symbolic, also where only one value works
+(an opaque fused op's width): ``symbolic_plan(..., fixed=...)`` keeps such
+sizes static, and the backend asks for that when a conversion fails on them.
 
 A size torch leaves without a maximum (``dynamic=True``, automatic dynamic
 shapes) gets one here, since minicomp plans memory and schedules for the
@@ -243,8 +250,8 @@ def _tensor_bytes(gm, sizes: dict) -> int:
         for d in val.shape:
             try:
                 count *= int(d.node.expr.subs(sizes)) if isinstance(d, torch.SymInt) else int(d)
-            except (TypeError, ValueError):  # a size of no symbol of the inputs (data-dependent)
-                count *= 1
+            except (TypeError, ValueError):  # a size of no symbol of the inputs (data-dependent): not counted
+                pass
         total += count * val.element_size()
     return total
 
