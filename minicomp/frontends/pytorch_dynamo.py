@@ -186,7 +186,7 @@ class MinicompGraph:
         warnings.warn(f"minicomp compiles this graph again, for sizes up to {wider}: a call has a size of "
                       f"{largest}, past the default maximum {plan.max_size} (options={{'max_size': N}} "
                       f"gives one)", stacklevel=3)
-        self.symbolic = symbolic_plan(self.gm, wider)
+        self.symbolic = symbolic_plan(self.gm, wider, plan.fixed)  # (the sizes a conversion needed fixed stay so)
         self._models.clear()
 
     def _model_for(self, args):
