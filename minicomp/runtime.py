@@ -128,6 +128,12 @@ def _size_reader(graph: Graph) -> SizeReader | None:
     return found[1]
 
 
+def dim_sizes_array(names: list[str], sizes: dict | None = None) -> np.ndarray:
+    """The sizes of the symbolic dimensions ``names`` at a call, in the order the kernels' ``mc_dims``
+    input holds them (zeros before any call; one element at least, for a table slot to point at)."""
+    return np.array([sizes[n] for n in names] if sizes else [0] * len(names) or [0], np.int64)
+
+
 def contiguous(a: np.ndarray) -> np.ndarray:
     """``a`` in C order (0-d arrays stay 0-d, unlike ``np.ascontiguousarray``)."""
     return a if a.flags.c_contiguous else a.copy(order="C")
@@ -311,7 +317,7 @@ class TableModel(CompiledModel):
         self._outputs_as_written = self._fresh == list(graph.outputs)
         # The sizes of the symbolic dimensions at each call, in the slot the kernels read them from.
         self._dim_names = [name for name, _, _ in graph.dims()]
-        self._dim_sizes = np.zeros(max(len(self._dim_names), 1), np.int64)
+        self._dim_sizes = dim_sizes_array(self._dim_names)
         if DIM_SIZES in layout.slots:
             self._table[layout.slots[DIM_SIZES]] = self._dim_sizes.ctypes.data
         self._main = native.function("mc_main", ctypes.c_void_p)
@@ -348,7 +354,7 @@ class TableModel(CompiledModel):
     def _bind(self, env: dict, sizes: dict) -> dict:
         """Bind a call's inputs, its new outputs and the ``sizes`` of its symbolic dimensions (under the lock)."""
         if self._dim_names:
-            self._dim_sizes[:] = [sizes[name] for name in self._dim_names]
+            self._dim_sizes[:] = dim_sizes_array(self._dim_names, sizes)
         return bind_host_io(self._table, self.layout.slots, env, self._fresh, sizes)
 
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:

@@ -29,6 +29,7 @@ from minicomp.runtime import (
     bind_inputs,
     collect_outputs,
     contiguous,
+    dim_sizes_array,
     fresh_outputs,
     host_buffers,
 )
@@ -77,6 +78,7 @@ class CudaModel(CompiledModel):
         self.launches = [ln for ln, _ in executable.launches]
         self.device_name = target.device
         self._device = None
+        self.dim_names = [name for name, _, _ in program.graph.dims()]  # in the order of mc_dims
 
     # -- the device, made on first use --------------------------------------------
     @property
@@ -115,10 +117,6 @@ class CudaModel(CompiledModel):
         with self._lock:
             return self.device.profile(env, repeat, sizes)
 
-    def dim_sizes(self, sizes: dict) -> np.ndarray:
-        """The call's sizes of the symbolic dimensions, in the order the kernels' ``mc_dims`` holds them."""
-        return np.array([sizes[name] for name, _, _ in self.graph.dims()] or [0], np.int64)
-
     def _target_name(self) -> str:
         return f"cuda ({self.device_name})"
 
@@ -135,13 +133,13 @@ class HostMemory:
         self.table = [0] * max(ex.n_slots, 1)
         self.keep, self.arena = host_buffers(self.table, ex.slots, graph.constants, plan)
         self.fresh = fresh_outputs(graph, ex.slots)
-        self.sizes = model.dim_sizes({name: 0 for name, _, _ in graph.dims()})
+        self.sizes = dim_sizes_array(model.dim_names)
         if DIM_SIZES in ex.slots:
             self.table[ex.slots[DIM_SIZES]] = self.sizes.ctypes.data
 
     def _bind(self, env, sizes: dict) -> dict:
         env = {v: contiguous(a) for v, a in env.items()}
-        self.sizes[:] = self.model.dim_sizes(sizes)
+        self.sizes[:] = dim_sizes_array(self.model.dim_names, sizes)
         return env, bind_host_io(self.table, self.model.executable.slots, env, self.fresh, sizes)
 
     def run(self, env, sizes: dict) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from minicomp.errors import MinicompError
 from minicomp.ir.dims import concrete
 from minicomp.ir.loops import DIM_SIZES
 from minicomp.passes.memory import ALIGNMENT
-from minicomp.runtime import collect_outputs, contiguous, fresh_outputs, place_arena
+from minicomp.runtime import collect_outputs, contiguous, dim_sizes_array, fresh_outputs, place_arena
 
 
 def import_pycuda():
@@ -72,7 +72,7 @@ class GPUDevice:
         place_arena(self.table, ex.slots, plan, int(self.arena))
         self.fresh = fresh_outputs(graph, ex.slots)
         # The sizes of the symbolic dimensions, copied to the device at each call (the kernels read them).
-        self.sizes = gpuarray.to_gpu(model.dim_sizes({name: 0 for name, _, _ in graph.dims()}))
+        self.sizes = gpuarray.to_gpu(dim_sizes_array(model.dim_names))
         if DIM_SIZES in ex.slots:
             self.table[ex.slots[DIM_SIZES]] = address(self.sizes)
         self.stream = driver.Stream()
@@ -90,7 +90,7 @@ class GPUDevice:
             dev[v] = d
             self.table[ex.slots[v]] = address(d)
         if sizes:
-            self.sizes.set(self.model.dim_sizes(sizes))
+            self.sizes.set(dim_sizes_array(self.model.dim_names, sizes))
         outs = {}
         for v in self.fresh:
             outs[v] = ga.empty(concrete(v.shape, sizes), dtype=v.dtype.numpy, allocator=self.pool.allocate)
