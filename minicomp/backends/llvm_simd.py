@@ -77,6 +77,8 @@ class SimdEmitter:
         self.var = var
         self.w = width
         self.memo: dict[int, tuple[str, bool]] = {}
+        # (buffer, index, lane) -> (index, pointer) and (index, "stride") -> (index, stride), by ids
+        self.addresses: dict[tuple, tuple] = {}
         self.accumulations: dict[int, str] = {}
 
     def vty(self, scalar_ty: str) -> str:
@@ -189,7 +191,12 @@ class SimdEmitter:
         return ex.simplify(ex.flat_index(indices, buf.shape))
 
     def _lane_stride(self, flat: ex.Expr):
-        aff = ex._affine(flat)
+        """How far ``flat`` moves from one lane to the next (an int), or None where it is not a
+        constant multiple of the lane (a gather or scatter, one address per lane)."""
+        step = self._linear_step(flat)
+        if step is not None:
+            return step
+        aff = ex._affine(flat)  # atoms the simplifier merges, such as (x // d) * d + x % d
         if aff is None:
             return None
         terms, _ = aff
@@ -198,12 +205,44 @@ class SimdEmitter:
                 return None
         return terms.get(self.var, 0)
 
+    def _linear_step(self, e: ex.Expr):
+        """The lane's coefficient in ``e`` read off its sums and its products by constants, whatever
+        the other terms are (a row's stride over a symbolic size, ``i0 * (64 * seq)``); None otherwise."""
+        if e is self.var:
+            return 1
+        if not self._depends(e):
+            return 0
+        if isinstance(e, ex.BinOp) and e.op in ("add", "sub"):
+            a, b = self._linear_step(e.a), self._linear_step(e.b)
+            if a is None or b is None:
+                return None
+            return a + b if e.op == "add" else a - b
+        if isinstance(e, ex.BinOp) and e.op == "mul":
+            for x, k in ((e.a, e.b), (e.b, e.a)):
+                if isinstance(k, ex.Const) and k.dtype.is_int:
+                    step = self._linear_step(x)
+                    return None if step is None else step * int(k.value)
+        return None
+
     def _address(self, buf, flat: ex.Expr, lane: int) -> str:
+        """A pointer to ``buf[flat]`` at ``lane``. Where the lanes are a constant stride apart, lane
+        k is lane 0's pointer moved by k strides: the index is simplified once, not once a lane."""
         fn = self.fn
-        idx = fn.value(ex.simplify(ex.substitute(flat, {self.var: ex.const(lane, "int64")})))
-        p = fn.tmp("p")
-        fn.emit(f"{p} = getelementptr inbounds {buf.dtype.llvm_storage}, ptr {fn.ptrs[buf]}, i64 {idx}")
-        return p
+        storage = buf.dtype.llvm_storage
+        if lane and (id(flat), "stride") not in self.addresses:
+            self.addresses[id(flat), "stride"] = (flat, self._lane_stride(flat))
+        stride = self.addresses[id(flat), "stride"][1] if lane else None
+        if stride is not None:
+            p = fn.tmp("p")
+            fn.emit(f"{p} = getelementptr inbounds {storage}, ptr {self._address(buf, flat, 0)}, i64 {stride * lane}")
+            return p
+        key = (id(buf), id(flat), lane)  # buffers live as long as the kernel; flat is held below
+        if key not in self.addresses:
+            idx = fn.value(ex.simplify(ex.substitute(flat, {self.var: ex.const(lane, "int64")})))
+            p = fn.tmp("p")
+            fn.emit(f"{p} = getelementptr inbounds {storage}, ptr {fn.ptrs[buf]}, i64 {idx}")
+            self.addresses[key] = (flat, p)  # holds flat, so its id is not reused
+        return self.addresses[key][1]
 
     def _load(self, e: ex.Load) -> str:
         fn = self.fn
@@ -277,6 +316,7 @@ def emit_simd_loop(fn, loop) -> None:
     for s in stores:
         fn.memo = {}
         em.memo = {}
+        em.addresses = {}
         em.store(s)
     fn.memo = {}
     if saved is None:

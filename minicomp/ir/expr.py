@@ -721,7 +721,23 @@ def simplify(e: Expr, ranges: dict | None = None) -> Expr:
             memo[key] = _simplify_node(rebuild(n, tuple(go(c) for c in children(n))), ranges)
         return memo[key]
 
-    return go(e)
+    if ranges:
+        return go(e)
+
+    # Without ranges, a node this function returned once is returned as it is: codegen simplifies
+    # an index again after putting a lane or a tile offset into it, and all but that spine is done.
+    def go_marked(n: Expr) -> Expr:
+        key = id(n)
+        if key not in memo:
+            if getattr(n, "_simplified", False):
+                memo[key] = n
+            else:
+                out = _simplify_node(rebuild(n, tuple(go_marked(c) for c in children(n))), ranges)
+                out._simplified = True
+                memo[key] = out
+        return memo[key]
+
+    return go_marked(e)
 
 
 def _is_const(e, value=None) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from minicomp.errors import VerifyError
 from minicomp.ir import expr as ex
 from minicomp.ir.dims import at_sizes, corners
+from minicomp.ir.index_symbolic import mentions_dim
 from minicomp.ir.loops import (
     GPU_LOOP_KINDS,
     LOOP_KINDS,
@@ -48,6 +49,8 @@ class _Verifier:
         # A kernel with symbolic sizes has its bounds checked at every corner of their ranges.
         dims = kernel_dims(kernel)
         self.corners = corners(dims) if dims else []
+        self._extents_seen: dict = {}
+        self._sizes_seen: dict = {}
 
     def fail(self, message: str):
         raise VerifyError(f"kernel {self.k.name}: {message}")
@@ -132,16 +135,35 @@ class _Verifier:
         for sizes in self.corners or [None]:
             self.access_at(buf, indices, ranges, sizes)
 
+    def _extents(self, ranges: dict, sizes: dict | None) -> dict | None:
+        """The loops' extents with the sizes at ``sizes``, or None where a loop does not start at 0
+        (bounds() assumes it does) or never runs. Kept per loop scope: every access in it asks."""
+        key = (id(ranges), None if sizes is None else tuple(sizes.items()))
+        if key not in self._extents_seen:
+            def fix(x):
+                if sizes is None or isinstance(x, int):
+                    return x
+                at = (id(x), key[1])
+                if at not in self._sizes_seen:  # loops share their outer loops' ranges
+                    self._sizes_seen[at] = (x, at_sizes(x, sizes))
+                return self._sizes_seen[at][1]
+
+            extents = {v: fix(hi) + 1 for v, (lo, hi) in ranges.items() if fix(lo) == 0}
+            if len(extents) != len(ranges) or any(n < 1 for n in extents.values()):
+                extents = None
+            self._extents_seen[key] = (ranges, extents)  # holds ranges, so its id is not reused
+        return self._extents_seen[key][1]
+
     def access_at(self, buf, indices, ranges: dict, sizes: dict | None):
         """Check the indices with every symbolic size at ``sizes`` (None: a static kernel)."""
         def fix(x):
             return x if sizes is None else at_sizes(x, sizes)
 
-        def fix_expr(e):
-            return e if sizes is None else ex.with_sizes(e, sizes)
+        def fix_expr(e):  # an index that no size enters is checked as a static kernel's is
+            return e if sizes is None or not mentions_dim(e) else ex.with_sizes(e, sizes)
 
-        extents = {v: fix(hi) + 1 for v, (lo, hi) in ranges.items() if fix(lo) == 0}
-        if len(extents) != len(ranges) or any(n < 1 for n in extents.values()):
+        extents = self._extents(ranges, sizes)
+        if extents is None:
             return  # loops that do not start at 0 (bounds() assumes they do), or code that never runs
         for d, (i, n) in enumerate(zip(indices, buf.shape)):
             b, n = ex.bounds(fix_expr(i), extents), fix(n)

@@ -258,3 +258,17 @@ def test_an_onnx_dim_param_with_a_range_stays_symbolic_and_matches_onnx_runtime(
         mc.from_onnx(model, dims={"N": (1, 4)})
     with pytest.raises(mc.MinicompError, match=r"give a named one a range with dims="):
         mc.from_onnx(model)
+
+
+def test_rows_a_symbolic_size_apart_are_still_stored_as_vectors():
+    """A tile's row lies ``i * (64 * seq)`` elements from the first: its lanes are still contiguous, so
+    the write-back is vector stores, not one scalar store per lane."""
+    g = mc.GraphBuilder("rows")
+    x = g.input("x", (2, mc.Dim("seq", 1, 64), 64))
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    g.output(x @ g.constant(w))
+    graph = g.build()
+    model = mc.compile(graph, cache=False)
+    assert "extractelement" not in model.stages["llvm"]
+    a = np.random.default_rng(1).standard_normal((2, 5, 64)).astype(np.float32)
+    np.testing.assert_allclose(model(a)[0], a @ w, rtol=1e-5, atol=1e-5)
