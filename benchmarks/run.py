@@ -27,6 +27,7 @@ SUITES = {
     "gemm": "benchmarks.bench_gemm",
     "memory": "benchmarks.bench_memory",
     "dynamic": "benchmarks.bench_dynamic",
+    "attention": "benchmarks.bench_attention",  # skipped without torch
     "targets": "benchmarks.bench_targets",
     "torch": "benchmarks.bench_torch",  # skipped without torch
     "gpu": "benchmarks.bench_gpu",  # skipped without a GPU, pycuda and torch

@@ -129,6 +129,7 @@ class Kernel:
     notes: list = field(default_factory=list)  # why the schedule chose what it did (tiles, blocks), for dumps
     in_place: list = field(default_factory=list)  # (output, input) buffer names that share memory: not noalias
     dims: tuple = ()  # names of the symbolic dimensions whose sizes its last input holds (with_dim_sizes)
+    prescheduled: bool = False  # made with its loops scheduled (a reduction chain): no default schedule
 
     def may_alias(self, b: Buffer) -> bool:
         """Does ``b`` share its memory with another parameter (see ``in_place``)?"""

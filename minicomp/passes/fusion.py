@@ -35,7 +35,7 @@ Every edge that stays a group boundary records why, for
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from minicomp.errors import MinicompError
 from minicomp.ir.graph import Graph, Node
@@ -55,6 +55,8 @@ class FusionOptions:
     max_reductions: int = 4
     horizontal: bool = True
     reduction_epilogue: bool = True
+    reduction_chains: bool = True
+    chain_tiles: tuple | None = None  # (rows, elements) a step of a chain kernel: the rule's when None
 
 
 @dataclass
@@ -133,6 +135,8 @@ class _Fuser:
     def __init__(self, graph: Graph, options: FusionOptions):
         self.graph = graph
         self.opt = options
+        self.chains: set[Node] = set()  # roots of groups lowered as one pass over a reduction chain
+        self.constants = graph.constants
         self.index = {n: i for i, n in enumerate(graph.nodes)}
         self.pattern = {n: get_op(n.op).pattern_kind([v.type for v in n.inputs], n.attrs) for n in graph.nodes}
         self.users = graph.consumers()
@@ -248,9 +252,57 @@ class _Fuser:
                     self.merge(gp, gc)
                 else:
                     self.reasons[(producer, consumer)] = reason
+        if self.opt.reduction_chains:
+            self.fuse_chains()
         if self.opt.horizontal:
             self.fuse_siblings()
         return self.result()
+
+    def fuse_chains(self):
+        """Merge a matmul into the group that makes its left operand when together they are a chain
+        of reductions over the product's axis that runs in one pass (softmax, then a product by V:
+        attention). The derivation (``ir/reduction_chains.py``) decides; a refusal is the boundary's
+        reason."""
+        from minicomp.ir.reduction_chains import ChainRefusedError
+        from minicomp.passes.lower import Group, _Lowerer
+        from minicomp.passes.lower_chain import find_chain
+
+        graph_outs = set(self.graph.outputs)
+        for node in self.graph.nodes:
+            if node.op != "matmul" or node.inputs[0].producer is None:
+                continue
+            producer, operand = node.inputs[0].producer, node.inputs[0]
+            gp, gc = self.group(producer), self.group(node)
+            if gp is gc or gp in self.chains or not self.reductions(gp):
+                continue
+            if any(n is not node and n.op not in LAYOUT_OPS for n in self.nodes_of(gc)):
+                continue  # the product, and layout ops that give it an operand
+            if operand in graph_outs or any(c is not node for c in self.users.get(operand, [])):
+                continue
+            if self.reaches(self.successors(gp) - {gc}, gc, exclude={gp}):
+                continue
+            nodes = sorted(self.nodes_of(gp) + self.nodes_of(gc), key=self.index.get)
+            trial = self.as_group(nodes)
+            try:
+                chain = find_chain(_Lowerer(Group(trial.nodes, trial.inputs, trial.outputs), "trial",
+                                            self.constants))
+            except ChainRefusedError as exc:
+                self.reasons[(producer, node)] = f"not fused as a reduction chain: {exc}"
+                continue
+            root = self.merge(gp, gc)
+            self.chains.add(root)
+            rules = sorted({r for lp in chain.plan.links for r in lp.rules})
+            self.group_reason[root] = (f"a chain of reductions over one axis, in one pass ({len(chain.links)} "
+                                       f"links; rules: {', '.join(rules)})")
+
+    def as_group(self, nodes) -> Group:
+        """The group of ``nodes``, with the values that cross its boundary."""
+        inside = set(nodes)
+        produced = [v for n in nodes for v in n.outputs]
+        inputs = list(dict.fromkeys(v for n in nodes for v in n.inputs if v not in set(produced)))
+        graph_outs = set(self.graph.outputs)
+        outputs = [v for v in produced if v in graph_outs or any(c not in inside for c in self.users.get(v, []))]
+        return Group(nodes, inputs, outputs)
 
     def fuse_siblings(self):
         """Merge groups whose matmul/conv read the same value and produce outputs
@@ -264,7 +316,8 @@ class _Fuser:
             roots = []
             for r in readers:
                 g = self.group(r)
-                if (self.pattern[r] == OUT_ELEMENTWISE_FUSABLE and g not in roots and r.outputs[0].shape
+                if (self.pattern[r] == OUT_ELEMENTWISE_FUSABLE and g not in roots and g not in self.chains
+                        and r.outputs[0].shape
                         and (not roots or rows(r) == rows(self.anchors(roots[0])[0]))):
                     roots.append(g)
             while len(roots) > 1:
@@ -283,16 +336,11 @@ class _Fuser:
     def result(self) -> FusionResult:
         roots = list(dict.fromkeys(self.group(n) for n in self.graph.nodes))
         order = ordered_groups(roots, self.successors, lambda r: self.index[self.nodes_of(r)[0]])
-        graph_outs = set(self.graph.outputs)
         groups = []
         for i, root in enumerate(order):
-            nodes = self.nodes_of(root)
-            inside = set(nodes)
-            produced = [v for n in nodes for v in n.outputs]
-            inputs = list(dict.fromkeys(v for n in nodes for v in n.inputs if v not in set(produced)))
-            outputs = [v for v in produced
-                       if v in graph_outs or any(c not in inside for c in self.users.get(v, []))]
-            g = Group(nodes, inputs, outputs, reason=self.group_reason.get(root, ""))
+            g = self.as_group(self.nodes_of(root))
+            g.reason, g.chain = self.group_reason.get(root, ""), root in self.chains
+            g.chain_tiles = self.opt.chain_tiles if g.chain else None
             g.name = kernel_name(g, i)
             groups.append(g)
         boundaries = []
@@ -332,7 +380,14 @@ def print_fused_graph(graph: Graph, groups) -> str:
 @register_pass("fuse", kind="program")
 def fuse_pass(program, ctx):
     """Group nodes into kernels (options: ctx.options['fusion'])."""
-    result = fuse_graph(program.graph, ctx.options.get("fusion"))
+    options = ctx.options.get("fusion")
+    if isinstance(options, dict):
+        options = FusionOptions(**options)
+    options = options or FusionOptions()
+    if getattr(program.target, "gpu", None) is not None and options.reduction_chains:
+        # One-pass chains are CPU loops so far: a GPU target fuses them stage by stage.
+        options = replace(options, reduction_chains=False)
+    result = fuse_graph(program.graph, options)
     program.groups = result.groups
     program.fusion_result = result
     return program

@@ -47,6 +47,8 @@ class Group:
     outputs: list[Value] = field(default_factory=list)
     name: str = ""
     reason: str = ""
+    chain: bool = False  # ends in a chain of reductions lowered as one pass (passes/lower_chain.py)
+    chain_tiles: tuple | None = None  # (rows, elements) a step there, when not the rule's
 
     @property
     def ops(self) -> list[str]:
@@ -374,11 +376,18 @@ def _rename_loop_vars(body) -> None:
         counts[prefix] += 1
 
 
-def lower_group(group: Group, name: str, constants: dict | None = None) -> Kernel:
+def lower_group(group: Group, name: str, constants: dict | None = None, target=None) -> Kernel:
     """Lower ``group`` to a kernel called ``name``.
 
     ``constants`` (the graph's) lets one-element constants become immediates.
     ``kernel.param_values`` gives the graph Value behind each parameter
-    (None for workspaces).
+    (None for workspaces). A group that fusion marked as a reduction chain is
+    lowered as one pass (:mod:`minicomp.passes.lower_chain`), its tiles sized
+    for ``target``.
     """
-    return _Lowerer(group, name, constants).lower()
+    lowerer = _Lowerer(group, name, constants)
+    if group.chain:
+        from minicomp.passes.lower_chain import find_chain, lower_chain
+
+        return lower_chain(lowerer, find_chain(lowerer), target, group.chain_tiles)
+    return lowerer.lower()

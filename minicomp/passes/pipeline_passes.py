@@ -29,7 +29,7 @@ def lower_pass(program, ctx):
         result = single_node_groups(program.graph)
         program.groups = result.groups
         program.fusion_result = result
-    program.kernels = [lower_group(g, g.name, program.graph.constants) for g in program.groups]
+    program.kernels = [lower_group(g, g.name, program.graph.constants, program.target) for g in program.groups]
     return program
 
 
@@ -46,13 +46,16 @@ def schedule_pass(program, ctx):
 
         target = Target.host()
     constants = program.graph.constants
-    tuned = _tune(program, ctx, target, threads, [k for k in program.kernels if k.name not in user])
+    tuned = _tune(program, ctx, target, threads,
+                  [k for k in program.kernels if k.name not in user and not k.prescheduled])
 
     # The backend says which schedules fit its code (Backend.schedule); a program run without one
     # (a PassManager of its own) follows the target.
     kind = ctx.options.get("schedule_kind") or ("gpu" if target.gpu is not None else "cpu")
 
     def default(k):
+        if k.prescheduled:  # made with its loops scheduled (a reduction chain)
+            return k
         if kind == "gpu":
             return gpu_schedule(k, target)
         return cpu_schedule(k, target, threads, k.constant_names(constants), tuned.get(k.name, DEFAULT_CHOICES))

@@ -1,0 +1,617 @@
+"""A group whose output ends a chain of reductions over one axis, lowered as one pass over that axis.
+
+Attention, ``softmax(q k^T * scale + mask) v``, is a chain over the key axis
+``j``: ``m = max_j s``, ``l = sum_j exp(s - m)`` and ``o = sum_j exp(s - m) /
+l * v``, where each score ``s`` is itself a reduction over the head axis.
+Lowered stage by stage it keeps every score of a row block in memory (S x S
+per head). :func:`find_chain` reads the chain out of the group's stages and
+:mod:`minicomp.ir.reduction_chains` derives its one-pass form (or refuses it,
+with the reason); :func:`lower_chain` then writes the loops:
+
+    parallel over blocks of R rows (and the outer axes):
+        running results per row (m, l), the last link's accumulators (o)
+        for each block of B elements j (then one masked block for the rest):
+            each element stage (the scores) for R x B: a register tile
+            max links: new = max(old, max of the block's terms)
+            the last link's term split as a(row, j) * b(j, column): a once per (row, j)
+            sum links: sum = sum * rescale(old, new) + sum of the block's terms
+        after the pass: each result's finishing factor (o / l)
+
+Taking a block of elements at a time is the derived update applied to the
+block: max and sum are associative, so a block's terms combine first and then
+meet the running results the way one element does.
+
+Fully masked rows keep the running max at -inf: terms and rescales then read
+it as 0 (and an accumulator at -inf is rescaled by 0), so nothing computes
+``exp(-inf - -inf)``; such a row ends as 0 / 0, as the definition does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from minicomp.errors import MinicompError
+from minicomp.ir import dtypes
+from minicomp.ir import expr as ex
+from minicomp.ir.compute import Stage, reduce_identity, stage_dag
+from minicomp.ir.dims import lower, upper
+from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, map_stmts, seq
+from minicomp.ir.reduction_chains import ChainRefusedError, Link, OnePass, derive
+
+F32 = dtypes.float32
+
+
+@dataclass
+class Chain:
+    """A group's chain: the links (stages, in order; the last is the group's output), the reduced
+    axis as the output's reduce variable, the element stages read per element, and the plan."""
+
+    out: Stage
+    axis: ex.Var
+    extent: object
+    rows: list  # the output's axes that every link has, in order (the last is blocked)
+    cols: list  # the output's other axes (the last link's own: the value columns)
+    links: list  # (stage, Link) in chain order
+    element_loads: dict  # element stage -> its load (indices over rows and the axis)
+    plan: OnePass
+    names: dict  # link stage -> its result's name in the plan
+
+    def describe(self) -> str:
+        return self.plan.describe()
+
+
+def _refuse(msg: str):
+    raise ChainRefusedError(msg)
+
+
+def find_chain(lowerer) -> Chain:
+    """The chain that ends in the group's output, with its derived plan; ChainRefusedError (the
+    reason) when the group is not one or its terms do not factor."""
+    group = lowerer.group
+    if len(group.outputs) != 1:
+        _refuse("a chain group writes one output")
+    tensors = lowerer.build_stages()
+    out = tensors[group.outputs[0]]
+    if not isinstance(out, Stage) or out.reduce is None or out.reduce.op != "sum" or len(out.reduce.axes) != 1:
+        _refuse("the group's output is not a sum over one axis")
+    axis, extent = out.reduce.axes[0]
+    reductions = {s for s in stage_dag([out]) if s.reduce is not None}
+
+    def inline(e):
+        return lowerer._inline(e, reductions)
+
+    links: dict[Stage, ex.Expr] = {}  # link stage -> its body aligned to the output's axes and the axis
+    link_index: dict[Stage, str] = {}
+    elements: dict[Stage, ex.Load] = {}
+    order: list[Stage] = []
+
+    def visit(body: ex.Expr):
+        for ld in [n for n in ex.walk(body) if isinstance(n, ex.Load) and n.tensor in reductions]:
+            t = ld.tensor
+            if any(axis in ex.free_vars(i) for i in ld.indices):
+                key = tuple(ex.format_expr(i) for i in ld.indices)
+                if t in elements and tuple(ex.format_expr(i) for i in elements[t].indices) != key:
+                    _refuse(f"{t.name} is read at two places of the axis")
+                if t in links or t is out:
+                    _refuse(f"{t.name} is both a link and read per element")
+                elements[t] = ld
+                continue
+            key = ", ".join(ex.format_expr(i) for i in ld.indices)
+            if t in link_index:
+                if link_index[t] != key:
+                    _refuse(f"{t.name} is read at two rows")
+                continue
+            if len(t.reduce.axes) != 1 or t.reduce.op not in ("max", "sum"):
+                _refuse(f"{t.name} is a {t.reduce.op} over {len(t.reduce.axes)} axes: not a link of the chain")
+            link_index[t] = key
+            (own_axis, own_extent), = t.reduce.axes
+            if ex.format_expr(ex.as_expr(own_extent)) != ex.format_expr(ex.as_expr(extent)):
+                _refuse(f"{t.name} reduces an axis of another length")
+            aligned = ex.substitute(inline(t.reduce.body), {**dict(zip(t.axes, ld.indices)), own_axis: axis})
+            visit(aligned)
+            links[t] = aligned
+            order.append(t)
+
+    out_body = inline(out.reduce.body)
+    visit(out_body)
+    if not links:
+        _refuse("no reduction over the same axis comes before the output's")
+    for t in elements:
+        if any(isinstance(n, ex.Load) and n.tensor in links for n in ex.walk(inline(t.body))):
+            _refuse(f"the element stage {t.name} reads a result of the chain")
+
+    for t in [*order, out, *elements]:
+        if t.dtype != F32:
+            _refuse(f"{t.name} is {t.dtype.name}: only float32 chains are derived")
+    names = {t: f"{t.name}" for t in [*order, out]}
+
+    # Index arithmetic simplified with the axes' extents (a reshape's // and % of an axis that stays
+    # inside one block go away): the value columns must load as vectors.
+    ranges = {axis: extent, **dict(zip(out.axes, out.shape))}
+    for st in elements:
+        ranges.update(dict(st.reduce.axes))
+
+    def as_link_term(e):
+        e = ex.transform_loads(e, lambda ld: ex.Var(names[ld.tensor], F32) if ld.tensor in links else None)
+        return ex.simplify(e, ranges)
+
+    chain = [Link(names[t], t.reduce.op, as_link_term(links[t])) for t in order]
+    chain.append(Link(names[out], "sum", as_link_term(out_body)))
+    plan = derive(chain, lambda e: axis in ex.free_vars(e))
+    row_vars = set()
+    for t in order:
+        row_vars |= _index_vars(t, out_body, links)
+    rows = [a for a in out.axes if a in row_vars]
+    cols = [a for a in out.axes if a not in row_vars]
+    if not rows:
+        _refuse("the chain has no row axis")
+    return Chain(out, axis, extent, rows, cols, [(t, lk) for t, lk in zip([*order, out], chain)], elements, plan,
+                 names)
+
+
+def _index_vars(link: Stage, body: ex.Expr, links: dict) -> set:
+    """The output's axes in the indices at which ``link`` is read."""
+    found = set()
+    for e in [body, *links.values()]:
+        for n in ex.walk(e):
+            if isinstance(n, ex.Load) and n.tensor is link:
+                for i in n.indices:
+                    found.update(ex.free_vars(i))
+    return found
+
+
+# -- the loops ------------------------------------------------------------------------------
+
+NEG_INF = ex.Const(-math.inf, F32)
+
+
+def _size(n) -> ex.Expr:
+    return ex.Const(n, dtypes.int64) if isinstance(n, int) else ex.size_expr(n)
+
+
+def _int(n: int) -> ex.Const:
+    return ex.Const(n, dtypes.int64)
+
+
+def _factors(e: ex.Expr) -> list:
+    if isinstance(e, ex.BinOp) and e.op == "mul":
+        return _factors(e.a) + _factors(e.b)
+    return [e]
+
+
+def _product(fs: list) -> ex.Expr:
+    out = fs[0]
+    for f in fs[1:]:
+        out = ex.BinOp("mul", out, f)
+    return out
+
+
+class _ChainLowering:
+    def __init__(self, lowerer, chain: Chain, rows_per_block: int, lanes: int, step: int):
+        self.lw, self.c = lowerer, chain
+        self.R, self.W, self.B = rows_per_block, lanes, step
+        self.names_used: set[str] = set()
+        out = chain.out
+        self.extent_of = dict(zip(out.axes, out.shape))
+        self.row_axis = chain.rows[-1]
+        self.outer = chain.rows[:-1]
+        self.I = self.extent_of[self.row_axis]
+        self.J = chain.extent
+        self.running = {lk.name for _, lk in chain.links if lk.op == "max"}
+        self.link_of = {lk.name: lp for (_, lk), lp in zip(chain.links, chain.plan.links)}
+        self.last = chain.links[-1][1].name
+
+    def var(self, base: str) -> ex.Var:
+        name, k = base, 1
+        while name in self.names_used:
+            name, k = f"{base}{k}", k + 1
+        self.names_used.add(name)
+        return ex.Var(name, dtypes.int64)
+
+    def local(self, base: str, shape) -> Buffer:
+        return Buffer(self.lw._fresh(base), tuple(shape), F32, scope="local")
+
+    def loop(self, var, extent, body, kind="serial", reduction=False):
+        return For(var, extent, body, kind=kind, is_reduction=reduction)
+
+    # The index of row r of the block (clamped: a last, partial block computes its last row again).
+    def row(self, r) -> ex.Expr:
+        i = ex.BinOp("add", ex.BinOp("mul", self.ib, _int(self.R)), r)
+        return ex.simplify(ex.minimum(i, ex.BinOp("sub", _size(self.I), _int(1))))
+
+    def at(self, e: ex.Expr, r, j) -> ex.Expr:
+        """``e`` (over the output's axes and the reduced axis) at row ``r`` of the block and element ``j``
+        (None: ``e`` does not read the axis)."""
+        sub = {a: v for a, v in zip(self.outer, self.outer_vars)}
+        sub[self.row_axis] = self.row(r)
+        if j is not None:
+            sub[self.c.axis] = j
+        return ex.substitute(e, sub)
+
+    def lower(self) -> Kernel:
+        c, R = self.c, self.R
+        self.p = self.var("blk")
+        self.outer_vars = [self.var(f"o{k}") for k in range(len(self.outer))]
+        n_rb = ex.simplify(ex.BinOp("floordiv", ex.BinOp("add", _size(self.I), _int(R - 1)), _int(R)))
+        self.ib = self.var("ib")
+        # The running results per row, the last link's accumulators, and one step's new maxima.
+        self.state = {lk.name: self.local(f"{lk.name}_run", (R,)) for _, lk in c.links[:-1]}
+        self.fresh = {n: self.local(f"{n}_new", (R,)) for n in self.running}
+        col_ext = [self.extent_of[a] for a in c.cols]
+        self.acc = self.local("acc", (R, *col_ext))
+        r = self.var("r")
+        init = [self.loop(r, R, seq(*[Store(b, (r,), NEG_INF if n in self.running else ex.Const(0.0, F32))
+                                        for n, b in self.state.items()]), "unrolled")]
+        init.append(self._over_cols(lambda r, cols: Store(self.acc, (r, *cols), ex.Const(0.0, F32))))
+        steps, done = [], _int(0)
+        # Steps of B elements; what is left in one step each of B/2, B/4 ... W where it holds one (once
+        # at most: a binary decomposition, few steps of much work each); then one masked step of W.
+        size = self.B
+        while size >= self.W:
+            count = ex.simplify(ex.BinOp("floordiv", ex.BinOp("sub", _size(self.J), done), _int(size)))
+            if not (isinstance(count, ex.Const) and count.value == 0):
+                jb = self.var("jb")  # (below B, it runs once or not at all)
+                step = self._block(ex.BinOp("add", done, ex.BinOp("mul", jb, _int(size))), size)
+                steps.append(self.loop(jb, count.value if isinstance(count, ex.Const) else count, step,
+                                       reduction=True))
+                done = ex.simplify(ex.BinOp("add", done, ex.BinOp("mul", count, _int(size))))
+            size //= 2
+        left = ex.simplify(ex.BinOp("sub", _size(self.J), done))
+        if not (isinstance(left, ex.Const) and left.value == 0):
+            if lower(self.J) >= self.W:
+                # The last W elements, those done before masked: contiguous loads, no index past the end.
+                step = self._block(ex.simplify(ex.BinOp("sub", _size(self.J), _int(self.W))), self.W, first=done)
+            else:  # fewer elements than a step: indices clamped to the last, lanes past it masked
+                step = self._block(done, self.W, first=done)
+            steps.append(step if isinstance(left, ex.Const) else If(ex.gt(left, _int(0)), step))
+        body = seq(*init, *steps, self._finish())
+        for b in [*self.state.values(), *self.fresh.values(), self.acc]:
+            body = Allocate(b, body)
+        # blk runs over the outer axes and the row blocks: ib fastest, the last outer axis next.
+        rest_e = self.p
+        lets = {self.ib: ex.BinOp("mod", rest_e, n_rb)}
+        rest_e = ex.BinOp("floordiv", rest_e, n_rb)
+        for a, v in reversed(list(zip(self.outer, self.outer_vars))):
+            n = _size(self.extent_of[a])
+            lets[v] = ex.BinOp("mod", rest_e, n)
+            rest_e = ex.BinOp("floordiv", rest_e, n)
+        body = map_exprs(body, lambda e: ex.substitute(e, {v: ex.simplify(x) for v, x in lets.items()}))
+        total = n_rb
+        for a in self.outer:
+            total = ex.BinOp("mul", total, _size(self.extent_of[a]))
+        total = ex.simplify(total)
+        extent = total.value if isinstance(total, ex.Const) else total
+        body = self.loop(self.p, extent, body, "parallel")
+        lw = self.lw
+        kernel = Kernel(lw.name, list(lw.in_bufs.values()), list(lw.out_bufs.values()), body,
+                        group=[n.name for n in lw.group.nodes],
+                        notes=[f"reduction chain over {c.axis.name} in one pass, {self.R} rows x {self.B} elements "
+                               f"a step (ir/reduction_chains.py):"] + c.describe().splitlines())
+        kernel.param_values = list(lw.in_bufs) + list(lw.out_bufs)
+        kernel.prescheduled = True  # its loops are made scheduled: the default schedule leaves it
+        return kernel
+
+    def _over_cols(self, make, inner_kind="simd"):
+        """Loops over the block's rows and the value columns around ``make(r, cols)``."""
+        r = self.var("r")
+        cols = [self.var(f"c{k}") for k in range(len(self.c.cols))]
+        stmt = make(r, cols)
+        for k, (v, a) in reversed(list(enumerate(zip(cols, self.c.cols)))):
+            last = k == len(cols) - 1
+            stmt = self.loop(v, self.extent_of[a], stmt, inner_kind if last else "serial")
+        return self.loop(r, self.R, stmt, "unrolled")
+
+    def _block(self, j0: ex.Expr, B: int, first: ex.Expr | None = None):
+        """One step over ``B`` elements from ``j0``. With ``first``, the last step: only elements from
+        ``first`` to the end count (the others are masked), and where the step would run past the end
+        its indices stop at the last element."""
+        c, R = self.c, self.R
+        tail = first is not None
+        ends_at_the_end = ex.format_expr(ex.simplify(ex.BinOp("add", j0, _int(B)))) == ex.format_expr(
+            ex.simplify(_size(self.J)))
+        clamp = tail and not ends_at_the_end
+
+        def element(jj):
+            j = ex.BinOp("add", j0, jj)
+            return ex.simplify(ex.minimum(j, ex.BinOp("sub", _size(self.J), _int(1)))) if clamp else j
+
+        def valid(jj):
+            j = ex.BinOp("add", j0, jj)
+            return ex.logical_and(ex.ge(j, first), ex.lt(j, _size(self.J)))
+
+        stmts, tiles = [], {}
+        W = self.W
+        reductions = {s for s in stage_dag([c.out]) if s.reduce is not None}
+        for stage, ld in c.element_loads.items():  # each score of the step, W columns at a time
+            tile = self.local(f"{stage.name}_tile", (R, B))
+            tiles[stage] = tile
+            red = stage.reduce
+            jc, r, jj = self.var("jc"), self.var("r"), self.var("jj")
+            acc = self.local(f"{stage.name}_acc", (R, W))
+            raxes = [(self.var("d"), n) for _, n in red.axes]
+            body = ex.substitute(self.lw._inline(red.body, reductions),
+                                 {**dict(zip(stage.axes, ld.indices)), **{a: v for (a, _), (v, _) in
+                                                                          zip(red.axes, raxes)}})
+            body = self.at(body, r, element(ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)))
+            update = Store(acc, (r, jj), _combine(red.op, ex.Load(acc, (r, jj)), body))
+            update = self.loop(r, R, self.loop(jj, W, update, "simd"), "unrolled")
+            for v, n in reversed(raxes):
+                update = self.loop(v, n, update, reduction=True)
+            r2, jj2, r3, jj3 = self.var("r"), self.var("jj"), self.var("r"), self.var("jj")
+            init = self.loop(r2, R, self.loop(jj2, W, Store(acc, (r2, jj2), reduce_identity(red.op, F32)), "simd"),
+                             "unrolled")
+            out = self.loop(r3, R, self.loop(jj3, W, Store(
+                tile, (r3, ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj3)), ex.Load(acc, (r3, jj3))), "simd"),
+                "unrolled")
+            stmts.append(self.loop(jc, B // W, Allocate(acc, seq(init, update, out))))
+
+        # Values computed once a step and read by the terms: per element, what no row changes (a padding
+        # mask read through a gather); per row and element, a max link's term that other terms contain
+        # (the masked, scaled score that the exponentials shift).
+        ROW, ELEM = ex.Var("_row", dtypes.int64), ex.Var("_elem", dtypes.int64)
+        table, made = {}, []
+        terms = [self.link_of[lk.name].term for _, lk in c.links]
+        for name in [lk.name for _, lk in c.links if lk.op == "max"]:
+            t = self.link_of[name].term
+            key = ex.format_expr(t)
+            if not isinstance(t, ex.Load) and any(key in ex.format_expr(o) and o is not t for o in terms):
+                buf = self.local(f"{name}_term", (R, B))
+                made.append((buf, t, True))
+                table[key] = ex.Load(buf, (ROW, ELEM))
+        for e in self._per_element(terms):
+            buf = Buffer(self.lw._fresh("elem"), (B,), e.dtype, scope="local")
+            made.insert(0, (buf, e, False))
+            table[ex.format_expr(e)] = ex.Load(buf, (ELEM,))
+
+        def shared(e, keep=None):
+            return _replace(e, {k: v for k, v in table.items() if k != keep})
+
+        def term(e, r, jj, running_at="new"):
+            """A plan expression at row r, element jj: element stages from their tiles, running results
+            from this step's new values (read as 0 at -inf), others from their running values."""
+            e = shared(e)
+            e = ex.substitute(e, {ROW: r, ELEM: jj} if jj is not None else {ROW: r})
+            e = ex.transform_loads(e, lambda ld: ex.Load(tiles[ld.tensor], (r, jj)) if ld.tensor in tiles else None)
+            e = self.at(e, r, None if jj is None else element(jj))
+            sub = {}
+            for n in ex.walk(e):
+                if isinstance(n, ex.Var) and n.name in self.link_of:
+                    src = self.fresh[n.name] if n.name in self.running else self.state[n.name]
+                    sub[n] = _safe(ex.Load(src, (r,))) if n.name in self.running else ex.Load(src, (r,))
+                elif isinstance(n, ex.Var) and n.name.endswith(".old") and n.name[:-4] in self.running:
+                    sub[n] = _safe(ex.Load(self.state[n.name[:-4]], (r,)))
+            return ex.substitute(e, sub)
+
+        for buf, e, per_row in made:
+            r, jj = self.var("r"), self.var("jj")
+            key = ex.format_expr(e)
+            value = ex.substitute(shared(e, keep=key), {ROW: r, ELEM: jj})
+            value = ex.transform_loads(value, lambda ld: ex.Load(tiles[ld.tensor], (r, jj))
+                                       if ld.tensor in tiles else None)
+            value = self.at(value, r if per_row else _int(0), element(jj))
+            idx = (r, jj) if per_row else (jj,)
+            stmt = self.loop(jj, B, Store(buf, idx, value), "simd")
+            stmts.append(self.loop(r, R, stmt, "unrolled") if per_row else stmt)
+        # Max links: this step's new maxima.
+        for name in [lk.name for _, lk in c.links if lk.op == "max"]:
+            lp = self.link_of[name]
+            r, jj = self.var("r"), self.var("jj")
+            t = term(lp.term, r, jj)
+            if tail:
+                t = ex.select(valid(jj), t, NEG_INF)
+            new = self.fresh[name]
+            stmts.append(self.loop(r, R, seq(
+                Store(new, (r,), ex.Load(self.state[name], (r,))),
+                self.loop(jj, B, Store(new, (r,), ex.maximum(ex.Load(new, (r,)), t)), "vectorized", True)),
+                "unrolled"))
+        # The last link's term as a(row, element) * b(element, column): a once per (row, element).
+        last = self.link_of[self.last]
+        col_set = set(c.cols)
+        fs = _factors(last.term)
+        a_fs = [f for f in fs if not (set(ex.free_vars(f)) & col_set)]
+        b_fs = [f for f in fs if set(ex.free_vars(f)) & col_set]
+        p = self.local("p", (R, B))
+        if a_fs:
+            r, jj = self.var("r"), self.var("jj")
+            a = term(_product(a_fs), r, jj)
+            if tail:
+                a = ex.select(valid(jj), a, ex.Const(0.0, F32))
+            stmts.append(self.loop(r, R, self.loop(jj, B, Store(p, (r, jj), a), "simd"), "unrolled"))
+        a_text = ex.format_expr(_product(a_fs)) if a_fs else None
+        # Sum links: rescale what is summed so far, add the step's terms.
+        scales, by_text = {}, {}
+        for name in [lk.name for _, lk in c.links if lk.op == "sum"]:
+            lp = self.link_of[name]
+            if ex._is_const(lp.rescale, 1.0):
+                continue
+            if ex.format_expr(lp.rescale) in by_text:  # the same factor (softmax's sum and the product by V)
+                scales[name] = by_text[ex.format_expr(lp.rescale)]
+                continue
+            sc = self.local(f"{name}_rescale", (R,))
+            r = self.var("r")
+            olds = [n for n in ex.walk(lp.rescale) if isinstance(n, ex.Var) and n.name.endswith(".old")]
+            factor = term(lp.rescale, r, None)
+            for o in {o.name for o in olds}:  # a sum at the start (-inf before) is 0: any finite factor
+                factor = ex.select(ex.gt(ex.Load(self.state[o[:-4]], (r,)), NEG_INF), factor, ex.Const(0.0, F32))
+            stmts.append(self.loop(r, R, Store(sc, (r,), factor), "simd"))  # one vector of exps
+            scales[name] = by_text[ex.format_expr(lp.rescale)] = sc
+        for name in [lk.name for _, lk in c.links[:-1] if lk.op == "sum"]:
+            lp, st = self.link_of[name], self.state[name]
+            r, jj = self.var("r"), self.var("jj")
+            if ex.format_expr(lp.term) == a_text:
+                t = ex.Load(p, (r, jj))
+            else:
+                t = term(lp.term, r, jj)
+                if tail:
+                    t = ex.select(valid(jj), t, ex.Const(0.0, F32))
+            head = Store(st, (r,), ex.BinOp("mul", ex.Load(st, (r,)), ex.Load(scales[name], (r,)))) \
+                if name in scales else None
+            stmts.append(self.loop(r, R, seq(head, self.loop(
+                jj, B, Store(st, (r,), ex.BinOp("add", ex.Load(st, (r,)), t)), "vectorized", True)), "unrolled"))
+        stmts.append(self._accumulate(p if a_fs else None, b_fs, scales.get(self.last), term, valid, B, tail))
+        for name in self.running:  # the new maxima become the running ones
+            r = self.var("r")
+            stmts.append(self.loop(r, R, Store(self.state[name], (r,), ex.Load(self.fresh[name], (r,))), "unrolled"))
+        body = seq(*stmts)
+        for b in [*tiles.values(), *by_text.values(), p, *(buf for buf, _, _ in made)]:
+            body = Allocate(b, body)
+        return body
+
+    def _per_element(self, terms) -> list:
+        """The largest subterms of ``terms`` that read the axis and no row, column or result, and
+        do more than load a value (a mask read through a gather, compared): computed once a step."""
+        rowish = {*self.c.rows, *self.c.cols}
+        found: dict[str, ex.Expr] = {}
+
+        def go(e):
+            names = {v for v in ex.free_vars(e)}
+            if (self.c.axis in names and not (names & rowish) and not any(v.name in self.link_of or
+                                                                          v.name.endswith(".old") for v in names)
+                    and not any(isinstance(n, ex.Load) and n.tensor in self.c.element_loads for n in ex.walk(e))):
+                if not isinstance(e, (ex.Load, ex.Var, ex.Const)) and any(isinstance(n, ex.Load) for n in ex.walk(e)):
+                    found.setdefault(ex.format_expr(e), e)
+                return
+            for ch in ex.children(e):
+                go(ch)
+
+        for t in terms:
+            go(t)
+        return list(found.values())
+
+    def _accumulate(self, p, b_fs, scale, term, valid, B, tail):
+        """acc = acc * rescale + sum over the step of a * b, as register tiles over chunks of columns."""
+        c, R = self.c, self.R
+        last_ext = self.extent_of[c.cols[-1]] if c.cols else 1
+        w = self.W
+        while w > 1 and not (isinstance(last_ext, int) and last_ext % w == 0):
+            w //= 2
+        outer_cols = [self.var(f"c{k}") for k in range(len(c.cols) - 1)]
+        cc, r, cl, jj = self.var("cc"), self.var("r"), self.var("c"), self.var("jj")
+        col = ex.BinOp("add", ex.BinOp("mul", cc, _int(w)), cl)
+        cols = [*outer_cols, col] if c.cols else []
+        t = self.local("acc_tile", (R, w))
+        sub_cols = dict(zip(c.cols, cols))
+
+        def b_at(jj):
+            if not b_fs:
+                return ex.Const(1.0, F32)
+            return term(ex.substitute(_product(b_fs), sub_cols), r, jj)
+
+        a = ex.Load(p, (r, jj)) if p is not None else ex.Const(1.0, F32)
+        contrib = ex.BinOp("mul", a, b_at(jj))
+        if p is None and tail:
+            contrib = ex.select(valid(jj), contrib, ex.Const(0.0, F32))
+        start = ex.Load(self.acc, (r, *cols))
+        if scale is not None:
+            start = ex.BinOp("mul", start, ex.Load(scale, (r,)))
+        copy_in = self.loop(r, R, self.loop(cl, w, Store(t, (r, cl), start), "simd"), "unrolled")
+        add = self.loop(jj, B, self.loop(r, R, self.loop(cl, w, Store(
+            t, (r, cl), ex.BinOp("add", ex.Load(t, (r, cl)), contrib)), "simd"), "unrolled"), reduction=True)
+        r2, cl2 = self.var("r"), self.var("c")
+        cols2 = [*outer_cols, ex.BinOp("add", ex.BinOp("mul", cc, _int(w)), cl2)] if c.cols else []
+        copy_out = self.loop(r2, R, self.loop(cl2, w, Store(self.acc, (r2, *cols2), ex.Load(t, (r2, cl2))), "simd"),
+                             "unrolled")
+        # copy_in and add use the same r, cl: rename by rebuilding copy_in's loops with fresh ones
+        r3, cl3 = self.var("r"), self.var("c")
+        copy_in = _rename(copy_in, {r: r3, cl: cl3})
+        stmt = Allocate(t, seq(copy_in, add, copy_out))
+        stmt = self.loop(cc, ex.size_div(last_ext, w) if c.cols else 1, stmt)
+        for v, a_ in reversed(list(zip(outer_cols, c.cols[:-1]))):
+            stmt = self.loop(v, self.extent_of[a_], stmt)
+        return stmt
+
+    def _finish(self):
+        """The output: each result's after-pass factor."""
+        c = self.c
+        out_buf = self.lw.out_bufs[self.lw.group.outputs[0]]
+
+        def make(r, cols):
+            values = {}
+            for (_, lk), lp in zip(c.links, c.plan.links):
+                own = ex.Load(self.acc, (r, *cols)) if lk.name == self.last else ex.Load(self.state[lk.name], (r,))
+                sub = {n: values.get(n.name, own if n.name == lk.name else None)
+                       for n in ex.walk(lp.finish) if isinstance(n, ex.Var)}
+                values[lk.name] = ex.substitute(lp.finish, {k: v for k, v in sub.items() if v is not None})
+            idx = [*self.outer_vars, self.row(r), *cols]
+            return Store(out_buf, tuple(idx), values[self.last])
+
+        return self._over_cols(make)
+
+
+def _replace(e: ex.Expr, table: dict) -> ex.Expr:
+    """``e`` with every subterm that prints as a key of ``table`` replaced by its value."""
+    found = table.get(ex.format_expr(e))
+    if found is not None:
+        return found
+    return ex.rebuild(e, tuple(_replace(c, table) for c in ex.children(e)))
+
+
+def _safe(x: ex.Expr) -> ex.Expr:
+    """A running max read as 0 while it is -inf (a row with every element masked so far)."""
+    return ex.select(ex.gt(x, NEG_INF), x, ex.Const(0.0, F32))
+
+
+def _combine(op, acc, value):
+    return {"sum": lambda: ex.BinOp("add", acc, value), "max": lambda: ex.maximum(acc, value),
+            "min": lambda: ex.minimum(acc, value)}[op]()
+
+
+def _rename(stmt, mapping: dict):
+    """``stmt`` with the loop variables in ``mapping`` replaced (new loops, same structure)."""
+    def fix(s):
+        if isinstance(s, For) and s.var in mapping:
+            return For(mapping[s.var], s.extent, s.body, s.kind, s.start, s.is_reduction)
+        return s
+
+    stmt = map_exprs(stmt, lambda e: ex.substitute(e, mapping))
+    return map_stmts(stmt, fix)
+
+
+def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) -> Kernel:
+    """The one-pass loops of ``chain`` (found by :func:`find_chain` on ``lowerer``'s group), their
+    tiles sized for ``target`` (the host when None): rows as the register tile's rows, the
+    elements of a step by :func:`step_elements`; ``tiles`` (rows, elements) chooses them instead
+    (``fusion={"chain_tiles": ...}``: the benchmark's sweep)."""
+    from minicomp.passes.schedules.cpu_choices import register_tile
+
+    if target is None:
+        from minicomp.target import Target
+
+        target = Target.host()
+    rows, lanes = register_tile(target, F32)
+    # Fewer rows than a tile (one query row: decoding) take a block of just those rows.
+    rows = max(1, min(rows, upper(chain.out.shape[chain.out.axes.index(chain.rows[-1])])))
+    step = step_elements(chain, target, lanes)
+    if tiles is not None:
+        rows, step = tiles
+        blocks = step // lanes if step % lanes == 0 else 0
+        if rows < 1 or blocks < 1 or blocks & (blocks - 1):
+            raise MinicompError(f"chain_tiles {tiles}: rows at least 1, elements {lanes} times a power of two")
+    return _ChainLowering(lowerer, chain, rows, lanes, step).lower()
+
+
+MAX_STEP = 512
+
+
+def step_elements(chain: Chain, target, lanes: int) -> int:
+    """Elements of the axis a step takes: the most (a power of two times ``lanes``, at most
+    :data:`MAX_STEP`) whose values read per element (a K row and a V row: the element stages' reduced
+    extent and the columns) fit in half the L2 cache, so a step's K and V stay there for all the rows
+    of a block. Longer steps share the per-step work (a row's max, rescale and sums) among more
+    elements: at S = 1024 (BERT-base sizes, AMD EPYC Zen 4) steps of 64, 128 and 256 took 24.5, 20.3
+    and 20.0 ms. Beyond 512 no step was faster, and every halving of it adds code for a remainder."""
+    per_element = sum(_prod_upper(n for _, n in st.reduce.axes) for st in chain.element_loads) or 1
+    per_element += _prod_upper(chain.out.shape[chain.out.axes.index(a)] for a in chain.cols)
+    budget = (target.l2_bytes or (1 << 20)) // 2
+    step = lanes
+    while step * 2 <= MAX_STEP and step * 2 * per_element * 4 <= budget:
+        step *= 2
+    return step
+
+
+def _prod_upper(sizes) -> int:
+    n = 1
+    for s in sizes:
+        n *= upper(s)
+    return n

@@ -1,0 +1,168 @@
+"""Fusion of reduction chains: softmax and the product that follows it run as one pass over the
+reduced axis (passes/lower_chain.py), with no S x S buffer, and match the reference."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minicomp as mc
+
+H, D = 2, 16
+
+
+def attention(S, scale=0.25, mask=None, causal=False, kv_heads=H, seq=None):
+    """softmax(q k^T * scale [+ mask]) v with ``H`` heads (``kv_heads`` of them for K and V, repeated:
+    grouped-query attention); ``mask``: "additive" (an input added to the scores) or "boolean" (an
+    input choosing the score or -inf)."""
+    n = seq or S
+    g = mc.GraphBuilder("attention")
+    q = g.input("q", (1, H, n, D))
+    k = g.input("k", (1, kv_heads, n, D))
+    v = g.input("v", (1, kv_heads, n, D))
+    if kv_heads != H:
+        rep = H // kv_heads
+        k = g.broadcast_to(k.reshape(1, kv_heads, 1, n, D), shape=(1, kv_heads, rep, n, D)).reshape(1, H, n, D)
+        v = g.broadcast_to(v.reshape(1, kv_heads, 1, n, D), shape=(1, kv_heads, rep, n, D)).reshape(1, H, n, D)
+    s = (q @ g.transpose(k, perm=(0, 1, 3, 2))) * g.constant(np.float32(scale))
+    if mask == "additive":
+        s = s + g.input("bias", (1, 1, n, n))
+    if mask == "boolean":
+        s = g.where(g.input("keep", (1, 1, n, n), "bool"), s, g.constant(np.float32(-np.inf)))
+    if causal:
+        tri = np.triu(np.full((S, S), -np.inf, np.float32), 1)
+        s = s + g.constant(tri)
+    g.output(g.softmax(s, axis=-1) @ v)
+    return g.build()
+
+
+def inputs(graph, seed=0, S=None):
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in graph.inputs:
+        shape = tuple(S if not isinstance(d, int) else d for d in v.shape)
+        if v.dtype.name == "bool":
+            keep = rng.random(shape) < 0.7
+            keep[..., 0] = True  # every row keeps one key (fully masked rows: see their own test)
+            out.append(keep)
+        else:
+            out.append(rng.standard_normal(shape).astype(np.float32))
+    return out
+
+
+def chain_kernels(model):
+    return [k for k in model.kernels if k.prescheduled]
+
+
+def check(graph, args, model=None, atol=2e-5):
+    model = model or mc.compile(graph, cache=False)
+    got = model(*args)[0]
+    want = mc.run_reference(graph, *args)[0]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=atol)
+    return model
+
+
+@pytest.mark.parametrize("S", [1, 5, 31, 32, 33, 97, 300])
+def test_attention_runs_as_one_pass_and_keeps_no_score_matrix(S):
+    graph = attention(S)
+    model = check(graph, inputs(graph))
+    (kernel,) = chain_kernels(model)
+    assert "a chain of reductions over one axis, in one pass" in model.fusion.explain()
+    # No buffer holds a row block's scores for all S keys: at most a step's.
+    from minicomp.ir.loops import Allocate, walk_stmts
+
+    sizes = [s.buffer.size for s in walk_stmts(kernel.body) if isinstance(s, Allocate)]
+    assert all(n < S * S or S < 64 for n in sizes)
+    assert not kernel.workspace
+
+
+@pytest.mark.parametrize("mask", ["additive", "boolean"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_masked_and_causal_attention_match_the_reference(mask, causal):
+    graph = attention(45, mask=mask, causal=causal)
+    model = check(graph, inputs(graph, 1))
+    assert chain_kernels(model)
+
+
+def test_grouped_query_attention_shares_kv_heads():
+    graph = attention(40, kv_heads=1)
+    model = check(graph, inputs(graph, 2))
+    assert chain_kernels(model)
+
+
+def test_fully_masked_rows_give_what_the_reference_gives_and_large_logits_do_not_overflow():
+    graph = attention(20, mask="boolean", scale=1e3)
+    args = inputs(graph, 3)
+    args[3][..., 4, :] = False  # row 4 keeps no key: 0 / 0 in the definition too
+    model = mc.compile(graph, cache=False)
+    got, want = model(*args)[0], mc.run_reference(graph, *args)[0]
+    assert np.isnan(want[..., 4, :]).all() and np.isnan(got[..., 4, :]).all()
+    keep = np.ones(got.shape[2], bool)
+    keep[4] = False
+    assert np.isfinite(got[..., keep, :]).all()
+    np.testing.assert_allclose(got[..., keep, :], want[..., keep, :], rtol=2e-5, atol=2e-5)
+
+
+def test_a_gate_softmax_times_values_is_a_chain_too():
+    """A mixture-of-experts gate: softmax over experts, then a product with the experts' outputs."""
+    g = mc.GraphBuilder("gate")
+    logits, values = g.input("logits", (37, 8)), g.input("values", (8, 24))
+    g.output(g.softmax(logits, axis=-1) @ values)
+    graph = g.build()
+    model = check(graph, inputs(graph, 4))
+    assert chain_kernels(model)
+
+
+def test_log_sum_exp_then_a_weighted_sum_is_a_chain():
+    g = mc.GraphBuilder("lse")
+    x, v = g.input("x", (19, 50)), g.input("v", (50, 16))
+    m = g.max(x, axes=(1,), keepdims=True)
+    lse = m + g.log(g.sum(g.exp(x - m), axes=(1,), keepdims=True))
+    g.output(g.exp(x - lse) @ v)
+    graph = g.build()
+    model = check(graph, inputs(graph, 5))
+    assert chain_kernels(model)
+    assert "after-pass" in model.fusion.explain()
+
+
+def test_a_chain_that_does_not_factor_is_refused_with_the_reason():
+    g = mc.GraphBuilder("refused")
+    x, v = g.input("x", (9, 30)), g.input("v", (30, 8))
+    g.output(g.log(g.softmax(x, axis=-1)) @ v)  # log of a term of the running max: no rule splits it
+    graph = g.build()
+    model = check(graph, inputs(graph, 6))
+    assert not chain_kernels(model)
+    assert "not fused as a reduction chain" in model.fusion.explain()
+
+
+def test_the_loops_name_the_rules_of_the_derivation():
+    model = mc.compile(attention(64), cache=False)
+    loops = model.stages["loops"]
+    assert "reduction chain over" in loops and "rules: exp-split" in loops and "online-rescale" in loops
+    assert "exp((softmax_max.old - softmax_max))" in loops
+
+
+def test_chains_can_be_turned_off_and_a_gpu_target_fuses_stage_by_stage():
+    graph = attention(33)
+    off = mc.compile(graph, cache=False, fusion={"reduction_chains": False})
+    assert not chain_kernels(off)
+    emu = check(graph, inputs(graph, 7), mc.compile(graph, target="cuda-emu", cache=False))
+    assert not chain_kernels(emu)
+
+
+def test_one_compile_serves_every_sequence_length_in_a_range():
+    graph = attention(None, seq=mc.Dim("seq", 1, 300))
+    model = mc.compile(graph, cache=False)
+    assert chain_kernels(model)
+    for S in (1, 17, 64, 255, 300):
+        g_static = attention(S)
+        args = inputs(g_static, S)
+        np.testing.assert_allclose(model(*args)[0], mc.run_reference(g_static, *args)[0], rtol=2e-5, atol=2e-5)
+
+
+@settings(deadline=None, max_examples=12)
+@given(S=st.integers(1, 200), heads=st.sampled_from([1, 2]), mask=st.sampled_from([None, "additive", "boolean"]),
+       scale=st.sampled_from([0.125, 1.0, 30.0]), seed=st.integers(0, 2**16))
+def test_random_attention_shapes_and_masks_match_the_reference(S, heads, mask, scale, seed):
+    graph = attention(S, scale=scale, mask=mask, kv_heads=heads)
+    check(graph, inputs(graph, seed), atol=5e-5)
