@@ -36,7 +36,7 @@ from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Stage, reduce_identity, stage_dag
 from minicomp.ir.dims import lower, upper
-from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, map_stmts, seq
+from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, seq
 from minicomp.ir.reduction_chains import ChainRefusedError, Link, OnePass, derive
 
 F32 = dtypes.float32
@@ -70,7 +70,8 @@ def find_chain(lowerer) -> Chain:
     reason) when the group is not one or its terms do not factor."""
     group = lowerer.group
     if len(group.outputs) != 1:
-        _refuse("a chain group writes one output")
+        _refuse(f"the group would write {len(group.outputs)} values ({', '.join(v.name for v in group.outputs)}), "
+                f"a chain one")
     tensors = lowerer.build_stages()
     out = tensors[group.outputs[0]]
     if not isinstance(out, Stage) or out.reduce is None or out.reduce.op != "sum" or len(out.reduce.axes) != 1:
@@ -108,12 +109,16 @@ def find_chain(lowerer) -> Chain:
             (own_axis, own_extent), = t.reduce.axes
             if ex.format_expr(ex.as_expr(own_extent)) != ex.format_expr(ex.as_expr(extent)):
                 _refuse(f"{t.name} reduces an axis of another length")
-            aligned = ex.substitute(inline(t.reduce.body), {**dict(zip(t.axes, ld.indices)), own_axis: axis})
+            aligned = ex.simplify(ex.substitute(inline(t.reduce.body),
+                                                {**dict(zip(t.axes, ld.indices)), own_axis: axis}), ranges)
             visit(aligned)
             links[t] = aligned
             order.append(t)
 
-    out_body = inline(out.reduce.body)
+    # Index arithmetic simplified with the axes' extents: a reshape between the softmax and the product
+    # reads the row's max through a flat index that names the reduced axis until simplified.
+    ranges = {axis: extent, **dict(zip(out.axes, out.shape))}
+    out_body = ex.simplify(inline(out.reduce.body), ranges)
     visit(out_body)
     if not links:
         _refuse("no reduction over the same axis comes before the output's")
@@ -128,7 +133,6 @@ def find_chain(lowerer) -> Chain:
 
     # Index arithmetic simplified with the axes' extents (a reshape's // and % of an axis that stays
     # inside one block go away): the value columns must load as vectors.
-    ranges = {axis: extent, **dict(zip(out.axes, out.shape))}
     for st in elements:
         ranges.update(dict(st.reduce.axes))
 
@@ -159,6 +163,25 @@ def _index_vars(link: Stage, body: ex.Expr, links: dict) -> set:
                 for i in n.indices:
                     found.update(ex.free_vars(i))
     return found
+
+
+MAX_ACCUMULATOR_COLUMNS = 2048
+
+
+def why_not_one_pass(chain: Chain) -> str | None:
+    """None when the one pass pays, else why the chain is better lowered stage by stage:
+
+    - with no running max to rescale by, nothing needs the terms kept: the chain is a normalization
+      before a product (RMSNorm, then a projection), which the product's own register tiles and
+      packed weights do better;
+    - a block's accumulators (8 rows x the output's columns) stay on the thread's stack: past
+      :data:`MAX_ACCUMULATOR_COLUMNS` columns (64 KiB) they would not (an LM head's vocabulary)."""
+    if not any("online-rescale" in lp.rules for lp in chain.plan.links):
+        return "no running max is rescaled: the product's own schedule computes it better stage by stage"
+    columns = _prod_upper(chain.out.shape[chain.out.axes.index(a)] for a in chain.cols)
+    if columns > MAX_ACCUMULATOR_COLUMNS:
+        return f"its output has {columns} columns a row: more than {MAX_ACCUMULATOR_COLUMNS} to accumulate in one pass"
+    return None
 
 
 # -- the loops ------------------------------------------------------------------------------
@@ -333,6 +356,9 @@ class _ChainLowering:
             body = ex.substitute(self.lw._inline(red.body, reductions),
                                  {**dict(zip(stage.axes, ld.indices)), **{a: v for (a, _), (v, _) in
                                                                           zip(red.axes, raxes)}})
+            if self._dot_form(body, raxes):
+                stmts.append(self._dot_tile(stage, body, raxes, tile, element, B))
+                continue
             body = self.at(body, r, element(ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)))
             update = Store(acc, (r, jj), _combine(red.op, ex.Load(acc, (r, jj)), body))
             update = self.loop(r, R, self.loop(jj, W, update, "simd"), "unrolled")
@@ -367,7 +393,7 @@ class _ChainLowering:
         def shared(e, keep=None):
             return _replace(e, {k: v for k, v in table.items() if k != keep})
 
-        def term(e, r, jj, running_at="new"):
+        def term(e, r, jj):
             """A plan expression at row r, element jj: element stages from their tiles, running results
             from this step's new values (read as 0 at -inf), others from their running values."""
             e = shared(e)
@@ -458,6 +484,44 @@ class _ChainLowering:
             body = Allocate(b, body)
         return body
 
+    def _dot_form(self, body: ex.Expr, raxes) -> bool:
+        """Whether each element's value is better a dot product with the reduced axis as the lanes:
+        the loads that change with the element are contiguous in the reduced axis (K read as it is,
+        not as a copy of K^T: decoding fuses the copy away, docs/attention.md)."""
+        if len(raxes) != 1 or self._dot_lanes(raxes[0][1]) < 4:
+            return False
+        d = raxes[0][0]
+        moving = [n for n in ex.walk(body) if isinstance(n, ex.Load) and self.c.axis in ex.free_vars(n)]
+        return bool(moving) and all(self.c.axis not in ex.free_vars(ld.indices[-1]) and
+                                    ex.format_expr(ex.simplify(ld.indices[-1])) == d.name for ld in moving)
+
+    def _dot_lanes(self, n) -> int:
+        """Lanes for a reduced axis of ``n``: the largest power of two up to W that divides it."""
+        if not isinstance(n, int):
+            return 0
+        w = self.W
+        while w > 1 and n % w:
+            w //= 2
+        return w
+
+    def _dot_tile(self, stage, body, raxes, tile, element, B):
+        """``tile[r, j] = sum_d body`` for the step's elements, the reduced axis in vectors."""
+        R = self.R
+        (d, n), = raxes
+        W = self._dot_lanes(n)
+        red = stage.reduce
+        j, r, dc, dl, dl2, dl3 = (self.var(x) for x in ("jj", "r", "dc", "dl", "dl", "dl"))
+        part = self.local(f"{stage.name}_part", (W,))
+        at = self.at(ex.substitute(body, {d: ex.BinOp("add", ex.BinOp("mul", dc, _int(W)), dl)}), r, element(j))
+        per_row = Allocate(part, seq(
+            self.loop(dl2, W, Store(part, (dl2,), reduce_identity(red.op, F32)), "simd"),
+            self.loop(dc, n // W, self.loop(dl, W, Store(part, (dl,), _combine(red.op, ex.Load(part, (dl,)), at)),
+                                            "simd"), reduction=True),
+            Store(tile, (r, j), reduce_identity(red.op, F32)),
+            self.loop(dl3, W, Store(tile, (r, j), _combine(red.op, ex.Load(tile, (r, j)), ex.Load(part, (dl3,)))),
+                      "vectorized", True)))
+        return self.loop(j, B, self.loop(r, R, per_row, "unrolled"))
+
     def _per_element(self, terms) -> list:
         """The largest subterms of ``terms`` that read the axis and no row, column or result, and
         do more than load a value (a mask read through a gather, compared): computed once a step."""
@@ -502,19 +566,19 @@ class _ChainLowering:
         contrib = ex.BinOp("mul", a, b_at(jj))
         if p is None and tail:
             contrib = ex.select(valid(jj), contrib, ex.Const(0.0, F32))
-        start = ex.Load(self.acc, (r, *cols))
+        def cols_at(lane):
+            return [*outer_cols, ex.BinOp("add", ex.BinOp("mul", cc, _int(w)), lane)] if c.cols else []
+
+        r_in, cl_in = self.var("r"), self.var("c")
+        start = ex.Load(self.acc, (r_in, *cols_at(cl_in)))
         if scale is not None:
-            start = ex.BinOp("mul", start, ex.Load(scale, (r,)))
-        copy_in = self.loop(r, R, self.loop(cl, w, Store(t, (r, cl), start), "simd"), "unrolled")
+            start = ex.BinOp("mul", start, ex.Load(scale, (r_in,)))
+        copy_in = self.loop(r_in, R, self.loop(cl_in, w, Store(t, (r_in, cl_in), start), "simd"), "unrolled")
         add = self.loop(jj, B, self.loop(r, R, self.loop(cl, w, Store(
             t, (r, cl), ex.BinOp("add", ex.Load(t, (r, cl)), contrib)), "simd"), "unrolled"), reduction=True)
-        r2, cl2 = self.var("r"), self.var("c")
-        cols2 = [*outer_cols, ex.BinOp("add", ex.BinOp("mul", cc, _int(w)), cl2)] if c.cols else []
-        copy_out = self.loop(r2, R, self.loop(cl2, w, Store(self.acc, (r2, *cols2), ex.Load(t, (r2, cl2))), "simd"),
-                             "unrolled")
-        # copy_in and add use the same r, cl: rename by rebuilding copy_in's loops with fresh ones
-        r3, cl3 = self.var("r"), self.var("c")
-        copy_in = _rename(copy_in, {r: r3, cl: cl3})
+        r_out, cl_out = self.var("r"), self.var("c")
+        copy_out = self.loop(r_out, R, self.loop(cl_out, w, Store(self.acc, (r_out, *cols_at(cl_out)),
+                                                                  ex.Load(t, (r_out, cl_out))), "simd"), "unrolled")
         stmt = Allocate(t, seq(copy_in, add, copy_out))
         stmt = self.loop(cc, ex.size_div(last_ext, w) if c.cols else 1, stmt)
         for v, a_ in reversed(list(zip(outer_cols, c.cols[:-1]))):
@@ -555,17 +619,6 @@ def _safe(x: ex.Expr) -> ex.Expr:
 def _combine(op, acc, value):
     return {"sum": lambda: ex.BinOp("add", acc, value), "max": lambda: ex.maximum(acc, value),
             "min": lambda: ex.minimum(acc, value)}[op]()
-
-
-def _rename(stmt, mapping: dict):
-    """``stmt`` with the loop variables in ``mapping`` replaced (new loops, same structure)."""
-    def fix(s):
-        if isinstance(s, For) and s.var in mapping:
-            return For(mapping[s.var], s.extent, s.body, s.kind, s.start, s.is_reduction)
-        return s
-
-    stmt = map_exprs(stmt, lambda e: ex.substitute(e, mapping))
-    return map_stmts(stmt, fix)
 
 
 def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) -> Kernel:

@@ -166,3 +166,64 @@ def test_one_compile_serves_every_sequence_length_in_a_range():
 def test_random_attention_shapes_and_masks_match_the_reference(S, heads, mask, scale, seed):
     graph = attention(S, scale=scale, mask=mask, kv_heads=heads)
     check(graph, inputs(graph, seed), atol=5e-5)
+
+
+def test_a_mask_shared_by_two_layers_stays_its_own_kernel_and_both_layers_fuse():
+    """A padding mask made once and added to the scores of two layers: the group that makes it also
+    gives it to the other layer, so it is split off and both chains read it."""
+    S = 24
+    g = mc.GraphBuilder("two_layers")
+    keep = g.input("keep", (1, 1, 1, S), "bool")
+    bias = g.where(keep, g.constant(np.float32(0.0)), g.constant(np.float32(-np.inf)))
+    x = g.input("x", (1, H, S, D))
+    for _ in range(2):
+        s = (x @ g.transpose(x, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.25)) + bias
+        x = g.softmax(s, axis=-1) @ x
+    g.output(x)
+    graph = g.build()
+    model = check(graph, inputs(graph, 8))
+    assert len(chain_kernels(model)) == 2, model.fusion.explain()
+
+
+def test_a_reshape_between_the_softmax_and_a_batched_product_still_fuses():
+    """Eager attention in transformers: probabilities viewed as (batch * heads, S, S) for bmm."""
+    S = 30
+    g = mc.GraphBuilder("bmm")
+    q, k, v = (g.input(n, (H, S, D)) for n in "qkv")
+    s = (q @ g.transpose(k, perm=(0, 2, 1))).reshape(1, H, S, S)
+    p = g.softmax(s, axis=-1).reshape(H, S, S)
+    g.output(p @ v)
+    graph = g.build()
+    model = check(graph, inputs(graph, 9))
+    assert chain_kernels(model), model.fusion.explain()
+
+
+def test_a_norm_before_a_product_is_a_chain_but_stays_stage_by_stage():
+    """RMSNorm then a projection derives (1 / rms is applied after the pass), but with no running max
+    nothing needed the terms kept: the product's own register tiles do it better."""
+    g = mc.GraphBuilder("rmsnorm")
+    x, w = g.input("x", (10, 64)), g.input("w", (64, 48))
+    ms = g.sum(x * x, axes=(1,), keepdims=True) * g.constant(np.float32(1 / 64))
+    g.output((x * (ms + g.constant(np.float32(1e-6))) ** g.constant(np.float32(-0.5))) @ w)
+    graph = g.build()
+    model = check(graph, inputs(graph, 10))
+    assert not chain_kernels(model)
+    assert "a reduction chain, kept stage by stage: no running max is rescaled" in model.fusion.explain()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decoding_reads_keys_as_they_are(rows):
+    """A few query rows over many keys (decoding): no copy of K^T in front of the chain; each score is
+    a dot product along K's rows."""
+    S = 77
+    g = mc.GraphBuilder("decode")
+    q = g.input("q", (1, H, rows, D))
+    k, v = g.input("k", (1, 1, S, D)), g.input("v", (1, 1, S, D))
+    k4 = g.broadcast_to(k, shape=(1, H, S, D))  # grouped-query: one K/V head for all
+    s = (q @ g.transpose(k4, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.25))
+    g.output(g.softmax(s, axis=-1) @ g.broadcast_to(v, shape=(1, H, S, D)))
+    graph = g.build()
+    model = check(graph, inputs(graph, 11))
+    (kernel,) = model.kernels
+    assert kernel.prescheduled and any("transpose" in n for n in kernel.group)
+    assert "_part" in model.stages["loops"]  # the dot products' partial sums
