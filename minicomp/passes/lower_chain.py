@@ -270,16 +270,19 @@ class _ChainLowering:
         steps, done = [], _int(0)
         # Steps of B elements; what is left in one step each of B/2, B/4 ... W where it holds one (once
         # at most: a binary decomposition, few steps of much work each); then one masked step of W.
-        size = self.B
-        while size >= self.W:
+        # (A symbolic length takes steps of B, then of W: each size is one more copy of the step's
+        # code, and LLVM's time grows with them.)
+        sizes = [self.B, self.W]
+        if isinstance(self.J, int):
+            sizes = [self.B >> k for k in range((self.B // self.W).bit_length())]
+        for size in dict.fromkeys(sizes):
             count = ex.simplify(ex.BinOp("floordiv", ex.BinOp("sub", _size(self.J), done), _int(size)))
             if not (isinstance(count, ex.Const) and count.value == 0):
-                jb = self.var("jb")  # (below B, it runs once or not at all)
+                jb = self.var("jb")
                 step = self._block(ex.BinOp("add", done, ex.BinOp("mul", jb, _int(size))), size)
                 steps.append(self.loop(jb, count.value if isinstance(count, ex.Const) else count, step,
                                        reduction=True))
                 done = ex.simplify(ex.BinOp("add", done, ex.BinOp("mul", count, _int(size))))
-            size //= 2
         left = ex.simplify(ex.BinOp("sub", _size(self.J), done))
         if not (isinstance(left, ex.Const) and left.value == 0):
             if lower(self.J) >= self.W:
@@ -314,6 +317,16 @@ class _ChainLowering:
         kernel.param_values = list(lw.in_bufs) + list(lw.out_bufs)
         kernel.prescheduled = True  # its loops are made scheduled: the default schedule leaves it
         return kernel
+
+    def lanes(self, B: int, store, r=None):
+        """``store(j)`` for the step's B elements, W at a time as vectors (a vector as wide as the
+        step would be 512 lanes: LLVM took 36 s over such code), for each of the block's rows when
+        ``r`` (the row variable ``store`` uses) is given."""
+        jc, jl = self.var("jc"), self.var("jj")
+        body = self.loop(jl, self.W, store(ex.BinOp("add", ex.BinOp("mul", jc, _int(self.W)), jl)), "simd")
+        if r is not None:
+            body = self.loop(r, self.R, body, "unrolled")
+        return self.loop(jc, B // self.W, body)
 
     def _over_cols(self, make, inner_kind="simd"):
         """Loops over the block's rows and the value columns around ``make(r, cols)``."""
@@ -410,15 +423,17 @@ class _ChainLowering:
             return ex.substitute(e, sub)
 
         for buf, e, per_row in made:
-            r, jj = self.var("r"), self.var("jj")
+            r = self.var("r")
             key = ex.format_expr(e)
-            value = ex.substitute(shared(e, keep=key), {ROW: r, ELEM: jj})
-            value = ex.transform_loads(value, lambda ld: ex.Load(tiles[ld.tensor], (r, jj))
-                                       if ld.tensor in tiles else None)
-            value = self.at(value, r if per_row else _int(0), element(jj))
-            idx = (r, jj) if per_row else (jj,)
-            stmt = self.loop(jj, B, Store(buf, idx, value), "simd")
-            stmts.append(self.loop(r, R, stmt, "unrolled") if per_row else stmt)
+
+            def store(jj, buf=buf, key=key, e=e, per_row=per_row, r=r):
+                value = ex.substitute(shared(e, keep=key), {ROW: r, ELEM: jj})
+                value = ex.transform_loads(value, lambda ld: ex.Load(tiles[ld.tensor], (r, jj))
+                                           if ld.tensor in tiles else None)
+                value = self.at(value, r if per_row else _int(0), element(jj))
+                return Store(buf, (r, jj) if per_row else (jj,), value)
+
+            stmts.append(self.lanes(B, store, r if per_row else None))
         # Max links: this step's new maxima.
         for name in [lk.name for _, lk in c.links if lk.op == "max"]:
             lp = self.link_of[name]
@@ -439,11 +454,13 @@ class _ChainLowering:
         b_fs = [f for f in fs if set(ex.free_vars(f)) & col_set]
         p = self.local("p", (R, B))
         if a_fs:
-            r, jj = self.var("r"), self.var("jj")
-            a = term(_product(a_fs), r, jj)
-            if tail:
-                a = ex.select(valid(jj), a, ex.Const(0.0, F32))
-            stmts.append(self.loop(r, R, self.loop(jj, B, Store(p, (r, jj), a), "simd"), "unrolled"))
+            r = self.var("r")
+
+            def store_a(jj, r=r):
+                a = term(_product(a_fs), r, jj)
+                return Store(p, (r, jj), ex.select(valid(jj), a, ex.Const(0.0, F32)) if tail else a)
+
+            stmts.append(self.lanes(B, store_a, r))
         a_text = ex.format_expr(_product(a_fs)) if a_fs else None
         # Sum links: rescale what is summed so far, add the step's terms.
         scales, by_text = {}, {}
