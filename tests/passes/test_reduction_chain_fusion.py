@@ -227,3 +227,12 @@ def test_decoding_reads_keys_as_they_are(rows):
     (kernel,) = model.kernels
     assert kernel.prescheduled and any("transpose" in n for n in kernel.group)
     assert "_part" in model.stages["loops"]  # the dot products' partial sums
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("S", [4099, 4100])
+def test_long_sequences_prime_or_not_match_the_reference(S):
+    """Thousands of keys: many full steps, the halves of a step, and a masked last step (4099 is prime)."""
+    graph = attention(S, mask="additive")
+    model = check(graph, inputs(graph, S), atol=5e-5)
+    assert chain_kernels(model)
