@@ -21,7 +21,10 @@ group, under these rules:
   residual add) and, with ``reduction_epilogue``, reductions of its result
   (attention scores followed by softmax);
 - at most one matmul/conv per group, except sibling matmuls/convs reading the
-  same input, which merge side by side (``horizontal``);
+  same input, which merge side by side (``horizontal``), and a matmul whose
+  left operand ends a chain of reductions over the product's axis that derives
+  to one pass (softmax, then a product by V: attention; ``reduction_chains``,
+  docs/attention.md);
 - limits: ``max_group_nodes`` nodes and ``max_params`` buffers per group.
 
 Every merge keeps each group convex: no path may leave a group and come back
@@ -272,7 +275,7 @@ class _Fuser:
         attention). The derivation (``ir/reduction_chains.py``) decides; a refusal is the boundary's
         reason."""
         from minicomp.ir.reduction_chains import ChainRefusedError
-        from minicomp.passes.lower import Group, _Lowerer
+        from minicomp.passes.lower import _Lowerer
         from minicomp.passes.lower_chain import find_chain, why_not_one_pass
 
         graph_outs = set(self.graph.outputs)
@@ -297,8 +300,7 @@ class _Fuser:
                 continue
             trial = self.as_group(sorted(own + self.nodes_of(gc), key=self.index.get))
             try:
-                chain = find_chain(_Lowerer(Group(trial.nodes, trial.inputs, trial.outputs), "trial",
-                                            self.constants))
+                chain = find_chain(_Lowerer(trial, "trial", self.constants))
             except ChainRefusedError as exc:
                 self.note_chain(producer, node, f"not fused as a reduction chain: {exc}")
                 continue

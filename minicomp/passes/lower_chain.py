@@ -129,7 +129,9 @@ def find_chain(lowerer) -> Chain:
     for t in [*order, out, *elements]:
         if t.dtype != F32:
             _refuse(f"{t.name} is {t.dtype.name}: only float32 chains are derived")
-    names = {t: f"{t.name}" for t in [*order, out]}
+    names: dict[Stage, str] = {}
+    for t in [*order, out]:  # the results' names in the plan, one per link
+        names[t] = t.name if t.name not in names.values() else f"{t.name}_{len(names)}"
 
     # Index arithmetic simplified with the axes' extents (a reshape's // and % of an axis that stays
     # inside one block go away): the value columns must load as vectors.

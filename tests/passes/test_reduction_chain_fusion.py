@@ -236,3 +236,9 @@ def test_long_sequences_prime_or_not_match_the_reference(S):
     graph = attention(S, mask="additive")
     model = check(graph, inputs(graph, S), atol=5e-5)
     assert chain_kernels(model)
+
+
+def test_the_c_target_runs_the_chain_too():
+    graph = attention(40, mask="boolean")
+    model = check(graph, inputs(graph, 12), mc.compile(graph, target="c", cache=False))
+    assert chain_kernels(model)
