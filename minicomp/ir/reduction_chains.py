@@ -50,7 +50,8 @@ RULES = {
     "product": "a product (or quotient) of factored terms is the product of their parts",
     "exp-split": "exp(a + b) = exp(a) * exp(b): the part of the exponent with the results is a factor",
     "linear-scale": "a sum times a factor constant along the axis is that factor times the sum",
-    "mask": "a term that is 0 where a mask (of no result) is false factors as its other branch",
+    "mask": "a term that is 0 where a mask (of no result) is false factors as its other branch; a mask of a "
+            "whole row chooses the after-pass factor too",
     "online-rescale": "exp(a) / exp(b) = exp(a - b): the sum so far is rescaled when the running result moves",
     "after-pass": "a factor of results that are only final at the end multiplies the sum once, after the pass",
     "max-shift": "max_k(a_k + c) = max_k(a_k) + c: a shift by results is added after the pass",
@@ -233,7 +234,12 @@ class _Deriver:
                 self.refuse(e, "has branches with different factors of the results")
             self.use("mask")
             t = [ZERO if b is None else b[0] for b in branches]
-            return ex.Select(e.cond, t[0], t[1]), live[0][1], live[0][2]
+            after = live[0][2]
+            if not self.along(e.cond) and len(live) == 1 and not ex._is_const(after, 1.0):
+                # A choice made once a row (a row with every element masked) also chooses the after-pass
+                # factor: where it picks 0 the factor (1 / l, l = 0 there) is never computed.
+                after = ex.Select(e.cond, ZERO, after) if branches[0] is None else ex.Select(e.cond, after, ZERO)
+            return ex.Select(e.cond, t[0], t[1]), live[0][1], after
         if isinstance(e, ex.BinOp) and e.op in ("add", "sub"):
             self.refuse(e, "adds a term of the axis to a term of a result: it is not a product G(x)·H(result)")
         self.refuse(e, f"uses a result inside {getattr(e, 'fn', getattr(e, 'op', type(e).__name__))}, "
@@ -381,6 +387,7 @@ def run_one_pass(plan: OnePass, elements: list[dict], exp) -> dict:
             else:
                 state[name] = state[name] * evaluate(lp.rescale, {**env, **state}, exp) + term
     final = dict(state)
-    for lp in plan.links:
-        final[lp.link.name] = evaluate(lp.finish, {**state, **final, lp.link.name: state[lp.link.name]}, exp)
+    row = elements[0] if elements else {}  # what a finishing factor reads of the row (a row's mask) is the same
+    for lp in plan.links:                  # at every element
+        final[lp.link.name] = evaluate(lp.finish, {**row, **state, **final, lp.link.name: state[lp.link.name]}, exp)
     return final

@@ -616,8 +616,10 @@ class _ChainLowering:
                 sub = {n: values.get(n.name, own if n.name == lk.name else None)
                        for n in ex.walk(lp.finish) if isinstance(n, ex.Var)}
                 values[lk.name] = ex.substitute(lp.finish, {k: v for k, v in sub.items() if v is not None})
+            # (a row's mask in a finishing factor reads the row and columns of this store)
+            value = ex.substitute(self.at(values[self.last], r, None), dict(zip(c.cols, cols)))
             idx = [*self.outer_vars, self.row(r), *cols]
-            return Store(out_buf, tuple(idx), values[self.last])
+            return Store(out_buf, tuple(idx), value)
 
         return self._over_cols(make)
 

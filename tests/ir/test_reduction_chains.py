@@ -73,6 +73,10 @@ CHAINS = {
                                         Link("w", "sum", ex.BinOp("mul", v, exp_(ex.BinOp("sub", x, m))))],
     "a max of shifted terms": [Link("s", "sum", v), Link("m", "max", ex.BinOp("sub", x, result("s")))],
     "plain sums": [Link("s", "sum", v), Link("q", "sum", ex.BinOp("mul", x, v))],
+    "a row chosen away whole": [Link("m", "max", x), Link("l", "sum", exp_(ex.BinOp("sub", x, m))),
+                                Link("o", "sum", ex.BinOp("mul", ex.Select(
+                                    ex.BinOp("gt", ex.Var("row_masked", F32), c(0)), c(0),
+                                    ex.BinOp("div", exp_(ex.BinOp("sub", x, m)), l_)), v))],
 }
 
 
@@ -93,6 +97,9 @@ def _agree(chain, plan, trials=40, seed=0):
     for _ in range(trials):
         exp = _exp_of(Fraction(rng.randint(2, 5), rng.randint(1, 3)))
         elements = _elements(rng, rng.randint(1, 9))
+        row_masked = Fraction(rng.choice([0, 1]))  # the same for every element: a choice made once a row
+        for e in elements:
+            e["row_masked"] = row_masked
         if "mask" in repr(chain) and not any(e["mask"] for e in elements):
             elements[0]["mask"] = Fraction(1)
         if run_one_pass(plan, elements, exp) != run_two_pass(chain, elements, exp):

@@ -242,3 +242,26 @@ def test_the_c_target_runs_the_chain_too():
     graph = attention(40, mask="boolean")
     model = check(graph, inputs(graph, 12), mc.compile(graph, target="c", cache=False))
     assert chain_kernels(model)
+
+
+def test_rows_chosen_away_whole_are_zeros_as_in_the_definition():
+    """ONNX's expanded Attention zeroes a row whose every key is masked with where(row_masked, 0, p):
+    the choice is made once a row, so it chooses the after-pass 1 / l too, which is 1 / 0 there."""
+    S = 12
+    g = mc.GraphBuilder("row_masked")
+    q, k, v = (g.input(n, (1, H, S, D)) for n in "qkv")
+    keep = g.input("keep", (S, S), "bool")
+    row_masked = g.input("row_masked", (S, 1), "bool")
+    s = g.where(keep, q @ g.transpose(k, perm=(0, 1, 3, 2)), g.constant(np.float32(-np.inf)))
+    p = g.where(row_masked, g.constant(np.float32(0.0)), g.softmax(s, axis=-1))
+    g.output(p @ v)
+    graph = g.build()
+    rng = np.random.default_rng(13)
+    args = [rng.standard_normal((1, H, S, D)).astype(np.float32) for _ in range(3)]
+    keep_ = rng.random((S, S)) < 0.6
+    keep_[:, 0] = True
+    keep_[5] = False
+    args += [keep_, ~keep_.any(axis=1, keepdims=True)]
+    model = check(graph, args)
+    assert chain_kernels(model)
+    assert (model(*args)[0][..., 5, :] == 0).all()
