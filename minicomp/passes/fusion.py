@@ -41,16 +41,10 @@ import heapq
 from dataclasses import dataclass, field, replace
 
 from minicomp.errors import MinicompError
-from minicomp.ir.dims import upper
 from minicomp.ir.graph import Graph, Node
 from minicomp.ir.ops import BROADCAST, ELEMENTWISE, OPAQUE, OUT_ELEMENTWISE_FUSABLE, REDUCTION, get_op
 from minicomp.passes.lower import Group, kernel_name
 from minicomp.passes.manager import register_pass
-
-# A chain over at most this many query rows reads K as it is (decoding): see _Fuser.take_key_copies.
-# 12 heads x 64, 2048 keys, 2 threads, AMD EPYC Zen 4: 1, 2, 4 and 8 query rows took 0.19, 0.32, 0.55
-# and 1.05 ms reading K as it is, 0.72, 0.71, 0.75 and 0.89 ms with K^T copied first.
-DOT_FORM_ROWS = 4
 
 LAYOUT_OPS = frozenset({"reshape", "transpose", "squeeze", "unsqueeze", "slice", "broadcast_to", "concat"})
 
@@ -313,18 +307,17 @@ class _Fuser:
                 if self.reaches(self.successors(gp) - {gc}, gc, exclude={gp}):
                     self.merge(gp, self.group(shared[0]))
                     continue
-            root = self.merge(gp, gc)
-            if upper(node.outputs[0].shape[-2]) <= DOT_FORM_ROWS:
-                root = self.take_key_copies(root)
+            root = self.take_key_copies(self.merge(gp, gc))
             self.chains.add(root)
             rules = sorted({r for lp in chain.plan.links for r in lp.rules})
             self.group_reason[root] = (f"a chain of reductions over one axis, in one pass ({len(chain.links)} "
                                        f"links; rules: {', '.join(rules)})")
 
     def take_key_copies(self, root):
-        """Merge into a chain's group the copies of K^T that only it reads: with few query rows
-        (decoding) each score is a dot product along K's own rows (``lower_chain``'s dot form), and
-        copying K first would read and write all of it once more than the chain reads it."""
+        """Merge into a chain's group the copies of K^T that only it reads: the chain reads K as it
+        is, copying each step's keys once for a job's rows (``lower_chain._pack``), or with few query
+        rows (decoding) taking each score as a dot product along K's rows; a whole copy of K^T first
+        would be S x d a head in the arena, written and read once more than the chain reads K."""
         inside = set(self.nodes_of(root))
         for v in self.as_group(self.nodes_of(root)).inputs:
             p = v.producer

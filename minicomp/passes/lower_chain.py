@@ -189,6 +189,11 @@ def why_not_one_pass(chain: Chain) -> str | None:
 # -- the loops ------------------------------------------------------------------------------
 
 NEG_INF = ex.Const(-math.inf, F32)
+# The offset of an element in its step, where a body reads a copy made for the step (_pack).
+OFFSET = ex.Var("_step_offset", dtypes.int64)
+# A chain over at most this many rows (decoding) computes each element's value as a dot product
+# along the reduced axis, reading K as it is: a copy of K's step would cost more than the rows use.
+DOT_FORM_ROWS = 4
 
 
 def _size(n) -> ex.Expr:
@@ -213,9 +218,9 @@ def _product(fs: list) -> ex.Expr:
 
 
 class _ChainLowering:
-    def __init__(self, lowerer, chain: Chain, rows_per_block: int, lanes: int, step: int):
+    def __init__(self, lowerer, chain: Chain, rows_per_block: int, lanes: int, step: int, tiles_per_job: int = 1):
         self.lw, self.c = lowerer, chain
-        self.R, self.W, self.B = rows_per_block, lanes, step
+        self.R, self.W, self.B, self.T = rows_per_block, lanes, step, tiles_per_job
         self.names_used: set[str] = set()
         out = chain.out
         self.extent_of = dict(zip(out.axes, out.shape))
@@ -240,6 +245,10 @@ class _ChainLowering:
     def loop(self, var, extent, body, kind="serial", reduction=False):
         return For(var, extent, body, kind=kind, is_reduction=reduction)
 
+    def sx(self, r) -> ex.Expr:
+        """Where row ``r`` of the current tile keeps its running results (the job's tiles side by side)."""
+        return r if self.T == 1 else ex.BinOp("add", ex.BinOp("mul", self.t, _int(self.R)), r)
+
     # The index of row r of the block (clamped: a last, partial block computes its last row again).
     def row(self, r) -> ex.Expr:
         i = ex.BinOp("add", ex.BinOp("mul", self.ib, _int(self.R)), r)
@@ -255,20 +264,29 @@ class _ChainLowering:
         return ex.substitute(e, sub)
 
     def lower(self) -> Kernel:
-        c, R = self.c, self.R
+        c, R, T = self.c, self.R, self.T
         self.p = self.var("blk")
         self.outer_vars = [self.var(f"o{k}") for k in range(len(self.outer))]
         n_rb = ex.simplify(ex.BinOp("floordiv", ex.BinOp("add", _size(self.I), _int(R - 1)), _int(R)))
-        self.ib = self.var("ib")
+        n_jobs = ex.simplify(ex.BinOp("floordiv", ex.BinOp("add", n_rb, _int(T - 1)), _int(T)))
+        # A job is T tiles of R rows: each step's packed copies serve all of them.
+        self.ch = self.var("ch")
+        self.t = ex.Var("_tile", dtypes.int64) if T > 1 else _int(0)
+        self.ib = ex.BinOp("add", ex.BinOp("mul", self.ch, _int(T)), self.t) if T > 1 else self.ch
         # The running results per row, the last link's accumulators, and one step's new maxima.
-        self.state = {lk.name: self.local(f"{lk.name}_run", (R,)) for _, lk in c.links[:-1]}
+        self.state = {lk.name: self.local(f"{lk.name}_run", (T * R,)) for _, lk in c.links[:-1]}
         self.fresh = {n: self.local(f"{n}_new", (R,)) for n in self.running}
         col_ext = [self.extent_of[a] for a in c.cols]
-        self.acc = self.local("acc", (R, *col_ext))
+        self.acc = self.local("acc", (T * R, *col_ext))
         r = self.var("r")
-        init = [self.loop(r, R, seq(*[Store(b, (r,), NEG_INF if n in self.running else ex.Const(0.0, F32))
-                                        for n, b in self.state.items()]), "unrolled")]
-        init.append(self._over_cols(lambda r, cols: Store(self.acc, (r, *cols), ex.Const(0.0, F32))))
+        init = [self.loop(r, T * R, seq(*[Store(b, (r,), NEG_INF if n in self.running else ex.Const(0.0, F32))
+                                            for n, b in self.state.items()]), "unrolled" if T == 1 else "serial")]
+        r1 = self.var("r")
+        cols = [self.var(f"c{k}") for k in range(len(c.cols))]
+        zero = Store(self.acc, (r1, *cols), ex.Const(0.0, F32))
+        for k, (v, a) in reversed(list(enumerate(zip(cols, c.cols)))):
+            zero = self.loop(v, self.extent_of[a], zero, "simd" if k == len(cols) - 1 else "serial")
+        init.append(self.loop(r1, T * R, zero, "unrolled" if T == 1 else "serial"))
         steps, done = [], _int(0)
         # Steps of B elements; what is left in one step each of B/2, B/4 ... W where it holds one (once
         # at most: a binary decomposition, few steps of much work each); then one masked step of W.
@@ -281,7 +299,7 @@ class _ChainLowering:
             count = ex.simplify(ex.BinOp("floordiv", ex.BinOp("sub", _size(self.J), done), _int(size)))
             if not (isinstance(count, ex.Const) and count.value == 0):
                 jb = self.var("jb")
-                step = self._block(ex.BinOp("add", done, ex.BinOp("mul", jb, _int(size))), size)
+                step = self._job_step(ex.BinOp("add", done, ex.BinOp("mul", jb, _int(size))), size, n_rb)
                 steps.append(self.loop(jb, count.value if isinstance(count, ex.Const) else count, step,
                                        reduction=True))
                 done = ex.simplify(ex.BinOp("add", done, ex.BinOp("mul", count, _int(size))))
@@ -289,36 +307,56 @@ class _ChainLowering:
         if not (isinstance(left, ex.Const) and left.value == 0):
             if lower(self.J) >= self.W:
                 # The last W elements, those done before masked: contiguous loads, no index past the end.
-                step = self._block(ex.simplify(ex.BinOp("sub", _size(self.J), _int(self.W))), self.W, first=done)
+                step = self._job_step(ex.simplify(ex.BinOp("sub", _size(self.J), _int(self.W))), self.W, n_rb,
+                                      first=done)
             else:  # fewer elements than a step: indices clamped to the last, lanes past it masked
-                step = self._block(done, self.W, first=done)
+                step = self._job_step(done, self.W, n_rb, first=done)
             steps.append(step if isinstance(left, ex.Const) else If(ex.gt(left, _int(0)), step))
-        body = seq(*init, *steps, self._finish())
+        body = seq(*init, *steps, self._over_tiles(self._finish(), n_rb))
         for b in [*self.state.values(), *self.fresh.values(), self.acc]:
             body = Allocate(b, body)
-        # blk runs over the outer axes and the row blocks: ib fastest, the last outer axis next.
+        # blk runs over the outer axes and the jobs: ch fastest, the last outer axis next.
         rest_e = self.p
-        lets = {self.ib: ex.BinOp("mod", rest_e, n_rb)}
-        rest_e = ex.BinOp("floordiv", rest_e, n_rb)
+        lets = {self.ch: ex.BinOp("mod", rest_e, n_jobs)}
+        rest_e = ex.BinOp("floordiv", rest_e, n_jobs)
         for a, v in reversed(list(zip(self.outer, self.outer_vars))):
             n = _size(self.extent_of[a])
             lets[v] = ex.BinOp("mod", rest_e, n)
             rest_e = ex.BinOp("floordiv", rest_e, n)
         body = map_exprs(body, lambda e: ex.substitute(e, {v: ex.simplify(x) for v, x in lets.items()}))
-        total = n_rb
+        total = n_jobs
         for a in self.outer:
             total = ex.BinOp("mul", total, _size(self.extent_of[a]))
         total = ex.simplify(total)
         extent = total.value if isinstance(total, ex.Const) else total
         body = self.loop(self.p, extent, body, "parallel")
         lw = self.lw
+        job = f"{self.T} tiles of {self.R} rows" if self.T > 1 else f"{self.R} rows"
         kernel = Kernel(lw.name, list(lw.in_bufs.values()), list(lw.out_bufs.values()), body,
                         group=[n.name for n in lw.group.nodes],
-                        notes=[f"reduction chain over {c.axis.name} in one pass, {self.R} rows x {self.B} elements "
+                        notes=[f"reduction chain over {c.axis.name} in one pass, {job} x {self.B} elements "
                                f"a step (ir/reduction_chains.py):"] + c.describe().splitlines())
         kernel.param_values = list(lw.in_bufs) + list(lw.out_bufs)
         kernel.prescheduled = True  # its loops are made scheduled: the default schedule leaves it
         return kernel
+
+    def _over_tiles(self, stmt, n_rb):
+        """``stmt`` for each tile of the job (the last job may have fewer)."""
+        if self.T == 1:
+            return stmt
+        if not (isinstance(n_rb, ex.Const) and n_rb.value % self.T == 0):
+            stmt = If(ex.lt(self.ib, n_rb), stmt)
+        t = self.var("t")  # each loop over the tiles names its variable anew
+        return self.loop(t, self.T, map_exprs(stmt, lambda e: ex.substitute(e, {self.t: t})))
+
+    def _job_step(self, j0: ex.Expr, B: int, n_rb, first: ex.Expr | None = None):
+        """One step of the job: the element values every tile reads in another order (K^T), copied
+        once, then the step for each tile."""
+        packed, body = self._block(j0, B, first)
+        stmt = seq(*[s for _, s in packed], self._over_tiles(body, n_rb))
+        for buf, _ in packed:
+            stmt = Allocate(buf, stmt)
+        return stmt
 
     def lanes(self, B: int, store, r=None):
         """``store(j)`` for the step's B elements, W at a time as vectors (a vector as wide as the
@@ -358,7 +396,7 @@ class _ChainLowering:
             j = ex.BinOp("add", j0, jj)
             return ex.logical_and(ex.ge(j, first), ex.lt(j, _size(self.J)))
 
-        stmts, tiles = [], {}
+        stmts, tiles, packed = [], {}, []
         W = self.W
         reductions = {s for s in stage_dag([c.out]) if s.reduce is not None}
         for stage, ld in c.element_loads.items():  # each score of the step, W columns at a time
@@ -371,10 +409,12 @@ class _ChainLowering:
             body = ex.substitute(self.lw._inline(red.body, reductions),
                                  {**dict(zip(stage.axes, ld.indices)), **{a: v for (a, _), (v, _) in
                                                                           zip(red.axes, raxes)}})
-            if self._dot_form(body, raxes):
+            if upper(self.I) <= DOT_FORM_ROWS and self._dot_form(body, raxes):
                 stmts.append(self._dot_tile(stage, body, raxes, tile, element, B))
                 continue
-            body = self.at(body, r, element(ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)))
+            body = self._pack(body, raxes, element, B, packed)
+            offset = ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)
+            body = self.at(ex.substitute(body, {OFFSET: offset}), r, element(offset))
             update = Store(acc, (r, jj), _combine(red.op, ex.Load(acc, (r, jj)), body))
             update = self.loop(r, R, self.loop(jj, W, update, "simd"), "unrolled")
             for v, n in reversed(raxes):
@@ -418,10 +458,10 @@ class _ChainLowering:
             sub = {}
             for n in ex.walk(e):
                 if isinstance(n, ex.Var) and n.name in self.link_of:
-                    src = self.fresh[n.name] if n.name in self.running else self.state[n.name]
-                    sub[n] = _safe(ex.Load(src, (r,))) if n.name in self.running else ex.Load(src, (r,))
+                    sub[n] = _safe(ex.Load(self.fresh[n.name], (r,))) if n.name in self.running \
+                        else ex.Load(self.state[n.name], (self.sx(r),))
                 elif isinstance(n, ex.Var) and n.name.endswith(".old") and n.name[:-4] in self.running:
-                    sub[n] = _safe(ex.Load(self.state[n.name[:-4]], (r,)))
+                    sub[n] = _safe(ex.Load(self.state[n.name[:-4]], (self.sx(r),)))
             return ex.substitute(e, sub)
 
         for buf, e, per_row in made:
@@ -435,7 +475,11 @@ class _ChainLowering:
                 value = self.at(value, r if per_row else _int(0), element(jj))
                 return Store(buf, (r, jj) if per_row else (jj,), value)
 
-            stmts.append(self.lanes(B, store, r if per_row else None))
+            # (what no row changes is made once for all the job's tiles)
+            if per_row:
+                stmts.append(self.lanes(B, store, r))
+            else:
+                packed.append((buf, self.lanes(B, store)))
         # Max links: this step's new maxima.
         for name in [lk.name for _, lk in c.links if lk.op == "max"]:
             lp = self.link_of[name]
@@ -445,7 +489,7 @@ class _ChainLowering:
                 t = ex.select(valid(jj), t, NEG_INF)
             new = self.fresh[name]
             stmts.append(self.loop(r, R, seq(
-                Store(new, (r,), ex.Load(self.state[name], (r,))),
+                Store(new, (r,), ex.Load(self.state[name], (self.sx(r),))),
                 self.loop(jj, B, Store(new, (r,), ex.maximum(ex.Load(new, (r,)), t)), "vectorized", True)),
                 "unrolled"))
         # The last link's term as a(row, element) * b(element, column): a once per (row, element).
@@ -478,7 +522,8 @@ class _ChainLowering:
             olds = [n for n in ex.walk(lp.rescale) if isinstance(n, ex.Var) and n.name.endswith(".old")]
             factor = term(lp.rescale, r, None)
             for o in {o.name for o in olds}:  # a sum at the start (-inf before) is 0: any finite factor
-                factor = ex.select(ex.gt(ex.Load(self.state[o[:-4]], (r,)), NEG_INF), factor, ex.Const(0.0, F32))
+                old = ex.Load(self.state[o[:-4]], (self.sx(r),))
+                factor = ex.select(ex.gt(old, NEG_INF), factor, ex.Const(0.0, F32))
             stmts.append(self.loop(r, R, Store(sc, (r,), factor), "simd"))  # one vector of exps
             scales[name] = by_text[ex.format_expr(lp.rescale)] = sc
         for name in [lk.name for _, lk in c.links[:-1] if lk.op == "sum"]:
@@ -490,18 +535,53 @@ class _ChainLowering:
                 t = term(lp.term, r, jj)
                 if tail:
                     t = ex.select(valid(jj), t, ex.Const(0.0, F32))
-            head = Store(st, (r,), ex.BinOp("mul", ex.Load(st, (r,)), ex.Load(scales[name], (r,)))) \
+            head = Store(st, (self.sx(r),), ex.BinOp("mul", ex.Load(st, (self.sx(r),)), ex.Load(scales[name], (r,)))) \
                 if name in scales else None
             stmts.append(self.loop(r, R, seq(head, self.loop(
-                jj, B, Store(st, (r,), ex.BinOp("add", ex.Load(st, (r,)), t)), "vectorized", True)), "unrolled"))
+                jj, B, Store(st, (self.sx(r),), ex.BinOp("add", ex.Load(st, (self.sx(r),)), t)), "vectorized", True)),
+                "unrolled"))
         stmts.append(self._accumulate(p if a_fs else None, b_fs, scales.get(self.last), term, valid, B, tail))
         for name in self.running:  # the new maxima become the running ones
             r = self.var("r")
-            stmts.append(self.loop(r, R, Store(self.state[name], (r,), ex.Load(self.fresh[name], (r,))), "unrolled"))
+            stmts.append(self.loop(r, R, Store(self.state[name], (self.sx(r),), ex.Load(self.fresh[name], (r,))),
+                                   "unrolled"))
         body = seq(*stmts)
-        for b in [*tiles.values(), *by_text.values(), p, *(buf for buf, _, _ in made)]:
+        for b in [*tiles.values(), *by_text.values(), p, *(buf for buf, _, per_row in made if per_row)]:
             body = Allocate(b, body)
-        return body
+        return packed, body
+
+    def _pack(self, body: ex.Expr, raxes, element, B: int, packed: list) -> ex.Expr:
+        """``body`` with each load that moves with the element but not along its lanes (K read as
+        it is, for lanes over keys) read instead from a copy made once a step for all the job's tiles:
+        ``copy[d, e] = load at d and element j0 + e``, read at the step's offset :data:`OFFSET`.
+        (A copy of all of K^T would be S x d per head in the arena: 12 MiB at S = 4096, 12 heads.)"""
+        rvars = [v for v, _ in raxes]
+        allowed = {self.c.axis, *rvars, *self.outer}
+        made = {}
+
+        def replace(ld: ex.Load):
+            names = set(ex.free_vars(ld))
+            if not _across_lanes(ld, self.c.axis) or not names <= allowed:
+                return None
+            key = ex.format_expr(ld)
+            if key not in made:
+                used = [(v, n) for v, n in raxes if v in names]
+                buf = self.local(f"{ld.tensor.name}_step", (*[n for _, n in used], B))
+                fill_vars = [self.var("d") for _ in used]
+
+                def store(e, buf=buf, ld=ld, fill_vars=fill_vars, used=used):
+                    value = ex.substitute(ld, {**{v: fv for (v, _), fv in zip(used, fill_vars)},
+                                               self.c.axis: element(e)})
+                    return Store(buf, (*fill_vars, e), self.at(value, _int(0), None))
+
+                fill = self.lanes(B, store)
+                for fv, (_, n) in reversed(list(zip(fill_vars, used))):
+                    fill = self.loop(fv, n, fill)
+                packed.append((buf, fill))
+                made[key] = ex.Load(buf, (*[v for v, _ in used], OFFSET))
+            return made[key]
+
+        return ex.transform_loads(body, replace)
 
     def _dot_form(self, body: ex.Expr, raxes) -> bool:
         """Whether each element's value is better a dot product with the reduced axis as the lanes:
@@ -589,14 +669,14 @@ class _ChainLowering:
             return [*outer_cols, ex.BinOp("add", ex.BinOp("mul", cc, _int(w)), lane)] if c.cols else []
 
         r_in, cl_in = self.var("r"), self.var("c")
-        start = ex.Load(self.acc, (r_in, *cols_at(cl_in)))
+        start = ex.Load(self.acc, (self.sx(r_in), *cols_at(cl_in)))
         if scale is not None:
             start = ex.BinOp("mul", start, ex.Load(scale, (r_in,)))
         copy_in = self.loop(r_in, R, self.loop(cl_in, w, Store(t, (r_in, cl_in), start), "simd"), "unrolled")
         add = self.loop(jj, B, self.loop(r, R, self.loop(cl, w, Store(
             t, (r, cl), ex.BinOp("add", ex.Load(t, (r, cl)), contrib)), "simd"), "unrolled"), reduction=True)
         r_out, cl_out = self.var("r"), self.var("c")
-        copy_out = self.loop(r_out, R, self.loop(cl_out, w, Store(self.acc, (r_out, *cols_at(cl_out)),
+        copy_out = self.loop(r_out, R, self.loop(cl_out, w, Store(self.acc, (self.sx(r_out), *cols_at(cl_out)),
                                                                   ex.Load(t, (r_out, cl_out))), "simd"), "unrolled")
         stmt = Allocate(t, seq(copy_in, add, copy_out))
         stmt = self.loop(cc, ex.size_div(last_ext, w) if c.cols else 1, stmt)
@@ -612,7 +692,8 @@ class _ChainLowering:
         def make(r, cols):
             values = {}
             for (_, lk), lp in zip(c.links, c.plan.links):
-                own = ex.Load(self.acc, (r, *cols)) if lk.name == self.last else ex.Load(self.state[lk.name], (r,))
+                own = ex.Load(self.acc, (self.sx(r), *cols)) if lk.name == self.last \
+                    else ex.Load(self.state[lk.name], (self.sx(r),))
                 sub = {n: values.get(n.name, own if n.name == lk.name else None)
                        for n in ex.walk(lp.finish) if isinstance(n, ex.Var)}
                 values[lk.name] = ex.substitute(lp.finish, {k: v for k, v in sub.items() if v is not None})
@@ -645,8 +726,9 @@ def _combine(op, acc, value):
 def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) -> Kernel:
     """The one-pass loops of ``chain`` (found by :func:`find_chain` on ``lowerer``'s group), their
     tiles sized for ``target`` (the host when None): rows as the register tile's rows, the
-    elements of a step by :func:`step_elements`; ``tiles`` (rows, elements) chooses them instead
-    (``fusion={"chain_tiles": ...}``: the benchmark's sweep)."""
+    elements of a step by :func:`step_elements`, the tiles of a job by :func:`tiles_per_job`;
+    ``tiles`` (rows, elements[, tiles a job]) chooses them instead (``fusion={"chain_tiles": ...}``:
+    the benchmark's sweep)."""
     from minicomp.passes.schedules.cpu_choices import register_tile
 
     if target is None:
@@ -658,11 +740,49 @@ def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) 
     rows = max(1, min(rows, upper(chain.out.shape[chain.out.axes.index(chain.rows[-1])])))
     step = step_elements(chain, target, lanes)
     if tiles is not None:
-        rows, step = tiles
+        rows, step, *more = tiles
         blocks = step // lanes if step % lanes == 0 else 0
-        if rows < 1 or blocks < 1 or blocks & (blocks - 1):
-            raise MinicompError(f"chain_tiles {tiles}: rows at least 1, elements {lanes} times a power of two")
-    return _ChainLowering(lowerer, chain, rows, lanes, step).lower()
+        if rows < 1 or blocks < 1 or blocks & (blocks - 1) or len(more) > 1 or (more and more[0] < 1):
+            raise MinicompError(f"chain_tiles {tiles}: rows at least 1, elements {lanes} times a power of two, "
+                                f"and tiles a job at least 1")
+        per_job = more[0] if more else tiles_per_job(lowerer, chain, rows)
+    else:
+        per_job = tiles_per_job(lowerer, chain, rows)
+    return _ChainLowering(lowerer, chain, rows, lanes, step, per_job).lower()
+
+
+JOB_ROWS = 256
+MIN_JOBS = 8
+
+
+def tiles_per_job(lowerer, chain: Chain, rows: int) -> int:
+    """Tiles of ``rows`` rows that one job (one parallel iteration) takes: each step's copy of the
+    element values read out of their lanes' order (K^T) serves them all, so more tiles share it,
+    up to :data:`JOB_ROWS` rows (their accumulators, 64 KiB at 64 columns, stay in L2) and while
+    the kernel keeps :data:`MIN_JOBS` jobs to share among threads. Without such a copy a job is one tile."""
+    if not _reads_across_lanes(lowerer, chain):
+        return 1
+    blocks = -(-upper(chain.out.shape[chain.out.axes.index(chain.rows[-1])]) // rows)
+    outer = _prod_upper(chain.out.shape[chain.out.axes.index(a)] for a in chain.rows[:-1])
+    per_job = max(1, JOB_ROWS // rows)
+    while per_job > 1 and outer * -(-blocks // per_job) < MIN_JOBS:
+        per_job //= 2
+    return min(per_job, blocks)
+
+
+def _reads_across_lanes(lowerer, chain: Chain) -> bool:
+    """Whether an element stage reads a value that moves with the axis out of its lanes' order."""
+    reductions = {s for s in stage_dag([chain.out]) if s.reduce is not None}
+    for st, ld in chain.element_loads.items():
+        body = ex.substitute(lowerer._inline(st.reduce.body, reductions), dict(zip(st.axes, ld.indices)))
+        if any(_across_lanes(n, chain.axis) for n in ex.walk(body) if isinstance(n, ex.Load)):
+            return True
+    return False
+
+
+def _across_lanes(ld: ex.Load, axis: ex.Var) -> bool:
+    """A load that moves with ``axis`` but not as its last index (strided across the lanes)."""
+    return axis in ex.free_vars(ld) and ex.format_expr(ex.simplify(ld.indices[-1])) != axis.name
 
 
 MAX_STEP = 512

@@ -229,6 +229,27 @@ def test_decoding_reads_keys_as_they_are(rows):
     assert "_part" in model.stages["loops"]  # the dot products' partial sums
 
 
+@pytest.mark.parametrize("tiles", [None, (8, 64, 3)])
+def test_many_rows_copy_each_step_of_keys_not_all_of_k_transposed(tiles):
+    """Prefill: the chain reads K as it is and copies each step's keys once for a job of row tiles, so
+    the arena holds no S x D copy of K^T; jobs whose tiles do not divide the rows (300 rows: 38 tiles
+    of 8) end with a partial tile and a partial job."""
+    graph = attention(300, mask="additive")
+    model = mc.compile(graph, cache=False, fusion={"chain_tiles": tiles} if tiles else None)
+    check(graph, inputs(graph, 12), model)
+    (kernel,) = model.kernels
+    assert kernel.prescheduled and any("transpose" in n for n in kernel.group)
+    assert "k_step" in model.stages["loops"]
+    assert model.memory_plan.arena_bytes == 0
+
+
+def test_chain_tiles_out_of_range_are_refused():
+    graph = attention(64)
+    for tiles in [(8, 48), (0, 64), (8, 64, 0), (8, 64, 2, 1)]:
+        with pytest.raises(mc.MinicompError, match="chain_tiles"):
+            mc.compile(graph, cache=False, fusion={"chain_tiles": tiles})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("S", [4099, 4100])
 def test_long_sequences_prime_or_not_match_the_reference(S):
