@@ -278,15 +278,12 @@ class _ChainLowering:
         self.fresh = {n: self.local(f"{n}_new", (R,)) for n in self.running}
         col_ext = [self.extent_of[a] for a in c.cols]
         self.acc = self.local("acc", (T * R, *col_ext))
+        # (each tile of the job that has rows: a short last job clears no more than it uses)
         r = self.var("r")
-        init = [self.loop(r, T * R, seq(*[Store(b, (r,), NEG_INF if n in self.running else ex.Const(0.0, F32))
-                                            for n, b in self.state.items()]), "unrolled" if T == 1 else "serial")]
-        r1 = self.var("r")
-        cols = [self.var(f"c{k}") for k in range(len(c.cols))]
-        zero = Store(self.acc, (r1, *cols), ex.Const(0.0, F32))
-        for k, (v, a) in reversed(list(enumerate(zip(cols, c.cols)))):
-            zero = self.loop(v, self.extent_of[a], zero, "simd" if k == len(cols) - 1 else "serial")
-        init.append(self.loop(r1, T * R, zero, "unrolled" if T == 1 else "serial"))
+        init = [self.loop(r, R, seq(*[Store(b, (self.sx(r),), NEG_INF if n in self.running else ex.Const(0.0, F32))
+                                      for n, b in self.state.items()]), "unrolled"),
+                self._over_cols(lambda r, cols: Store(self.acc, (self.sx(r), *cols), ex.Const(0.0, F32)))]
+        init = [self._over_tiles(seq(*init), n_rb)]
         steps, done = [], _int(0)
         # Steps of B elements; what is left in one step each of B/2, B/4 ... W where it holds one (once
         # at most: a binary decomposition, few steps of much work each); then one masked step of W.
@@ -409,6 +406,9 @@ class _ChainLowering:
             body = ex.substitute(self.lw._inline(red.body, reductions),
                                  {**dict(zip(stage.axes, ld.indices)), **{a: v for (a, _), (v, _) in
                                                                           zip(red.axes, raxes)}})
+            # Index arithmetic simplified with the extents: K split into heads by a reshape of symbolic
+            # length reads through divisions by that length until then.
+            body = ex.simplify(body, {**self.extent_of, self.c.axis: self.J, **dict(raxes)})
             if upper(self.I) <= DOT_FORM_ROWS and self._dot_form(body, raxes):
                 stmts.append(self._dot_tile(stage, body, raxes, tile, element, B))
                 continue
@@ -555,13 +555,12 @@ class _ChainLowering:
         it is, for lanes over keys) read instead from a copy made once a step for all the job's tiles:
         ``copy[d, e] = load at d and element j0 + e``, read at the step's offset :data:`OFFSET`.
         (A copy of all of K^T would be S x d per head in the arena: 12 MiB at S = 4096, 12 heads.)"""
-        rvars = [v for v, _ in raxes]
-        allowed = {self.c.axis, *rvars, *self.outer}
+        per_row = {self.row_axis, *self.c.cols}  # (sizes known at the call may appear: they are fixed)
         made = {}
 
         def replace(ld: ex.Load):
             names = set(ex.free_vars(ld))
-            if not _across_lanes(ld, self.c.axis) or not names <= allowed:
+            if not _across_lanes(ld, self.c.axis) or names & per_row:
                 return None
             key = ex.format_expr(ld)
             if key not in made:

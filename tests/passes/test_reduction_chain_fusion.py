@@ -160,6 +160,22 @@ def test_one_compile_serves_every_sequence_length_in_a_range():
         np.testing.assert_allclose(model(*args)[0], mc.run_reference(g_static, *args)[0], rtol=2e-5, atol=2e-5)
 
 
+def test_keys_read_through_a_reshape_of_symbolic_length_are_copied_a_step_at_a_time():
+    """K as a projection's output, (1, seq, H * D) split into heads: its indices name the length, which
+    is fixed for a call, so the chain still copies each step's keys rather than read K strided per score."""
+    seq = mc.Dim("seq", 1, 200)
+    g = mc.GraphBuilder("heads")
+    q, k, v = (g.input(n, (1, seq, H * D)).reshape(1, seq, H, D).transpose(0, 2, 1, 3) for n in "qkv")
+    s = (q @ g.transpose(k, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.125))
+    g.output(g.softmax(s, axis=-1) @ v)
+    graph = g.build()
+    model = mc.compile(graph, cache=False)
+    assert chain_kernels(model) and "k_step" in model.stages["loops"]
+    for S in (1, 70, 200):
+        args = [np.random.default_rng(S).standard_normal((1, S, H * D)).astype(np.float32) for _ in range(3)]
+        np.testing.assert_allclose(model(*args)[0], mc.run_reference(graph, *args)[0], rtol=2e-5, atol=2e-5)
+
+
 @settings(deadline=None, max_examples=12)
 @given(S=st.integers(1, 200), heads=st.sampled_from([1, 2]), mask=st.sampled_from([None, "additive", "boolean"]),
        scale=st.sampled_from([0.125, 1.0, 30.0]), seed=st.integers(0, 2**16))
