@@ -161,7 +161,7 @@ class _Lowerer:
                 hosted.add(host)
                 buffers[s] = buffers[host]
                 continue
-            b = Buffer(self._fresh(f"{self.name}_ws"), s.shape, accumulator_dtype(s.dtype))
+            b = Buffer(self.fresh(f"{self.name}_ws"), s.shape, accumulator_dtype(s.dtype))
             workspace.append(b)
             buffers[s] = b
 
@@ -191,7 +191,7 @@ class _Lowerer:
 
         def analyse(mat):
             mat_set = set(mat)
-            bodies = {s: self._inline(s.body, mat_set) for s in mat}
+            bodies = {s: self.inline(s.body, mat_set) for s in mat}
             order = {s: self._loop_order(s, bodies[s]) for s in mat}
             return bodies, order, self._shared_prefix(mat, bodies, order)
 
@@ -210,7 +210,8 @@ class _Lowerer:
                 materialized, bodies, order, prefix = trial, t_bodies, t_order, t_prefix
         return materialized, bodies, order, prefix
 
-    def _fresh(self, base: str) -> str:
+    def fresh(self, base: str) -> str:
+        """A buffer name starting with ``base`` that this kernel does not use yet."""
         nm, k = base, 0
         while nm in self.used_names:
             k += 1
@@ -218,11 +219,12 @@ class _Lowerer:
         self.used_names.add(nm)
         return nm
 
-    def _inline(self, e: ex.Expr, materialized: set) -> ex.Expr:
+    def inline(self, e: ex.Expr, materialized: set) -> ex.Expr:
+        """``e`` with the loads of every stage not in ``materialized`` replaced by that stage's body."""
         def replace(ld: ex.Load):
             t = ld.tensor
             if isinstance(t, Stage) and t not in materialized:
-                return self._inline(ex.substitute(t.body, dict(zip(t.axes, ld.indices))), materialized)
+                return self.inline(ex.substitute(t.body, dict(zip(t.axes, ld.indices))), materialized)
             return None
 
         return ex.transform_loads(e, replace)
@@ -310,15 +312,15 @@ class _Lowerer:
         if acc_t == buf.dtype and loop_axes:
             # A float32 stage may sum float16 terms (a float16 matmul staged inside a kernel).
             term = rbody if rbody.dtype == acc_t else ex.cast(acc_t, rbody)
-            update = self._store(buf, idx, _combine(red.op, ex.Load(buf, tuple(idx)), term))
+            update = self._store(buf, idx, combine(red.op, ex.Load(buf, tuple(idx)), term))
             stmt = seq(self._store(buf, idx, reduce_identity(red.op, buf.dtype)),
                        _wrap_loops(update, raxes, rext, reduction=True))
             return _wrap_loops(stmt, loop_axes, loop_ext)
-        acc = Buffer(self._fresh("acc"), (), acc_t, scope="local")
+        acc = Buffer(self.fresh("acc"), (), acc_t, scope="local")
         acc_ld = ex.Load(acc, ())
         stmt = Allocate(acc, seq(
             Store(acc, (), reduce_identity(red.op, acc_t)),
-            _wrap_loops(self._store(acc, (), _combine(red.op, acc_ld, ex.cast(acc_t, rbody))), raxes, rext,
+            _wrap_loops(self._store(acc, (), combine(red.op, acc_ld, ex.cast(acc_t, rbody))), raxes, rext,
                         reduction=True),
             self._store(buf, idx, ex.cast(buf.dtype, acc_ld)),
         ))
@@ -353,7 +355,8 @@ def _prod(shape) -> int:
     return n
 
 
-def _combine(op: str, acc: ex.Expr, value: ex.Expr) -> ex.Expr:
+def combine(op: str, acc: ex.Expr, value: ex.Expr) -> ex.Expr:
+    """``acc`` combined with ``value`` by the reduction ``op``."""
     return {"sum": lambda: acc + value, "prod": lambda: acc * value, "max": lambda: ex.maximum(acc, value),
             "min": lambda: ex.minimum(acc, value)}[op]()
 

@@ -38,6 +38,7 @@ from minicomp.ir.compute import Stage, reduce_identity, stage_dag
 from minicomp.ir.dims import lower, upper
 from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, seq
 from minicomp.ir.reduction_chains import ChainRefusedError, Link, OnePass, derive
+from minicomp.passes.lower import combine
 
 F32 = dtypes.float32
 
@@ -80,7 +81,7 @@ def find_chain(lowerer) -> Chain:
     reductions = {s for s in stage_dag([out]) if s.reduce is not None}
 
     def inline(e):
-        return lowerer._inline(e, reductions)
+        return lowerer.inline(e, reductions)
 
     links: dict[Stage, ex.Expr] = {}  # link stage -> its body aligned to the output's axes and the axis
     link_index: dict[Stage, str] = {}
@@ -240,7 +241,7 @@ class _ChainLowering:
         return ex.Var(name, dtypes.int64)
 
     def local(self, base: str, shape) -> Buffer:
-        return Buffer(self.lw._fresh(base), tuple(shape), F32, scope="local")
+        return Buffer(self.lw.fresh(base), tuple(shape), F32, scope="local")
 
     def loop(self, var, extent, body, kind="serial", reduction=False):
         return For(var, extent, body, kind=kind, is_reduction=reduction)
@@ -403,7 +404,7 @@ class _ChainLowering:
             jc, r, jj = self.var("jc"), self.var("r"), self.var("jj")
             acc = self.local(f"{stage.name}_acc", (R, W))
             raxes = [(self.var("d"), n) for _, n in red.axes]
-            body = ex.substitute(self.lw._inline(red.body, reductions),
+            body = ex.substitute(self.lw.inline(red.body, reductions),
                                  {**dict(zip(stage.axes, ld.indices)), **{a: v for (a, _), (v, _) in
                                                                           zip(red.axes, raxes)}})
             # Index arithmetic simplified with the extents: K split into heads by a reshape of symbolic
@@ -415,7 +416,7 @@ class _ChainLowering:
             body = self._pack(body, raxes, element, B, packed)
             offset = ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)
             body = self.at(ex.substitute(body, {OFFSET: offset}), r, element(offset))
-            update = Store(acc, (r, jj), _combine(red.op, ex.Load(acc, (r, jj)), body))
+            update = Store(acc, (r, jj), combine(red.op, ex.Load(acc, (r, jj)), body))
             update = self.loop(r, R, self.loop(jj, W, update, "simd"), "unrolled")
             for v, n in reversed(raxes):
                 update = self.loop(v, n, update, reduction=True)
@@ -441,7 +442,7 @@ class _ChainLowering:
                 made.append((buf, t, True))
                 table[key] = ex.Load(buf, (ROW, ELEM))
         for e in self._per_element(terms):
-            buf = Buffer(self.lw._fresh("elem"), (B,), e.dtype, scope="local")
+            buf = Buffer(self.lw.fresh("elem"), (B,), e.dtype, scope="local")
             made.insert(0, (buf, e, False))
             table[ex.format_expr(e)] = ex.Load(buf, (ELEM,))
 
@@ -613,10 +614,10 @@ class _ChainLowering:
         at = self.at(ex.substitute(body, {d: ex.BinOp("add", ex.BinOp("mul", dc, _int(W)), dl)}), r, element(j))
         per_row = Allocate(part, seq(
             self.loop(dl2, W, Store(part, (dl2,), reduce_identity(red.op, F32)), "simd"),
-            self.loop(dc, n // W, self.loop(dl, W, Store(part, (dl,), _combine(red.op, ex.Load(part, (dl,)), at)),
+            self.loop(dc, n // W, self.loop(dl, W, Store(part, (dl,), combine(red.op, ex.Load(part, (dl,)), at)),
                                             "simd"), reduction=True),
             Store(tile, (r, j), reduce_identity(red.op, F32)),
-            self.loop(dl3, W, Store(tile, (r, j), _combine(red.op, ex.Load(tile, (r, j)), ex.Load(part, (dl3,)))),
+            self.loop(dl3, W, Store(tile, (r, j), combine(red.op, ex.Load(tile, (r, j)), ex.Load(part, (dl3,)))),
                       "vectorized", True)))
         return self.loop(j, B, self.loop(r, R, per_row, "unrolled"))
 
@@ -717,11 +718,6 @@ def _safe(x: ex.Expr) -> ex.Expr:
     return ex.select(ex.gt(x, NEG_INF), x, ex.Const(0.0, F32))
 
 
-def _combine(op, acc, value):
-    return {"sum": lambda: ex.BinOp("add", acc, value), "max": lambda: ex.maximum(acc, value),
-            "min": lambda: ex.minimum(acc, value)}[op]()
-
-
 def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) -> Kernel:
     """The one-pass loops of ``chain`` (found by :func:`find_chain` on ``lowerer``'s group), their
     tiles sized for ``target`` (the host when None): rows as the register tile's rows, the
@@ -773,7 +769,7 @@ def _reads_across_lanes(lowerer, chain: Chain) -> bool:
     """Whether an element stage reads a value that moves with the axis out of its lanes' order."""
     reductions = {s for s in stage_dag([chain.out]) if s.reduce is not None}
     for st, ld in chain.element_loads.items():
-        body = ex.substitute(lowerer._inline(st.reduce.body, reductions), dict(zip(st.axes, ld.indices)))
+        body = ex.substitute(lowerer.inline(st.reduce.body, reductions), dict(zip(st.axes, ld.indices)))
         if any(_across_lanes(n, chain.axis) for n in ex.walk(body) if isinstance(n, ex.Load)):
             return True
     return False
