@@ -329,6 +329,51 @@ def derive(chain: list[Link], along) -> OnePass:
     return OnePass([d.link_pass(lk) for lk in chain])
 
 
+# -- partial results: the axis split into parts (flash-decoding) ---------------------------------
+
+def why_not_split(plan: OnePass) -> str | None:
+    """Why the running results of parts of the axis cannot be merged (None: they can). A part's
+    results merge as one more element does when every term reads only running maxima, which the
+    rescale moves, and no max link's term reads a running result."""
+    maxima = {lp.link.name for lp in plan.links if lp.link.op == "max"}
+    names = {lp.link.name for lp in plan.links}
+    for lp in plan.links:
+        read = {n.name for n in ex.walk(lp.term) if isinstance(n, ex.Var) and n.name in names}
+        if lp.link.op == "max" and read:
+            return f"the max link {lp.link.name} reads the running {', '.join(sorted(read))}"
+        if read - maxima:
+            return f"the link {lp.link.name} reads the running sum {', '.join(sorted(read - maxima))}"
+    return None
+
+
+def merge(plan: OnePass, parts: list[dict], maxima: dict | None = None) -> dict:
+    """The running results of the whole axis from those of its parts (``parts``: one dict per part,
+    link name -> its running value there, as expressions): each max link the max of the parts'; each
+    sum link the sum of the parts', each rescaled from its part's maxima to the merged ones by the
+    link's own rescale (``X.old`` read as the part's ``X``). ``maxima`` gives the merged maxima
+    (else they are the max expressions). Check :func:`why_not_split` first."""
+    merged = dict(maxima or {})
+    for lp in plan.links:
+        if lp.link.op == "max" and lp.link.name not in merged:
+            value = parts[0][lp.link.name]
+            for part in parts[1:]:
+                value = ex.maximum(value, part[lp.link.name])
+            merged[lp.link.name] = value
+    for lp in plan.links:
+        if lp.link.op != "sum" or any(lp.link.name not in part for part in parts):
+            continue  # (a link the parts do not give is left out)
+        total = None
+        for part in parts:
+            moved = ex.substitute(lp.rescale, {
+                **{n: part[n.name[:-4]] for n in ex.walk(lp.rescale) if isinstance(n, ex.Var)
+                   and n.name.endswith(".old")},
+                **{n: merged[n.name] for n in ex.walk(lp.rescale) if isinstance(n, ex.Var) and n.name in merged}})
+            value = _mul(part[lp.link.name], moved)
+            total = value if total is None else _add(total, value)
+        merged[lp.link.name] = total
+    return merged
+
+
 # -- evaluation, for the proofs and the reference -------------------------------------------
 
 def evaluate(e: ex.Expr, env: dict, exp) -> object:
@@ -369,9 +414,30 @@ def run_two_pass(chain: list[Link], elements: list[dict], exp) -> dict:
     return results
 
 
+def run_split(plan: OnePass, parts: list[list[dict]], exp) -> dict:
+    """The chain over the concatenation of ``parts``: each part's running results in one pass, then
+    :func:`merge`, then the finishing factors (flash-decoding's two steps, exactly)."""
+    states = [_running(plan, elements, exp) for elements in parts if elements]
+    consts = {f"p{k}.{n}": v for k, st in enumerate(states) for n, v in st.items()}
+    exprs = merge(plan, [{n: ex.Var(f"p{k}.{n}", dtypes.float32) for n in st} for k, st in enumerate(states)])
+    state = {}
+    for lp in plan.links:  # maxima first: the sums' rescales read them
+        if lp.link.op == "max":
+            state[lp.link.name] = evaluate(exprs[lp.link.name], consts, exp)
+    for lp in plan.links:
+        if lp.link.op == "sum":
+            state[lp.link.name] = evaluate(exprs[lp.link.name], {**consts, **state}, exp)
+    return _finished(plan, state, parts[0][0] if parts and parts[0] else {}, exp)
+
+
 def run_one_pass(plan: OnePass, elements: list[dict], exp) -> dict:
     """The chain in one walk over ``elements``, as ``plan`` derives it. The running results start
     at the first element (no identity needed: exact arithmetic has no -inf)."""
+    return _finished(plan, _running(plan, elements, exp), elements[0] if elements else {}, exp)
+
+
+def _running(plan: OnePass, elements: list[dict], exp) -> dict:
+    """The running results after one walk over ``elements``."""
     state: dict = {}
     for k, el in enumerate(elements):
         before = {f"{n}.old": v for n, v in state.items()}
@@ -386,8 +452,13 @@ def run_one_pass(plan: OnePass, elements: list[dict], exp) -> dict:
                 state[name] = max(state[name], term)
             else:
                 state[name] = state[name] * evaluate(lp.rescale, {**env, **state}, exp) + term
+    return state
+
+
+def _finished(plan: OnePass, state: dict, row: dict, exp) -> dict:
+    """The results: each link's finishing factor applied to the running results. (What a factor
+    reads of the row, a row's mask, is the same at every element: ``row`` is any of them.)"""
     final = dict(state)
-    row = elements[0] if elements else {}  # what a finishing factor reads of the row (a row's mask) is the same
-    for lp in plan.links:                  # at every element
+    for lp in plan.links:
         final[lp.link.name] = evaluate(lp.finish, {**row, **state, **final, lp.link.name: state[lp.link.name]}, exp)
     return final

@@ -37,7 +37,7 @@ from minicomp.ir import expr as ex
 from minicomp.ir.compute import Stage, reduce_identity, stage_dag
 from minicomp.ir.dims import lower, upper
 from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, seq
-from minicomp.ir.reduction_chains import ChainRefusedError, Link, OnePass, derive
+from minicomp.ir.reduction_chains import ChainRefusedError, Link, OnePass, derive, merge, why_not_split
 from minicomp.passes.lower import combine
 
 F32 = dtypes.float32
@@ -219,16 +219,17 @@ def _product(fs: list) -> ex.Expr:
 
 
 class _ChainLowering:
-    def __init__(self, lowerer, chain: Chain, rows_per_block: int, lanes: int, step: int, tiles_per_job: int = 1):
+    def __init__(self, lowerer, chain: Chain, rows_per_block: int, lanes: int, step: int, tiles_per_job: int = 1,
+                 parts: int = 1):
         self.lw, self.c = lowerer, chain
-        self.R, self.W, self.B, self.T = rows_per_block, lanes, step, tiles_per_job
+        self.R, self.W, self.B, self.T, self.P = rows_per_block, lanes, step, tiles_per_job, parts
         self.names_used: set[str] = set()
         out = chain.out
         self.extent_of = dict(zip(out.axes, out.shape))
         self.row_axis = chain.rows[-1]
         self.outer = chain.rows[:-1]
         self.I = self.extent_of[self.row_axis]
-        self.J = chain.extent
+        self.J = chain.extent if parts == 1 else chain.extent // parts  # (a part's elements: split_parts)
         self.running = {lk.name for _, lk in chain.links if lk.op == "max"}
         self.link_of = {lk.name: lp for (_, lk), lp in zip(chain.links, chain.plan.links)}
         self.last = chain.links[-1][1].name
@@ -272,6 +273,8 @@ class _ChainLowering:
         n_jobs = ex.simplify(ex.BinOp("floordiv", ex.BinOp("add", n_rb, _int(T - 1)), _int(T)))
         # A job is T tiles of R rows: each step's packed copies serve all of them.
         self.ch = self.var("ch")
+        self.part = self.var("part") if self.P > 1 else None
+        lo = ex.BinOp("mul", self.part, _int(self.J)) if self.P > 1 else _int(0)  # the part's first element
         self.t = ex.Var("_tile", dtypes.int64) if T > 1 else _int(0)
         self.ib = ex.BinOp("add", ex.BinOp("mul", self.ch, _int(T)), self.t) if T > 1 else self.ch
         # The running results per row, the last link's accumulators, and one step's new maxima.
@@ -297,7 +300,8 @@ class _ChainLowering:
             count = ex.simplify(ex.BinOp("floordiv", ex.BinOp("sub", _size(self.J), done), _int(size)))
             if not (isinstance(count, ex.Const) and count.value == 0):
                 jb = self.var("jb")
-                step = self._job_step(ex.BinOp("add", done, ex.BinOp("mul", jb, _int(size))), size, n_rb)
+                step = self._job_step(ex.BinOp("add", lo, ex.BinOp("add", done, ex.BinOp("mul", jb, _int(size)))),
+                                      size, n_rb)
                 steps.append(self.loop(jb, count.value if isinstance(count, ex.Const) else count, step,
                                        reduction=True))
                 done = ex.simplify(ex.BinOp("add", done, ex.BinOp("mul", count, _int(size))))
@@ -310,33 +314,112 @@ class _ChainLowering:
             else:  # fewer elements than a step: indices clamped to the last, lanes past it masked
                 step = self._job_step(done, self.W, n_rb, first=done)
             steps.append(step if isinstance(left, ex.Const) else If(ex.gt(left, _int(0)), step))
-        body = seq(*init, *steps, self._over_tiles(self._finish(), n_rb))
+        finish = self._over_tiles(self._finish(), n_rb) if self.P == 1 else self._store_part()
+        body = seq(*init, *steps, finish)
         for b in [*self.state.values(), *self.fresh.values(), self.acc]:
             body = Allocate(b, body)
-        # blk runs over the outer axes and the jobs: ch fastest, the last outer axis next.
-        rest_e = self.p
-        lets = {self.ch: ex.BinOp("mod", rest_e, n_jobs)}
+        body = self._over_jobs(self.p, body, n_jobs, self.P)
+        if self.P > 1:  # flash-decoding's second step: the parts' results merged, then finished
+            body = seq(body, self._over_jobs(self.var("blk"), self._merge_parts(), n_jobs, 1))
+        lw = self.lw
+        job = f"{self.T} tiles of {self.R} rows" if self.T > 1 else f"{self.R} rows"
+        split = (f", split into {self.P} parts of {self.J} elements whose results merge after the pass "
+                 f"(flash-decoding)" if self.P > 1 else "")
+        workspace = list(self.partials.values()) if self.P > 1 else []
+        kernel = Kernel(lw.name, list(lw.in_bufs.values()), list(lw.out_bufs.values()), body,
+                        workspace=workspace, group=[n.name for n in lw.group.nodes],
+                        notes=[f"reduction chain over {c.axis.name} in one pass, {job} x {self.B} elements "
+                               f"a step{split} (ir/reduction_chains.py):"] + c.describe().splitlines())
+        kernel.param_values = list(lw.in_bufs) + list(lw.out_bufs) + [None] * len(workspace)
+        kernel.prescheduled = True  # its loops are made scheduled: the default schedule leaves it
+        return kernel
+
+    def _over_jobs(self, index: ex.Var, body, n_jobs, parts: int):
+        """``body`` in a parallel loop ``index`` over the outer axes, the jobs and the parts: the
+        part fastest, then the job, then the last outer axis."""
+        rest_e, lets = index, {}
+        if parts > 1:
+            lets[self.part] = ex.BinOp("mod", rest_e, _int(parts))
+            rest_e = ex.BinOp("floordiv", rest_e, _int(parts))
+        lets[self.ch] = ex.BinOp("mod", rest_e, n_jobs)
         rest_e = ex.BinOp("floordiv", rest_e, n_jobs)
         for a, v in reversed(list(zip(self.outer, self.outer_vars))):
             n = _size(self.extent_of[a])
             lets[v] = ex.BinOp("mod", rest_e, n)
             rest_e = ex.BinOp("floordiv", rest_e, n)
         body = map_exprs(body, lambda e: ex.substitute(e, {v: ex.simplify(x) for v, x in lets.items()}))
-        total = n_jobs
+        total = ex.BinOp("mul", n_jobs, _int(parts))
         for a in self.outer:
             total = ex.BinOp("mul", total, _size(self.extent_of[a]))
         total = ex.simplify(total)
-        extent = total.value if isinstance(total, ex.Const) else total
-        body = self.loop(self.p, extent, body, "parallel")
-        lw = self.lw
-        job = f"{self.T} tiles of {self.R} rows" if self.T > 1 else f"{self.R} rows"
-        kernel = Kernel(lw.name, list(lw.in_bufs.values()), list(lw.out_bufs.values()), body,
-                        group=[n.name for n in lw.group.nodes],
-                        notes=[f"reduction chain over {c.axis.name} in one pass, {job} x {self.B} elements "
-                               f"a step (ir/reduction_chains.py):"] + c.describe().splitlines())
-        kernel.param_values = list(lw.in_bufs) + list(lw.out_bufs)
-        kernel.prescheduled = True  # its loops are made scheduled: the default schedule leaves it
-        return kernel
+        return self.loop(index, total.value if isinstance(total, ex.Const) else total, body, "parallel")
+
+    def _store_part(self):
+        """A part's running results (the last link's accumulators unfinished), for the merge."""
+        c, R = self.c, self.R
+        self.partials = {lk.name: Buffer(self.lw.fresh(f"{lk.name}_parts"), (self.jobs_total(), R), F32)
+                         for _, lk in c.links[:-1]}
+        col_ext = [self.extent_of[a] for a in c.cols]
+        self.partials[self.last] = Buffer(self.lw.fresh("acc_parts"), (self.jobs_total(), R, *col_ext), F32)
+        r = self.var("r")
+        stmts = [self.loop(r, R, seq(*[Store(self.partials[n], (self.p, r), ex.Load(b, (r,)))
+                                       for n, b in self.state.items()]), "unrolled")]
+        stmts.append(self._over_cols(lambda r, cols: Store(self.partials[self.last], (self.p, r, *cols),
+                                                            ex.Load(self.acc, (r, *cols)))))
+        return seq(*stmts)
+
+    def jobs_total(self) -> int:
+        n = -(-upper(self.I) // self.R) * self.P
+        for a in self.outer:
+            n *= upper(self.extent_of[a])
+        return n
+
+    def _merge_parts(self):
+        """The row block's results from its parts' (``reduction_chains.merge``: each sum rescaled by
+        its own derived factor from the part's maxima to the merged ones), then finished."""
+        c, R, P = self.c, self.R, self.P
+        self.state = {n: self.local(f"{n}_merged", (R,)) for n in self.state}
+        col_ext = [self.extent_of[a] for a in c.cols]
+        self.acc = self.local("acc_merged", (R, *col_ext))
+        r = self.var("r")
+
+        def part_values(k, r, cols=()):
+            at = self._part_index(k)
+            values = {n: ex.Load(self.partials[n], (at, r)) for n in self.state}
+            if cols is not None:
+                values[self.last] = ex.Load(self.partials[self.last], (at, r, *cols))
+            return values
+
+        maxima = [lk.name for _, lk in c.links if lk.op == "max"]
+        merged_max = merge(c.plan, [part_values(k, r, None) for k in range(P)]) if maxima else {}
+        stmts = [self.loop(r, R, seq(*[Store(self.state[n], (r,), merged_max[n]) for n in maxima]), "unrolled")]
+        sums = [n for _, lk in c.links[:-1] if lk.op == "sum" for n in [lk.name]]
+        if sums:
+            r2 = self.var("r")
+            at_max = {n: _safe(ex.Load(self.state[n], (r2,))) for n in maxima}
+            merged = merge(c.plan, [part_values(k, r2, None) for k in range(P)], at_max)
+            stmts.append(self.loop(r2, R, seq(*[Store(self.state[n], (r2,), merged[n]) for n in sums]), "unrolled"))
+
+        def acc_at(r, cols):
+            held = {n: _safe(ex.Load(self.state[n], (r,))) for n in maxima}
+            merged = merge(c.plan, [part_values(k, r, cols) for k in range(P)], held)
+            return Store(self.acc, (r, *cols), merged[self.last])
+
+        stmts.append(self._over_cols(acc_at))
+        stmts.append(self._finish())
+        body = seq(*stmts)
+        for b in [*self.state.values(), self.acc]:
+            body = Allocate(b, body)
+        return body
+
+    def _part_index(self, k: int) -> ex.Expr:
+        """The first loop's index of part ``k`` of the current job (outer indices, job, part)."""
+        index = _int(0)
+        for a, v in zip(self.outer, self.outer_vars):
+            index = ex.BinOp("add", ex.BinOp("mul", index, _size(self.extent_of[a])), v)
+        n_jobs = -(-upper(self.I) // self.R)
+        index = ex.BinOp("add", ex.BinOp("mul", index, _int(n_jobs)), self.ch)
+        return ex.simplify(ex.BinOp("add", ex.BinOp("mul", index, _int(self.P)), _int(k)))
 
     def _over_tiles(self, stmt, n_rb):
         """``stmt`` for each tile of the job (the last job may have fewer)."""
@@ -743,7 +826,30 @@ def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) 
         per_job = more[0] if more else tiles_per_job(lowerer, chain, rows)
     else:
         per_job = tiles_per_job(lowerer, chain, rows)
-    return _ChainLowering(lowerer, chain, rows, lanes, step, per_job).lower()
+    parts = split_parts(chain, rows, lanes) if per_job == 1 else 1
+    return _ChainLowering(lowerer, chain, rows, lanes, step, per_job, parts).lower()
+
+
+MIN_PART = 512
+
+
+def split_parts(chain: Chain, rows: int, lanes: int) -> int:
+    """Parts to split the axis into (flash-decoding) when a few rows leave threads idle: a power of
+    two, while the kernel has fewer than :data:`MIN_JOBS` jobs and each part keeps at least
+    :data:`MIN_PART` elements, a whole number of vectors. Sizes must be known (parts are static),
+    and the derived form must merge (``reduction_chains.why_not_split``)."""
+    out = chain.out
+    sizes = [*out.shape, chain.extent]
+    if upper(out.shape[out.axes.index(chain.rows[-1])]) > DOT_FORM_ROWS or not all(isinstance(n, int) for n in sizes):
+        return 1
+    if why_not_split(chain.plan) is not None:
+        return 1
+    jobs = -(-out.shape[out.axes.index(chain.rows[-1])] // rows) * _prod_upper(
+        out.shape[out.axes.index(a)] for a in chain.rows[:-1])
+    J, parts = chain.extent, 1
+    while jobs * parts < MIN_JOBS and J % (2 * parts * lanes) == 0 and J // (2 * parts) >= MIN_PART:
+        parts *= 2
+    return parts
 
 
 JOB_ROWS = 256

@@ -17,10 +17,13 @@ from minicomp.ir.reduction_chains import (
     ChainRefusedError,
     Link,
     derive,
+    merge,
     old,
     result,
     run_one_pass,
+    run_split,
     run_two_pass,
+    why_not_split,
 )
 
 F32 = dtypes.float32
@@ -178,3 +181,57 @@ def test_every_planted_wrong_variant_is_caught():
     assert len(variants) >= 10
     missed = [name for name, wrong in variants.items() if _agree(chain, wrong)]
     assert not missed, f"not caught: {missed}"
+
+
+def _agree_split(chain, plan, trials=40, seed=1, run=run_split):
+    rng = random.Random(seed)
+    for _ in range(trials):
+        exp = _exp_of(Fraction(rng.randint(2, 5), rng.randint(1, 3)))
+        elements = _elements(rng, rng.randint(1, 9))
+        for e in elements:
+            e["row_masked"] = Fraction(0)
+        if "mask" in repr(chain) and not any(e["mask"] for e in elements):
+            elements[0]["mask"] = Fraction(1)
+        cuts = sorted(rng.sample(range(1, len(elements)), min(rng.randint(0, 3), len(elements) - 1)))
+        parts = [elements[a:b] for a, b in zip([0, *cuts], [*cuts, len(elements)])]
+        if run(plan, parts, exp) != run_two_pass(chain, elements, exp):
+            return False
+    return True
+
+
+SPLITTABLE = [name for name in CHAINS if why_not_split(derive(CHAINS[name], along)) is None]
+
+
+@pytest.mark.parametrize("name", SPLITTABLE)
+def test_parts_of_the_axis_merged_equal_the_definition_exactly(name):
+    """Flash-decoding: each part of the axis in one pass, the parts' running results merged by the
+    rescale the derivation gave, then the finishing factors."""
+    chain = CHAINS[name]
+    assert _agree_split(chain, derive(chain, along))
+
+
+def test_every_chain_splits_unless_a_term_reads_a_running_sum():
+    assert SPLITTABLE == list(CHAINS)  # (the max of shifted terms moves its sum after the pass)
+    import minicomp.ir.reduction_chains as rc
+
+    s_pass = rc.LinkPass(Link("s", "sum", v), v, c(1), result("s"))
+    reads_sum = rc.LinkPass(Link("m", "max", x), ex.BinOp("sub", x, result("s")), c(1), m)
+    assert "reads the running s" in why_not_split(rc.OnePass([s_pass, reads_sum]))
+
+
+def test_a_merge_without_the_rescale_is_caught():
+    """A planted wrong merge (the parts' sums added as they are) disagrees with the definition."""
+    import minicomp.ir.reduction_chains as rc
+
+    chain = CHAINS["attention"]
+    plan = derive(chain, along)
+    unscaled = rc.OnePass([dataclasses.replace(lp, rescale=c(1)) for lp in plan.links])
+
+    def wrong(plan_, parts, exp):
+        states = [rc._running(plan, p, exp) for p in parts if p]  # each part right, the merge wrong
+        consts = {f"p{k}.{n}": v for k, st in enumerate(states) for n, v in st.items()}
+        exprs = merge(unscaled, [{n: ex.Var(f"p{k}.{n}", F32) for n in st} for k, st in enumerate(states)])
+        state = {n: rc.evaluate(exprs[n], consts, exp) for n in ("m", "l", "o")}
+        return rc._finished(plan, state, parts[0][0], exp)
+
+    assert not _agree_split(chain, plan, run=wrong)

@@ -266,6 +266,33 @@ def test_chain_tiles_out_of_range_are_refused():
             mc.compile(graph, cache=False, fusion={"chain_tiles": tiles})
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_one_head_decoding_splits_the_keys_and_merges_the_parts(rows):
+    """Flash-decoding: one head leaves threads idle, so the keys split into parts, each part's (max,
+    sum, acc) is kept, and a second step merges them by the derived rescale. Whole parts masked away
+    (row 0 keeps only its last 700 keys, in two parts) and a row masked entirely (row 2: NaN, as the reference) too."""
+    S = 2048
+    g = mc.GraphBuilder("decode")
+    q, k, v = g.input("q", (1, 1, rows, D)), g.input("k", (1, 1, S, D)), g.input("v", (1, 1, S, D))
+    s = (q @ g.transpose(k, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.25))
+    s = g.where(g.input("keep", (1, 1, rows, S), "bool"), s, g.constant(np.float32(-np.inf)))
+    g.output(g.softmax(s, axis=-1) @ v)
+    graph = g.build()
+    rng = np.random.default_rng(rows)
+    keep = np.ones((1, 1, rows, S), bool)
+    keep[0, 0, 0, :S - 700] = False
+    if rows == 3:
+        keep[0, 0, 2] = False
+    args = [rng.standard_normal((1, 1, rows, D)).astype(np.float32) * 4,
+            *(rng.standard_normal((1, 1, S, D)).astype(np.float32) for _ in range(2)), keep]
+    model = mc.compile(graph, cache=False)
+    (kernel,) = model.kernels
+    assert "flash-decoding" in kernel.notes[0] and kernel.workspace
+    got, want = model(*args)[0], mc.run_reference(graph, *args)[0]
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    assert np.isnan(got[0, 0, -1]).all() == (rows == 3) and not np.isnan(got[0, 0, 0]).any()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("S", [4099, 4100])
 def test_long_sequences_prime_or_not_match_the_reference(S):
