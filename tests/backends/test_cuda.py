@@ -4,6 +4,7 @@ g++ with ``cuda_emu.h``) and must match the reference; where nvcc exists, the
 same sources must compile to PTX for sm_90."""
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -247,13 +248,33 @@ NVCC = shutil.which("nvcc")
 
 
 def _ptx(source: str) -> tuple[bool, str]:
-    """(did nvcc compile ``source`` to PTX, what it printed)."""
+    """(did nvcc compile ``source`` to PTX and ptxas that to sm_90 machine code, what they printed:
+    ptxas's resource report of each kernel too, ``-Xptxas -v``)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.cu"
         path.write_text(source)
-        proc = subprocess.run([NVCC, "-arch=sm_90", "--ptx", *NVCC_FLAGS, str(path), "-o", str(path) + ".ptx"],
-                              capture_output=True, text=True)
-        return proc.returncode == 0, proc.stderr[-3000:]
+        proc = subprocess.run([NVCC, "-arch=sm_90", "-cubin", "-Xptxas", "-v", *NVCC_FLAGS, str(path),
+                               "-o", str(path) + ".cubin"], capture_output=True, text=True)
+        return proc.returncode == 0, proc.stderr
+
+
+SM90_STATIC_SHARED = 48 * 1024  # bytes of __shared__ arrays a block may declare statically
+
+
+def resource_problems(printed: str) -> list[str]:
+    """What ptxas's report (``-Xptxas -v``) says is wrong: a kernel that spills registers to local
+    memory, or that declares more shared memory than a block may have."""
+    problems, kernel = [], "?"
+    for line in printed.splitlines():
+        if "Compiling entry function" in line:
+            kernel = line.split("'")[1] if "'" in line else line
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if spill and spill.groups() != ("0", "0"):
+            problems.append(f"{kernel}: {spill.group(0)}")
+        smem = re.search(r"(\d+) bytes smem", line)
+        if smem and int(smem.group(1)) > SM90_STATIC_SHARED:
+            problems.append(f"{kernel}: {smem.group(0)}, more than {SM90_STATIC_SHARED}")
+    return problems
 
 
 @pytest.mark.slow  # 20 s of nvcc
@@ -282,8 +303,22 @@ def test_nvcc_compiles_the_cuda_of_every_op_and_the_transformer_to_ptx_without_w
         results = dict(zip(sources, pool.map(_ptx, sources.values())))
     failed = {k: text for k, (ok, text) in results.items() if not ok}
     assert not failed, f"nvcc rejected: {failed}"
-    warned = {k: text for k, (_, text) in results.items() if "warning" in text}
+    warned = {k: text[-3000:] for k, (_, text) in results.items() if "warning" in text}
     assert not warned, f"nvcc warned: {warned}"
+    reports = [text for _, text in results.values()]
+    assert sum(text.count("Used ") for text in reports) >= len(sources)  # ptxas reported every kernel
+    problems = {k: resource_problems(text) for k, (_, text) in results.items() if resource_problems(text)}
+    assert not problems, f"ptxas: {problems}"
+
+
+def test_ptxas_resource_problems_are_found():
+    report = ("ptxas info    : Compiling entry function 'k_a' for 'sm_90'\n"
+              "ptxas info    : Function properties for k_a\n"
+              "    16 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads\n"
+              "ptxas info    : Used 255 registers, 50000 bytes smem, 360 bytes cmem[0]\n")
+    assert resource_problems(report) == ["k_a: 8 bytes spill stores, 8 bytes spill loads",
+                                         "k_a: 50000 bytes smem, more than 49152"]
+    assert resource_problems(report.replace("8 bytes spill", "0 bytes spill").replace("50000", "1024")) == []
 
 
 def test_user_schedule_binds_loops_to_blocks_and_threads():
