@@ -275,3 +275,48 @@ def test_other_load_reads_a_share_between_0_and_1(monkeypatch):
     load = tuning.OtherLoad()
     sum(range(3_000_000))  # our own work is not counted
     assert 0.0 <= load.share() <= 1.0
+
+
+def attention_graph(S=96, H=2, D=16):
+    g = mc.GraphBuilder("attention")
+    q, k, v = (g.input(n, (1, H, S, D)) for n in "qkv")
+    s = (q @ g.transpose(k, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.25))
+    g.output(g.softmax(s, axis=-1) @ v)
+    return g.build()
+
+
+def chain_alternatives_of(graph):
+    from minicomp.passes.lower import chain_alternatives
+
+    program, *_ = _run_passes(graph, "llvm", pipeline="simplify,fuse,lower", num_threads=2)
+    (group,) = [g for g in program.groups if g.chain]
+    return chain_alternatives(group, "chain", program.graph.constants, TARGET), program.graph.constants
+
+
+def test_a_reduction_chain_is_tuned_over_at_most_three_tiles_and_keeps_a_faster_one(fake_timer, tmp_path,
+                                                                                     monkeypatch):
+    """The tiles of a chain kernel (made scheduled, no Choices) are the tuner's candidates: the rule's
+    first, then smaller steps; one beating the rule by more than MIN_GAIN is kept, and the cache
+    answers the next time."""
+    monkeypatch.setenv("MINICOMP_CACHE_DIR", str(tmp_path))
+    alternatives, consts = chain_alternatives_of(attention_graph())
+    assert 2 <= len(alternatives) <= 3 and "rows x" in alternatives[0][0]
+    fastest = alternatives[-1][1]
+    fake_timer.table = staticmethod(lambda k: 0.5 if k is fastest else 1.0)
+    t = tuning.tune_alternatives("chain", alternatives, TARGET, 2, consts, True, timer=fake_timer)
+    assert t.choices == alternatives[-1][0] and t.changed and t.measured == len(alternatives)
+    again = tuning.tune_alternatives("chain", alternatives, TARGET, 2, consts, True, timer=fake_timer)
+    assert again.from_cache and again.choices == t.choices
+    fake_timer.table = staticmethod(lambda k: 0.99 if k is fastest else 1.0)  # within the noise: the rule
+    kept = tuning.tune_alternatives("chain", alternatives, TARGET, 2, consts, False, timer=fake_timer)
+    assert kept.choices == alternatives[0][0] and not kept.changed
+
+
+def test_compile_with_tune_measures_the_chain_tiles_and_stays_right(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINICOMP_CACHE_DIR", str(tmp_path))
+    graph = attention_graph()
+    model = mc.compile(graph, tune=True)
+    (chain,) = [t for t in model.tunings if str(t.choices).startswith("chain tiles")]
+    assert 1 <= chain.measured <= 3
+    args = [np.random.default_rng(n).standard_normal(v.shape).astype(np.float32) for n, v in enumerate(graph.inputs)]
+    assert_close(model(*args)[0], mc.run_reference(graph, *args)[0])

@@ -347,11 +347,11 @@ def make_llvm_target(name: str, num_threads: int | None, device: str | None):
     return Target.host("llvm", num_threads) if name == "llvm" else Target.cpu(name, num_threads)
 
 
-def _tune(kernels, target, threads, constants, settings, use_cache):
+def _tune(kernels, target, threads, constants, settings, use_cache, chains=None):
     """The tuner (``llvm_tuning.py``): measured on this CPU, so loaded only when asked for."""
     from minicomp.backends.llvm_tuning import tune_for_backend
 
-    return tune_for_backend(kernels, target, threads, constants, settings, use_cache)
+    return tune_for_backend(kernels, target, threads, constants, settings, use_cache, chains)
 
 
 def prepare_llvm(target, stages) -> dict:

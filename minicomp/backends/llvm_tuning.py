@@ -86,6 +86,11 @@ class Tuned:
     def speedup(self) -> float:
         return self.rules_s / self.best_s if self.best_s > 0 else 1.0
 
+    @property
+    def changed(self) -> bool:
+        """Whether a candidate replaced the rules' schedule (it beat them when timed again)."""
+        return self.best_s < self.rules_s
+
 
 # -- candidates --------------------------------------------------------------------
 
@@ -429,7 +434,7 @@ def format_tunings(tunings: list[Tuned]) -> str:
                     f"{t.best_s * 1e3:9.3f} {t.speedup:6.2f}x  {t.choices}")
     rules = sum(t.rules_s for t in tunings)
     best = sum(t.best_s for t in tunings)
-    changed = sum(1 for t in tunings if t.choices != DEFAULT_CHOICES)
+    changed = sum(1 for t in tunings if t.changed)
     rows.append(f"  {count(len(tunings), 'kernel')}, {changed} tuned away from the rules; kernels alone: "
                 f"{rules * 1e3:.3f} ms by the rules, {best * 1e3:.3f} ms tuned ({rules / best if best else 1:.2f}x)")
     busy = sum(1 for t in tunings if t.busy)
@@ -440,9 +445,54 @@ def format_tunings(tunings: list[Tuned]) -> str:
 
 
 def tune_for_backend(kernels: list[Kernel], target, threads: int, constants: dict, settings: dict,
-                     use_cache: bool) -> list[Tuned]:
+                     use_cache: bool, chains: dict | None = None) -> list[Tuned]:
     """The llvm backend's tuner (``Backend.tune``), as the schedule pass calls it: ``settings`` are
-    ``compile(tune=...)``'s (``max_candidates``) and the progress callback."""
-    return tune_kernels(kernels, target, threads, constants,
-                        max_candidates=settings.get("max_candidates", MAX_CANDIDATES), use_cache=use_cache,
-                        progress=settings.get("progress"))
+    ``compile(tune=...)``'s (``max_candidates``) and the progress callback; ``chains`` the tiles of
+    each reduction chain kernel, lowered (name -> [(description, kernel)], the rule's first)."""
+    tuned = tune_kernels(kernels, target, threads, constants,
+                         max_candidates=settings.get("max_candidates", MAX_CANDIDATES), use_cache=use_cache,
+                         progress=settings.get("progress"))
+    use_cache = use_cache and cache.enabled()
+    for name, alternatives in (chains or {}).items():
+        if settings.get("progress") is not None:
+            settings["progress"](f"tuning the tiles of {name}")
+        tuned.append(tune_alternatives(name, alternatives[:settings.get("max_candidates", MAX_CANDIDATES)],
+                                       target, threads, constants, use_cache))
+    return tuned
+
+
+def tune_alternatives(name: str, alternatives: list, target, threads: int, constants: dict, use_cache: bool,
+                      timer=KernelTimer) -> Tuned:
+    """The fastest of kernels made already scheduled in other ways (a reduction chain's tiles:
+    ``alternatives`` is [(description, kernel)], the rules' first), which replaces the rules' only
+    when it still wins by :data:`MIN_GAIN` timed again; its ``choices`` is the description. Kept in
+    the compile cache by the rules' kernel."""
+    labels = [label for label, _ in alternatives]
+    first = alternatives[0][1]
+    key = tuning_key(first, first.constant_names(constants), target, threads, target.num_threads) + "-tiles"
+    if use_cache:
+        data = cache.read("tune", key + ".json")
+        try:
+            d = json.loads(data) if data is not None else None
+        except ValueError:
+            d = None
+        if d is not None and d.get("choice") in labels:
+            return Tuned(name, d["choice"], len(labels), 0, d["rules_s"], d["best_s"], from_cache=True)
+    timed = []
+    for label, k in alternatives:
+        t = timer(k, kernel_arrays(k, constants), target, target.num_threads)
+        timed.append((label, t, t.seconds()))
+    chosen, rules_s = labels[0], timed[0][2]
+    best_s = rules_s
+    best = min(timed[1:], key=lambda x: x[2], default=None)
+    if best is not None and best[2] < rules_s * (1 - MIN_GAIN):
+        rules_again = min(timed[0][1].seconds() for _ in range(2))
+        again = min(best[1].seconds() for _ in range(2))
+        rules_s = best_s = rules_again
+        if again < rules_again * (1 - MIN_GAIN):
+            chosen, best_s = best[0], again
+    tuned = Tuned(name, chosen, len(labels), len(timed), rules_s, best_s)
+    if use_cache:
+        cache.write("tune", key + ".json", json.dumps({"choice": chosen, "rules_s": rules_s,
+                                                       "best_s": best_s}).encode())
+    return tuned

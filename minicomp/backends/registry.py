@@ -51,8 +51,9 @@ class Backend:
     aliases: tuple[str, ...] = ()
     # (name, num_threads, device) -> Target: the target a name means (default: Target.host(name)).
     make_target: Callable | None = None
-    # compile(tune=True): (kernels, target, threads, constants, settings, use_cache) -> the tunings; the schedule
-    # pass calls it. None: the backend cannot be tuned.
+    # compile(tune=True): (kernels, target, threads, constants, settings, use_cache, chains) -> the tunings; the
+    # schedule pass calls it (chains: each reduction chain kernel's tiles, lowered: name -> [(description,
+    # kernel)], the rule's first; its tuning's choices is a description). None: the backend cannot be tuned.
     tune: Callable | None = None
     # Does it compile graphs with symbolic sizes (mc.Dim) into code that reads them at each call?
     symbolic: bool = False

@@ -394,3 +394,18 @@ def lower_group(group: Group, name: str, constants: dict | None = None, target=N
 
         return lower_chain(lowerer, find_chain(lowerer), target, group.chain_tiles)
     return lowerer.lower()
+
+
+def chain_alternatives(group: Group, name: str, constants: dict | None, target) -> list[tuple[str, Kernel]]:
+    """A reduction chain's group lowered with each of the tiles the tuner measures (the rule's
+    first), as (what the tiles are, the kernel)."""
+    from minicomp.passes.lower_chain import find_chain, lower_chain, tile_candidates
+
+    lowerer = _Lowerer(group, name, constants)
+    out = []
+    for tiles in tile_candidates(lowerer, find_chain(lowerer), target):
+        rows, step, per_job = tiles
+        label = f"chain tiles: {rows} rows x {step} elements, {per_job} tile{'s' if per_job > 1 else ''} a job"
+        fresh = _Lowerer(group, name, constants)  # (a chain's stages are its lowerer's)
+        out.append((label, lower_chain(fresh, find_chain(fresh), target, tiles)))
+    return out

@@ -14,7 +14,7 @@ import copy
 from dataclasses import replace
 
 from minicomp.passes.fusion import single_node_groups
-from minicomp.passes.lower import lower_group
+from minicomp.passes.lower import chain_alternatives, lower_group
 from minicomp.passes.manager import register_pass
 from minicomp.passes.memory import Lifetime, in_place_pairs, lower_bound, plan_arena, share_in_place
 from minicomp.passes.schedules import apply_schedule
@@ -46,8 +46,15 @@ def schedule_pass(program, ctx):
 
         target = Target.host()
     constants = program.graph.constants
+    chains = {k.name: chain_alternatives(g, k.name, constants, target)
+              for g, k in zip(program.groups, program.kernels)
+              if k.prescheduled and g.chain and g.chain_tiles is None and k.name not in user} \
+        if ctx.options.get("tune") and ctx.options.get("tuner") else {}
     tuned = _tune(program, ctx, target, threads,
-                  [k for k in program.kernels if k.name not in user and not k.prescheduled])
+                  [k for k in program.kernels if k.name not in user and not k.prescheduled], chains)
+    # A chain kernel the tuner measured in its tiles: the fastest of them (the rule's unless beaten).
+    program.kernels = [dict(chains[k.name]).get(tuned.get(k.name), k) if k.name in chains else k
+                       for k in program.kernels]
 
     # The backend says which schedules fit its code (Backend.schedule); a program run without one
     # (a PassManager of its own) follows the target.
@@ -66,14 +73,17 @@ def schedule_pass(program, ctx):
     return program
 
 
-def _tune(program, ctx, target, threads: int, kernels) -> dict:
+def _tune(program, ctx, target, threads: int, kernels, chains=None) -> dict:
     """With the ``tune`` option (``compile(tune=True)``): the choices of the
     backend's tuner (``Backend.tune``, given as the ``tuner`` option) by kernel
-    name, also kept in ``program.tunings``; else nothing."""
+    name, also kept in ``program.tunings``; else nothing. ``chains``: for each
+    reduction chain kernel, its tiles lowered (what they are, the kernel): the
+    tuner's choice for it is one of those descriptions."""
     tune, tuner = ctx.options.get("tune"), ctx.options.get("tuner")
     if not tune or tuner is None:
         return {}
-    tunings = tuner(kernels, target, threads, program.graph.constants, dict(tune), ctx.options.get("cache", True))
+    tunings = tuner(kernels, target, threads, program.graph.constants, dict(tune), ctx.options.get("cache", True),
+                    chains or {})
     program.tunings = tunings
     return {t.kernel: t.choices for t in tunings}
 
