@@ -357,10 +357,10 @@ class _ChainLowering:
     def _store_part(self):
         """A part's running results (the last link's accumulators unfinished), for the merge."""
         c, R = self.c, self.R
-        self.partials = {lk.name: Buffer(self.lw.fresh(f"{lk.name}_parts"), (self.jobs_total(), R), F32)
+        self.partials = {lk.name: Buffer(self.lw.fresh(f"{lk.name}_parts"), (self._jobs_total(), R), F32)
                          for _, lk in c.links[:-1]}
         col_ext = [self.extent_of[a] for a in c.cols]
-        self.partials[self.last] = Buffer(self.lw.fresh("acc_parts"), (self.jobs_total(), R, *col_ext), F32)
+        self.partials[self.last] = Buffer(self.lw.fresh("acc_parts"), (self._jobs_total(), R, *col_ext), F32)
         r = self.var("r")
         stmts = [self.loop(r, R, seq(*[Store(self.partials[n], (self.p, r), ex.Load(b, (r,)))
                                        for n, b in self.state.items()]), "unrolled")]
@@ -368,7 +368,8 @@ class _ChainLowering:
                                                             ex.Load(self.acc, (r, *cols)))))
         return seq(*stmts)
 
-    def jobs_total(self) -> int:
+    def _jobs_total(self) -> int:
+        """The first loop's iterations when the axis is split: outer indices x row blocks x parts."""
         n = -(-upper(self.I) // self.R) * self.P
         for a in self.outer:
             n *= upper(self.extent_of[a])
@@ -383,7 +384,7 @@ class _ChainLowering:
         self.acc = self.local("acc_merged", (R, *col_ext))
         r = self.var("r")
 
-        def part_values(k, r, cols=()):
+        def part_values(k, r, cols):  # (cols None: without the last link's accumulators)
             at = self._part_index(k)
             values = {n: ex.Load(self.partials[n], (at, r)) for n in self.state}
             if cols is not None:
@@ -393,7 +394,7 @@ class _ChainLowering:
         maxima = [lk.name for _, lk in c.links if lk.op == "max"]
         merged_max = merge(c.plan, [part_values(k, r, None) for k in range(P)]) if maxima else {}
         stmts = [self.loop(r, R, seq(*[Store(self.state[n], (r,), merged_max[n]) for n in maxima]), "unrolled")]
-        sums = [n for _, lk in c.links[:-1] if lk.op == "sum" for n in [lk.name]]
+        sums = [lk.name for _, lk in c.links[:-1] if lk.op == "sum"]
         if sums:
             r2 = self.var("r")
             at_max = {n: _safe(ex.Load(self.state[n], (r2,))) for n in maxima}
