@@ -295,23 +295,28 @@ def tune_kernel(kernel: Kernel, target, threads: int, run_threads: int, constant
     measure([(DEFAULT_CHOICES, cands.rules)])
     measure(cands.structures())
     measure(cands.tiles(min(timed, key=lambda x: x[2])[0]))
-    rules_s = timed[0][2]
+    chosen, rules_s, best_s = _confirm(timed)
+    return Tuned(kernel.name, chosen, len(cands.found), len(timed), rules_s, best_s)
+
+
+def _confirm(timed: list) -> tuple:
+    """(what is chosen, the rules' seconds, the chosen seconds) from ``timed``: (choice, timer,
+    seconds) entries, the rules' first. The fastest other replaces the rules' only when it is at
+    least :data:`MIN_GAIN` faster, and then still when the two are timed again, in turn: a candidate
+    that won by a noisy block (a slow spell of the machine) does not count, and these are the
+    figures reported."""
+    chosen, _, rules_s = timed[0]
+    best_s = rules_s
     best = min(timed[1:], key=lambda x: x[2], default=None)
-    chosen, best_s = DEFAULT_CHOICES, rules_s
     if best is not None and best[2] < rules_s * (1 - MIN_GAIN):
-        # Time both again, in turn: a candidate that won by a noisy block
-        # (a slow spell of the machine) does not count, and these are the
-        # figures reported.
         rules_again, again = float("inf"), float("inf")
         for _ in range(2):
             rules_again = min(rules_again, timed[0][1].seconds())
             again = min(again, best[1].seconds())
-        rules_s = rules_again
+        rules_s = best_s = rules_again
         if again < rules_s * (1 - MIN_GAIN):
             chosen, best_s = best[0], again
-        else:
-            best_s = rules_s
-    return Tuned(kernel.name, chosen, len(cands.found), len(timed), rules_s, best_s)
+    return chosen, rules_s, best_s
 
 
 # -- the cache ---------------------------------------------------------------------
@@ -482,15 +487,7 @@ def tune_alternatives(name: str, alternatives: list, target, threads: int, const
     for label, k in alternatives:
         t = timer(k, kernel_arrays(k, constants), target, target.num_threads)
         timed.append((label, t, t.seconds()))
-    chosen, rules_s = labels[0], timed[0][2]
-    best_s = rules_s
-    best = min(timed[1:], key=lambda x: x[2], default=None)
-    if best is not None and best[2] < rules_s * (1 - MIN_GAIN):
-        rules_again = min(timed[0][1].seconds() for _ in range(2))
-        again = min(best[1].seconds() for _ in range(2))
-        rules_s = best_s = rules_again
-        if again < rules_again * (1 - MIN_GAIN):
-            chosen, best_s = best[0], again
+    chosen, rules_s, best_s = _confirm(timed)
     tuned = Tuned(name, chosen, len(labels), len(timed), rules_s, best_s)
     if use_cache:
         cache.write("tune", key + ".json", json.dumps({"choice": chosen, "rules_s": rules_s,

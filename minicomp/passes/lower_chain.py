@@ -808,16 +808,11 @@ def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) 
     elements of a step by :func:`step_elements`, the tiles of a job by :func:`tiles_per_job`;
     ``tiles`` (rows, elements[, tiles a job]) chooses them instead (``fusion={"chain_tiles": ...}``:
     the benchmark's sweep)."""
-    from minicomp.passes.schedules.cpu_choices import register_tile
-
     if target is None:
         from minicomp.target import Target
 
         target = Target.host()
-    rows, lanes = register_tile(target, F32)
-    # Fewer rows than a tile (one query row: decoding) take a block of just those rows.
-    rows = max(1, min(rows, upper(chain.out.shape[chain.out.axes.index(chain.rows[-1])])))
-    step = step_elements(chain, target, lanes)
+    rows, lanes, step = _rule_tiles(chain, target)
     if tiles is not None:
         rows, step, *more = tiles
         blocks = step // lanes if step % lanes == 0 else 0
@@ -835,13 +830,19 @@ def tile_candidates(lowerer, chain: Chain, target) -> list[tuple]:
     """The tiles the tuner measures for a chain (``compile(tune=True)``), the rule's first: at most 3,
     the rule's and steps of a half and a quarter of its elements (the sweep at S = 2048 found the
     step the choice that matters most: 64 elements 18-24% slower than 128 to 512)."""
+    rows, lanes, step = _rule_tiles(chain, target)
+    per_job = tiles_per_job(lowerer, chain, rows)
+    return [(rows, s, per_job) for s in (step, step // 2, step // 4) if s >= lanes]
+
+
+def _rule_tiles(chain: Chain, target) -> tuple[int, int, int]:
+    """The rule's (rows, lanes, elements a step) for ``chain`` on ``target``."""
     from minicomp.passes.schedules.cpu_choices import register_tile
 
     rows, lanes = register_tile(target, F32)
+    # Fewer rows than a tile (one query row: decoding) take a block of just those rows.
     rows = max(1, min(rows, upper(chain.out.shape[chain.out.axes.index(chain.rows[-1])])))
-    step = step_elements(chain, target, lanes)
-    per_job = tiles_per_job(lowerer, chain, rows)
-    return [(rows, s, per_job) for s in (step, step // 2, step // 4) if s >= lanes]
+    return rows, lanes, step_elements(chain, target, lanes)
 
 
 MIN_PART = 512
