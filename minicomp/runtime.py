@@ -68,43 +68,59 @@ def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False,
 
     ``device_arrays``: also accept arrays in GPU memory (pycuda ``GPUArray``) as they are.
     ``sizes``: filled with the size of each symbolic dimension at this call (checked here)."""
-    if len(args) > len(graph.inputs):
-        raise RuntimeInputError(f"graph '{graph.name}' takes {count(len(graph.inputs), 'input')}, got {len(args)}")
-    env: dict[Value, np.ndarray] = {}
-    by_name = {v.name: v for v in graph.inputs}
-    for v, a in zip(graph.inputs, args):
-        env[v] = a
-    for k, a in kwargs.items():
-        if k not in by_name:
-            raise RuntimeInputError(f"graph '{graph.name}' has no input named '{k}'; "
-                                    f"inputs: {', '.join(by_name)}")
-        if by_name[k] in env:
-            raise RuntimeInputError(f"input '{k}' given twice")
-        env[by_name[k]] = a
-    for v in graph.inputs:
-        if v not in env:
-            raise RuntimeInputError(f"input '{v.name}' ({v.type}) is missing")
+    inputs = graph.inputs
+    if len(args) > len(inputs):
+        raise RuntimeInputError(f"graph '{graph.name}' takes {count(len(inputs), 'input')}, got {len(args)}")
+    env: dict[Value, np.ndarray] = dict(zip(inputs, args))
+    if kwargs:
+        by_name = {v.name: v for v in inputs}
+        for k, a in kwargs.items():
+            if k not in by_name:
+                raise RuntimeInputError(f"graph '{graph.name}' has no input named '{k}'; "
+                                        f"inputs: {', '.join(by_name)}")
+            if by_name[k] in env:
+                raise RuntimeInputError(f"input '{k}' given twice")
+            env[by_name[k]] = a
+    if len(env) < len(inputs):
+        v = next(v for v in inputs if v not in env)
+        raise RuntimeInputError(f"input '{v.name}' ({v.type}) is missing")
+    for v in inputs:
         a = env[v]
         if not isinstance(a, np.ndarray) and not (device_arrays and hasattr(a, "gpudata")):
             try:
-                a = np.asarray(a)
+                env[v] = a = np.asarray(a)
             except (ValueError, TypeError) as exc:  # ragged lists, objects numpy cannot hold
                 raise RuntimeInputError(f"input '{v.name}' ({v.type}) is not an array: {exc}") from None
-        if not _shape_fits(v.shape, a.shape) or a.dtype != v.dtype.numpy:
+        if a.dtype != v.dtype.numpy or not _shape_fits(v.shape, a.shape):
             raise RuntimeInputError(
                 f"input '{v.name}' expects {v.type} ({v.dtype.numpy}{list(v.shape)}), "
                 f"got {a.dtype}{list(a.shape)}"
             )
-        env[v] = a
-    found = call_sizes(graph, env)  # each dimension in its range, the same wherever it appears
-    if sizes is not None:
-        sizes.update(found)
+    reader = _size_reader(graph)
+    if reader is not None:  # each dimension in its range, the same wherever it appears
+        found = reader.read([env[v] for v in inputs])
+        if sizes is not None:
+            sizes.update(found)
     return env
+
+
+def address(a: np.ndarray) -> int:
+    """The address of ``a``'s first element (a third of ``a.ctypes.data``'s time, for a writable array:
+    a call binds every input and output)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):  # read-only, empty, or not one contiguous block
+        return a.ctypes.data
 
 
 def _shape_fits(shape, got) -> bool:
     """Same rank, and every static size equal (symbolic ones are checked by :func:`call_sizes`)."""
-    return len(shape) == len(got) and all(isinstance(d, Size) or d == n for d, n in zip(shape, got))
+    if len(shape) != len(got):
+        return False
+    for d, n in zip(shape, got):
+        if not isinstance(d, Size) and d != n:
+            return False
+    return True
 
 
 def call_sizes(graph: Graph, env) -> dict[str, int]:
@@ -139,12 +155,14 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def allocate(shape, what: str, dtype=np.uint8) -> np.ndarray:
-    """``np.empty``, with a MinicompError that names the buffer when memory runs out."""
+def allocate(shape, what, dtype=np.uint8) -> np.ndarray:
+    """``np.empty``, with a MinicompError that names the buffer when memory runs out (``what``: its
+    name, or a function that gives it, so a call that allocates does not format it every time)."""
     try:
         return np.empty(shape, dtype=dtype)
     except (MemoryError, ValueError) as exc:
         n = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+        what = what() if callable(what) else what
         raise MinicompError(f"cannot allocate {what}: {n:,} bytes ({type(exc).__name__})") from None
 
 
@@ -180,11 +198,12 @@ def bind_host_io(table, slots: dict, env: dict, fresh: list[Value], sizes: dict 
     ``fresh`` outputs (:func:`fresh_outputs`, shaped by the ``sizes`` of the
     call's symbolic dimensions); returns those output arrays by value."""
     for v, a in env.items():
-        table[slots[v]] = a.ctypes.data
+        table[slots[v]] = address(a)
     outs = {}
     for v in fresh:
-        outs[v] = allocate(concrete(v.shape, sizes or {}), f"output '{v.name}' ({v.type})", v.dtype.numpy)
-        table[slots[v]] = outs[v].ctypes.data
+        shape = concrete(v.shape, sizes) if sizes else v.shape
+        outs[v] = a = allocate(shape, lambda v=v: f"output '{v.name}' ({v.type})", v.dtype.numpy)
+        table[slots[v]] = address(a)
     return outs
 
 
@@ -353,8 +372,8 @@ class TableModel(CompiledModel):
 
     def _bind(self, env: dict, sizes: dict) -> dict:
         """Bind a call's inputs, its new outputs and the ``sizes`` of its symbolic dimensions (under the lock)."""
-        if self._dim_names:
-            self._dim_sizes[:] = dim_sizes_array(self._dim_names, sizes)
+        for k, name in enumerate(self._dim_names):
+            self._dim_sizes[k] = sizes[name]
         return bind_host_io(self._table, self.layout.slots, env, self._fresh, sizes)
 
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:

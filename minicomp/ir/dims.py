@@ -16,7 +16,7 @@ calls and larger at others would need two programs.
 
 from __future__ import annotations
 
-from minicomp.errors import MinicompError
+from minicomp.errors import MinicompError, RuntimeInputError
 
 
 class SymbolicSizeError(MinicompError):
@@ -341,19 +341,18 @@ class SizeReader:
         """The sizes, each checked against its range and everywhere else it appears; a mismatch is a
         :class:`~minicomp.errors.RuntimeInputError` naming the input, the dimension, the size and
         the range."""
-        from minicomp.errors import RuntimeInputError
-
         sizes: dict[str, int] = {}
-        where: dict[str, str] = {}
+        where: dict[str, tuple] = {}  # the input and axis that gave each size first
         for k, axis, (name, lo, hi) in self.lone:
             n = int(arrays[k].shape[axis])
             if not lo <= n <= hi:
                 raise RuntimeInputError(f"input '{self.names[k]}' has {n} at axis {axis}, dimension {name}, which "
                                         f"is declared {lo}..{hi}; compile with a wider range to call it so")
             if sizes.setdefault(name, n) != n:
+                k0, axis0 = where[name]
                 raise RuntimeInputError(f"input '{self.names[k]}' has {n} at axis {axis}, dimension {name}, but "
-                                        f"{where[name]} gave it {sizes[name]}")
-            where.setdefault(name, f"input '{self.names[k]}' axis {axis}")
+                                        f"input '{self.names[k0]}' axis {axis0} gave it {sizes[name]}")
+            where.setdefault(name, (k, axis))
         if self.orphans:
             raise RuntimeInputError(f"dimension {self.orphans[0]} is given by no input axis of its own, so the "
                                     f"sizes made of it cannot be checked")

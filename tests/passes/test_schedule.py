@@ -18,6 +18,7 @@ from minicomp.passes.schedules import (
     DecomposeReduction,
     Distribute,
     Fuse,
+    Join,
     Localize,
     Pack,
     Parallel,
@@ -242,7 +243,7 @@ def test_schedule_text_round_trips():
 
 def test_every_step_prints_and_parses():
     steps = [Split("i0", 4), Split("i0", 4, "widen"), Reorder(("a", "b", "c")), Fuse("a", "b"), Distribute("a"),
-             Tile("a", "b", 6, 32), Parallel("a"),
+             Join("a", "b"), Tile("a", "b", 6, 32), Parallel("a"),
              Vectorize("a"), Simd("a"), Unroll("a"), Bind("a", "thread.x"), CacheWrite("buf", "a", "shared"),
              CacheRead("buf", "a", "local"), DecomposeReduction("a"), ComputeAt("a", "b"), ReverseComputeInline("a"),
              Pack("w", 1, 16), Localize("buf", "a"), Partition("a", 3)]
@@ -306,8 +307,91 @@ def test_distribute_refuses_iterations_that_share_a_buffer():
     zero = ex.Const(0, dtypes.int64)
     body = Seq([Store(tb, (zero,), ex.Load(xb, (i,))), Store(yb, (i,), ex.Load(tb, (zero,)))])
     k = Kernel("shared", [xb], [yb], For(i, 4, body), workspace=[tb])
-    with pytest.raises(ScheduleError, match="not touched only at index i"):
+    with pytest.raises(ScheduleError, match="not touched in one block per index of i"):
         apply_schedule(k, "distribute(i)")
+
+
+def _copy_kernel(second_reads, extent2=4):
+    """``for i < 4: t[i*4 + l] = x[i*4 + l] (l < 4); for j < extent2: y[j] = t[second_reads(j)]``."""
+    from minicomp.ir import dtypes
+    from minicomp.ir import expr as ex
+    from minicomp.ir.loops import Buffer, For, Kernel, Seq, Store
+
+    i, l, j = ex.Var("i"), ex.Var("l"), ex.Var("j")
+    xb, tb, yb = (Buffer(n, (16,), dtypes.float32) for n in "xty")
+    block = i * 4 + l
+    first = For(i, 4, For(l, 4, Store(tb, (block,), ex.Load(xb, (block,)))))
+    second = For(j, extent2, Store(yb, (j,), ex.Load(tb, (second_reads(j),))))
+    return Kernel("copies", [xb], [yb], Seq([first, second]), workspace=[tb])
+
+
+def test_join_runs_two_loops_as_one_where_each_index_owns_a_block():
+    """``join`` is ``distribute`` backwards: the second loop's iteration j reads t[j * 4], written
+    in the first loop's iteration j (block [4j, 4j + 4)), so the two bodies run in one loop."""
+    k = _copy_kernel(lambda j: j * 4)
+    joined = apply_schedule(k, "join(i, j)")
+    (top,) = top_statements(joined.body)
+    assert top.var.name == "i" and len(top_statements(top.body)) == 2
+    # Run both: the same values as the loops one after the other.
+    x = np.arange(16, dtype=np.float32)
+    for kern in (k, joined):
+        t, y = np.zeros(16, np.float32), np.zeros(16, np.float32)
+        _run_copies(kern.body, {"x": x, "t": t, "y": y}, {})
+        assert y[:4].tolist() == [0, 4, 8, 12]
+
+
+def _run_copies(s, bufs, env):
+    """A tiny interpreter for the loops of :func:`_copy_kernel` (For, Seq, Store of a Load)."""
+    from minicomp.ir import expr as ex
+    from minicomp.ir.loops import For, Seq, Store
+
+    def value(e):
+        if isinstance(e, ex.Const):
+            return e.value
+        if isinstance(e, ex.Var):
+            return env[e]
+        if isinstance(e, ex.Load):
+            return bufs[e.tensor.name][value(e.indices[0])]
+        a, b = value(e.a), value(e.b)
+        return {"add": a + b, "mul": a * b, "sub": a - b}[e.op]
+
+    if isinstance(s, Seq):
+        for c in s.stmts:
+            _run_copies(c, bufs, env)
+    elif isinstance(s, For):
+        for n in range(s.extent):
+            env[s.var] = n
+            _run_copies(s.body, bufs, env)
+    elif isinstance(s, Store):
+        bufs[s.buffer.name][value(s.indices[0])] = value(s.value)
+
+
+def test_join_refuses_loops_that_depend_across_iterations_or_differ_in_extent():
+    """Iteration j reading t[j * 4 + 4] needs the first loop's iteration j + 1, which a joined loop
+    runs later; an index j * 5 leaves j's block; 3 iterations do not join 4; nor do loops apart."""
+    with pytest.raises(ScheduleError, match="not touched in one block per index of i"):
+        apply_schedule(_copy_kernel(lambda j: j * 4 + 4), "join(i, j)")
+    with pytest.raises(ScheduleError, match="not touched in one block per index of i"):
+        apply_schedule(_copy_kernel(lambda j: j * 5), "join(i, j)")
+    with pytest.raises(ScheduleError, match="run 4 and 3 iterations"):
+        apply_schedule(_copy_kernel(lambda j: j * 4, extent2=3), "join(i, j)")
+    with pytest.raises(ScheduleError, match="does not come right after"):
+        apply_schedule(_copy_kernel(lambda j: j * 4), "join(j, i)")
+
+
+def test_symbolic_row_tails_run_in_one_parallel_loop():
+    """Rows 1..256 in tiles of 8 leave tiles of 4, 2 and 1 for the remainder; they run in one
+    parallel loop over the blocks of columns (not one each), and stay right at every remainder."""
+    from benchmarks.bench_dynamic import mlp
+
+    model = mc.compile(mlp(mc.Dim("batch", 1, 256)), num_threads=2)
+    first = model.kernels[0]
+    parallel = [lp for lp in top_statements(first.body) if lp.kind == "parallel"]
+    assert len(parallel) == 2, model.stages["loops"]
+    assert "join(" in model.stages["loops"]
+    for n in (1, 3, 7, 8, 13, 15):
+        x = np.random.default_rng(n).standard_normal((n, 784)).astype(np.float32)
+        assert_close(model(x)[0], mc.run_reference(model.graph, x)[0])
 
 
 def test_compute_at_pads_only_the_rows_each_output_row_reads():
@@ -371,7 +455,7 @@ def test_gpu_bindings_need_a_gpu_target():
 
 # -- random legal step sequences --------------------------------------------------
 
-STEP_KINDS = ("split", "partition", "reorder", "fuse", "distribute", "unroll", "vectorize", "simd", "parallel",
+STEP_KINDS = ("split", "partition", "reorder", "fuse", "distribute", "join", "unroll", "vectorize", "simd", "parallel",
               "cache_write", "decompose_reduction", "tile", "compute_at")
 
 
@@ -393,6 +477,7 @@ def random_steps(draw, kernel, max_steps=6):
             "reorder": lambda: Reorder((a, b)),
             "fuse": lambda: Fuse(a, b),
             "distribute": lambda: Distribute(a),
+            "join": lambda: Join(a, b),
             "unroll": lambda: Unroll(a),
             "vectorize": lambda: Vectorize(a),
             "simd": lambda: Simd(a),

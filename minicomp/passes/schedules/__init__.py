@@ -16,6 +16,7 @@ from minicomp.passes.schedules.primitives import (
     DecomposeReduction,
     Distribute,
     Fuse,
+    Join,
     Localize,
     Pack,
     Parallel,
@@ -35,7 +36,7 @@ from minicomp.passes.schedules.primitives import (
 from minicomp.passes.schedules.step import ScheduleError, Step
 
 __all__ = [
-    "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Distribute", "Fuse", "Localize",
-    "Pack", "Parallel", "Partition", "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split", "Step",
-    "Tile", "Unroll", "Vectorize", "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
+    "STEPS", "Bind", "CacheRead", "CacheWrite", "ComputeAt", "DecomposeReduction", "Distribute", "Fuse", "Join",
+    "Localize", "Pack", "Parallel", "Partition", "Reorder", "ReverseComputeInline", "ScheduleError", "Simd", "Split",
+    "Step", "Tile", "Unroll", "Vectorize", "apply_schedule", "apply_step", "format_schedule", "parse_schedule",
 ]

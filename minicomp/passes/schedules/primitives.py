@@ -21,8 +21,11 @@ The primitives, in the spirit of TVM's TIR schedule:
 - ``reorder(a, b, ...)``: permute loops of one perfect nest;
 - ``fuse(outer, inner)``: one loop over both (``outer_inner``);
 - ``distribute(loop)``: loop fission, ``for v: {a; b}`` as ``for v_0: a;
-  for v_1: b``, where every buffer the body writes is touched only at index
+  for v_1: b``, where every buffer the body writes is touched only in block
   ``v`` of some axis (each iteration its own slice, so they are independent);
+- ``join(a, b)``: loop fusion, the inverse: two loops of one extent, one
+  right after the other, as one, where the joined loop's iterations are
+  independent in the same sense;
 - ``tile(a, b, fa, fb)``: split both and order ``a.o, b.o, a.i, b.i``;
 - ``parallel``, ``vectorize`` (a hint), ``simd`` (explicit vector lanes),
   ``unroll``, ``bind(loop, "thread.x")``: set a loop's kind;
@@ -299,8 +302,8 @@ class Distribute(Step):
         if not isinstance(lp.body, Seq) or len(lp.body.stmts) < 2:
             self.fail(kernel, "its body is one statement: nothing to distribute")
         if not iterations_independent(lp):
-            self.fail(kernel, f"a buffer its body writes is not touched only at index {lp.var.name}: its "
-                              f"iterations may depend on each other")
+            self.fail(kernel, f"a buffer its body writes is not touched in one block per index of {lp.var.name}: "
+                              f"its iterations may depend on each other")
         pieces = []
         for n, st in enumerate(lp.body.stmts):
             v = ex.Var(names.fresh(f"{lp.var.name}_{n}"), lp.var.dtype)
@@ -309,19 +312,82 @@ class Distribute(Step):
 
 
 def iterations_independent(lp: For) -> bool:
-    """Does each iteration of ``lp`` have its own slice of every buffer its body writes (each access
-    to the buffer indexes ``lp``'s variable at one same axis)? Then its iterations may run in any
-    order, or statement by statement. A buffer the body allocates is its own in every iteration."""
+    """Does each iteration of ``lp`` have its own slice of every buffer its body writes? Every access
+    to such a buffer must index one same axis by ``v * s + r``, ``v`` the loop's variable and ``r``
+    within ``[0, s)`` (``v`` alone, or a block of ``s`` columns such as ``v * 32 + lane``). Then its
+    iterations may run in any order, or statement by statement. A buffer the body allocates is its
+    own in every iteration."""
     own = {st.buffer for st in walk_stmts(lp.body) if isinstance(st, Allocate)}
     written = {st.buffer for st in walk_stmts(lp.body) if isinstance(st, Store)} - own
+    inside = loop_ranges(lp.body)
     for buf in written:
         axes = None
         for _, idx, _ in accesses(lp.body, buf):
-            here = {p for p, i in enumerate(idx) if i is lp.var}
+            here = {(p, s) for p, i in enumerate(idx) if (s := _block_of(i, lp.var, inside)) is not None}
             axes = here if axes is None else axes & here
             if not axes:
                 return False
     return True
+
+
+def _block_of(index: ex.Expr, v: ex.Var, ranges: dict) -> int | None:
+    """``s`` where ``index`` is ``v * s + r`` with ``r`` within ``[0, s)`` over ``ranges`` (the loops
+    inside ``v``'s), so that each value of ``v`` owns the block ``[v * s, v * s + s)``; else None."""
+    if index is v:
+        return 1
+    terms = ex.affine_terms(index, lambda e: e.value if isinstance(e, ex.Const) and e.dtype.is_int else None)
+    if terms is None:
+        return None
+    coeffs, c = terms
+    s = coeffs.get(v)
+    if not isinstance(s, int) or s < 1:
+        return None
+    rest = [(atom, k) for atom, k in coeffs.items() if atom is not v]
+    lo = hi = c
+    for atom, k in rest:
+        if not isinstance(k, int) or any(x is v for x in ex.walk(atom)):
+            return None
+        b = ex.bounds(atom, ranges)
+        if b is None:
+            return None
+        lo, hi = lo + min(k * b[0], k * b[1]), hi + max(k * b[0], k * b[1])
+    return s if 0 <= lo and hi < s else None
+
+
+def _extent_text(n) -> str:
+    """A loop's extent (an int, a Size or an expression) as text, to compare two extents."""
+    return ex.format_expr(n if isinstance(n, ex.Expr) else ex.size_expr(n))
+
+
+@dataclass(frozen=True)
+class Join(Step):
+    """Loop fusion, the inverse of ``distribute``: ``for a: A; for b: B`` (the next statement, the
+    same extent) as one loop ``for a: {A; B}``, where the joined loop's iterations are independent
+    (:func:`iterations_independent`): then B's iteration ``v`` may run before A's later ones."""
+
+    first: str
+    second: str
+    name = "join"
+
+    def apply(self, kernel, names):
+        a, b = self.find(kernel, self.first), self.find(kernel, self.second)
+        parent = next((st for st in walk_stmts(kernel.body) if isinstance(st, Seq)
+                       and any(x is a and y is b for x, y in zip(st.stmts, st.stmts[1:]))), None)
+        if parent is None:
+            self.fail(kernel, f"loop {self.second} does not come right after loop {self.first}")
+        for lp in (a, b):
+            if lp.kind != "serial" or lp.is_reduction or lp.start:
+                self.fail(kernel, f"loop {lp.var.name} must be a serial spatial loop starting at 0")
+        if _extent_text(a.extent) != _extent_text(b.extent):
+            self.fail(kernel, f"the loops run {a.extent} and {b.extent} iterations")
+        second = map_exprs(b.body, lambda e: ex.substitute(e, {b.var: a.var}))
+        joined = replace(a, body=seq(a.body, second))
+        if not iterations_independent(joined):
+            self.fail(kernel, f"a buffer they write is not touched in one block per index of {a.var.name}: "
+                              f"an iteration of {self.second} could need a later one of {self.first}")
+        stmts = list(parent.stmts)
+        k = next(n for n, st in enumerate(stmts) if st is a)
+        return replace_stmt(kernel.body, parent, seq(*stmts[:k], joined, *stmts[k + 2:]))
 
 
 @dataclass(frozen=True)
@@ -468,7 +534,7 @@ CUDA_AXIS_NAMES = {f"{cuda}.{d}": f"{axis}.{d}" for cuda, axis in (("blockIdx", 
                    for d in "xyz"}
 
 
-STEPS = {cls.name: cls for cls in (Split, Partition, Reorder, Fuse, Distribute, Tile, Parallel, Vectorize, Simd,
+STEPS = {cls.name: cls for cls in (Split, Partition, Reorder, Fuse, Distribute, Join, Tile, Parallel, Vectorize, Simd,
                                    Unroll, Bind, CacheWrite, CacheRead, DecomposeReduction, ComputeAt,
                                    ReverseComputeInline, Pack, Localize)}
 
