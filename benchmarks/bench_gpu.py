@@ -2,8 +2,9 @@
 
 One table: SGEMM 4096 (GFLOP/s against cuBLAS through torch, TF32 off);
 softmax and layer norm on (8192, 4096) (GB/s against the GPU's measured
-device-to-device copy); the transformer block example and a BERT-base-like
-layer at batch 8; ResNet-50 (the onnx package's light model, random weights)
+device-to-device copy); attention (12 heads of 64, one pass) at S = 512
+and 2048 and decoding over 4096 keys, against torch's SDPA; the transformer
+block example and a BERT-base-like layer at batch 8; ResNet-50 (the onnx package's light model, random weights)
 at batch 1 and 32. Inputs stay on the GPU (pycuda GPUArrays for minicomp,
 CUDA tensors for torch); every time is the median wall time of calls that
 end synchronized. Run by ``benchmarks/gpu_check.sh``; or
@@ -128,6 +129,28 @@ def transformer_rows(torch):
     return out
 
 
+def attention_rows(torch):
+    """softmax(q k^T / 8) v, 12 heads of 64: minicomp's one pass (a reduction chain, one thread a
+    query row; decoding split over the keys) beside torch's fused SDPA."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    out = []
+    for label, rows, keys in (("attention, S = 512", 512, 512), ("attention, S = 2048", 2048, 2048),
+                              ("decoding attention, 1 row x 4096 keys", 1, 4096)):
+        g = mc.GraphBuilder("attention")
+        q, k, v = g.input("q", (1, 12, rows, 64)), g.input("k", (1, 12, keys, 64)), g.input("v", (1, 12, keys, 64))
+        g.output(g.softmax((q @ g.transpose(k, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.125)), axis=-1) @ v)
+        model = mc.compile(g.build(), target="cuda")
+        rng = np.random.default_rng(0)
+        arrays = [rng.standard_normal(shape).astype(np.float32) for shape in
+                  ((1, 12, rows, 64), (1, 12, keys, 64), (1, 12, keys, 64))]
+        ours = measure(on_gpu(model, *arrays))
+        tq, tk, tv = (torch.from_numpy(a).cuda() for a in arrays)
+        with torch.no_grad():
+            theirs = measure(torch_timed(torch, lambda: sdpa(tq, tk, tv)))
+        out.append([label, f"{ours * 1e3:.3f}", f"{theirs * 1e3:.3f}", f"{theirs / ours:.2f}", "torch SDPA"])
+    return out
+
+
 def with_free_batch(model):
     """The light model with its batch left free: its input's first dimension
     becomes ``N``, and a Reshape to a constant shape that starts with 1 keeps the
@@ -188,7 +211,8 @@ def main() -> None:
         return
     torch.backends.cudnn.allow_tf32 = False
     bw = copy_bandwidth(torch)
-    rows = sgemm_rows(torch) + row_rows(torch, bw) + transformer_rows(torch) + resnet_rows(torch)
+    rows = (sgemm_rows(torch) + row_rows(torch, bw) + attention_rows(torch) + transformer_rows(torch)
+            + resnet_rows(torch))
     print(f"GPU: {torch.cuda.get_device_name()}; device-to-device copy {bw / 1e9:.0f} GB/s")
     print_table("minicomp (cuda) beside PyTorch on the same GPU; ms, median; ratio = torch / minicomp (>1: faster)",
                 ["workload", "minicomp", "torch", "ratio", "note"], rows)

@@ -355,10 +355,13 @@ def merge(plan: OnePass, parts: list[dict], maxima: dict | None = None) -> dict:
     merged = dict(maxima or {})
     for lp in plan.links:
         if lp.link.op == "max" and lp.link.name not in merged:
-            value = parts[0][lp.link.name]
-            for part in parts[1:]:
-                value = ex.maximum(value, part[lp.link.name])
-            merged[lp.link.name] = value
+            # A balanced tree: a target that writes max out as selects reads each operand several
+            # times, so a chain of 16 would grow as 3^16.
+            values = [part[lp.link.name] for part in parts]
+            while len(values) > 1:
+                values = [ex.maximum(*values[k:k + 2]) if k + 1 < len(values) else values[k]
+                          for k in range(0, len(values), 2)]
+            merged[lp.link.name] = values[0]
     for lp in plan.links:
         if lp.link.op != "sum" or any(lp.link.name not in part for part in parts):
             continue  # (a link the parts do not give is left out)

@@ -38,7 +38,7 @@ Every edge that stays a group boundary records why, for
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from minicomp.errors import MinicompError
 from minicomp.ir.graph import Graph, Node
@@ -455,9 +455,6 @@ def fuse_pass(program, ctx):
     if isinstance(options, dict):
         options = FusionOptions(**options)
     options = options or FusionOptions()
-    if getattr(program.target, "gpu", None) is not None and options.reduction_chains:
-        # One-pass chains are CPU loops so far: a GPU target fuses them stage by stage.
-        options = replace(options, reduction_chains=False)
     result = fuse_graph(program.graph, options)
     program.groups = result.groups
     program.fusion_result = result

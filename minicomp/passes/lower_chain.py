@@ -29,14 +29,14 @@ it as 0 (and an accumulator at -inf is rescaled by 0), so nothing computes
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from minicomp.errors import MinicompError
 from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Stage, reduce_identity, stage_dag
 from minicomp.ir.dims import lower, upper
-from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, seq
+from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, map_stmts, seq, top_statements
 from minicomp.ir.reduction_chains import ChainRefusedError, Link, OnePass, derive, merge, why_not_split
 from minicomp.passes.lower import combine
 
@@ -220,9 +220,10 @@ def _product(fs: list) -> ex.Expr:
 
 class _ChainLowering:
     def __init__(self, lowerer, chain: Chain, rows_per_block: int, lanes: int, step: int, tiles_per_job: int = 1,
-                 parts: int = 1):
+                 parts: int = 1, gpu: bool = False):
         self.lw, self.c = lowerer, chain
         self.R, self.W, self.B, self.T, self.P = rows_per_block, lanes, step, tiles_per_job, parts
+        self.gpu = gpu  # one thread per row: K read as it is (no copy a job), one step size and single ones
         self.names_used: set[str] = set()
         out = chain.out
         self.extent_of = dict(zip(out.axes, out.shape))
@@ -294,7 +295,7 @@ class _ChainLowering:
         # (A symbolic length takes steps of B, then of W: each size is one more copy of the step's
         # code, and LLVM's time grows with them.)
         sizes = [self.B, self.W]
-        if isinstance(self.J, int):
+        if isinstance(self.J, int) and not self.gpu:
             sizes = [self.B >> k for k in range((self.B // self.W).bit_length())]
         for size in dict.fromkeys(sizes):
             count = ex.simplify(ex.BinOp("floordiv", ex.BinOp("sub", _size(self.J), done), _int(size)))
@@ -497,7 +498,8 @@ class _ChainLowering:
             if upper(self.I) <= DOT_FORM_ROWS and self._dot_form(body, raxes):
                 stmts.append(self._dot_tile(stage, body, raxes, tile, element, B))
                 continue
-            body = self._pack(body, raxes, element, B, packed)
+            if not self.gpu:  # (a GPU warp's threads read one key at a time together: one load for all)
+                body = self._pack(body, raxes, element, B, packed)
             offset = ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)
             body = self.at(ex.substitute(body, {OFFSET: offset}), r, element(offset))
             update = Store(acc, (r, jj), combine(red.op, ex.Load(acc, (r, jj)), body))
@@ -812,6 +814,10 @@ def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) 
         from minicomp.target import Target
 
         target = Target.host()
+    if target.gpu is not None:
+        if tiles is not None:
+            raise MinicompError(f"chain_tiles {tiles} sets a CPU's tiles; a GPU target takes one row a thread")
+        return _lower_for_gpu(lowerer, chain)
     rows, lanes, step = _rule_tiles(chain, target)
     if tiles is not None:
         rows, step, *more = tiles
@@ -824,6 +830,46 @@ def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) 
         per_job = tiles_per_job(lowerer, chain, rows)
     parts = split_parts(chain, rows, lanes) if per_job == 1 else 1
     return _ChainLowering(lowerer, chain, rows, lanes, step, per_job, parts).lower()
+
+
+GPU_STEP = 32  # elements a thread's step takes: its scores and terms, 32 registers each
+GPU_MIN_THREADS = 2048  # threads flash-decoding splits the axis for (a few rows over a long axis)
+GPU_MIN_PART = 64
+GPU_MAX_PARTS = 16  # (the merge is written out for each part: its code grows with them)
+
+
+def _lower_for_gpu(lowerer, chain: Chain) -> Kernel:
+    """The one pass for a GPU: one thread per row (each of its (outer axes, row)), holding the row's
+    running results and accumulators in registers and reading keys and values as they are: the
+    threads of a warp are rows of one head and read the same key together. A few rows over a long
+    axis (decoding) split the axis into parts (flash-decoding), whose results a second launch merges.
+    The loops are the CPU's, one row and one lane wide, mapped by ``schedules/gpu.py``'s thread per
+    point."""
+    from minicomp.passes.schedules.gpu import thread_per_point
+
+    parts = split_parts(chain, 1, 1, GPU_MIN_THREADS, GPU_MIN_PART, GPU_MAX_PARTS)
+    kernel = _ChainLowering(lowerer, chain, 1, 1, GPU_STEP, 1, parts, gpu=True).lower()
+    serial = _drop_unit_loops(_retag(kernel.body, {"simd": "serial", "vectorized": "serial", "parallel": "serial"}))
+    launches = [thread_per_point(top, f"g{n}") for n, top in enumerate(top_statements(serial))]
+    return replace(kernel, body=seq(*launches),
+                   notes=[kernel.notes[0].replace("1 rows", "one row a thread"), *kernel.notes[1:]])
+
+
+def _drop_unit_loops(s):
+    """``s`` with each loop of one iteration replaced by its body at index 0 (a row a block and a
+    lane a vector leave many; the CUDA C reads better without them)."""
+    def one(st):
+        if isinstance(st, For) and st.extent == 1 and not st.start:
+            return map_exprs(st.body, lambda e: ex.substitute(e, {st.var: _int(0)}))
+        return None
+
+    return map_stmts(s, one)
+
+
+def _retag(s, kinds: dict):
+    """``s`` with each loop of a kind in ``kinds`` made that kind's value."""
+    return map_stmts(s, lambda st: replace(st, kind=kinds[st.kind]) if isinstance(st, For) and st.kind in kinds
+                     else None)
 
 
 def tile_candidates(lowerer, chain: Chain, target) -> list[tuple]:
@@ -848,11 +894,13 @@ def _rule_tiles(chain: Chain, target) -> tuple[int, int, int]:
 MIN_PART = 512
 
 
-def split_parts(chain: Chain, rows: int, lanes: int) -> int:
+def split_parts(chain: Chain, rows: int, lanes: int, min_jobs: int | None = None, min_part: int | None = None,
+                max_parts: int | None = None) -> int:
     """Parts to split the axis into (flash-decoding) when a few rows leave threads idle: a power of
-    two, while the kernel has fewer than :data:`MIN_JOBS` jobs and each part keeps at least
-    :data:`MIN_PART` elements, a whole number of vectors. Sizes must be known (parts are static),
-    and the derived form must merge (``reduction_chains.why_not_split``)."""
+    two, while the kernel has fewer than ``min_jobs`` (:data:`MIN_JOBS`) jobs and each part keeps at
+    least ``min_part`` (:data:`MIN_PART`) elements, a whole number of vectors. Sizes must be known
+    (parts are static), and the derived form must merge (``reduction_chains.why_not_split``)."""
+    min_jobs, min_part = min_jobs or MIN_JOBS, min_part or MIN_PART
     out = chain.out
     sizes = [*out.shape, chain.extent]
     if upper(out.shape[out.axes.index(chain.rows[-1])]) > DOT_FORM_ROWS or not all(isinstance(n, int) for n in sizes):
@@ -862,7 +910,8 @@ def split_parts(chain: Chain, rows: int, lanes: int) -> int:
     jobs = -(-out.shape[out.axes.index(chain.rows[-1])] // rows) * _prod_upper(
         out.shape[out.axes.index(a)] for a in chain.rows[:-1])
     J, parts = chain.extent, 1
-    while jobs * parts < MIN_JOBS and J % (2 * parts * lanes) == 0 and J // (2 * parts) >= MIN_PART:
+    while (jobs * parts < min_jobs and J % (2 * parts * lanes) == 0 and J // (2 * parts) >= min_part
+           and (max_parts is None or 2 * parts <= max_parts)):
         parts *= 2
     return parts
 

@@ -286,6 +286,15 @@ def test_nvcc_compiles_the_cuda_of_every_op_and_the_transformer_to_ptx_without_w
     from benchmarks.bench_dynamic import mlp  # symbolic sizes: grids and guards read mc_dims
 
     sources["mlp, batch 1..256"] = mc.compile(mlp(mc.Dim("batch", 1, 256)), target="cuda").stages["cuda"]
+    from tests.passes.test_reduction_chain_fusion import attention  # one pass over the keys, a thread a row
+
+    sources["attention, causal"] = mc.compile(attention(300, causal=True), target="cuda").stages["cuda"]
+    sources["attention, length 1..512"] = mc.compile(attention(None, seq=mc.Dim("seq", 1, 512), mask="boolean"),
+                                                     target="cuda").stages["cuda"]
+    g = mc.GraphBuilder("decode")  # one query row over 4096 keys: split into parts, then merged
+    q, k, v = g.input("q", (1, 12, 1, 64)), g.input("k", (1, 12, 4096, 64)), g.input("v", (1, 12, 4096, 64))
+    g.output(g.softmax((q @ g.transpose(k, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.125)), axis=-1) @ v)
+    sources["decoding attention"] = mc.compile(g.build(), target="cuda").stages["cuda"]
     for dtype in ("uint64", "uint8", "int32"):  # integer // and % take a sign test only where signed
         g = mc.GraphBuilder()
         a, b = g.input("a", (5, 3), dtype), g.input("b", (5, 3), dtype)

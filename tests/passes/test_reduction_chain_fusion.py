@@ -142,12 +142,42 @@ def test_the_loops_name_the_rules_of_the_derivation():
     assert "exp((softmax_max.old - softmax_max))" in loops
 
 
-def test_chains_can_be_turned_off_and_a_gpu_target_fuses_stage_by_stage():
+def test_chains_can_be_turned_off():
     graph = attention(33)
     off = mc.compile(graph, cache=False, fusion={"reduction_chains": False})
     assert not chain_kernels(off)
-    emu = check(graph, inputs(graph, 7), mc.compile(graph, target="cuda-emu", cache=False))
-    assert not chain_kernels(emu)
+    check(graph, inputs(graph, 7), off)
+
+
+@pytest.mark.parametrize("case", ["plain", "additive", "boolean", "causal", "gqa"])
+def test_a_gpu_target_runs_the_chain_one_row_a_thread(case):
+    """On CUDA (run here by cuda-emu) the same one pass: one thread per row, no S x S buffer."""
+    graph = attention(45, mask=case if case in ("additive", "boolean") else None, causal=case == "causal",
+                      kv_heads=1 if case == "gqa" else H)
+    model = check(graph, inputs(graph, 3), mc.compile(graph, target="cuda-emu", cache=False))
+    (kernel,) = chain_kernels(model)
+    assert "one row a thread" in kernel.notes[0] and model.memory_plan.arena_bytes < 45 * 45 * 4
+    assert "threadIdx.x" in model.stages["cuda"]
+    with pytest.raises(mc.MinicompError, match="a GPU target takes one row a thread"):
+        mc.compile(graph, target="cuda-emu", cache=False, fusion={"chain_tiles": (4, 64)})
+
+
+def test_a_gpu_target_serves_a_range_of_lengths_and_splits_decoding():
+    graph = attention(None, seq=mc.Dim("seq", 1, 90))
+    model = mc.compile(graph, target="cuda-emu", cache=False)
+    assert chain_kernels(model)
+    for S in (1, 33, 90):
+        g_static = attention(S)
+        args = inputs(g_static, S)
+        np.testing.assert_allclose(model(*args)[0], mc.run_reference(g_static, *args)[0], rtol=2e-5, atol=2e-5)
+    S = 2048  # one query row of one head: the keys split over threads, a second launch merges them
+    g = mc.GraphBuilder("decode")
+    q, k, v = g.input("q", (1, 1, 1, D)), g.input("k", (1, 1, S, D)), g.input("v", (1, 1, S, D))
+    g.output(g.softmax((q @ g.transpose(k, perm=(0, 1, 3, 2))) * g.constant(np.float32(0.25)), axis=-1) @ v)
+    graph = g.build()
+    model = check(graph, inputs(graph, 4), mc.compile(graph, target="cuda-emu", cache=False))
+    (kernel,) = model.kernels
+    assert "flash-decoding" in kernel.notes[0] and model.stages["cuda"].count("__global__ void") == 2
 
 
 def test_one_compile_serves_every_sequence_length_in_a_range():
@@ -182,6 +212,15 @@ def test_keys_read_through_a_reshape_of_symbolic_length_are_copied_a_step_at_a_t
 def test_random_attention_shapes_and_masks_match_the_reference(S, heads, mask, scale, seed):
     graph = attention(S, scale=scale, mask=mask, kv_heads=heads)
     check(graph, inputs(graph, seed), atol=5e-5)
+
+
+@settings(deadline=None, max_examples=6)
+@given(S=st.integers(1, 200), heads=st.sampled_from([1, 2]), mask=st.sampled_from([None, "additive", "boolean"]),
+       causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_attention_on_a_gpu_target_matches_the_reference(S, heads, mask, causal, seed):
+    graph = attention(S, mask=mask, causal=causal, kv_heads=heads)
+    model = check(graph, inputs(graph, seed), mc.compile(graph, target="cuda-emu", cache=False), atol=5e-5)
+    assert chain_kernels(model)
 
 
 def test_a_mask_shared_by_two_layers_stays_its_own_kernel_and_both_layers_fuse():
