@@ -111,7 +111,8 @@ def describe_machine() -> str:
     from minicomp.target import Target
 
     t = Target.host()
-    return (f"machine: {t.llvm_cpu}, {lim['cores']} cores, {t.vector_bits}-bit vectors; "
+    return (f"machine: {t.llvm_cpu}, {lim['cores']} cores, {t.vector_bits}-bit vectors"
+            f"{' (' + ', '.join(t.dot_units) + ')' if t.dot_units else ''}; "
             f"copy bandwidth {lim['copy_gbs']:.1f} GB/s; numpy sgemm {lim['sgemm_gflops_1t']:.0f} GFLOP/s "
             f"(1 thread), {lim['sgemm_gflops_2t']:.0f} GFLOP/s (2 threads)")
 

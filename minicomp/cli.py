@@ -589,6 +589,11 @@ def cmd_targets(args) -> int:
             print(f"{'':<10} also: {', '.join(b.aliases)}")
         if b.emits:
             print(f"{'':<10} --emit {', '.join(b.emits)}")
+    from minicomp.target import Target
+
+    host = Target.host()
+    print(f"\nthis machine: {host}; L2 {host.l2_bytes or 0:,} bytes; dot-product units: "
+          f"{', '.join(host.dot_units) or 'none'} (reported, not yet used)")
     print("\nnumeric rules (passes/legalize.py): spelled by the target, else written out by legalization")
     for rule, spellings in numerics_table().items():
         print(f"  {rule}:")
@@ -727,8 +732,9 @@ def _commands() -> list[tuple]:
         ]),
         ("ops", cmd_ops, "list the registered ops and their attributes", None, []),
         ("passes", cmd_passes, "list the registered passes and the default pipelines", None, []),
-        ("targets", cmd_targets, "list the backends, their target names and --emit stages, and which numeric rules "
-                                 "each spells itself", None, []),
+        ("targets", cmd_targets, "list the backends, their target names and --emit stages, this machine's CPU "
+                                 "(its dot-product units too), and which numeric rules each backend spells itself",
+         None, []),
     ]
 
 

@@ -77,6 +77,11 @@ CPUS = {
 }
 
 
+# LLVM feature -> the dot-product unit it names (Target.dot_units).
+DOT_UNITS = (("+avx512vnni", "AVX-512 VNNI (int8)"), ("+avxvnni", "AVX-VNNI (int8)"), ("+amx-int8", "AMX (int8)"),
+             ("+avx512bf16", "AVX-512 BF16"), ("+amx-bf16", "AMX (bf16)"))
+
+
 @dataclass
 class Target:
     """The hardware a model is compiled for, as data (see the module docs)."""
@@ -126,6 +131,14 @@ class Target:
         run on the GPU through pycuda ("gpu") or on the CPU through cuda-emu ("emu")."""
         return cls(name="cuda", num_threads=1, llvm_cpu="", vector_bits=128, vector_registers=255,
                    gpu=GPUInfo(arch=arch), device=device)
+
+    @property
+    def dot_units(self) -> list[str]:
+        """The low-precision dot-product instructions this CPU has (from its LLVM features): int8
+        (VNNI, AMX) and bfloat16 ones. Reported (``minicomp targets``), not yet used: bfloat16 values
+        are computed in float32 and rounded at every store (docs/adding-a-backend.md), and nothing
+        is quantized to int8."""
+        return [name for feature, name in DOT_UNITS if feature in self.features.split(",")]
 
     def vector_lanes(self, dtype) -> int:
         """Elements of ``dtype`` in one vector register."""

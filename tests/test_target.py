@@ -48,6 +48,15 @@ def test_targets_by_hand_and_gpu_description():
     assert host.vector_bits in (128, 256, 512) and host.l1_bytes
 
 
+def test_dot_product_units_are_read_from_the_features():
+    """An Intel Xeon with AMX reports it, a Zen 4 VNNI and BF16, a CPU without either nothing."""
+    xeon = Target(features="+avx512f,+avx512vnni,+amx-int8,+amx-bf16,-avxvnni")
+    assert xeon.dot_units == ["AVX-512 VNNI (int8)", "AMX (int8)", "AMX (bf16)"]
+    zen4 = Target(features="+avx512f,+avx512vnni,+avx512bf16")
+    assert zen4.dot_units == ["AVX-512 VNNI (int8)", "AVX-512 BF16"]
+    assert Target(features="+avx2,-avx512vnni").dot_units == [] and Target.cuda().dot_units == []
+
+
 def test_unknown_and_unrunnable_targets_are_refused():
     graph, _ = matmul(4, 4, 4)
     with pytest.raises(mc.UnsupportedError, match="unknown CPU 'pentium'"):
