@@ -36,7 +36,19 @@ from minicomp.ir import dtypes
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Stage, reduce_identity, stage_dag
 from minicomp.ir.dims import lower, upper
-from minicomp.ir.loops import Allocate, Buffer, For, If, Kernel, Store, map_exprs, map_stmts, seq, top_statements
+from minicomp.ir.loops import (
+    Allocate,
+    Barrier,
+    Buffer,
+    For,
+    If,
+    Kernel,
+    Store,
+    map_exprs,
+    map_stmts,
+    seq,
+    top_statements,
+)
 from minicomp.ir.reduction_chains import ChainRefusedError, Link, OnePass, derive, merge, why_not_split
 from minicomp.passes.lower import combine
 
@@ -223,7 +235,10 @@ class _ChainLowering:
                  parts: int = 1, gpu: bool = False):
         self.lw, self.c = lowerer, chain
         self.R, self.W, self.B, self.T, self.P = rows_per_block, lanes, step, tiles_per_job, parts
-        self.gpu = gpu  # one thread per row: K read as it is (no copy a job), one step size and single ones
+        self.gpu = gpu  # a GPU: one step size and single elements, K copied only by a block of threads
+        # A GPU block of T threads, a row each, sharing each step's copy of the keys in shared memory.
+        self.block = gpu and tiles_per_job > 1
+        self.job_scope = "shared" if self.block else "local"
         self.names_used: set[str] = set()
         out = chain.out
         self.extent_of = dict(zip(out.axes, out.shape))
@@ -249,8 +264,9 @@ class _ChainLowering:
         return For(var, extent, body, kind=kind, is_reduction=reduction)
 
     def sx(self, r) -> ex.Expr:
-        """Where row ``r`` of the current tile keeps its running results (the job's tiles side by side)."""
-        return r if self.T == 1 else ex.BinOp("add", ex.BinOp("mul", self.t, _int(self.R)), r)
+        """Where row ``r`` of the current tile keeps its running results (the job's tiles side by side;
+        a GPU thread keeps its own)."""
+        return r if self.T == 1 or self.block else ex.BinOp("add", ex.BinOp("mul", self.t, _int(self.R)), r)
 
     # The index of row r of the block (clamped: a last, partial block computes its last row again).
     def row(self, r) -> ex.Expr:
@@ -276,13 +292,14 @@ class _ChainLowering:
         self.ch = self.var("ch")
         self.part = self.var("part") if self.P > 1 else None
         lo = ex.BinOp("mul", self.part, _int(self.J)) if self.P > 1 else _int(0)  # the part's first element
-        self.t = ex.Var("_tile", dtypes.int64) if T > 1 else _int(0)
+        self.t = (self.var("tid") if self.block else ex.Var("_tile", dtypes.int64)) if T > 1 else _int(0)
         self.ib = ex.BinOp("add", ex.BinOp("mul", self.ch, _int(T)), self.t) if T > 1 else self.ch
         # The running results per row, the last link's accumulators, and one step's new maxima.
-        self.state = {lk.name: self.local(f"{lk.name}_run", (T * R,)) for _, lk in c.links[:-1]}
+        kept = R if self.block else T * R  # (rows whose running results a thread keeps)
+        self.state = {lk.name: self.local(f"{lk.name}_run", (kept,)) for _, lk in c.links[:-1]}
         self.fresh = {n: self.local(f"{n}_new", (R,)) for n in self.running}
         col_ext = [self.extent_of[a] for a in c.cols]
-        self.acc = self.local("acc", (T * R, *col_ext))
+        self.acc = self.local("acc", (kept, *col_ext))
         # (each tile of the job that has rows: a short last job clears no more than it uses)
         r = self.var("r")
         init = [self.loop(r, R, seq(*[Store(b, (self.sx(r),), NEG_INF if n in self.running else ex.Const(0.0, F32))
@@ -319,6 +336,8 @@ class _ChainLowering:
         body = seq(*init, *steps, finish)
         for b in [*self.state.values(), *self.fresh.values(), self.acc]:
             body = Allocate(b, body)
+        if self.block:  # the job's rows are the block's threads, each running the whole body for its row
+            body = self.loop(self.t, T, body, "thread.x")
         body = self._over_jobs(self.p, body, n_jobs, self.P)
         if self.P > 1:  # flash-decoding's second step: the parts' results merged, then finished
             body = seq(body, self._over_jobs(self.var("blk"), self._merge_parts(), n_jobs, 1))
@@ -353,7 +372,8 @@ class _ChainLowering:
         for a in self.outer:
             total = ex.BinOp("mul", total, _size(self.extent_of[a]))
         total = ex.simplify(total)
-        return self.loop(index, total.value if isinstance(total, ex.Const) else total, body, "parallel")
+        return self.loop(index, total.value if isinstance(total, ex.Const) else total, body,
+                         "block.x" if self.block else "parallel")
 
     def _store_part(self):
         """A part's running results (the last link's accumulators unfinished), for the merge."""
@@ -424,11 +444,13 @@ class _ChainLowering:
         return ex.simplify(ex.BinOp("add", ex.BinOp("mul", index, _int(self.P)), _int(k)))
 
     def _over_tiles(self, stmt, n_rb):
-        """``stmt`` for each tile of the job (the last job may have fewer)."""
+        """``stmt`` for each tile of the job (the last job may have fewer; a GPU thread does its own)."""
         if self.T == 1:
             return stmt
         if not (isinstance(n_rb, ex.Const) and n_rb.value % self.T == 0):
             stmt = If(ex.lt(self.ib, n_rb), stmt)
+        if self.block:
+            return stmt
         t = self.var("t")  # each loop over the tiles names its variable anew
         return self.loop(t, self.T, map_exprs(stmt, lambda e: ex.substitute(e, {self.t: t})))
 
@@ -436,10 +458,33 @@ class _ChainLowering:
         """One step of the job: the element values every tile reads in another order (K^T), copied
         once, then the step for each tile."""
         packed, body = self._block(j0, B, first)
-        stmt = seq(*[s for _, s in packed], self._over_tiles(body, n_rb))
+        if self.block and packed:  # the block's threads copy together; each waits for the copy, then for
+            # every thread to be done with it before the next step's copy replaces it
+            stmt = seq(*[self._spread(s) for _, s in packed], Barrier(), self._over_tiles(body, n_rb), Barrier())
+        else:
+            stmt = seq(*[s for _, s in packed], self._over_tiles(body, n_rb))
         for buf, _ in packed:
             stmt = Allocate(buf, stmt)
         return stmt
+
+    def _spread(self, nest):
+        """A perfect nest of loops around one store, its iterations shared among the block's threads."""
+        from minicomp.passes.schedules.gpu import decompose
+
+        chain, inner = [], nest
+        while isinstance(inner, For):
+            chain.append(inner)
+            inner = inner.body
+        total = 1
+        for lp in chain:
+            total *= lp.extent
+        q = self.var("q")
+        flat = ex.BinOp("add", ex.BinOp("mul", q, _int(self.T)), self.t)
+        where = {v: ex.simplify(x) for v, x in decompose(flat, chain).items()}
+        body = map_exprs(inner, lambda e: ex.substitute(e, where))
+        if total % self.T:
+            body = If(ex.lt(flat, _int(total)), body)
+        return self.loop(q, -(-total // self.T), body)
 
     def lanes(self, B: int, store, r=None):
         """``store(j)`` for the step's B elements, W at a time as vectors (a vector as wide as the
@@ -498,8 +543,8 @@ class _ChainLowering:
             if upper(self.I) <= DOT_FORM_ROWS and self._dot_form(body, raxes):
                 stmts.append(self._dot_tile(stage, body, raxes, tile, element, B))
                 continue
-            if not self.gpu:  # (a GPU warp's threads read one key at a time together: one load for all)
-                body = self._pack(body, raxes, element, B, packed)
+            if not self.gpu or self.block:  # (one thread a row alone reads K as it is: a warp's threads read
+                body = self._pack(body, raxes, element, B, packed)  # one key together, one load for all)
             offset = ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)
             body = self.at(ex.substitute(body, {OFFSET: offset}), r, element(offset))
             update = Store(acc, (r, jj), combine(red.op, ex.Load(acc, (r, jj)), body))
@@ -528,7 +573,7 @@ class _ChainLowering:
                 made.append((buf, t, True))
                 table[key] = ex.Load(buf, (ROW, ELEM))
         for e in self._per_element(terms):
-            buf = Buffer(self.lw.fresh("elem"), (B,), e.dtype, scope="local")
+            buf = Buffer(self.lw.fresh("elem"), (B,), e.dtype, scope=self.job_scope)
             made.insert(0, (buf, e, False))
             table[ex.format_expr(e)] = ex.Load(buf, (ELEM,))
 
@@ -652,7 +697,8 @@ class _ChainLowering:
             key = ex.format_expr(ld)
             if key not in made:
                 used = [(v, n) for v, n in raxes if v in names]
-                buf = self.local(f"{ld.tensor.name}_step", (*[n for _, n in used], B))
+                buf = Buffer(self.lw.fresh(f"{ld.tensor.name}_step"), (*[n for _, n in used], B), F32,
+                             scope=self.job_scope)
                 fill_vars = [self.var("d") for _ in used]
 
                 def store(e, buf=buf, ld=ld, fill_vars=fill_vars, used=used):
@@ -833,20 +879,30 @@ def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) 
 
 
 GPU_STEP = 32  # elements a thread's step takes: its scores and terms, 32 registers each
+GPU_BLOCK_ROWS = 64  # threads (rows) of a block that shares each step's keys (64 x 32 floats: 8 KiB)
 GPU_MIN_THREADS = 2048  # threads flash-decoding splits the axis for (a few rows over a long axis)
 GPU_MIN_PART = 64
 GPU_MAX_PARTS = 16  # (the merge is written out for each part: its code grows with them)
 
 
 def _lower_for_gpu(lowerer, chain: Chain) -> Kernel:
-    """The one pass for a GPU: one thread per row (each of its (outer axes, row)), holding the row's
-    running results and accumulators in registers and reading keys and values as they are: the
-    threads of a warp are rows of one head and read the same key together. A few rows over a long
-    axis (decoding) split the axis into parts (flash-decoding), whose results a second launch merges.
-    The loops are the CPU's, one row and one lane wide, mapped by ``schedules/gpu.py``'s thread per
-    point."""
+    """The one pass for a GPU, one thread per row (each of its outer axes and row), which keeps the
+    row's running results and accumulators. Many rows: a block of :data:`GPU_BLOCK_ROWS` threads
+    takes as many rows, and its threads copy each step's keys into shared memory together (the CPU's
+    copy a job, ``_pack``) and read them from there. A few rows: a thread a row reads the keys as
+    they are (a warp's threads read one key together), and a long axis (decoding) is split into
+    parts (flash-decoding) whose results a second launch merges, mapped by ``schedules/gpu.py``'s
+    thread per point. The loops are the CPU's, one row and one lane wide."""
     from minicomp.passes.schedules.gpu import thread_per_point
 
+    rows = upper(chain.out.shape[chain.out.axes.index(chain.rows[-1])])
+    if rows >= GPU_BLOCK_ROWS:
+        kernel = _ChainLowering(lowerer, chain, 1, 1, GPU_STEP, GPU_BLOCK_ROWS, 1, gpu=True).lower()
+        body = _drop_unit_loops(_retag(kernel.body, {"simd": "serial", "vectorized": "serial"}))
+        was = f"{GPU_BLOCK_ROWS} tiles of 1 rows x {GPU_STEP} elements a step"
+        now = (f"a row a thread, {GPU_BLOCK_ROWS} threads a block, x {GPU_STEP} elements a step, each step's "
+               f"keys copied to shared memory")
+        return replace(kernel, body=body, notes=[kernel.notes[0].replace(was, now), *kernel.notes[1:]])
     parts = split_parts(chain, 1, 1, GPU_MIN_THREADS, GPU_MIN_PART, GPU_MAX_PARTS)
     kernel = _ChainLowering(lowerer, chain, 1, 1, GPU_STEP, 1, parts, gpu=True).lower()
     serial = _drop_unit_loops(_retag(kernel.body, {"simd": "serial", "vectorized": "serial", "parallel": "serial"}))
@@ -859,8 +915,8 @@ def _drop_unit_loops(s):
     """``s`` with each loop of one iteration replaced by its body at index 0 (a row a block and a
     lane a vector leave many; the CUDA C reads better without them)."""
     def one(st):
-        if isinstance(st, For) and st.extent == 1 and not st.start:
-            return map_exprs(st.body, lambda e: ex.substitute(e, {st.var: _int(0)}))
+        if isinstance(st, For) and st.extent == 1 and not st.start and st.kind in ("serial", "unrolled"):
+            return map_exprs(st.body, lambda e: ex.simplify(ex.substitute(e, {st.var: _int(0)})))
         return None
 
     return map_stmts(s, one)

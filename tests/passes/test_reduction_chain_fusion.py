@@ -149,15 +149,18 @@ def test_chains_can_be_turned_off():
     check(graph, inputs(graph, 7), off)
 
 
+@pytest.mark.parametrize("S", [45, 130])
 @pytest.mark.parametrize("case", ["plain", "additive", "boolean", "causal", "gqa"])
-def test_a_gpu_target_runs_the_chain_one_row_a_thread(case):
-    """On CUDA (run here by cuda-emu) the same one pass: one thread per row, no S x S buffer."""
-    graph = attention(45, mask=case if case in ("additive", "boolean") else None, causal=case == "causal",
+def test_a_gpu_target_runs_the_chain_one_row_a_thread(case, S):
+    """On CUDA (run here by cuda-emu) the same one pass, a thread a row, no S x S buffer; from 64 rows
+    a block of 64 threads copies each step's keys to shared memory together (130: a partial block)."""
+    graph = attention(S, mask=case if case in ("additive", "boolean") else None, causal=case == "causal",
                       kv_heads=1 if case == "gqa" else H)
     model = check(graph, inputs(graph, 3), mc.compile(graph, target="cuda-emu", cache=False))
     (kernel,) = chain_kernels(model)
-    assert "one row a thread" in kernel.notes[0] and model.memory_plan.arena_bytes < 45 * 45 * 4
-    assert "threadIdx.x" in model.stages["cuda"]
+    assert "row a thread" in kernel.notes[0] and model.memory_plan.arena_bytes < S * S * 4
+    cuda = model.stages["cuda"]
+    assert "threadIdx.x" in cuda and ("__shared__" in cuda and "__syncthreads();" in cuda) == (S >= 64)
     with pytest.raises(mc.MinicompError, match="a GPU target takes one row a thread"):
         mc.compile(graph, target="cuda-emu", cache=False, fusion={"chain_tiles": (4, 64)})
 
