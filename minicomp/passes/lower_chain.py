@@ -343,8 +343,12 @@ class _ChainLowering:
             body = seq(body, self._over_jobs(self.var("blk"), self._merge_parts(), n_jobs, 1))
         lw = self.lw
         job = f"{self.T} tiles of {self.R} rows" if self.T > 1 else f"{self.R} rows"
+        if self.gpu:
+            job = f"a row a thread, {self.T} threads a block" if self.block else "one row a thread"
         split = (f", split into {self.P} parts of {self.J} elements whose results merge after the pass "
                  f"(flash-decoding)" if self.P > 1 else "")
+        if self.block:
+            split = ", each step's keys copied to shared memory"
         workspace = list(self.partials.values()) if self.P > 1 else []
         kernel = Kernel(lw.name, list(lw.in_bufs.values()), list(lw.out_bufs.values()), body,
                         workspace=workspace, group=[n.name for n in lw.group.nodes],
@@ -475,9 +479,9 @@ class _ChainLowering:
         while isinstance(inner, For):
             chain.append(inner)
             inner = inner.body
-        total = 1
-        for lp in chain:
-            total *= lp.extent
+        if not all(isinstance(lp.extent, int) for lp in chain):  # (sizes known at the call: one thread)
+            return If(ex.eq(self.t, _int(0)), nest)
+        total = math.prod(lp.extent for lp in chain)
         q = self.var("q")
         flat = ex.BinOp("add", ex.BinOp("mul", q, _int(self.T)), self.t)
         where = {v: ex.simplify(x) for v, x in decompose(flat, chain).items()}
@@ -543,8 +547,9 @@ class _ChainLowering:
             if upper(self.I) <= DOT_FORM_ROWS and self._dot_form(body, raxes):
                 stmts.append(self._dot_tile(stage, body, raxes, tile, element, B))
                 continue
-            if not self.gpu or self.block:  # (one thread a row alone reads K as it is: a warp's threads read
-                body = self._pack(body, raxes, element, B, packed)  # one key together, one load for all)
+            # (A GPU thread a row alone reads K as it is: a warp's threads read one key together.)
+            if not self.gpu or self.block:
+                body = self._pack(body, raxes, element, B, packed)
             offset = ex.BinOp("add", ex.BinOp("mul", jc, _int(W)), jj)
             body = self.at(ex.substitute(body, {OFFSET: offset}), r, element(offset))
             update = Store(acc, (r, jj), combine(red.op, ex.Load(acc, (r, jj)), body))
@@ -898,24 +903,20 @@ def _lower_for_gpu(lowerer, chain: Chain) -> Kernel:
     rows = upper(chain.out.shape[chain.out.axes.index(chain.rows[-1])])
     if rows >= GPU_BLOCK_ROWS:
         kernel = _ChainLowering(lowerer, chain, 1, 1, GPU_STEP, GPU_BLOCK_ROWS, 1, gpu=True).lower()
-        body = _drop_unit_loops(_retag(kernel.body, {"simd": "serial", "vectorized": "serial"}))
-        was = f"{GPU_BLOCK_ROWS} tiles of 1 rows x {GPU_STEP} elements a step"
-        now = (f"a row a thread, {GPU_BLOCK_ROWS} threads a block, x {GPU_STEP} elements a step, each step's "
-               f"keys copied to shared memory")
-        return replace(kernel, body=body, notes=[kernel.notes[0].replace(was, now), *kernel.notes[1:]])
+        return replace(kernel, body=_drop_unit_loops(_retag(kernel.body, {"simd": "serial", "vectorized": "serial"})))
     parts = split_parts(chain, 1, 1, GPU_MIN_THREADS, GPU_MIN_PART, GPU_MAX_PARTS)
     kernel = _ChainLowering(lowerer, chain, 1, 1, GPU_STEP, 1, parts, gpu=True).lower()
     serial = _drop_unit_loops(_retag(kernel.body, {"simd": "serial", "vectorized": "serial", "parallel": "serial"}))
     launches = [thread_per_point(top, f"g{n}") for n, top in enumerate(top_statements(serial))]
-    return replace(kernel, body=seq(*launches),
-                   notes=[kernel.notes[0].replace("1 rows", "one row a thread"), *kernel.notes[1:]])
+    return replace(kernel, body=seq(*launches))
 
 
 def _drop_unit_loops(s):
     """``s`` with each loop of one iteration replaced by its body at index 0 (a row a block and a
     lane a vector leave many; the CUDA C reads better without them)."""
     def one(st):
-        if isinstance(st, For) and st.extent == 1 and not st.start and st.kind in ("serial", "unrolled"):
+        if isinstance(st, For) and isinstance(st.extent, int) and st.extent == 1 and not st.start \
+                and st.kind in ("serial", "unrolled"):
             return map_exprs(st.body, lambda e: ex.simplify(ex.substitute(e, {st.var: _int(0)})))
         return None
 
