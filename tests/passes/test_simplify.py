@@ -68,6 +68,21 @@ def test_cse_merges_duplicates():
     assert ops(out) == ["exp", "add", "mul"]
 
 
+def test_cse_merges_equal_constants_and_keeps_ones_that_differ_between_the_bytes_it_samples():
+    """Constants are compared by a sample of their bytes, then whole: a weight equal to another but for
+    one element that the sample skips stays its own."""
+    w = np.arange(4096, dtype=np.float32)
+    other = w.copy()
+    other[1] = -1.0  # (the sample reads every 8th float)
+    g = mc.GraphBuilder()
+    x = g.input("x", (4096,))
+    g.output(x * g.constant(w) + x * g.constant(w.copy()) + x * g.constant(other))
+    out = get_pass("simplify").run(g.build())
+    assert len(out.constants) == 2
+    xs = np.ones(4096, np.float32)
+    np.testing.assert_array_equal(mc.run_reference(out, xs)[0], 2 * w + other)
+
+
 def test_batch_norm_folds_into_conv_and_matmul():
     rng = np.random.default_rng(0)
     g = mc.GraphBuilder()
