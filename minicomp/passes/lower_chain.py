@@ -702,7 +702,10 @@ class _ChainLowering:
             key = ex.format_expr(ld)
             if key not in made:
                 used = [(v, n) for v, n in raxes if v in names]
-                buf = Buffer(self.lw.fresh(f"{ld.tensor.name}_step"), (*[n for _, n in used], B), F32,
+                # (A GPU block's copy: a row of B + 1, so that threads storing one key's values down a
+                # column of the copy meet no two in one bank of shared memory.)
+                row = B + 1 if self.block else B
+                buf = Buffer(self.lw.fresh(f"{ld.tensor.name}_step"), (*[n for _, n in used], row), F32,
                              scope=self.job_scope)
                 fill_vars = [self.var("d") for _ in used]
 
@@ -711,9 +714,15 @@ class _ChainLowering:
                                                self.c.axis: element(e)})
                     return Store(buf, (*fill_vars, e), self.at(value, _int(0), None))
 
-                fill = self.lanes(B, store)
-                for fv, (_, n) in reversed(list(zip(fill_vars, used))):
-                    fill = self.loop(fv, n, fill)
+                def over_values(stmt, fill_vars=fill_vars, used=used):
+                    for fv, (_, n) in reversed(list(zip(fill_vars, used))):
+                        stmt = self.loop(fv, n, stmt)
+                    return stmt
+
+                if self.block:  # a key's values innermost: a block's threads read them side by side
+                    fill = self.lanes(B, lambda e, store=store, over_values=over_values: over_values(store(e)))
+                else:  # the lanes innermost: the copy's rows are vectors
+                    fill = over_values(self.lanes(B, store))
                 packed.append((buf, fill))
                 made[key] = ex.Load(buf, (*[v for v, _ in used], OFFSET))
             return made[key]
