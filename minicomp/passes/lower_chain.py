@@ -893,7 +893,7 @@ def lower_chain(lowerer, chain: Chain, target=None, tiles: tuple | None = None) 
 
 
 GPU_STEP = 32  # elements a thread's step takes: its scores and terms, 32 registers each
-GPU_BLOCK_ROWS = 64  # threads (rows) of a block that shares each step's keys (64 x 32 floats: 8 KiB)
+GPU_BLOCK_ROWS = 64  # threads (rows) of a block sharing each step's keys (d = 64: 64 x 33 floats, 8.25 KiB)
 GPU_MIN_THREADS = 2048  # threads flash-decoding splits the axis for (a few rows over a long axis)
 GPU_MIN_PART = 64
 GPU_MAX_PARTS = 16  # (the merge is written out for each part: its code grows with them)
