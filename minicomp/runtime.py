@@ -84,8 +84,13 @@ def bind_inputs(graph: Graph, args, kwargs, device_arrays: bool = False,
     if len(env) < len(inputs):
         v = next(v for v in inputs if v not in env)
         raise RuntimeInputError(f"input '{v.name}' ({v.type}) is missing")
+    written = {inputs[i] for i in graph.writes.values()} if graph.writes else ()
     for v in inputs:
         a = env[v]
+        if v in written and not (isinstance(a, np.ndarray) and a.flags.writeable) \
+                and not (device_arrays and hasattr(a, "gpudata")):
+            raise RuntimeInputError(f"input '{v.name}' ({v.type}) is written by the model (it holds state, such as a "
+                                    f"cache): pass a writable numpy array, got {type(a).__name__}")
         if not isinstance(a, np.ndarray) and not (device_arrays and hasattr(a, "gpudata")):
             try:
                 env[v] = a = np.asarray(a)
@@ -182,7 +187,9 @@ def fresh_outputs(graph: Graph, slots: dict) -> list[Value]:
     constants that are also outputs (those are copied by :func:`collect_outputs`). The same for every
     call (a call binds every input), so a model finds them once."""
     inputs = set(graph.inputs)
-    return [v for v in dict.fromkeys(graph.outputs) if v in slots and v not in inputs and v not in graph.constants]
+    input_slots = {slots[v] for v in inputs if v in slots}  # (an output written in an input's memory has its slot)
+    return [v for v in dict.fromkeys(graph.outputs)
+            if v in slots and v not in inputs and v not in graph.constants and slots[v] not in input_slots]
 
 
 def place_arena(table, slots: dict, plan: MemoryPlan, address: int) -> None:
@@ -235,6 +242,37 @@ def collect_outputs(graph: Graph, env: dict, outs: dict, fetch=None, inputs_as_g
             result.append(np.array(graph.constants[v]))
         seen.add(v)
     return result
+
+
+def write_back(graph: Graph, env: dict, results: list) -> list:
+    """Finish a call whose ``results`` hold every graph output in order: copy each written output into
+    its input's array (unless the kernels already wrote it there), raise a failed check (``Graph.checks``),
+    and return the outputs a call returns."""
+    if not graph.writes and not graph.checks:
+        return results
+    for o, i in graph.writes.items():
+        dst, src = env[graph.inputs[i]], results[o]
+        if hasattr(dst, "gpudata"):  # a pycuda GPUArray the caller keeps on the device
+            dst.set(src.get() if hasattr(src, "gpudata") else np.ascontiguousarray(src))
+        elif not (isinstance(src, np.ndarray) and src.ctypes.data == dst.ctypes.data):
+            np.copyto(dst, src)
+    for k, (low, high, message) in graph.checks.items():
+        values = np.asarray(results[k].get() if hasattr(results[k], "gpudata") else results[k])
+        bad = values[(values < low) | (values >= high)]
+        if bad.size:  # (positions outside were not written: the kernels skip them)
+            raise RuntimeInputError(f"{message}: got {bad.reshape(-1)[0]}")
+    return [r for k, r in enumerate(results) if k not in graph.writes and k not in graph.checks]
+
+
+def refuse_exporting_writes(graph, what: str) -> None:
+    """A library's C API returns outputs into the caller's buffers; one that updates its inputs (a
+    cache) would need the caller to pass the input as its own output, and a check of values at run
+    time an error code: neither is offered yet."""
+    if graph.writes or graph.checks:
+        names = ", ".join(f"'{v.name}'" for v, _ in graph.written_inputs()) or "none"
+        raise MinicompError(f"{what}: graph '{graph.name}' writes input(s) {names} (state such as a cache) or "
+                            f"checks positions at run time ({len(graph.checks)}), which an exported C API does not "
+                            f"support yet; run it from Python, or model.save()")
 
 
 @dataclass(frozen=True)
@@ -332,8 +370,10 @@ class TableModel(CompiledModel):
         self._table = (ctypes.c_void_p * max(layout.n_slots, 1))()
         self._keep_alive, self._arena = host_buffers(self._table, layout.slots, constants or {}, memory_plan)
         self._fresh = fresh_outputs(graph, layout.slots)
+        # Outputs the kernels write in the memory of the input they update (a cache): the caller's array.
+        self._written_in_place = list(memory_plan.written_in_place.items())
         # Every output written by the kernels once, in order: the call returns the arrays as they are.
-        self._outputs_as_written = self._fresh == list(graph.outputs)
+        self._outputs_as_written = self._fresh == list(graph.outputs) and not graph.writes
         # The sizes of the symbolic dimensions at each call, in the slot the kernels read them from.
         self._dim_names = [name for name, _, _ in graph.dims()]
         self._dim_sizes = dim_sizes_array(self._dim_names)
@@ -368,13 +408,18 @@ class TableModel(CompiledModel):
         with self._lock:
             outs = self._bind(env, sizes)
             self._main(ctypes.addressof(self._table))
-        return list(outs.values()) if self._outputs_as_written else collect_outputs(self.graph, env, outs)
+        if self._outputs_as_written:
+            return list(outs.values())
+        return write_back(self.graph, env, collect_outputs(self.graph, env, outs))
 
     def _bind(self, env: dict, sizes: dict) -> dict:
         """Bind a call's inputs, its new outputs and the ``sizes`` of its symbolic dimensions (under the lock)."""
         for k, name in enumerate(self._dim_names):
             self._dim_sizes[k] = sizes[name]
-        return bind_host_io(self._table, self.layout.slots, env, self._fresh, sizes)
+        outs = bind_host_io(self._table, self.layout.slots, env, self._fresh, sizes)
+        for v, written in self._written_in_place:
+            outs[v] = env[written]
+        return outs
 
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
         """Time each kernel alone on these inputs: ``[(kernel, seconds per call)]``.

@@ -362,6 +362,19 @@ def _topk(x, k, axis=-1, largest=True):
     return np.moveaxis(vals, -1, axis), np.moveaxis(idxs, -1, axis)
 
 
+def _index_copy(data, index, updates, axis=0):
+    """Each position of the axis, one at a time: the slice of the last index that names it."""
+    at = axis % data.ndim
+    length = data.shape[at]
+    out = data.copy()
+    rows, new_rows = np.moveaxis(out, at, 0), np.moveaxis(updates, at, 0)  # (views: rows writes into out)
+    for p in range(length):
+        writers = [j for j, q in enumerate(index.tolist()) if q % length == p]
+        if writers:
+            rows[p] = new_rows[writers[-1]]
+    return out
+
+
 def _gather_elements(x, indices, axis=0):
     out = np.empty(indices.shape, dtype=x.dtype)
     d = x.shape[axis]
@@ -496,6 +509,7 @@ FORMULATIONS = {
                                                             "acosh", "atanh", "ceil")},
     "round": _per_element(round),
     "argmax": _arg(max), "argmin": _arg(min), "topk": _topk, "gather_elements": _gather_elements,
+    "index_copy": _index_copy,
     "cumsum": _cumulative(np.add, 0), "cumprod": _cumulative(np.multiply, 1),
     "prod": _prod, "trilu": _trilu, "rms_norm": _rms_norm, "resize": _resize,
     "silu": _per_element(lambda v: v / (1 + math.exp(-v))),

@@ -319,6 +319,19 @@ def _gather_elements_case(draw):
 
 
 @st.composite
+def _index_copy_case(draw):
+    """Positions anywhere in the axis, negative ones too, repeated ones too (the last write wins)."""
+    data = draw(arrays(draw(shapes(1, 4, 1, 6)), draw(numeric_dtypes)))
+    axis = draw(st.integers(-data.ndim, data.ndim - 1))
+    length = data.shape[axis]
+    n = draw(st.integers(1, 4))
+    index = _rng(draw).integers(-length, length, size=n).astype(draw(st.sampled_from([np.int32, np.int64])))
+    at = axis % data.ndim
+    updates = draw(arrays(data.shape[:at] + (n,) + data.shape[at + 1:], data.dtype))
+    return [data, index, updates], {"axis": axis}
+
+
+@st.composite
 def _cumsum_case(draw):
     x = draw(arrays(draw(shapes(1, 3, 1, 6)), draw(numeric_dtypes)))
     return [x], {"axis": draw(st.integers(-x.ndim, x.ndim - 1)), "exclusive": draw(st.booleans()),
@@ -477,6 +490,7 @@ OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), g
                 argmax=_arg_case(), argmin=_arg_case(), cumsum=_cumsum_case(), cumprod=_cumsum_case(),
                 trilu=_trilu_case(), rms_norm=_rms_norm_case(), topk=_topk_case(),
                 gather_elements=_gather_elements_case(), resize=_resize_case(), bitcast=_bitcast_case(),
+                index_copy=_index_copy_case(),
                 iota=_iota_case(),
                 **{op: _logical_case(op) for op in ("logical_and", "logical_or", "logical_xor", "logical_not")},
                 **{op: _bitwise_case(op) for op in ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",

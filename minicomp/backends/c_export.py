@@ -46,7 +46,10 @@ def _c_count(size, dims: list) -> str:
 def export_c(model, folder: str, name: str | None = None) -> Path:
     """Write ``model.c``, ``model.h`` and ``model.bin`` for ``model`` (compiled for target ``c``) into
     ``folder``; returns the folder. ``name`` prefixes the API's functions (default: the graph's name)."""
+    from minicomp.runtime import refuse_exporting_writes
+
     graph, layout = model.graph, model.layout
+    refuse_exporting_writes(graph, "export_c")
     dims = graph.dims()
     slots, plan = layout.slots, layout.memory_plan
     api = c_identifier(name or graph.name, "m_", ())

@@ -32,6 +32,7 @@ from minicomp.runtime import (
     dim_sizes_array,
     fresh_outputs,
     host_buffers,
+    write_back,
 )
 from minicomp.wording import count
 
@@ -108,7 +109,7 @@ class CudaModel(CompiledModel):
         sizes: dict = {}
         env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu", sizes=sizes)
         with self._lock:
-            return self.device.run(env, sizes)
+            return write_back(self.graph, env, self.device.run(env, sizes))
 
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
         """Time each launch alone: ``[(function, seconds per launch)]`` (CUDA events on a GPU)."""

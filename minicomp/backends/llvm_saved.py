@@ -76,6 +76,10 @@ def save_model(model, path: str) -> None:
         # Symbolic sizes (mc.Dim): each dimension's range, and the slot of the sizes the kernels read.
         "dims": [list(d) for d in graph.dims()],
         "dim_sizes_slot": slots.get(DIM_SIZES),
+        # Outputs written back into inputs (a cache): [output position, input position].
+        "writes": [[o, i] for o, i in sorted(graph.writes.items())],
+        # Outputs checked at each call: [output position, low, high, message].
+        "checks": [[o, *check] for o, check in sorted(graph.checks.items())],
     }
     members = {"meta.json": json.dumps(meta, indent=1).encode(), "code.o": jit.object_code,
                "optimized.ll": jit.optimized_ir.encode()}
@@ -149,6 +153,8 @@ def load_model(path: str):
         by_slot.setdefault(s["slot"], v)
     graph = Graph(name=meta["name"])
     graph.inputs, graph.outputs = inputs, outputs
+    graph.writes = {o: i for o, i in meta.get("writes", [])}
+    graph.checks = {o: (low, high, message) for o, low, high, message in meta.get("checks", [])}
     for s, v in zip(meta["constants"], constants):
         graph.constants[v] = _constant(members, s, v, path)
     slots = {v: slot for slot, v in by_slot.items()}
@@ -224,6 +230,16 @@ def _check_meta(meta: dict, members: dict, path: str) -> None:
                       ("constants", list), ("offsets", list), ("calls", list)):
         if not isinstance(meta.get(key), kind):
             bad(f"'{key}' is missing or not a {kind.__name__}")
+    writes = meta.get("writes", [])
+    if not isinstance(writes, list) or not all(
+            isinstance(w, list) and len(w) == 2 and whole(w[0], 0, len(meta["outputs"]) - 1)
+            and whole(w[1], 0, len(meta["inputs"]) - 1) for w in writes):
+        bad("'writes' is not a list of [output, input] positions")
+    checks = meta.get("checks", [])
+    if not isinstance(checks, list) or not all(
+            isinstance(c, list) and len(c) == 4 and whole(c[0], 0, len(meta["outputs"]) - 1)
+            and isinstance(c[1], int) and isinstance(c[2], int) and isinstance(c[3], str) for c in checks):
+        bad("'checks' is not a list of [output, low, high, message]")
     n_slots = meta.get("n_slots")
     if not whole(n_slots, 1, 1 << 24) or not whole(meta.get("arena_bytes"), 0, 1 << 46) or \
             not whole(meta.get("num_threads"), 1, 4096):
@@ -404,7 +420,9 @@ def export_library(model, path: str) -> str:
     it (:func:`header_name`); returns the header's path. Needs a C compiler
     (``CC``, else cc/gcc)."""
     from minicomp import __version__
+    from minicomp.runtime import refuse_exporting_writes
 
+    refuse_exporting_writes(model.graph, "export_library")
     jit, layout = model.native, model.layout
     from minicomp.backends.host_cc import which_compiler
 

@@ -14,13 +14,13 @@ from minicomp.errors import MinicompError
 from minicomp.ir.dims import concrete, concrete_attrs
 from minicomp.ir.graph import Graph, Value
 from minicomp.ir.ops import get_op
-from minicomp.runtime import CompiledModel, bind_inputs, call_sizes
+from minicomp.runtime import CompiledModel, bind_inputs, call_sizes, write_back
 
 
 def run_reference(graph: Graph, *args, **kwargs) -> list[np.ndarray]:
     """Run ``graph`` on numpy arrays (by position or input name); return outputs."""
     env = bind_inputs(graph, args, kwargs)
-    return evaluate(graph, env)
+    return write_back(graph, env, evaluate(graph, env))
 
 
 def evaluate(graph: Graph, env: Mapping[Value, np.ndarray], keep: bool = False):

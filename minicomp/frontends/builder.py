@@ -244,6 +244,7 @@ class GraphBuilder:
         self._counter = itertools.count()
         self._names: set[str] = set()
         self._built = False
+        self._checks: list = []  # (value, (low, high, message)): outputs checked at each call, added last
 
     def _fresh(self, prefix: str, name: str | None = None) -> str:
         if name is not None:
@@ -409,6 +410,8 @@ class GraphBuilder:
                 for k, t in enumerate(out_types)]
         node = Node(op, tuple(t.value for t in tensors), frozen, tuple(outs), node_name)
         self.graph.nodes.append(node)
+        for i, low, high, reason in opdef.runtime_checks(types, frozen) if opdef.runtime_checks else ():
+            self._checks.append((tensors[i].value, (low, high, f"{node.describe()}: {reason}")))
         res = tuple(Tensor(self, v) for v in outs)
         return res[0] if len(res) == 1 else res
 
@@ -424,8 +427,31 @@ class GraphBuilder:
         for t in tensors:
             self.graph.outputs.append(self.as_tensor(t).value)
 
+    def write(self, target: Tensor, value) -> None:
+        """After each call, the graph input ``target`` holds ``value``: the model writes it into the
+        caller's array (a key/value cache, a step counter), which must then be a writable numpy
+        array. ``value`` is an output that the call does not return. Where ``value`` is an
+        ``index_copy`` of ``target`` that nothing else reads, llvm and c store only the copied
+        slices into the caller's array; otherwise the value is computed and then copied in."""
+        value = self.as_tensor(value)
+        if not isinstance(target, Tensor) or target.value not in self.graph.inputs:
+            raise MinicompError(f"write: the target must be an input of graph '{self.graph.name}', got "
+                                f"{getattr(target, 'name', target)!r}")
+        if value.value.type != target.value.type:
+            raise MinicompError(f"write: %{value.name} ({value.value.type}) cannot be written into input "
+                                f"%{target.name} ({target.value.type}): their types differ")
+        position = self.graph.inputs.index(target.value)
+        if position in self.graph.writes.values():
+            raise MinicompError(f"write: input %{target.name} is already written")
+        self.graph.outputs.append(value.value)
+        self.graph.writes[len(self.graph.outputs) - 1] = position
+
     def build(self) -> Graph:
         """Finish: verify and return the Graph."""
         if not self.graph.outputs:
             raise MinicompError(f"graph '{self.graph.name}' has no outputs; call output() first")
+        for value, check in self._checks:  # after the caller's outputs, whose positions stay as given
+            self.graph.outputs.append(value)
+            self.graph.checks[len(self.graph.outputs) - 1] = check
+        self._checks = []
         return self.graph.verify()

@@ -438,12 +438,16 @@ def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict |
 
     sig = ep.graph_signature
     constant_inputs = dict(constant_inputs or {})
+    # An input the module updates in place (a static key/value cache, a step counter) becomes an input
+    # the compiled model writes (Graph.writes); a module's own buffer that changes is state minicomp's
+    # constants cannot hold.
     bad_outputs = [f"{s.kind.name.lower()} of '{s.target}'" for s in sig.output_specs
-                   if s.kind not in (OutputKind.USER_OUTPUT,)]
+                   if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.USER_INPUT_MUTATION)
+                   or (s.kind == OutputKind.USER_INPUT_MUTATION and s.target in (constant_inputs or {}))]
     if bad_outputs:
-        raise UnsupportedError(f"the module changes state as it runs ({', '.join(bad_outputs)}); minicomp "
-                               f"compiles pure inference: call module.eval() and keep forward free of "
-                               f"in-place updates to buffers and inputs")
+        raise UnsupportedError(f"the module changes its own state as it runs ({', '.join(bad_outputs)}); "
+                               f"minicomp compiles inference: call module.eval(), and pass state it updates "
+                               f"(a cache) as an input")
     gm = ep.graph_module
     state = {}
     for spec in sig.input_specs:
@@ -481,6 +485,11 @@ def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict |
             _convert_node(ctx, n)
         elif n.op == "output":
             _set_outputs(ctx, n)
+    graph = builder.graph
+    inputs = {n.name: ctx.values[n].value for n in gm.graph.nodes if n.op == "placeholder" and n.name not in state}
+    for k, spec in enumerate(sig.output_specs):
+        if spec.kind == OutputKind.USER_INPUT_MUTATION:
+            graph.writes[k] = graph.inputs.index(inputs[spec.target])
     return drop_unused_constants(builder.build())
 
 

@@ -287,8 +287,13 @@ class MinicompGraph:
             return self.gm.forward(*args)
         from minicomp.frontends.pytorch import from_numpy, to_numpy
 
-        arrays = [to_numpy(args[i].contiguous()) for i in user_slots if isinstance(args[i], torch.Tensor)]
-        outs = torch.utils._pytree.tree_unflatten([from_numpy(o) for o in model(*arrays)], out_spec)
+        tensors = [args[i] for i in user_slots if isinstance(args[i], torch.Tensor)]
+        arrays = [to_numpy(t.contiguous()) for t in tensors]
+        results = model(*arrays)
+        for i in model.graph.writes.values():  # an input the graph updates (a cache) was written into its array:
+            if not tensors[i].is_contiguous():  # a copy, where torch's tensor is strided
+                tensors[i].copy_(from_numpy(arrays[i]))
+        outs = torch.utils._pytree.tree_unflatten([from_numpy(o) for o in results], out_spec)
         return outs if self.symbolic is None else self.symbolic.outputs(outs, args)
 
 

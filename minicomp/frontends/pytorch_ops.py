@@ -781,6 +781,26 @@ def _index(ctx, a):
     return ctx.op("take", merged, flat, axis=first)
 
 
+@register_torch_op("aten.index_put")
+def _index_put(ctx, a):
+    """``x[..., idx, ...] = values`` with one index tensor (a static cache taking a step's keys at its
+    positions; torch's ``index_copy`` decomposes to it): an ``index_copy`` along that dimension,
+    ``values`` broadcast to the slices."""
+    x = a["self"]
+    picked = [(k, t) for k, t in enumerate(a["indices"]) if t is not None]
+    if a.get("accumulate"):
+        raise UnsupportedError("index_put with accumulate=True (a scatter-add) is not supported")
+    if len(picked) != 1 or picked[0][1].ndim != 1 or picked[0][1].dtype.name == "bool":
+        raise UnsupportedError("index_put is supported with one index tensor of positions (a vector, not a "
+                               "mask), the other dimensions taken whole")
+    axis, idx = picked[0]
+    shape = x.shape[:axis] + idx.shape + x.shape[axis + 1:]
+    values = a["values"].astype(x.dtype.name)
+    if tuple(values.shape) != tuple(shape):
+        values = ctx.op("broadcast_to", values, shape=shape)
+    return ctx.op("index_copy", x, idx, values, axis=axis)
+
+
 def _size_tensor(ctx, n):
     """A size as an operand: the int itself, or for a symbolic size a scalar tensor holding it at the call."""
     if not isinstance(n, Size):

@@ -182,6 +182,15 @@ class Graph:
     outputs: list[Value] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     constants: dict[Value, np.ndarray | None] = field(default_factory=dict)
+    # State the model updates: output position -> the position of the input that holds the
+    # output's value after each call (a key/value cache). Such an output is not returned by a call:
+    # it is written into the caller's array (``GraphBuilder.write``). Positions, not Values, so
+    # that passes which replace values keep it as it is.
+    writes: dict[int, int] = field(default_factory=dict)
+    # Values checked at each call: output position -> (low, high, message). Every element of that
+    # integer output must lie in [low, high), or the call raises the message naming the value found
+    # (positions read at run time, such as a cache slot). Such an output is not returned either.
+    checks: dict[int, tuple] = field(default_factory=dict)
 
     # -- lookups -------------------------------------------------------------
     def values(self) -> list[Value]:
@@ -222,6 +231,14 @@ class Graph:
 
     def is_constant(self, value: Value) -> bool:
         return value in self.constants
+
+    def returned_outputs(self) -> list[Value]:
+        """The outputs a call returns: every output but those written back into inputs or checked."""
+        return [v for k, v in enumerate(self.outputs) if k not in self.writes and k not in self.checks]
+
+    def written_inputs(self) -> list[tuple[Value, Value]]:
+        """``(input, value)`` for each input the model writes: after a call the input holds the value."""
+        return [(self.inputs[i], self.outputs[o]) for o, i in sorted(self.writes.items())]
 
     def unique_name(self, prefix: str) -> str:
         """A value/node name starting with ``prefix`` that is not used yet."""
@@ -268,6 +285,8 @@ class Graph:
             g.nodes.append(Node(node.op, tuple(cp(v) for v in node.inputs), node.attrs,
                                 tuple(cp(v) for v in node.outputs), node.name))
         g.outputs = [cp(v) for v in self.outputs]
+        g.writes = dict(self.writes)
+        g.checks = dict(self.checks)
         digests = getattr(self, "constant_digests", None)
         if digests:
             g.constant_digests = {vmap[v]: d for v, d in digests.items() if v in vmap}
@@ -336,7 +355,28 @@ class Graph:
         for i, v in enumerate(self.outputs):
             if v not in defined:
                 raise VerifyError(f"graph output {i} %{v.name} is not defined in the graph")
+        self._verify_writes()
         return self
+
+    def _verify_writes(self) -> None:
+        written: set[int] = set()
+        for o, i in self.writes.items():
+            if not (0 <= o < len(self.outputs) and 0 <= i < len(self.inputs)):
+                raise VerifyError(f"a write names output {o} and input {i}, but the graph has "
+                                  f"{len(self.outputs)} outputs and {len(self.inputs)} inputs")
+            src, dst = self.outputs[o], self.inputs[i]
+            if i in written:
+                raise VerifyError(f"input %{dst.name} is written twice")
+            written.add(i)
+            if src.type != dst.type:
+                raise VerifyError(f"output %{src.name} ({src.type}) cannot be written into input %{dst.name} "
+                                  f"({dst.type}): their types differ")
+        for o, check in self.checks.items():
+            if not 0 <= o < len(self.outputs) or o in self.writes:
+                raise VerifyError(f"a check names output {o}, which is not an output of its own")
+            if not self.outputs[o].dtype.is_int or len(check) != 3 or not all(isinstance(b, int) for b in check[:2]):
+                raise VerifyError(f"a check of output %{self.outputs[o].name} needs integers and a range "
+                                  f"(low, high, message), got {self.outputs[o].type} and {check!r}")
 
     def __str__(self) -> str:
         from minicomp.ir.text import print_graph

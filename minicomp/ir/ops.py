@@ -112,6 +112,10 @@ class OpDef:
     # check_constants(arrays, attrs): values the op refuses in inputs known at
     # build time (arrays[i] is None for inputs that are not constants).
     check_constants: Callable | None = None
+    # runtime_checks(input_types, attrs) -> [(input position, low, high, reason)]: integer inputs whose
+    # values are known only at run time and must lie in [low, high) (positions to write at). The graph
+    # builder adds each as a check of the call (Graph.checks), which raises the reason, naming the node.
+    runtime_checks: Callable | None = None
 
     def check_arity(self, n: int, node: str):
         lo, hi = (self.num_inputs, self.num_inputs) if isinstance(self.num_inputs, int) else self.num_inputs

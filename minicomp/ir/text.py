@@ -130,7 +130,13 @@ def print_graph(graph: Graph, full_constants: bool = False, annotate=None) -> st
         if note:
             text += f"  # {note}"
         lines.append(text)
-    lines.append("  return " + ", ".join(f"%{_name(v.name)}" for v in graph.outputs))
+    # An output written back into an input (a cache the model updates) reads "%new into %cache".
+    returned = [f"%{_name(v.name)}" for v in graph.outputs]
+    for k, i in graph.writes.items():
+        returned[k] += f" into %{_name(graph.inputs[i].name)}"
+    for k, (low, high, message) in graph.checks.items():  # "%pos in [0, 17) "message""
+        returned[k] += f" in [{low}, {high}) {json.dumps(message)}"
+    lines.append("  return " + ", ".join(returned))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -446,6 +452,18 @@ def parse_graph(text: str) -> Graph:
     kind, _, _ = t.peek()
     while kind == "value":
         graph.outputs.append(use(t.take("value")))
+        if t.accept("ident", "into"):
+            written = use(t.take("value"))
+            if written not in graph.inputs:
+                raise t.error(f"%{written.name} is not a graph input: only inputs can be written")
+            graph.writes[len(graph.outputs) - 1] = graph.inputs.index(written)
+        elif t.accept("ident", "in"):
+            t.take("punct", "[")
+            low = _parse_number(t.take("number"))
+            t.take("punct", ",")
+            high = _parse_number(t.take("number"))
+            t.take("punct", ")")
+            graph.checks[len(graph.outputs) - 1] = (low, high, json.loads(t.take("string")))
         if not t.accept("punct", ","):
             break
         kind, _, _ = t.peek()

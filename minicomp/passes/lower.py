@@ -49,6 +49,7 @@ class Group:
     reason: str = ""
     chain: bool = False  # ends in a chain of reductions lowered as one pass (passes/lower_chain.py)
     chain_tiles: tuple | None = None  # (rows, elements) a step there, when not the rule's
+    writes_into: Value | None = None  # the graph input whose memory its index_copy updates (passes/lower_scatter.py)
 
     @property
     def ops(self) -> list[str]:
@@ -388,6 +389,10 @@ def lower_group(group: Group, name: str, constants: dict | None = None, target=N
     lowered as one pass (:mod:`minicomp.passes.lower_chain`), its tiles sized
     for ``target``.
     """
+    if group.writes_into is not None:
+        from minicomp.passes.lower_scatter import lower_index_copy_in_place
+
+        return lower_index_copy_in_place(group, name, constants)
     lowerer = _Lowerer(group, name, constants)
     if group.chain:
         from minicomp.passes.lower_chain import find_chain, lower_chain

@@ -72,6 +72,9 @@ class MemoryPlan:
     plan_seconds: float = 0.0
     order_is_optimal: bool = False
     aliases: dict = field(default_factory=dict)  # a buffer written in place -> the buffer whose memory it takes
+    # A graph output computed in the memory of the input it is written back into (passes/lower_scatter.py)
+    # -> that input: they share one table slot, the caller's array.
+    written_in_place: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: naive sum, peaks of the baseline and chosen orders, planned arena, time."""
@@ -90,6 +93,8 @@ class MemoryPlan:
         for lt in sorted(self.lifetimes, key=lambda x: self.offsets[x.key]):
             lines.append(f"  [{self.offsets[lt.key]:>10,} .. {self.offsets[lt.key] + lt.nbytes:>10,})  "
                          f"steps {lt.start}-{lt.end}  {lt.name}")
+        for out, inp in self.written_in_place.items():
+            lines.append(f"  %{out.name} is written in place into input %{inp.name} (the caller's array)")
         return "\n".join(lines)
 
     def live_bytes(self) -> list[int]:
@@ -297,6 +302,8 @@ def buffer_slots(graph, plan: MemoryPlan) -> dict:
     runtimes share this numbering."""
     slots: dict = {}
     for v in list(graph.inputs) + list(graph.constants) + list(graph.outputs):
+        if v in plan.written_in_place:
+            slots[v] = slots[plan.written_in_place[v]]
         slots.setdefault(v, len(slots))
     if graph.dims():  # the sizes of the symbolic dimensions at the call (loops.DIM_SIZES)
         slots[DIM_SIZES] = len(slots)

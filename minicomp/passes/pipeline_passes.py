@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from minicomp.passes.fusion import single_node_groups
 from minicomp.passes.lower import chain_alternatives, lower_group
+from minicomp.passes.lower_scatter import writes_in_place
 from minicomp.passes.manager import register_pass
 from minicomp.passes.memory import Lifetime, in_place_pairs, lower_bound, plan_arena, share_in_place
 from minicomp.passes.schedules import apply_schedule
@@ -29,6 +30,12 @@ def lower_pass(program, ctx):
         result = single_node_groups(program.graph)
         program.groups = result.groups
         program.fusion_result = result
+    if program.target is None or getattr(program.target, "gpu", None) is None:
+        # A host target writes state in the caller's memory; a GPU's model copies it back.
+        in_place = writes_in_place(program.graph)
+        for g in program.groups:
+            if len(g.nodes) == 1 and g.nodes[0] in in_place:
+                g.writes_into = in_place[g.nodes[0]]
     program.kernels = [lower_group(g, g.name, program.graph.constants, program.target) for g in program.groups]
     return program
 
@@ -220,6 +227,7 @@ def plan_pass(program, ctx):
     program.kernels = [program.kernels[i] for i in order]
     plan = plan_arena(lifetimes, opts.get("offsets", "best"))
     plan.aliases = aliases
+    plan.written_in_place = {g.outputs[0]: g.writes_into for g in program.groups if g.writes_into is not None}
     for key, placed in aliases.items():
         plan.offsets[key] = plan.offsets[placed]
     for step, out, inp in pairs:  # the pair's parameters lose noalias / __restrict__

@@ -375,6 +375,31 @@ def _as_strided(d):
             [_array(d, (1, 4, 5, 5))])
 
 
+def _positions(d, length: int, count: int) -> np.ndarray:
+    """Distinct positions, some negative (torch leaves the order of repeated writes open)."""
+    picks = np.random.default_rng(d(st.integers(0, 99))).permutation(length)[:count]
+    return np.where(picks % 2 == 1, picks - length, picks).astype(np.int64)
+
+
+@case("index_copy", "aten.index_put")  # (torch.export decomposes index_copy to index_put)
+def _index_copy(d):
+    count = d(st.integers(1, 4))
+    return (Fn(lambda m, x, i, v: x.index_copy(1, i.remainder(5), v) * 2),
+            [_array(d, (3, 5, 2)), _positions(d, 5, count), _array(d, (3, count, 2))])
+
+
+@case("index_put", "aten.index_put")
+def _index_put(d):
+    count = d(st.integers(1, 4))
+
+    def put(m, x, i, v):
+        y = x.clone()
+        y[:, i] = v  # (a static cache's update, as transformers writes it)
+        return y + 1
+
+    return Fn(put), [_array(d, (3, 5, 2)), _positions(d, 5, count), _array(d, (3, count, 2))]
+
+
 @case("gather", "aten.gather")
 def _gather(d):
     return Fn(lambda m, x, i: x.gather(1, i)), [_array(d, (3, 5)), _array(d, (3, 4), np.int64, 0, 4)]

@@ -7,4 +7,4 @@ imported; :func:`load_all` imports them all once.
 
 def load_all() -> None:
     """Import every op family so that its ops are registered."""
-    from minicomp.ir.opdefs import composite, elementwise, layout, nchwc, nn, reduce, window  # noqa: F401
+    from minicomp.ir.opdefs import composite, elementwise, layout, nchwc, nn, reduce, scatter, window  # noqa: F401
