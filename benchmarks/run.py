@@ -28,6 +28,7 @@ SUITES = {
     "memory": "benchmarks.bench_memory",
     "dynamic": "benchmarks.bench_dynamic",
     "attention": "benchmarks.bench_attention",  # skipped without torch
+    "decode": "benchmarks.bench_decode",  # skipped without torch and transformers
     "targets": "benchmarks.bench_targets",
     "torch": "benchmarks.bench_torch",  # skipped without torch
     "gpu": "benchmarks.bench_gpu",  # skipped without a GPU, pycuda and torch
@@ -35,7 +36,7 @@ SUITES = {
 
 
 # Options passed on to the one suite that takes them.
-OPTIONS = {"--tune": "onnx", "--zoo": "torch"}
+OPTIONS = {"--tune": "onnx", "--zoo": "torch", "--small": "decode"}
 
 
 def main(argv=None) -> int:

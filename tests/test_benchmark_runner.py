@@ -1,9 +1,11 @@
 """benchmarks/run.py as a command: its help and its refusal of unknown suites
-(the suites themselves are timed by hand, never in tests)."""
+(the suites themselves are timed by hand, never in tests); the decode suite's count of bytes."""
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
@@ -32,3 +34,14 @@ def test_an_option_goes_only_to_its_suite():
     assert out.returncode == 2 and "--tune (for onnx)" in out.stderr
     out = run("gemm", "--tune")
     assert out.returncode == 2 and "--tune is for the onnx suite, which is not being run" in out.stderr
+
+
+def test_the_decode_benchmark_counts_the_weights_a_token_streams():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from benchmarks.bench_decode import DecodeSetup, llama, weight_bytes_per_token
+
+    model = llama(DecodeSetup(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=100))
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64  # q, o; k, v (2 heads of 16); the MLP; 2 norms
+    floats = 2 * per_layer + 64 + 100 * 64 + 64  # the last norm, the LM head, one row of the embedding
+    assert weight_bytes_per_token(model) == 4 * floats

@@ -96,3 +96,15 @@ def test_the_torch_helper_says_it_is_not_an_example(tmp_path):
     proc = subprocess.run([sys.executable, os.path.abspath(os.path.join(EXAMPLES, "_torch_compare.py"))],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "torch_resnet.py" in proc.stderr
+
+
+def test_generate_example_decodes_eagers_tokens_through_minicomp(tmp_path):
+    """examples/generate.py: transformers' generate with a static cache, every step compiled by minicomp."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    proc = subprocess.run([sys.executable, os.path.abspath(os.path.join(EXAMPLES, "generate.py")), "--check",
+                           "--new-tokens", "8", "--layers", "2", "--hidden", "128"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "same tokens as eager: yes" in proc.stdout and "tokens/s]" in proc.stdout
+    assert "runs this graph eagerly" not in proc.stderr
