@@ -36,7 +36,7 @@ import numpy as np
 
 from minicomp.errors import MinicompError, UnsupportedError
 from minicomp.frontends.builder import GraphBuilder, Tensor
-from minicomp.ir.dims import Dim, SymbolicSizeError
+from minicomp.ir.dims import Dim, Size, SymbolicSizeError, bounds
 from minicomp.ir.dtypes import ALL_DTYPES
 from minicomp.ir.graph import Graph, drop_unused_constants
 from minicomp.registries import LazyRegistry
@@ -198,7 +198,9 @@ class TorchContext:
         return self.builder.constant(np.asarray(array, dtype=dtype), name=self.fresh_name("const"))
 
     def tensor(self, x, dtype: str) -> Tensor:
-        """``x`` (a Tensor or a Python scalar) as a Tensor of ``dtype``."""
+        """``x`` (a Tensor, a Python scalar, or a size known only at the call) as a Tensor of ``dtype``."""
+        if isinstance(x, Size):  # (a static cache's counter plus the prompt's symbolic length)
+            x = self.op("iota", length=1, start=x).reshape(())
         if isinstance(x, Tensor):
             return x if x.dtype.name == dtype else self.op("cast", x, dtype=dtype)
         return self.const(np.array(x, dtype=dtype))
@@ -225,6 +227,12 @@ def _sympy_size(e, dims: dict):
         return args[0] // args[1]
     if type(e).__name__ in ("Mod", "PythonMod"):
         return args[0] % args[1]
+    if type(e).__name__ in ("Min", "Max"):  # where the ranges decide it (min(24, s) with s at most 24)
+        ranges = [bounds(a) for a in args]
+        for k, (a, (lo, hi)) in enumerate(zip(args, ranges)):
+            if all((hi <= o_lo) if type(e).__name__ == "Min" else (lo >= o_hi)
+                   for j, (o_lo, o_hi) in enumerate(ranges) if j != k):
+                return a
     raise SymbolicSizeError(f"the size {e} is not a sum of products of dimensions, which minicomp carries")
 
 

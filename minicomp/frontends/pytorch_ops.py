@@ -803,9 +803,7 @@ def _index_put(ctx, a):
 
 def _size_tensor(ctx, n):
     """A size as an operand: the int itself, or for a symbolic size a scalar tensor holding it at the call."""
-    if not isinstance(n, Size):
-        return n
-    return ctx.op("iota", length=1, start=n).reshape(())
+    return ctx.tensor(n, "int64") if isinstance(n, Size) else n
 
 
 @register_torch_op("aten.gather")

@@ -97,9 +97,9 @@ def test_from_torch_gives_a_model_that_writes_its_cache_argument():
 
 
 def test_transformers_generate_with_a_static_cache_runs_every_step_through_minicomp(caplog):
-    """transformers' documented recipe for torch.compile (a static cache, forward compiled): the prompt's
-    graph and the decoding step's graph each compile once, the cache is written in place, and the
-    greedy tokens are eager's."""
+    """transformers' documented recipe for torch.compile (a static cache, forward compiled): the decoding
+    step's graph compiles once, the prompt's once for its first length and once more for every other
+    length (dynamo makes it symbolic at the second), and the greedy tokens are eager's."""
     zoo = pytest.importorskip("benchmarks.zoo")
     try:
         tf = zoo.import_transformers()
@@ -110,17 +110,42 @@ def test_transformers_generate_with_a_static_cache_runs_every_step_through_minic
     config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, vocab_size=256, max_position_embeddings=256)
     model = tf.LlamaForCausalLM(config).eval()
-    prompt = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 256, (1, n), generator=generator) for n in (8, 5, 13, 3)]
     with torch.no_grad():
-        want = model.generate(prompt, max_new_tokens=12, do_sample=False, cache_implementation="static")
+        want = [model.generate(p, max_new_tokens=12, do_sample=False, cache_implementation="static") for p in prompts]
     torch._dynamo.reset()
     model.generation_config.cache_implementation = "static"
     model.forward = torch.compile(model.forward, backend="minicomp")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("error", message="minicomp runs this graph eagerly")
-        got = model.generate(prompt, max_new_tokens=12, do_sample=False)
-    assert got.tolist() == want.tolist()
+        got = [model.generate(p, max_new_tokens=12, do_sample=False) for p in prompts]
+    assert [g.tolist() for g in got] == [w.tolist() for w in want]
     compiled = [r.getMessage() for r in caplog.records
                 if r.name == "minicomp" and r.getMessage().startswith("compiled")]
-    assert len(compiled) == 2, compiled  # the prompt, and one step for all 11 decoding steps
+    # The first prompt, the step (for all the steps), then one prompt of any length (a symbolic one).
+    assert len(compiled) == 3, compiled
+    assert "input_ids_: i64[1, s" in compiled[2], compiled[2]
+    torch._dynamo.reset()
+
+
+def test_a_counter_advanced_by_a_symbolic_length_compiles_once(caplog):
+    """A size known only at the call, as an operand (transformers' cache counter += the prompt's length)."""
+
+    class Count(torch.nn.Module):
+        def forward(self, x, seen):
+            seen += x.shape[1]
+            return x * 2
+
+    caplog.set_level("INFO", logger="minicomp")
+    torch._dynamo.reset()
+    fast = torch.compile(Count(), backend="minicomp", dynamic=True)
+    seen = torch.zeros((), dtype=torch.int64)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", message="minicomp runs this graph eagerly")
+        for n in (3, 7, 2, 5):
+            torch.testing.assert_close(fast(torch.ones(1, n), seen), torch.full((1, n), 2.0))
+    assert int(seen) == 17
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled")]
+    assert len(compiled) == 1 and "x_: f32[1, s" in compiled[0], compiled
     torch._dynamo.reset()
