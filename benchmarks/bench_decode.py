@@ -1,7 +1,8 @@
 """Decoding a Llama-architecture language model at batch 1 (transformers' generate, static cache).
 
 transformers' recipe for torch.compile (``cache_implementation="static"``, ``model.forward`` compiled)
-with minicomp's backend beside eager and inductor (``torch.compile``'s default), on a model built
+with minicomp's backend, float32 and with int8 weights (``quantize="int8-weight"``), beside eager and
+inductor (``torch.compile``'s default), on a model built
 from a config with random weights: hidden 1024, 8 layers, 16 query and 4 key/value heads, MLP 2816,
 vocabulary 32,000 (about 156M parameters), a 32-token prompt and 128 new tokens, greedy.
 
@@ -9,7 +10,9 @@ Each runtime decodes alone, in its own block: a warm-up (which compiles), then t
 timed runs. Decoding speed is (new tokens - 1) / (time for them all - time for the first), so the
 prompt is not counted. The bandwidth limit is the machine's 2-thread copy bandwidth over the bytes
 of weights each token streams (every linear layer and the LM head; one row of the embedding): no
-decoder at batch 1 can run faster, and its share of that limit is printed beside each runtime.
+decoder at batch 1 can run faster, and its share of that limit is printed beside each runtime (for
+int8 weights, of its own limit: a byte a weight). The int8 line says how far its logits and next
+tokens are from float32's, both reading float32's tokens once.
 
     python benchmarks/run.py decode
     python -m benchmarks.bench_decode --small   # a 4-layer, 512-wide model, 32 new tokens: quicker
@@ -67,6 +70,20 @@ def weight_bytes_per_token(model) -> int:
     return total + embedding.shape[1] * embedding.element_size()
 
 
+def int8_weight_bytes_per_token(model) -> int:
+    """The same with ``quantize="int8-weight"``: a byte a weight and a float32 scale a column for every
+    linear layer of at least ``MIN_ELEMENTS`` weights (passes/quantize.py)."""
+    from minicomp.passes.quantize import MIN_ELEMENTS
+
+    torch = torch_module()
+    saved = 0
+    for layer in model.modules():
+        w = getattr(layer, "weight", None)
+        if isinstance(layer, torch.nn.Linear) and w.numel() >= MIN_ELEMENTS:
+            saved += w.numel() * (w.element_size() - 1) - w.shape[0] * 4
+    return weight_bytes_per_token(model) - saved
+
+
 def copy_bandwidth(threads: int = THREADS) -> float:
     """Bytes per second that ``threads`` threads copy between two 256 MiB arrays (read + write)."""
     torch = torch_module()
@@ -103,16 +120,32 @@ def decode_speed(model, prompt, setup: DecodeSetup) -> tuple[float, object, floa
     return (setup.new_tokens - 1) / max(best_all - best_one, 1e-9), tokens, first_call
 
 
+def int8_accuracy(base, tokens, prompt_length: int) -> tuple[float, float]:
+    """(top-1 agreement, relative logits error) of minicomp's int8-weight forward against float32 eager,
+    both reading the same sequence (float32's greedy tokens) once, without a cache: the share of the
+    generated positions where both pick the same next token, and the largest logit difference over
+    the largest float32 logit."""
+    torch = torch_module()
+    torch._dynamo.reset()
+    quantized = copy.deepcopy(base)
+    quantized.forward = torch.compile(quantized.forward, backend="minicomp", options={"quantize": "int8-weight"})
+    with torch.no_grad():
+        want = base(tokens, use_cache=False).logits[0, prompt_length - 1:-1]
+        got = quantized(tokens, use_cache=False).logits[0, prompt_length - 1:-1]
+    agreement = (got.argmax(-1) == want.argmax(-1)).double().mean().item()
+    return agreement, ((got - want).abs().max() / want.abs().max()).item()
+
+
 def runtimes(base):
     """Each runtime's model: the same weights, its own forward."""
     torch = torch_module()
 
-    def compiled(backend):
+    def compiled(backend, options=None):
         def make():
             torch._dynamo.reset()
             model = copy.deepcopy(base)
             model.generation_config.cache_implementation = "static"
-            model.forward = torch.compile(model.forward, backend=backend)
+            model.forward = torch.compile(model.forward, backend=backend, options=options)
             return model
         return make
 
@@ -121,7 +154,8 @@ def runtimes(base):
         model.generation_config.cache_implementation = "static"
         return model
 
-    return {"eager": eager, "inductor": compiled("inductor"), "minicomp": compiled("minicomp")}
+    return {"eager": eager, "inductor": compiled("inductor"), "minicomp": compiled("minicomp"),
+            "minicomp int8": compiled("minicomp", {"quantize": "int8-weight"})}
 
 
 def main(argv=None) -> None:
@@ -134,12 +168,13 @@ def main(argv=None) -> None:
     torch.set_num_threads(THREADS)
     print(describe_machine())
     base = llama(setup)
-    per_token = weight_bytes_per_token(base)
+    per_token, int8_bytes = weight_bytes_per_token(base), int8_weight_bytes_per_token(base)
     bandwidth = copy_bandwidth()
     limit = bandwidth / per_token
     params = sum(p.numel() for p in base.parameters())
     print(f"Llama: {params / 1e6:.0f}M parameters, {per_token / 2**20:.0f} MiB of weights per token (float32); "
-          f"{THREADS}-thread copy bandwidth {bandwidth / 1e9:.1f} GB/s, so at most {limit:.1f} tokens/s")
+          f"{THREADS}-thread copy bandwidth {bandwidth / 1e9:.1f} GB/s, so at most {limit:.1f} tokens/s "
+          f"(int8 weights: {int8_bytes / 2**20:.0f} MiB, {bandwidth / int8_bytes:.1f} tokens/s)")
     prompt = torch.randint(0, setup.vocab, (1, setup.prompt), generator=torch.Generator().manual_seed(1))
     rows, reference = [], None
     for name, make in runtimes(base).items():
@@ -147,13 +182,18 @@ def main(argv=None) -> None:
         speed, tokens, first_call = decode_speed(model, prompt, setup)
         reference = tokens if reference is None else reference
         same = "yes" if tokens.tolist() == reference.tolist() else "NO"
-        rows.append([name, speed, speed / limit, first_call, same])
+        bytes_per_token = int8_bytes if "int8" in name else per_token
+        rows.append([name, speed, speed * bytes_per_token / bandwidth, first_call, same])
         del model
+    agreement, error = int8_accuracy(base, reference, setup.prompt)
     eager_speed = rows[0][1]
     table = [[n, f"{s:.1f}", f"{s / eager_speed:.2f}", f"{share:.0%}", f"{first:.1f}", same]
              for n, s, share, first, same in rows]
     print_table(f"decode: batch 1, {setup.prompt}-token prompt, {setup.new_tokens} new tokens, {THREADS} threads",
                 ["runtime", "tokens/s", "x eager", "of the limit", "first call (s)", "eager's tokens"], table)
+    print(f"int8 weights: {rows[3][1] / rows[2][1]:.2f}x minicomp's float32 tokens/s; over float32's "
+          f"{setup.new_tokens} tokens, the same next token at {agreement:.1%} of the positions, logits within "
+          f"{error:.2%} of the largest (weights as int8 change the arithmetic: its tokens are not eager's)")
 
 
 if __name__ == "__main__":

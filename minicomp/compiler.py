@@ -54,7 +54,7 @@ def target_names() -> list[str]:
 def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_level: int = 3,
             pipeline=None, fusion: dict | None = None, schedules: dict | None = None, device: str | None = None,
             memory: dict | None = None, memory_budget: int | None = None, cache: bool = True,
-            tune: bool | dict = False, progress=None,
+            tune: bool | dict = False, quantize: str | None = None, progress=None,
             print_before=(), print_after=(), dump_dir: str | None = None, verify: bool = True):
     """Compile ``graph`` for ``target``; returns a CompiledModel.
 
@@ -77,6 +77,11 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
       are kept in the compile cache, so a kernel is measured once. A dict
       sets ``max_candidates`` (default 20) per kernel. ``model.tunings``
       lists what was found;
+    - ``quantize="int8-weight"``: store the weights of matrix products as int8
+      with a float32 scale per output column, widened as they are read
+      (``passes/quantize.py``): a quarter of the bytes, where streaming the
+      weights takes the time (decoding a language model); results are no
+      longer the float32 ones (docs/decode.md gives the error);
     - instruments: ``print_before``/``print_after`` (pass names or "all"),
       ``dump_dir`` (numbered files per pass), ``verify`` (after every pass).
 
@@ -93,8 +98,8 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
         raise MinicompError(f"opt_level must be 0, 1, 2 or 3 (LLVM's optimization levels), got {opt_level!r}")
     program, stages, backend, tgt, pm = _run_passes(
         graph, target, num_threads=num_threads, pipeline=pipeline, fusion=fusion, schedules=schedules,
-        device=device, memory=memory, memory_budget=memory_budget, cache=cache, tune=tune, progress=progress,
-        print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
+        device=device, memory=memory, memory_budget=memory_budget, cache=cache, tune=tune, quantize=quantize,
+        progress=progress, print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
     if progress is not None:
         progress(f"code generation ({backend.name}, {count(len(program.kernels or []), 'kernel')})")
     t0 = time.perf_counter()
@@ -161,9 +166,24 @@ def _pipeline(pipeline, backend) -> list[str]:
     return names + [p for p in FINISHING_PASSES if p not in names and (p != "lower" or not lowered)]
 
 
+def _with_quantize(names: list[str], quantize) -> list[str]:
+    """``names`` with ``quantize_weights`` after ``simplify`` (whose constant folding would undo it), or
+    first where there is none, when weights are to be quantized."""
+    from minicomp.passes.quantize import SCHEMES
+
+    if quantize is None:
+        return names
+    if quantize not in SCHEMES:
+        raise MinicompError(f"quantize must be one of {', '.join(SCHEMES)} (or None), got {quantize!r}")
+    if "quantize_weights" in names:
+        return names
+    at = names.index("simplify") + 1 if "simplify" in names else 0
+    return names[:at] + ["quantize_weights"] + names[at:]
+
+
 def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, schedules=None, device=None,
-                memory=None, memory_budget=None, cache=True, tune=False, progress=None, print_before=(),
-                print_after=(), dump_dir=None, verify=True):
+                memory=None, memory_budget=None, cache=True, tune=False, quantize=None, progress=None,
+                print_before=(), print_after=(), dump_dir=None, verify=True):
     """Check the inputs and run the target's pipeline; returns (program,
     stages, backend, target, pass manager) ready for code generation."""
     import time
@@ -202,8 +222,9 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
                "schedule_kind": backend.schedule, "native_numerics": frozenset(backend.numerics)}
     if backend.prepare is not None:
         options.update(backend.prepare(tgt, stages) or {})
-    pm = PassManager(_pipeline(pipeline, backend), print_before=print_before, print_after=print_after,
-                     dump_dir=dump_dir, verify=verify, options=CompileOptions(**options), progress=progress)
+    pm = PassManager(_with_quantize(_pipeline(pipeline, backend), quantize), print_before=print_before,
+                     print_after=print_after, dump_dir=dump_dir, verify=verify, options=CompileOptions(**options),
+                     progress=progress)
     t_passes = time.perf_counter()
     program = pm.run(Program(graph, tgt))
     t_after = time.perf_counter()

@@ -36,8 +36,9 @@ def simd_supported(body: Stmt, var: ex.Var | None = None) -> bool:
                 return False
             if isinstance(n, ex.Reduce) or (isinstance(n, ex.Load) and n.dtype.is_bool):
                 return False
-            if isinstance(n, ex.Bitcast) or isinstance(n, ex.Cast) and not (n.dtype.is_float and n.x.dtype.is_float):
-                return False
+            if isinstance(n, ex.Bitcast) or isinstance(n, ex.Cast) and not (
+                    n.dtype.is_float and (n.x.dtype.is_float or n.x.dtype.is_int)):
+                return False  # (float to int saturates, which the scalar code spells)
             if isinstance(n, ex.Cast) and (n.dtype.is_narrow_float or n.x.dtype.is_narrow_float):
                 return False  # 16-bit rounding has no vector form here
             if isinstance(n, ex.Load) and n.dtype.is_narrow_float:
@@ -149,7 +150,10 @@ class SimdEmitter:
             if s == d:
                 return x, True
             out = fn.tmp("v")
-            fn.emit(f"{out} = {'fpext' if d == 'double' else 'fptrunc'} {self.vty(s)} {x} to {self.vty(d)}")
+            if e.x.dtype.is_int:  # int8 weights widened as they are read (quantize="int8-weight")
+                fn.emit(f"{out} = {'uitofp' if e.x.dtype.is_unsigned else 'sitofp'} {self.vty(s)} {x} to {self.vty(d)}")
+            else:
+                fn.emit(f"{out} = {'fpext' if d == 'double' else 'fptrunc'} {self.vty(s)} {x} to {self.vty(d)}")
             return out, True
         raise CompileError(f"simd loop: cannot vectorize {type(e).__name__}")
 

@@ -164,6 +164,12 @@ class _Fuser:
     def layout_only(self, root) -> bool:
         return all(n.op in LAYOUT_OPS for n in self.nodes_of(root))
 
+    def widens_weights(self, root) -> bool:
+        """Is the group only casts of integer constants (weights stored as int8, ``quantize``)? A matmul
+        reads them where it multiplies, each weight once a row: one byte a weight streamed, not four."""
+        return all(n.op == "cast" and n.inputs[0] in self.constants and n.inputs[0].dtype.is_int
+                   for n in self.nodes_of(root))
+
     def successors(self, root) -> set:
         out = set()
         for n in self.nodes_of(root):
@@ -205,7 +211,7 @@ class _Fuser:
             return f"limit: more than {self.opt.max_group_nodes} nodes per group"
         ap, ac = self.anchors(gp), self.anchors(gc)
         rp, rc = self.reductions(gp), self.reductions(gc)
-        if not self.layout_only(gp):
+        if not self.layout_only(gp) and not (self.widens_weights(gp) and ac and not ap):
             feeds_anchor = any(v in a.inputs for a in ac for n in self.nodes_of(gp) for v in n.outputs)
             if feeds_anchor:
                 return f"the inputs of {ac[0].op} '{ac[0].name}' must be in memory (only layout ops fuse into them)"

@@ -135,7 +135,7 @@ class PassInfo:
 
 
 def _load_builtin_passes():
-    from minicomp.passes import fusion, legalize, nchwc, patches, pipeline_passes, simplify  # noqa: F401
+    from minicomp.passes import fusion, legalize, nchwc, patches, pipeline_passes, quantize, simplify  # noqa: F401
 
 
 _PASSES = LazyRegistry("a pass named", _load_builtin_passes)

@@ -60,6 +60,16 @@ def matvec_panels_fit(k: Kernel, lp: For, rs, buf, constants, target, choices: C
     return sum(1 for ld in loads if flat_stride(ld, lp.var) != 0) == 1  # x[r] does not move with the column
 
 
+def panel_width(columns: int, cols: int) -> int:
+    """Columns a panel accumulates: twice a register tile's where the columns make at least 4 such
+    panels. Each step of the reduction adds one product into each of the panel's vector registers,
+    and the additions into one register wait for each other (the FMA units' latency): weights read
+    faster than from memory (in cache, or int8 weights, a quarter of the bytes) find the 2 registers
+    of one tile too few."""
+    wide = 2 * cols
+    return wide if wide <= 64 and columns % wide == 0 and columns // wide >= 4 else cols
+
+
 def matvec_panels(k: Kernel, lp: For, rs, buf, target, choices: Choices = DEFAULT_CHOICES) -> Kernel:
     """A matrix-vector product over panels of ``cols`` columns: each panel
     accumulates in vector registers through the whole reduction, and its
@@ -70,7 +80,7 @@ def matvec_panels(k: Kernel, lp: For, rs, buf, target, choices: Choices = DEFAUL
     reduction outside a long vector loop) read the weights as thousands of
     short runs and stored every partial sum, well below the machine's
     bandwidth (docs/measurements.md)."""
-    cols = register_tile(target, buf.dtype, choices)[1]
+    cols = panel_width(lp.extent, register_tile(target, buf.dtype, choices)[1])
     name = lp.var.name
     k = apply_step(k, Split(name, cols))
     k = apply_step(k, CacheWrite(buf.name, f"{name}.o"))
