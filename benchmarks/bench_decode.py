@@ -159,7 +159,7 @@ def runtimes(base):
 
 
 def main(argv=None) -> None:
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = list(argv or [])  # (run.py passes a suite's own options; python -m passes the command line)
     torch = torch_module()
     if torch is None:
         print("decode: skipped (needs torch and transformers: pip install -e '.[bench,zoo]')")
@@ -197,4 +197,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

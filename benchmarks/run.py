@@ -31,12 +31,13 @@ SUITES = {
     "decode": "benchmarks.bench_decode",  # skipped without torch and transformers
     "targets": "benchmarks.bench_targets",
     "torch": "benchmarks.bench_torch",  # skipped without torch
+    "zoo": "benchmarks.bench_zoo",  # skipped without torch, torchvision and onnxruntime
     "gpu": "benchmarks.bench_gpu",  # skipped without a GPU, pycuda and torch
 }
 
 
 # Options passed on to the one suite that takes them.
-OPTIONS = {"--tune": "onnx", "--zoo": "torch", "--small": "decode"}
+OPTIONS = {"--tune": "onnx", "--zoo": "torch", "--small": "decode", "--all": "zoo"}
 
 
 def main(argv=None) -> int:

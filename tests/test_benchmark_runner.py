@@ -45,3 +45,28 @@ def test_the_decode_benchmark_counts_the_weights_a_token_streams():
     per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64  # q, o; k, v (2 heads of 16); the MLP; 2 norms
     floats = 2 * per_layer + 64 + 100 * 64 + 64  # the last norm, the LM head, one row of the embedding
     assert weight_bytes_per_token(model) == 4 * floats
+
+
+def test_the_zoo_benchmark_exports_attention_as_plain_ops():
+    """run.py zoo's export: nn.MultiheadAttention in eval mode (torch's fused fast path) still exports,
+    and minicomp imports and runs what it wrote."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+
+    import minicomp as mc
+    from benchmarks.bench_zoo import export
+
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(16, 2, batch_first=True).eval()
+
+    class SelfAttention(torch.nn.Module):
+        def forward(self, x):
+            return attention(x, x, x, need_weights=False)[0]
+
+    x = torch.randn(1, 5, 16)
+    data, exporter = export(SelfAttention().eval(), (x,))
+    assert exporter in ("dynamo", "torchscript")
+    (got,) = mc.compile(mc.from_onnx(onnx.load_from_string(data)))(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(got, SelfAttention()(x).numpy(), rtol=1e-4, atol=1e-5)
