@@ -373,7 +373,7 @@ class TableModel(CompiledModel):
         # Outputs the kernels write in the memory of the input they update (a cache): the caller's array.
         self._written_in_place = list(memory_plan.written_in_place.items())
         # Every output written by the kernels once, in order: the call returns the arrays as they are.
-        self._outputs_as_written = self._fresh == list(graph.outputs) and not graph.writes
+        self._outputs_as_written = self._fresh == list(graph.outputs) and not graph.writes and not graph.checks
         # The sizes of the symbolic dimensions at each call, in the slot the kernels read them from.
         self._dim_names = [name for name, _, _ in graph.dims()]
         self._dim_sizes = dim_sizes_array(self._dim_names)

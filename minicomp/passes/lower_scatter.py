@@ -30,7 +30,8 @@ from minicomp.passes.lower import Group, _Lowerer
 
 def writes_in_place(graph: Graph) -> dict[Node, Value]:
     """The ``index_copy`` nodes whose result is written back into the input they copy, where nothing
-    else reads that input (or returns it): each node -> the input."""
+    else reads that input (or returns it) and the positions and updates are not constants: each
+    node -> the input."""
     consumers = graph.consumers()
     found = {}
     for inp, value in graph.written_inputs():
@@ -38,6 +39,8 @@ def writes_in_place(graph: Graph) -> dict[Node, Value]:
         if node is None or node.op != "index_copy" or node.inputs[0] is not inp or inp in node.inputs[1:]:
             continue
         if consumers.get(inp) != [node] or inp in graph.outputs or graph.outputs.count(value) != 1:
+            continue
+        if any(v in graph.constants for v in node.inputs[1:]):  # (a fixed slot: computed, then copied in)
             continue
         found[node] = inp
     return found

@@ -118,6 +118,35 @@ def test_a_position_outside_the_cache_is_refused_and_nothing_is_written_outside(
     assert (cache[:, 3] == 1.0).all(), "the position inside was written"
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_positions_computed_in_the_graph_are_checked_too(target):
+    b = mc.GraphBuilder("computed")
+    cache = b.input("cache", (HEADS, LENGTH, DIM))
+    step = b.input("step", (1,), "int64")
+    keys = b.input("keys", (HEADS, 1, DIM))
+    b.output(b.index_copy(cache, step + 1, keys, axis=1))  # (no write: the new cache is returned)
+    model = mc.compile(b.build(), target=target)
+    cache = np.zeros((HEADS, LENGTH, DIM), np.float32)
+    keys = np.ones((HEADS, 1, DIM), np.float32)
+    (new,) = model(cache, np.array([LENGTH - 2]), keys)
+    assert (new[:, LENGTH - 1] == 1.0).all() and not cache.any()
+    with pytest.raises(RuntimeInputError, match=f"got {LENGTH}"):
+        model(cache, np.array([LENGTH - 1]), keys)
+
+
+@pytest.mark.parametrize("target", ["llvm", "c"])
+def test_a_fixed_slot_is_computed_and_copied_in(target):
+    b = mc.GraphBuilder("fixed")
+    cache = b.input("cache", (HEADS, LENGTH, DIM))
+    keys = b.input("keys", (HEADS, 1, DIM))
+    b.write(cache, b.index_copy(cache, b.constant(np.array([7])), keys, axis=1))
+    b.output(keys * 2.0)
+    model = mc.compile(b.build(), target=target)
+    cache = np.zeros((HEADS, LENGTH, DIM), np.float32)
+    model(cache, np.ones((HEADS, 1, DIM), np.float32))
+    assert (cache[:, 7] == 1.0).all() and cache.sum() == HEADS * DIM
+
+
 def test_one_compile_takes_any_number_of_steps():
     n = mc.Dim("n", 1, 16)
     model = mc.compile(cache_step(n))
