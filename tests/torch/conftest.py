@@ -18,3 +18,13 @@ def require_torch():
             raise
         pytest.skip("torch is not installed: pip install -e '.[torch]'", allow_module_level=True)
     return torch
+
+
+def require_transformers():
+    """transformers (importable beside the CPU torch: benchmarks/zoo.py); skips the calling test where
+    the [zoo] extra is missing."""
+    zoo = pytest.importorskip("benchmarks.zoo")
+    try:
+        return zoo.import_transformers()
+    except ImportError as exc:
+        pytest.skip(f"needs the [zoo] extra: {exc}")

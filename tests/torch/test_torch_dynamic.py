@@ -12,7 +12,7 @@ import pytest
 
 import minicomp as mc
 from minicomp.errors import MinicompError, RuntimeInputError
-from tests.torch.conftest import require_torch
+from tests.torch.conftest import require_torch, require_transformers
 
 torch = require_torch()
 Dim = torch.export.Dim
@@ -225,11 +225,7 @@ def test_dynamic_true_runs_a_graph_specialized_at_size_one_eagerly_once(caplog):
 def test_a_bert_base_layer_under_dynamic_true_compiles_once_for_lengths_1_to_512(attention, caplog):
     """transformers' BertLayer (BERT-base sizes, random weights) at lengths 1, 8, 33, 128, 200 and 512:
     one minicomp compile, and eager's results at each."""
-    zoo = pytest.importorskip("benchmarks.zoo")
-    try:
-        tf = zoo.import_transformers()
-    except ImportError as exc:
-        pytest.skip(f"needs the [zoo] extra: {exc}")
+    tf = require_transformers()
     from transformers.models.bert.modeling_bert import BertLayer
 
     caplog.set_level("INFO", logger="minicomp")

@@ -10,7 +10,7 @@ import pytest
 
 import minicomp as mc
 from minicomp.errors import RuntimeInputError
-from tests.torch.conftest import require_torch
+from tests.torch.conftest import require_torch, require_transformers
 
 torch = require_torch()
 
@@ -100,11 +100,7 @@ def test_transformers_generate_with_a_static_cache_runs_every_step_through_minic
     """transformers' documented recipe for torch.compile (a static cache, forward compiled): the decoding
     step's graph compiles once, the prompt's once for its first length and once more for every other
     length (dynamo makes it symbolic at the second), and the greedy tokens are eager's."""
-    zoo = pytest.importorskip("benchmarks.zoo")
-    try:
-        tf = zoo.import_transformers()
-    except ImportError as exc:
-        pytest.skip(f"needs the [zoo] extra: {exc}")
+    tf = require_transformers()
     caplog.set_level("INFO", logger="minicomp")
     torch.manual_seed(0)
     config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
