@@ -431,7 +431,7 @@ def _dim_names(ep, dynamic_shapes) -> dict:
 
 
 def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict | None = None,
-                          dim_names: dict | None = None) -> Graph:
+                          dim_names: dict | None = None, literal_outputs: dict | None = None) -> Graph:
     """Convert a core-ATen ``ExportedProgram`` to a Graph.
 
     ``constant_inputs`` maps user-input placeholder names to ``(name, tensor)``:
@@ -439,7 +439,9 @@ def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict |
     passes the module's parameters so). A program exported with dynamic
     shapes gets symbolic dimensions (``mc.Dim``) with the ranges torch
     recorded, named by ``dim_names`` (torch's symbol -> name) or after the
-    symbol (``s77``).
+    symbol (``s77``). ``literal_outputs``, a dict, takes the outputs that are
+    Python numbers (a window size a model returns beside its tensors), by
+    position among all outputs, where they would be refused.
     """
     _torch()
     from torch.export.graph_signature import InputKind, OutputKind
@@ -492,12 +494,14 @@ def from_exported_program(ep, name: str = "torch_model", constant_inputs: dict |
                 continue
             _convert_node(ctx, n)
         elif n.op == "output":
-            _set_outputs(ctx, n)
+            _set_outputs(ctx, n, literal_outputs)
     graph = builder.graph
-    inputs = {n.name: ctx.values[n].value for n in gm.graph.nodes if n.op == "placeholder" and n.name not in state}
+    inputs = {n.name: ctx.values[n].value for n in gm.graph.nodes
+              if n.op == "placeholder" and isinstance(ctx.values.get(n), Tensor)}
+    literals = sorted(literal_outputs or ())
     for k, spec in enumerate(sig.output_specs):
-        if spec.kind == OutputKind.USER_INPUT_MUTATION:
-            graph.writes[k] = graph.inputs.index(inputs[spec.target])
+        if spec.kind == OutputKind.USER_INPUT_MUTATION:  # (its place among the tensors: numbers are not outputs)
+            graph.writes[k - sum(1 for j in literals if j < k)] = graph.inputs.index(inputs[spec.target])
     return drop_unused_constants(builder.build())
 
 
@@ -663,12 +667,15 @@ def _check_against_torch(ctx: TorchContext, n, out) -> None:
                                 f"{dtype}{list(shape)} (inputs {_shapes_of(n)})")
 
 
-def _set_outputs(ctx: TorchContext, n) -> None:
+def _set_outputs(ctx: TorchContext, n, literal_outputs: dict | None = None) -> None:
     import torch.fx
 
     outs = []
     for k, a in enumerate(torch.fx.node.map_aggregate(n.args[0], lambda x: x)):
         v = ctx.values.get(a) if isinstance(a, torch.fx.Node) else a
+        if literal_outputs is not None and isinstance(v, (bool, int, float)):
+            literal_outputs[k] = v
+            continue
         if not isinstance(v, Tensor):
             raise UnsupportedError(f"output {k} of the module is {type(v).__name__}, not a tensor; "
                                    f"minicomp graphs return tensors")

@@ -236,12 +236,16 @@ class MinicompGraph:
         user = ep.graph_signature.user_inputs
         constants = {user[kept.index(i)]: (name, args[i]) for i, name in self.constant_slots.items()}
         try:
+            literals: dict = {}  # outputs that are numbers: given back as they are, beside the tensors
             graph = from_exported_program(ep, name="dynamo_graph", constant_inputs=constants,
-                                          dim_names=_dim_names(ep, spec) if spec else None)
+                                          dim_names=_dim_names(ep, spec) if spec else None, literal_outputs=literals)
         except MinicompError as exc:  # torch runs it, so it runs eagerly (with a warning) rather than fail
             raise _SizesNotKeptError(str(exc), self._symbols_named(ep, kept, str(exc))) from exc
         model = mc_compile(graph, **self.compile_options)
-        return model, ep.call_spec.out_spec, [i for i in kept if i not in self.constant_slots]
+        # The numbers' places among the outputs the caller gets (the program's updates of inputs come first).
+        returned = [k for k, s in enumerate(ep.graph_signature.output_specs) if s.kind.name == "USER_OUTPUT"]
+        numbers = {returned.index(k): v for k, v in literals.items() if k in returned}
+        return model, ep.call_spec.out_spec, [i for i in kept if i not in self.constant_slots], numbers
 
     def _symbols_named(self, ep, kept: list, message: str) -> frozenset:
         """Dynamo's symbols for the sizes a conversion error names: the exported program's symbols
@@ -280,7 +284,7 @@ class MinicompGraph:
             self.eager_first_call = False
             return self.gm.forward(*args)
         try:
-            model, out_spec, user_slots = self._model_for(list(args))
+            model, out_spec, user_slots, numbers = self._model_for(list(args))
         except UnsupportedError as exc:
             warnings.warn(f"minicomp runs this graph eagerly: {exc}", stacklevel=2)
             self.eager = True
@@ -293,7 +297,10 @@ class MinicompGraph:
         for i in model.graph.writes.values():  # an input the graph updates (a cache) was written into its array:
             if not tensors[i].is_contiguous():  # a copy, where torch's tensor is strided
                 tensors[i].copy_(from_numpy(arrays[i]))
-        outs = torch.utils._pytree.tree_unflatten([from_numpy(o) for o in results], out_spec)
+        flat = [from_numpy(o) for o in results]
+        for k in sorted(numbers):
+            flat.insert(k, numbers[k])
+        outs = torch.utils._pytree.tree_unflatten(flat, out_spec)
         return outs if self.symbolic is None else self.symbolic.outputs(outs, args)
 
 

@@ -302,7 +302,7 @@ def test_backend_passes_options_through():
     gm = torch.fx.symbolic_trace(nn.Sequential(nn.Linear(3, 2)))
     runner = minicomp_backend(gm, [torch.ones(4, 3)], options={"threads": 1, "target": "reference"})
     assert isinstance(runner, MinicompGraph)
-    model, _, _ = runner._model_for([torch.ones(4, 3)])
+    model = runner._model_for([torch.ones(4, 3)])[0]
     assert model.target.name == "reference"
     with torch.no_grad():
         torch.testing.assert_close(runner(torch.ones(4, 3)), gm(torch.ones(4, 3)))

@@ -145,3 +145,37 @@ def test_a_counter_advanced_by_a_symbolic_length_compiles_once(caplog):
     compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("compiled")]
     assert len(compiled) == 1 and "x_: f32[1, s" in compiled[0], compiled
     torch._dynamo.reset()
+
+
+FAMILIES = {  # (config, model, sizes): small causal LMs of the families transformers' recipe names
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {}),  # (its graph also returns a number)
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", None),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_other_causal_lm_families_generate_through_minicomp(family):
+    tf = require_transformers()
+    config_name, model_name, extra = FAMILIES[family]
+    if extra is None:
+        config = getattr(tf, config_name)(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=256)
+    else:
+        config = getattr(tf, config_name)(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                          max_position_embeddings=256, **extra)
+    torch.manual_seed(0)
+    model = getattr(tf, model_name)(config).eval()
+    prompt = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model.generate(prompt, max_new_tokens=10, do_sample=False, cache_implementation="static")
+    torch._dynamo.reset()
+    model.generation_config.cache_implementation = "static"
+    model.forward = torch.compile(model.forward, backend="minicomp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", message="minicomp runs this graph eagerly")
+        got = model.generate(prompt, max_new_tokens=10, do_sample=False)
+    assert got.tolist() == want.tolist()
+    torch._dynamo.reset()
