@@ -13,7 +13,9 @@ group, under these rules:
   shuffle) into a convolution's data input: copied once, in plain order;
 - other elementwise/broadcast/injective producers merge into any consumer
   group, except into a matmul/conv's own inputs (they would be recomputed for
-  every multiply-add);
+  every multiply-add); but casts of integer constants (int8 weights,
+  ``passes/quantize.py``) merge into a matmul's operand, each weight widened
+  as it is read;
 - reductions take elementwise prologues and epilogues and other reductions
   (so softmax and layer norm arrive decomposed and leave as one kernel), up
   to ``max_reductions`` per group;
