@@ -32,6 +32,9 @@ def export(model, args) -> tuple[bytes, str]:
     layers export as their plain ops: torch's fused fast path for inference (``nn.MultiheadAttention``
     in eval mode) is one ATen op that ONNX has no counterpart for."""
     torch = torch_module()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if weights >= 2 << 30:  # (protobuf's limit: ONNX keeps such weights in a file beside the model)
+        raise ValueError(f"{weights / 2**30:.1f} GiB of weights, past what one ONNX protobuf holds; not timed")
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
         dynamo = True
