@@ -37,14 +37,25 @@ def test_an_option_goes_only_to_its_suite():
 
 
 def test_the_decode_benchmark_counts_the_weights_a_token_streams():
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from benchmarks.bench_decode import DecodeSetup, llama, weight_bytes_per_token
+    torch = pytest.importorskip("torch")
+    from benchmarks.bench_decode import int8_weight_bytes_per_token, weight_bytes_per_token
 
-    model = llama(DecodeSetup(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=100))
-    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64  # q, o; k, v (2 heads of 16); the MLP; 2 norms
-    floats = 2 * per_layer + 64 + 100 * 64 + 64  # the last norm, the LM head, one row of the embedding
+    class LanguageModel(torch.nn.Module):  # (what the count reads of a transformers model)
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(100, 64)
+            self.layer = torch.nn.Linear(64, 128, bias=False)  # 8,192 weights: stored as int8
+            self.small = torch.nn.Linear(64, 32, bias=False)  # 2,048: kept in float32
+            self.norm = torch.nn.LayerNorm(64, bias=False)
+            self.head = torch.nn.Linear(64, 100, bias=False)  # 6,400: int8
+
+        def get_input_embeddings(self):
+            return self.embed
+
+    model = LanguageModel()
+    floats = 64 * 128 + 64 * 32 + 64 + 64 * 100 + 64  # the layers, the norm, the head, one embedding row
     assert weight_bytes_per_token(model) == 4 * floats
+    assert int8_weight_bytes_per_token(model) == 4 * floats - 3 * (64 * 128 + 64 * 100) + 4 * (128 + 100)
 
 
 def test_the_zoo_benchmark_exports_attention_as_plain_ops():
