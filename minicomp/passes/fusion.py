@@ -39,6 +39,7 @@ Every edge that stays a group boundary records why, for
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass, field
 
@@ -461,6 +462,10 @@ def fuse_pass(program, ctx):
     """Group nodes into kernels (options: ctx.options['fusion'])."""
     options = ctx.options.get("fusion")
     if isinstance(options, dict):
+        known = [f.name for f in dataclasses.fields(FusionOptions)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise MinicompError(f"unknown fusion option(s) {', '.join(unknown)}; known: {', '.join(known)}")
         options = FusionOptions(**options)
     options = options or FusionOptions()
     result = fuse_graph(program.graph, options)

@@ -188,3 +188,10 @@ def test_sibling_matmuls_of_different_widths_fuse_side_by_side():
     xs = rng.standard_normal((8, 64)).astype(np.float32)
     for got, want in zip(model(xs), mc.run_reference(graph, xs)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_fusion_option_is_named():
+    b = mc.GraphBuilder()
+    b.output(b.relu(b.input("x", (2,))))
+    with pytest.raises(mc.MinicompError, match="unknown fusion option.*enabled; known: max_group_nodes"):
+        mc.compile(b.build(), fusion={"enabled": False})
