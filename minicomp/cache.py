@@ -152,3 +152,20 @@ def clear() -> None:
     """Remove every entry."""
     if root().exists():
         shutil.rmtree(root())
+
+
+_compiler_digest: str | None = None
+
+
+def compiler_digest() -> str:
+    """A hash of minicomp's own source (every module of the package): an entry that depends on all of
+    the compiler, a whole compiled model, is never used by a compiler that changed since it was made."""
+    global _compiler_digest
+    if _compiler_digest is None:
+        package = Path(__file__).parent
+        h = hashlib.sha256()
+        for path in sorted(package.rglob("*.py")):
+            h.update(str(path.relative_to(package)).encode() + b"\0")
+            h.update(path.read_bytes())
+        _compiler_digest = h.hexdigest()
+    return _compiler_digest

@@ -398,6 +398,9 @@ def cmd_compile(args) -> int:
         total = time.perf_counter() - args.started
         sys.stdout.write(format_timings([("load model", args.loaded)] + timings) +
                          f"\n{'wall time of the command':<36} {total * 1e3:9.3f} ms\n")
+        if model is not None and model.from_the_model_cache:
+            print("the whole model came from the compile cache, so no pass ran: `minicomp cache --clear` (or "
+                  "MINICOMP_CACHE=0) to time them")
     if args.graph_png:
         from minicomp.viz import render_graph
 
@@ -501,7 +504,10 @@ def cmd_cache(args) -> int:
     from minicomp import cache
 
     entries, size = cache.usage()
-    print(f"compile cache: {cache.root()} ({count(entries, 'file')}, {size / 2**20:.1f} MiB)"
+    models = list((cache.root() / "models").glob("*.model")) if cache.root().exists() else []
+    model_bytes = sum(p.stat().st_size for p in models)
+    print(f"compile cache: {cache.root()} ({count(entries, 'file')}, {size / 2**20:.1f} MiB; "
+          f"{count(len(models), 'whole model')}, {model_bytes / 2**20:.1f} MiB)"
           f"{'' if cache.enabled() else '; off (MINICOMP_CACHE=0)'}")
     if args.clear:
         cache.clear()

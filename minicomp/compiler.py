@@ -96,10 +96,18 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     started = time.perf_counter()
     if isinstance(opt_level, bool) or opt_level not in (0, 1, 2, 3):
         raise MinicompError(f"opt_level must be 0, 1, 2 or 3 (LLVM's optimization levels), got {opt_level!r}")
-    program, stages, backend, tgt, pm = _run_passes(
-        graph, target, num_threads=num_threads, pipeline=pipeline, fusion=fusion, schedules=schedules,
-        device=device, memory=memory, memory_budget=memory_budget, cache=cache, tune=tune, quantize=quantize,
-        progress=progress, print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
+    options = dict(num_threads=num_threads, pipeline=pipeline, fusion=fusion, schedules=schedules, device=device,
+                   memory=memory, memory_budget=memory_budget, cache=cache, tune=tune, quantize=quantize,
+                   progress=progress)
+    instruments = dict(print_before=print_before, print_after=print_after, dump_dir=dump_dir, verify=verify)
+    job = _prepare(graph, target, **options)
+    key = _whole_model_key(job, opt_level) if not (print_before or print_after or dump_dir) else None
+    if key is not None:
+        model = job.backend.find_model(key)
+        if model is not None:
+            return _from_the_cache(model, job, graph, target, options, opt_level, started)
+    program, stages, pm = _run_pipeline(job, **instruments)
+    backend, tgt = job.backend, job.target
     if progress is not None:
         progress(f"code generation ({backend.name}, {count(len(program.kernels or []), 'kernel')})")
     t0 = time.perf_counter()
@@ -109,11 +117,79 @@ def compile(graph: Graph, target="llvm", *, num_threads: int | None = None, opt_
     build_timings = list(getattr(executable, "timings", []))
     rest = time.perf_counter() - t0 - sum(t for _, t in build_timings)
     model.pass_timings = pm.timings + build_timings + [(f"build: {backend.name} (other)", rest)]
+    if key is not None:
+        t_keep = time.perf_counter()
+        backend.keep_model(key, model)
+        model.pass_timings.append(("keep the whole model in the cache", time.perf_counter() - t_keep))
     ins = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
     code = (f"{count(len(program.kernels), 'kernel')}, compile cache {'hit' if model.cache_hit else 'miss'}"
             if backend.runs_kernels else "no native code")
     log.info("compiled %s(%s) for %s in %.3f s (%s)", graph.name, ins, tgt.name, time.perf_counter() - started,
              code)
+    return model
+
+
+def _whole_model_key(job, opt_level: int) -> str | None:
+    """The key of the whole compiled model in the cache (``backends/llvm_model_cache.py``): the input graph
+    as text (its weights by digest), the target, every option that shapes the code, and the compiler's own
+    source; None where the model is not kept whole (no such cache for the backend, or the cache is off)."""
+    from minicomp import cache as disk
+    from minicomp.ir.ops import user_ops
+    from minicomp.passes.manager import user_passes
+
+    if job.backend.find_model is None or not job.options.get("cache") or not disk.enabled():
+        return None
+    if {n.op for n in job.graph.nodes} & user_ops() or set(job.passes) & user_passes():
+        return None  # their code is not minicomp's: the key cannot say that it changed
+    settings = {k: v for k, v in job.options.items() if k not in ("tuner", "cache")}
+    if settings.get("tune"):
+        settings["tune"] = {k: v for k, v in settings["tune"].items() if k != "progress"}
+    return disk.key("whole model", job.stages["input"], repr(job.target), _stable_repr(settings),
+                    repr(job.passes), opt_level, disk.compiler_digest())
+
+
+def _stable_repr(x) -> str:
+    """``repr(x)`` with dicts and sets in sorted order: the same text in every process (a set's order
+    follows string hashing, which changes from process to process)."""
+    if isinstance(x, dict):
+        items = sorted(x.items(), key=lambda kv: repr(kv[0]))
+        return "{" + ", ".join(f"{k!r}: {_stable_repr(v)}" for k, v in items) + "}"
+    if isinstance(x, (set, frozenset)):
+        return "{" + ", ".join(sorted(_stable_repr(v) for v in x)) + "}"
+    if isinstance(x, (list, tuple)):
+        return type(x).__name__ + "(" + ", ".join(_stable_repr(v) for v in x) + ")"
+    return repr(x)
+
+
+def _from_the_cache(model, job, graph, target, options, opt_level, started):
+    """A model the whole-model cache gave: its stages, graph, kernels, fusion and tunings are made by running
+    the passes again when first read (the graph is kept for that)."""
+    import time
+
+    made = {}
+
+    def compiled_again() -> dict:
+        if not made:
+            again = dict(options, cache=True)
+            program, stages, pm = _run_pipeline(_prepare(graph, target, **again))
+            job.backend.build(program, stages, opt_level)
+            made.update(program=program, stages=stages)
+        return made
+
+    def details(m) -> None:
+        program = compiled_again()["program"]
+        m.graph, m.kernels, m.memory_plan = program.graph, program.kernels, program.memory_plan
+        m.fusion, m.tunings = program.fusion_result, program.tunings
+
+    model.target, model.from_the_model_cache = job.target, True
+    model.stages = job.stages
+    model.stages.more_on_read(lambda: compiled_again()["stages"])
+    model.make_details_on_read(details)
+    model.pass_timings = [("verify and print the input", job.seconds),
+                          ("load the whole model from the cache", time.perf_counter() - started - job.seconds)]
+    ins = ", ".join(f"{v.name}: {v.type}" for v in graph.inputs)
+    log.info("compiled %s(%s) for %s in %.3f s (the whole model from the compile cache)", graph.name, ins,
+             job.target.name, time.perf_counter() - started)
     return model
 
 
@@ -181,16 +257,26 @@ def _with_quantize(names: list[str], quantize) -> list[str]:
     return names[:at] + ["quantize_weights"] + names[at:]
 
 
-def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, schedules=None, device=None,
-                memory=None, memory_budget=None, cache=True, tune=False, quantize=None, progress=None,
-                print_before=(), print_after=(), dump_dir=None, verify=True):
-    """Check the inputs and run the target's pipeline; returns (program,
-    stages, backend, target, pass manager) ready for code generation."""
+@dataclasses.dataclass
+class _Job:
+    """A compile, checked and ready for its passes."""
+
+    graph: Graph
+    target: Target
+    backend: object
+    stages: Stages
+    options: dict  # CompileOptions fields
+    passes: list[str]
+    progress: object
+    seconds: float  # checking the graph and printing it
+
+
+def _prepare(graph, target, *, num_threads=None, pipeline=None, fusion=None, schedules=None, device=None,
+             memory=None, memory_budget=None, cache=True, tune=False, quantize=None, progress=None) -> _Job:
+    """Check the inputs, find the target and its backend, and print the input graph."""
     import time
 
     from minicomp.backends.registry import backend_names, get_backend
-    from minicomp.passes.fusion import print_fused_graph
-    from minicomp.passes.manager import CompileOptions, PassManager, Program
 
     t_start = time.perf_counter()
     if not isinstance(graph, Graph):
@@ -222,11 +308,32 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
                "schedule_kind": backend.schedule, "native_numerics": frozenset(backend.numerics)}
     if backend.prepare is not None:
         options.update(backend.prepare(tgt, stages) or {})
-    pm = PassManager(_with_quantize(_pipeline(pipeline, backend), quantize), print_before=print_before,
-                     print_after=print_after, dump_dir=dump_dir, verify=verify, options=CompileOptions(**options),
-                     progress=progress)
+    passes = _with_quantize(_pipeline(pipeline, backend), quantize)
+    return _Job(graph, tgt, backend, stages, options, passes, progress, time.perf_counter() - t_start)
+
+
+def _run_passes(graph, target, *, print_before=(), print_after=(), dump_dir=None, verify=True, **options):
+    """Check the inputs and run the target's pipeline; returns (program,
+    stages, backend, target, pass manager) ready for code generation."""
+    job = _prepare(graph, target, **options)
+    program, stages, pm = _run_pipeline(job, print_before=print_before, print_after=print_after,
+                                        dump_dir=dump_dir, verify=verify)
+    return program, stages, job.backend, job.target, pm
+
+
+def _run_pipeline(job: _Job, print_before=(), print_after=(), dump_dir=None, verify=True):
+    """Run the job's passes; returns (program, stages, pass manager)."""
+    import time
+
+    from minicomp.passes.fusion import print_fused_graph
+    from minicomp.passes.manager import CompileOptions, PassManager, Program
+
+    t_start = time.perf_counter()
+    graph, stages, backend = job.graph, job.stages, job.backend
+    pm = PassManager(job.passes, print_before=print_before, print_after=print_after, dump_dir=dump_dir,
+                     verify=verify, options=CompileOptions(**job.options), progress=job.progress)
     t_passes = time.perf_counter()
-    program = pm.run(Program(graph, tgt))
+    program = pm.run(Program(graph, job.target))
     t_after = time.perf_counter()
     if backend.runs_kernels:
         done, groups = program.graph, program.groups
@@ -239,6 +346,6 @@ def _run_passes(graph, target, *, num_threads=None, pipeline=None, fusion=None, 
         stages.set("memory", str(program.memory_plan))
     else:
         stages.set("graph", print_graph(program.graph))
-    pm.timings.insert(0, ("verify and print the input", t_passes - t_start))
+    pm.timings.insert(0, ("verify and print the input", job.seconds + t_passes - t_start))
     pm.timings.append(("print the stages", time.perf_counter() - t_after))
-    return program, stages, backend, tgt, pm
+    return program, stages, pm

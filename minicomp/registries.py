@@ -20,6 +20,12 @@ from collections.abc import Callable, Hashable, Iterator
 from minicomp.errors import MinicompError
 
 
+def _ours(fn) -> bool:
+    """Whether ``fn`` (a function, or a functools.partial of one) is defined in minicomp."""
+    module = getattr(fn, "__module__", None) or getattr(getattr(fn, "func", None), "__module__", None) or ""
+    return module == "minicomp" or module.startswith("minicomp.")
+
+
 class LazyRegistry:
     """Entries by key, with built-ins imported by ``load_builtins`` on first use."""
 
@@ -76,6 +82,12 @@ class LazyRegistry:
                     self._replaced.add(key)
 
     # -- reading --------------------------------------------------------------
+
+    def foreign_keys(self, functions: Callable) -> set:
+        """The keys whose entry runs code from outside minicomp (a user's): ``functions(entry)`` lists the
+        functions an entry calls, each judged by the module that defines it."""
+        return {key for key, value in self.as_dict().items()
+                if not all(_ours(f) for f in functions(value) if f is not None)}
 
     def get(self, key: Hashable, default=None):
         """The entry under ``key`` (built-ins loaded first), or ``default``."""

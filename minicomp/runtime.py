@@ -300,11 +300,47 @@ class TableLayout:
 
 # -- the models ---------------------------------------------------------------------------
 
+class _MadeOnRead:
+    """An attribute of a model that a model from the whole-model cache makes when it is first read, by
+    running the passes again (:meth:`CompiledModel.make_details_on_read`): its graph, kernels, fusion
+    decisions, tunings and full memory plan are the compiler's working state, which the cache does not
+    keep."""
+
+    def __set_name__(self, owner, name):
+        self.key = "_" + name
+
+    def __get__(self, model, owner=None):
+        if model is None:
+            return self
+        if self.key not in model.__dict__ and model.__dict__.get("_make_details") is not None:
+            make, model._make_details = model._make_details, None
+            make(model)
+        try:
+            return model.__dict__[self.key]
+        except KeyError:
+            raise AttributeError(self.key[1:]) from None
+
+    def __set__(self, model, value):
+        model.__dict__[self.key] = value
+
+
 class CompiledModel:
-    """A compiled graph: ``model(x)``, ``model(x=...)``; what every target's model has (module docs)."""
+    """A compiled graph: ``model(x)``, ``model(x=...)``; what every target's model has (module docs).
+
+    ``signature`` is the graph a call binds: its inputs, outputs, constants, writes and checks; ``graph``
+    is the compiled graph (the same, except in a model from the whole-model cache or a file, whose
+    ``signature`` holds no nodes)."""
+
+    graph = _MadeOnRead()
+    kernels = _MadeOnRead()
+    fusion = _MadeOnRead()
+    tunings = _MadeOnRead()
+    memory_plan = _MadeOnRead()
 
     def __init__(self, graph: Graph, target, stages, memory_plan: MemoryPlan | None = None, kernels=None):
-        self.graph = graph
+        self.graph = self.signature = graph
+        self._make_details = None
+        self.from_the_model_cache = False  # the whole model came from the compile cache: no pass ran
         self.target = target
         self.stages = stages
         self.memory_plan = memory_plan
@@ -315,9 +351,16 @@ class CompiledModel:
         self.num_threads = getattr(target, "num_threads", 1) or 1
         _LIVE_MODELS.add(self)
 
+    def make_details_on_read(self, make) -> None:
+        """Forget the graph, kernels, fusion, tunings and memory plan, and have ``make(self)`` set them again
+        when one of them is first read (a model from the whole-model cache: ``compiler.py``)."""
+        for name in ("graph", "kernels", "fusion", "tunings", "memory_plan"):
+            self.__dict__.pop("_" + name, None)
+        self._make_details = make
+
     @property
     def input_names(self) -> list[str]:
-        return [v.name for v in self.graph.inputs]
+        return [v.name for v in self.signature.inputs]
 
     @property
     def cache_hit(self) -> bool:
@@ -354,8 +397,8 @@ class CompiledModel:
         return count(len(self.kernels), "kernel")
 
     def __repr__(self) -> str:
-        ins = ", ".join(f"{v.name}: {v.type}" for v in self.graph.inputs)
-        return f"<CompiledModel {self.graph.name}({ins}) target={self._target_name()}, {self._code_summary()}>"
+        ins = ", ".join(f"{v.name}: {v.type}" for v in self.signature.inputs)
+        return f"<CompiledModel {self.signature.name}({ins}) target={self._target_name()}, {self._code_summary()}>"
 
 
 class TableModel(CompiledModel):
@@ -393,7 +436,7 @@ class TableModel(CompiledModel):
         ctypes.c_int32.from_address(self._threads_addr).value = 1 if _IN_FORKED_CHILD else n
 
     def _check_inputs(self, args, kwargs, sizes: dict | None = None) -> dict[Value, np.ndarray]:
-        env = bind_inputs(self.graph, args, kwargs, sizes=sizes)
+        env = bind_inputs(self.signature, args, kwargs, sizes=sizes)
         for v, a in env.items():
             if not a.flags.c_contiguous or not a.flags.aligned:
                 raise RuntimeInputError(
@@ -410,7 +453,7 @@ class TableModel(CompiledModel):
             self._main(ctypes.addressof(self._table))
         if self._outputs_as_written:
             return list(outs.values())
-        return write_back(self.graph, env, collect_outputs(self.graph, env, outs))
+        return write_back(self.signature, env, collect_outputs(self.signature, env, outs))
 
     def _bind(self, env: dict, sizes: dict) -> dict:
         """Bind a call's inputs, its new outputs and the ``sizes`` of its symbolic dimensions (under the lock)."""

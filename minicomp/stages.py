@@ -23,6 +23,18 @@ class Stages(Mapping):
 
     def __init__(self, **texts: str):
         self._entries: dict = dict(texts)
+        self._more = None
+
+    def more_on_read(self, make) -> None:
+        """Have ``make()`` (a Stages) give the stages not here yet, when one of them, or the list of
+        stages, is first read (a model from the whole-model cache makes them by compiling again)."""
+        self._more = make
+
+    def _fill(self) -> None:
+        if self._more is not None:
+            make, self._more = self._more, None
+            for key, value in make()._entries.items():
+                self._entries.setdefault(key, value)
 
     def set(self, key: str, text: str) -> None:
         self._entries[key] = text
@@ -37,17 +49,21 @@ class Stages(Mapping):
         self.defer(key, lambda: zlib.decompress(data).decode())
 
     def __getitem__(self, key: str) -> str:
+        if key not in self._entries:
+            self._fill()
         value = self._entries[key]
         return value.make() if isinstance(value, _Deferred) else value
 
     def __iter__(self) -> Iterator[str]:
+        self._fill()
         return iter(self._entries)
 
     def __len__(self) -> int:
+        self._fill()
         return len(self._entries)
 
     def __repr__(self) -> str:
-        return f"Stages({', '.join(self._entries)})"
+        return f"Stages({', '.join(self)})"
 
     def copy(self) -> dict:
         """Every stage's text in a plain dict."""

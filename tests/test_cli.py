@@ -166,11 +166,16 @@ def test_profile_prints_every_kernel(model_file, capsys):
     assert "1 kernel," in out and "%" in out
 
 
-def test_time_passes_covers_code_generation_and_the_wall_time(model_file, capsys):
+def test_time_passes_covers_code_generation_and_the_wall_time(model_file, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINICOMP_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["compile", str(model_file), "--time-passes"]) == 0
     out = capsys.readouterr().out
     for needle in ("load model", "simplify", "build: emit LLVM IR", "build: LLVM", "total", "wall time"):
         assert needle in out
+    assert main(["compile", str(model_file), "--time-passes"]) == 0  # the second: the whole model is kept
+    out = capsys.readouterr().out
+    assert "load the whole model from the cache" in out and "simplify" not in out
+    assert "no pass ran: `minicomp cache --clear`" in out
 
 
 def test_emit_of_a_pass_stage_stops_before_code_generation(model_file, capsys, monkeypatch):

@@ -50,6 +50,22 @@ def test_a_scalar_constant_stays_a_scalar(tmp_path):
     np.testing.assert_array_equal(mc.load(str(tmp_path / "scaled.mcm"))(x)[0], model(x)[0])
 
 
+def test_an_output_listed_twice_stays_one_value(tmp_path):
+    # The load made a second value for the second listing, which no buffer held: the call failed.
+    g = mc.GraphBuilder("twice")
+    y = g.exp(g.input("x", (3,)))
+    g.output(y)
+    g.output(g.sum(y, axes=[0]))
+    g.output(y)
+    model = mc.compile(g.build(), cache=False)
+    model.save(str(tmp_path / "twice.mcm"))
+    x = np.array([0.0, 1.0, 2.0], np.float32)
+    loaded = mc.load(str(tmp_path / "twice.mcm"))
+    assert loaded.signature.outputs[0] is loaded.signature.outputs[2]
+    for got, want in zip(loaded(x), model(x)):
+        np.testing.assert_array_equal(got, want)
+
+
 def rewrite_members(src, dst, edit):
     """Copy a saved model, ``edit(name, data) -> data`` applied to each member, its digests made again
     (as someone who edits a file on purpose would): what is left to catch it is the checks on load."""

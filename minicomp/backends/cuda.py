@@ -107,14 +107,14 @@ class CudaModel(CompiledModel):
     def __call__(self, *args, **kwargs):
         """Run on numpy arrays (or, on a GPU, pycuda GPUArrays: then outputs stay on the device)."""
         sizes: dict = {}
-        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu", sizes=sizes)
+        env = bind_inputs(self.signature, args, kwargs, device_arrays=self.device_name == "gpu", sizes=sizes)
         with self._lock:
-            return write_back(self.graph, env, self.device.run(env, sizes))
+            return write_back(self.signature, env, self.device.run(env, sizes))
 
     def profile(self, *args, repeat: int = 10, **kwargs) -> list[tuple[str, float]]:
         """Time each launch alone: ``[(function, seconds per launch)]`` (CUDA events on a GPU)."""
         sizes: dict = {}
-        env = bind_inputs(self.graph, args, kwargs, device_arrays=self.device_name == "gpu", sizes=sizes)
+        env = bind_inputs(self.signature, args, kwargs, device_arrays=self.device_name == "gpu", sizes=sizes)
         with self._lock:
             return self.device.profile(env, repeat, sizes)
 

@@ -88,7 +88,8 @@ class JitModule:
     IR text, the CPU, its features, the optimization level and the LLVM
     version (``minicomp/cache.py``): the same module compiled again, in this
     process or another, skips LLVM's optimization and code generation.
-    ``cache_hit`` says whether it did.
+    ``cache_hit`` says whether it did; ``cache_entry`` names its entry there
+    (``.o``, ``.ll.z``), None when it has none.
     """
 
     def __init__(self, ir_text: str, opt_level: int = 3, cpu: str = "", features: str = "",
@@ -105,6 +106,7 @@ class JitModule:
         self.target_machine = target.create_target_machine(cpu=cpu, features=features, opt=opt_level,
                                                            jit=True)
         self.cache_hit = False
+        self.cache_entry = None
         self._module = None
         cache = cache and disk.enabled()
         name = native.code_key(ir_text, cpu, features, opt_level) if cache else ""
@@ -117,12 +119,12 @@ class JitModule:
                 self.optimized_ir = optimized
                 self.cache_hit = True
                 self.object_code = obj
+                self.cache_entry = name
                 return
             # a damaged entry: compile again (and overwrite it)
         if self._compile_in_helper(ir_text, opt_level):
-            if cache:
-                disk.write("llvm", name + ".o", self.object_code)
-                disk.write("llvm", name + ".ll.z", disk.compress_text(self.optimized_ir))
+            if cache and self._store(name):
+                self.cache_entry = name
             return
         try:
             mod = llvm.parse_assembly(ir_text)
@@ -138,9 +140,15 @@ class JitModule:
             self.engine.finalize_object()
         self._module = mod
         self.object_code = objects[0] if len(objects) == 1 else None
-        if cache and len(objects) == 1:
-            disk.write("llvm", name + ".o", objects[0])
-            disk.write("llvm", name + ".ll.z", disk.compress_text(self.optimized_ir))
+        if cache and len(objects) == 1 and self._store(name):
+            self.cache_entry = name
+
+    def _store(self, name: str) -> bool:
+        """Keep the machine code and the optimized IR in the compile cache as entry ``name``."""
+        from minicomp import cache as disk
+
+        return all([disk.write("llvm", name + ".o", self.object_code),
+                    disk.write("llvm", name + ".ll.z", disk.compress_text(self.optimized_ir))])
 
     @classmethod
     def from_object(cls, obj: bytes, optimized_ir: str, cpu: str, features: str, opt_level: int = 3) -> JitModule:
@@ -151,7 +159,7 @@ class JitModule:
         self.target_machine = llvm.Target.from_default_triple().create_target_machine(
             cpu=cpu, features=features, opt=opt_level, jit=True)
         self._module, self.cache_hit, self.optimized_ir, self.object_code = None, False, optimized_ir, obj
-        self.cpu, self.features = cpu, features
+        self.cpu, self.features, self.cache_entry = cpu, features, None
         if not self._load_object(obj):
             raise CompileError("the saved machine code could not be loaded")
         return self
@@ -354,6 +362,19 @@ def _tune(kernels, target, threads, constants, settings, use_cache, chains=None)
     return tune_for_backend(kernels, target, threads, constants, settings, use_cache, chains)
 
 
+def _find_model(key: str):
+    """A model from the whole-model cache (``llvm_model_cache.py``), or None."""
+    from minicomp.backends.llvm_model_cache import find
+
+    return find(key)
+
+
+def _keep_model(key: str, model) -> None:
+    from minicomp.backends.llvm_model_cache import keep
+
+    keep(key, model)
+
+
 def prepare_llvm(target, stages) -> dict:
     """Before the passes: the host check, and the threads the schedule plans for."""
     check_runs_here(target)
@@ -398,4 +419,5 @@ register_backend(Backend("llvm", "LLVM IR, JIT-compiled for a CPU by llvmlite",
                                                    "elsewhere (llvm_codegen.float_extremum)",
                                    "saturating_cast": "llvm.fptosi.sat / llvm.fptoui.sat"},
                          emits=("llvm", "llvm-opt", "asm"), aliases=tuple(CPUS), make_target=make_llvm_target,
-                         model=make_llvm_model, tune=_tune, symbolic=True))
+                         model=make_llvm_model, tune=_tune, symbolic=True, find_model=_find_model,
+                         keep_model=_keep_model))

@@ -71,10 +71,13 @@ class NativeModule:
     IR and the object code for ``save``/``export_library``), without LLVM.
 
     The optimized IR and the object code are read (from the cache or memory)
-    only when asked for."""
+    only when asked for. ``cache_entry``: the name of its entry in the compile
+    cache (``.so``, ``.pic.o``, ``.ll.z``), or None when it is not there."""
 
-    def __init__(self, library: bytes, cpu: str, features: str, cache_hit: bool, read_ir, read_object):
+    def __init__(self, library: bytes, cpu: str, features: str, cache_hit: bool, read_ir, read_object,
+                 cache_entry: str | None = None):
         self.cpu, self.features, self.cache_hit = cpu, features, cache_hit
+        self.cache_entry = cache_entry
         self._read_ir, self._read_object = read_ir, read_object
         self._ir: str | None = None
         with tempfile.NamedTemporaryFile(suffix=".so", prefix="minicomp-") as f:
@@ -138,7 +141,7 @@ def load_cached(name: str, cpu: str, features: str) -> NativeModule | None:
         return None
     try:
         return NativeModule(library, cpu, features, True, lambda: disk.read("llvm", name + ".ll.z"),
-                            lambda: disk.read("llvm", name + ".pic.o"))
+                            lambda: disk.read("llvm", name + ".pic.o"), name)
     except CompileError:
         return None  # damaged or built for another system: compile again
 
@@ -289,5 +292,5 @@ def compile_in_worker(ir_text: str, cpu: str, features: str, opt_level: int, nam
     if stored:  # read the object code and the optimized IR back from the cache when asked, as a cache hit does
         files.clear()
         return NativeModule(library_bytes, cpu, features, False, lambda: disk.read("llvm", name + ".ll.z"),
-                             lambda: disk.read("llvm", name + ".pic.o"))
+                             lambda: disk.read("llvm", name + ".pic.o"), name)
     return NativeModule(library_bytes, cpu, features, False, lambda: files[".ll.z"], lambda: files[".pic.o"])

@@ -53,18 +53,16 @@ def _signature(values) -> list[dict]:
             for v in values]
 
 
-def save_model(model, path: str) -> None:
-    """Write ``model`` (compiled for a CPU) to ``path``."""
+def describe(model) -> dict:
+    """What a compiled model is apart from its machine code and constants' values: the versions and CPU it
+    was made for, its signature, table slots, memory plan and kernel calls (``meta.json`` of a saved model,
+    and of a whole-model cache entry, ``backends/llvm_model_cache.py``)."""
     from minicomp import __version__
 
     jit, layout = model.native, model.layout
-    if getattr(jit, "object_code", None) is None:
-        raise MinicompError("this model's machine code was not kept (compile it again to save it)")
-    import llvmlite.binding as llvm
-
-    graph, slots = model.graph, layout.slots
-    meta = {
-        "format": FORMAT, "minicomp": __version__, "llvm": list(llvm.llvm_version_info),
+    graph, slots = model.signature, layout.slots
+    return {
+        "format": FORMAT, "minicomp": __version__,
         "cpu": jit.cpu, "features": jit.features, "name": graph.name,
         "inputs": [dict(s, slot=slots[v]) for s, v in zip(_signature(graph.inputs), graph.inputs)],
         "outputs": [dict(s, slot=slots[v]) for s, v in zip(_signature(graph.outputs), graph.outputs)],
@@ -81,6 +79,16 @@ def save_model(model, path: str) -> None:
         # Outputs checked at each call: [output position, low, high, message].
         "checks": [[o, *check] for o, check in sorted(graph.checks.items())],
     }
+
+
+def save_model(model, path: str) -> None:
+    """Write ``model`` (compiled for a CPU) to ``path``."""
+    jit, graph = model.native, model.signature
+    if getattr(jit, "object_code", None) is None:
+        raise MinicompError("this model's machine code was not kept (compile it again to save it)")
+    import llvmlite.binding as llvm
+
+    meta = dict(describe(model), llvm=list(llvm.llvm_version_info))
     members = {"meta.json": json.dumps(meta, indent=1).encode(), "code.o": jit.object_code,
                "optimized.ll": jit.optimized_ir.encode()}
     for c in meta["constants"]:
@@ -110,11 +118,7 @@ def load_model(path: str):
     for (``@mc_slot_bytes``), and every failure is a MinicompError. Loading
     still runs the file's machine code: load only files you trust."""
     from minicomp import __version__
-    from minicomp.backends.llvm import JitModule, LLVMModel, host_cpu
-    from minicomp.ir.graph import Graph, TensorType, Value
-    from minicomp.passes.memory import MemoryPlan
-    from minicomp.runtime import KernelCall, TableLayout
-    from minicomp.target import Target
+    from minicomp.backends.llvm import JitModule, host_cpu
 
     members = _read_members(path)
     try:
@@ -126,13 +130,37 @@ def load_model(path: str):
         raise MinicompError(f"{path} was saved by minicomp {got.get('minicomp')} (format {got.get('format')}); "
                             f"this is minicomp {__version__} (format {FORMAT}): compile the model again")
     _check_digests(members, path)
-    _check_meta(meta, members, path)
+    check_meta(meta, path)
+    for s in meta["constants"]:
+        if f"const/{s['slot']}.npy" not in members:
+            raise MinicompError(f"{path} is damaged: constant {s['name']} has no member const/{s['slot']}.npy")
+    if not {"code.o", "optimized.ll"} <= set(members):
+        raise MinicompError(f"{path} is damaged: the machine code (code.o) or its IR (optimized.ll) is missing")
     _, host_features = host_cpu()
     have = set(host_features.split(","))
     missing = [f[1:] for f in meta["features"].split(",") if f.startswith("+") and f not in have]
     if missing:
         raise MinicompError(f"{path} holds code for CPU {meta['cpu']}, which needs {', '.join(missing[:6])}"
                             f"{'...' if len(missing) > 6 else ''}; this machine lacks them: compile it here")
+
+    try:
+        optimized = members["optimized.ll"].decode()
+    except UnicodeDecodeError:
+        raise MinicompError(f"{path}: optimized.ll is not text") from None
+    jit = JitModule.from_object(members["code.o"], optimized, meta["cpu"], meta["features"])
+    model = rebuild(meta, lambda desc, value: _constant(members, desc, value, path), jit, path)
+    model.loaded_from = path
+    return model
+
+
+def rebuild(meta: dict, constant, jit, path: str):
+    """The model that ``meta`` (checked by :func:`check_meta`) describes, running the machine code ``jit``
+    once it matched the description; ``constant(desc, value)`` gives each constant's array."""
+    from minicomp.backends.llvm import LLVMModel
+    from minicomp.ir.graph import Graph, TensorType, Value
+    from minicomp.passes.memory import MemoryPlan
+    from minicomp.runtime import KernelCall, TableLayout
+    from minicomp.target import Target
 
     dims = {name: Dim(name, lo, hi) for name, lo, hi in meta["dims"]}
 
@@ -147,16 +175,17 @@ def load_model(path: str):
 
     inputs, constants = values("inputs"), values("constants")
     by_slot = {s["slot"]: v for s, v in zip(meta["inputs"] + meta["constants"], inputs + constants)}
-    outputs = [by_slot.get(s["slot"]) or Value(s["name"], TensorType(shape(s), s["dtype"]))
-               for s in meta["outputs"]]
-    for s, v in zip(meta["outputs"], outputs):
-        by_slot.setdefault(s["slot"], v)
+    outputs = []
+    for s in meta["outputs"]:  # an output listed twice is one value, as it was compiled (one slot)
+        if s["slot"] not in by_slot:
+            by_slot[s["slot"]] = Value(s["name"], TensorType(shape(s), s["dtype"]))
+        outputs.append(by_slot[s["slot"]])
     graph = Graph(name=meta["name"])
     graph.inputs, graph.outputs = inputs, outputs
     graph.writes = {o: i for o, i in meta.get("writes", [])}
     graph.checks = {o: (low, high, message) for o, low, high, message in meta.get("checks", [])}
     for s, v in zip(meta["constants"], constants):
-        graph.constants[v] = _constant(members, s, v, path)
+        graph.constants[v] = constant(s, v)
     slots = {v: slot for slot, v in by_slot.items()}
     if meta["dims"]:
         slots[DIM_SIZES] = meta["dim_sizes_slot"]
@@ -166,18 +195,11 @@ def load_model(path: str):
         slots[key] = slot
         offsets[key] = off
     plan = MemoryPlan(offsets=offsets, arena_bytes=meta["arena_bytes"])
-    try:
-        optimized = members["optimized.ll"].decode()
-    except UnicodeDecodeError:
-        raise MinicompError(f"{path}: optimized.ll is not text") from None
-    jit = JitModule.from_object(members["code.o"], optimized, meta["cpu"], meta["features"])
     _check_against_the_code(jit, meta, path)
     target = Target.host("llvm", meta["num_threads"])
     calls = tuple(KernelCall(name, fn, list(sl)) for name, fn, sl in meta["calls"])
-    model = LLVMModel(graph, target, {"llvm_opt": jit.optimized_ir}, plan, jit,
-                      TableLayout(slots, meta["n_slots"], calls, plan), graph.constants)
-    model.loaded_from = path
-    return model
+    return LLVMModel(graph, target, {"llvm_opt": jit.optimized_ir}, plan, jit,
+                     TableLayout(slots, meta["n_slots"], calls, plan), graph.constants)
 
 
 DIGESTS = "SHA256SUMS"
@@ -213,7 +235,7 @@ def _check_digests(members: dict[str, bytes], path: str) -> None:
             raise MinicompError(f"{path} is damaged: {name} does not match its digest")
 
 
-def _check_meta(meta: dict, members: dict, path: str) -> None:
+def check_meta(meta: dict, path: str) -> None:
     """The description agrees with itself: every field of the right kind, slots inside the table, buffers
     inside the arena, a constant member for every constant."""
     from minicomp.ir.dtypes import ALL_DTYPES
@@ -267,9 +289,6 @@ def _check_meta(meta: dict, members: dict, path: str) -> None:
             if kind != "outputs" and s["slot"] in used:
                 bad(f"slot {s['slot']} is given twice")
             used.add(s["slot"])
-    for s in meta["constants"]:
-        if f"const/{s['slot']}.npy" not in members:
-            bad(f"constant {s['name']} has no member const/{s['slot']}.npy")
     for entry in meta["offsets"]:
         if not (isinstance(entry, list) and len(entry) == 2 and whole(entry[0], 0, n_slots - 1)
                 and whole(entry[1], 0, meta["arena_bytes"])) or entry[0] in used:
@@ -279,8 +298,6 @@ def _check_meta(meta: dict, members: dict, path: str) -> None:
         if not (isinstance(call, list) and len(call) == 3 and isinstance(call[0], str) and isinstance(call[1], str)
                 and isinstance(call[2], list) and all(whole(x, 0, n_slots - 1) for x in call[2])):
             bad(f"kernel call {str(call)[:60]}")
-    if not {"code.o", "optimized.ll"} <= set(members):
-        bad("the machine code (code.o) or its IR (optimized.ll) is missing")
 
 
 def _constant(members: dict, desc: dict, value, path: str) -> np.ndarray:
@@ -422,14 +439,14 @@ def export_library(model, path: str) -> str:
     from minicomp import __version__
     from minicomp.runtime import refuse_exporting_writes
 
-    refuse_exporting_writes(model.graph, "export_library")
+    refuse_exporting_writes(model.signature, "export_library")
     jit, layout = model.native, model.layout
     from minicomp.backends.host_cc import which_compiler
 
     cc = which_compiler("CC", ("cc", "gcc"))
     if not cc:
         raise MinicompError("exporting a shared library needs a C compiler (cc or gcc) on PATH, or CC set")
-    graph, slots = model.graph, layout.slots
+    graph, slots = model.signature, layout.slots
     inputs = list(graph.inputs)
     outputs = list(graph.outputs)
     if set(outputs) & (set(inputs) | set(graph.constants)):

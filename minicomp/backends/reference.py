@@ -60,7 +60,7 @@ class ReferenceModel(CompiledModel):
     """The common model interface over the interpreter (target "reference")."""
 
     def __call__(self, *args, **kwargs) -> list[np.ndarray]:
-        return run_reference(self.graph, *args, **kwargs)
+        return run_reference(self.signature, *args, **kwargs)
 
     def profile(self, *args, repeat: int = 10, **kwargs):
         """The whole graph's time per call, as one entry."""

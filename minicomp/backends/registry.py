@@ -57,6 +57,10 @@ class Backend:
     tune: Callable | None = None
     # Does it compile graphs with symbolic sizes (mc.Dim) into code that reads them at each call?
     symbolic: bool = False
+    # The whole-model cache: find_model(key) -> the model kept under key, or None; keep_model(key, model)
+    # keeps one (compiler.py makes the key). None: each compile runs the passes.
+    find_model: Callable | None = None
+    keep_model: Callable | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -294,7 +294,7 @@ class MinicompGraph:
         tensors = [args[i] for i in user_slots if isinstance(args[i], torch.Tensor)]
         arrays = [to_numpy(t.contiguous()) for t in tensors]
         results = model(*arrays)
-        for i in model.graph.writes.values():  # an input the graph updates (a cache) was written into its array:
+        for i in model.signature.writes.values():  # an input the graph updates (a cache) was written into its array:
             if not tensors[i].is_contiguous():  # a copy, where torch's tensor is strided
                 tensors[i].copy_(from_numpy(arrays[i]))
         flat = [from_numpy(o) for o in results]

@@ -251,6 +251,12 @@ def _load_builtin_ops():
 _REGISTRY = LazyRegistry("op", _load_builtin_ops)
 
 
+def user_ops() -> set[str]:
+    """The ops whose code is not minicomp's (a user's, registered by them)."""
+    return _REGISTRY.foreign_keys(lambda op: (op.infer, op.reference, op.compute, op.normalize,
+                                              op.check_constants, op.runtime_checks))
+
+
 def register_op(opdef: OpDef, *, replace: bool = False) -> OpDef:
     """Add an op to the registry (``replace=True`` to override one, built-in or not)."""
     params = inspect.signature(opdef.reference).parameters

@@ -141,6 +141,11 @@ def _load_builtin_passes():
 _PASSES = LazyRegistry("a pass named", _load_builtin_passes)
 
 
+def user_passes() -> set[str]:
+    """The passes whose code is not minicomp's (a user's, registered by them)."""
+    return _PASSES.foreign_keys(lambda info: (info.run,))
+
+
 def register_pass(name: str, kind: str = "graph", replace: bool = False, shows: str | None = None):
     """Decorator: register ``fn`` as pass ``name``.
 
