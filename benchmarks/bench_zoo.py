@@ -83,8 +83,21 @@ def measure_model(name: str, ort, mc) -> dict:
             "onnxruntime": best["onnxruntime"], "compile": compile_s, "diff": diff, "exporter": exporter}
 
 
+def parse_args(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_zoo",
+        description="torchvision classifiers exported to ONNX, timed beside ONNX Runtime (also: python "
+                    "benchmarks/run.py zoo [--all]).")
+    parser.add_argument("models", nargs="*", help=f"torchvision model names (default: {', '.join(DEFAULT)})")
+    parser.add_argument("--all", action="store_true", help="every classifier torchvision lists (about 35 min)")
+    return parser.parse_args(list(argv or []))
+
+
 def main(argv=None) -> None:
-    args = list(argv or [])  # (run.py passes a suite's own options; python -m passes the command line)
+    # (run.py passes a suite's own options; python -m passes the command line)
+    args = parse_args(argv)
     torch, ort = torch_module(), onnxruntime_module()
     if torch is None or ort is None:
         print("zoo: skipped (needs torch, torchvision and onnxruntime: pip install -e '.[bench,zoo]')")
@@ -93,7 +106,7 @@ def main(argv=None) -> None:
     from benchmarks.zoo import import_torchvision, torchvision_names
 
     import_torchvision()
-    names = torchvision_names() if "--all" in args else [a for a in args if not a.startswith("--")] or DEFAULT
+    names = torchvision_names() if args.all else args.models or DEFAULT
     torch.set_num_threads(THREADS)
     print(describe_machine())
     rows, ratios, exporter = [], [], ""

@@ -84,3 +84,14 @@ def test_the_zoo_benchmark_exports_attention_as_plain_ops():
     (got,) = mc.compile(mc.from_onnx(onnx.load_from_string(data)))(x.numpy())
     with torch.no_grad():
         np.testing.assert_allclose(got, module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_zoo_benchmark_has_help_and_refuses_unknown_options(capsys):
+    from benchmarks.bench_zoo import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--help"])
+    assert stop.value.code == 0 and "--all" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parse_args(["--bogus"])
+    assert parse_args(["resnet18"]).models == ["resnet18"] and parse_args(["--all"]).all
