@@ -180,3 +180,18 @@ def test_a_wide_squeeze_and_excitation_fc_compiles_for_two_threads():
     xs = [RNG.standard_normal((1, 64, 2, 2)).astype(np.float32)]
     compiled = mc.compile(graph, target=mc.Target.host(num_threads=2))
     assert_close(compiled(*xs)[0], mc.run_reference(graph, *xs)[0], scale=10)
+
+
+def test_a_convolution_of_a_plain_input_takes_its_tile_rows_along_the_width():
+    """The tile's pixels are neighbours in a plain (N, C, H, W) input along W: along H each row of the
+    tile was another cache line for every input channel (EfficientNet's 136 channels ran at half speed)."""
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 136, 14, 14))  # (no block divides 136 channels: the input stays plain)
+    h = g.relu(g.conv2d(x, g.constant(weights(64, 136, 1, 1))))
+    g.output(g.conv2d(h, g.constant(weights(32, 64, 1, 1))))
+    model = mc.compile(g.build(), cache=False)
+    first = next(str(k) for k in model.kernels if "x[1, 136, 14, 14]" in str(k))
+    assert "_w_nchwc[" in first, "a blocked convolution of the plain input"
+    assert "split(i3, 7)" in first and "((i3.o * 7) + i3.i)] * conv2d_1_w_nchwc" in first, first
+    xs = RNG.standard_normal((1, 136, 14, 14)).astype(np.float32)
+    assert_close(model(xs)[0], mc.run_reference(g.build(), xs)[0])
