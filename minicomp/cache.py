@@ -128,11 +128,18 @@ def write(kind: str, name: str, data: bytes) -> bool:
     path = folder(kind)
     if path is None:
         return False
+    return write_atomically(path / name, lambda f: f.write(hashlib.sha256(data).digest() + data))
+
+
+def write_atomically(path: Path, fill) -> bool:
+    """Write ``path`` through ``fill(file)`` into a new file beside it, then put it in place at once
+    (another process may read or write the same entry meanwhile); False, and nothing left behind, when
+    the disk refuses."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
-            f.write(hashlib.sha256(data).digest() + data)
-        os.replace(tmp, path / name)
+            fill(f)
+        os.replace(tmp, path)
         return True
     except OSError:
         try:

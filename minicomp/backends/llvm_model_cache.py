@@ -29,7 +29,6 @@ import hashlib
 import json
 import mmap
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -89,20 +88,15 @@ def keep(key: str, model) -> bool:
     text = json.dumps(meta).encode()
     start = _aligned(_HEADER + len(text))
     meta_part = MAGIC + hashlib.sha256(text).digest() + len(text).to_bytes(8, "little") + text
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(meta_part)
-            for off, a in zip(offsets, arrays):
-                f.seek(start + off)
-                f.write(a.data)
-            f.truncate(start + at)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except (OSError, UnboundLocalError):
-            pass
+
+    def fill(f) -> None:
+        f.write(meta_part)
+        for off, a in zip(offsets, arrays):
+            f.seek(start + off)
+            f.write(a.data)
+        f.truncate(start + at)
+
+    if not disk.write_atomically(path, fill):
         return False
     global _written_since_look
     if _written_since_look is None or _written_since_look + start + at > LIMIT_BYTES // 16:
