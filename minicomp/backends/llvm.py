@@ -113,12 +113,10 @@ class JitModule:
         if cache:
             # Every part of the entry is checked before any machine code is loaded: an engine left
             # half-made by an entry found damaged late crashed the compile that followed.
-            obj, opt_ir = disk.read("llvm", name + ".o"), disk.read("llvm", name + ".ll.z")
-            optimized = _decompressed_text(opt_ir)
-            if obj is not None and optimized is not None and self._load_object(obj):
-                self.optimized_ir = optimized
+            entry = read_cached_object(name)
+            if entry is not None and self._load_object(entry[0]):
+                self.object_code, self.optimized_ir = entry
                 self.cache_hit = True
-                self.object_code = obj
                 self.cache_entry = name
                 return
             # a damaged entry: compile again (and overwrite it)
@@ -314,6 +312,15 @@ def _decompressed_text(data: bytes | None) -> str | None:
         return zlib.decompress(data).decode()
     except (zlib.error, UnicodeDecodeError):
         return None
+
+
+def read_cached_object(name: str) -> tuple[bytes, str] | None:
+    """The object code and optimized IR of a module compiled in this process, kept in the compile cache
+    as entry ``name`` (``.o``, ``.ll.z``); None when either is missing or damaged."""
+    from minicomp import cache as disk
+
+    obj, optimized = disk.read("llvm", name + ".o"), _decompressed_text(disk.read("llvm", name + ".ll.z"))
+    return (obj, optimized) if obj is not None and optimized is not None else None
 
 
 def _looks_like_an_object_file(data: bytes) -> bool:

@@ -186,12 +186,12 @@ def _machine_code(meta: dict):
     kind, name = code
     if kind == "library":
         return llvm_native.load_cached(name, meta["cpu"], meta["features"])
-    from minicomp.backends.llvm import JitModule, _decompressed_text, _looks_like_an_object_file
+    from minicomp.backends.llvm import JitModule, read_cached_object
 
-    obj, optimized = disk.read("llvm", name + ".o"), _decompressed_text(disk.read("llvm", name + ".ll.z"))
-    if obj is None or optimized is None or not _looks_like_an_object_file(obj):
+    entry = read_cached_object(name)
+    if entry is None:
         return None
-    jit = JitModule.from_object(obj, optimized, meta["cpu"], meta["features"])
+    jit = JitModule.from_object(*entry, meta["cpu"], meta["features"])  # (a CompileError is a miss too)
     jit.cache_entry = name
     return jit
 
