@@ -15,6 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from minicomp.frontends.builder import GraphBuilder
+from minicomp.ir.dtypes import as_dtype
 
 FLOAT = np.float32
 
@@ -647,7 +648,9 @@ def dtype_graph(dtype: str):
     s = g.sum(z, axes=[1], keepdims=True)
     g.output(z, s, g.where(x > y, x, y), (x + y).astype("float32"))
     rng = np.random.default_rng(0)
-    return g.build(), [rng.integers(-5, 6, size=(3, 17)).astype(dtype), rng.integers(-5, 6, size=(17,)).astype(dtype)]
+    np_dtype = as_dtype(dtype).numpy  # (bfloat16's numpy name exists once ml_dtypes is imported)
+    return g.build(), [rng.integers(-5, 6, size=(3, 17)).astype(np_dtype),
+                       rng.integers(-5, 6, size=(17,)).astype(np_dtype)]
 
 
 @st.composite

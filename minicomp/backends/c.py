@@ -63,6 +63,11 @@ class C99Renderer(CRenderer):
     accumulation's product fused (``fmaf``: one instruction where the compiler may use FMA units)."""
 
     fuse_accumulation = True
+    # GCC 12.2 at -O3 (with -mavx2 or -march=native) turned a padded stage's guarded load,
+    # ``(h >= 0 && w < W) ? x[...] : 0.0f`` feeding an fmaf, into vector code that wrote zeros and
+    # garbage (clean under ASan and UBSan, right at -O2). A load made before the select is not guarded,
+    # so that vectorization never runs: tests/backends/test_c.py has the kernel.
+    eager_select_loads = True
 
     def __init__(self, kernel: Kernel, parallel: set):
         super().__init__(kernel)

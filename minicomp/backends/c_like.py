@@ -90,6 +90,9 @@ class CRenderer:
     helper_qualifier = "static inline"
     fuse_accumulation = False  # fuse an accumulation's product into one FMA (spelled by fma_function)
     unroll_pragma = ""  # written before a loop the schedule unrolled
+    # Load a select's operands before it, as the loop IR means (its selects read both sides: indices
+    # are clamped in range): C's ``c ? x[i] : 0`` reads x only where c holds.
+    eager_select_loads = False
     narrow_storage = {"float16": "unsigned short", "bfloat16": "unsigned short"}
     to_narrow = {"float16": "mc_to_f16", "bfloat16": "mc_to_bf16"}
     from_narrow = {"float16": "mc_from_f16", "bfloat16": "mc_from_bf16"}
@@ -230,13 +233,22 @@ class CRenderer:
         self._forget_shared()
         for root in [e, *extra]:
             self._count(root, counts)
+        eager = self._select_loads([e, *extra]) if self.eager_select_loads else set()
         for node in self._postorder([e, *extra]):
-            if counts.get(id(node), 0) > 1 and not isinstance(node, (ex.Const, ex.Var)):
+            if (counts.get(id(node), 0) > 1 or id(node) in eager) and not isinstance(node, (ex.Const, ex.Var)):
                 self.tmp += 1
                 name = f"t{self.tmp}"
                 self.emit(depth, f"const {self.value_type(node)} {name} = {self.render(node)};")
                 self.shared[id(node)] = name
         return self.render(e)
+
+    def _select_loads(self, roots) -> set:
+        """The ids of the loads within either side of a select in ``roots``."""
+        found = set()
+        for node in self._postorder(roots):
+            if isinstance(node, ex.Select):
+                found.update(id(n) for n in self._postorder([node.a, node.b]) if isinstance(n, ex.Load))
+        return found
 
     def value_type(self, e: ex.Expr) -> str:
         """The C type of a temporary: index arithmetic (int64 without loads) in the index type."""
