@@ -427,23 +427,25 @@ def _resize_case(draw):
 
 @st.composite
 def _nchwc_conv_case(draw):
-    """A dense (blocked or plain input) or depthwise convolution in the blocked layout."""
+    """A dense or grouped (blocked or plain input) or depthwise convolution in the blocked layout."""
     from minicomp.ir.opdefs.nchwc import block_array, block_weights
 
-    kind = draw(st.sampled_from(["dense", "plain_input", "depthwise"]))
+    kind = draw(st.sampled_from(["dense", "plain_input", "depthwise", "grouped", "grouped_plain_input"]))
     bo = draw(st.sampled_from([1, 2, 4]))
-    bi = 1 if kind != "dense" else draw(st.sampled_from([1, 2, 3]))
-    co = bo * draw(st.integers(1, 2))
-    ci = co if kind == "depthwise" else bi * draw(st.integers(1, 2))
+    bi = draw(st.sampled_from([1, 2, 3])) if kind in ("dense", "grouped") else 1
+    groups = draw(st.integers(2, 3)) if kind.startswith("grouped") else 1
+    co = groups * bo * draw(st.integers(1, 2))  # output blocks lie within one group
+    ci = co if kind == "depthwise" else groups * bi * draw(st.integers(1, 2))
+    if kind == "depthwise":
+        groups = ci
     K = tuple(draw(st.integers(1, 3)) for _ in range(2))
     dil = tuple(draw(st.integers(1, 2)) for _ in range(2))
     pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
     spatial = tuple(draw(st.integers(max(1, dil[d] * (K[d] - 1) + 1 - pad[d] - pad[2 + d]),
                                      max(7, dil[d] * (K[d] - 1) + 1))) for d in range(2))
     x = draw(arrays((draw(st.integers(1, 2)), ci) + spatial))
-    groups = ci if kind == "depthwise" else 1
     w = block_weights(draw(arrays((co, ci // groups) + K)), 1 if kind == "depthwise" else bi, bo)
-    inputs = [x if kind == "plain_input" else block_array(x, bo if kind == "depthwise" else bi), w]
+    inputs = [x if kind.endswith("plain_input") else block_array(x, bo if kind == "depthwise" else bi), w]
     if draw(st.booleans()):
         inputs.append(draw(arrays((co // bo, bo))))
     attrs = {"strides": tuple(draw(st.integers(1, 2)) for _ in range(2)), "padding": pad, "dilations": dil,
@@ -655,7 +657,7 @@ def dtype_graph(dtype: str):
 
 @st.composite
 def conv_networks(draw, max_layers=7):
-    """A random small convolution network: dense, plain-input and depthwise
+    """A random small convolution network: dense, plain-input, grouped and depthwise
     convolutions with channel counts that do and do not fill a block, pools,
     residual adds, concatenations, batch norm, per-channel scales, LRN and a
     global average pool, one or two outputs. Returns (graph, input arrays)."""
@@ -673,7 +675,7 @@ def conv_networks(draw, max_layers=7):
 
     for _ in range(draw(st.integers(1, max_layers))):
         v = draw(st.sampled_from(pool[-3:]))
-        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "relu", "residual", "pool", "concat",
+        kind = draw(st.sampled_from(["conv", "conv", "depthwise", "grouped", "relu", "residual", "pool", "concat",
                                      "batch_norm", "scale", "lrn"]))
         if kind == "conv":
             co, k = draw(st.sampled_from([8, 16, 24, 32, 64, 5])), draw(st.sampled_from([1, 3]))
@@ -685,6 +687,12 @@ def conv_networks(draw, max_layers=7):
         elif kind == "depthwise":
             c = channels(v)
             y = g.conv2d(v, weights(c, 1, 3, 3), padding=1, groups=c, strides=draw(st.sampled_from([1, 2])))
+        elif kind == "grouped":  # groups as wide as a block, or narrower (ResNeXt's 4), or not dividing it
+            c = channels(v)
+            groups = draw(st.sampled_from([d for d in (2, 3, 4) if c % d == 0] or [1]))
+            co = groups * draw(st.sampled_from([8, 16, 4]))
+            y = g.conv2d(v, weights(co, c // groups, 3, 3), padding=1, groups=groups,
+                         strides=draw(st.sampled_from([1, 2])))
         elif kind == "relu":
             y = g.clip(v, min=0.0, max=6.0) if draw(st.booleans()) else g.relu(v)
         elif kind == "residual":

@@ -1,9 +1,10 @@
 """The ``nchwc`` pass: convolution networks in the channel-blocked layout.
 
-Every 2-D convolution with constant weights, dense or depthwise, becomes a
-``conv2d_nchwc`` that writes its output as (N, C/b, H, W, b) (layout and ops:
-``ir/opdefs/nchwc.py``). The layout then flows on through every op that can
-keep it:
+Every 2-D convolution with constant weights, dense, grouped or depthwise,
+becomes a ``conv2d_nchwc`` that writes its output as (N, C/b, H, W, b)
+(layout and ops: ``ir/opdefs/nchwc.py``); a grouped one takes blocks that
+divide its groups (:func:`_grouping`). The layout then flows on through
+every op that can keep it:
 
 - pointwise ops (relu, clip, add of a residual, a per-channel scale: any op
   whose compute reads each non-constant input at the output's own position,
@@ -33,6 +34,8 @@ stays plain (:func:`_readers`); so does one that no block fits.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minicomp.ir import expr as ex
@@ -45,6 +48,7 @@ from minicomp.passes.rewrite import Rewriter
 
 BLOCKS = (32, 16)
 DEPTHWISE_BLOCK = 16
+MIN_GROUP_BLOCK = 16  # a grouped convolution's block: at least a vector
 WHOLE_MAX = 64
 
 
@@ -136,22 +140,31 @@ class _Layout:
     def _conv(self, node) -> Value:
         x, w = node.inputs[0], node.inputs[1]
         bias = node.inputs[2] if len(node.inputs) == 3 else None
-        co = node.output.shape[1]
-        depthwise = node.attrs["groups"] != 1
-        bo = channel_block(co)
+        co, attrs, weights = node.output.shape[1], dict(node.attrs), self.constants[w]
+        depthwise = _is_depthwise(node)
+        if attrs["groups"] > 1 and not depthwise:
+            attrs["groups"], bo = _grouping(node)
+            weights = _merged_groups(weights, node.attrs["groups"], attrs["groups"])
+        else:
+            bo = channel_block(co)
+        group_out = co if depthwise else co // attrs["groups"]  # the channels an output block must lie within
         wish = DEPTHWISE_BLOCK if depthwise else self.wishes.get(node.output.name, bo)
-        if wish < bo and co % wish == 0:
+        if wish < bo and group_out % wish == 0:
             bo = wish
+        group_in = x.shape[1] // attrs["groups"]
         if depthwise:  # the input takes the output's blocks
             src, bi = self.as_blocked(x, bo), 1
-        elif self.lanes(x) is not None:
+        elif self.lanes(x) is not None and group_in % self.lanes(x) == 0:
             src, bi = self.blocked[x], self.lanes(x)
+        elif self.lanes(x) is not None:  # blocks that straddle this convolution's groups
+            bi = _grouping(node)[1]
+            src = self.as_blocked(x, bi)
         else:
             src, bi = x, 1  # plain input: one broadcast value per input channel
-        inputs = [src, self.rw.constant(block_weights(self.constants[w], bi, bo), f"{node.name}_w_nchwc")]
+        inputs = [src, self.rw.constant(block_weights(weights, bi, bo), f"{node.name}_w_nchwc")]
         if bias is not None:
             inputs.append(self.rw.constant(self.constants[bias].reshape(co // bo, bo), f"{node.name}_b_nchwc"))
-        return self.rw.add("conv2d_nchwc", inputs, node.name, **dict(node.attrs))
+        return self.rw.add("conv2d_nchwc", inputs, node.name, **attrs)
 
     def _batch_norm(self, node, b: int) -> Value:
         """Inference batch norm as one per-channel multiply and add, constants folded."""
@@ -186,10 +199,12 @@ def _layout_kind(node, constants) -> str | None:
     if len(node.outputs) != 1 or node.output.type.rank != 4:
         return None
     if node.op == "conv2d":
-        x, co, groups = node.inputs[0], node.output.shape[1], node.attrs["groups"]
+        co, groups = node.output.shape[1], node.attrs["groups"]
         if not all(v in constants for v in node.inputs[1:]) or channel_block(co) is None:
             return None
-        return "conv" if groups == 1 or groups == x.shape[1] == co else None
+        if groups == 1 or _is_depthwise(node):
+            return "conv"
+        return "conv" if _grouping(node) is not None else None
     if node.op in ("max_pool2d", "avg_pool2d", "global_avg_pool") or _is_global_mean(node):
         return "keeps"
     if node.op == "batch_norm":
@@ -235,8 +250,10 @@ def _readers(graph: Graph, kinds: dict) -> tuple[dict[str, int], set[str]]:
                 plain.add(out.name)
         moving = [v for v in node.inputs if v not in graph.constants]
         kind = kinds[node.name]
-        if kind == "conv" and node.attrs["groups"] > 1:
+        if kind == "conv" and _is_depthwise(node):
             wish(moving[0], DEPTHWISE_BLOCK)
+        elif kind == "conv" and node.attrs["groups"] > 1:
+            wish(moving[0], _grouping(node)[1])
         elif node.op == "concat" and kind == "keeps":
             for v in moving:
                 wish(v, common_block(node.inputs))
@@ -253,6 +270,46 @@ _WISH_STOPS = ("max_pool2d", "avg_pool2d", "global_avg_pool", "mean", "concat")
 # Readers after which the plain layout costs next to nothing: one conversion
 # of a global pool's C values, or of a concatenation's output instead of each input.
 _SHRINKING = ("global_avg_pool", "mean", "concat")
+
+
+def _is_depthwise(node) -> bool:
+    """A convolution of one input and one output channel per group."""
+    groups = node.attrs["groups"]
+    return groups > 1 and groups == node.inputs[0].shape[1] == node.output.shape[1]
+
+
+def _grouping(node) -> tuple[int, int] | None:
+    """How a grouped convolution (RegNet, ResNeXt) runs blocked: (groups, block), the block dividing
+    the width of every group, in and out, so that each output block reads its own group's input
+    blocks. Groups narrower than a vector's 16 channels are merged, two or four neighbours into one
+    whose weights are zero between them: twice or four times the multiply-adds, in whole vectors
+    (ResNeXt's groups of 4 and 8); where the count of groups does not allow it (RegNet-Y's 13 groups
+    of 8), blocks of 8. None where no block fits (groups of 120 channels)."""
+    groups = node.attrs["groups"]
+    ci, co = node.inputs[0].shape[1], node.output.shape[1]
+
+    def block(merge):
+        return channel_block(math.gcd(ci * merge // groups, co * merge // groups))
+
+    if min(ci, co) // groups < MIN_GROUP_BLOCK:
+        for merge in (2, 4):
+            if groups % merge == 0 and (block(merge) or 0) >= MIN_GROUP_BLOCK:
+                return groups // merge, block(merge)
+    return (groups, block(1)) if block(1) is not None else None
+
+
+def _merged_groups(weights: np.ndarray, groups: int, merged: int) -> np.ndarray:
+    """Grouped convolution weights (CO, CI/groups, KH, KW) for ``merged`` groups of
+    ``groups / merged`` neighbours each, zero between the neighbours."""
+    if merged == groups:
+        return weights
+    co, width = weights.shape[:2]
+    merge = groups // merged
+    out = np.zeros((co, width * merge) + weights.shape[2:], weights.dtype)
+    for c in range(co):
+        slot = (c // (co // groups)) % merge  # this channel's group among its merged neighbours
+        out[c, slot * width:(slot + 1) * width] = weights[c]
+    return out
 
 
 def _is_global_mean(node) -> bool:

@@ -110,6 +110,33 @@ def test_depthwise_convolutions_and_concatenations_keep_the_blocks():
     assert after.nodes[3].output.shape == (1, 3, 8, 8, 16)
 
 
+def test_grouped_convolutions_keep_the_blocks_of_their_groups():
+    """RegNet's and ResNeXt's grouped 3x3 convolution between two 1x1 ones: groups of 16 channels run
+    blocked, each output block reading its own group's input block; groups of 4 are merged four into
+    one (zero weights between them) so that a block is a whole vector; three groups of 4, which no
+    block fits and which cannot merge, stay plain, and so does the convolution only they read."""
+    def network(channels, groups):
+        g = mc.GraphBuilder()
+        x = g.input("x", (1, channels, 8, 8))
+        a = g.relu(g.conv2d(x, g.constant(weights(channels, channels, 1, 1))))
+        b = g.relu(g.conv2d(a, g.constant(weights(channels, channels // groups, 3, 3)), padding=1, groups=groups))
+        g.output(g.relu(g.conv2d(b, g.constant(weights(32, channels, 1, 1)))) + 1.0)
+        return g.build()
+
+    after = nchwc(network(64, 4))
+    assert ops(after)[:4] == ["conv2d_nchwc", "relu", "conv2d_nchwc", "relu"]
+    assert after.nodes[0].output.shape == (1, 4, 8, 8, 16), "the grouped convolution asks for blocks of its group"
+    assert after.nodes[2].inputs[1].shape == (4, 1, 3, 3, 16, 16)
+    merged = nchwc(network(64, 16)).nodes[2]
+    assert merged.op == "conv2d_nchwc" and merged.attrs["groups"] == 4
+    assert merged.inputs[1].shape == (4, 1, 3, 3, 16, 16)
+    assert ops(nchwc(network(12, 3)))[:4] == ["conv2d", "relu", "conv2d", "relu"]
+    for channels, groups in ((64, 4), (64, 16), (64, 8), (12, 3)):
+        graph = network(channels, groups)
+        xs = [RNG.standard_normal((1, channels, 8, 8)).astype(np.float32)]
+        assert_close(mc.compile(graph, cache=False)(*xs)[0], mc.run_reference(graph, *xs)[0], scale=10)
+
+
 def test_a_squeeze_and_excitation_block_keeps_the_blocks():
     """EfficientNet's block: SiLU, a mean over the map (ReduceMean, not a global pool), two small
     convolutions and a sigmoid, the per-channel gate multiplied in: the map never leaves the blocks."""

@@ -9,11 +9,13 @@ apart on 64x64 maps, so all in one cache set). The ``nchwc`` pass
 (``passes/nchwc.py``) moves whole convolution networks into this layout.
 
 - ``to_nchwc`` / ``from_nchwc``: the conversions (real nodes in the graph);
-- ``conv2d_nchwc``: dense or depthwise 2-D convolution. Weights are re-laid
-  once, as (CO/bo, CI/bi, KH, KW, bi, bo); the input is blocked by ``bi``, or
-  plain NCHW with ``bi = 1`` (the first convolution of a network, whose 3
-  input channels make no block); a depthwise one has ``bi = 1`` and keeps
-  its input's blocks. The bias is (CO/bo, bo);
+- ``conv2d_nchwc``: 2-D convolution, dense, grouped or depthwise. Weights
+  are re-laid once, as (CO/bo, CI/groups/bi, KH, KW, bi, bo); the input is
+  blocked by ``bi``, or plain NCHW with ``bi = 1`` (the first convolution of
+  a network, whose 3 input channels make no block). A grouped one has blocks
+  that divide its groups' widths, so that each output block reads the input
+  blocks of its own group (RegNet, ResNeXt); a depthwise one has ``bi = 1``
+  and keeps its input's blocks. The bias is (CO/bo, bo);
 - ``max_pool2d_nchwc``, ``avg_pool2d_nchwc``: the pools, with the plain ops'
   attributes;
 - ``global_avg_pool_nchwc``: the mean over H and W, to (N, C/b, 1, 1, b).
@@ -125,19 +127,27 @@ register_op(OpDef("from_nchwc", _from_infer, unblock_array, _from_compute,
 # -- convolution ---------------------------------------------------------------------------
 
 
+def _is_depthwise(x: TensorType, w: TensorType, groups: int) -> bool:
+    """Whether a blocked convolution is depthwise: one input channel per group,
+    read lane for lane from the input's blocks (which are the output's)."""
+    ob, ib, _, _, bi, bo = w.shape
+    return x.rank == 5 and groups > 1 and groups == x.shape[1] * x.shape[4] == ob * bo and ib == bi == 1
+
+
 def _conv_types(types, a):
     """The plain types of a blocked convolution's inputs, after checking the layouts."""
-    x, w = types[0], types[1]
+    x, w, groups = types[0], types[1], a["groups"]
     if w.rank != 6:
-        raise ShapeError(f"conv2d_nchwc needs 6-D weights (CO/bo, CI/bi, KH, KW, bi, bo), got rank {w.rank}")
+        raise ShapeError(f"conv2d_nchwc needs 6-D weights (CO/bo, CI/groups/bi, KH, KW, bi, bo), got rank {w.rank}")
     ob, ib, kh, kw, bi, bo = w.shape
     if x.rank == 5:
         lanes = x.shape[4]
-        if (a["groups"] == 1 and lanes != bi) or (a["groups"] > 1 and (lanes != bo or bi != 1)):
+        wanted = bo if _is_depthwise(x, w, groups) else bi
+        if lanes != wanted:
             raise ShapeError(f"input blocks of {lanes} channels do not fit weights {list(w.shape)} "
-                             f"(groups={a['groups']})")
+                             f"(groups={groups})")
         xp = plain_type(x)
-    elif x.rank == 4 and bi == 1 and a["groups"] == 1:
+    elif x.rank == 4 and bi == 1:
         xp = x
     else:
         raise ShapeError(f"conv2d_nchwc needs a blocked input (N, C/b, H, W, b), or a plain one with bi = 1; "
@@ -153,10 +163,11 @@ def _conv_types(types, a):
 def _conv_nchwc_infer(types, a):
     plain = _conv_types(types, a)
     (out,) = _conv_infer(2)(plain, a)
-    if a["groups"] != 1 and not a["groups"] == plain[0].shape[1] == out.shape[1]:
-        raise ShapeError(f"conv2d_nchwc is dense (groups=1) or depthwise (groups = channels), got "
-                         f"groups={a['groups']}")
-    return [blocked_type(out, types[1].shape[5])]
+    groups, bo = a["groups"], types[1].shape[5]
+    if groups > 1 and not _is_depthwise(types[0], types[1], groups) and (out.shape[1] // groups) % bo:
+        raise ShapeError(f"output blocks of {bo} channels straddle groups of {out.shape[1] // groups} "
+                         f"(groups={groups})")
+    return [blocked_type(out, bo)]
 
 
 def _conv_nchwc_compute(x, w, bias=None, strides=None, padding=None, dilations=None, groups=1):
@@ -169,7 +180,18 @@ def _conv_nchwc_compute(x, w, bias=None, strides=None, padding=None, dilations=N
     def at(h, wo):
         return h * strides[0] + kh[0] * dilations[0], wo * strides[1] + kw[0] * dilations[1]
 
-    if groups > 1:  # depthwise: output channel (cb, lane) reads input channel (cb, lane)
+    out_blocks_per_group = (ob * bo) // groups // bo
+
+    def in_group(cb, i, per_group):
+        """Input block (or channel) ``i`` of output block ``cb``'s group, whose
+        input has ``per_group`` of them."""
+        if groups == 1:
+            return i
+        group = cb if out_blocks_per_group == 1 else cb // out_blocks_per_group
+        return group * per_group + i
+
+    if len(x.shape) == 5 and groups > 1 and groups == ob * bo and ib == bi == 1:
+        # depthwise: output channel (cb, lane) reads input channel (cb, lane)
         def fn(n, cb, h, wo, lane):
             y, xx = at(h, wo)
             return reduce("sum", src[n, cb, y, xx, lane] * w[cb, 0, kh[0], kw[0], 0, lane], [kh, kw])
@@ -178,14 +200,15 @@ def _conv_nchwc_compute(x, w, bias=None, strides=None, padding=None, dilations=N
 
         def fn(n, cb, h, wo, lane):
             y, xx = at(h, wo)
-            return reduce("sum", src[n, ci[0], y, xx] * w[cb, ci[0], kh[0], kw[0], 0, lane], [ci, kh, kw])
-    else:
+            return reduce("sum", src[n, in_group(cb, ci[0], ib), y, xx] * w[cb, ci[0], kh[0], kw[0], 0, lane],
+                          [ci, kh, kw])
+    else:  # dense, or grouped: the group's input blocks, one broadcast value per input channel
         icb, il = reduce_axis(ib, "icb"), reduce_axis(bi, "il")
 
         def fn(n, cb, h, wo, lane):
             y, xx = at(h, wo)
-            return reduce("sum", src[n, icb[0], y, xx, il[0]] * w[cb, icb[0], kh[0], kw[0], il[0], lane],
-                          [icb, kh, kw, il])
+            return reduce("sum", src[n, in_group(cb, icb[0], ib), y, xx, il[0]]
+                          * w[cb, icb[0], kh[0], kw[0], il[0], lane], [icb, kh, kw, il])
 
     conv = compute((x.shape[0], ob) + out_hw + (bo,), fn, "conv")
     if bias is None:
@@ -204,7 +227,8 @@ register_op(OpDef(
     "conv2d_nchwc", _conv_nchwc_infer, _conv_nchwc_reference, _conv_nchwc_compute,
     attrs={"strides": 1, "padding": 0, "dilations": 1, "groups": 1}, normalize=_normalize_window(2, False),
     num_inputs=(2, 3),
-    doc="2-D convolution in the blocked layout, dense or depthwise; weights (CO/bo, CI/bi, KH, KW, bi, bo).",
+    doc="2-D convolution in the blocked layout, dense, grouped or depthwise; weights "
+        "(CO/bo, CI/groups/bi, KH, KW, bi, bo).",
 ))
 
 
