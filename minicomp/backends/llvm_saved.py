@@ -160,6 +160,7 @@ def rebuild(meta: dict, constant, jit, path: str):
     from minicomp.ir.graph import Graph, TensorType, Value
     from minicomp.passes.memory import MemoryPlan
     from minicomp.runtime import KernelCall, TableLayout
+    from minicomp.stages import Stages
     from minicomp.target import Target
 
     dims = {name: Dim(name, lo, hi) for name, lo, hi in meta["dims"]}
@@ -198,8 +199,10 @@ def rebuild(meta: dict, constant, jit, path: str):
     _check_against_the_code(jit, meta, path)
     target = Target.host("llvm", meta["num_threads"])
     calls = tuple(KernelCall(name, fn, list(sl)) for name, fn, sl in meta["calls"])
-    return LLVMModel(graph, target, {"llvm_opt": jit.optimized_ir}, plan, jit,
-                     TableLayout(slots, meta["n_slots"], calls, plan), graph.constants)
+    stages = Stages()
+    stages.defer("llvm_opt", lambda: jit.optimized_ir)  # (read and decompressed only when asked for)
+    return LLVMModel(graph, target, stages, plan, jit, TableLayout(slots, meta["n_slots"], calls, plan),
+                     graph.constants)
 
 
 DIGESTS = "SHA256SUMS"
