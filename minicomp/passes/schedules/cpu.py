@@ -18,7 +18,8 @@ For every reduction nest (``out[i] = init; for r: out[i] += term``):
 - a matrix product whose right operand does not fit in half the L2 cache
   gets **cache blocks** around the tiles: reduction blocks of ``kc`` and
   column blocks of ``nc`` (one or more per thread), the ``kc x nc`` slice
-  copied once per block (``cache_read``) and the tiles accumulating onto the
+  copied once per block (``cache_read``; a constant operand is packed into
+  panels at compile time instead) and the tiles accumulating onto the
   previous block's results;
 - otherwise the reduction is innermost with a scalar accumulator, or — when
   that reads memory with a worse stride — the last spatial axis goes
@@ -256,7 +257,7 @@ def _schedule_reduction(k: Kernel, root: str, target, threads: int, constants=fr
         tile = (dividing_rows(next(lp.extent for lp in chain if lp.var is rows), tile[0]), tile[1])
     blocks = cache_blocks(target, chain, rows, rs, buf.dtype, threads, tile[1])
     if blocks is not None:
-        return cache_blocked_tiles(k, chain, rs[0], buf, blocks, tile), None
+        return cache_blocked_tiles(k, chain, rs[0], buf, blocks, tile, constants), None
     if product_rows is None:  # a window: see WINDOW_ROWS
         lanes = target.vector_lanes(buf.dtype)
         tile = (choices.rows or WINDOW_ROWS, (choices.vectors or 1) * lanes)

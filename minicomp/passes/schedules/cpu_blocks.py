@@ -16,6 +16,7 @@ from minicomp.passes.schedules.nests import only_child_loop, reduction_update
 from minicomp.passes.schedules.primitives import (
     CacheRead,
     DecomposeReduction,
+    Pack,
     Reorder,
     Split,
     apply_step,
@@ -56,10 +57,14 @@ def cache_blocks(target, chain, rows_axis, rs, dtype, threads: int = 1, cols: in
     return None if kc is None or nc is None else (kc, nc)
 
 
-def cache_blocked_tiles(k, chain, rloop, buf, blocks, tile: tuple[int, int]) -> Kernel:
+def cache_blocked_tiles(k, chain, rloop, buf, blocks, tile: tuple[int, int], constants=frozenset()) -> Kernel:
     """Register tiles inside cache blocks: for each nc-wide column block and
     kc-deep reduction block, every row block's tiles accumulate onto the
-    results of the previous reduction block (copied into the tile first)."""
+    results of the previous reduction block (copied into the tile first).
+
+    A constant right operand is packed into panels of a tile's columns once, at compile time
+    (``pack``), instead of copied per block at every call: a block's panels are then runs of
+    kc x cols that the tiles read in order, as they arrive from memory."""
     kc, nc = blocks
     ai, aj, r = chain[0].var.name, chain[1].var.name, rloop.var.name
     k = apply_step(k, DecomposeReduction(ai))
@@ -69,7 +74,8 @@ def cache_blocked_tiles(k, chain, rloop, buf, blocks, tile: tuple[int, int]) -> 
     # The kc x nc slice of the right operand, copied once per block into rows
     # padded off the cache-set stride: the tiles then read it from L1/L2.
     right = _right_operand(k, f"{r}.i", buf)
-    if right is not None:
+    packed = right is not None and right in constants
+    if right is not None and not packed:
         try:
             k = apply_step(k, CacheRead(right, f"{r}.o"))
         except ScheduleError:  # the operand is also read another way (x @ x): no copy, same tiles
@@ -80,4 +86,4 @@ def cache_blocked_tiles(k, chain, rloop, buf, blocks, tile: tuple[int, int]) -> 
         cols = only_child_loop(k, rows)
         k = apply_step(k, Reorder((cols, rows)))
         k = column_tiles(k, cols, rows, cols_tile)
-    return k
+    return apply_step(k, Pack(right, 1, cols_tile)) if packed else k
