@@ -142,11 +142,11 @@ class _Layout:
         bias = node.inputs[2] if len(node.inputs) == 3 else None
         co, attrs, weights = node.output.shape[1], dict(node.attrs), self.constants[w]
         depthwise = _is_depthwise(node)
+        group_block = None  # a grouped convolution's block (its input's too)
         if attrs["groups"] > 1 and not depthwise:
-            attrs["groups"], bo = _grouping(node)
+            attrs["groups"], group_block = _grouping(node)
             weights = _merged_groups(weights, node.attrs["groups"], attrs["groups"])
-        else:
-            bo = channel_block(co)
+        bo = group_block or channel_block(co)
         group_out = co if depthwise else co // attrs["groups"]  # the channels an output block must lie within
         wish = DEPTHWISE_BLOCK if depthwise else self.wishes.get(node.output.name, bo)
         if wish < bo and group_out % wish == 0:
@@ -156,9 +156,8 @@ class _Layout:
             src, bi = self.as_blocked(x, bo), 1
         elif self.lanes(x) is not None and group_in % self.lanes(x) == 0:
             src, bi = self.blocked[x], self.lanes(x)
-        elif self.lanes(x) is not None:  # blocks that straddle this convolution's groups
-            bi = _grouping(node)[1]
-            src = self.as_blocked(x, bi)
+        elif self.lanes(x) is not None:  # blocks that straddle a grouped convolution's groups
+            src, bi = self.as_blocked(x, group_block), group_block
         else:
             src, bi = x, 1  # plain input: one broadcast value per input channel
         inputs = [src, self.rw.constant(block_weights(weights, bi, bo), f"{node.name}_w_nchwc")]

@@ -127,11 +127,12 @@ register_op(OpDef("from_nchwc", _from_infer, unblock_array, _from_compute,
 # -- convolution ---------------------------------------------------------------------------
 
 
-def _is_depthwise(x: TensorType, w: TensorType, groups: int) -> bool:
+def _is_depthwise(x_shape, w_shape, groups: int) -> bool:
     """Whether a blocked convolution is depthwise: one input channel per group,
     read lane for lane from the input's blocks (which are the output's)."""
-    ob, ib, _, _, bi, bo = w.shape
-    return x.rank == 5 and groups > 1 and groups == x.shape[1] * x.shape[4] == ob * bo and ib == bi == 1
+    ob, ib, _, _, bi, bo = w_shape
+    return (len(x_shape) == 5 and groups > 1 and groups == x_shape[1] * x_shape[4] == ob * bo
+            and ib == bi == 1)
 
 
 def _conv_types(types, a):
@@ -142,7 +143,7 @@ def _conv_types(types, a):
     ob, ib, kh, kw, bi, bo = w.shape
     if x.rank == 5:
         lanes = x.shape[4]
-        wanted = bo if _is_depthwise(x, w, groups) else bi
+        wanted = bo if _is_depthwise(x.shape, w.shape, groups) else bi
         if lanes != wanted:
             raise ShapeError(f"input blocks of {lanes} channels do not fit weights {list(w.shape)} "
                              f"(groups={groups})")
@@ -164,7 +165,7 @@ def _conv_nchwc_infer(types, a):
     plain = _conv_types(types, a)
     (out,) = _conv_infer(2)(plain, a)
     groups, bo = a["groups"], types[1].shape[5]
-    if groups > 1 and not _is_depthwise(types[0], types[1], groups) and (out.shape[1] // groups) % bo:
+    if groups > 1 and not _is_depthwise(types[0].shape, types[1].shape, groups) and (out.shape[1] // groups) % bo:
         raise ShapeError(f"output blocks of {bo} channels straddle groups of {out.shape[1] // groups} "
                          f"(groups={groups})")
     return [blocked_type(out, bo)]
@@ -190,8 +191,7 @@ def _conv_nchwc_compute(x, w, bias=None, strides=None, padding=None, dilations=N
         group = cb if out_blocks_per_group == 1 else cb // out_blocks_per_group
         return group * per_group + i
 
-    if len(x.shape) == 5 and groups > 1 and groups == ob * bo and ib == bi == 1:
-        # depthwise: output channel (cb, lane) reads input channel (cb, lane)
+    if _is_depthwise(x.shape, w.shape, groups):  # output channel (cb, lane) reads input channel (cb, lane)
         def fn(n, cb, h, wo, lane):
             y, xx = at(h, wo)
             return reduce("sum", src[n, cb, y, xx, lane] * w[cb, 0, kh[0], kw[0], 0, lane], [kh, kw])
