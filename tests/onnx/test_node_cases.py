@@ -15,7 +15,16 @@ CATEGORIES = {conf.CONTROL_FLOW, conf.SEQUENCES, conf.STRINGS, conf.TRAINING, co
 
 @pytest.fixture(scope="module")
 def results():
-    return conf.run_all()
+    # two worker processes: the same results (checked below) in about half the time on any machine
+    return conf.run_all(jobs=2)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_results_in_the_same_order(monkeypatch):
+    picked = {"case_patterns": ["test_top_k", "test_relu", "test_transpose", "test_conv_"]}
+    serial = conf.run_all(**picked)
+    monkeypatch.setattr(conf, "_BATCH", 3)  # several batches for each worker
+    assert len(serial) > 4 * conf._BATCH and conf.run_all(**picked, jobs=2) == serial
 
 
 @pytest.mark.slow
