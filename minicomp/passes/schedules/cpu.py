@@ -53,6 +53,7 @@ from minicomp.ir.loops import (
     Stmt,
     Store,
     loops,
+    only_stores,
     stmt_children,
     top_statements,
     walk_stmts,
@@ -100,6 +101,7 @@ from minicomp.passes.schedules.primitives import (
     Parallel,
     Partition,
     Reorder,
+    Simd,
     Vectorize,
     apply_step,
     iterations_independent,
@@ -131,7 +133,7 @@ def cpu_schedule(kernel: Kernel, target, num_threads: int, constants=frozenset()
     k = _producers_per_slice(k)
     if choices != DEFAULT_CHOICES:
         k = replace(k, notes=k.notes + [f"tuned: {choices}"])
-    return _partition_selects(_parallelize(k, 1 if choices.serial else num_threads))
+    return _partition_selects(_parallelize(k, 1 if choices.serial else num_threads, target))
 
 
 def _localize_rows(k: Kernel) -> Kernel:
@@ -378,7 +380,7 @@ def _gather_row_tails(k: Kernel, num_threads: int) -> Kernel:
     return k
 
 
-def _parallelize(k: Kernel, num_threads: int) -> Kernel:
+def _parallelize(k: Kernel, num_threads: int, target) -> Kernel:
     """Fuse outer spatial loops until there is enough parallelism, run the
     outermost loop in parallel when the nest has enough work, and vectorize
     every innermost serial loop."""
@@ -409,6 +411,21 @@ def _parallelize(k: Kernel, num_threads: int) -> Kernel:
         if not holds_loops and not parallel and extent >= 4:
             k = apply_step(k, Vectorize(name))  # the fused loop itself is innermost
         for loop in innermost:
-            if upper(loop.extent) >= 4:
+            if _whole_vectors(loop, target):
+                k = apply_step(k, Simd(loop.var.name))
+            elif upper(loop.extent) >= 4:
                 k = apply_step(k, Vectorize(loop.var.name))
     return k
+
+
+def _whole_vectors(loop: For, target) -> bool:
+    """Whether an innermost loop of stores runs exactly one to four whole vectors (the lanes of a
+    blocked layout): it then runs as explicit lanes. Left to LLVM's vectorizer, such a short loop is
+    unrolled first and the loop around it vectorized instead, with a gather and a scatter per
+    element (a squeeze-and-excitation's gate times a blocked map ran 2.7 times slower)."""
+    stores = [s for s in walk_stmts(loop.body) if isinstance(s, Store)]
+    if not stores or not isinstance(loop.extent, int) or not only_stores(loop.body):
+        return False
+    lanes = target.vector_lanes(stores[0].buffer.dtype)
+    return loop.extent % lanes == 0 and loop.extent <= 4 * lanes and all(
+        any(v is loop.var for i in s.indices for v in ex.free_vars(i)) for s in stores)
