@@ -452,17 +452,22 @@ def _resize(x, sizes, scales=None, mode="nearest", coordinate_mode="half_pixel",
     return out
 
 
-def _index_unblock(x):
-    """(N, C/b, H, W, b) -> (N, C, H, W), by the layout's definition: channel c is lane c % b of block c // b."""
+def _index_unblock(x, channels=None):
+    """(N, C/b, H, W, b) -> (N, C, H, W), by the layout's definition: channel c is lane c % b of block c // b
+    (``channels``: the first ones, where the last block is padded)."""
     b = x.shape[-1]
-    c = np.arange(x.shape[1] * b)
+    c = np.arange(x.shape[1] * b if channels is None else channels)
     return np.moveaxis(x[:, c // b, :, :, c % b], 0, 1)
 
 
 def _index_block(x, block):
-    """(N, C, H, W) -> (N, C/block, H, W, block): lane l of block j is channel j * block + l."""
-    j, lane = np.meshgrid(np.arange(x.shape[1] // block), np.arange(block), indexing="ij")
-    return np.moveaxis(x[:, j * block + lane], 2, -1)
+    """(N, C, H, W) -> (N, ceil(C/block), H, W, block): lane l of block j is channel j * block + l, or zero
+    past the last channel."""
+    blocks = -(-x.shape[1] // block)
+    j, lane = np.meshgrid(np.arange(blocks), np.arange(block), indexing="ij")
+    c = j * block + lane
+    out = np.where((c < x.shape[1])[None, :, :, None, None], x[:, np.minimum(c, x.shape[1] - 1)], 0)
+    return np.moveaxis(out, 2, -1).astype(x.dtype)
 
 
 def _conv_nchwc(x, w, bias=None, **attrs):

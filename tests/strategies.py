@@ -469,8 +469,21 @@ def _blocked_case(plain_case):
 
 @st.composite
 def _to_nchwc_case(draw):
+    """A plain input and a block, which need not divide its channels (a padded last block)."""
     x = draw(arrays((draw(st.integers(1, 2)), draw(st.integers(1, 6))) + draw(shapes(2, 2)), draw(numeric_dtypes)))
-    return [x], {"block": draw(st.sampled_from([b for b in (1, 2, 3, 4) if x.shape[1] % b == 0]))}
+    return [x], {"block": draw(st.sampled_from([1, 2, 3, 4]))}
+
+
+@st.composite
+def _from_nchwc_case(draw):
+    """A blocked input, and the channel count of its last block where that one is padded."""
+    from minicomp.ir.opdefs.nchwc import block_array
+
+    (x,), attrs = draw(_to_nchwc_case())
+    channels = x.shape[1]
+    blocked = block_array(x, attrs["block"])
+    padded = blocked.shape[1] * blocked.shape[4] != channels
+    return [blocked], ({"channels": channels} if padded or draw(st.booleans()) else {})
 
 
 OP_CASES = {}
@@ -499,7 +512,7 @@ OP_CASES.update(where=_where_case(), cast=_cast_case(), matmul=_matmul_case(), g
                 **{op: _bitwise_case(op) for op in ("bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not",
                                                     "shift_left", "shift_right")})
 OP_CASES.update(conv2d_nchwc=_nchwc_conv_case(), to_nchwc=_to_nchwc_case(),
-                from_nchwc=_blocked_case(_to_nchwc_case().map(lambda c: ([c[0][0]], {}))),
+                from_nchwc=_from_nchwc_case(),
                 max_pool2d_nchwc=_blocked_case(_pool_case("max_pool2d")),
                 avg_pool2d_nchwc=_blocked_case(_pool_case("avg_pool2d")),
                 global_avg_pool_nchwc=_blocked_case(_gap_case().filter(lambda c: c[0][0].ndim == 4)))
@@ -658,9 +671,11 @@ def dtype_graph(dtype: str):
 @st.composite
 def conv_networks(draw, max_layers=7):
     """A random small convolution network: dense, plain-input, grouped and depthwise
-    convolutions with channel counts that do and do not fill a block, pools,
-    residual adds, concatenations, batch norm, per-channel scales, LRN and a
-    global average pool, one or two outputs. Returns (graph, input arrays)."""
+    convolutions with channel counts that do and do not fill a block (72: a padded
+    one), MobileNetV3's inverted residual (72 channels inside, hardswish, optional
+    squeeze-and-excitation), pools, residual adds, concatenations, batch norm,
+    per-channel scales and divisions, SiLU, LRN and a global average pool, one or
+    two outputs. Returns (graph, input arrays)."""
     rng = _rng(draw)
     g = GraphBuilder("convnet")
     c0, side = draw(st.sampled_from([3, 8, 16])), draw(st.integers(5, 10))
@@ -676,9 +691,9 @@ def conv_networks(draw, max_layers=7):
     for _ in range(draw(st.integers(1, max_layers))):
         v = draw(st.sampled_from(pool[-3:]))
         kind = draw(st.sampled_from(["conv", "conv", "depthwise", "grouped", "relu", "residual", "pool", "concat",
-                                     "batch_norm", "scale", "lrn"]))
+                                     "batch_norm", "scale", "divide", "silu", "inverted_residual", "lrn"]))
         if kind == "conv":
-            co, k = draw(st.sampled_from([8, 16, 24, 32, 64, 5])), draw(st.sampled_from([1, 3]))
+            co, k = draw(st.sampled_from([8, 16, 24, 32, 64, 5, 72])), draw(st.sampled_from([1, 3]))
             pad = k // 2 if draw(st.booleans()) else 0
             if v.shape[2] + 2 * pad < k:
                 continue
@@ -715,6 +730,20 @@ def conv_networks(draw, max_layers=7):
             y = g.batch_norm(v, *[g.constant(rng.uniform(0.5, 1.5, c).astype(np.float32)) for _ in range(4)])
         elif kind == "scale":
             y = v * g.constant(rng.uniform(0.5, 1.5, (channels(v), 1, 1)).astype(np.float32))
+        elif kind == "divide":  # by a per-channel constant, or one value
+            shape = draw(st.sampled_from([(channels(v), 1, 1), ()]))
+            y = v / g.constant(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+        elif kind == "silu":
+            y = v * g.sigmoid(v)
+        elif kind == "inverted_residual":  # 1x1 up to 72, hardswish, depthwise 3x3, [SE], 1x1 back down
+            c = channels(v)
+            a = g.conv2d(v, weights(72, c, 1, 1), g.constant(rng.standard_normal(72).astype(np.float32)))
+            a = a * g.clip(a * 0.16666667 + 0.5, min=0.0, max=1.0)
+            a = g.conv2d(a, weights(72, 1, 3, 3), padding=1, groups=72, strides=draw(st.sampled_from([1, 2])))
+            if draw(st.booleans()):
+                s = g.relu(g.conv2d(g.mean(a, axes=[2, 3], keepdims=True), weights(24, 72, 1, 1)))
+                a = a * g.sigmoid(g.conv2d(s, weights(72, 24, 1, 1)))
+            y = g.conv2d(a, weights(c, 72, 1, 1))
         else:
             y = g.op("lrn", v, size=3)
         pool.append(y)

@@ -23,13 +23,22 @@ plain reads it as it is (weights blocked with ``bi = 1``), so the first
 convolution of a network needs no conversion of the image.
 
 The block (:func:`channel_block`) is 32 channels where the count allows,
-else 16, else all the channels (up to 64, in multiples of 8); with 16 lanes
+else 16, else all the channels (up to 64, in multiples of 8), else, for a
+convolution's output, blocks of 32 or 16 with the last one padded
+(:func:`padded_block`: MobileNetV3's 72 and 120 channels); with 16 lanes
 (AVX-512) a 32-channel block is two vectors, so a register tile of 8 pixels
 x 32 channels has the shape of the matrix-product tile (one weight row of two
 vectors, one broadcast input value per pixel), where a 16-channel block
 gives a tile of one vector, one broadcast per multiply-add. Readers may ask
 for smaller blocks, and a convolution whose output every reader needs plain
 stays plain (:func:`_readers`); so does one that no block fits.
+
+A padded block's padding lanes are computed like channels and dropped by
+``from_nchwc``: a convolution writes zeros there (zero weights and bias) and
+reads them with zero weights, so they must stay finite (0 * inf is NaN). The
+ops they pass through are those that keep finite values finite
+(:data:`FINITE_OPS`, and division by a constant without zeros); any other
+reader gets the plain layout.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ import numpy as np
 from minicomp.ir import expr as ex
 from minicomp.ir.compute import Placeholder
 from minicomp.ir.graph import Graph, Value
-from minicomp.ir.opdefs.nchwc import block_array, block_weights
+from minicomp.ir.opdefs.nchwc import block_array, block_weights, padded_count
 from minicomp.ir.ops import get_op
 from minicomp.passes.manager import register_pass
 from minicomp.passes.rewrite import Rewriter
@@ -63,6 +72,25 @@ def channel_block(channels: int) -> int | None:
     return block
 
 
+def padded_block(channels: int) -> int | None:
+    """For a convolution's output of more than :data:`WHOLE_MAX` channels that no block
+    divides: blocks of 16, the last one padded, or of 32 where that pads no more
+    (120 channels: 4 x 32), at most 15 padding channels (under a quarter's more work)."""
+    if channels <= WHOLE_MAX or channel_block(channels) is not None:
+        return None
+    return 32 if padded_count(channels, 32) == padded_count(channels, 16) else 16
+
+
+def output_block(channels: int) -> int | None:
+    """The block a convolution writes ``channels`` in: :func:`channel_block`, else :func:`padded_block`."""
+    return channel_block(channels) or padded_block(channels)
+
+
+# Ops that keep finite values finite, which a padded block's padding lanes may pass through.
+FINITE_OPS = frozenset({"add", "sub", "mul", "maximum", "minimum", "relu", "leaky_relu", "clip", "sigmoid",
+                        "tanh", "silu", "gelu", "erf", "neg", "abs", "floor"})
+
+
 @register_pass("nchwc")
 def nchwc(graph: Graph) -> Graph:
     """Run 2-D convolution networks in the channel-blocked layout NCHW[b]c,
@@ -81,6 +109,8 @@ class _Layout:
         self.names: dict[Value, str] = {}  # original value -> the name its node had
         self.kinds = {n.name: _layout_kind(n, graph.constants) for n in graph.nodes}
         self.wishes, self.needs_plain = _readers(graph, self.kinds)
+        self.readers = {v.name: rs for v, rs in graph.consumers().items()}  # by value name, as above
+        self.lanes_of: dict[str, int] = {}  # value name -> the lanes of its blocked form
 
     def run(self) -> Graph:
         for node in self.rw.nodes():
@@ -90,6 +120,7 @@ class _Layout:
                 self.rw.keep(node)
             else:
                 self.blocked[node.output] = out
+                self.lanes_of[node.output.name] = out.shape[-1]
                 self.names[node.output] = node.name
                 self.rw.release(node)
         self.rw.graph.outputs = [self.as_plain(v) for v in self.rw.graph.outputs]
@@ -101,12 +132,18 @@ class _Layout:
         b = self.blocked.get(v)
         return None if b is None else b.shape[-1]
 
+    def padded(self, v: Value) -> bool:
+        """Whether ``v``'s blocked form has a padded last block."""
+        b = self.blocked.get(v)
+        return b is not None and b.shape[1] * b.shape[-1] != v.shape[1]
+
     def as_plain(self, v: Value) -> Value:
         """``v`` in the plain layout: itself, or one from_nchwc of its blocked form."""
         if v not in self.blocked:
             return v
         if v not in self.plain:
-            self.plain[v] = self.rw.add("from_nchwc", [self.blocked[v]], self.names[v])
+            channels = {"channels": v.shape[1]} if self.padded(v) else {}
+            self.plain[v] = self.rw.add("from_nchwc", [self.blocked[v]], self.names[v], **channels)
         return self.plain[v]
 
     def as_blocked(self, v: Value, block: int) -> Value:
@@ -126,6 +163,10 @@ class _Layout:
         x = node.inputs[0] if node.inputs else None
         if kind is None or self.lanes(x) is None:
             return None  # only a blocked input carries the layout on
+        if x.shape != node.output.shape and kind == "keeps":
+            # a squeeze-and-excitation's gate first (gate * map, as torchvision writes it): the
+            # blocks are the map's, and the gate's few values are re-blocked, not the whole map
+            x = next((v for v in node.inputs if v.shape == node.output.shape and self.lanes(v)), x)
         b = self.lanes(x)
         if node.op in ("max_pool2d", "avg_pool2d", "global_avg_pool"):
             return self.rw.add(f"{node.op}_nchwc", [self.blocked[x]], node.name, **dict(node.attrs))
@@ -135,6 +176,8 @@ class _Layout:
             return self._batch_norm(node, b)
         if node.op == "concat":
             return self._concat(node)
+        if any(self.padded(v) for v in node.inputs) and not _finite_on_finite(node, self.constants):
+            return None
         return self._pointwise(node, b)
 
     def _conv(self, node) -> Value:
@@ -146,15 +189,18 @@ class _Layout:
         if attrs["groups"] > 1 and not depthwise:
             attrs["groups"], group_block = _grouping(node)
             weights = _merged_groups(weights, node.attrs["groups"], attrs["groups"])
-        bo = group_block or channel_block(co)
+        bo = group_block or output_block(co)
         group_out = co if depthwise else co // attrs["groups"]  # the channels an output block must lie within
         wish = DEPTHWISE_BLOCK if depthwise else self.wishes.get(node.output.name, bo)
-        if wish < bo and group_out % wish == 0:
+        if node.output.shape[2:] == (1, 1):  # perhaps a squeeze-and-excitation's gate
+            wish = min(wish, self._gated_map_lanes(node.output.name, node.output.shape) or wish)
+        if wish < bo and (group_out % wish == 0 or (co % bo and bo % wish == 0)):  # (a padded block may shrink)
             bo = wish
         group_in = x.shape[1] // attrs["groups"]
-        if depthwise:  # the input takes the output's blocks
+        if depthwise:  # the input takes the output's blocks, padding lanes and all
             src, bi = self.as_blocked(x, bo), 1
-        elif self.lanes(x) is not None and group_in % self.lanes(x) == 0:
+            attrs["groups"] = padded_count(co, bo)
+        elif self.lanes(x) is not None and (attrs["groups"] == 1 or group_in % self.lanes(x) == 0):
             src, bi = self.blocked[x], self.lanes(x)
         elif self.lanes(x) is not None:  # blocks that straddle a grouped convolution's groups
             src, bi = self.as_blocked(x, group_block), group_block
@@ -162,8 +208,25 @@ class _Layout:
             src, bi = x, 1  # plain input: one broadcast value per input channel
         inputs = [src, self.rw.constant(block_weights(weights, bi, bo), f"{node.name}_w_nchwc")]
         if bias is not None:
-            inputs.append(self.rw.constant(self.constants[bias].reshape(co // bo, bo), f"{node.name}_b_nchwc"))
+            inputs.append(self.rw.constant(block_array(self.constants[bias].reshape(1, co), bo)[0],
+                                           f"{node.name}_b_nchwc"))
         return self.rw.add("conv2d_nchwc", inputs, node.name, **attrs)
+
+    def _gated_map_lanes(self, name: str, shape) -> int | None:
+        """The lanes of the map that the per-channel value ``name`` (a squeeze-and-excitation's
+        gate) multiplies, directly or through pointwise ops (its sigmoid), where that map is
+        already blocked: the gate's convolution then writes the same blocks, and the gate needs
+        no re-blocking before the multiply."""
+        for r in self.readers.get(name, []):
+            if self.kinds[r.name] != "keeps" or r.op in _WISH_STOPS:
+                continue
+            if r.output.shape == shape:
+                lanes = self._gated_map_lanes(r.output.name, shape)
+            else:
+                lanes = next((self.lanes_of.get(u.name) for u in r.inputs if u.shape == r.output.shape), None)
+            if lanes:
+                return lanes
+        return None
 
     def _batch_norm(self, node, b: int) -> Value:
         """Inference batch norm as one per-channel multiply and add, constants folded."""
@@ -199,7 +262,7 @@ def _layout_kind(node, constants) -> str | None:
         return None
     if node.op == "conv2d":
         co, groups = node.output.shape[1], node.attrs["groups"]
-        if not all(v in constants for v in node.inputs[1:]) or channel_block(co) is None:
+        if not all(v in constants for v in node.inputs[1:]) or output_block(co) is None:
             return None
         if groups == 1 or _is_depthwise(node):
             return "conv"
@@ -309,6 +372,18 @@ def _merged_groups(weights: np.ndarray, groups: int, merged: int) -> np.ndarray:
         slot = (c // (co // groups)) % merge  # this channel's group among its merged neighbours
         out[c, slot * width:(slot + 1) * width] = weights[c]
     return out
+
+
+def _finite_on_finite(node, constants) -> bool:
+    """Whether ``node`` keeps finite inputs finite (:data:`FINITE_OPS`, or a division by a
+    constant that has no zero and one value for all channels, so no padding lane divides by 0)."""
+    if node.op in FINITE_OPS:
+        return True
+    if node.op != "div" or node.inputs[1] not in constants:
+        return False
+    divisor = constants[node.inputs[1]]
+    per_channel = divisor.ndim >= 3 and divisor.shape[-3] != 1
+    return not per_channel and bool(np.all(divisor != 0))
 
 
 def _is_global_mean(node) -> bool:

@@ -9,7 +9,7 @@ import minicomp as mc
 from minicomp.backends.registry import default_pipeline
 from minicomp.errors import ShapeError
 from minicomp.passes.manager import get_pass
-from minicomp.passes.nchwc import channel_block
+from minicomp.passes.nchwc import channel_block, output_block
 from tests.strategies import conv_networks, random_dags
 from tests.tolerances import assert_close
 
@@ -165,7 +165,66 @@ def test_convolutions_that_no_block_divides_stay_plain():
     g.output(g.relu(g.conv2d(x, g.constant(weights(5, 3, 3, 3)))))
     assert ops(nchwc(g.build())) == ["conv2d", "relu"]
     assert channel_block(64) == 32 and channel_block(48) == 16 and channel_block(24) == 24
-    assert channel_block(5) is None
+    assert channel_block(5) is None and channel_block(72) is None
+    assert output_block(72) == 16 and output_block(120) == 32 and output_block(200) == 16
+    assert output_block(5) is None and output_block(24) == 24 and output_block(96) == 32
+
+
+def mobilenet_v3_block(divide_by=None):
+    """MobileNetV3's inverted residual at 72 channels, which no block divides: a 1x1 expansion with
+    hardswish, a depthwise 5x5, squeeze-and-excitation (a mean, 72 -> 24 -> 72, hardsigmoid), a 1x1
+    projection; ``divide_by(builder, map)``: what the map is divided by after the expansion."""
+    g = mc.GraphBuilder()
+    x = g.input("x", (1, 24, 8, 8))
+
+    def hardswish(v):
+        return v * g.clip(v * 0.16666667 + 0.5, min=0.0, max=1.0)
+
+    a = hardswish(g.conv2d(x, g.constant(weights(72, 24, 1, 1)), g.constant(weights(72))))
+    if divide_by is not None:
+        a = a / divide_by(g, a)
+    d = g.conv2d(a, g.constant(weights(72, 1, 5, 5)), padding=2, groups=72)
+    s = g.relu(g.conv2d(g.mean(d, axes=[2, 3], keepdims=True), g.constant(weights(24, 72, 1, 1))))
+    gate = g.clip(g.conv2d(s, g.constant(weights(72, 24, 1, 1))) * 0.2 + 0.5, min=0.0, max=1.0)
+    g.output(g.conv2d(d * gate, g.constant(weights(40, 72, 1, 1))))
+    return g.build()
+
+
+def test_channel_counts_that_no_block_divides_run_in_padded_blocks():
+    """72 channels run as 5 blocks of 16, the last one half padding: the whole block stays blocked,
+    the padding lanes zero through the convolutions and finite through hardswish and the gate."""
+    graph = mobilenet_v3_block()
+    after = nchwc(graph)
+    assert ops(after).count("conv2d_nchwc") == 4 and ops(after)[-2:] == ["from_nchwc", "conv2d"], \
+        "all but the last convolution (whose output the graph returns plain) run blocked"
+    assert [n.output.shape for n in after.nodes if n.op == "from_nchwc"] == [(1, 72, 8, 8)], \
+        "the map leaves the blocks once, the padding dropped"
+    assert after.nodes[0].output.shape == (1, 5, 8, 8, 16) and after.nodes[0].inputs[2].shape == (5, 16)
+    depthwise = after.nodes[5]
+    assert depthwise.attrs["groups"] == 80 and depthwise.inputs[1].shape == (5, 1, 5, 5, 1, 16)
+    xs = [RNG.standard_normal((1, 24, 8, 8)).astype(np.float32)]
+    assert_close(mc.run_reference(after, *xs)[0], mc.run_reference(graph, *xs)[0], scale=10)
+    for target in ("llvm", "c"):
+        assert_close(mc.compile(graph, target=target, cache=False)(*xs)[0], mc.run_reference(graph, *xs)[0],
+                     scale=10)
+
+
+def test_padding_lanes_go_only_through_ops_that_keep_them_finite():
+    """A division by a per-channel constant would divide the padding lanes by its zero padding, and a
+    division by a moving value by whatever they hold: both read the plain layout (72 channels, the
+    padding dropped); a division by one nonzero value for all channels keeps the blocks."""
+    def divisions(divide_by):
+        after = nchwc(mobilenet_v3_block(divide_by))
+        return next(n for n in after.nodes if n.op == "div"), after
+
+    div, after = divisions(lambda g, a: g.constant(np.full((72, 1, 1), 2.0, np.float32)))
+    assert div.inputs[0].shape == (1, 72, 8, 8)
+    source = next(n for n in after.nodes if n.output is div.inputs[0])
+    assert source.op == "from_nchwc" and source.attrs["channels"] == 72
+    assert divisions(lambda g, a: g.sigmoid(a))[0].output.shape == (1, 72, 8, 8)
+    assert divisions(lambda g, a: g.constant(np.float32(6.0)))[0].output.shape == (1, 5, 8, 8, 16)
+    assert divisions(lambda g, a: g.constant(np.float32(0.0)))[0].output.shape == (1, 72, 8, 8), \
+        "a division by zero stays plain"
 
 
 def test_ops_that_use_the_position_are_not_moved():
@@ -189,8 +248,8 @@ def test_blocked_ops_name_the_bad_layout():
     x = g.input("x", (1, 2, 4, 4, 8))
     with pytest.raises(ShapeError, match="input blocks of 8 channels do not fit weights"):
         g.op("conv2d_nchwc", x, g.constant(np.zeros((1, 2, 1, 1, 4, 16), np.float32)))
-    with pytest.raises(ShapeError, match="block 3 does not divide 8 channels"):
-        g.op("to_nchwc", g.input("y", (1, 8, 2, 2)), block=3)
+    with pytest.raises(ShapeError, match="3 channels do not end in the last of 2 blocks of 4"):
+        g.op("from_nchwc", g.input("y", (1, 2, 2, 2, 4)), channels=3)
 
 
 def test_a_wide_squeeze_and_excitation_fc_compiles_for_two_threads():

@@ -1,7 +1,11 @@
 """The channel-blocked layout NCHW[b]c and the ops that work in it.
 
 A tensor (N, C, H, W) in layout NCHW[b]c is stored as (N, C/b, H, W, b): the
-channels in blocks of ``b``, each block's channels innermost. A convolution
+channels in blocks of ``b``, each block's channels innermost. Where ``b`` does
+not divide C (MobileNetV3's 72 and 120 channels), the last block is padded:
+(N, ceil(C/b), H, W, b), and the padding lanes hold no channel (zeros where
+``to_nchwc`` or a convolution with zero weights wrote them). Every blocked op
+computes them like real channels; ``from_nchwc`` drops them (its ``channels``). A convolution
 that writes this layout runs its output channels as vector lanes, with every
 load and store contiguous; the plain layout must either run pixels as lanes
 (idle lanes on small maps) or store one tile into 32 channel planes (4 KiB
@@ -49,21 +53,40 @@ from minicomp.ir.ops import REQUIRED, OpDef, register_op
 # -- numpy helpers (references, and the pass re-laying constants) --------------------
 
 
+def padded_count(channels: int, block: int) -> int:
+    """``channels`` rounded up to whole blocks of ``block``."""
+    return -(-channels // block) * block
+
+
+def _pad_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """``x`` with zeros appended along ``axis`` up to ``size``."""
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return np.pad(x, widths)
+
+
 def block_array(x: np.ndarray, block: int) -> np.ndarray:
-    """(N, C, ...) -> (N, C/block, ..., block)."""
+    """(N, C, ...) -> (N, ceil(C/block), ..., block), padding lanes zero."""
+    x = _pad_axis(x, 1, padded_count(x.shape[1], block))
     n, c = x.shape[:2]
     y = x.reshape((n, c // block, block) + x.shape[2:])
     return np.ascontiguousarray(np.moveaxis(y, 2, -1))
 
 
-def unblock_array(x: np.ndarray) -> np.ndarray:
-    """(N, C/b, ..., b) -> (N, C, ...)."""
+def unblock_array(x: np.ndarray, channels: int | None = None) -> np.ndarray:
+    """(N, C/b, ..., b) -> (N, C, ...); ``channels`` drops a padded last block's padding."""
     y = np.moveaxis(x, -1, 2)
-    return np.ascontiguousarray(y.reshape((y.shape[0], y.shape[1] * y.shape[2]) + y.shape[3:]))
+    y = y.reshape((y.shape[0], y.shape[1] * y.shape[2]) + y.shape[3:])
+    return np.ascontiguousarray(y if channels is None else y[:, :channels])
 
 
 def block_weights(w: np.ndarray, bi: int, bo: int) -> np.ndarray:
-    """Plain weights (CO, CI, KH, KW) -> (CO/bo, CI/bi, KH, KW, bi, bo)."""
+    """Plain weights (CO, CI, KH, KW) -> (ceil(CO/bo), ceil(CI/bi), KH, KW, bi, bo), zero
+    for the padding channels of either side (so padding lanes of the input add nothing,
+    and padding lanes of the output are zero)."""
+    w = _pad_axis(_pad_axis(w, 0, padded_count(w.shape[0], bo)), 1, padded_count(w.shape[1], bi))
     co, ci, kh, kw = w.shape
     return np.ascontiguousarray(w.reshape(co // bo, bo, ci // bi, bi, kh, kw).transpose(0, 2, 4, 5, 3, 1))
 
@@ -74,14 +97,16 @@ def unblock_weights(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 5, 1, 4, 2, 3).reshape(ob * bo, ib * bi, kh, kw))
 
 
-def plain_type(t: TensorType) -> TensorType:
-    """The plain (N, C, H, W) type of a blocked (N, C/b, H, W, b) one."""
-    return TensorType((t.shape[0], t.shape[1] * t.shape[-1]) + t.shape[2:-1], t.dtype)
+def plain_type(t: TensorType, channels: int | None = None) -> TensorType:
+    """The plain (N, C, H, W) type of a blocked (N, C/b, H, W, b) one; ``channels``
+    where its last block is padded."""
+    c = t.shape[1] * t.shape[-1] if channels is None else channels
+    return TensorType((t.shape[0], c) + t.shape[2:-1], t.dtype)
 
 
 def blocked_type(t: TensorType, block: int) -> TensorType:
-    """The blocked type of a plain (N, C, ...) one."""
-    return TensorType((t.shape[0], t.shape[1] // block) + t.shape[2:] + (block,), t.dtype)
+    """The blocked type of a plain (N, C, ...) one (the last block padded where ``block`` does not divide C)."""
+    return TensorType((t.shape[0], -(-t.shape[1] // block)) + t.shape[2:] + (block,), t.dtype)
 
 
 def _check_blocked(x: TensorType, what: str):
@@ -96,32 +121,48 @@ def _to_infer(types, a):
     x, b = types[0], a["block"]
     if x.rank != 4:
         raise ShapeError(f"to_nchwc needs a 4-D input (N, C, H, W), got rank {x.rank}")
-    if b < 1 or x.shape[1] % b:
-        raise ShapeError(f"block {b} does not divide {x.shape[1]} channels")
+    if b < 1:
+        raise ShapeError(f"to_nchwc needs a block of at least 1 channel, got {b}")
     return [blocked_type(x, b)]
 
 
 def _to_compute(x, block):
-    return compute(blocked_type(TensorType(x.shape, x.dtype), block).shape,
-                   lambda n, cb, h, w, lane: x[n, cb * block + lane, h, w], "to_nchwc")
+    channels = x.shape[1]
+
+    def fn(n, cb, h, w, lane):
+        c = cb * block + lane
+        if channels % block == 0:
+            return x[n, c, h, w]
+        # padding lanes are zero; their (clamped) load stays in bounds
+        return ex.select(ex.lt(c, channels), x[n, ex.minimum(c, channels - 1), h, w], ex.const(0, x.dtype))
+
+    return compute(blocked_type(TensorType(x.shape, x.dtype), block).shape, fn, "to_nchwc")
 
 
 def _from_infer(types, a):
-    _check_blocked(types[0], "from_nchwc")
-    return [plain_type(types[0])]
+    x, channels = types[0], a["channels"]
+    _check_blocked(x, "from_nchwc")
+    full = x.shape[1] * x.shape[4]
+    if channels is not None and not full - x.shape[4] < channels <= full:
+        raise ShapeError(f"from_nchwc: {channels} channels do not end in the last of {x.shape[1]} blocks "
+                         f"of {x.shape[4]}")
+    return [plain_type(x, channels)]
 
 
-def _from_compute(x):
+def _from_compute(x, channels=None):
     b = x.shape[-1]
-    return compute(plain_type(TensorType(x.shape, x.dtype)).shape,
+    return compute(plain_type(TensorType(x.shape, x.dtype), channels).shape,
                    lambda n, c, h, w: x[n, c // b, h, w, c % b], "from_nchwc")
 
 
 register_op(OpDef("to_nchwc", _to_infer, lambda x, block: block_array(x, block), _to_compute,
                   attrs={"block": REQUIRED},
-                  doc="Plain (N, C, H, W) to the channel-blocked layout (N, C/block, H, W, block)."))
-register_op(OpDef("from_nchwc", _from_infer, unblock_array, _from_compute,
-                  doc="The channel-blocked layout (N, C/b, H, W, b) back to plain (N, C, H, W)."))
+                  doc="Plain (N, C, H, W) to the channel-blocked layout (N, ceil(C/block), H, W, block); "
+                      "a padded last block's padding lanes are zero."))
+register_op(OpDef("from_nchwc", _from_infer, lambda x, channels=None: unblock_array(x, channels), _from_compute,
+                  attrs={"channels": None},
+                  doc="The channel-blocked layout (N, C/b, H, W, b) back to plain (N, C, H, W); ``channels``: "
+                      "the count a padded last block holds (default: every lane)."))
 
 
 # -- convolution ---------------------------------------------------------------------------
