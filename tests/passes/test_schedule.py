@@ -512,3 +512,20 @@ def test_register_tile_rows_divide_the_row_count_where_they_can():
 
     assert [dividing_rows(n, 8) for n in (5, 8, 14, 28, 56, 13, 169)] == [5, 8, 7, 7, 8, 8, 8]
     assert [dividing_rows(n, 6) for n in (12, 10, 25)] == [6, 6, 6], "16-register targets keep tiles of 6"
+
+
+@pytest.mark.parametrize("dtype, width", [("float32", 16), ("float32", 64), ("float32", 80), ("uint8", 128),
+                                          ("bool", 128)])
+def test_rows_of_whole_vectors_run_as_lanes_and_never_past_the_most_lanes(dtype, width):
+    """An elementwise nest over rows of one to four whole vectors runs its rows as explicit lanes;
+    128 one-byte lanes are two vectors but past what one simd loop runs (DeBERTa's masks failed
+    the schedule), and 80 floats are not whole vectors: both stay vectorize hints."""
+    g = mc.GraphBuilder()
+    x = g.input("x", (64, width), dtype=dtype)
+    g.output(g.op("logical_not", x) if dtype == "bool" else x + x)
+    model = mc.compile(g.build(), num_threads=2, cache=False)
+    lanes = Target.host().vector_lanes(mc.ir.dtypes.as_dtype(dtype))
+    as_lanes = width % lanes == 0 and width <= min(4 * lanes, 64)
+    assert ("simd for (i1" in model.stages["loops"]) == as_lanes
+    xs = (np.arange(64 * width) % 7).reshape(64, width).astype(dtype)
+    np.testing.assert_array_equal(model(x=xs)[0], ~xs if dtype == "bool" else xs + xs)

@@ -90,6 +90,7 @@ from minicomp.passes.schedules.nests import (
     reduction_update,
 )
 from minicomp.passes.schedules.primitives import (
+    MAX_LANES,
     CacheWrite,
     ComputeAt,
     DecomposeReduction,
@@ -429,5 +430,5 @@ def _whole_vectors(loop: For, target) -> bool:
         return False
     lanes = target.vector_lanes(stores[0].buffer.dtype)
     # (each store contiguous along the loop: a strided one, a transpose's, stays LLVM's to choose)
-    return loop.extent % lanes == 0 and loop.extent <= 4 * lanes and all(
+    return loop.extent % lanes == 0 and loop.extent <= min(4 * lanes, MAX_LANES) and all(
         s.indices and s.indices[-1] is loop.var for s in stores)

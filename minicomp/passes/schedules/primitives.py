@@ -459,6 +459,9 @@ class Vectorize(Step):
         return _set_kind(self, kernel, self.loop, "vectorized")
 
 
+MAX_LANES = 64  # the most lanes one simd loop runs
+
+
 @dataclass(frozen=True)
 class Simd(Step):
     """Run an innermost loop as explicit vector lanes: its extent is the vector width."""
@@ -473,8 +476,8 @@ class Simd(Step):
         if not isinstance(lp.extent, int):
             self.fail(kernel, f"loop {self.loop} runs {lp.extent} times, fixed only at the call: lanes need a "
                               f"static count (split it first)")
-        if lp.extent > 64:
-            self.fail(kernel, f"loop {self.loop} has {lp.extent} iterations; at most 64 lanes")
+        if lp.extent > MAX_LANES:
+            self.fail(kernel, f"loop {self.loop} has {lp.extent} iterations; at most {MAX_LANES} lanes")
         for st in walk_stmts(lp.body):
             if isinstance(st, Store) and not any(v is lp.var for i in st.indices for v in ex.free_vars(i)):
                 self.fail(kernel, f"the lanes of {self.loop} would all write {st.buffer.name} at one element")
