@@ -108,8 +108,9 @@ class _Layout:
         self.plain: dict[Value, Value] = {}  # original plain value -> the from_nchwc made for it
         self.names: dict[Value, str] = {}  # original value -> the name its node had
         self.kinds = {n.name: _layout_kind(n, graph.constants) for n in graph.nodes}
-        self.wishes, self.needs_plain = _readers(graph, self.kinds)
-        self.readers = {v.name: rs for v, rs in graph.consumers().items()}  # by value name, as above
+        consumers = graph.consumers()
+        self.wishes, self.needs_plain = _readers(graph, self.kinds, consumers)
+        self.readers = {v.name: rs for v, rs in consumers.items()}  # by value name, as above
         self.lanes_of: dict[str, int] = {}  # value name -> the lanes of its blocked form
 
     def run(self) -> Graph:
@@ -276,7 +277,7 @@ def _layout_kind(node, constants) -> str | None:
     return "keeps" if _is_pointwise(node, constants) else None
 
 
-def _readers(graph: Graph, kinds: dict) -> tuple[dict[str, int], set[str]]:
+def _readers(graph: Graph, kinds: dict, readers: dict) -> tuple[dict[str, int], set[str]]:
     """What the readers of each value ask of it, by value name (the pass works
     on a copy of the graph):
 
@@ -294,7 +295,6 @@ def _readers(graph: Graph, kinds: dict) -> tuple[dict[str, int], set[str]]:
       which converting costs next to nothing). The convolution writing it
       stays plain, so that the LRN and pool fuse into it instead of reading
       through a conversion (docs/measurements.md)."""
-    readers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     wishes: dict[str, int] = {}
     plain: set[str] = set()

@@ -5,8 +5,8 @@ channels in blocks of ``b``, each block's channels innermost. Where ``b`` does
 not divide C (MobileNetV3's 72 and 120 channels), the last block is padded:
 (N, ceil(C/b), H, W, b), and the padding lanes hold no channel (zeros where
 ``to_nchwc`` or a convolution with zero weights wrote them). Every blocked op
-computes them like real channels; ``from_nchwc`` drops them (its ``channels``). A convolution
-that writes this layout runs its output channels as vector lanes, with every
+computes them like real channels; ``from_nchwc`` drops them (its
+``channels``). A convolution that writes this layout runs its output channels as vector lanes, with every
 load and store contiguous; the plain layout must either run pixels as lanes
 (idle lanes on small maps) or store one tile into 32 channel planes (4 KiB
 apart on 64x64 maps, so all in one cache set). The ``nchwc`` pass
@@ -106,7 +106,7 @@ def plain_type(t: TensorType, channels: int | None = None) -> TensorType:
 
 def blocked_type(t: TensorType, block: int) -> TensorType:
     """The blocked type of a plain (N, C, ...) one (the last block padded where ``block`` does not divide C)."""
-    return TensorType((t.shape[0], -(-t.shape[1] // block)) + t.shape[2:] + (block,), t.dtype)
+    return TensorType((t.shape[0], padded_count(t.shape[1], block) // block) + t.shape[2:] + (block,), t.dtype)
 
 
 def _check_blocked(x: TensorType, what: str):
